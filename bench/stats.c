@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: MIT
+#include "stats.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+double bench_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static double percentile(const double *sorted, size_t n, double p)
+{
+	/* nearest-rank: the smallest value with at least p% of samples at or below */
+	size_t rank = (size_t)(p / 100.0 * (double)n + 0.999999);
+	if (rank < 1)
+		rank = 1;
+	if (rank > n)
+		rank = n;
+	return sorted[rank - 1];
+}
+
+void bench_stats_compute(struct bench_stats *st, double *lat, size_t n, double elapsed_us)
+{
+	double sum = 0;
+
+	st->p50_us = st->p99_us = st->mean_us = st->rate_per_s = 0;
+	if (n == 0)
+		return;
+	qsort(lat, n, sizeof(*lat), cmp_double);
+	for (size_t i = 0; i < n; i++)
+		sum += lat[i];
+	st->p50_us = percentile(lat, n, 50);
+	st->p99_us = percentile(lat, n, 99);
+	st->mean_us = sum / (double)n;
+	st->rate_per_s = elapsed_us > 0 ? (double)n * 1e6 / elapsed_us : 0;
+}
+
+int bench_parse_sizes(const char *s, size_t *out, int max, int *n)
+{
+	*n = 0;
+	while (*s) {
+		char *end;
+		unsigned long long v = strtoull(s, &end, 10);
+		if (end == s)
+			return -EINVAL;
+		switch (*end) {
+		case 'k':
+		case 'K':
+			v <<= 10;
+			end++;
+			break;
+		case 'm':
+		case 'M':
+			v <<= 20;
+			end++;
+			break;
+		case 'g':
+		case 'G':
+			v <<= 30;
+			end++;
+			break;
+		default:
+			break;
+		}
+		if (*n == max)
+			return -EINVAL;
+		out[(*n)++] = (size_t)v;
+		if (*end == ',')
+			end++;
+		else if (*end)
+			return -EINVAL;
+		s = end;
+	}
+	return *n ? 0 : -EINVAL;
+}

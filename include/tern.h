@@ -2,15 +2,28 @@
 /*
  * tern - an RPC runtime for RDMA verbs.
  *
- * The one public header.  Functions return 0 or a negative errno; tern's own
- * conditions use the TERN_E* codes below, which never collide with errno
- * values.  tern_strerror() names any of them.
+ * The one public header.  Conventions (libuv's):
+ *  - functions return 0 or a negative errno; tern's own conditions use the
+ *    TERN_E* codes below, which never collide with errno values, and
+ *    tern_strerror() names any of them;
+ *  - long-lived objects are opaque handles created by tern_x_create() or an
+ *    equivalent and returned through an out-parameter;
+ *  - option structs are zero-initialised by the caller; their first field is
+ *    their size, so new fields never break old callers (0 means "the size of
+ *    the struct this header declares");
+ *  - closing is asynchronous and takes a callback; a handle is never freed
+ *    inside its own callback.
+ *
+ * Threading: a tern_ctx is run-to-completion on one thread.  Nothing here is
+ * thread-safe except where a comment says so.
  */
 #ifndef TERN_H
 #define TERN_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,6 +51,7 @@ enum {
 	TERN_EVERSION = -(TERN_ERRNO_BASE + 4),	  /* bad magic or unsupported wire version */
 	TERN_EGEOMETRY = -(TERN_ERRNO_BASE + 5),  /* slot size or count refused by the peer */
 	TERN_EREMOTE = -(TERN_ERRNO_BASE + 6),	  /* the remote handler failed with no errno */
+	TERN_EPEER = -(TERN_ERRNO_BASE + 7), /* the peer broke the protocol (malformed message) */
 };
 
 /**
@@ -61,6 +75,564 @@ TERN_EXPORT const char *tern_err_name(int err);
  * tern_version_string - the library's version, "MAJOR.MINOR.PATCH"
  */
 TERN_EXPORT const char *tern_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Handles                                                                   */
+
+typedef struct tern_ctx tern_ctx;
+typedef struct tern_listener tern_listener;
+typedef struct tern_session tern_session;
+typedef struct tern_req tern_req;
+typedef struct tern_callslot tern_callslot;
+
+/* ------------------------------------------------------------------------ */
+/* Context                                                                   */
+
+/**
+ * enum tern_progress - how a context learns about completions
+ * @TERN_PROGRESS_BUSY: poll every transport on every loop turn; lowest
+ *	latency, one core at 100%.
+ * @TERN_PROGRESS_EVENT: arm the transports' notification fds (the verbs
+ *	completion channel, shm doorbells, sockets) and sleep in the loop.
+ * @TERN_PROGRESS_ADAPTIVE: spin like BUSY while there is traffic, then arm
+ *	and sleep after @adaptive_spin_us without a completion.
+ */
+enum tern_progress {
+	TERN_PROGRESS_BUSY = 0,
+	TERN_PROGRESS_EVENT = 1,
+	TERN_PROGRESS_ADAPTIVE = 2,
+};
+
+/**
+ * struct tern_ctx_opts - options for tern_ctx_create()
+ * @size: sizeof(struct tern_ctx_opts), or 0
+ * @loop: the caller's libuv loop, or NULL to let the context own one
+ * @progress: see enum tern_progress
+ * @adaptive_spin_us: ADAPTIVE: how long to spin without traffic before
+ *	sleeping (default 100)
+ * @busy_spin_us: BUSY/ADAPTIVE: how long one loop turn may spin on the
+ *	transports before libuv gets to run timers and fds (default 20)
+ * @data: the caller's pointer, returned by tern_ctx_data()
+ */
+struct tern_ctx_opts {
+	uint32_t size;
+	uv_loop_t *loop;
+	enum tern_progress progress;
+	uint32_t adaptive_spin_us;
+	uint32_t busy_spin_us;
+	void *data;
+};
+
+/**
+ * tern_ctx_create - create a context
+ * @opts: options, or NULL for the defaults (own loop, busy progress)
+ * @out: the new context
+ *
+ * A context owns the transports' per-context resources, the method table,
+ * every session and listener made on it, and its libuv handles.
+ *
+ * Return: 0, -EINVAL, -ENOMEM.
+ */
+TERN_EXPORT int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out);
+
+/**
+ * tern_ctx_destroy - close everything on a context and free it
+ * @ctx: the context
+ *
+ * Closes every listener and session (pending calls complete with
+ * -ECANCELED), runs the loop until their handles are closed and frees the
+ * context.  If the context owns its loop, the loop is closed too.  Must not
+ * be called from inside a tern callback.
+ *
+ * Return: 0, or -EBUSY when called from a callback.
+ */
+TERN_EXPORT int tern_ctx_destroy(tern_ctx *ctx);
+
+/**
+ * tern_ctx_loop - the libuv loop a context runs on
+ */
+TERN_EXPORT uv_loop_t *tern_ctx_loop(tern_ctx *ctx);
+
+/**
+ * tern_ctx_data - the @data pointer given at creation
+ */
+TERN_EXPORT void *tern_ctx_data(tern_ctx *ctx);
+
+enum tern_run_mode {
+	TERN_RUN_DEFAULT = 0, /* until tern_ctx_stop() or nothing is left to do */
+	TERN_RUN_ONCE = 1,    /* one loop turn, blocking for events if needed */
+	TERN_RUN_NOWAIT = 2,  /* one loop turn, never blocking */
+};
+
+/**
+ * tern_ctx_run - run the context's loop
+ * @ctx: the context
+ * @mode: see enum tern_run_mode
+ *
+ * Return: what uv_run() returns: non-zero when there is more to do.
+ */
+TERN_EXPORT int tern_ctx_run(tern_ctx *ctx, enum tern_run_mode mode);
+
+/**
+ * tern_ctx_stop - make tern_ctx_run(TERN_RUN_DEFAULT) return soon
+ */
+TERN_EXPORT void tern_ctx_stop(tern_ctx *ctx);
+
+/**
+ * tern_ctx_poll - poll every transport once, without libuv
+ * @ctx: the context
+ * @budget: the most completions to handle (0: a default of 64)
+ *
+ * For callers that spin in their own loop.  Handles completions and expired
+ * deadlines; connection set-up still needs the loop to run now and then.
+ *
+ * Return: the number of completions handled, or a negative errno.
+ */
+TERN_EXPORT int tern_ctx_poll(tern_ctx *ctx, int budget);
+
+/**
+ * tern_ctx_last_error - a detailed message about the context's last failure
+ *
+ * Filled whenever a tern function or callback reports a failure that has
+ * more to say than its code (a refused handshake, a malformed URI, a peer
+ * that broke the protocol).  Valid until the next failure on this context.
+ */
+TERN_EXPORT const char *tern_ctx_last_error(tern_ctx *ctx);
+
+/* ------------------------------------------------------------------------ */
+/* Sessions                                                                  */
+
+/**
+ * struct tern_session_opts - options for a session (and a listener's sessions)
+ * @size: sizeof(struct tern_session_opts), or 0
+ * @slot_size: bytes per slot, header included (default 8192, at least 64,
+ *	a multiple of 64, at most 1 MiB); the largest payload in one message
+ *	is tern_session_max_payload()
+ * @slot_count: calls in flight per direction (default 64, 1..4096)
+ * @nonblock: 0: a call that finds no free slot or credit waits in a bounded
+ *	queue; 1: it fails at once with -EAGAIN
+ * @queue_depth: wait mode: the bound of that queue (default 4 * slot_count);
+ *	beyond it calls fail with -ENOBUFS
+ * @call_timeout_ms: the deadline of calls that do not set their own
+ *	(0: no deadline)
+ * @connect_timeout_ms: connection set-up deadline (default 10000)
+ * @schema_hash: a digest of the services this side expects; when both
+ *	peers set one and they differ, the handshake is refused with
+ *	TERN_ESCHEMA (0: don't check)
+ * @on_close: called once when the session ends for any reason other than a
+ *	failed connect: the peer went away, the peer broke the protocol, or
+ *	tern_session_close() (whose own callback then runs instead).  A
+ *	session that fails is closed by tern itself; the handle is freed when
+ *	this callback returns, so keep no pointer to it past that.
+ * @data: the caller's pointer, returned by tern_session_data()
+ *
+ * Both peers must use the same slot size and count; a mismatch is refused
+ * with TERN_EGEOMETRY on both sides.  A session registers
+ * (2 * slot_count + 2) slots in each direction, once, at creation: one ring
+ * half for requests, one for replies, so that replies can never overwrite
+ * requests when both peers call at once, plus two for credit messages.
+ */
+struct tern_session_opts {
+	uint32_t size;
+	uint32_t slot_size;
+	uint32_t slot_count;
+	int nonblock;
+	uint32_t queue_depth;
+	uint32_t call_timeout_ms;
+	uint32_t connect_timeout_ms;
+	uint64_t schema_hash;
+	void (*on_close)(tern_session *s, int reason);
+	void *data;
+};
+
+/**
+ * struct tern_session_counters - what a session has seen
+ * @calls_sent: calls this side issued (posted to the peer)
+ * @calls_completed: of those, calls whose callback ran with any status
+ * @calls_served: requests from the peer handed to a handler
+ * @bytes_sent: payload bytes sent (requests and replies)
+ * @bytes_received: payload bytes received
+ * @credit_stalls: calls that found no slot or credit (and waited or failed)
+ * @timeouts: calls that passed their deadline
+ * @errors: calls completed with an error status, timeouts included
+ * @late_replies: replies that arrived after their call had timed out
+ *	(dropped, never delivered to a newer call)
+ * @protocol_errors: malformed or out-of-protocol messages from the peer
+ * @credit_msgs_sent: explicit credit messages sent
+ * @credit_msgs_received: explicit credit messages received
+ */
+struct tern_session_counters {
+	uint64_t calls_sent;
+	uint64_t calls_completed;
+	uint64_t calls_served;
+	uint64_t bytes_sent;
+	uint64_t bytes_received;
+	uint64_t credit_stalls;
+	uint64_t timeouts;
+	uint64_t errors;
+	uint64_t late_replies;
+	uint64_t protocol_errors;
+	uint64_t credit_msgs_sent;
+	uint64_t credit_msgs_received;
+};
+
+/**
+ * tern_connect_cb - a connection attempt finished
+ * @s: the session; on failure it is already closed and is freed after the
+ *	callback returns
+ * @status: 0, or a negative errno / TERN_E* code; tern_ctx_last_error()
+ *	has the details
+ */
+typedef void (*tern_connect_cb)(tern_session *s, int status);
+
+/**
+ * tern_accept_cb - a listener accepted (or refused) a session
+ * @l: the listener
+ * @s: the new, ready session, or NULL when @status is non-zero
+ * @status: 0, or why an incoming connection was refused (a handshake
+ *	mismatch, resources); tern_ctx_last_error() has the details
+ */
+typedef void (*tern_accept_cb)(tern_listener *l, tern_session *s, int status);
+
+/*
+ * tern_session_close_cb - a session has closed
+ * @reason: 0 after tern_session_close(); otherwise why it failed
+ *	(-ECONNRESET: the peer went away; TERN_EPEER: it broke the protocol)
+ */
+typedef void (*tern_session_close_cb)(tern_session *s, int reason);
+typedef void (*tern_listener_close_cb)(tern_listener *l);
+
+/**
+ * tern_connect - open a session to a URI
+ * @ctx: the context
+ * @uri: "rdma://host:port" (also "shm://name" and "tcp://host:port" where
+ *	those providers are built in)
+ * @opts: session options, or NULL for the defaults
+ * @cb: called once when the session is ready or has failed
+ * @out: the session handle, valid at once (calls fail with -ENOTCONN until
+ *	@cb reports success)
+ *
+ * Return: 0 when the attempt started; -EINVAL for a malformed URI,
+ * -EPROTONOSUPPORT for an unknown scheme, or another negative errno.
+ */
+TERN_EXPORT int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+			     tern_connect_cb cb, tern_session **out);
+
+/**
+ * tern_connect_sync - open a session and wait for it, running the loop
+ * @timeout_ms: 0 means @opts' connect timeout
+ *
+ * Must not be called from a tern callback.
+ *
+ * Return: 0 with *@out ready, or the failure (*@out is then NULL).
+ */
+TERN_EXPORT int tern_connect_sync(tern_ctx *ctx, const char *uri,
+				  const struct tern_session_opts *opts, uint32_t timeout_ms,
+				  tern_session **out);
+
+/**
+ * tern_listen - accept sessions on a URI
+ * @uri: "rdma://host:port"; port 0 picks a free port (see tern_listener_port())
+ * @opts: options every accepted session gets (their geometry must match
+ *	the client's)
+ * @cb: called for every accepted or refused connection
+ *
+ * Return: 0, -EINVAL, -EPROTONOSUPPORT, -EADDRINUSE, -EADDRNOTAVAIL, ...
+ */
+TERN_EXPORT int tern_listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+			    tern_accept_cb cb, tern_listener **out);
+
+/**
+ * tern_listener_port - the port a listener is bound to (0 for shm)
+ */
+TERN_EXPORT int tern_listener_port(tern_listener *l);
+
+/**
+ * tern_listener_uri - the URI a client should connect to, with the real port
+ */
+TERN_EXPORT const char *tern_listener_uri(tern_listener *l);
+
+TERN_EXPORT void tern_listener_set_data(tern_listener *l, void *data);
+TERN_EXPORT void *tern_listener_data(tern_listener *l);
+
+/**
+ * tern_listener_close - stop accepting; @cb (may be NULL) runs when closed
+ *
+ * Sessions already accepted stay open.
+ */
+TERN_EXPORT void tern_listener_close(tern_listener *l, tern_listener_close_cb cb);
+
+/**
+ * tern_session_close - close a session asynchronously
+ * @s: the session
+ * @cb: called once the transport is torn down (may be NULL: then the
+ *	session's @on_close, if any, runs)
+ *
+ * Calls still pending complete with -ECANCELED before @cb runs.  Requests
+ * held by deferred handlers stay valid until they are replied to (the reply
+ * is then dropped): the session's memory is released only after @cb and
+ * after the last such request.  Closing twice returns -EALREADY.
+ */
+TERN_EXPORT int tern_session_close(tern_session *s, tern_session_close_cb cb);
+
+/**
+ * tern_session_counters - copy a session's counters
+ */
+TERN_EXPORT int tern_session_counters(tern_session *s, struct tern_session_counters *out);
+
+/**
+ * tern_session_max_payload - the largest request or reply in one message
+ *
+ * slot_size minus the 32-byte wire header.
+ */
+TERN_EXPORT size_t tern_session_max_payload(tern_session *s);
+
+TERN_EXPORT tern_ctx *tern_session_ctx(tern_session *s);
+TERN_EXPORT void tern_session_set_data(tern_session *s, void *data);
+TERN_EXPORT void *tern_session_data(tern_session *s);
+
+/**
+ * tern_session_is_ready - 1 once connected and until closed or failed
+ */
+TERN_EXPORT int tern_session_is_ready(tern_session *s);
+
+/**
+ * tern_session_peer - the peer's URI ("rdma://10.0.0.2:7000")
+ */
+TERN_EXPORT const char *tern_session_peer(tern_session *s);
+
+/* ------------------------------------------------------------------------ */
+/* Methods (server side)                                                     */
+
+/**
+ * struct tern_iov - bytes a raw handler replies with
+ *
+ * They need to stay valid only until the handler returns: the runtime copies
+ * them once into a registered send slot.
+ */
+struct tern_iov {
+	const void *base;
+	size_t len;
+};
+
+/**
+ * tern_raw_handler - a raw method
+ * @req: the request; valid until the handler returns
+ * @in: the request bytes, borrowed from the receive slot
+ * @in_len: their length
+ * @out: set it to the reply bytes (left empty: an empty reply)
+ * @user: the pointer given at registration
+ *
+ * Return: 0, or a negative errno / TERN_E* code that the caller receives
+ * as its status (with the message set by tern_req_set_error(), if any).
+ */
+typedef int (*tern_raw_handler)(tern_req *req, const void *in, size_t in_len, struct tern_iov *out,
+				void *user);
+
+/**
+ * tern_inplace_handler - an inplace method
+ * @req: the request; valid until the handler returns
+ * @in: the request bytes, borrowed from the receive slot
+ * @in_len: their length
+ * @out: the reply's place in a registered send slot
+ * @out_cap: the room there
+ * @user: the pointer given at registration
+ *
+ * The handler writes its reply straight into @out; the runtime posts that
+ * slot as it is, with no copy.
+ *
+ * Return: the reply's length (at most @out_cap: more is an error, never a
+ * truncated reply), or a negative errno / TERN_E* code.
+ */
+typedef ssize_t (*tern_inplace_handler)(tern_req *req, const void *in, size_t in_len, void *out,
+					size_t out_cap, void *user);
+
+/**
+ * tern_deferred_handler - a deferred method
+ * @req: the request; it stays valid, and so do @in's bytes, until the
+ *	handler replies with tern_reply_commit() or tern_reply_error()
+ *
+ * Return: 0 to reply later, or a negative errno / TERN_E* code to fail the
+ * call at once (the request is then finished).
+ */
+typedef int (*tern_deferred_handler)(tern_req *req, const void *in, size_t in_len, void *user);
+
+/**
+ * tern_register_raw - register a raw method on a context
+ * @ctx: the context; the method serves every session on it
+ * @method_id: non-zero; generated code uses a stable hash of "Service.method"
+ * @fn: the handler
+ * @user: passed to @fn
+ *
+ * Return: 0, -EINVAL (id 0 or NULL @fn), -EEXIST (id taken), -ENOMEM.
+ */
+TERN_EXPORT int tern_register_raw(tern_ctx *ctx, uint32_t method_id, tern_raw_handler fn,
+				  void *user);
+
+/**
+ * tern_register_inplace - register an inplace method; see tern_register_raw()
+ */
+TERN_EXPORT int tern_register_inplace(tern_ctx *ctx, uint32_t method_id, tern_inplace_handler fn,
+				      void *user);
+
+/**
+ * tern_register_deferred - register a deferred method; see tern_register_raw()
+ */
+TERN_EXPORT int tern_register_deferred(tern_ctx *ctx, uint32_t method_id, tern_deferred_handler fn,
+				       void *user);
+
+/**
+ * tern_unregister - remove a method; requests for it then get TERN_ENOMETHOD
+ *
+ * Return: 0 or -ENOENT.
+ */
+TERN_EXPORT int tern_unregister(tern_ctx *ctx, uint32_t method_id);
+
+/**
+ * tern_req_session - the session a request arrived on
+ */
+TERN_EXPORT tern_session *tern_req_session(tern_req *req);
+
+/**
+ * tern_req_method - the request's method id
+ */
+TERN_EXPORT uint32_t tern_req_method(tern_req *req);
+
+/**
+ * tern_req_set_error - attach a short message to the error a handler returns
+ *
+ * At most 200 bytes reach the caller; longer messages are cut.
+ */
+TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
+
+/**
+ * tern_reply_acquire - the send slot a deferred reply is written into
+ * @req: a request held by a deferred handler
+ * @out: where the reply goes (inside a registered send slot)
+ * @cap: the room there
+ *
+ * Return: 0, -EINVAL if @req is not a pending deferred request.
+ */
+TERN_EXPORT int tern_reply_acquire(tern_req *req, void **out, size_t *cap);
+
+/**
+ * tern_reply_commit - send a deferred reply of @len bytes from its slot
+ *
+ * Finishes @req.  On a session that has closed meanwhile, the reply is
+ * dropped and -ECONNRESET returned; @req is finished either way.
+ *
+ * Return: 0, -EMSGSIZE (@len over the slot; an error reply is sent
+ * instead), -ECONNRESET, -EINVAL.
+ */
+TERN_EXPORT int tern_reply_commit(tern_req *req, size_t len);
+
+/**
+ * tern_reply_error - fail a deferred request with @err and a short message
+ *
+ * Finishes @req.  @msg may be NULL.
+ */
+TERN_EXPORT int tern_reply_error(tern_req *req, int err, const char *msg);
+
+/* ------------------------------------------------------------------------ */
+/* Calls (client side)                                                       */
+
+/**
+ * tern_call_cb - a call finished
+ * @s: the session
+ * @status: 0, or a negative errno / TERN_E* code: the handler's own code,
+ *	TERN_ENOMETHOD, -ETIMEDOUT (deadline), -ECONNRESET (peer gone),
+ *	-ECANCELED (session closed locally), -EMSGSIZE (reply too large)...
+ * @reply: on success the reply bytes, borrowed from the receive slot and
+ *	valid only during the callback; on a remote error the remote's short
+ *	message (NUL-terminated, maybe empty)
+ * @len: their length
+ * @user: the pointer given with the call
+ */
+typedef void (*tern_call_cb)(tern_session *s, int status, const void *reply, size_t len,
+			     void *user);
+
+/**
+ * struct tern_call_opts - per-call options
+ * @size: sizeof(struct tern_call_opts), or 0
+ * @timeout_ms: this call's deadline from now (0: the session's default)
+ */
+struct tern_call_opts {
+	uint32_t size;
+	uint32_t timeout_ms;
+};
+
+/**
+ * tern_call - call a method, copying the request into a send slot
+ * @s: a ready session
+ * @method_id: the method
+ * @req: request bytes; copied at once when a slot and credit are free,
+ *	otherwise (wait mode) they must stay valid until @cb runs
+ * @len: at most tern_session_max_payload()
+ * @cb: completion callback, called exactly once when this returns 0
+ * @user: passed to @cb
+ * @opts: NULL, or per-call options
+ *
+ * Return: 0; -EMSGSIZE (too large for a slot); -EAGAIN (nonblock session
+ * with no free slot or credit); -ENOBUFS (wait queue full); -ENOTCONN.
+ */
+TERN_EXPORT int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len,
+			  tern_call_cb cb, void *user, const struct tern_call_opts *opts);
+
+/**
+ * tern_call_acquire - take a send slot to build a request in, zero-copy
+ * @s: a ready session
+ * @buf: where the request goes (inside a registered send slot)
+ * @cap: the room there
+ * @out: the call, to pass to tern_call_commit() or tern_call_abort()
+ *
+ * Reserves the slot, a credit and room for the reply, so the commit that
+ * follows cannot stall.  Both modes fail fast here: there are no bytes to
+ * queue yet.
+ *
+ * Return: 0, -EAGAIN (no slot or credit now), -ENOTCONN.
+ */
+TERN_EXPORT int tern_call_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out);
+
+/**
+ * tern_call_commit - send an acquired slot as a call of @len bytes
+ *
+ * Return: 0 (and @cb will run), -EMSGSIZE (@len over the slot; the call is
+ * aborted), -ENOTCONN (the session failed meanwhile; the call is aborted).
+ */
+TERN_EXPORT int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call_cb cb,
+				 void *user, const struct tern_call_opts *opts);
+
+/**
+ * tern_call_abort - give an acquired slot back unused
+ */
+TERN_EXPORT void tern_call_abort(tern_callslot *c);
+
+/**
+ * struct tern_sync_reply - where tern_call_sync() puts the reply
+ * @buf: the caller's buffer
+ * @cap: its size
+ * @len: set to the reply's length (also when it did not fit: -EMSGSIZE)
+ * @errmsg: the remote's message when the call failed remotely
+ */
+struct tern_sync_reply {
+	void *buf;
+	size_t cap;
+	size_t len;
+	char errmsg[208];
+};
+
+/**
+ * tern_call_sync - call and wait, running the context's loop
+ * @timeout_ms: the deadline (0: the session's default; if that is 0 too,
+ *	wait without one)
+ *
+ * Must not be called from a tern callback.
+ *
+ * Return: the call's status, or -EMSGSIZE when the reply does not fit
+ * @rep->buf.
+ */
+TERN_EXPORT int tern_call_sync(tern_session *s, uint32_t method_id, const void *req, size_t len,
+			       struct tern_sync_reply *rep, uint32_t timeout_ms);
 
 #ifdef __cplusplus
 }

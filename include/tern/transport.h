@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tern/transport.h - the transport provider interface.
+ *
+ * The rdma-core provider model: the engine (src/, rpc/) talks to a transport
+ * only through a const struct tern_transport_ops that the provider fills
+ * with designated initialisers, and the provider talks back only through the
+ * struct tern_transport_events the engine hands it.  The engine never
+ * includes a header from transport/.
+ *
+ * What a provider moves is *slots*.  A connection has @send_slots send slots
+ * and @recv_slots receive slots of @slot_size bytes each, allocated (and, for
+ * verbs, registered) once when the connection is made.  The engine writes a
+ * message (its 32-byte header and payload) into send slot i and calls
+ * post_send(i, len); the provider delivers it into one of the peer's posted
+ * receive slots and later reports send_done(i), after which the engine may
+ * reuse slot i.  A delivered message reaches the engine as recv(token, ptr,
+ * len): @ptr is borrowed until the engine hands @token back with post_recv().
+ *
+ * Flow control is the engine's: it never posts more messages than the peer
+ * has receive slots for, so a provider needs no buffering of its own beyond
+ * its slots, and may treat a message that finds no posted receive slot as a
+ * protocol violation.
+ */
+#ifndef TERN_TRANSPORT_H
+#define TERN_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include <tern.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct tern_tctx;
+struct tern_conn;
+struct tern_tlistener;
+
+/* A parsed URI: scheme://host:port or scheme://name. */
+struct tern_uri {
+	char scheme[16];
+	char host[256]; /* host, or the shm name */
+	uint16_t port;
+	int has_port;
+};
+
+/* The engine's handshake travels opaquely; it fits rdma_cm's private data. */
+#define TERN_HANDSHAKE_MAX 48
+
+/* What the engine needs of a connection; fixed for its life. */
+struct tern_conn_params {
+	uint32_t slot_size;
+	uint32_t send_slots;
+	uint32_t recv_slots;
+	uint32_t connect_timeout_ms;
+};
+
+/*
+ * The part of a connection the engine sees.  Providers embed it first in
+ * their own connection struct.
+ */
+struct tern_conn {
+	const struct tern_transport_ops *ops;
+	struct tern_tctx *tctx;
+	void *owner;	    /* the engine's session */
+	uint8_t *send_base; /* send_slots * slot_size bytes the engine writes into */
+	size_t send_region; /* their length */
+	uint32_t slot_size;
+	uint32_t send_slots;
+	uint32_t recv_slots;
+	char peer[80]; /* "10.0.0.2:7000" or the shm name, for messages */
+};
+
+/* The part of a listener the engine sees; embedded first by providers. */
+struct tern_tlistener {
+	const struct tern_transport_ops *ops;
+	struct tern_tctx *tctx;
+	void *owner; /* the engine's listener */
+	uint16_t port;
+};
+
+/*
+ * Upcalls, engine side.  A provider calls them from inside its own poll()
+ * or from its libuv callbacks, never from another thread.
+ */
+struct tern_transport_events {
+	/*
+	 * Server: a connection request arrived carrying the client's
+	 * handshake.  The engine checks it and returns 0 to accept, filling
+	 * @params, *@owner (its new session) and @reply/@reply_len (the
+	 * handshake answer, at most TERN_HANDSHAKE_MAX bytes); or a negative
+	 * code to refuse, with @reply holding the refusal the client will see.
+	 */
+	int (*incoming)(struct tern_tlistener *l, const void *hs, size_t hs_len,
+			struct tern_conn_params *params, void **owner, void *reply,
+			size_t *reply_len);
+	/*
+	 * Server: the accepted connection @c is up (status 0) or failed to
+	 * come up.  On failure the provider then tears it down and calls
+	 * closed().
+	 */
+	void (*accepted)(struct tern_conn *c, int status);
+	/*
+	 * Client: the connection is up, with the server's handshake answer in
+	 * @hs (status 0), or it failed (the server's refusal, if any, in
+	 * @hs).  The engine may refuse the answer by returning non-zero; the
+	 * provider then disconnects.
+	 */
+	int (*connected)(struct tern_conn *c, int status, const void *hs, size_t hs_len);
+	/* A message arrived in receive slot @token. */
+	void (*recv)(struct tern_conn *c, uint32_t token, const void *buf, uint32_t len);
+	/* Send slot @slot may be reused. */
+	void (*send_done)(struct tern_conn *c, uint32_t slot);
+	/*
+	 * The connection failed (peer gone, transport error, disconnect).
+	 * No recv or send_done follows.  The engine calls disconnect() to
+	 * release it, if it has not already.
+	 */
+	void (*error)(struct tern_conn *c, int err, const char *why);
+	/* Everything is released; @c is freed when this returns. */
+	void (*closed)(struct tern_conn *c);
+	/* Event mode: the provider saw activity (for adaptive progress). */
+	void (*activity)(tern_ctx *ctx);
+};
+
+enum tern_transport_mode {
+	TERN_TRANSPORT_POLLED = 0, /* the engine calls poll(); no fds armed */
+	TERN_TRANSPORT_EVENTS = 1, /* the provider arms its fds and polls itself when woken */
+};
+
+struct tern_transport_ops {
+	const char *scheme; /* "rdma", "shm", "tcp" */
+
+	/* Per-context state, made when a context first uses this scheme. */
+	int (*ctx_init)(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transport_events *ev,
+			struct tern_tctx **out);
+	/* Every connection and listener is already closed. */
+	void (*ctx_fini)(struct tern_tctx *t);
+
+	int (*listen)(struct tern_tctx *t, const struct tern_uri *uri, void *owner,
+		      struct tern_tlistener **out);
+	/* Stop listening and free @l; connections it accepted live on. */
+	void (*listener_close)(struct tern_tlistener *l);
+
+	/* Start connecting; the outcome arrives through events->connected. */
+	int (*connect)(struct tern_tctx *t, const struct tern_uri *uri,
+		       const struct tern_conn_params *p, const void *hs, size_t hs_len, void *owner,
+		       struct tern_conn **out);
+
+	int (*post_send)(struct tern_conn *c, uint32_t slot, uint32_t len);
+	int (*post_recv)(struct tern_conn *c, uint32_t token);
+	/*
+	 * Tear the connection down: no upcall but closed() follows, once
+	 * every resource is released.
+	 */
+	void (*disconnect)(struct tern_conn *c);
+
+	/* Handle up to @budget completions; return how many, or -errno. */
+	int (*poll)(struct tern_tctx *t, int budget);
+	/* Switch between engine-polled and event-driven progress. */
+	int (*set_mode)(struct tern_tctx *t, enum tern_transport_mode mode);
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TERN_TRANSPORT_H */

@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: MIT
+/*
+ * client.c - calls: the slot + generation table, the wait queue, deadlines.
+ *
+ * Call slot i owns send slot i.  A call is named on the wire by (slot,
+ * generation); the generation changes every time the slot is reused, so a
+ * reply to a call that already timed out can never complete a newer call
+ * in the same slot: it is counted as late and dropped.
+ *
+ * A slot is reusable when its call is finished *and* the provider has
+ * released its send slot; the two can happen in either order.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+static uint64_t deadline_for(tern_session *s, const struct tern_call_opts *opts)
+{
+	uint32_t ms = s->call_timeout_ms;
+
+	if (opts && opts->timeout_ms)
+		ms = opts->timeout_ms;
+	return ms ? tern__now_ns() + (uint64_t)ms * 1000000ull : 0;
+}
+
+static bool can_issue(const tern_session *s)
+{
+	return s->nfree_calls > 0 && tern_credits_can_call(&s->cr);
+}
+
+static void release_slot(tern_session *s, tern_callslot *c)
+{
+	c->state = TERN_CALL_FREE;
+	if (!c->send_busy)
+		s->free_calls[s->nfree_calls++] = c->idx;
+}
+
+/* Finish call @c: free its slot first, so the callback may call again. */
+static void complete(tern_session *s, tern_callslot *c, int status, const void *reply, size_t len)
+{
+	tern_call_cb cb = c->cb;
+	void *user = c->user;
+
+	release_slot(s, c);
+	s->cnt.calls_completed++;
+	if (status < 0)
+		s->cnt.errors++;
+	TERN_CALLBACK(s->ctx, cb(s, status, reply, len, user));
+}
+
+static void issue(tern_session *s, tern_callslot *c, uint32_t method, size_t len, tern_call_cb cb,
+		  void *user, uint64_t deadline_ns)
+{
+	struct tern_hdr h = {.kind = TERN_MSG_REQ};
+
+	c->gen++;
+	c->state = TERN_CALL_INFLIGHT;
+	c->send_busy = true;
+	c->cb = cb;
+	c->user = user;
+	c->method = method;
+	c->deadline_ns = deadline_ns;
+	h.call_slot = (uint16_t)c->idx;
+	h.call_gen = c->gen;
+	h.method = method;
+	h.len = (uint32_t)len;
+	s->cnt.calls_sent++;
+	if (tern__session_send(s, c->idx, &h) == 0)
+		tern__deadline_arm(s->ctx, deadline_ns);
+}
+
+static tern_callslot *take_slot(tern_session *s)
+{
+	tern_callslot *c = &s->calls[s->free_calls[--s->nfree_calls]];
+
+	tern_credits_take_call(&s->cr);
+	return c;
+}
+
+/* Copy a request into a fresh slot and send it: the copy path's one copy. */
+static void issue_copy(tern_session *s, uint32_t method, const void *buf, size_t len,
+		       tern_call_cb cb, void *user, uint64_t deadline_ns)
+{
+	tern_callslot *c = take_slot(s);
+
+	if (len)
+		memcpy(tern__send_slot(s, c->idx) + TERN_HDR_SIZE, buf, len);
+	s->copy_bytes += len;
+	issue(s, c, method, len, cb, user, deadline_ns);
+}
+
+int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, tern_call_cb cb,
+	      void *user, const struct tern_call_opts *opts)
+{
+	struct tern_pending *e;
+
+	if (!s || !cb || method_id == 0 || (len && !req))
+		return -EINVAL;
+	if (s->state != TERN_S_READY)
+		return -ENOTCONN;
+	if (len > s->max_payload) {
+		tern__set_error(s->ctx, "%s: request of %zu bytes exceeds the slot payload %u",
+				s->peer, len, s->max_payload);
+		return -EMSGSIZE;
+	}
+	if (s->q_len == 0 && can_issue(s)) {
+		issue_copy(s, method_id, req, len, cb, user, deadline_for(s, opts));
+		return 0;
+	}
+	s->cnt.credit_stalls++;
+	if (s->nonblock)
+		return -EAGAIN;
+	if (s->q_len == s->q_cap)
+		return -ENOBUFS;
+	e = &s->queue[(s->q_head + s->q_len) % s->q_cap];
+	e->method = method_id;
+	e->buf = req;
+	e->len = len;
+	e->cb = cb;
+	e->user = user;
+	e->deadline_ns = deadline_for(s, opts);
+	s->q_len++;
+	tern__deadline_arm(s->ctx, e->deadline_ns);
+	return 0;
+}
+
+/* Send queued calls while slots and credits last. */
+void tern__client_kick(tern_session *s)
+{
+	while (s->q_len && s->state == TERN_S_READY) {
+		struct tern_pending e = s->queue[s->q_head];
+
+		if (e.cb && !can_issue(s))
+			break;
+		s->q_head = (s->q_head + 1) % s->q_cap;
+		s->q_len--;
+		if (e.cb) /* NULL: it timed out while queued */
+			issue_copy(s, e.method, e.buf, e.len, e.cb, e.user, e.deadline_ns);
+	}
+}
+
+int tern_call_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out)
+{
+	tern_callslot *c;
+
+	if (!s || !buf || !cap || !out)
+		return -EINVAL;
+	if (s->state != TERN_S_READY)
+		return -ENOTCONN;
+	/* Queued calls go first. */
+	if (s->q_len || !can_issue(s)) {
+		s->cnt.credit_stalls++;
+		return -EAGAIN;
+	}
+	c = take_slot(s);
+	c->state = TERN_CALL_ACQUIRED;
+	*buf = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
+	*cap = s->max_payload;
+	*out = c;
+	return 0;
+}
+
+void tern_call_abort(tern_callslot *c)
+{
+	if (!c || c->state != TERN_CALL_ACQUIRED)
+		return;
+	tern_credits_untake_call(&c->s->cr);
+	release_slot(c->s, c);
+	tern__client_kick(c->s);
+}
+
+int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call_cb cb, void *user,
+		     const struct tern_call_opts *opts)
+{
+	tern_session *s;
+
+	if (!c || c->state != TERN_CALL_ACQUIRED || !cb || method_id == 0)
+		return -EINVAL;
+	s = c->s;
+	if (s->state != TERN_S_READY) {
+		tern_call_abort(c);
+		return -ENOTCONN;
+	}
+	if (len > s->max_payload) {
+		tern_call_abort(c);
+		return -EMSGSIZE;
+	}
+	issue(s, c, method_id, len, cb, user, deadline_for(s, opts));
+	return 0;
+}
+
+void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *payload)
+{
+	tern_callslot *c = &s->calls[h->call_slot];
+
+	if (c->state != TERN_CALL_INFLIGHT || c->gen != h->call_gen) {
+		/* A reply to a call that timed out (its receive was still
+		 * reserved, see credit.h): count it, never deliver it. */
+		s->cnt.late_replies++;
+		return;
+	}
+	if (h->kind == TERN_MSG_ERR) {
+		char msg[TERN_ERRMSG_MAX + 1];
+
+		memcpy(msg, payload, h->len);
+		msg[h->len] = 0;
+		complete(s, c, h->status, msg, h->len);
+	} else {
+		complete(s, c, 0, payload, h->len);
+	}
+}
+
+void tern__client_send_done(tern_session *s, uint32_t idx)
+{
+	tern_callslot *c = &s->calls[idx];
+
+	c->send_busy = false;
+	if (c->state == TERN_CALL_FREE) {
+		s->free_calls[s->nfree_calls++] = idx;
+		tern__client_kick(s);
+	}
+}
+
+void tern__client_fail_all(tern_session *s, int err)
+{
+	for (uint32_t i = 0; i < s->n; i++) {
+		tern_callslot *c = &s->calls[i];
+		if (c->state == TERN_CALL_INFLIGHT)
+			complete(s, c, err, "", 0);
+	}
+	while (s->q_len) {
+		struct tern_pending e = s->queue[s->q_head];
+		s->q_head = (s->q_head + 1) % s->q_cap;
+		s->q_len--;
+		if (e.cb) {
+			s->cnt.calls_completed++;
+			s->cnt.errors++;
+			TERN_CALLBACK(s->ctx, e.cb(s, err, "", 0, e.user));
+		}
+	}
+}
+
+uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
+{
+	uint64_t next = 0;
+
+	if (s->state != TERN_S_READY)
+		return 0;
+	for (uint32_t i = 0; i < s->n && s->state == TERN_S_READY; i++) {
+		tern_callslot *c = &s->calls[i];
+
+		if (c->state != TERN_CALL_INFLIGHT || !c->deadline_ns)
+			continue;
+		if (c->deadline_ns <= now_ns) {
+			/* The reply may still come: its receive stays reserved
+			 * (replies_expected) and the generation catches it. */
+			s->cnt.timeouts++;
+			complete(s, c, -ETIMEDOUT, "", 0);
+		} else if (!next || c->deadline_ns < next) {
+			next = c->deadline_ns;
+		}
+	}
+	for (uint32_t k = 0; k < s->q_len && s->state == TERN_S_READY; k++) {
+		struct tern_pending *e = &s->queue[(s->q_head + k) % s->q_cap];
+
+		if (!e->cb || !e->deadline_ns)
+			continue;
+		if (e->deadline_ns <= now_ns) {
+			tern_call_cb cb = e->cb;
+			e->cb = NULL; /* left in place; tern__client_kick skips it */
+			s->cnt.timeouts++;
+			s->cnt.calls_completed++;
+			s->cnt.errors++;
+			TERN_CALLBACK(s->ctx, cb(s, -ETIMEDOUT, "", 0, e->user));
+		} else if (!next || e->deadline_ns < next) {
+			next = e->deadline_ns;
+		}
+	}
+	return next;
+}
+
+/* ---- synchronous helper ------------------------------------------------------ */
+
+struct sync_call {
+	bool done;
+	int status;
+	struct tern_sync_reply *rep;
+};
+
+static void sync_cb(tern_session *s, int status, const void *reply, size_t len, void *user)
+{
+	struct sync_call *sc = user;
+	struct tern_sync_reply *rep = sc->rep;
+
+	(void)s;
+	sc->done = true;
+	sc->status = status;
+	if (!rep)
+		return;
+	rep->len = len;
+	rep->errmsg[0] = 0;
+	if (status < 0) {
+		snprintf(rep->errmsg, sizeof(rep->errmsg), "%.*s", (int)len, (const char *)reply);
+		rep->len = 0;
+	} else if (len > rep->cap) {
+		sc->status = -EMSGSIZE;
+	} else if (len) {
+		memcpy(rep->buf, reply, len);
+	}
+}
+
+int tern_call_sync(tern_session *s, uint32_t method_id, const void *req, size_t len,
+		   struct tern_sync_reply *rep, uint32_t timeout_ms)
+{
+	struct tern_call_opts o = {.size = sizeof(o), .timeout_ms = timeout_ms};
+	struct sync_call sc = {.rep = rep};
+	int rc;
+
+	if (!s)
+		return -EINVAL;
+	if (s->ctx->cb_depth > 0)
+		return -EBUSY;
+	rc = tern_call(s, method_id, req, len, sync_cb, &sc, &o);
+	if (rc)
+		return rc;
+	while (!sc.done)
+		uv_run(s->ctx->loop, UV_RUN_ONCE);
+	return sc.status;
+}

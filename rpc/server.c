@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: MIT
+/*
+ * server.c - serving requests: dispatch to raw, inplace and deferred
+ * handlers, and the replies they make.
+ *
+ * Request i (i < N) replies from send slot N + i, which it owns from
+ * dispatch until the provider reports the reply sent.  A peer can have at
+ * most N requests in flight (its credits), but a reply slot is released
+ * only at send completion, which may come after the peer already sent the
+ * next request on the credit that reply returned; such a request waits in
+ * the backlog (bounded by the receive ring) for a reply slot.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+static int clamp_status(int err)
+{
+	/* Only errno values and TERN_E* codes cross the wire. */
+	if (err >= 0 || err <= -(TERN_ERRNO_BASE + 1000))
+		return TERN_EREMOTE;
+	return err;
+}
+
+/*
+ * Finish a request: give its receive back first (so the credit the reply
+ * carries is for a receive that really is posted), then post the reply.
+ */
+static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
+{
+	tern_session *s = req->s;
+	struct tern_hdr h = {
+		.kind = kind,
+		.call_slot = req->call_slot,
+		.call_gen = req->call_gen,
+		.status = status,
+		.len = len,
+	};
+
+	req->state = TERN_REQ_FREE;
+	req->in = NULL;
+	if (s->state != TERN_S_READY) {
+		/* The session died while a deferred handler held the request:
+		 * the reply has nowhere to go. */
+		s->free_reqs[s->nfree_reqs++] = req->idx;
+		tern__session_unref(s);
+		return;
+	}
+	tern__session_repost(s, req->token);
+	tern_credits_request_done(&s->cr);
+	tern__session_send(s, s->n + req->idx, &h);
+}
+
+static void reply_error(tern_req *req, int err, const char *fallback)
+{
+	tern_session *s = req->s;
+	const char *msg = req->errmsg[0] ? req->errmsg : fallback;
+	size_t len = msg ? strnlen(msg, TERN_ERRMSG_MAX) : 0;
+
+	if (s->state == TERN_S_READY && len)
+		memcpy(tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE, msg, len);
+	finish(req, TERN_MSG_ERR, clamp_status(err), (uint32_t)len);
+}
+
+static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in)
+{
+	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
+	uint32_t idx = s->free_reqs[--s->nfree_reqs];
+	tern_req *req = &s->reqs[idx];
+	uint8_t *out = tern__send_slot(s, s->n + idx) + TERN_HDR_SIZE;
+	char why[96];
+
+	req->state = TERN_REQ_HANDLER;
+	req->token = token;
+	req->in = in;
+	req->in_len = h->len;
+	req->call_slot = h->call_slot;
+	req->call_gen = h->call_gen;
+	req->method = h->method;
+	req->errmsg[0] = 0;
+
+	if (!m) {
+		snprintf(why, sizeof(why), "no method 0x%08x here", h->method);
+		reply_error(req, TERN_ENOMETHOD, why);
+		return;
+	}
+	s->cnt.calls_served++;
+	switch (m->kind) {
+	case TERN_KIND_RAW: {
+		struct tern_iov iov = {0};
+		int rc;
+
+		TERN_CALLBACK(s->ctx, rc = m->fn.raw(req, in, h->len, &iov, m->user));
+		if (rc < 0) {
+			reply_error(req, rc, NULL);
+		} else if (iov.len > s->max_payload) {
+			snprintf(why, sizeof(why), "reply of %zu bytes exceeds the slot payload %u",
+				 iov.len, s->max_payload);
+			reply_error(req, -EMSGSIZE, why);
+		} else {
+			/* The one copy of the raw path. */
+			if (iov.len)
+				memcpy(out, iov.base, iov.len);
+			s->copy_bytes += iov.len;
+			finish(req, TERN_MSG_REP, 0, (uint32_t)iov.len);
+		}
+		break;
+	}
+	case TERN_KIND_INPLACE: {
+		ssize_t n;
+
+		TERN_CALLBACK(s->ctx,
+			      n = m->fn.inplace(req, in, h->len, out, s->max_payload, m->user));
+		if (n < 0) {
+			reply_error(req, (int)n, NULL);
+		} else if ((size_t)n > s->max_payload) {
+			snprintf(why, sizeof(why), "handler claims %zd bytes in a %u-byte slot", n,
+				 s->max_payload);
+			reply_error(req, -EMSGSIZE, why);
+		} else {
+			/* No copy: the slot the handler wrote is posted as is. */
+			finish(req, TERN_MSG_REP, 0, (uint32_t)n);
+		}
+		break;
+	}
+	case TERN_KIND_DEFERRED: {
+		int rc;
+
+		req->state = TERN_REQ_DEFERRED;
+		TERN_CALLBACK(s->ctx, rc = m->fn.deferred(req, in, h->len, m->user));
+		/* The handler may already have replied (and freed the req). */
+		if (rc < 0 && req->state == TERN_REQ_DEFERRED && req->token == token)
+			reply_error(req, rc, NULL);
+		break;
+	}
+	}
+}
+
+void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,
+			 const void *payload)
+{
+	if (s->nfree_reqs == 0 || s->bl_len) {
+		/* No reply slot free yet; keep arrival order. */
+		struct tern_backlog_entry *b = s->backlog;
+		uint32_t at;
+
+		if (s->bl_len == s->bl_cap) {
+			tern__session_fail(s, TERN_EPEER, "more requests than receive slots");
+			return;
+		}
+		at = (s->bl_head + s->bl_len) % s->bl_cap;
+		b[at].token = token;
+		b[at].payload = payload;
+		b[at].h = *h;
+		s->bl_len++;
+		return;
+	}
+	dispatch(s, token, h, payload);
+}
+
+void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
+{
+	struct tern_backlog_entry *b = s->backlog;
+
+	s->free_reqs[s->nfree_reqs++] = idx;
+	while (s->bl_len && s->nfree_reqs && s->state == TERN_S_READY) {
+		struct tern_backlog_entry e = b[s->bl_head];
+		s->bl_head = (s->bl_head + 1) % s->bl_cap;
+		s->bl_len--;
+		dispatch(s, e.token, &e.h, e.payload);
+	}
+}
+
+void tern__serve_session_down(tern_session *s)
+{
+	/* Requests still in a handler (it may close the session itself) or
+	 * held by a deferred handler keep the session's memory until they
+	 * finish. */
+	for (uint32_t i = 0; i < s->n; i++)
+		if (s->reqs[i].state != TERN_REQ_FREE)
+			s->refs++;
+	s->bl_len = 0;
+}
+
+/* ---- the request API ------------------------------------------------------- */
+
+tern_session *tern_req_session(tern_req *req)
+{
+	return req ? req->s : NULL;
+}
+
+uint32_t tern_req_method(tern_req *req)
+{
+	return req ? req->method : 0;
+}
+
+void tern_req_set_error(tern_req *req, const char *msg)
+{
+	if (!req)
+		return;
+	snprintf(req->errmsg, sizeof(req->errmsg), "%s", msg ? msg : "");
+}
+
+int tern_reply_acquire(tern_req *req, void **out, size_t *cap)
+{
+	if (!req || !out || !cap || req->state != TERN_REQ_DEFERRED)
+		return -EINVAL;
+	if (req->s->state != TERN_S_READY)
+		return -ECONNRESET;
+	*out = tern__send_slot(req->s, req->s->n + req->idx) + TERN_HDR_SIZE;
+	*cap = req->s->max_payload;
+	return 0;
+}
+
+int tern_reply_commit(tern_req *req, size_t len)
+{
+	tern_session *s;
+
+	if (!req || req->state != TERN_REQ_DEFERRED)
+		return -EINVAL;
+	s = req->s;
+	if (s->state != TERN_S_READY) {
+		finish(req, TERN_MSG_REP, 0, 0); /* drops it, releases the session */
+		return -ECONNRESET;
+	}
+	if (len > s->max_payload) {
+		char why[96];
+		snprintf(why, sizeof(why), "reply of %zu bytes exceeds the slot payload %u", len,
+			 s->max_payload);
+		req->errmsg[0] = 0;
+		reply_error(req, -EMSGSIZE, why);
+		return -EMSGSIZE;
+	}
+	finish(req, TERN_MSG_REP, 0, (uint32_t)len);
+	return 0;
+}
+
+int tern_reply_error(tern_req *req, int err, const char *msg)
+{
+	tern_session *s;
+
+	if (!req || req->state != TERN_REQ_DEFERRED || err >= 0)
+		return -EINVAL;
+	s = req->s;
+	if (s->state != TERN_S_READY) {
+		finish(req, TERN_MSG_ERR, err, 0);
+		return -ECONNRESET;
+	}
+	if (msg)
+		tern_req_set_error(req, msg);
+	reply_error(req, err, NULL);
+	return 0;
+}

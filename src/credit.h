@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * credit.h - credit accounting for one session: no RNR by construction.
+ *
+ * Each side posts R = 2N + C receives (N = slot_count, C = TERN_CTRL_SLOTS)
+ * and never consumes more of the peer's than it posted:
+ *
+ *   - requests:  at most N in flight, one credit each.  A credit exists only
+ *                for a receive that is actually posted: the peer returns it
+ *                after re-posting the receive the request used, piggybacked
+ *                on any message's header, or in a credit message.
+ *   - replies:   need no credit.  The caller reserved one of its own posted
+ *                receives for the reply when it made the call
+ *                (replies_expected), so a reply can never find the ring dry.
+ *   - credit messages: at most C in flight, with credits of their own
+ *                (ctrl_tx).  Those come back only piggybacked, never in a
+ *                credit message, or the two sides would ping-pong.  A side
+ *                sends a credit message only after the peer consumed
+ *                request credits, and the peer's next message carries the
+ *                control credit back, so this cannot deadlock.
+ *
+ *   N (peer's requests) + N (replies to our calls) + C (credit messages)
+ *   = R receives: the peer can never send into an empty ring.
+ *
+ * Everything a peer says about credits is checked: a message it had no
+ * credit for, or credits it never owed, is a protocol error.
+ */
+#ifndef TERN_CREDIT_H
+#define TERN_CREDIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tern.h"
+#include "wire.h"
+
+#define TERN_CTRL_SLOTS 2
+
+struct tern_credits {
+	uint32_t n;		   /* slot_count */
+	uint32_t tx;		   /* request credits we hold */
+	uint32_t peer_tx;	   /* request credits the peer holds (as far as we know) */
+	uint32_t to_return;	   /* receives re-posted but not yet announced */
+	uint32_t ctrl_tx;	   /* credit-message credits we hold */
+	uint32_t peer_ctrl_tx;	   /* ...the peer holds */
+	uint32_t ctrl_to_return;   /* credit-message receives re-posted, not yet announced */
+	uint32_t replies_expected; /* our receives reserved for replies to our calls */
+};
+
+static inline void tern_credits_init(struct tern_credits *c, uint32_t n)
+{
+	c->n = n;
+	c->tx = n;
+	c->peer_tx = n;
+	c->to_return = 0;
+	c->ctrl_tx = TERN_CTRL_SLOTS;
+	c->peer_ctrl_tx = TERN_CTRL_SLOTS;
+	c->ctrl_to_return = 0;
+	c->replies_expected = 0;
+}
+
+/* A call needs a request credit and a receive reserved for its reply. */
+static inline bool tern_credits_can_call(const struct tern_credits *c)
+{
+	return c->tx > 0 && c->replies_expected < c->n;
+}
+
+static inline void tern_credits_take_call(struct tern_credits *c)
+{
+	c->tx--;
+	c->replies_expected++;
+}
+
+/* An acquired call that was never sent gives both back. */
+static inline void tern_credits_untake_call(struct tern_credits *c)
+{
+	c->tx++;
+	c->replies_expected--;
+}
+
+/*
+ * Stamp an outgoing header with everything we owe the peer.  From here on
+ * the peer may use those receives.
+ */
+static inline void tern_credits_stamp(struct tern_credits *c, struct tern_hdr *h)
+{
+	h->credits = (uint16_t)c->to_return;
+	h->ctrl_credits = (uint16_t)c->ctrl_to_return;
+	c->peer_tx += c->to_return;
+	c->peer_ctrl_tx += c->ctrl_to_return;
+	c->to_return = 0;
+	c->ctrl_to_return = 0;
+}
+
+/*
+ * Is an explicit credit message worth sending now?  Only when credits are
+ * owed, we hold a control credit, and either enough have piled up to be
+ * worth a message or the peer is running low (it may be stalled on us).
+ */
+static inline bool tern_credits_want_credit_msg(const struct tern_credits *c)
+{
+	uint32_t quarter = c->n / 4 ? c->n / 4 : 1;
+
+	return c->to_return > 0 && c->ctrl_tx > 0 &&
+	       (c->to_return >= quarter || c->peer_tx <= quarter);
+}
+
+static inline void tern_credits_take_credit_msg(struct tern_credits *c)
+{
+	c->ctrl_tx--;
+}
+
+/* A receive that held a peer's request is posted again: one credit owed. */
+static inline void tern_credits_request_done(struct tern_credits *c)
+{
+	c->to_return++;
+}
+
+/*
+ * tern_credits_on_recv - account for a received header
+ *
+ * Return: 0, or TERN_EPEER with @why set when the peer sent without a
+ * credit, returned credits it never had, or replied to nothing.
+ */
+static inline int tern_credits_on_recv(struct tern_credits *c, const struct tern_hdr *h,
+				       const char **why)
+{
+	if (c->tx + h->credits > c->n) {
+		*why = "peer returned more request credits than it held";
+		return TERN_EPEER;
+	}
+	if (c->ctrl_tx + h->ctrl_credits > TERN_CTRL_SLOTS) {
+		*why = "peer returned more control credits than it held";
+		return TERN_EPEER;
+	}
+	switch (h->kind) {
+	case TERN_MSG_REQ:
+		if (c->peer_tx == 0) {
+			*why = "peer sent a request without a credit";
+			return TERN_EPEER;
+		}
+		c->peer_tx--;
+		break;
+	case TERN_MSG_REP:
+	case TERN_MSG_ERR:
+		if (c->replies_expected == 0) {
+			*why = "peer sent a reply to no call";
+			return TERN_EPEER;
+		}
+		c->replies_expected--;
+		break;
+	case TERN_MSG_CREDIT:
+		if (c->peer_ctrl_tx == 0) {
+			*why = "peer sent a credit message without a control credit";
+			return TERN_EPEER;
+		}
+		c->peer_ctrl_tx--;
+		/* re-posted at once by the caller */
+		c->ctrl_to_return++;
+		break;
+	}
+	c->tx += h->credits;
+	c->ctrl_tx += h->ctrl_credits;
+	return 0;
+}
+
+#endif /* TERN_CREDIT_H */

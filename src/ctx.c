@@ -1,0 +1,314 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ctx.c - the context: its loop, its progress mode, its transports, and the
+ * one timer that enforces every call deadline.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+static const struct tern_transport_ops *const builtin_transports[] = {
+	&tern_verbs_transport,
+};
+
+uint64_t tern__now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void tern__set_error(tern_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(ctx->last_error, sizeof(ctx->last_error), fmt, ap);
+	va_end(ap);
+}
+
+const char *tern_ctx_last_error(tern_ctx *ctx)
+{
+	return ctx ? ctx->last_error : "";
+}
+
+int tern__transport_get(tern_ctx *ctx, const char *scheme, struct tern_tp **out)
+{
+	for (int i = 0; i < ctx->ntp; i++) {
+		struct tern_tp *tp = &ctx->tp[i];
+		int rc;
+
+		if (strcmp(tp->ops->scheme, scheme) != 0)
+			continue;
+		if (!tp->t) {
+			/* Per-context provider state is made on first use, so a
+			 * context that never touches rdma:// never opens a device. */
+			rc = tp->ops->ctx_init(ctx, ctx->loop, &tern__events, &tp->t);
+			if (rc)
+				return rc;
+			if (ctx->progress == TERN_PROGRESS_EVENT || ctx->events_armed)
+				tp->ops->set_mode(tp->t, TERN_TRANSPORT_EVENTS);
+		}
+		*out = tp;
+		return 0;
+	}
+	tern__set_error(ctx, "unknown URI scheme '%s'", scheme);
+	return -EPROTONOSUPPORT;
+}
+
+/* Poll every initialised transport once; then settle credits and deadlines. */
+static int poll_all(tern_ctx *ctx, int budget)
+{
+	int total = 0;
+
+	for (int i = 0; i < ctx->ntp; i++) {
+		struct tern_tp *tp = &ctx->tp[i];
+		int n;
+
+		if (!tp->t)
+			continue;
+		n = tp->ops->poll(tp->t, budget);
+		if (n > 0)
+			total += n;
+	}
+	tern__session_flush_dirty(ctx);
+	if (ctx->next_deadline_ns) {
+		uint64_t now = tern__now_ns();
+		if (now >= ctx->next_deadline_ns)
+			tern__deadlines_run(ctx, now);
+	}
+	return total;
+}
+
+/* Return how many completions the providers found while switching. */
+static int set_transport_mode(tern_ctx *ctx, enum tern_transport_mode mode)
+{
+	int n = 0;
+
+	ctx->events_armed = mode == TERN_TRANSPORT_EVENTS;
+	for (int i = 0; i < ctx->ntp; i++)
+		if (ctx->tp[i].t)
+			n += ctx->tp[i].ops->set_mode(ctx->tp[i].t, mode);
+	return n;
+}
+
+/*
+ * Busy and adaptive progress: one loop turn spins on the transports for up
+ * to busy_spin_ns, so libuv's epoll_wait(0) is paid once per turn rather
+ * than once per completion.
+ */
+static void idle_cb(uv_idle_t *h)
+{
+	tern_ctx *ctx = h->data;
+	uint64_t start = tern__now_ns(), now;
+
+	do {
+		if (poll_all(ctx, 64) > 0)
+			ctx->last_activity_ns = tern__now_ns();
+		now = tern__now_ns();
+	} while (now - start < ctx->busy_spin_ns && ctx->idle_active);
+
+	if (ctx->progress == TERN_PROGRESS_ADAPTIVE && ctx->idle_active &&
+	    now - ctx->last_activity_ns > ctx->adaptive_spin_ns) {
+		/* Quiet for long enough: arm the notification fds and sleep. */
+		uv_idle_stop(&ctx->idle);
+		ctx->idle_active = false;
+		/* Completions that raced with arming mean traffic: spin again. */
+		if (set_transport_mode(ctx, TERN_TRANSPORT_EVENTS) > 0)
+			tern__activity(ctx);
+	}
+}
+
+/* A provider woke up in event mode (or finished a self-driven poll). */
+void tern__activity(tern_ctx *ctx)
+{
+	ctx->last_activity_ns = tern__now_ns();
+	tern__session_flush_dirty(ctx);
+	if (ctx->progress == TERN_PROGRESS_ADAPTIVE && !ctx->idle_active && !ctx->destroying) {
+		/* Traffic again: back to spinning. */
+		set_transport_mode(ctx, TERN_TRANSPORT_POLLED);
+		uv_idle_start(&ctx->idle, idle_cb);
+		ctx->idle_active = true;
+	}
+}
+
+static void deadline_cb(uv_timer_t *t)
+{
+	tern_ctx *ctx = t->data;
+
+	tern__deadlines_run(ctx, tern__now_ns());
+}
+
+void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns)
+{
+	uint64_t now, ms;
+
+	if (!deadline_ns || (ctx->next_deadline_ns && ctx->next_deadline_ns <= deadline_ns))
+		return;
+	ctx->next_deadline_ns = deadline_ns;
+	now = tern__now_ns();
+	/* libuv timers have millisecond resolution: round up, never fire early. */
+	ms = deadline_ns > now ? (deadline_ns - now + 999999) / 1000000 : 0;
+	uv_timer_start(&ctx->deadline_timer, deadline_cb, ms, 0);
+}
+
+void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns)
+{
+	uint64_t next = 0;
+	struct tern_list *l, *nx;
+
+	ctx->next_deadline_ns = 0;
+	uv_timer_stop(&ctx->deadline_timer);
+	for (l = ctx->sessions.next; l != &ctx->sessions; l = nx) {
+		tern_session *s = tern_container_of(l, tern_session, link);
+		uint64_t d;
+
+		nx = l->next;
+		d = tern__client_expire(s, now_ns);
+		if (d && (!next || d < next))
+			next = d;
+	}
+	tern__deadline_arm(ctx, next);
+}
+
+int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
+{
+	struct tern_ctx_opts o = {0};
+	tern_ctx *ctx;
+	int rc;
+
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	if (opts) {
+		size_t n = opts->size ? opts->size : sizeof(o);
+		if (n > sizeof(o))
+			return -EINVAL;
+		memcpy(&o, opts, n);
+	}
+	if (o.progress != TERN_PROGRESS_BUSY && o.progress != TERN_PROGRESS_EVENT &&
+	    o.progress != TERN_PROGRESS_ADAPTIVE)
+		return -EINVAL;
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return -ENOMEM;
+	if (o.loop) {
+		ctx->loop = o.loop;
+	} else {
+		rc = uv_loop_init(&ctx->own_loop);
+		if (rc) {
+			free(ctx);
+			return rc;
+		}
+		ctx->loop = &ctx->own_loop;
+		ctx->owns_loop = true;
+	}
+	ctx->progress = o.progress;
+	ctx->adaptive_spin_ns = (uint64_t)(o.adaptive_spin_us ? o.adaptive_spin_us : 100) * 1000;
+	ctx->busy_spin_ns = (uint64_t)(o.busy_spin_us ? o.busy_spin_us : 20) * 1000;
+	ctx->data = o.data;
+	tern_list_init(&ctx->sessions);
+	tern_list_init(&ctx->listeners);
+	tern_list_init(&ctx->dirty);
+	for (size_t i = 0; i < sizeof(builtin_transports) / sizeof(builtin_transports[0]); i++)
+		ctx->tp[ctx->ntp++].ops = builtin_transports[i];
+
+	uv_idle_init(ctx->loop, &ctx->idle);
+	ctx->idle.data = ctx;
+	uv_timer_init(ctx->loop, &ctx->deadline_timer);
+	ctx->deadline_timer.data = ctx;
+	/* The deadline timer alone must not keep tern_ctx_run() alive. */
+	uv_unref((uv_handle_t *)&ctx->deadline_timer);
+	ctx->open_handles = 2;
+	if (ctx->progress != TERN_PROGRESS_EVENT) {
+		uv_idle_start(&ctx->idle, idle_cb);
+		ctx->idle_active = true;
+	}
+	ctx->last_activity_ns = tern__now_ns();
+	*out = ctx;
+	return 0;
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+	tern_ctx *ctx = h->data;
+	ctx->open_handles--;
+}
+
+int tern_ctx_destroy(tern_ctx *ctx)
+{
+	struct tern_list *l, *nx;
+
+	if (!ctx)
+		return -EINVAL;
+	if (ctx->cb_depth > 0)
+		return -EBUSY;
+	ctx->destroying = true;
+	for (l = ctx->listeners.next; l != &ctx->listeners; l = nx) {
+		nx = l->next;
+		tern_listener_close(tern_container_of(l, tern_listener, link), NULL);
+	}
+	tern__session_close_all(ctx);
+	/* Sessions close asynchronously (verbs waits for its flushes): run
+	 * the loop until every one has reported closed(). */
+	while (!tern_list_empty(&ctx->sessions)) {
+		if (!ctx->idle_active)
+			set_transport_mode(ctx, TERN_TRANSPORT_EVENTS);
+		uv_run(ctx->loop, UV_RUN_ONCE);
+	}
+	for (int i = 0; i < ctx->ntp; i++)
+		if (ctx->tp[i].t)
+			ctx->tp[i].ops->ctx_fini(ctx->tp[i].t);
+	if (ctx->idle_active)
+		uv_idle_stop(&ctx->idle);
+	uv_close((uv_handle_t *)&ctx->idle, handle_closed);
+	uv_close((uv_handle_t *)&ctx->deadline_timer, handle_closed);
+	while (ctx->open_handles > 0)
+		uv_run(ctx->loop, UV_RUN_NOWAIT);
+	tern__methods_free(&ctx->methods);
+	if (ctx->owns_loop)
+		uv_loop_close(&ctx->own_loop);
+	free(ctx);
+	return 0;
+}
+
+uv_loop_t *tern_ctx_loop(tern_ctx *ctx)
+{
+	return ctx->loop;
+}
+
+void *tern_ctx_data(tern_ctx *ctx)
+{
+	return ctx->data;
+}
+
+int tern_ctx_run(tern_ctx *ctx, enum tern_run_mode mode)
+{
+	uv_run_mode m = mode == TERN_RUN_ONCE	  ? UV_RUN_ONCE
+			: mode == TERN_RUN_NOWAIT ? UV_RUN_NOWAIT
+						  : UV_RUN_DEFAULT;
+	return uv_run(ctx->loop, m);
+}
+
+void tern_ctx_stop(tern_ctx *ctx)
+{
+	uv_stop(ctx->loop);
+}
+
+int tern_ctx_poll(tern_ctx *ctx, int budget)
+{
+	int n;
+
+	if (!ctx)
+		return -EINVAL;
+	n = poll_all(ctx, budget > 0 ? budget : 64);
+	if (n > 0)
+		ctx->last_activity_ns = tern__now_ns();
+	return n;
+}

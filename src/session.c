@@ -1,0 +1,752 @@
+// SPDX-License-Identifier: MIT
+/*
+ * session.c - one connection to one peer: its slot rings, its credits, its
+ * state machine, and the transport upcalls that drive it.
+ *
+ * Send slot layout (2N + C slots of slot_size bytes, N = slot_count):
+ *
+ *   [0, N)        request slots: call slot i sends from send slot i
+ *   [N, 2N)       reply slots: request i being served replies from N + i
+ *   [2N, 2N + C)  control slots: credit messages
+ *
+ * Requests and replies never share a slot, so when both peers call each
+ * other at once a reply can never overwrite a request still being read
+ * (the SlimeRPC bug).  The receive side has 2N + C posted receives; see
+ * credit.h for why that is exactly enough.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void session_free(tern_session *s)
+{
+	tern_list_del(&s->link);
+	tern_list_del(&s->dirty);
+	free(s->calls);
+	free(s->free_calls);
+	free(s->queue);
+	free(s->reqs);
+	free(s->free_reqs);
+	free(s->backlog);
+	free(s);
+}
+
+void tern__session_unref(tern_session *s)
+{
+	if (--s->refs == 0)
+		session_free(s);
+}
+
+static int opts_copy(const struct tern_session_opts *in, struct tern_session_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	if (in) {
+		size_t n = in->size ? in->size : sizeof(*o);
+		if (n > sizeof(*o))
+			return -EINVAL;
+		memcpy(o, in, n);
+	}
+	if (!o->slot_size)
+		o->slot_size = TERN_DEFAULT_SLOT_SIZE;
+	if (!o->slot_count)
+		o->slot_count = TERN_DEFAULT_SLOT_COUNT;
+	if (!o->connect_timeout_ms)
+		o->connect_timeout_ms = TERN_DEFAULT_CONNECT_TIMEOUT_MS;
+	if (o->slot_size < 64 || o->slot_size % 64 || o->slot_size > TERN_MAX_SLOT_SIZE)
+		return -EINVAL;
+	if (o->slot_count > TERN_MAX_SLOT_COUNT)
+		return -EINVAL;
+	if (!o->queue_depth)
+		o->queue_depth = 4 * o->slot_count;
+	return 0;
+}
+
+int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, tern_session **out)
+{
+	struct tern_session_opts o;
+	tern_session *s;
+	uint32_t n, r;
+	int rc;
+
+	if ((rc = opts_copy(opts, &o))) {
+		tern__set_error(ctx,
+				"bad session options: slot_size must be 64..%u and a multiple of "
+				"64, slot_count 1..%u",
+				TERN_MAX_SLOT_SIZE, TERN_MAX_SLOT_COUNT);
+		return rc;
+	}
+	n = o.slot_count;
+	r = 2 * n + TERN_CTRL_SLOTS;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->calls = calloc(n, sizeof(*s->calls));
+	s->free_calls = calloc(n, sizeof(*s->free_calls));
+	s->queue = calloc(o.queue_depth, sizeof(*s->queue));
+	s->reqs = calloc(n, sizeof(*s->reqs));
+	s->free_reqs = calloc(n, sizeof(*s->free_reqs));
+	s->backlog = calloc(r, sizeof(*s->backlog));
+	tern_list_init(&s->link);
+	tern_list_init(&s->dirty);
+	if (!s->calls || !s->free_calls || !s->queue || !s->reqs || !s->free_reqs || !s->backlog) {
+		session_free(s);
+		return -ENOMEM;
+	}
+	s->ctx = ctx;
+	s->refs = 1;
+	s->state = TERN_S_CONNECTING;
+	s->n = n;
+	s->slot_size = o.slot_size;
+	s->max_payload = o.slot_size - TERN_HDR_SIZE;
+	s->nonblock = o.nonblock;
+	s->call_timeout_ms = o.call_timeout_ms;
+	s->schema_hash = o.schema_hash;
+	s->on_close = o.on_close;
+	s->data = o.data;
+	s->q_cap = o.queue_depth;
+	s->bl_cap = r;
+	tern_credits_init(&s->cr, n);
+	/* Free stacks pop from the end: push in reverse so slot 0 goes first. */
+	for (uint32_t i = 0; i < n; i++) {
+		s->calls[i].s = s;
+		s->calls[i].idx = i;
+		s->free_calls[i] = n - 1 - i;
+		s->reqs[i].s = s;
+		s->reqs[i].idx = i;
+		s->free_reqs[i] = n - 1 - i;
+	}
+	s->nfree_calls = n;
+	s->nfree_reqs = n;
+	tern_list_add(&ctx->sessions, &s->link);
+	*out = s;
+	return 0;
+}
+
+void tern__session_params(const tern_session *s, struct tern_conn_params *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->slot_size = s->slot_size;
+	p->send_slots = 2 * s->n + TERN_CTRL_SLOTS;
+	p->recv_slots = 2 * s->n + TERN_CTRL_SLOTS;
+	p->connect_timeout_ms = TERN_DEFAULT_CONNECT_TIMEOUT_MS;
+}
+
+void tern__session_hello(const tern_session *s, struct tern_hello *h)
+{
+	memset(h, 0, sizeof(*h));
+	h->version = TERN_WIRE_VERSION;
+	h->slot_size = s->slot_size;
+	h->slot_count = s->n;
+	h->schema_hash = s->schema_hash;
+}
+
+int tern__session_attach(tern_session *s, struct tern_conn *c)
+{
+	s->conn = c;
+	c->owner = s;
+	snprintf(s->peer, sizeof(s->peer), "%s://%s", c->ops->scheme, c->peer);
+	/* The provider must have given us the geometry we asked for. */
+	if (c->slot_size != s->slot_size || c->send_slots != 2 * s->n + TERN_CTRL_SLOTS ||
+	    c->recv_slots != 2 * s->n + TERN_CTRL_SLOTS)
+		return -EPROTO;
+	return 0;
+}
+
+void tern__session_mark_dirty(tern_session *s)
+{
+	if (tern_list_empty(&s->dirty))
+		tern_list_add(&s->ctx->dirty, &s->dirty);
+}
+
+/*
+ * Post send slot @slot with header @h (whose payload is already in place).
+ * Every outgoing message carries the credits we owe, so most credits travel
+ * for free on replies and requests.
+ */
+int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h)
+{
+	int rc;
+
+	tern_credits_stamp(&s->cr, h);
+	h->seq = s->tx_seq++;
+	h->flags = 0;
+	h->reserved = 0;
+	tern_hdr_encode(tern__send_slot(s, slot), h);
+	s->last_send_slot = slot;
+	s->last_send_len = TERN_HDR_SIZE + h->len;
+	rc = s->conn->ops->post_send(s->conn, slot, TERN_HDR_SIZE + h->len);
+	if (rc) {
+		tern__session_fail(s, rc, "post_send failed");
+		return rc;
+	}
+	s->cnt.bytes_sent += h->len;
+	return 0;
+}
+
+void tern__session_repost(tern_session *s, uint32_t token)
+{
+	int rc;
+
+	if (s->state != TERN_S_READY)
+		return; /* tearing down: the provider flushes it */
+	rc = s->conn->ops->post_recv(s->conn, token);
+	if (rc)
+		tern__session_fail(s, rc, "post_recv failed");
+}
+
+static void send_credit_msg(tern_session *s)
+{
+	struct tern_hdr h = {.kind = TERN_MSG_CREDIT};
+	uint32_t i;
+
+	for (i = 0; i < TERN_CTRL_SLOTS; i++)
+		if (!(s->ctrl_busy & (1u << i)))
+			break;
+	if (i == TERN_CTRL_SLOTS)
+		return; /* both in flight; send_done will try again */
+	s->ctrl_busy |= 1u << i;
+	tern_credits_take_credit_msg(&s->cr);
+	s->cnt.credit_msgs_sent++;
+	tern__session_send(s, 2 * s->n + i, &h);
+}
+
+/*
+ * After a batch of completions: sessions that owe credits and had no
+ * message to carry them send a credit message, if the peer might need it.
+ */
+void tern__session_flush_dirty(tern_ctx *ctx)
+{
+	while (!tern_list_empty(&ctx->dirty)) {
+		tern_session *s = tern_container_of(ctx->dirty.next, tern_session, dirty);
+
+		tern_list_del(&s->dirty);
+		if (s->state == TERN_S_READY && tern_credits_want_credit_msg(&s->cr))
+			send_credit_msg(s);
+	}
+}
+
+/* ---- failure and close ---------------------------------------------------- */
+
+/* Record why the session failed; the first reason wins. */
+static void note_failure(tern_session *s, int err, const char *why)
+{
+	if (!s->fail_status)
+		s->fail_status = err;
+	if (err == TERN_EPEER)
+		s->cnt.protocol_errors++;
+	tern__set_error(s->ctx, "%s: %s (%s)", s->peer[0] ? s->peer : "session", why,
+			tern_strerror(err));
+	s->state = TERN_S_CLOSING;
+}
+
+void tern__session_fail(tern_session *s, int err, const char *why)
+{
+	bool was_ready = s->state == TERN_S_READY;
+
+	if (s->state == TERN_S_CLOSING || s->state == TERN_S_CLOSED)
+		return;
+	note_failure(s, err, why);
+	if (was_ready) {
+		tern__client_fail_all(s, err);
+		tern__serve_session_down(s);
+	}
+	/* Nothing is in flight while connecting; the provider tears down
+	 * and reports closed() either way. */
+	if (s->conn)
+		s->conn->ops->disconnect(s->conn);
+}
+
+int tern_session_close(tern_session *s, tern_session_close_cb cb)
+{
+	if (!s)
+		return -EINVAL;
+	if (s->user_closed)
+		return -EALREADY;
+	s->user_closed = true;
+	s->close_cb = cb;
+	if (s->state == TERN_S_CLOSING || s->state == TERN_S_CLOSED)
+		return 0; /* already failing; closed() will call @cb */
+	if (s->state == TERN_S_CONNECTING) {
+		s->connect_cb = NULL; /* closing a connecting session: only @cb runs */
+		tern__session_fail(s, -ECANCELED, "closed while connecting");
+		return 0;
+	}
+	s->fail_status = -ECANCELED;
+	tern__session_fail(s, -ECANCELED, "closed");
+	return 0;
+}
+
+void tern__session_close_all(tern_ctx *ctx)
+{
+	struct tern_list *l, *nx;
+
+	for (l = ctx->sessions.next; l != &ctx->sessions; l = nx) {
+		tern_session *s = tern_container_of(l, tern_session, link);
+		nx = l->next;
+		if (s->state == TERN_S_CLOSED) {
+			/* only deferred requests hold it: nobody can finish them now */
+			s->refs = 1;
+			tern__session_unref(s);
+			continue;
+		}
+		if (!s->user_closed)
+			tern_session_close(s, NULL);
+	}
+}
+
+/* ---- transport upcalls ----------------------------------------------------- */
+
+static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
+		       struct tern_conn_params *params, void **owner, void *reply,
+		       size_t *reply_len)
+{
+	tern_listener *l = tl->owner;
+	tern_ctx *ctx = l->ctx;
+	struct tern_hello peer, ours;
+	tern_session *s;
+	char why[200];
+	int rc;
+
+	*owner = NULL;
+	rc = tern__session_alloc(ctx, &l->opts, &s);
+	if (rc)
+		return rc;
+	tern__session_hello(s, &ours);
+	ours.flags = TERN_HELLO_REPLY;
+	rc = tern_hello_decode(hs, hs_len, &peer);
+	if (rc) {
+		snprintf(why, sizeof(why), "not a tern client, or wire version %u (ours %u)",
+			 (unsigned)peer.version, TERN_WIRE_VERSION);
+	} else {
+		rc = tern_hello_match(&ours, &peer, why, sizeof(why));
+	}
+	if (rc) {
+		/* Refuse, telling the client why and what we expected. */
+		ours.status = rc;
+		tern_hello_encode(reply, &ours);
+		*reply_len = sizeof(struct tern_wire_hello);
+		tern__set_error(ctx, "%s: refused a connection: %s", l->uri, why);
+		session_free(s);
+		if (l->cb)
+			TERN_CALLBACK(ctx, l->cb(l, NULL, rc));
+		return rc;
+	}
+	tern_hello_encode(reply, &ours);
+	*reply_len = sizeof(struct tern_wire_hello);
+	tern__session_params(s, params);
+	s->listener = l;
+	s->tp = l->tp;
+	*owner = s;
+	return 0;
+}
+
+static void session_ready(tern_session *s)
+{
+	s->state = TERN_S_READY;
+}
+
+static void ev_accepted(struct tern_conn *c, int status)
+{
+	tern_session *s = c->owner;
+	tern_listener *l = s->listener;
+	int rc = status;
+
+	s->conn = c;
+	if (rc) {
+		note_failure(s, rc, "accept failed"); /* the provider tears it down */
+		return;
+	}
+	if (tern__session_attach(s, c)) {
+		tern__session_fail(s, -EPROTO, "the transport did not give the requested geometry");
+		return;
+	}
+	session_ready(s);
+	s->announced = true;
+	/* The listener may have been closed meanwhile; the session lives on. */
+	if (l && l->cb)
+		TERN_CALLBACK(s->ctx, l->cb(l, s, 0));
+}
+
+static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t hs_len)
+{
+	tern_session *s = c->owner;
+	struct tern_hello peer, ours;
+	char why[200];
+	int rc;
+
+	s->conn = c;
+	if (status) {
+		/* A tern server's refusal carries its reason and its geometry. */
+		if (hs_len && tern_hello_decode(hs, hs_len, &peer) == 0 && peer.status < 0) {
+			tern__session_hello(s, &ours);
+			if (tern_hello_match(&ours, &peer, why, sizeof(why)) == 0)
+				snprintf(why, sizeof(why), "%s", tern_strerror(peer.status));
+			status = peer.status;
+			note_failure(s, status, why);
+		} else {
+			note_failure(s, status,
+				     status == -ECONNREFUSED ? "connection refused (no listener?)"
+				     : status == -ETIMEDOUT  ? "connect timed out"
+							     : "connect failed");
+		}
+		return status;
+	}
+	tern__session_hello(s, &ours);
+	rc = tern_hello_decode(hs, hs_len, &peer);
+	if (rc) {
+		note_failure(s, rc, "the server's handshake is not tern's");
+		return rc;
+	}
+	rc = tern_hello_match(&ours, &peer, why, sizeof(why));
+	if (!rc && tern__session_attach(s, c)) {
+		rc = -EPROTO;
+		snprintf(why, sizeof(why), "the transport did not give the requested geometry");
+	}
+	if (rc) {
+		note_failure(s, rc, why);
+		return rc; /* the provider disconnects */
+	}
+	session_ready(s);
+	if (s->connect_cb) {
+		tern_connect_cb cb = s->connect_cb;
+		s->connect_cb = NULL;
+		TERN_CALLBACK(s->ctx, cb(s, 0));
+	}
+	return 0;
+}
+
+static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32_t len)
+{
+	tern_session *s = c->owner;
+	const char *why = NULL;
+	struct tern_hdr h;
+	const uint8_t *payload = (const uint8_t *)buf + TERN_HDR_SIZE;
+	int rc;
+
+	if (s->state != TERN_S_READY)
+		return;
+	/* Nothing from the peer is read before it is checked. */
+	if (len < TERN_HDR_SIZE) {
+		tern__session_fail(s, TERN_EPEER, "message shorter than a header");
+		return;
+	}
+	tern_hdr_decode(buf, &h);
+	rc = tern_hdr_check(&h, len, s->n, s->slot_size, s->rx_seq, &why);
+	if (!rc)
+		rc = tern_credits_on_recv(&s->cr, &h, &why);
+	if (rc) {
+		tern__session_fail(s, rc, why);
+		return;
+	}
+	s->rx_seq++;
+	s->cnt.bytes_received += h.len;
+
+	switch (h.kind) {
+	case TERN_MSG_REQ:
+		tern__serve_request(s, token, &h, payload);
+		break;
+	case TERN_MSG_REP:
+	case TERN_MSG_ERR:
+		tern__client_reply(s, &h, payload);
+		/* The reply was borrowed for the callback only. */
+		tern__session_repost(s, token);
+		break;
+	case TERN_MSG_CREDIT:
+		s->cnt.credit_msgs_received++;
+		tern__session_repost(s, token);
+		break;
+	}
+	if (s->state != TERN_S_READY)
+		return;
+	if (h.credits)
+		tern__client_kick(s);
+	if (s->cr.to_return)
+		tern__session_mark_dirty(s);
+}
+
+static void ev_send_done(struct tern_conn *c, uint32_t slot)
+{
+	tern_session *s = c->owner;
+
+	if (slot < s->n) {
+		tern__client_send_done(s, slot);
+	} else if (slot < 2 * s->n) {
+		tern__serve_reply_slot_free(s, slot - s->n);
+	} else if (slot < 2 * s->n + TERN_CTRL_SLOTS) {
+		s->ctrl_busy &= ~(1u << (slot - 2 * s->n));
+		if (s->cr.to_return)
+			tern__session_mark_dirty(s);
+	}
+}
+
+static void ev_error(struct tern_conn *c, int err, const char *why)
+{
+	tern__session_fail(c->owner, err, why);
+}
+
+static void ev_closed(struct tern_conn *c)
+{
+	tern_session *s = c->owner;
+	int reason;
+
+	if (!s)
+		return;
+	reason = s->fail_status;
+	s->conn = NULL;
+	s->state = TERN_S_CLOSED;
+	if (s->connect_cb) {
+		/* A connect that never became ready. */
+		tern_connect_cb cb = s->connect_cb;
+		s->connect_cb = NULL;
+		TERN_CALLBACK(s->ctx, cb(s, reason ? reason : -ECONNABORTED));
+	} else if (!s->announced) {
+		/* An incoming connection that failed before anyone saw it. */
+		if (s->listener && s->listener->cb)
+			TERN_CALLBACK(s->ctx, s->listener->cb(s->listener, NULL,
+							      reason ? reason : -ECONNABORTED));
+	} else if (s->user_closed) {
+		if (s->close_cb)
+			TERN_CALLBACK(s->ctx, s->close_cb(s, reason == -ECANCELED ? 0 : reason));
+	} else if (s->on_close) {
+		TERN_CALLBACK(s->ctx, s->on_close(s, reason));
+	}
+	tern__session_unref(s);
+}
+
+static void ev_activity(tern_ctx *ctx)
+{
+	tern__activity(ctx);
+}
+
+const struct tern_transport_events tern__events = {
+	.incoming = ev_incoming,
+	.accepted = ev_accepted,
+	.connected = ev_connected,
+	.recv = ev_recv,
+	.send_done = ev_send_done,
+	.error = ev_error,
+	.closed = ev_closed,
+	.activity = ev_activity,
+};
+
+/* ---- public session API ------------------------------------------------------ */
+
+int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+		 tern_connect_cb cb, tern_session **out)
+{
+	struct tern_conn_params p;
+	struct tern_uri u;
+	struct tern_hello hello;
+	struct tern_tp *tp;
+	uint8_t hs[TERN_HANDSHAKE_MAX];
+	tern_session *s;
+	char why[200];
+	int rc;
+
+	if (!ctx || !uri || !out)
+		return -EINVAL;
+	*out = NULL;
+	if ((rc = tern__uri_parse(uri, &u, why, sizeof(why)))) {
+		tern__set_error(ctx, "%s", why);
+		return rc;
+	}
+	if ((rc = tern__transport_get(ctx, u.scheme, &tp)))
+		return rc;
+	if ((rc = tern__session_alloc(ctx, opts, &s)))
+		return rc;
+	s->tp = tp;
+	s->connect_cb = cb;
+	snprintf(s->peer, sizeof(s->peer), "%s", uri);
+	tern__session_params(s, &p);
+	if (opts && opts->connect_timeout_ms)
+		p.connect_timeout_ms = opts->connect_timeout_ms;
+	tern__session_hello(s, &hello);
+	tern_hello_encode(hs, &hello);
+	rc = tp->ops->connect(tp->t, &u, &p, hs, sizeof(struct tern_wire_hello), s, &s->conn);
+	if (rc) {
+		tern__set_error(ctx, "%s: %s", uri, tern_strerror(rc));
+		session_free(s);
+		return rc;
+	}
+	s->announced = true;
+	*out = s;
+	return 0;
+}
+
+struct sync_connect {
+	bool done;
+	int status;
+};
+
+static void sync_connect_cb(tern_session *s, int status)
+{
+	struct sync_connect *sc = tern_session_data(s);
+	sc->done = true;
+	sc->status = status;
+}
+
+int tern_connect_sync(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+		      uint32_t timeout_ms, tern_session **out)
+{
+	struct tern_session_opts o = {0};
+	struct sync_connect sc = {0};
+	tern_session *s;
+	void *user_data;
+	int rc;
+
+	if (!ctx || !out)
+		return -EINVAL;
+	*out = NULL;
+	if (ctx->cb_depth > 0)
+		return -EBUSY;
+	if (opts) {
+		size_t n = opts->size ? opts->size : sizeof(o);
+		if (n > sizeof(o))
+			return -EINVAL;
+		memcpy(&o, opts, n);
+	}
+	o.size = sizeof(o);
+	user_data = o.data;
+	o.data = &sc;
+	if (timeout_ms)
+		o.connect_timeout_ms = timeout_ms;
+	rc = tern_connect(ctx, uri, &o, sync_connect_cb, &s);
+	if (rc)
+		return rc;
+	while (!sc.done)
+		uv_run(ctx->loop, UV_RUN_ONCE);
+	if (sc.status)
+		return sc.status; /* the session is freed */
+	s->data = user_data;
+	*out = s;
+	return 0;
+}
+
+int tern_listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+		tern_accept_cb cb, tern_listener **out)
+{
+	struct tern_session_opts o;
+	struct tern_uri u;
+	tern_listener *l;
+	char why[200];
+	int rc;
+
+	if (!ctx || !uri || !out)
+		return -EINVAL;
+	*out = NULL;
+	if ((rc = opts_copy(opts, &o))) {
+		tern__set_error(ctx, "bad session options for %s", uri);
+		return rc;
+	}
+	if ((rc = tern__uri_parse(uri, &u, why, sizeof(why)))) {
+		tern__set_error(ctx, "%s", why);
+		return rc;
+	}
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->ctx = ctx;
+	l->opts = o;
+	l->cb = cb;
+	tern_list_init(&l->link);
+	if ((rc = tern__transport_get(ctx, u.scheme, &l->tp))) {
+		free(l);
+		return rc;
+	}
+	rc = l->tp->ops->listen(l->tp->t, &u, l, &l->tl);
+	if (rc) {
+		tern__set_error(ctx, "cannot listen on %s: %s", uri, tern_strerror(rc));
+		free(l);
+		return rc;
+	}
+	if (u.has_port)
+		snprintf(l->uri, sizeof(l->uri), "%s://%s%s%s:%u", u.scheme,
+			 strchr(u.host, ':') ? "[" : "", u.host, strchr(u.host, ':') ? "]" : "",
+			 l->tl->port);
+	else
+		snprintf(l->uri, sizeof(l->uri), "%s://%s", u.scheme, u.host);
+	tern_list_add(&ctx->listeners, &l->link);
+	*out = l;
+	return 0;
+}
+
+int tern_listener_port(tern_listener *l)
+{
+	return l ? l->tl->port : -EINVAL;
+}
+
+const char *tern_listener_uri(tern_listener *l)
+{
+	return l ? l->uri : "";
+}
+
+void tern_listener_set_data(tern_listener *l, void *data)
+{
+	l->data = data;
+}
+
+void *tern_listener_data(tern_listener *l)
+{
+	return l->data;
+}
+
+void tern_listener_close(tern_listener *l, tern_listener_close_cb cb)
+{
+	struct tern_list *it;
+
+	if (!l)
+		return;
+	/* Sessions accepted on it live on; they just forget their listener. */
+	for (it = l->ctx->sessions.next; it != &l->ctx->sessions; it = it->next) {
+		tern_session *s = tern_container_of(it, tern_session, link);
+		if (s->listener == l)
+			s->listener = NULL;
+	}
+	l->tp->ops->listener_close(l->tl);
+	tern_list_del(&l->link);
+	if (cb)
+		TERN_CALLBACK(l->ctx, cb(l));
+	free(l);
+}
+
+int tern_session_counters(tern_session *s, struct tern_session_counters *out)
+{
+	if (!s || !out)
+		return -EINVAL;
+	*out = s->cnt;
+	return 0;
+}
+
+size_t tern_session_max_payload(tern_session *s)
+{
+	return s ? s->max_payload : 0;
+}
+
+tern_ctx *tern_session_ctx(tern_session *s)
+{
+	return s->ctx;
+}
+
+void tern_session_set_data(tern_session *s, void *data)
+{
+	s->data = data;
+}
+
+void *tern_session_data(tern_session *s)
+{
+	return s->data;
+}
+
+int tern_session_is_ready(tern_session *s)
+{
+	return s && s->state == TERN_S_READY;
+}
+
+const char *tern_session_peer(tern_session *s)
+{
+	return s ? s->peer : "";
+}

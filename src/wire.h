@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * wire.h - tern's wire format: the 32-byte message header and the
+ * connection handshake.  Fixed-width, little-endian, with every offset
+ * pinned by _Static_assert.  Encoders and decoders are static inline (they
+ * are on the hot path); validation against a session's geometry lives in
+ * wire.c.
+ */
+#ifndef TERN_WIRE_H
+#define TERN_WIRE_H
+
+#include <endian.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TERN_WIRE_MAGIC	  0x4e524554u /* "TERN" read as a little-endian u32 */
+#define TERN_WIRE_VERSION 1
+#define TERN_HDR_SIZE	  32
+#define TERN_ERRMSG_MAX	  200 /* bytes of message an error reply carries */
+
+enum tern_msg_kind {
+	TERN_MSG_REQ = 1,    /* a call; consumes one of the sender's credits */
+	TERN_MSG_REP = 2,    /* a successful reply; lands in a receive the caller reserved */
+	TERN_MSG_ERR = 3,    /* a failed reply: status + short message */
+	TERN_MSG_CREDIT = 4, /* returns credits when there is no reply to carry them */
+	TERN_MSG_KIND_MAX = 4,
+};
+
+/* The header, decoded into host order. */
+struct tern_hdr {
+	uint8_t kind;
+	uint8_t flags;
+	uint16_t call_slot;    /* the caller's call slot (REQ, REP, ERR) */
+	uint32_t call_gen;     /* ...and its generation: slot+gen names one call */
+	uint32_t method;       /* REQ: method id */
+	uint32_t len;	       /* payload bytes after the header */
+	uint16_t credits;      /* request credits returned to the receiver */
+	uint16_t ctrl_credits; /* control (credit-message) credits returned */
+	int32_t status;	       /* ERR: negative errno or TERN_E* code */
+	uint32_t seq;	       /* per-direction message counter, from 0 */
+	uint32_t reserved;     /* 0 */
+};
+
+/* The header as it lies in a slot. */
+struct tern_wire_hdr {
+	uint8_t kind;
+	uint8_t flags;
+	uint16_t call_slot;
+	uint32_t call_gen;
+	uint32_t method;
+	uint32_t len;
+	uint16_t credits;
+	uint16_t ctrl_credits;
+	uint32_t status;
+	uint32_t seq;
+	uint32_t reserved;
+};
+_Static_assert(sizeof(struct tern_wire_hdr) == TERN_HDR_SIZE, "wire header is 32 bytes");
+_Static_assert(offsetof(struct tern_wire_hdr, call_slot) == 2, "call_slot at 2");
+_Static_assert(offsetof(struct tern_wire_hdr, call_gen) == 4, "call_gen at 4");
+_Static_assert(offsetof(struct tern_wire_hdr, method) == 8, "method at 8");
+_Static_assert(offsetof(struct tern_wire_hdr, len) == 12, "len at 12");
+_Static_assert(offsetof(struct tern_wire_hdr, credits) == 16, "credits at 16");
+_Static_assert(offsetof(struct tern_wire_hdr, ctrl_credits) == 18, "ctrl_credits at 18");
+_Static_assert(offsetof(struct tern_wire_hdr, status) == 20, "status at 20");
+_Static_assert(offsetof(struct tern_wire_hdr, seq) == 24, "seq at 24");
+_Static_assert(offsetof(struct tern_wire_hdr, reserved) == 28, "reserved at 28");
+
+static inline void tern_hdr_encode(void *slot, const struct tern_hdr *h)
+{
+	struct tern_wire_hdr w = {
+		.kind = h->kind,
+		.flags = h->flags,
+		.call_slot = htole16(h->call_slot),
+		.call_gen = htole32(h->call_gen),
+		.method = htole32(h->method),
+		.len = htole32(h->len),
+		.credits = htole16(h->credits),
+		.ctrl_credits = htole16(h->ctrl_credits),
+		.status = htole32((uint32_t)h->status),
+		.seq = htole32(h->seq),
+		.reserved = 0,
+	};
+	memcpy(slot, &w, sizeof(w));
+}
+
+/* Decode without judging; tern_hdr_check() judges. */
+static inline void tern_hdr_decode(const void *slot, struct tern_hdr *h)
+{
+	struct tern_wire_hdr w;
+
+	memcpy(&w, slot, sizeof(w));
+	h->kind = w.kind;
+	h->flags = w.flags;
+	h->call_slot = le16toh(w.call_slot);
+	h->call_gen = le32toh(w.call_gen);
+	h->method = le32toh(w.method);
+	h->len = le32toh(w.len);
+	h->credits = le16toh(w.credits);
+	h->ctrl_credits = le16toh(w.ctrl_credits);
+	h->status = (int32_t)le32toh(w.status);
+	h->seq = le32toh(w.seq);
+	h->reserved = le32toh(w.reserved);
+}
+
+/*
+ * tern_hdr_check - validate a received header before anything reads it
+ * @h: the decoded header
+ * @msg_len: the bytes the transport delivered (header included)
+ * @slot_count: the session's slot count (call slots are below it)
+ * @slot_size: the session's slot size
+ * @expect_seq: the next sequence number from this peer
+ * @why: set to a static description on failure
+ *
+ * Checks only what one header can prove wrong on its own; credit accounting
+ * is the session's.  Return: 0 or TERN_EPEER.
+ */
+int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_count,
+		   uint32_t slot_size, uint32_t expect_seq, const char **why);
+
+/*
+ * The handshake: the client's in rdma_cm's connect private data (the shm
+ * socket message, the first tcp frame), the server's answer in the accept
+ * (or reject) private data.  40 bytes, under rdma_cm's 56-byte limit.
+ */
+#define TERN_HELLO_REPLY 0x1u /* flags: this is the server's answer */
+
+struct tern_wire_hello {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t flags;
+	uint32_t slot_size;
+	uint32_t slot_count;
+	uint64_t schema_hash;
+	uint32_t max_msg; /* largest message this side accepts (0: one slot) */
+	uint32_t status;  /* a refusal: the TERN_E* code, as u32 */
+	uint32_t reserved[2];
+};
+_Static_assert(sizeof(struct tern_wire_hello) == 40, "hello is 40 bytes");
+_Static_assert(offsetof(struct tern_wire_hello, slot_size) == 8, "slot_size at 8");
+_Static_assert(offsetof(struct tern_wire_hello, schema_hash) == 16, "schema_hash at 16");
+_Static_assert(offsetof(struct tern_wire_hello, status) == 28, "status at 28");
+
+struct tern_hello {
+	uint16_t version;
+	uint16_t flags;
+	uint32_t slot_size;
+	uint32_t slot_count;
+	uint64_t schema_hash;
+	uint32_t max_msg;
+	int32_t status;
+};
+
+void tern_hello_encode(void *buf, const struct tern_hello *h);
+
+/*
+ * tern_hello_decode - parse a peer's handshake
+ * Return: 0, or TERN_EVERSION (short, bad magic, other version).
+ */
+int tern_hello_decode(const void *buf, size_t len, struct tern_hello *h);
+
+/*
+ * tern_hello_match - does the peer's handshake agree with ours?
+ * Return: 0, TERN_EGEOMETRY or TERN_ESCHEMA, with a message in @why.
+ */
+int tern_hello_match(const struct tern_hello *ours, const struct tern_hello *peer, char *why,
+		     size_t why_len);
+
+#endif /* TERN_WIRE_H */

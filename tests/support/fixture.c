@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: MIT
+#include "fixture.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "verbs_pair.h"
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *fx_listen_uri(void)
+{
+	static char uri[96];
+	char addr[64];
+
+	if (!uri[0]) {
+		if (vp_find_addr(addr, sizeof(addr)))
+			return NULL;
+		snprintf(uri, sizeof(uri), "rdma://%s:0", addr);
+	}
+	return uri;
+}
+
+static void on_accept(tern_listener *l, tern_session *s, int status)
+{
+	struct fx *f = tern_listener_data(l);
+	f->accepts++;
+	f->accept_status = status;
+	if (s)
+		f->srv = s;
+}
+
+int fx_run_until(struct fx *f, const bool *flag, int timeout_ms)
+{
+	int64_t end = now_ms() + timeout_ms;
+
+	while (!*flag) {
+		if (now_ms() > end)
+			return -ETIMEDOUT;
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	}
+	return 0;
+}
+
+int fx_run_until_count(struct fx *f, const int *counter, int target, int timeout_ms)
+{
+	int64_t end = now_ms() + timeout_ms;
+
+	while (*counter < target) {
+		if (now_ms() > end)
+			return -ETIMEDOUT;
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	}
+	return 0;
+}
+
+int fx_setup(struct fx *f, const struct tern_session_opts *opts, enum tern_progress progress)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co), .progress = progress};
+	const char *base = fx_listen_uri();
+	int rc;
+
+	memset(f, 0, sizeof(*f));
+	if (!base)
+		return -ENODEV;
+	if ((rc = tern_ctx_create(&co, &f->ctx)))
+		return rc;
+	if ((rc = tern_listen(f->ctx, base, opts, on_accept, &f->l))) {
+		fprintf(stderr, "listen: %s: %s\n", tern_strerror(rc), tern_ctx_last_error(f->ctx));
+		return rc;
+	}
+	tern_listener_set_data(f->l, f);
+	snprintf(f->uri, sizeof(f->uri), "%s", tern_listener_uri(f->l));
+	if ((rc = tern_connect_sync(f->ctx, f->uri, opts, 10000, &f->cli))) {
+		fprintf(stderr, "connect %s: %s: %s\n", f->uri, tern_strerror(rc),
+			tern_ctx_last_error(f->ctx));
+		return rc;
+	}
+	if (fx_run_until_count(f, &f->accepts, 1, 10000) || !f->srv) {
+		fprintf(stderr, "no accepted session (status %d)\n", f->accept_status);
+		return -ETIMEDOUT;
+	}
+	return 0;
+}
+
+void fx_teardown(struct fx *f)
+{
+	if (f->ctx)
+		tern_ctx_destroy(f->ctx);
+	memset(f, 0, sizeof(*f));
+}

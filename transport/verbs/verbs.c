@@ -1,0 +1,1016 @@
+// SPDX-License-Identifier: MIT
+/*
+ * verbs.c - the rdma:// provider: RC queue pairs over libibverbs, connected
+ * with librdmacm.
+ *
+ * Per context: one rdma_cm event channel (watched by a uv_poll_t), and per
+ * verbs device one PD, one completion channel and one CQ shared by every
+ * connection on that device.  Per connection: one RC QP and one allocation
+ * holding the send and receive slot rings, registered once as one MR.
+ *
+ * A work request's wr_id names its connection by table index and
+ * generation, so completions of a QP that was already destroyed (they can
+ * linger in the shared CQ) are recognised and dropped.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
+#include "tern/transport.h"
+
+/* Defined at the bottom; the engine finds it by name (src/ctx.c). */
+extern const struct tern_transport_ops tern_verbs_transport;
+
+#define VERBS_MAX_INLINE 256 /* ask for this much inline data; take what we get */
+/*
+ * No RNR retries at all.  tern's credits guarantee a posted receive for
+ * every message (see src/credit.h), so an RNR NAK can only mean a credit
+ * bug, and with rnr_retry 0 it fails the QP at once instead of hiding
+ * behind hardware retries that only the RNR monitor would ever see.
+ */
+#define VERBS_RNR_RETRY	     0
+#define VERBS_RETRY_COUNT    7	  /* transport retries for lost packets */
+#define VERBS_RD_ATOMIC	     16	  /* RDMA READ depth we offer/request */
+#define VERBS_DRAIN_GRACE_MS 1000 /* wait this long for flush completions */
+#define VERBS_POLL_BATCH     32
+
+enum vstate {
+	V_RESOLVE_ADDR,
+	V_RESOLVE_ROUTE,
+	V_CONNECTING, /* client: rdma_connect() sent */
+	V_ACCEPTING,  /* server: rdma_accept() sent */
+	V_UP,
+	V_DOWN,	     /* teardown: waiting for flushes */
+	V_DESTROYED, /* resources gone; waiting for the timer handle to close */
+};
+
+struct verbs_tctx;
+
+struct vdev {
+	struct vdev *next;
+	struct verbs_tctx *t;
+	struct ibv_context *verbs;
+	struct ibv_pd *pd;
+	struct ibv_comp_channel *chan;
+	struct ibv_cq *cq;
+	int cq_size;
+	int cq_used;
+	int max_cqe;
+	unsigned unacked;
+	uint8_t rd_atom;
+	uint8_t init_rd_atom;
+	uv_poll_t poll;
+};
+
+struct vconn {
+	struct tern_conn base;
+	struct verbs_tctx *t;
+	struct vdev *dev;
+	struct rdma_cm_id *id;
+	uint32_t index;
+	uint16_t gen;
+	enum vstate state;
+	bool server;
+	bool reported_up;  /* the engine was told the connection is up */
+	bool notified_end; /* ...and was told it failed */
+	struct tern_conn_params params;
+	uint8_t hs[TERN_HANDSHAKE_MAX];
+	uint8_t hs_len;
+	uint8_t *mem;
+	size_t mem_len;
+	struct ibv_mr *mr;
+	uint8_t *recv_base;
+	uint32_t max_inline;
+	uint32_t sends_out;
+	uint32_t recvs_out;
+	int cq_reserved;
+	uv_timer_t timer; /* connect deadline, then the drain grace period */
+};
+
+struct vlistener {
+	struct tern_tlistener base;
+	struct rdma_cm_id *id;
+};
+
+struct verbs_tctx {
+	tern_ctx *ctx;
+	uv_loop_t *loop;
+	const struct tern_transport_events *ev;
+	struct rdma_event_channel *cm;
+	uv_poll_t cm_poll;
+	struct vdev *devs;
+	struct vconn **conns;
+	uint16_t *gens;
+	uint32_t conns_cap;
+	uint32_t *free_idx;
+	uint32_t nfree;
+	enum tern_transport_mode mode;
+	int open_handles;
+};
+
+#define T(x) ((struct verbs_tctx *)(x))
+#define C(x) ((struct vconn *)(x))
+
+static int neg_errno(int fallback)
+{
+	return errno > 0 ? -errno : -fallback;
+}
+
+/* ---- wr_id: [index:24][gen:16][recv:1][slot:23] ------------------------------ */
+
+static uint64_t wrid(const struct vconn *c, bool recv, uint32_t slot)
+{
+	return ((uint64_t)c->index << 40) | ((uint64_t)c->gen << 24) | ((uint64_t)recv << 23) |
+	       slot;
+}
+
+static void set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* ---- devices -------------------------------------------------------------------- */
+
+static int poll_cqs(struct verbs_tctx *t, int budget);
+
+static void dev_poll_cb(uv_poll_t *h, int status, int events)
+{
+	struct vdev *d = h->data;
+	struct verbs_tctx *t = d->t;
+	struct ibv_cq *cq;
+	void *cq_ctx;
+
+	(void)status;
+	(void)events;
+	while (ibv_get_cq_event(d->chan, &cq, &cq_ctx) == 0)
+		d->unacked++;
+	if (d->unacked) {
+		ibv_ack_cq_events(d->cq, d->unacked);
+		d->unacked = 0;
+	}
+	if (t->mode != TERN_TRANSPORT_EVENTS)
+		return;
+	/* Re-arm before draining, so a completion that lands while we drain
+	 * raises a new event instead of being missed. */
+	ibv_req_notify_cq(d->cq, 0);
+	while (poll_cqs(t, 256) > 0)
+		;
+	t->ev->activity(t->ctx);
+}
+
+static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev **out)
+{
+	struct ibv_device_attr attr;
+	struct vdev *d;
+
+	for (d = t->devs; d; d = d->next) {
+		if (d->verbs == verbs) {
+			*out = d;
+			return 0;
+		}
+	}
+	if (ibv_query_device(verbs, &attr))
+		return neg_errno(EIO);
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->t = t;
+	d->verbs = verbs;
+	d->max_cqe = attr.max_cqe;
+	d->rd_atom = attr.max_qp_rd_atom < VERBS_RD_ATOMIC ? attr.max_qp_rd_atom : VERBS_RD_ATOMIC;
+	d->init_rd_atom = attr.max_qp_init_rd_atom < VERBS_RD_ATOMIC ? attr.max_qp_init_rd_atom
+								     : VERBS_RD_ATOMIC;
+	d->cq_size = 1024 < attr.max_cqe ? 1024 : attr.max_cqe;
+	d->pd = ibv_alloc_pd(verbs);
+	d->chan = d->pd ? ibv_create_comp_channel(verbs) : NULL;
+	d->cq = d->chan ? ibv_create_cq(verbs, d->cq_size, d, d->chan, 0) : NULL;
+	if (!d->cq) {
+		int rc = neg_errno(ENOMEM);
+		if (d->chan)
+			ibv_destroy_comp_channel(d->chan);
+		if (d->pd)
+			ibv_dealloc_pd(d->pd);
+		free(d);
+		return rc;
+	}
+	set_nonblock(d->chan->fd);
+	uv_poll_init(t->loop, &d->poll, d->chan->fd);
+	d->poll.data = d;
+	uv_poll_start(&d->poll, UV_READABLE, dev_poll_cb);
+	t->open_handles++;
+	if (t->mode == TERN_TRANSPORT_EVENTS)
+		ibv_req_notify_cq(d->cq, 0);
+	d->next = t->devs;
+	t->devs = d;
+	*out = d;
+	return 0;
+}
+
+/* Make room in the shared CQ for @need more completions. */
+static int dev_reserve_cq(struct vdev *d, int need)
+{
+	if (d->cq_used + need > d->cq_size) {
+		int want = d->cq_size * 2 > d->cq_used + need ? d->cq_size * 2 : d->cq_used + need;
+		if (want > d->max_cqe)
+			want = d->max_cqe;
+		if (d->cq_used + need > want || ibv_resize_cq(d->cq, want))
+			return -ENOSPC;
+		d->cq_size = d->cq->cqe > want ? d->cq->cqe : want;
+	}
+	d->cq_used += need;
+	return 0;
+}
+
+/* ---- connections ------------------------------------------------------------- */
+
+static void conn_timer_closed(uv_handle_t *h)
+{
+	struct vconn *c = h->data;
+	struct verbs_tctx *t = c->t;
+
+	t->open_handles--;
+	t->ev->closed(&c->base);
+	free(c);
+}
+
+static struct vconn *conn_new(struct verbs_tctx *t, const struct tern_conn_params *p, void *owner,
+			      bool server)
+{
+	struct vconn *c;
+
+	if (t->nfree == 0) {
+		uint32_t cap = t->conns_cap ? t->conns_cap * 2 : 64;
+		struct vconn **conns = realloc(t->conns, cap * sizeof(*conns));
+		uint16_t *gens = conns ? realloc(t->gens, cap * sizeof(*gens)) : NULL;
+		uint32_t *free_idx = gens ? realloc(t->free_idx, cap * sizeof(*free_idx)) : NULL;
+
+		if (conns)
+			t->conns = conns;
+		if (gens)
+			t->gens = gens;
+		if (!free_idx || cap > (1u << 24))
+			return NULL;
+		t->free_idx = free_idx;
+		for (uint32_t i = t->conns_cap; i < cap; i++) {
+			t->conns[i] = NULL;
+			t->gens[i] = 0;
+			t->free_idx[t->nfree++] = cap - 1 - (i - t->conns_cap);
+		}
+		t->conns_cap = cap;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->t = t;
+	c->server = server;
+	c->params = *p;
+	c->base.ops = &tern_verbs_transport;
+	c->base.tctx = (struct tern_tctx *)t;
+	c->base.owner = owner;
+	c->base.slot_size = p->slot_size;
+	c->base.send_slots = p->send_slots;
+	c->base.recv_slots = p->recv_slots;
+	c->index = t->free_idx[--t->nfree];
+	c->gen = ++t->gens[c->index];
+	t->conns[c->index] = c;
+	uv_timer_init(t->loop, &c->timer);
+	c->timer.data = c;
+	t->open_handles++;
+	return c;
+}
+
+static int conn_post_recv(struct vconn *c, uint32_t slot)
+{
+	struct ibv_sge sge = {
+		.addr = (uintptr_t)(c->recv_base + (size_t)slot * c->base.slot_size),
+		.length = c->base.slot_size,
+		.lkey = c->mr->lkey,
+	};
+	struct ibv_recv_wr wr = {.wr_id = wrid(c, true, slot), .sg_list = &sge, .num_sge = 1};
+	struct ibv_recv_wr *bad;
+	int rc = ibv_post_recv(c->id->qp, &wr, &bad);
+
+	if (rc)
+		return -rc;
+	c->recvs_out++;
+	return 0;
+}
+
+/* Build the QP and the rings, and post every receive before the peer can send. */
+static int conn_setup(struct vconn *c)
+{
+	struct ibv_qp_init_attr qa;
+	size_t ring;
+	int rc;
+
+	if ((rc = dev_get(c->t, c->id->verbs, &c->dev)))
+		return rc;
+	if ((rc = dev_reserve_cq(c->dev, (int)(c->base.send_slots + c->base.recv_slots))))
+		return rc;
+	c->cq_reserved = (int)(c->base.send_slots + c->base.recv_slots);
+
+	ring = (size_t)c->base.send_slots * c->base.slot_size;
+	c->mem_len = ring + (size_t)c->base.recv_slots * c->base.slot_size;
+	if (posix_memalign((void **)&c->mem, 4096, c->mem_len))
+		return -ENOMEM;
+	memset(c->mem, 0, c->mem_len);
+	c->mr = ibv_reg_mr(c->dev->pd, c->mem, c->mem_len, IBV_ACCESS_LOCAL_WRITE);
+	if (!c->mr)
+		return neg_errno(ENOMEM);
+	c->base.send_base = c->mem;
+	c->base.send_region = ring;
+	c->recv_base = c->mem + ring;
+
+	memset(&qa, 0, sizeof(qa));
+	qa.qp_type = IBV_QPT_RC;
+	qa.send_cq = c->dev->cq;
+	qa.recv_cq = c->dev->cq;
+	qa.cap.max_send_wr = c->base.send_slots;
+	qa.cap.max_recv_wr = c->base.recv_slots;
+	qa.cap.max_send_sge = 1;
+	qa.cap.max_recv_sge = 1;
+	qa.cap.max_inline_data = VERBS_MAX_INLINE;
+	qa.sq_sig_all = 0;
+	if (rdma_create_qp(c->id, c->dev->pd, &qa)) {
+		/* Some devices offer no inline data; try again without. */
+		qa.cap.max_inline_data = 0;
+		if (rdma_create_qp(c->id, c->dev->pd, &qa))
+			return neg_errno(ENOMEM);
+	}
+	c->max_inline = qa.cap.max_inline_data;
+	for (uint32_t i = 0; i < c->base.recv_slots; i++)
+		if ((rc = conn_post_recv(c, i)))
+			return rc;
+	return 0;
+}
+
+static void conn_param_init(struct vconn *c, struct rdma_conn_param *cp)
+{
+	memset(cp, 0, sizeof(*cp));
+	cp->private_data = c->hs;
+	cp->private_data_len = c->hs_len;
+	cp->responder_resources = c->dev ? c->dev->rd_atom : 1;
+	cp->initiator_depth = c->dev ? c->dev->init_rd_atom : 1;
+	/* rdma_cm applies these to the peer's QP (the REQ carries the
+	 * passive side's, the REP the active side's); both sides send the same. */
+	cp->retry_count = VERBS_RETRY_COUNT;
+	cp->rnr_retry_count = VERBS_RNR_RETRY;
+}
+
+static void conn_destroy(struct vconn *c)
+{
+	struct verbs_tctx *t = c->t;
+
+	if (c->state == V_DESTROYED)
+		return;
+	c->state = V_DESTROYED;
+	uv_timer_stop(&c->timer);
+	if (c->id && c->id->qp)
+		rdma_destroy_qp(c->id);
+	if (c->mr)
+		ibv_dereg_mr(c->mr);
+	free(c->mem);
+	c->mem = NULL;
+	c->base.send_base = NULL;
+	if (c->dev)
+		c->dev->cq_used -= c->cq_reserved;
+	if (c->id)
+		rdma_destroy_id(c->id);
+	c->id = NULL;
+	/* Bump the generation: completions still in the shared CQ for this
+	 * index no longer match anything. */
+	t->conns[c->index] = NULL;
+	t->gens[c->index]++;
+	t->free_idx[t->nfree++] = c->index;
+	uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+}
+
+static void drain_timeout(uv_timer_t *tm)
+{
+	conn_destroy(tm->data);
+}
+
+static void conn_check_drained(struct vconn *c)
+{
+	if (c->state == V_DOWN && c->sends_out == 0 && c->recvs_out == 0)
+		conn_destroy(c);
+}
+
+/* Start tearing down: error the QP so everything posted flushes, then wait
+ * (bounded) for the flushes before destroying the QP. */
+static void conn_teardown(struct vconn *c)
+{
+	if (c->state == V_DOWN || c->state == V_DESTROYED)
+		return;
+	if (c->id && c->id->qp) {
+		struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
+		if (c->state == V_UP)
+			rdma_disconnect(c->id); /* tells the peer, errors the QP */
+		ibv_modify_qp(c->id->qp, &a, IBV_QP_STATE);
+	}
+	c->state = V_DOWN;
+	uv_timer_stop(&c->timer);
+	uv_timer_start(&c->timer, drain_timeout, VERBS_DRAIN_GRACE_MS, 0);
+	conn_check_drained(c);
+}
+
+/* Connection set-up failed: tell the engine once, then tear down. */
+static void conn_setup_failed(struct vconn *c, int err, const void *pd, size_t pd_len)
+{
+	if (!c->notified_end) {
+		c->notified_end = true;
+		if (c->server)
+			c->t->ev->accepted(&c->base, err);
+		else
+			c->t->ev->connected(&c->base, err, pd, pd_len);
+	}
+	conn_teardown(c);
+}
+
+/* An established connection failed. */
+static void conn_failed(struct vconn *c, int err, const char *why)
+{
+	if (!c->reported_up) {
+		conn_setup_failed(c, err, NULL, 0);
+		return;
+	}
+	if (!c->notified_end) {
+		c->notified_end = true;
+		c->t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
+	}
+	conn_teardown(c);
+}
+
+static void mark_up(struct vconn *c)
+{
+	uv_timer_stop(&c->timer);
+	c->state = V_UP;
+	c->reported_up = true;
+}
+
+static void connect_timeout(uv_timer_t *tm)
+{
+	struct vconn *c = tm->data;
+
+	if (c->state < V_UP)
+		conn_setup_failed(c, -ETIMEDOUT, NULL, 0);
+}
+
+static void fmt_peer(struct vconn *c, struct sockaddr *sa)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	uint16_t port = 0;
+
+	if (sa && sa->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
+		port = ntohs(((struct sockaddr_in *)sa)->sin_port);
+	} else if (sa && sa->sa_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
+		port = ntohs(((struct sockaddr_in6 *)sa)->sin6_port);
+	}
+	snprintf(c->base.peer, sizeof(c->base.peer), "%s:%u", host, port);
+}
+
+/* ---- completions ------------------------------------------------------------- */
+
+static int wc_error(enum ibv_wc_status st)
+{
+	switch (st) {
+	case IBV_WC_RETRY_EXC_ERR:
+		return -ECONNRESET; /* the peer stopped answering */
+	case IBV_WC_RNR_RETRY_EXC_ERR:
+		return -EPROTO; /* a receive was missing: a credit bug */
+	case IBV_WC_WR_FLUSH_ERR:
+		return -ECONNRESET;
+	default:
+		return -EIO;
+	}
+}
+
+static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
+{
+	uint32_t index = (uint32_t)(wc->wr_id >> 40);
+	uint16_t gen = (uint16_t)(wc->wr_id >> 24);
+	bool recv = (wc->wr_id >> 23) & 1;
+	uint32_t slot = (uint32_t)(wc->wr_id & ((1u << 23) - 1));
+	struct vconn *c;
+
+	if (index >= t->conns_cap || !(c = t->conns[index]) || c->gen != gen)
+		return; /* a destroyed connection's leftover */
+	if (recv)
+		c->recvs_out--;
+	else
+		c->sends_out--;
+
+	if (wc->status == IBV_WC_SUCCESS && recv && c->state == V_ACCEPTING && c->server) {
+		/* Data before our ESTABLISHED event: the client is up, so are we
+		 * (the first receive counts as the RTU). */
+		mark_up(c);
+		t->ev->accepted(&c->base, 0);
+	}
+	if (c->state != V_UP) {
+		conn_check_drained(c);
+		return;
+	}
+	if (wc->status != IBV_WC_SUCCESS) {
+		char why[96];
+		snprintf(why, sizeof(why), "%s completion: %s", recv ? "receive" : "send",
+			 ibv_wc_status_str(wc->status));
+		conn_failed(c, wc_error(wc->status), why);
+		return;
+	}
+	if (recv) {
+		if (slot >= c->base.recv_slots)
+			return;
+		t->ev->recv(&c->base, slot, c->recv_base + (size_t)slot * c->base.slot_size,
+			    wc->byte_len);
+	} else {
+		if (slot >= c->base.send_slots)
+			return;
+		t->ev->send_done(&c->base, slot);
+	}
+}
+
+static int poll_cqs(struct verbs_tctx *t, int budget)
+{
+	struct ibv_wc wc[VERBS_POLL_BATCH];
+	int total = 0;
+
+	for (struct vdev *d = t->devs; d && total < budget; d = d->next) {
+		for (;;) {
+			int want = budget - total < VERBS_POLL_BATCH ? budget - total
+								     : VERBS_POLL_BATCH;
+			int n = ibv_poll_cq(d->cq, want, wc);
+
+			if (n <= 0)
+				break;
+			for (int i = 0; i < n; i++)
+				handle_wc(t, &wc[i]);
+			total += n;
+			if (n < want || total >= budget)
+				break;
+		}
+	}
+	return total;
+}
+
+/* ---- rdma_cm events ------------------------------------------------------------ */
+
+struct cm_ev {
+	enum rdma_cm_event_type type;
+	int status;
+	struct rdma_cm_id *id;
+	struct rdma_cm_id *listen_id;
+	uint8_t pd[256];
+	size_t pd_len;
+};
+
+/* Listener ids carry a tagged pointer in their context, connections a plain one. */
+#define LISTENER_TAG 1u
+
+static void *listener_ctx(struct vlistener *l)
+{
+	return (void *)((uintptr_t)l | LISTENER_TAG);
+}
+
+static struct vlistener *ctx_listener(void *p)
+{
+	return ((uintptr_t)p & LISTENER_TAG)
+		       ? (struct vlistener *)((uintptr_t)p & ~(uintptr_t)LISTENER_TAG)
+		       : NULL;
+}
+
+static void on_connect_request(struct verbs_tctx *t, struct vlistener *l, struct cm_ev *e)
+{
+	struct tern_conn_params p = {0};
+	struct rdma_conn_param cp;
+	uint8_t reply[TERN_HANDSHAKE_MAX];
+	size_t reply_len = 0;
+	void *owner = NULL;
+	struct vconn *c;
+	int rc;
+
+	/* The connection object first: once the engine has made a session
+	 * for this request, it must get closed() on every path. */
+	c = conn_new(t, &p, NULL, true);
+	if (!c) {
+		rdma_reject(e->id, NULL, 0);
+		rdma_destroy_id(e->id);
+		return;
+	}
+	c->id = e->id;
+	c->id->context = c;
+	fmt_peer(c, rdma_get_peer_addr(c->id));
+	rc = t->ev->incoming(&l->base, e->pd, e->pd_len, &p, &owner, reply, &reply_len);
+	if (rc) {
+		/* Refused by the engine (it told its user): reply why, quietly. */
+		rdma_reject(c->id, reply, (uint8_t)reply_len);
+		c->notified_end = true;
+		conn_teardown(c);
+		return;
+	}
+	c->params = p;
+	c->base.owner = owner;
+	c->base.slot_size = p.slot_size;
+	c->base.send_slots = p.send_slots;
+	c->base.recv_slots = p.recv_slots;
+	memcpy(c->hs, reply, reply_len);
+	c->hs_len = (uint8_t)reply_len;
+	c->state = V_ACCEPTING;
+	rc = conn_setup(c);
+	if (!rc) {
+		conn_param_init(c, &cp);
+		if (rdma_accept(c->id, &cp))
+			rc = neg_errno(ECONNABORTED);
+	}
+	if (rc) {
+		rdma_reject(c->id, NULL, 0);
+		conn_setup_failed(c, rc, NULL, 0);
+		return;
+	}
+	uv_timer_start(&c->timer, connect_timeout, p.connect_timeout_ms, 0);
+}
+
+static int reject_status(const struct cm_ev *e)
+{
+	(void)e;
+	return -ECONNREFUSED;
+}
+
+static void on_conn_event(struct verbs_tctx *t, struct vconn *c, struct cm_ev *e)
+{
+	struct rdma_conn_param cp;
+	int rc;
+
+	switch (e->type) {
+	case RDMA_CM_EVENT_ADDR_RESOLVED:
+		if (c->state != V_RESOLVE_ADDR)
+			break;
+		c->state = V_RESOLVE_ROUTE;
+		if (rdma_resolve_route(c->id, (int)c->params.connect_timeout_ms))
+			conn_setup_failed(c, neg_errno(EHOSTUNREACH), NULL, 0);
+		break;
+	case RDMA_CM_EVENT_ROUTE_RESOLVED:
+		if (c->state != V_RESOLVE_ROUTE)
+			break;
+		rc = conn_setup(c);
+		if (!rc) {
+			conn_param_init(c, &cp);
+			c->state = V_CONNECTING;
+			if (rdma_connect(c->id, &cp))
+				rc = neg_errno(ECONNABORTED);
+		}
+		if (rc)
+			conn_setup_failed(c, rc, NULL, 0);
+		break;
+	case RDMA_CM_EVENT_ESTABLISHED:
+		if (c->state == V_CONNECTING) {
+			mark_up(c);
+			if (t->ev->connected(&c->base, 0, e->pd, e->pd_len)) {
+				c->notified_end = true; /* the engine refused: it knows */
+				conn_teardown(c);
+			}
+		} else if (c->state == V_ACCEPTING) {
+			mark_up(c);
+			t->ev->accepted(&c->base, 0);
+		}
+		break;
+	case RDMA_CM_EVENT_ADDR_ERROR:
+		conn_setup_failed(c, -EADDRNOTAVAIL, NULL, 0);
+		break;
+	case RDMA_CM_EVENT_ROUTE_ERROR:
+		conn_setup_failed(c, -ENETUNREACH, NULL, 0);
+		break;
+	case RDMA_CM_EVENT_UNREACHABLE:
+		conn_setup_failed(c, -EHOSTUNREACH, NULL, 0);
+		break;
+	case RDMA_CM_EVENT_REJECTED:
+		conn_setup_failed(c, reject_status(e), e->pd, e->pd_len);
+		break;
+	case RDMA_CM_EVENT_CONNECT_ERROR:
+		conn_setup_failed(c, -ECONNABORTED, NULL, 0);
+		break;
+	case RDMA_CM_EVENT_DISCONNECTED:
+		if (c->state == V_UP)
+			conn_failed(c, -ECONNRESET, "the peer disconnected");
+		else if (c->state < V_UP)
+			conn_setup_failed(c, -ECONNRESET, NULL, 0);
+		break;
+	case RDMA_CM_EVENT_DEVICE_REMOVAL:
+		conn_failed(c, -ENODEV, "the RDMA device was removed");
+		break;
+	default:
+		break; /* TIMEWAIT_EXIT and friends */
+	}
+}
+
+static void cm_poll_cb(uv_poll_t *h, int status, int events)
+{
+	struct verbs_tctx *t = h->data;
+	struct rdma_cm_event *ev;
+
+	(void)status;
+	(void)events;
+	while (rdma_get_cm_event(t->cm, &ev) == 0) {
+		struct cm_ev e = {
+			.type = ev->event,
+			.status = ev->status,
+			.id = ev->id,
+			.listen_id = ev->listen_id,
+		};
+		if (ev->param.conn.private_data && ev->param.conn.private_data_len) {
+			e.pd_len = ev->param.conn.private_data_len;
+			if (e.pd_len > sizeof(e.pd))
+				e.pd_len = sizeof(e.pd);
+			memcpy(e.pd, ev->param.conn.private_data, e.pd_len);
+		}
+		/* Ack before acting: rdma_destroy_id() waits for every event
+		 * of its id to be acked. */
+		rdma_ack_cm_event(ev);
+		if (e.type == RDMA_CM_EVENT_CONNECT_REQUEST) {
+			struct vlistener *l = ctx_listener(e.listen_id->context);
+			if (l) {
+				on_connect_request(t, l, &e);
+			} else {
+				rdma_reject(e.id, NULL, 0);
+				rdma_destroy_id(e.id);
+			}
+		} else if (e.id && e.id->context && !ctx_listener(e.id->context)) {
+			on_conn_event(t, e.id->context, &e);
+		}
+	}
+	t->ev->activity(t->ctx);
+}
+
+/* ---- ops ------------------------------------------------------------------------ */
+
+static int resolve(const struct tern_uri *u, bool passive, struct sockaddr_storage *ss)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0)};
+	struct addrinfo *res;
+	char port[8];
+	int rc;
+
+	if (!u->has_port)
+		return -EINVAL;
+	snprintf(port, sizeof(port), "%u", u->port);
+	rc = getaddrinfo(u->host, port, &hints, &res);
+	if (rc)
+		return -EHOSTUNREACH;
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	freeaddrinfo(res);
+	return 0;
+}
+
+static int verbs_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transport_events *ev,
+			  struct tern_tctx **out)
+{
+	struct verbs_tctx *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	t->ctx = ctx;
+	t->loop = loop;
+	t->ev = ev;
+	t->cm = rdma_create_event_channel();
+	if (!t->cm) {
+		/* No /dev/infiniband/rdma_cm: this host has no RDMA. */
+		free(t);
+		return -ENODEV;
+	}
+	set_nonblock(t->cm->fd);
+	uv_poll_init(loop, &t->cm_poll, t->cm->fd);
+	t->cm_poll.data = t;
+	uv_poll_start(&t->cm_poll, UV_READABLE, cm_poll_cb);
+	t->open_handles = 1;
+	*out = (struct tern_tctx *)t;
+	return 0;
+}
+
+static void tctx_handle_closed(uv_handle_t *h)
+{
+	struct verbs_tctx *t = h->data;
+	t->open_handles--;
+}
+
+static void dev_handle_closed(uv_handle_t *h)
+{
+	struct vdev *d = h->data;
+	d->t->open_handles--;
+}
+
+static void verbs_ctx_fini(struct tern_tctx *tt)
+{
+	struct verbs_tctx *t = T(tt);
+	struct vdev *d;
+
+	for (d = t->devs; d; d = d->next) {
+		uv_poll_stop(&d->poll);
+		uv_close((uv_handle_t *)&d->poll, dev_handle_closed);
+	}
+	uv_poll_stop(&t->cm_poll);
+	uv_close((uv_handle_t *)&t->cm_poll, tctx_handle_closed);
+	while (t->open_handles > 0)
+		uv_run(t->loop, UV_RUN_NOWAIT);
+	while ((d = t->devs)) {
+		struct ibv_cq *cq;
+		void *cc;
+
+		t->devs = d->next;
+		while (ibv_get_cq_event(d->chan, &cq, &cc) == 0)
+			d->unacked++;
+		if (d->unacked)
+			ibv_ack_cq_events(d->cq, d->unacked);
+		ibv_destroy_cq(d->cq);
+		ibv_destroy_comp_channel(d->chan);
+		ibv_dealloc_pd(d->pd);
+		free(d);
+	}
+	rdma_destroy_event_channel(t->cm);
+	free(t->conns);
+	free(t->gens);
+	free(t->free_idx);
+	free(t);
+}
+
+static int verbs_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owner,
+			struct tern_tlistener **out)
+{
+	struct verbs_tctx *t = T(tt);
+	struct sockaddr_storage ss;
+	struct vlistener *l;
+	int rc;
+
+	if ((rc = resolve(u, true, &ss)))
+		return rc;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->base.ops = &tern_verbs_transport;
+	l->base.tctx = tt;
+	l->base.owner = owner;
+	if (rdma_create_id(t->cm, &l->id, listener_ctx(l), RDMA_PS_TCP)) {
+		rc = neg_errno(ENOMEM);
+		goto fail;
+	}
+	if (rdma_bind_addr(l->id, (struct sockaddr *)&ss)) {
+		rc = neg_errno(EADDRNOTAVAIL);
+		goto fail;
+	}
+	if (rdma_listen(l->id, 128)) {
+		rc = neg_errno(EIO);
+		goto fail;
+	}
+	l->base.port = ntohs(rdma_get_src_port(l->id));
+	*out = &l->base;
+	return 0;
+fail:
+	if (l->id)
+		rdma_destroy_id(l->id);
+	free(l);
+	return rc;
+}
+
+static void verbs_listener_close(struct tern_tlistener *tl)
+{
+	struct vlistener *l = (struct vlistener *)tl;
+
+	rdma_destroy_id(l->id);
+	free(l);
+}
+
+static int verbs_connect(struct tern_tctx *tt, const struct tern_uri *u,
+			 const struct tern_conn_params *p, const void *hs, size_t hs_len,
+			 void *owner, struct tern_conn **out)
+{
+	struct verbs_tctx *t = T(tt);
+	struct sockaddr_storage ss;
+	struct vconn *c;
+	int rc;
+
+	if (hs_len > TERN_HANDSHAKE_MAX)
+		return -EINVAL;
+	if ((rc = resolve(u, false, &ss)))
+		return rc;
+	c = conn_new(t, p, owner, false);
+	if (!c)
+		return -ENOMEM;
+	memcpy(c->hs, hs, hs_len);
+	c->hs_len = (uint8_t)hs_len;
+	snprintf(c->base.peer, sizeof(c->base.peer), "%.60s:%u", u->host, u->port);
+	if (rdma_create_id(t->cm, &c->id, c, RDMA_PS_TCP)) {
+		rc = neg_errno(ENOMEM);
+		goto fail;
+	}
+	c->state = V_RESOLVE_ADDR;
+	if (rdma_resolve_addr(c->id, NULL, (struct sockaddr *)&ss, (int)p->connect_timeout_ms)) {
+		rc = neg_errno(EHOSTUNREACH);
+		goto fail;
+	}
+	uv_timer_start(&c->timer, connect_timeout, p->connect_timeout_ms, 0);
+	*out = &c->base;
+	return 0;
+fail:
+	/* Synchronous failure: the engine frees its side; free ours quietly. */
+	if (c->id)
+		rdma_destroy_id(c->id);
+	c->id = NULL;
+	t->conns[c->index] = NULL;
+	t->gens[c->index]++;
+	t->free_idx[t->nfree++] = c->index;
+	c->state = V_DESTROYED;
+	c->base.owner = NULL;
+	uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+	return rc;
+}
+
+static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len)
+{
+	struct vconn *c = C(bc);
+	struct ibv_sge sge = {
+		.addr = (uintptr_t)(c->base.send_base + (size_t)slot * c->base.slot_size),
+		.length = len,
+		.lkey = c->mr->lkey,
+	};
+	struct ibv_send_wr wr = {
+		.wr_id = wrid(c, false, slot),
+		.sg_list = &sge,
+		.num_sge = 1,
+		.opcode = IBV_WR_SEND,
+		/* Every send is signalled: its completion is what frees the slot. */
+		.send_flags = IBV_SEND_SIGNALED | (len <= c->max_inline ? IBV_SEND_INLINE : 0),
+	};
+	struct ibv_send_wr *bad;
+	int rc;
+
+	if (c->state != V_UP)
+		return -ENOTCONN;
+	rc = ibv_post_send(c->id->qp, &wr, &bad);
+	if (rc)
+		return -rc;
+	c->sends_out++;
+	return 0;
+}
+
+static int verbs_post_recv(struct tern_conn *bc, uint32_t token)
+{
+	struct vconn *c = C(bc);
+
+	if (c->state != V_UP)
+		return -ENOTCONN;
+	if (token >= c->base.recv_slots)
+		return -EINVAL;
+	return conn_post_recv(c, token);
+}
+
+static void verbs_disconnect(struct tern_conn *bc)
+{
+	struct vconn *c = C(bc);
+
+	c->notified_end = true; /* the engine asked: no error upcall */
+	conn_teardown(c);
+}
+
+static int verbs_poll(struct tern_tctx *tt, int budget)
+{
+	return poll_cqs(T(tt), budget);
+}
+
+static int verbs_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
+{
+	struct verbs_tctx *t = T(tt);
+	int n = 0;
+
+	t->mode = mode;
+	if (mode == TERN_TRANSPORT_EVENTS) {
+		for (struct vdev *d = t->devs; d; d = d->next)
+			ibv_req_notify_cq(d->cq, 0);
+		/* Completions that landed before we armed raise no event. */
+		n = poll_cqs(t, 1 << 30);
+	}
+	return n;
+}
+
+const struct tern_transport_ops tern_verbs_transport = {
+	.scheme = "rdma",
+	.ctx_init = verbs_ctx_init,
+	.ctx_fini = verbs_ctx_fini,
+	.listen = verbs_listen,
+	.listener_close = verbs_listener_close,
+	.connect = verbs_connect,
+	.post_send = verbs_post_send,
+	.post_recv = verbs_post_recv,
+	.disconnect = verbs_disconnect,
+	.poll = verbs_poll,
+	.set_mode = verbs_set_mode,
+};

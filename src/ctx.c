@@ -257,11 +257,12 @@ int tern_ctx_destroy(tern_ctx *ctx)
 	tern__session_close_all(ctx);
 	/* Sessions close asynchronously (verbs waits for its flushes): run
 	 * the loop until every one has reported closed(). */
-	while (!tern_list_empty(&ctx->sessions)) {
-		if (!ctx->idle_active)
+	while (!tern__sessions_all_closed(ctx)) {
+		if (!ctx->idle_active && !ctx->events_armed)
 			set_transport_mode(ctx, TERN_TRANSPORT_EVENTS);
 		uv_run(ctx->loop, UV_RUN_ONCE);
 	}
+	tern__session_reap_all(ctx);
 	for (int i = 0; i < ctx->ntp; i++)
 		if (ctx->tp[i].t)
 			ctx->tp[i].ops->ctx_fini(ctx->tp[i].t);

@@ -19,6 +19,7 @@ static const struct {
 	{TERN_EVERSION, "TERN_EVERSION", "bad magic or unsupported wire version"},
 	{TERN_EGEOMETRY, "TERN_EGEOMETRY", "slot geometry refused by the peer"},
 	{TERN_EREMOTE, "TERN_EREMOTE", "remote handler failed"},
+	{TERN_EPEER, "TERN_EPEER", "the peer broke the protocol"},
 };
 
 const char *tern_strerror(int err)

@@ -269,6 +269,8 @@ void tern__session_fail(tern_session *s, int err, const char *why);
 void tern__session_unref(tern_session *s);
 void tern__session_flush_dirty(tern_ctx *ctx);
 void tern__session_close_all(tern_ctx *ctx);
+bool tern__sessions_all_closed(tern_ctx *ctx);
+void tern__session_reap_all(tern_ctx *ctx);
 int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h);
 void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns);
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns);

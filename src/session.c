@@ -287,15 +287,25 @@ void tern__session_close_all(tern_ctx *ctx)
 	for (l = ctx->sessions.next; l != &ctx->sessions; l = nx) {
 		tern_session *s = tern_container_of(l, tern_session, link);
 		nx = l->next;
-		if (s->state == TERN_S_CLOSED) {
-			/* only deferred requests hold it: nobody can finish them now */
-			s->refs = 1;
-			tern__session_unref(s);
-			continue;
-		}
-		if (!s->user_closed)
+		if (!s->user_closed && s->state != TERN_S_CLOSED)
 			tern_session_close(s, NULL);
 	}
+}
+
+bool tern__sessions_all_closed(tern_ctx *ctx)
+{
+	for (struct tern_list *l = ctx->sessions.next; l != &ctx->sessions; l = l->next)
+		if (tern_container_of(l, tern_session, link)->state != TERN_S_CLOSED)
+			return false;
+	return true;
+}
+
+void tern__session_reap_all(tern_ctx *ctx)
+{
+	/* Only deferred requests hold these; with the context gone nobody
+	 * can finish them. */
+	while (!tern_list_empty(&ctx->sessions))
+		session_free(tern_container_of(ctx->sessions.next, tern_session, link));
 }
 
 /* ---- transport upcalls ----------------------------------------------------- */

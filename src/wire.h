@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "tern.h"
+
 #define TERN_WIRE_MAGIC	  0x4e524554u /* "TERN" read as a little-endian u32 */
 #define TERN_WIRE_VERSION 1
 #define TERN_HDR_SIZE	  32

@@ -37,6 +37,17 @@ static void on_accept(tern_listener *l, tern_session *s, int status)
 		f->srv = s;
 }
 
+void fx_done_cb(tern_session *s, int status, const void *reply, size_t len, void *user)
+{
+	struct fx_done *d = user;
+
+	(void)s;
+	d->done = true;
+	d->status = status;
+	d->len = len;
+	memcpy(d->buf, reply, len < sizeof(d->buf) ? len : sizeof(d->buf));
+}
+
 int fx_run_until(struct fx *f, const bool *flag, int timeout_ms)
 {
 	int64_t end = now_ms() + timeout_ms;

@@ -28,6 +28,15 @@ const char *fx_listen_uri(void);
 int fx_setup(struct fx *f, const struct tern_session_opts *opts, enum tern_progress progress);
 void fx_teardown(struct fx *f);
 
+/* A call's outcome, recorded by fx_done_cb (pass the struct as @user). */
+struct fx_done {
+	bool done;
+	int status;
+	size_t len;
+	uint8_t buf[8192];
+};
+void fx_done_cb(tern_session *s, int status, const void *reply, size_t len, void *user);
+
 /* Run the loop until *@flag is true or @timeout_ms passes; 0 or -ETIMEDOUT. */
 int fx_run_until(struct fx *f, const bool *flag, int timeout_ms);
 int fx_run_until_count(struct fx *f, const int *counter, int target, int timeout_ms);

@@ -24,6 +24,11 @@ static void test_tern_codes_have_their_own_names(void **state)
 	assert_string_equal(tern_strerror(TERN_ENOMETHOD),
 			    "no handler for this method at the peer");
 	assert_string_equal(tern_err_name(TERN_ESCHEMA), "TERN_ESCHEMA");
+	/* every tern code has a name and a message of its own */
+	for (int e = TERN_EPEER; e <= TERN_ENOMETHOD; e++) {
+		assert_string_not_equal(tern_err_name(e), "UNKNOWN");
+		assert_string_not_equal(tern_strerror(e), "unknown error");
+	}
 	/* tern codes never collide with an errno value */
 	assert_true(-TERN_ENOMETHOD > 133 /* EHWPOISON, the largest Linux errno */);
 }

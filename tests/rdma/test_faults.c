@@ -1,0 +1,617 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Faults on real verbs: deadlines and late replies, a peer process killed
+ * mid-call, a hostile peer (raw verbs) sending malformed messages, refused
+ * handshakes, connecting to nothing, and closing with calls pending.
+ *
+ * The killed peer is this same program re-executed with --hold-server, so
+ * the child starts with fresh verbs state (a verbs context must not cross
+ * fork()).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "internal.h"
+#include "verbs_pair.h"
+
+extern char **environ;
+
+#define M_ECHO 0x200
+#define M_HOLD 0x201
+
+static tern_req *held[64];
+static int nheld;
+
+static int echo_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
+{
+	(void)r, (void)u;
+	out->base = in;
+	out->len = n;
+	return 0;
+}
+
+static int hold(tern_req *r, const void *in, size_t n, void *u)
+{
+	(void)in, (void)n, (void)u;
+	if (nheld < 64)
+		held[nheld++] = r;
+	return 0;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct fx *fx_new(const struct tern_session_opts *o)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	assert_int_equal(fx_setup(f, o, TERN_PROGRESS_BUSY), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, hold, NULL), 0);
+	nheld = 0;
+	return f;
+}
+
+static void fx_free(struct fx *f)
+{
+	fx_teardown(f);
+	free(f);
+}
+
+static void run_until_held(struct fx *f, int n)
+{
+	double end = now_s() + 20;
+	while (nheld < n && now_s() < end)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	assert_int_equal(nheld, n);
+}
+
+/* ---- deadlines ------------------------------------------------------------- */
+
+static void test_deadline_times_out_reclaims_the_slot_and_drops_the_late_reply(void **state)
+{
+	struct tern_session_opts o = {.size = sizeof(o), .slot_count = 2};
+	struct tern_call_opts co = {.size = sizeof(co), .timeout_ms = 300};
+	struct fx *f = fx_new(&o);
+	struct fx_done old = {0}, fresh = {0};
+	struct tern_session_counters c;
+	double t0;
+	void *out;
+	size_t cap;
+
+	(void)state;
+	assert_int_equal(tern_call(f->cli, M_HOLD, "old", 3, fx_done_cb, &old, &co), 0);
+	run_until_held(f, 1);
+	t0 = now_s();
+	assert_int_equal(fx_run_until(f, &old.done, 10000), 0);
+	assert_int_equal(old.status, -ETIMEDOUT);
+	assert_true(now_s() - t0 < 5.0);
+	/* The call slot is free again at once... */
+	assert_int_equal(f->cli->nfree_calls, f->cli->n);
+	assert_int_equal(tern_session_counters(f->cli, &c), 0);
+	assert_int_equal(c.timeouts, 1);
+
+	/* ...and a new call takes the very same slot, with a new generation. */
+	assert_int_equal(tern_call(f->cli, M_HOLD, "new", 3, fx_done_cb, &fresh, NULL), 0);
+	assert_int_equal(f->cli->calls[0].state, TERN_CALL_INFLIGHT);
+	run_until_held(f, 2);
+
+	/* The old request is answered now: its reply must not complete the
+	 * new call that sits in the same slot. */
+	assert_int_equal(tern_reply_acquire(held[0], &out, &cap), 0);
+	memcpy(out, "STALE", 5);
+	assert_int_equal(tern_reply_commit(held[0], 5), 0);
+	for (int i = 0; i < 20000; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	assert_false(fresh.done);
+	assert_int_equal(tern_session_counters(f->cli, &c), 0);
+	assert_int_equal(c.late_replies, 1);
+
+	assert_int_equal(tern_reply_acquire(held[1], &out, &cap), 0);
+	memcpy(out, "FRESH", 5);
+	assert_int_equal(tern_reply_commit(held[1], 5), 0);
+	assert_int_equal(fx_run_until(f, &fresh.done, 10000), 0);
+	assert_int_equal(fresh.status, 0);
+	assert_memory_equal(fresh.buf, "FRESH", 5);
+	fx_free(f);
+}
+
+static void test_queued_call_times_out_in_the_queue(void **state)
+{
+	struct tern_session_opts o = {.size = sizeof(o), .slot_count = 1};
+	struct tern_call_opts co = {.size = sizeof(co), .timeout_ms = 200};
+	struct fx *f = fx_new(&o);
+	struct fx_done a = {0}, b = {0};
+
+	(void)state;
+	assert_int_equal(tern_call(f->cli, M_HOLD, "a", 1, fx_done_cb, &a, NULL), 0);
+	assert_int_equal(tern_call(f->cli, M_ECHO, "b", 1, fx_done_cb, &b, &co), 0); /* queued */
+	assert_int_equal(fx_run_until(f, &b.done, 10000), 0);
+	assert_int_equal(b.status, -ETIMEDOUT);
+	assert_false(a.done);
+	fx_free(f);
+}
+
+/* ---- a peer that dies ------------------------------------------------------ */
+
+static int hold_server_main(void)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	tern_ctx *ctx;
+	tern_listener *l;
+	int reported = 0;
+
+	if (tern_ctx_create(&co, &ctx) || tern_register_deferred(ctx, M_HOLD, hold, NULL) ||
+	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
+		return 1;
+	printf("%s\n", tern_listener_uri(l));
+	fflush(stdout);
+	for (;;) {
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+		if (nheld > reported) {
+			reported = nheld;
+			printf("held %d\n", nheld);
+			fflush(stdout);
+		}
+	}
+}
+
+static void test_peer_killed_mid_call_resets_every_pending_call(void **state)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	struct tern_call_opts cop = {.size = sizeof(cop), .timeout_ms = 30000};
+	char *argv[] = {"/proc/self/exe", "--hold-server", NULL};
+	struct fx_done d[5] = {0};
+	posix_spawn_file_actions_t fa;
+	char line[256], buf[4096];
+	size_t have = 0;
+	int out[2], st, all;
+	tern_session *s;
+	tern_ctx *ctx;
+	pid_t pid;
+	double t0;
+	FILE *fp;
+
+	(void)state;
+	assert_int_equal(pipe(out), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+	posix_spawn_file_actions_addclose(&fa, out[0]);
+	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(out[1]);
+	fp = fdopen(out[0], "r");
+	assert_non_null(fgets(line, sizeof(line), fp));
+	line[strcspn(line, "\n")] = 0;
+	fcntl(out[0], F_SETFL, O_NONBLOCK);
+
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_connect_sync(ctx, line, NULL, 10000, &s), 0);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(tern_call(s, M_HOLD, "x", 1, fx_done_cb, &d[i], &cop), 0);
+	/* Wait until the server holds all five. */
+	t0 = now_s();
+	while (!strstr(buf, "held 5") && now_s() - t0 < 20) {
+		ssize_t n = read(out[0], buf + have, sizeof(buf) - 1 - have);
+		if (n > 0) {
+			have += (size_t)n;
+			buf[have] = 0;
+		}
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	}
+	assert_non_null(strstr(buf, "held 5"));
+
+	assert_int_equal(kill(pid, SIGKILL), 0);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	t0 = now_s();
+	do {
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+		all = 1;
+		for (int i = 0; i < 5; i++)
+			all &= d[i].done;
+	} while (!all && now_s() - t0 < 30);
+	for (int i = 0; i < 5; i++) {
+		assert_true(d[i].done);
+		assert_int_equal(d[i].status, -ECONNRESET);
+	}
+	/* well within the 30 s deadline: the disconnect, not the timer, did it */
+	printf("pending calls reset %.2f s after the kill\n", now_s() - t0);
+	assert_true(now_s() - t0 < 25.0);
+	assert_int_equal(tern_session_is_ready(s), 0);
+	fclose(fp);
+	tern_ctx_destroy(ctx);
+}
+
+/* ---- a hostile peer: raw verbs sending what tern never would ------------ */
+
+#define H_SLOT	1024
+#define H_COUNT 4
+
+struct hostile {
+	struct vp_opts o;
+	struct vp_endpoint ep;
+	uint8_t msgs[8][H_SLOT];
+	uint32_t lens[8];
+	int nmsgs;
+	int rc;
+	bool sent;
+};
+
+struct closed_info {
+	bool closed;
+	int reason;
+	struct tern_session_counters c;
+};
+
+static struct closed_info hostile_closed;
+
+static void hostile_on_close(tern_session *s, int reason)
+{
+	hostile_closed.closed = true;
+	hostile_closed.reason = reason;
+	tern_session_counters(s, &hostile_closed.c);
+}
+
+static void *hostile_thread(void *arg)
+{
+	struct hostile *h = arg;
+	struct ibv_wc wc;
+
+	h->rc = vp_connect(&h->o, &h->ep, 8, H_SLOT);
+	if (h->rc)
+		return NULL;
+	for (int i = 0; i < h->nmsgs; i++) {
+		memcpy(h->ep.buf + 8 * H_SLOT, h->msgs[i], h->lens[i]);
+		if ((h->rc = vp_post_send(&h->ep, 8 * H_SLOT, h->lens[i], 0, IBV_SEND_SIGNALED)))
+			return NULL;
+		if (vp_poll_one(&h->ep, &wc, 5000) != 1 || wc.status != IBV_WC_SUCCESS) {
+			h->rc = -EIO;
+			return NULL;
+		}
+	}
+	h->sent = true;
+	return NULL;
+}
+
+static struct tern_hdr valid_req(uint32_t seq)
+{
+	struct tern_hdr r = {.kind = TERN_MSG_REQ, .method = M_HOLD, .seq = seq, .len = 4};
+	return r;
+}
+
+static void add_msg(struct hostile *h, const struct tern_hdr *hdr, uint32_t total_len)
+{
+	tern_hdr_encode(h->msgs[h->nmsgs], hdr);
+	h->lens[h->nmsgs++] = total_len;
+}
+
+/* Connect a raw verbs peer with a valid handshake, send @h's messages, and
+ * check tern closes the session with TERN_EPEER and counts it. */
+static void expect_protocol_error(struct hostile *h)
+{
+	struct tern_session_opts so = {.size = sizeof(so),
+				       .slot_size = H_SLOT,
+				       .slot_count = H_COUNT,
+				       .on_close = hostile_on_close};
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	struct tern_hello hello = {
+		.version = TERN_WIRE_VERSION, .slot_size = H_SLOT, .slot_count = H_COUNT};
+	uint8_t hs[40];
+	tern_listener *l;
+	tern_ctx *ctx;
+	pthread_t t;
+	double t0;
+
+	memset(&hostile_closed, 0, sizeof(hostile_closed));
+	nheld = 0;
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_register_deferred(ctx, M_HOLD, hold, NULL), 0);
+	assert_int_equal(tern_listen(ctx, fx_listen_uri(), &so, NULL, &l), 0);
+	tern_hello_encode(hs, &hello);
+	vp_opts_init(&h->o);
+	h->o.port = (uint16_t)tern_listener_port(l);
+	h->o.buf_len = 9 * H_SLOT;
+	h->o.private_data = hs;
+	h->o.private_data_len = sizeof(hs);
+	pthread_create(&t, NULL, hostile_thread, h);
+	t0 = now_s();
+	while (!hostile_closed.closed && now_s() - t0 < 20)
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	pthread_join(t, NULL);
+	assert_int_equal(h->rc, 0);
+	assert_true(hostile_closed.closed);
+	assert_int_equal(hostile_closed.reason, TERN_EPEER);
+	assert_int_equal(hostile_closed.c.protocol_errors, 1);
+	printf("refused: %s\n", tern_ctx_last_error(ctx));
+	vp_endpoint_close(&h->ep);
+	tern_ctx_destroy(ctx);
+}
+
+static void test_hostile_peer_short_message(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	(void)state;
+	memset(h->msgs[0], 0x5a, 10);
+	h->lens[0] = 10;
+	h->nmsgs = 1;
+	expect_protocol_error(h);
+	free(h);
+}
+
+static void test_hostile_peer_unknown_kind(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	struct tern_hdr r = valid_req(0);
+	(void)state;
+	r.kind = 9;
+	add_msg(h, &r, TERN_HDR_SIZE + 4);
+	expect_protocol_error(h);
+	free(h);
+}
+
+static void test_hostile_peer_length_field_lies(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	struct tern_hdr r = valid_req(0);
+	(void)state;
+	r.len = 1000; /* but only 4 bytes follow */
+	add_msg(h, &r, TERN_HDR_SIZE + 4);
+	expect_protocol_error(h);
+	free(h);
+}
+
+static void test_hostile_peer_call_slot_out_of_range(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	struct tern_hdr r = valid_req(0);
+	(void)state;
+	r.call_slot = 60000;
+	add_msg(h, &r, TERN_HDR_SIZE + 4);
+	expect_protocol_error(h);
+	free(h);
+}
+
+static void test_hostile_peer_out_of_sequence(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	struct tern_hdr r = valid_req(5);
+	(void)state;
+	add_msg(h, &r, TERN_HDR_SIZE + 4);
+	expect_protocol_error(h);
+	free(h);
+}
+
+static void test_hostile_peer_request_without_credit(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	(void)state;
+	/* H_COUNT requests use every credit (the server holds them, so none
+	 * comes back); one more is a violation. */
+	for (uint32_t i = 0; i <= H_COUNT; i++) {
+		struct tern_hdr r = valid_req(i);
+		r.call_slot = (uint16_t)(i % H_COUNT);
+		add_msg(h, &r, TERN_HDR_SIZE + 4);
+	}
+	expect_protocol_error(h);
+	free(h);
+}
+
+static void test_hostile_peer_reply_to_no_call(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	struct tern_hdr r = {.kind = TERN_MSG_REP, .seq = 0, .len = 0};
+	(void)state;
+	add_msg(h, &r, TERN_HDR_SIZE);
+	expect_protocol_error(h);
+	free(h);
+}
+
+static void test_hostile_peer_credits_it_never_owed(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	struct tern_hdr r = {.kind = TERN_MSG_CREDIT, .credits = 3};
+	(void)state;
+	add_msg(h, &r, TERN_HDR_SIZE);
+	expect_protocol_error(h);
+	free(h);
+}
+
+/* ---- refused and failed connections ------------------------------------------ */
+
+static void test_connect_to_a_port_with_no_listener_is_a_clean_error(void **state)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	char uri[128], host[64];
+	tern_session *s = (tern_session *)1;
+	tern_ctx *ctx;
+	double t0;
+	int rc;
+
+	(void)state;
+	sscanf(fx_listen_uri(), "rdma://%63[^:]", host);
+	snprintf(uri, sizeof(uri), "rdma://%s:1", host);
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	t0 = now_s();
+	rc = tern_connect_sync(ctx, uri, NULL, 5000, &s);
+	printf("no listener: %s (%s) after %.2f s\n", tern_err_name(rc), tern_ctx_last_error(ctx),
+	       now_s() - t0);
+	assert_true(rc == -ECONNREFUSED || rc == -EHOSTUNREACH || rc == -ETIMEDOUT);
+	assert_null(s);
+	assert_non_null(strstr(tern_ctx_last_error(ctx), uri));
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+}
+
+static int server_refusals;
+static int server_refusal_status;
+
+static void count_refusal(tern_listener *l, tern_session *s, int status)
+{
+	(void)l;
+	if (!s) {
+		server_refusals++;
+		server_refusal_status = status;
+	}
+}
+
+static void expect_refusal(const struct tern_session_opts *srv, const struct tern_session_opts *cli,
+			   int want, const char *needle)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	tern_session *s = NULL;
+	tern_listener *l;
+	tern_ctx *ctx;
+	int rc;
+
+	server_refusals = 0;
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_listen(ctx, fx_listen_uri(), srv, count_refusal, &l), 0);
+	rc = tern_connect_sync(ctx, tern_listener_uri(l), cli, 10000, &s);
+	printf("client: %s: %s\n", tern_err_name(rc), tern_ctx_last_error(ctx));
+	assert_int_equal(rc, want);
+	assert_null(s);
+	assert_non_null(strstr(tern_ctx_last_error(ctx), needle));
+	/* and the server saw it too */
+	assert_int_equal(server_refusals, 1);
+	assert_int_equal(server_refusal_status, want);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+}
+
+static void test_geometry_mismatch_is_refused_on_both_sides(void **state)
+{
+	struct tern_session_opts srv = {.size = sizeof(srv), .slot_size = 8192};
+	struct tern_session_opts cli = {.size = sizeof(cli), .slot_size = 4096};
+	(void)state;
+	expect_refusal(&srv, &cli, TERN_EGEOMETRY, "4096");
+}
+
+static void test_schema_mismatch_is_refused_on_both_sides(void **state)
+{
+	struct tern_session_opts srv = {.size = sizeof(srv), .schema_hash = 0x1111};
+	struct tern_session_opts cli = {.size = sizeof(cli), .schema_hash = 0x2222};
+	(void)state;
+	expect_refusal(&srv, &cli, TERN_ESCHEMA, "schema");
+}
+
+/* ---- closing ------------------------------------------------------------------ */
+
+static int closes;
+static int close_reason;
+
+static void close_cb(tern_session *s, int reason)
+{
+	(void)s;
+	closes++;
+	close_reason = reason;
+}
+
+/* on_close of whichever session the test did not close itself */
+static int peer_close_reason;
+static bool peer_closed;
+
+static void peer_on_close(tern_session *s, int reason)
+{
+	(void)s;
+	peer_closed = true;
+	peer_close_reason = reason;
+}
+
+static void test_local_close_cancels_pending_calls(void **state)
+{
+	struct tern_session_opts o = {.size = sizeof(o), .on_close = peer_on_close};
+	struct fx *f = fx_new(&o);
+	struct fx_done d = {0}, q = {0};
+
+	(void)state;
+	closes = 0;
+	peer_closed = false;
+	assert_int_equal(tern_call(f->cli, M_HOLD, "x", 1, fx_done_cb, &d, NULL), 0);
+	run_until_held(f, 1);
+	assert_int_equal(tern_session_close(f->cli, close_cb), 0);
+	assert_int_equal(tern_session_close(f->cli, close_cb), -EALREADY);
+	assert_true(d.done); /* at once, before the transport is even down */
+	assert_int_equal(d.status, -ECANCELED);
+	assert_int_equal(tern_call(f->cli, M_ECHO, "y", 1, fx_done_cb, &q, NULL), -ENOTCONN);
+	assert_int_equal(fx_run_until_count(f, &closes, 1, 10000), 0);
+	assert_int_equal(close_reason, 0);
+	f->cli = NULL;
+	/* The server's session ends too (the peer disconnected)... */
+	assert_int_equal(fx_run_until(f, &peer_closed, 20000), 0);
+	assert_int_equal(peer_close_reason, -ECONNRESET);
+	f->srv = NULL;
+	/* ...but its held request outlived it: replying is a clean error, not
+	 * a crash, and releases the session's memory. */
+	assert_int_equal(tern_reply_commit(held[0], 1), -ECONNRESET);
+	fx_free(f);
+}
+
+static void test_server_closing_resets_the_clients_calls(void **state)
+{
+	struct tern_session_opts o = {.size = sizeof(o), .on_close = peer_on_close};
+	struct fx *f = fx_new(&o);
+	struct fx_done d = {0};
+
+	(void)state;
+	peer_closed = false;
+	closes = 0;
+	assert_int_equal(tern_call(f->cli, M_HOLD, "x", 1, fx_done_cb, &d, NULL), 0);
+	run_until_held(f, 1);
+	assert_int_equal(tern_session_close(f->srv, close_cb), 0);
+	assert_int_equal(fx_run_until(f, &d.done, 20000), 0);
+	assert_int_equal(d.status, -ECONNRESET);
+	/* the client's session ends by itself and says why */
+	assert_int_equal(fx_run_until(f, &peer_closed, 20000), 0);
+	assert_int_equal(peer_close_reason, -ECONNRESET);
+	assert_int_equal(closes, 1); /* the server's own close callback */
+	f->cli = f->srv = NULL;
+	fx_free(f);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(
+			test_deadline_times_out_reclaims_the_slot_and_drops_the_late_reply),
+		cmocka_unit_test(test_queued_call_times_out_in_the_queue),
+		cmocka_unit_test(test_peer_killed_mid_call_resets_every_pending_call),
+		cmocka_unit_test(test_hostile_peer_short_message),
+		cmocka_unit_test(test_hostile_peer_unknown_kind),
+		cmocka_unit_test(test_hostile_peer_length_field_lies),
+		cmocka_unit_test(test_hostile_peer_call_slot_out_of_range),
+		cmocka_unit_test(test_hostile_peer_out_of_sequence),
+		cmocka_unit_test(test_hostile_peer_request_without_credit),
+		cmocka_unit_test(test_hostile_peer_reply_to_no_call),
+		cmocka_unit_test(test_hostile_peer_credits_it_never_owed),
+		cmocka_unit_test(test_connect_to_a_port_with_no_listener_is_a_clean_error),
+		cmocka_unit_test(test_geometry_mismatch_is_refused_on_both_sides),
+		cmocka_unit_test(test_schema_mismatch_is_refused_on_both_sides),
+		cmocka_unit_test(test_local_close_cancels_pending_calls),
+		cmocka_unit_test(test_server_closing_resets_the_clients_calls),
+	};
+
+	if (!fx_listen_uri()) {
+		printf("SKIP: no RDMA device with an IPv4 address (set TERN_RDMA_ADDR)\n");
+		return 77;
+	}
+	if (argc > 1 && strcmp(argv[1], "--hold-server") == 0)
+		return hold_server_main();
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

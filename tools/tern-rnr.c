@@ -378,12 +378,18 @@ static int open_monitor(const struct cli *cli, tern_rnr_monitor **mon, tern_rnr_
 	}
 	tern_rnr_snapshot_ports(*first, &n);
 	if (n == 0) {
-		fprintf(stderr,
-			PROG ": no RDMA devices found under %s/class/infiniband%s%s%s\n" PROG
-			     ": load an RDMA driver (e.g. modprobe mlx5_ib, or rdma link add rxe0 "
-			     "type rxe netdev eth0), or point --root at a sysfs tree\n",
-			cli->root, cli->device ? " matching '" : "", cli->device ? cli->device : "",
-			cli->device ? "'" : "");
+		fprintf(stderr, PROG ": no RDMA devices found under %s/class/infiniband",
+			cli->root);
+		if (cli->device)
+			fprintf(stderr,
+				" matching '%s'\n" PROG ": --device is a glob over the "
+				"device names there (e.g. 'mlx5_*')\n",
+				cli->device);
+		else
+			fprintf(stderr,
+				"\n" PROG ": load an RDMA driver (e.g. modprobe mlx5_ib, or "
+				"rdma link add rxe0 type rxe netdev eth0), or point --root at a "
+				"sysfs tree\n");
 		rc = EXIT_NO_DEVICE;
 	}
 	for (int k = 0; rc == 0 && k < cli->n_rules; k++) {

@@ -338,6 +338,7 @@ class Errors(Base):
         r = run(["--root", self.tree.root, "--count", "1", "--interval", "0"])
         self.assertEqual(r.returncode, EXIT_NO_DEVICE)
         self.assertIn("no RDMA devices found under", r.stderr)
+        self.assertIn("load an RDMA driver", r.stderr)
         self.assertEqual(r.stdout, "")
         os.makedirs(os.path.join(self.tree.root, "class", "infiniband"))
         r = run(["--root", self.tree.root, "--count", "1", "--interval", "0"])
@@ -347,6 +348,7 @@ class Errors(Base):
                  "--device", "mlx5_*"])
         self.assertEqual(r.returncode, EXIT_NO_DEVICE)
         self.assertIn("matching 'mlx5_*'", r.stderr)
+        self.assertIn("--device is a glob", r.stderr)
 
     def test_port_in_use_is_a_runtime_error(self):
         self.tree.add_rxe("rxe0", 0)

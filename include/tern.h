@@ -203,6 +203,30 @@ TERN_EXPORT const char *tern_ctx_last_error(tern_ctx *ctx);
 /* Sessions                                                                  */
 
 /**
+ * struct tern_service_ref - a service, as a client requires it of a server
+ * @name: the name declared in the IDL ("Calc"); 1..63 bytes of [A-Za-z0-9_.]
+ * @schema_hash: tern-gen's hash of its methods and message layouts
+ */
+struct tern_service_ref {
+	const char *name;
+	uint64_t schema_hash;
+};
+
+/**
+ * tern_service_register - declare that this context serves a service
+ * @ctx: the context
+ * @name: the service's name
+ * @schema_hash: its schema hash
+ *
+ * Generated skeletons call this next to registering the service's methods,
+ * so that clients requiring the service (struct tern_session_opts
+ * @services) are checked at connect time.
+ *
+ * Return: 0, -EINVAL (bad name), -EEXIST (already registered), -ENOMEM.
+ */
+TERN_EXPORT int tern_service_register(tern_ctx *ctx, const char *name, uint64_t schema_hash);
+
+/**
  * struct tern_session_opts - options for a session (and a listener's sessions)
  * @size: sizeof(struct tern_session_opts), or 0
  * @slot_size: bytes per slot, header included (default 8192, at least 64,
@@ -225,6 +249,14 @@ TERN_EXPORT const char *tern_ctx_last_error(tern_ctx *ctx);
  *	session that fails is closed by tern itself; the handle is freed when
  *	this callback returns, so keep no pointer to it past that.
  * @data: the caller's pointer, returned by tern_session_data()
+ * @services: client side: the services this session will call (generated
+ *	code provides a tern_service_ref per service).  Right after the
+ *	transport is up the server checks each against its registered
+ *	services; a missing one fails the connect with TERN_ENOSERVICE, a
+ *	different schema with TERN_ESCHEMA, both with a message naming the
+ *	service, on both sides.  The array need only live until tern_connect()
+ *	returns.
+ * @nservices: entries in @services (at most 64)
  *
  * Both peers must use the same slot size and count; a mismatch is refused
  * with TERN_EGEOMETRY on both sides.  A session registers
@@ -243,6 +275,8 @@ struct tern_session_opts {
 	uint64_t schema_hash;
 	void (*on_close)(tern_session *s, int reason);
 	void *data;
+	const struct tern_service_ref *services;
+	uint32_t nservices;
 };
 
 /**
@@ -460,7 +494,8 @@ typedef int (*tern_deferred_handler)(tern_req *req, const void *in, size_t in_le
 /**
  * tern_register_raw - register a raw method on a context
  * @ctx: the context; the method serves every session on it
- * @method_id: non-zero; generated code uses a stable hash of "Service.method"
+ * @method_id: non-zero and below 0xffffff00 (tern's own); generated code
+ *	uses a stable hash of "Service.method"
  * @fn: the handler
  * @user: passed to @fn
  *

@@ -98,7 +98,7 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 
 	if (!s || !cb || method_id == 0 || (len && !req))
 		return -EINVAL;
-	if (s->state != TERN_S_READY)
+	if (!tern__session_usable(s))
 		return -ENOTCONN;
 	if (len > s->max_payload) {
 		tern__set_error(s->ctx, "%s: request of %zu bytes exceeds the slot payload %u",
@@ -126,10 +126,20 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 	return 0;
 }
 
+int tern__client_call_internal(tern_session *s, uint32_t method, const void *buf, size_t len,
+			       tern_call_cb cb, uint32_t timeout_ms)
+{
+	if (!can_issue(s) || len > s->max_payload)
+		return -EAGAIN;
+	issue_copy(s, method, buf, len, cb, NULL,
+		   timeout_ms ? tern__now_ns() + (uint64_t)timeout_ms * 1000000ull : 0);
+	return 0;
+}
+
 /* Send queued calls while slots and credits last. */
 void tern__client_kick(tern_session *s)
 {
-	while (s->q_len && s->state == TERN_S_READY) {
+	while (s->q_len && tern__session_usable(s)) {
 		struct tern_pending e = s->queue[s->q_head];
 
 		if (e.cb && !can_issue(s))
@@ -147,7 +157,7 @@ int tern_call_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **
 
 	if (!s || !buf || !cap || !out)
 		return -EINVAL;
-	if (s->state != TERN_S_READY)
+	if (!tern__session_usable(s))
 		return -ENOTCONN;
 	/* Queued calls go first. */
 	if (s->q_len || !can_issue(s)) {
@@ -179,7 +189,7 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 	if (!c || c->state != TERN_CALL_ACQUIRED || !cb || method_id == 0)
 		return -EINVAL;
 	s = c->s;
-	if (s->state != TERN_S_READY) {
+	if (!tern__session_usable(s)) {
 		tern_call_abort(c);
 		return -ENOTCONN;
 	}

@@ -107,7 +107,7 @@ void tern__methods_free(struct tern_method_table *t)
 
 static int reg(tern_ctx *ctx, const struct tern_method *m)
 {
-	if (!ctx || m->id == 0 || !m->fn.raw)
+	if (!ctx || m->id == 0 || m->id >= TERN_METHOD_RESERVED_MIN || !m->fn.raw)
 		return -EINVAL;
 	return tern__methods_add(&ctx->methods, m);
 }

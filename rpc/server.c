@@ -64,6 +64,35 @@ static void reply_error(tern_req *req, int err, const char *fallback)
 	finish(req, TERN_MSG_ERR, clamp_status(err), (uint32_t)len);
 }
 
+/* The client's service check: answer it, then announce or refuse. */
+static void check_services(tern_req *req, const void *in, uint32_t len)
+{
+	tern_session *s = req->s;
+	char why[TERN_ERRMSG_MAX];
+	int rc;
+
+	if (!s->binding) {
+		reply_error(req, TERN_ENOMETHOD, "the service check comes first, once");
+		return;
+	}
+	rc = tern__services_verify(s->ctx, in, len, why, sizeof(why));
+	if (rc == TERN_EPEER) {
+		tern__session_fail(s, rc, why);
+		return;
+	}
+	if (rc) {
+		/* Tell the client why, then close once the answer is out. */
+		s->refused = rc;
+		s->fail_status = rc;
+		snprintf(s->refused_why, sizeof(s->refused_why), "refused a client: %s", why);
+		reply_error(req, rc, why);
+		return;
+	}
+	finish(req, TERN_MSG_REP, 0, 0);
+	if (s->state == TERN_S_READY)
+		tern__session_announce(s);
+}
+
 static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in)
 {
 	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
@@ -81,6 +110,10 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	req->method = h->method;
 	req->errmsg[0] = 0;
 
+	if (h->method == TERN_METHOD_SVC_CHECK) {
+		check_services(req, in, h->len);
+		return;
+	}
 	if (!m) {
 		snprintf(why, sizeof(why), "no method 0x%08x here", h->method);
 		reply_error(req, TERN_ENOMETHOD, why);
@@ -165,6 +198,11 @@ void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
 	struct tern_backlog_entry *b = s->backlog;
 
 	s->free_reqs[s->nfree_reqs++] = idx;
+	if (s->refused) {
+		/* the refusal is delivered: now close */
+		tern__session_fail(s, s->refused, s->refused_why);
+		return;
+	}
 	while (s->bl_len && s->nfree_reqs && s->state == TERN_S_READY) {
 		struct tern_backlog_entry e = b[s->bl_head];
 		s->bl_head = (s->bl_head + 1) % s->bl_cap;

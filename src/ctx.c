@@ -273,6 +273,7 @@ int tern_ctx_destroy(tern_ctx *ctx)
 	while (ctx->open_handles > 0)
 		uv_run(ctx->loop, UV_RUN_NOWAIT);
 	tern__methods_free(&ctx->methods);
+	free(ctx->services);
 	if (ctx->owns_loop)
 		uv_loop_close(&ctx->own_loop);
 	free(ctx);

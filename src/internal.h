@@ -89,6 +89,23 @@ int tern__methods_del(struct tern_method_table *t, uint32_t id);
 const struct tern_method *tern__methods_find(const struct tern_method_table *t, uint32_t id);
 void tern__methods_free(struct tern_method_table *t);
 
+/* ---- services (rpc/services.c) ------------------------------------------ */
+
+struct tern_service_entry {
+	char name[TERN_SVC_NAME_MAX + 1];
+	uint64_t schema_hash;
+};
+
+/* Encode a client's required services; the length, or -EINVAL/-EMSGSIZE. */
+int tern__services_encode(const struct tern_service_ref *refs, uint32_t n, uint8_t *out,
+			  size_t cap);
+/*
+ * Check a client's service list against @ctx's registry.  Untrusted input:
+ * every length is checked.  Return 0, TERN_ENOSERVICE, TERN_ESCHEMA or
+ * TERN_EPEER (malformed), with a message in @why.
+ */
+int tern__services_verify(tern_ctx *ctx, const void *in, size_t len, char *why, size_t why_len);
+
 /* ---- context -------------------------------------------------------------- */
 
 struct tern_tp {
@@ -117,6 +134,8 @@ struct tern_ctx {
 	int ntp;
 
 	struct tern_method_table methods;
+	struct tern_service_entry *services; /* registered with tern_service_register() */
+	uint32_t nservices;
 	struct tern_list sessions;
 	struct tern_list listeners;
 	struct tern_list dirty; /* sessions owing credits after this poll */
@@ -209,7 +228,18 @@ struct tern_session {
 	int fail_status; /* why it failed, once it has */
 	bool user_closed;
 	bool announced; /* the user has the handle (tern_connect, accept_cb) */
-	int refs;	/* deferred requests holding it after close */
+	bool is_server; /* accepted on a listener */
+	/*
+	 * The service check is in progress: the transport is up (READY) but
+	 * the user may not call yet, and only the check's request (server) or
+	 * its reply (client) may arrive.
+	 */
+	bool binding;
+	int refused;	    /* server: the check failed with this; close once it is sent */
+	char refused_why[TERN_ERRMSG_MAX + 32];
+	uint8_t *svc_check; /* client: the encoded check */
+	uint32_t svc_check_len;
+	int refs; /* deferred requests holding it after close */
 
 	uint32_t n; /* slot_count */
 	uint32_t slot_size;
@@ -281,6 +311,13 @@ static inline uint8_t *tern__send_slot(const tern_session *s, uint32_t slot)
 	return s->conn->send_base + (size_t)slot * s->slot_size;
 }
 
+/* User-facing readiness: transport up and the service check passed. */
+static inline bool tern__session_usable(const tern_session *s)
+{
+	return s->state == TERN_S_READY && !s->binding;
+}
+void tern__session_announce(tern_session *s);
+
 /* rpc/server.c */
 void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			 const void *payload);
@@ -291,6 +328,9 @@ void tern__serve_session_down(tern_session *s);
 void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *payload);
 void tern__client_send_done(tern_session *s, uint32_t call_idx);
 void tern__client_kick(tern_session *s);
+/* Issue a call while binding (bypasses the readiness check). */
+int tern__client_call_internal(tern_session *s, uint32_t method, const void *buf, size_t len,
+			       tern_call_cb cb, uint32_t timeout_ms);
 void tern__client_fail_all(tern_session *s, int err);
 /* Fail calls whose deadline passed; return the earliest one left (0: none). */
 uint64_t tern__client_expire(tern_session *s, uint64_t now_ns);

@@ -32,6 +32,7 @@ static void session_free(tern_session *s)
 	free(s->reqs);
 	free(s->free_reqs);
 	free(s->backlog);
+	free(s->svc_check);
 	free(s);
 }
 
@@ -142,6 +143,8 @@ void tern__session_hello(const tern_session *s, struct tern_hello *h)
 	h->slot_size = s->slot_size;
 	h->slot_count = s->n;
 	h->schema_hash = s->schema_hash;
+	if (s->svc_check_len)
+		h->flags |= TERN_HELLO_SERVICES;
 }
 
 int tern__session_attach(tern_session *s, struct tern_conn *c)
@@ -348,6 +351,9 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	tern_hello_encode(reply, &ours);
 	*reply_len = sizeof(struct tern_wire_hello);
 	tern__session_params(s, params);
+	s->is_server = true;
+	/* The client will check our services before anything else. */
+	s->binding = (peer.flags & TERN_HELLO_SERVICES) != 0;
 	s->listener = l;
 	s->tp = l->tp;
 	*owner = s;
@@ -375,10 +381,42 @@ static void ev_accepted(struct tern_conn *c, int status)
 		return;
 	}
 	session_ready(s);
+	if (!s->binding)
+		tern__session_announce(s);
+	(void)l;
+}
+
+/* Server: the session is ready for its user (the service check passed). */
+void tern__session_announce(tern_session *s)
+{
+	tern_listener *l = s->listener;
+
+	s->binding = false;
 	s->announced = true;
 	/* The listener may have been closed meanwhile; the session lives on. */
 	if (l && l->cb)
 		TERN_CALLBACK(s->ctx, l->cb(l, s, 0));
+}
+
+/* Client: the server answered the service check. */
+static void svc_check_done(tern_session *s, int status, const void *reply, size_t len, void *user)
+{
+	char why[TERN_ERRMSG_MAX + 1];
+
+	(void)user;
+	free(s->svc_check);
+	s->svc_check = NULL;
+	if (status) {
+		snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reply);
+		tern__session_fail(s, status, len ? why : "service check failed");
+		return; /* closed() reports it through the connect callback */
+	}
+	s->binding = false;
+	if (s->connect_cb) {
+		tern_connect_cb cb = s->connect_cb;
+		s->connect_cb = NULL;
+		TERN_CALLBACK(s->ctx, cb(s, 0));
+	}
 }
 
 static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t hs_len)
@@ -421,6 +459,16 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 		return rc; /* the provider disconnects */
 	}
 	session_ready(s);
+	if (s->svc_check_len) {
+		/* Check the server's services before the user may call. */
+		s->binding = true;
+		rc = tern__client_call_internal(s, TERN_METHOD_SVC_CHECK, s->svc_check,
+						s->svc_check_len, svc_check_done,
+						TERN_DEFAULT_CONNECT_TIMEOUT_MS);
+		if (rc)
+			tern__session_fail(s, rc, "cannot send the service check");
+		return 0;
+	}
 	if (s->connect_cb) {
 		tern_connect_cb cb = s->connect_cb;
 		s->connect_cb = NULL;
@@ -446,6 +494,13 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 	}
 	tern_hdr_decode(buf, &h);
 	rc = tern_hdr_check(&h, len, s->n, s->slot_size, s->rx_seq, &why);
+	if (!rc && s->binding &&
+	    !(s->is_server ? h.kind == TERN_MSG_REQ && h.method == TERN_METHOD_SVC_CHECK
+			   : h.kind == TERN_MSG_REP || h.kind == TERN_MSG_ERR)) {
+		/* Nothing but the check and its answer before the check is done. */
+		why = "message before the service check completed";
+		rc = TERN_EPEER;
+	}
 	if (!rc)
 		rc = tern_credits_on_recv(&s->cr, &h, &why);
 	if (rc) {
@@ -548,6 +603,7 @@ const struct tern_transport_events tern__events = {
 int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
 		 tern_connect_cb cb, tern_session **out)
 {
+	struct tern_session_opts o;
 	struct tern_conn_params p;
 	struct tern_uri u;
 	struct tern_hello hello;
@@ -564,16 +620,32 @@ int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts 
 		tern__set_error(ctx, "%s", why);
 		return rc;
 	}
+	if ((rc = opts_copy(opts, &o)))
+		return rc;
 	if ((rc = tern__transport_get(ctx, u.scheme, &tp)))
 		return rc;
-	if ((rc = tern__session_alloc(ctx, opts, &s)))
+	if ((rc = tern__session_alloc(ctx, &o, &s)))
 		return rc;
 	s->tp = tp;
 	s->connect_cb = cb;
 	snprintf(s->peer, sizeof(s->peer), "%s", uri);
+	if (o.nservices) {
+		s->svc_check = malloc(s->max_payload);
+		rc = s->svc_check ? tern__services_encode(o.services, o.nservices, s->svc_check,
+							  s->max_payload)
+				  : -ENOMEM;
+		if (rc < 0) {
+			tern__set_error(ctx,
+					"%s: bad service list (names are 1..%d of [A-Za-z0-9_.], "
+					"at most %d services)",
+					uri, TERN_SVC_NAME_MAX, TERN_SVC_MAX);
+			session_free(s);
+			return rc;
+		}
+		s->svc_check_len = (uint32_t)rc;
+	}
 	tern__session_params(s, &p);
-	if (opts && opts->connect_timeout_ms)
-		p.connect_timeout_ms = opts->connect_timeout_ms;
+	p.connect_timeout_ms = o.connect_timeout_ms;
 	tern__session_hello(s, &hello);
 	tern_hello_encode(hs, &hello);
 	rc = tp->ops->connect(tp->t, &u, &p, hs, sizeof(struct tern_wire_hello), s, &s->conn);
@@ -753,7 +825,7 @@ void *tern_session_data(tern_session *s)
 
 int tern_session_is_ready(tern_session *s)
 {
-	return s && s->state == TERN_S_READY;
+	return s && tern__session_usable(s);
 }
 
 const char *tern_session_peer(tern_session *s)

@@ -126,7 +126,19 @@ int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_cou
  * socket message, the first tcp frame), the server's answer in the accept
  * (or reject) private data.  40 bytes, under rdma_cm's 56-byte limit.
  */
-#define TERN_HELLO_REPLY 0x1u /* flags: this is the server's answer */
+#define TERN_HELLO_REPLY    0x1u /* flags: this is the server's answer */
+#define TERN_HELLO_SERVICES 0x2u /* flags: a service check comes first */
+
+/* Method ids from here up are tern's own; users cannot register them. */
+#define TERN_METHOD_RESERVED_MIN 0xffffff00u
+/*
+ * The service check: the client's first request once the transport is up.
+ * Payload: u32 count, then count x { u64 schema_hash, u8 name_len, name }.
+ * Answered by an empty reply, or an error naming the offending service.
+ */
+#define TERN_METHOD_SVC_CHECK 0xffffff01u
+#define TERN_SVC_MAX	      64
+#define TERN_SVC_NAME_MAX     63
 
 struct tern_wire_hello {
 	uint32_t magic;

@@ -24,7 +24,7 @@
 #include "verbs_pair.h"
 #include "stats.h"
 
-#define NRECV	     16
+#define NRECV	     32 /* receives posted per side: room for --depth up to 16 */
 #define SIGNAL_EVERY 16
 
 struct rendezvous {
@@ -36,6 +36,7 @@ struct rendezvous {
 struct cfg {
 	size_t sizes[16];
 	int nsizes;
+	int depth; /* messages kept in flight by the client (1: ping-pong) */
 	long iters;
 	long warmup;
 	const char *addr;
@@ -50,11 +51,13 @@ static size_t max_size(const struct cfg *c)
 	return m ? m : 1;
 }
 
+/* Poll until at least one message arrived; re-post its receive; return how many. */
 static int wait_recv(struct vp_endpoint *ep, size_t slot_len, long *unsignaled)
 {
 	struct ibv_wc wc[8];
+	int recvs = 0;
 
-	for (;;) {
+	while (!recvs) {
 		int n = ibv_poll_cq(ep->cq, 8, wc);
 		if (n < 0)
 			return -EIO;
@@ -71,12 +74,10 @@ static int wait_recv(struct vp_endpoint *ep, size_t slot_len, long *unsignaled)
 			/* recv: give the slot straight back */
 			if (vp_post_recv(ep, wc[i].wr_id * slot_len, slot_len, wc[i].wr_id))
 				return -EIO;
-			if (i == n - 1)
-				return 0;
-			/* more than one recv in one poll cannot happen in a ping-pong */
-			return -EPROTO;
+			recvs++;
 		}
 	}
+	return recvs;
 }
 
 static int send_one(struct vp_endpoint *ep, size_t off, size_t len, long *unsignaled)
@@ -94,27 +95,32 @@ static int run_server(struct vp_listener *l, const struct cfg *c)
 {
 	struct vp_endpoint ep;
 	size_t slot = max_size(c);
-	long unsig = 0, total = 0;
+	long unsig = 0;
 	int rc;
 
-	for (int i = 0; i < c->nsizes; i++)
-		total += c->iters + c->warmup;
 	if ((rc = vp_accept(l, &ep, NRECV, slot))) {
 		fprintf(stderr, "verbs_pingpong: accept: %s\n", strerror(-rc));
 		return 1;
 	}
 	for (int s = 0; s < c->nsizes; s++) {
-		for (long i = 0; i < c->iters + c->warmup; i++) {
-			if (wait_recv(&ep, slot, &unsig) ||
-			    send_one(&ep, NRECV * slot, c->sizes[s], &unsig))
-				return 1;
+		for (long i = 0; i < c->iters + c->warmup;) {
+			int n = wait_recv(&ep, slot, &unsig);
+
+			if (n < 0)
+				goto fail;
+			/* echo every message that arrived */
+			for (; n > 0; n--, i++)
+				if (send_one(&ep, NRECV * slot, c->sizes[s], &unsig))
+					goto fail;
 		}
 	}
-	(void)total;
 	/* Let the last reply's ACK go out before we tear the QP down. */
 	usleep(100000);
 	vp_endpoint_close(&ep);
 	return 0;
+fail:
+	fprintf(stderr, "verbs_pingpong: server failed\n");
+	return 1;
 }
 
 static int run_client(const struct cfg *c, uint16_t port)
@@ -123,6 +129,7 @@ static int run_client(const struct cfg *c, uint16_t port)
 	struct vp_endpoint ep;
 	size_t slot = max_size(c);
 	double *lat = calloc((size_t)c->iters, sizeof(double));
+	double *t_sent = calloc((size_t)(c->iters + c->warmup), sizeof(double));
 	long unsig = 0;
 	int rc;
 
@@ -130,7 +137,7 @@ static int run_client(const struct cfg *c, uint16_t port)
 	o.addr = c->addr;
 	o.port = port;
 	o.buf_len = (NRECV + 1) * slot;
-	o.max_inline = 256;
+	o.max_inline = 512; /* as much as tern's verbs provider asks for */
 	/* The listener may still be setting up; retry briefly. */
 	for (int tries = 0;; tries++) {
 		rc = vp_connect(&o, &ep, NRECV, slot);
@@ -148,44 +155,69 @@ static int run_client(const struct cfg *c, uint16_t port)
 		struct bench_stats st;
 		double t_begin = 0;
 
-		for (long i = 0; i < c->iters + c->warmup; i++) {
-			double t0 = bench_now_us();
-			if (i == c->warmup)
-				t_begin = t0;
-			if (send_one(&ep, NRECV * slot, len, &unsig) ||
-			    wait_recv(&ep, slot, &unsig))
+		long total = c->iters + c->warmup, sent = 0, got = 0;
+
+		/* Keep depth messages in flight; RC delivers in order, so the
+		 * k-th reply answers the k-th request. */
+		while (got < total) {
+			while (sent < total && sent - got < c->depth) {
+				t_sent[sent] = bench_now_us();
+				if (send_one(&ep, NRECV * slot, len, &unsig)) {
+					fprintf(stderr, "verbs_pingpong: client failed\n");
+					return 1;
+				}
+				sent++;
+			}
+			int n = wait_recv(&ep, slot, &unsig);
+
+			if (n < 0) {
+				fprintf(stderr, "verbs_pingpong: client failed\n");
 				return 1;
-			if (i >= c->warmup)
-				lat[i - c->warmup] = bench_now_us() - t0;
+			}
+			for (; n > 0; n--, got++)
+				if (got >= c->warmup)
+					lat[got - c->warmup] = bench_now_us() - t_sent[got];
 		}
+		t_begin = t_sent[c->warmup];
 		bench_stats_compute(&st, lat, (size_t)c->iters, bench_now_us() - t_begin);
 		printf("{\"bench\":\"verbs_pingpong\",\"transport\":\"rdma\",\"mode\":\"busy\","
-		       "\"kind\":\"baseline\",\"size\":%zu,\"inflight\":1,\"iters\":%ld,"
+		       "\"kind\":\"baseline\",\"size\":%zu,\"inflight\":%d,\"iters\":%ld,"
 		       "\"p50_us\":%.2f,\"p99_us\":%.2f,\"rate_per_s\":%.0f}\n",
-		       len, c->iters, st.p50_us, st.p99_us, st.rate_per_s);
+		       len, c->depth, c->iters, st.p50_us, st.p99_us, st.rate_per_s);
 		fflush(stdout);
 	}
 	vp_endpoint_close(&ep);
 	free(lat);
+	free(t_sent);
 	return 0;
 }
 
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: verbs_pingpong [--sizes 32,256,...] [--iters N] [--warmup N] [--addr IP]\n"
-		"Raw verbs RC ping-pong between two processes; JSON lines on stdout.\n"
+		"usage: verbs_pingpong [--sizes 32,256,...] [--depth D] [--iters N] [--warmup N]\n"
+		"                      [--addr IP]\n"
+		"Raw verbs RC ping-pong between two processes (D messages in flight,\n"
+		"default 1); JSON lines on stdout.\n"
 		"Exits 77 when there is no verbs device.\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"sizes", required_argument, 0, 's'},  {"iters", required_argument, 0, 'n'},
-		{"warmup", required_argument, 0, 'w'}, {"addr", required_argument, 0, 'a'},
-		{"help", no_argument, 0, 'h'},	       {0, 0, 0, 0},
+		{"sizes", required_argument, 0, 's'},
+		{"iters", required_argument, 0, 'n'},
+		{"warmup", required_argument, 0, 'w'},
+		{"addr", required_argument, 0, 'a'},
+		{"depth", required_argument, 0, 'd'},
+		{"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
 	};
-	struct cfg c = {.sizes = {32, 256, 1024, 4096}, .nsizes = 4, .iters = 2000, .warmup = 200};
+	struct cfg c = {.sizes = {32, 256, 1024, 4096},
+			.nsizes = 4,
+			.depth = 1,
+			.iters = 2000,
+			.warmup = 200};
 	struct vp_listener l;
 	struct vp_opts o;
 	char addr[64];
@@ -193,7 +225,7 @@ int main(int argc, char **argv)
 	int ch, rc, status, pfd[2];
 	pid_t pid;
 
-	while ((ch = getopt_long(argc, argv, "s:n:w:a:h", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "s:n:w:a:d:h", opts, NULL)) != -1) {
 		switch (ch) {
 		case 's':
 			if (bench_parse_sizes(optarg, c.sizes, 16, &c.nsizes)) {
@@ -207,6 +239,9 @@ int main(int argc, char **argv)
 		case 'w':
 			c.warmup = atol(optarg);
 			break;
+		case 'd':
+			c.depth = atoi(optarg);
+			break;
 		case 'a':
 			c.addr = optarg;
 			break;
@@ -218,8 +253,11 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (c.iters <= 0 || c.warmup < 0) {
-		fprintf(stderr, "verbs_pingpong: --iters must be > 0 and --warmup >= 0\n");
+	if (c.iters <= 0 || c.warmup < 0 || c.depth < 1 || c.depth > NRECV / 2) {
+		fprintf(stderr,
+			"verbs_pingpong: --iters must be > 0, --warmup >= 0, "
+			"--depth 1..%d\n",
+			NRECV / 2);
 		return 2;
 	}
 	/*
@@ -255,7 +293,7 @@ int main(int argc, char **argv)
 	vp_opts_init(&o);
 	o.addr = c.addr;
 	o.buf_len = (NRECV + 1) * max_size(&c);
-	o.max_inline = 256;
+	o.max_inline = 512;
 	if ((rc = vp_listen(&o, &l))) {
 		fprintf(stderr, "verbs_pingpong: listen on %s: %s\n", c.addr, strerror(-rc));
 		(void)!write(pfd[1], &rvp, sizeof(rvp));

@@ -50,7 +50,8 @@ static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
 	}
 	tern__session_repost(s, req->token);
 	tern_credits_request_done(&s->cr);
-	tern__session_send(s, s->n + req->idx, &h);
+	/* A refusal closes the session once delivered: ask to hear of it. */
+	tern__session_send_flags(s, s->n + req->idx, &h, s->refused ? TERN_SEND_CONFIRM : 0);
 }
 
 static void reply_error(tern_req *req, int err, const char *fallback)

@@ -235,7 +235,7 @@ struct tern_session {
 	 * its reply (client) may arrive.
 	 */
 	bool binding;
-	int refused;	    /* server: the check failed with this; close once it is sent */
+	int refused; /* server: the check failed with this; close once it is sent */
 	char refused_why[TERN_ERRMSG_MAX + 32];
 	uint8_t *svc_check; /* client: the encoded check */
 	uint32_t svc_check_len;
@@ -302,6 +302,7 @@ void tern__session_close_all(tern_ctx *ctx);
 bool tern__sessions_all_closed(tern_ctx *ctx);
 void tern__session_reap_all(tern_ctx *ctx);
 int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h);
+int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags);
 void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns);
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns);
 void tern__session_mark_dirty(tern_session *s);

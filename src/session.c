@@ -172,6 +172,11 @@ void tern__session_mark_dirty(tern_session *s)
  */
 int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h)
 {
+	return tern__session_send_flags(s, slot, h, 0);
+}
+
+int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags)
+{
 	int rc;
 
 	tern_credits_stamp(&s->cr, h);
@@ -181,7 +186,7 @@ int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h)
 	tern_hdr_encode(tern__send_slot(s, slot), h);
 	s->last_send_slot = slot;
 	s->last_send_len = TERN_HDR_SIZE + h->len;
-	rc = s->conn->ops->post_send(s->conn, slot, TERN_HDR_SIZE + h->len);
+	rc = s->conn->ops->post_send(s->conn, slot, TERN_HDR_SIZE + h->len, flags);
 	if (rc) {
 		tern__session_fail(s, rc, "post_send failed");
 		return rc;
@@ -214,7 +219,8 @@ static void send_credit_msg(tern_session *s)
 	s->ctrl_busy |= 1u << i;
 	tern_credits_take_credit_msg(&s->cr);
 	s->cnt.credit_msgs_sent++;
-	tern__session_send(s, 2 * s->n + i, &h);
+	/* Only two control slots: have them back as soon as they are out. */
+	tern__session_send_flags(s, 2 * s->n + i, &h, TERN_SEND_CONFIRM);
 }
 
 /*

@@ -126,6 +126,9 @@ struct tern_transport_events {
 	void (*activity)(tern_ctx *ctx);
 };
 
+/* post_send() flags */
+#define TERN_SEND_CONFIRM 0x1u /* report send_done() for this slot promptly */
+
 enum tern_transport_mode {
 	TERN_TRANSPORT_POLLED = 0, /* the engine calls poll(); no fds armed */
 	TERN_TRANSPORT_EVENTS = 1, /* the provider arms its fds and polls itself when woken */
@@ -150,7 +153,14 @@ struct tern_transport_ops {
 		       const struct tern_conn_params *p, const void *hs, size_t hs_len, void *owner,
 		       struct tern_conn **out);
 
-	int (*post_send)(struct tern_conn *c, uint32_t slot, uint32_t len);
+	/*
+	 * Send @len bytes from send slot @slot.  A provider may report
+	 * send_done() late and in batches (verbs signals only every few
+	 * sends), except for a send posted with TERN_SEND_CONFIRM, whose
+	 * send_done() must follow as soon as it is delivered: the engine
+	 * waits on those (credit messages, a refusal before closing).
+	 */
+	int (*post_send)(struct tern_conn *c, uint32_t slot, uint32_t len, uint32_t flags);
 	int (*post_recv)(struct tern_conn *c, uint32_t token);
 	/*
 	 * Tear the connection down: no upcall but closed() follows, once

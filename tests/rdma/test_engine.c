@@ -419,6 +419,7 @@ static void test_acquire_commit_sends_from_the_acquired_slot(void **state)
 	struct fx_done d = {0};
 	tern_callslot *c, *c2;
 	void *buf, *buf2;
+	uint32_t free_before;
 	size_t cap;
 
 	assert_int_equal(tern_call_acquire(cli, &buf, &cap, &c), 0);
@@ -433,14 +434,17 @@ static void test_acquire_commit_sends_from_the_acquired_slot(void **state)
 	assert_int_equal(cli->copy_bytes, copies_before); /* the client copied nothing */
 
 	/* An aborted acquisition gives its slot and credit back. */
+	free_before = cli->nfree_calls;
 	assert_int_equal(tern_call_acquire(cli, &buf2, &cap, &c2), 0);
+	assert_int_equal(cli->nfree_calls, free_before - 1);
 	tern_call_abort(c2);
-	assert_int_equal(cli->nfree_calls, cli->n);
+	assert_int_equal(cli->nfree_calls, free_before);
 	assert_int_equal(cli->cr.tx, cli->n);
+	assert_int_equal(cli->cr.replies_expected, 0);
 	/* Commit of more than the slot aborts with a clear error. */
 	assert_int_equal(tern_call_acquire(cli, &buf2, &cap, &c2), 0);
 	assert_int_equal(tern_call_commit(c2, M_RAW, cap + 1, fx_done_cb, &d, NULL), -EMSGSIZE);
-	assert_int_equal(cli->nfree_calls, cli->n);
+	assert_int_equal(cli->nfree_calls, free_before);
 }
 
 /* ---- flow control ----------------------------------------------------------- */

@@ -161,8 +161,12 @@ static int build_endpoint(struct vp_endpoint *ep, struct rdma_cm_id *id, const s
 	qa.cap.max_recv_sge = 1;
 	qa.cap.max_inline_data = o->max_inline;
 	qa.sq_sig_all = 0;
-	if (rdma_create_qp(id, ep->pd, &qa))
-		return neg_errno(EIO);
+	/* Ask for the inline size wanted, halving until the device agrees. */
+	while (rdma_create_qp(id, ep->pd, &qa)) {
+		if (qa.cap.max_inline_data == 0)
+			return neg_errno(EIO);
+		qa.cap.max_inline_data /= 2;
+	}
 	ep->max_inline = qa.cap.max_inline_data;
 	if (posix_memalign((void **)&ep->buf, 4096, ep->buf_len ? ep->buf_len : 4096))
 		return -ENOMEM;

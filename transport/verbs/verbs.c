@@ -28,7 +28,9 @@
 /* Defined at the bottom; the engine finds it by name (src/ctx.c). */
 extern const struct tern_transport_ops tern_verbs_transport;
 
-#define VERBS_MAX_INLINE 256 /* ask for this much inline data; take what we get */
+/* Inline data sizes to ask for, largest first: small messages then need no
+ * DMA read of the send slot.  We take the first the device grants. */
+static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
 /*
  * No RNR retries at all.  tern's credits guarantee a posted receive for
  * every message (see src/credit.h), so an RNR NAK can only mean a credit
@@ -88,7 +90,17 @@ struct vconn {
 	struct ibv_mr *mr;
 	uint8_t *recv_base;
 	uint32_t max_inline;
-	uint32_t sends_out;
+	/*
+	 * Selective signalling: only every sig_every-th send asks for a
+	 * completion.  A completion means every send posted before it is done
+	 * too (a send queue completes in order), so the slots posted since
+	 * the last completion wait in this FIFO and are all released at once.
+	 */
+	uint32_t *posted; /* send slots in post order (ring of send_slots) */
+	uint32_t posted_head;
+	uint32_t sends_out; /* entries in @posted */
+	uint32_t unsignaled;
+	uint32_t sig_every;
 	uint32_t recvs_out;
 	int cq_reserved;
 	uv_timer_t timer; /* connect deadline, then the drain grace period */
@@ -318,6 +330,15 @@ static int conn_setup(struct vconn *c)
 		return rc;
 	c->cq_reserved = (int)(c->base.send_slots + c->base.recv_slots);
 
+	c->posted = calloc(c->base.send_slots, sizeof(*c->posted));
+	if (!c->posted)
+		return -ENOMEM;
+	/* At most sig_every - 1 slots wait unconfirmed; keep that well under
+	 * the send ring so the engine never runs short (small rings: signal
+	 * every send). */
+	c->sig_every = c->base.send_slots / 8 ? c->base.send_slots / 8 : 1;
+	if (c->sig_every > 16)
+		c->sig_every = 16;
 	ring = (size_t)c->base.send_slots * c->base.slot_size;
 	c->mem_len = ring + (size_t)c->base.recv_slots * c->base.slot_size;
 	if (posix_memalign((void **)&c->mem, 4096, c->mem_len))
@@ -338,12 +359,12 @@ static int conn_setup(struct vconn *c)
 	qa.cap.max_recv_wr = c->base.recv_slots;
 	qa.cap.max_send_sge = 1;
 	qa.cap.max_recv_sge = 1;
-	qa.cap.max_inline_data = VERBS_MAX_INLINE;
 	qa.sq_sig_all = 0;
-	if (rdma_create_qp(c->id, c->dev->pd, &qa)) {
-		/* Some devices offer no inline data; try again without. */
-		qa.cap.max_inline_data = 0;
-		if (rdma_create_qp(c->id, c->dev->pd, &qa))
+	for (size_t i = 0;; i++) {
+		qa.cap.max_inline_data = verbs_inline_sizes[i];
+		if (rdma_create_qp(c->id, c->dev->pd, &qa) == 0)
+			break;
+		if (verbs_inline_sizes[i] == 0)
 			return neg_errno(ENOMEM);
 	}
 	c->max_inline = qa.cap.max_inline_data;
@@ -380,6 +401,8 @@ static void conn_destroy(struct vconn *c)
 		ibv_dereg_mr(c->mr);
 	free(c->mem);
 	c->mem = NULL;
+	free(c->posted);
+	c->posted = NULL;
 	c->base.send_base = NULL;
 	if (c->dev)
 		c->dev->cq_used -= c->cq_reserved;
@@ -399,9 +422,16 @@ static void drain_timeout(uv_timer_t *tm)
 	conn_destroy(tm->data);
 }
 
+/*
+ * Everything posted has flushed.  Sends posted after the last signalled one
+ * may never produce a completion (they can finish successfully, silently,
+ * before the QP errors), so they are not waited for: destroying the QP
+ * stops the device touching them, and any late completion is recognised
+ * by its generation and dropped.
+ */
 static void conn_check_drained(struct vconn *c)
 {
-	if (c->state == V_DOWN && c->sends_out == 0 && c->recvs_out == 0)
+	if (c->state == V_DOWN && c->sends_out <= c->unsignaled && c->recvs_out == 0)
 		conn_destroy(c);
 }
 
@@ -496,6 +526,34 @@ static int wc_error(enum ibv_wc_status st)
 	}
 }
 
+/*
+ * A send completion for @slot: every send posted up to it is done.  Report
+ * them in post order (when @report); return false if @c went away meanwhile.
+ */
+static bool release_sends(struct vconn *c, uint32_t slot, bool report)
+{
+	struct verbs_tctx *t = c->t;
+	uint32_t index = c->index;
+	uint16_t gen = c->gen;
+
+	while (c->sends_out) {
+		uint32_t s = c->posted[c->posted_head];
+
+		c->posted_head = (c->posted_head + 1) % c->base.send_slots;
+		c->sends_out--;
+		if (report)
+			t->ev->send_done(&c->base, s);
+		/* an upcall may have torn the connection down */
+		if (t->conns[index] != c || c->gen != gen || c->state != V_UP)
+			report = false;
+		if (t->conns[index] != c || c->gen != gen)
+			return false;
+		if (s == slot)
+			break;
+	}
+	return true;
+}
+
 static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 {
 	uint32_t index = (uint32_t)(wc->wr_id >> 40);
@@ -508,8 +566,6 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 		return; /* a destroyed connection's leftover */
 	if (recv)
 		c->recvs_out--;
-	else
-		c->sends_out--;
 
 	if (wc->status == IBV_WC_SUCCESS && recv && c->state == V_ACCEPTING && c->server) {
 		/* Data before our ESTABLISHED event: the client is up, so are we
@@ -517,6 +573,8 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 		mark_up(c);
 		t->ev->accepted(&c->base, 0);
 	}
+	if (!recv && !release_sends(c, slot, wc->status == IBV_WC_SUCCESS && c->state == V_UP))
+		return; /* the connection was destroyed from an upcall */
 	if (c->state != V_UP) {
 		conn_check_drained(c);
 		return;
@@ -533,10 +591,6 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 			return;
 		t->ev->recv(&c->base, slot, c->recv_base + (size_t)slot * c->base.slot_size,
 			    wc->byte_len);
-	} else {
-		if (slot >= c->base.send_slots)
-			return;
-		t->ev->send_done(&c->base, slot);
 	}
 }
 
@@ -934,7 +988,7 @@ fail:
 	return rc;
 }
 
-static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len)
+static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, uint32_t flags)
 {
 	struct vconn *c = C(bc);
 	struct ibv_sge sge = {
@@ -947,17 +1001,21 @@ static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len)
 		.sg_list = &sge,
 		.num_sge = 1,
 		.opcode = IBV_WR_SEND,
-		/* Every send is signalled: its completion is what frees the slot. */
-		.send_flags = IBV_SEND_SIGNALED | (len <= c->max_inline ? IBV_SEND_INLINE : 0),
+		.send_flags = len <= c->max_inline ? IBV_SEND_INLINE : 0,
 	};
 	struct ibv_send_wr *bad;
 	int rc;
 
 	if (c->state != V_UP)
 		return -ENOTCONN;
+	if (++c->unsignaled >= c->sig_every || (flags & TERN_SEND_CONFIRM)) {
+		wr.send_flags |= IBV_SEND_SIGNALED;
+		c->unsignaled = 0;
+	}
 	rc = ibv_post_send(c->id->qp, &wr, &bad);
 	if (rc)
 		return -rc;
+	c->posted[(c->posted_head + c->sends_out) % c->base.send_slots] = slot;
 	c->sends_out++;
 	return 0;
 }

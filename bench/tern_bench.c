@@ -174,9 +174,10 @@ static double baseline_p50(const struct cfg *c, size_t size)
 
 	if (!c->baseline || !(fp = fopen(c->baseline, "r")))
 		return 0;
+	/* the ping-pong (1 in flight) line of this size */
 	while (fgets(line, sizeof(line), fp)) {
 		char *p = strstr(line, "\"size\":"), *q = strstr(line, "\"p50_us\":");
-		if (p && q && strtoull(p + 7, NULL, 10) == size)
+		if (p && q && strtoull(p + 7, NULL, 10) == size && strstr(line, "\"inflight\":1,"))
 			best = strtod(q + 9, NULL);
 	}
 	fclose(fp);

@@ -99,19 +99,25 @@ static int set_transport_mode(tern_ctx *ctx, enum tern_transport_mode mode)
 }
 
 /*
- * Busy and adaptive progress: one loop turn spins on the transports for up
- * to busy_spin_ns, so libuv's epoll_wait(0) is paid once per turn rather
- * than once per completion.
+ * Busy and adaptive progress: one loop turn spins on the transports until
+ * it has handled something or busy_spin_ns has passed.  Spinning amortises
+ * libuv's epoll_wait(0) over many empty polls; returning as soon as there
+ * was work lets whoever runs the loop (tern_call_sync, a user's
+ * uv_run(ONCE)) see the result at once.
  */
 static void idle_cb(uv_idle_t *h)
 {
 	tern_ctx *ctx = h->data;
 	uint64_t start = tern__now_ns(), now;
+	int n;
 
 	do {
-		if (poll_all(ctx, 64) > 0)
-			ctx->last_activity_ns = tern__now_ns();
+		n = poll_all(ctx, 64);
 		now = tern__now_ns();
+		if (n > 0) {
+			ctx->last_activity_ns = now;
+			break;
+		}
 	} while (now - start < ctx->busy_spin_ns && ctx->idle_active);
 
 	if (ctx->progress == TERN_PROGRESS_ADAPTIVE && ctx->idle_active &&

@@ -386,7 +386,14 @@ TERN_EXPORT int tern_listener_port(tern_listener *l);
  */
 TERN_EXPORT const char *tern_listener_uri(tern_listener *l);
 
+/**
+ * tern_listener_set_data - attach the caller's pointer to a listener
+ */
 TERN_EXPORT void tern_listener_set_data(tern_listener *l, void *data);
+
+/**
+ * tern_listener_data - the pointer given to tern_listener_set_data()
+ */
 TERN_EXPORT void *tern_listener_data(tern_listener *l);
 
 /**
@@ -421,8 +428,21 @@ TERN_EXPORT int tern_session_counters(tern_session *s, struct tern_session_count
  */
 TERN_EXPORT size_t tern_session_max_payload(tern_session *s);
 
+/**
+ * tern_session_ctx - the context a session belongs to
+ */
 TERN_EXPORT tern_ctx *tern_session_ctx(tern_session *s);
+
+/**
+ * tern_session_set_data - attach the caller's pointer to a session
+ *
+ * Accepted sessions start with the listener's @opts.data.
+ */
 TERN_EXPORT void tern_session_set_data(tern_session *s, void *data);
+
+/**
+ * tern_session_data - the session's caller pointer (@opts.data or set later)
+ */
 TERN_EXPORT void *tern_session_data(tern_session *s);
 
 /**

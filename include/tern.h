@@ -294,6 +294,10 @@ struct tern_session_opts {
  * @protocol_errors: malformed or out-of-protocol messages from the peer
  * @credit_msgs_sent: explicit credit messages sent
  * @credit_msgs_received: explicit credit messages received
+ * @oneway_sent: one-way messages this side sent
+ * @oneway_received: one-way messages handed to a handler
+ * @oneway_dropped: one-way messages for a method that is not a registered
+ *	one-way method here (there is no reply to tell the sender)
  */
 struct tern_session_counters {
 	uint64_t calls_sent;
@@ -308,6 +312,9 @@ struct tern_session_counters {
 	uint64_t protocol_errors;
 	uint64_t credit_msgs_sent;
 	uint64_t credit_msgs_received;
+	uint64_t oneway_sent;
+	uint64_t oneway_received;
+	uint64_t oneway_dropped;
 };
 
 /**
@@ -537,6 +544,79 @@ TERN_EXPORT int tern_register_deferred(tern_ctx *ctx, uint32_t method_id, tern_d
 				       void *user);
 
 /**
+ * tern_oneway_handler - a one-way method: no reply
+ * @req: the message; valid until the handler returns
+ * @in: the message bytes, borrowed from the receive slot
+ *
+ * Messages of one session reach their handler in the order they were sent.
+ */
+typedef void (*tern_oneway_handler)(tern_req *req, const void *in, size_t in_len, void *user);
+
+/**
+ * tern_register_oneway - register a one-way method; see tern_register_raw()
+ */
+TERN_EXPORT int tern_register_oneway(tern_ctx *ctx, uint32_t method_id, tern_oneway_handler fn,
+				     void *user);
+
+/**
+ * struct tern_batch_item - one request of a batch
+ * @req: the request (tern_req_session() tells its session)
+ * @in: its bytes, borrowed from its receive slot until the handler returns
+ * @in_len: their length
+ * @out: where its reply goes, in a registered send slot (NULL for one-way)
+ * @out_cap: the room there (0 for one-way)
+ * @status: set by the handler: the reply's length, or a negative errno to
+ *	fail this item alone (tern_req_set_error() adds a message); ignored
+ *	for one-way batches.  Starts at 0 (an empty reply).
+ */
+struct tern_batch_item {
+	tern_req *req;
+	const void *in;
+	size_t in_len;
+	void *out;
+	size_t out_cap;
+	ssize_t status;
+};
+
+/**
+ * tern_batch_handler - run one batch
+ * @items: the requests, in arrival order
+ * @n: how many (1..max)
+ * @user: the pointer given at registration
+ */
+typedef void (*tern_batch_handler)(struct tern_batch_item *items, size_t n, void *user);
+
+/**
+ * struct tern_batch_opts - how requests are gathered into batches
+ * @size: sizeof(struct tern_batch_opts), or 0
+ * @max: run the handler once this many requests wait (1..65536)
+ * @wait_us: ...or once the first of them has waited this long.  Busy
+ *	progress checks it on every loop turn; event progress wakes on a
+ *	libuv timer, which has millisecond resolution.
+ * @oneway: the method is one-way: items have no reply
+ *
+ * Requests are gathered from every session of the context.  A session's
+ * requests wait in their receive slots, so a batch is also run as soon as a
+ * contributing peer has no credit left to send more: gathering never makes
+ * a sender wait on itself.
+ */
+struct tern_batch_opts {
+	uint32_t size;
+	uint32_t max;
+	uint32_t wait_us;
+	int oneway;
+};
+
+/**
+ * tern_register_batch - register a batched method; see tern_register_raw()
+ *
+ * Return: 0, -EINVAL (bad id, handler or options), -EEXIST, -ENOMEM.
+ */
+TERN_EXPORT int tern_register_batch(tern_ctx *ctx, uint32_t method_id,
+				    const struct tern_batch_opts *opts, tern_batch_handler fn,
+				    void *user);
+
+/**
  * tern_unregister - remove a method; requests for it then get TERN_ENOMETHOD
  *
  * Return: 0 or -ENOENT.
@@ -661,6 +741,63 @@ TERN_EXPORT int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t le
  * tern_call_abort - give an acquired slot back unused
  */
 TERN_EXPORT void tern_call_abort(tern_callslot *c);
+
+/**
+ * tern_send_cb - a queued one-way message left (or could not leave)
+ * @status: 0 once the message is copied into a slot (its buffer may be
+ *	reused), or why it never will be (-ECONNRESET, -ECANCELED, -ETIMEDOUT)
+ */
+typedef void (*tern_send_cb)(tern_session *s, int status, void *user);
+
+#define TERN_QUEUED 1 /* tern_send(): the message waits in the queue; @cb tells when it left */
+
+/**
+ * tern_send - send a one-way message, copying it into a send slot
+ * @s: a ready session
+ * @method_id: a one-way method at the peer
+ * @msg: the bytes; free again when this returns 0
+ * @len: at most tern_session_max_payload()
+ * @cb: NULL, or called once if the message has to wait (see below)
+ * @user: passed to @cb
+ *
+ * Messages go out in the order they were sent.  When no slot or credit is
+ * free: a nonblock session returns -EAGAIN; a wait session queues the
+ * message if @cb is given (@msg must then stay valid until @cb runs) and
+ * returns TERN_QUEUED, or returns -EAGAIN without @cb.  Credits come back
+ * without replies, in batched credit messages.
+ *
+ * Return: 0 (sent), TERN_QUEUED, -EAGAIN, -ENOBUFS (queue full), -EMSGSIZE,
+ * -ENOTCONN.
+ */
+TERN_EXPORT int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len,
+			  tern_send_cb cb, void *user);
+
+/**
+ * tern_send_acquire - take a send slot to build a one-way message in
+ *
+ * Like tern_call_acquire(), but reserves only a credit (nothing comes back).
+ *
+ * Return: 0, -EAGAIN (no slot or credit now), -ENOTCONN.
+ */
+TERN_EXPORT int tern_send_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out);
+
+/**
+ * tern_send_commit - send an acquired slot as a one-way message of @len bytes
+ *
+ * Return: 0, -EMSGSIZE or -ENOTCONN (the slot is then given back), -EINVAL.
+ */
+TERN_EXPORT int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len);
+
+/**
+ * tern_session_wait_writable - run the loop until a slot and a credit are free
+ * @timeout_ms: 0: no limit
+ *
+ * For producers that choose to wait when credits run out: after -EAGAIN,
+ * call this, then send again.  Must not be called from a tern callback.
+ *
+ * Return: 0, -ETIMEDOUT, -ENOTCONN (the session failed), -EBUSY.
+ */
+TERN_EXPORT int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms);
 
 /**
  * struct tern_sync_reply - where tern_call_sync() puts the reply

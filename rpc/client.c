@@ -30,6 +30,12 @@ static bool can_issue(const tern_session *s)
 	return s->nfree_calls > 0 && tern_credits_can_call(&s->cr);
 }
 
+/* A one-way message needs a slot and a credit, no reply receive. */
+static bool can_send(const tern_session *s)
+{
+	return s->nfree_calls > 0 && tern_credits_can_send(&s->cr);
+}
+
 static void release_slot(tern_session *s, tern_callslot *c)
 {
 	c->state = TERN_CALL_FREE;
@@ -76,7 +82,144 @@ static tern_callslot *take_slot(tern_session *s)
 	tern_callslot *c = &s->calls[s->free_calls[--s->nfree_calls]];
 
 	tern_credits_take_call(&s->cr);
+	c->acq_oneway = false;
 	return c;
+}
+
+/* Wait mode: keep the caller's pointer until a slot and credit are free. */
+static int enqueue(tern_session *s, uint32_t method, const void *buf, size_t len, tern_call_cb cb,
+		   tern_send_cb scb, void *user, uint64_t deadline_ns)
+{
+	struct tern_pending *e;
+
+	if (s->q_len == s->q_cap)
+		return -ENOBUFS;
+	e = &s->queue[(s->q_head + s->q_len) % s->q_cap];
+	e->method = method;
+	e->buf = buf;
+	e->len = len;
+	e->cb = cb;
+	e->scb = scb;
+	e->user = user;
+	e->deadline_ns = deadline_ns;
+	s->q_len++;
+	tern__deadline_arm(s->ctx, deadline_ns);
+	return 0;
+}
+
+/*
+ * Send a one-way message from slot @c.  The slot stays busy only until the
+ * provider releases it: nothing comes back for it.
+ */
+static void issue_oneway(tern_session *s, tern_callslot *c, uint32_t method, size_t len)
+{
+	struct tern_hdr h = {.kind = TERN_MSG_ONEWAY, .method = method, .len = (uint32_t)len};
+
+	c->gen++;
+	c->state = TERN_CALL_FREE;
+	c->send_busy = true;
+	s->cnt.oneway_sent++;
+	tern__session_send(s, c->idx, &h);
+}
+
+static tern_callslot *take_send_slot(tern_session *s)
+{
+	tern_callslot *c = &s->calls[s->free_calls[--s->nfree_calls]];
+
+	tern_credits_take_send(&s->cr);
+	c->acq_oneway = true;
+	return c;
+}
+
+int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len, tern_send_cb cb,
+	      void *user)
+{
+	int rc;
+
+	if (!s || method_id == 0 || (len && !msg))
+		return -EINVAL;
+	if (!tern__session_usable(s))
+		return -ENOTCONN;
+	if (len > s->max_payload) {
+		tern__set_error(s->ctx, "%s: message of %zu bytes exceeds the slot payload %u",
+				s->peer, len, s->max_payload);
+		return -EMSGSIZE;
+	}
+	if (s->q_len == 0 && can_send(s)) {
+		tern_callslot *c = take_send_slot(s);
+
+		if (len)
+			memcpy(tern__send_slot(s, c->idx) + TERN_HDR_SIZE, msg, len);
+		s->copy_bytes += len;
+		issue_oneway(s, c, method_id, len);
+		return 0;
+	}
+	s->cnt.credit_stalls++;
+	if (s->nonblock || !cb)
+		return -EAGAIN;
+	rc = enqueue(s, method_id, msg, len, NULL, cb, user, deadline_for(s, NULL));
+	return rc ? rc : TERN_QUEUED;
+}
+
+int tern_send_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out)
+{
+	tern_callslot *c;
+
+	if (!s || !buf || !cap || !out)
+		return -EINVAL;
+	if (!tern__session_usable(s))
+		return -ENOTCONN;
+	if (s->q_len || !can_send(s)) {
+		s->cnt.credit_stalls++;
+		return -EAGAIN;
+	}
+	c = take_send_slot(s);
+	c->state = TERN_CALL_ACQUIRED;
+	*buf = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
+	*cap = s->max_payload;
+	*out = c;
+	return 0;
+}
+
+int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len)
+{
+	tern_session *s;
+
+	if (!c || c->state != TERN_CALL_ACQUIRED || !c->acq_oneway || method_id == 0)
+		return -EINVAL;
+	s = c->s;
+	if (!tern__session_usable(s)) {
+		tern_call_abort(c);
+		return -ENOTCONN;
+	}
+	if (len > s->max_payload) {
+		tern_call_abort(c);
+		return -EMSGSIZE;
+	}
+	issue_oneway(s, c, method_id, len);
+	return 0;
+}
+
+int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms)
+{
+	uint64_t end;
+
+	if (!s)
+		return -EINVAL;
+	if (s->ctx->cb_depth > 0)
+		return -EBUSY;
+	end = timeout_ms ? tern__now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+	/* the deadline timer wakes the loop even in event mode */
+	tern__deadline_arm(s->ctx, end);
+	for (;;) {
+		if (!tern__session_usable(s))
+			return -ENOTCONN;
+		if (s->q_len == 0 && can_send(s))
+			return 0;
+		if (end && tern__now_ns() >= end)
+			return -ETIMEDOUT;
+		uv_run(s->ctx->loop, UV_RUN_ONCE);
+	}
 }
 
 /* Copy a request into a fresh slot and send it: the copy path's one copy. */
@@ -94,8 +237,6 @@ static void issue_copy(tern_session *s, uint32_t method, const void *buf, size_t
 int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, tern_call_cb cb,
 	      void *user, const struct tern_call_opts *opts)
 {
-	struct tern_pending *e;
-
 	if (!s || !cb || method_id == 0 || (len && !req))
 		return -EINVAL;
 	if (!tern__session_usable(s))
@@ -112,18 +253,7 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 	s->cnt.credit_stalls++;
 	if (s->nonblock)
 		return -EAGAIN;
-	if (s->q_len == s->q_cap)
-		return -ENOBUFS;
-	e = &s->queue[(s->q_head + s->q_len) % s->q_cap];
-	e->method = method_id;
-	e->buf = req;
-	e->len = len;
-	e->cb = cb;
-	e->user = user;
-	e->deadline_ns = deadline_for(s, opts);
-	s->q_len++;
-	tern__deadline_arm(s->ctx, e->deadline_ns);
-	return 0;
+	return enqueue(s, method_id, req, len, cb, NULL, user, deadline_for(s, opts));
 }
 
 int tern__client_call_internal(tern_session *s, uint32_t method, const void *buf, size_t len,
@@ -142,12 +272,22 @@ void tern__client_kick(tern_session *s)
 	while (s->q_len && tern__session_usable(s)) {
 		struct tern_pending e = s->queue[s->q_head];
 
-		if (e.cb && !can_issue(s))
+		/* Strict arrival order: a head that cannot go blocks the rest. */
+		if ((e.cb && !can_issue(s)) || (e.scb && !can_send(s)))
 			break;
 		s->q_head = (s->q_head + 1) % s->q_cap;
 		s->q_len--;
-		if (e.cb) /* NULL: it timed out while queued */
+		if (e.cb) {
 			issue_copy(s, e.method, e.buf, e.len, e.cb, e.user, e.deadline_ns);
+		} else if (e.scb) {
+			tern_callslot *c = take_send_slot(s);
+
+			if (e.len)
+				memcpy(tern__send_slot(s, c->idx) + TERN_HDR_SIZE, e.buf, e.len);
+			s->copy_bytes += e.len;
+			issue_oneway(s, c, e.method, e.len);
+			TERN_CALLBACK(s->ctx, e.scb(s, 0, e.user));
+		} /* neither: it timed out while queued */
 	}
 }
 
@@ -176,7 +316,10 @@ void tern_call_abort(tern_callslot *c)
 {
 	if (!c || c->state != TERN_CALL_ACQUIRED)
 		return;
-	tern_credits_untake_call(&c->s->cr);
+	if (c->acq_oneway)
+		tern_credits_untake_send(&c->s->cr);
+	else
+		tern_credits_untake_call(&c->s->cr);
 	release_slot(c->s, c);
 	tern__client_kick(c->s);
 }
@@ -186,7 +329,7 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 {
 	tern_session *s;
 
-	if (!c || c->state != TERN_CALL_ACQUIRED || !cb || method_id == 0)
+	if (!c || c->state != TERN_CALL_ACQUIRED || c->acq_oneway || !cb || method_id == 0)
 		return -EINVAL;
 	s = c->s;
 	if (!tern__session_usable(s)) {
@@ -248,6 +391,8 @@ void tern__client_fail_all(tern_session *s, int err)
 			s->cnt.calls_completed++;
 			s->cnt.errors++;
 			TERN_CALLBACK(s->ctx, e.cb(s, err, "", 0, e.user));
+		} else if (e.scb) {
+			TERN_CALLBACK(s->ctx, e.scb(s, err, e.user));
 		}
 	}
 }
@@ -275,15 +420,23 @@ uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
 	for (uint32_t k = 0; k < s->q_len && s->state == TERN_S_READY; k++) {
 		struct tern_pending *e = &s->queue[(s->q_head + k) % s->q_cap];
 
-		if (!e->cb || !e->deadline_ns)
+		if ((!e->cb && !e->scb) || !e->deadline_ns)
 			continue;
 		if (e->deadline_ns <= now_ns) {
 			tern_call_cb cb = e->cb;
-			e->cb = NULL; /* left in place; tern__client_kick skips it */
+			tern_send_cb scb = e->scb;
+
+			/* left in place; tern__client_kick skips it */
+			e->cb = NULL;
+			e->scb = NULL;
 			s->cnt.timeouts++;
-			s->cnt.calls_completed++;
 			s->cnt.errors++;
-			TERN_CALLBACK(s->ctx, cb(s, -ETIMEDOUT, "", 0, e->user));
+			if (cb) {
+				s->cnt.calls_completed++;
+				TERN_CALLBACK(s->ctx, cb(s, -ETIMEDOUT, "", 0, e->user));
+			} else {
+				TERN_CALLBACK(s->ctx, scb(s, -ETIMEDOUT, e->user));
+			}
 		} else if (!next || e->deadline_ns < next) {
 			next = e->deadline_ns;
 		}

@@ -132,9 +132,23 @@ int tern_register_deferred(tern_ctx *ctx, uint32_t method_id, tern_deferred_hand
 	return reg(ctx, &m);
 }
 
+int tern_register_oneway(tern_ctx *ctx, uint32_t method_id, tern_oneway_handler fn, void *user)
+{
+	struct tern_method m = {
+		.id = method_id, .kind = TERN_KIND_ONEWAY, .fn.oneway = fn, .user = user};
+	return reg(ctx, &m);
+}
+
 int tern_unregister(tern_ctx *ctx, uint32_t method_id)
 {
+	const struct tern_method *m;
+
 	if (!ctx)
 		return -EINVAL;
+	/* A batch still gathering runs now; its gatherer stays until the
+	 * context goes (nothing routes to it any more). */
+	m = tern__methods_find(&ctx->methods, method_id);
+	if (m && m->kind == TERN_KIND_BATCH)
+		tern__batch_flush(m->fn.batch);
 	return tern__methods_del(&ctx->methods, method_id);
 }

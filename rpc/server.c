@@ -120,7 +120,8 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 		reply_error(req, TERN_ENOMETHOD, why);
 		return;
 	}
-	s->cnt.calls_served++;
+	if (m->kind != TERN_KIND_ONEWAY && !(m->kind == TERN_KIND_BATCH && m->fn.batch->oneway))
+		s->cnt.calls_served++;
 	switch (m->kind) {
 	case TERN_KIND_RAW: {
 		struct tern_iov iov = {0};
@@ -159,6 +160,19 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 		}
 		break;
 	}
+	case TERN_KIND_ONEWAY:
+		snprintf(why, sizeof(why), "method 0x%08x is one-way here", h->method);
+		reply_error(req, TERN_ENOMETHOD, why);
+		break;
+	case TERN_KIND_BATCH:
+		if (m->fn.batch->oneway) {
+			snprintf(why, sizeof(why), "method 0x%08x is one-way here", h->method);
+			reply_error(req, TERN_ENOMETHOD, why);
+			break;
+		}
+		/* The reply slot is the item's out: batch handlers write in place. */
+		tern__batch_add(m->fn.batch, req, out, s->max_payload);
+		break;
 	case TERN_KIND_DEFERRED: {
 		int rc;
 
@@ -172,26 +186,115 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 }
 
+/* A one-way message's receive is free again: one credit owed. */
+static void oneway_release(tern_session *s, uint32_t token)
+{
+	if (s->state != TERN_S_READY)
+		return;
+	tern__session_repost(s, token);
+	tern_credits_request_done(&s->cr);
+	tern__session_mark_dirty(s);
+}
+
+static void serve_oneway_now(tern_session *s, uint32_t token, const struct tern_hdr *h,
+			     const void *in)
+{
+	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
+
+	if (m && m->kind == TERN_KIND_ONEWAY) {
+		tern_req req = {.s = s,
+				.state = TERN_REQ_HANDLER,
+				.oneway = true,
+				.token = token,
+				.in = in,
+				.in_len = h->len,
+				.method = h->method};
+
+		s->cnt.oneway_received++;
+		TERN_CALLBACK(s->ctx, m->fn.oneway(&req, in, h->len, m->user));
+		oneway_release(s, token);
+	} else if (m && m->kind == TERN_KIND_BATCH && m->fn.batch->oneway) {
+		/* Credits bound one-way messages in flight to n: a pool entry
+		 * is always free. */
+		tern_req *req = &s->owreqs[s->free_owreqs[--s->nfree_owreqs]];
+
+		s->cnt.oneway_received++;
+		req->token = token;
+		req->in = in;
+		req->in_len = h->len;
+		req->method = h->method;
+		req->errmsg[0] = 0;
+		tern__batch_add(m->fn.batch, req, NULL, 0);
+	} else {
+		/* No reply can carry an error back: count it, say why, go on. */
+		s->cnt.oneway_dropped++;
+		tern__set_error(s->ctx, "%s: dropped a one-way message for method 0x%08x: %s",
+				s->peer, h->method,
+				m ? "not a one-way method here" : "no such method here");
+		oneway_release(s, token);
+	}
+}
+
+/* Keep arrival order: behind requests waiting for a reply slot, wait too. */
+static void backlog_push(tern_session *s, uint32_t token, const struct tern_hdr *h,
+			 const void *payload)
+{
+	struct tern_backlog_entry *b = s->backlog;
+	uint32_t at;
+
+	if (s->bl_len == s->bl_cap) {
+		tern__session_fail(s, TERN_EPEER, "more requests than receive slots");
+		return;
+	}
+	at = (s->bl_head + s->bl_len) % s->bl_cap;
+	b[at].token = token;
+	b[at].payload = payload;
+	b[at].h = *h;
+	s->bl_len++;
+}
+
 void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			 const void *payload)
 {
-	if (s->nfree_reqs == 0 || s->bl_len) {
-		/* No reply slot free yet; keep arrival order. */
-		struct tern_backlog_entry *b = s->backlog;
-		uint32_t at;
+	if (s->nfree_reqs == 0 || s->bl_len)
+		backlog_push(s, token, h, payload); /* no reply slot free yet */
+	else
+		dispatch(s, token, h, payload);
+}
 
-		if (s->bl_len == s->bl_cap) {
-			tern__session_fail(s, TERN_EPEER, "more requests than receive slots");
+void tern__serve_oneway(tern_session *s, uint32_t token, const struct tern_hdr *h,
+			const void *payload)
+{
+	if (s->bl_len)
+		backlog_push(s, token, h, payload);
+	else
+		serve_oneway_now(s, token, h, payload);
+}
+
+void tern__serve_batch_done(tern_req *req, ssize_t status)
+{
+	tern_session *s = req->s;
+	char why[96];
+
+	if (req->oneway) {
+		req->state = TERN_REQ_FREE;
+		s->free_owreqs[s->nfree_owreqs++] = req->idx;
+		if (s->state != TERN_S_READY) {
+			tern__session_unref(s);
 			return;
 		}
-		at = (s->bl_head + s->bl_len) % s->bl_cap;
-		b[at].token = token;
-		b[at].payload = payload;
-		b[at].h = *h;
-		s->bl_len++;
+		oneway_release(s, req->token);
 		return;
 	}
-	dispatch(s, token, h, payload);
+	if (status < 0) {
+		reply_error(req, (int)status, NULL);
+	} else if ((size_t)status > s->max_payload) {
+		snprintf(why, sizeof(why), "batch item claims %zd bytes in a %u-byte slot", status,
+			 s->max_payload);
+		reply_error(req, -EMSGSIZE, why);
+	} else {
+		finish(req, TERN_MSG_REP, 0, (uint32_t)status);
+	}
 }
 
 void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
@@ -204,11 +307,17 @@ void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
 		tern__session_fail(s, s->refused, s->refused_why);
 		return;
 	}
-	while (s->bl_len && s->nfree_reqs && s->state == TERN_S_READY) {
+	while (s->bl_len && s->state == TERN_S_READY) {
 		struct tern_backlog_entry e = b[s->bl_head];
+
+		if (e.h.kind == TERN_MSG_REQ && !s->nfree_reqs)
+			break;
 		s->bl_head = (s->bl_head + 1) % s->bl_cap;
 		s->bl_len--;
-		dispatch(s, e.token, &e.h, e.payload);
+		if (e.h.kind == TERN_MSG_REQ)
+			dispatch(s, e.token, &e.h, e.payload);
+		else
+			serve_oneway_now(s, e.token, &e.h, e.payload);
 	}
 }
 
@@ -217,10 +326,15 @@ void tern__serve_session_down(tern_session *s)
 	/* Requests still in a handler (it may close the session itself) or
 	 * held by a deferred handler keep the session's memory until they
 	 * finish. */
-	for (uint32_t i = 0; i < s->n; i++)
+	for (uint32_t i = 0; i < s->n; i++) {
 		if (s->reqs[i].state != TERN_REQ_FREE)
 			s->refs++;
+		if (s->owreqs[i].state != TERN_REQ_FREE)
+			s->refs++;
+	}
 	s->bl_len = 0;
+	/* Gathered requests cannot be answered now: release them. */
+	tern__batch_drop_session(s->ctx, s);
 }
 
 /* ---- the request API ------------------------------------------------------- */

@@ -5,7 +5,7 @@
  * Each side posts R = 2N + C receives (N = slot_count, C = TERN_CTRL_SLOTS)
  * and never consumes more of the peer's than it posted:
  *
- *   - requests:  at most N in flight, one credit each.  A credit exists only
+ *   - requests and one-way messages:  at most N in flight, one credit each.  A credit exists only
  *                for a receive that is actually posted: the peer returns it
  *                after re-posting the receive the request used, piggybacked
  *                on any message's header, or in a credit message.
@@ -19,7 +19,8 @@
  *                request credits, and the peer's next message carries the
  *                control credit back, so this cannot deadlock.
  *
- *   N (peer's requests) + N (replies to our calls) + C (credit messages)
+ *   N (peer's requests and one-way messages) + N (replies to our calls)
+ *   + C (credit messages)
  *   = R receives: the peer can never send into an empty ring.
  *
  * Everything a peer says about credits is checked: a message it had no
@@ -71,6 +72,22 @@ static inline void tern_credits_take_call(struct tern_credits *c)
 	c->replies_expected++;
 }
 
+/* A one-way message needs a credit only: nothing comes back. */
+static inline bool tern_credits_can_send(const struct tern_credits *c)
+{
+	return c->tx > 0;
+}
+
+static inline void tern_credits_take_send(struct tern_credits *c)
+{
+	c->tx--;
+}
+
+static inline void tern_credits_untake_send(struct tern_credits *c)
+{
+	c->tx++;
+}
+
 /* An acquired call that was never sent gives both back. */
 static inline void tern_credits_untake_call(struct tern_credits *c)
 {
@@ -110,7 +127,8 @@ static inline void tern_credits_take_credit_msg(struct tern_credits *c)
 	c->ctrl_tx--;
 }
 
-/* A receive that held a peer's request is posted again: one credit owed. */
+/* A receive that held a peer's request or one-way message is posted
+ * again: one credit owed. */
 static inline void tern_credits_request_done(struct tern_credits *c)
 {
 	c->to_return++;
@@ -135,6 +153,7 @@ static inline int tern_credits_on_recv(struct tern_credits *c, const struct tern
 	}
 	switch (h->kind) {
 	case TERN_MSG_REQ:
+	case TERN_MSG_ONEWAY:
 		if (c->peer_tx == 0) {
 			*why = "peer sent a request without a credit";
 			return TERN_EPEER;

@@ -166,20 +166,23 @@ void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns)
 
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns)
 {
-	uint64_t next = 0;
+	uint64_t next = 0, d;
 	struct tern_list *l, *nx;
 
 	ctx->next_deadline_ns = 0;
 	uv_timer_stop(&ctx->deadline_timer);
 	for (l = ctx->sessions.next; l != &ctx->sessions; l = nx) {
 		tern_session *s = tern_container_of(l, tern_session, link);
-		uint64_t d;
 
 		nx = l->next;
 		d = tern__client_expire(s, now_ns);
 		if (d && (!next || d < next))
 			next = d;
 	}
+	/* The same timer runs batches whose wait is over. */
+	d = tern__batches_due(ctx, now_ns);
+	if (d && (!next || d < next))
+		next = d;
 	tern__deadline_arm(ctx, next);
 }
 
@@ -279,6 +282,7 @@ int tern_ctx_destroy(tern_ctx *ctx)
 	while (ctx->open_handles > 0)
 		uv_run(ctx->loop, UV_RUN_NOWAIT);
 	tern__methods_free(&ctx->methods);
+	tern__batchers_free(ctx);
 	free(ctx->services);
 	if (ctx->owns_loop)
 		uv_loop_close(&ctx->own_loop);

@@ -63,6 +63,22 @@ enum tern_method_kind {
 	TERN_KIND_RAW = 1,
 	TERN_KIND_INPLACE = 2,
 	TERN_KIND_DEFERRED = 3,
+	TERN_KIND_ONEWAY = 4,
+	TERN_KIND_BATCH = 5,
+};
+
+/* A batched method's gatherer (rpc/batch.c). */
+struct tern_batcher {
+	struct tern_batcher *next; /* ctx->batchers */
+	uint32_t method;
+	uint32_t max;
+	uint64_t wait_ns;
+	bool oneway;
+	tern_batch_handler fn;
+	void *user;
+	struct tern_batch_item *items; /* max */
+	uint32_t n;
+	uint64_t first_ns; /* when items[0] arrived */
 };
 
 struct tern_method {
@@ -72,6 +88,8 @@ struct tern_method {
 		tern_raw_handler raw;
 		tern_inplace_handler inplace;
 		tern_deferred_handler deferred;
+		tern_oneway_handler oneway;
+		struct tern_batcher *batch;
 	} fn;
 	void *user;
 };
@@ -134,6 +152,7 @@ struct tern_ctx {
 	int ntp;
 
 	struct tern_method_table methods;
+	struct tern_batcher *batchers;
 	struct tern_service_entry *services; /* registered with tern_service_register() */
 	uint32_t nservices;
 	struct tern_list sessions;
@@ -173,7 +192,8 @@ struct tern_callslot {
 	uint32_t idx;
 	uint32_t gen;
 	uint8_t state;
-	bool send_busy; /* send slot not yet released by the provider */
+	bool send_busy;	 /* send slot not yet released by the provider */
+	bool acq_oneway; /* ACQUIRED by tern_send_acquire (a credit only) */
 	uint64_t deadline_ns;
 	tern_call_cb cb;
 	void *user;
@@ -185,7 +205,8 @@ struct tern_pending {
 	uint32_t method;
 	const void *buf;
 	size_t len;
-	tern_call_cb cb;
+	tern_call_cb cb;  /* a call */
+	tern_send_cb scb; /* a one-way message */
 	void *user;
 	uint64_t deadline_ns;
 };
@@ -194,13 +215,18 @@ enum tern_req_state {
 	TERN_REQ_FREE = 0,
 	TERN_REQ_HANDLER,  /* in a raw/inplace handler */
 	TERN_REQ_DEFERRED, /* held by a deferred handler */
+	TERN_REQ_BATCHED,  /* waiting in a batch */
 };
 
-/* A request being served; req i replies from send slot N + i. */
+/*
+ * A request being served; request i replies from send slot N + i.  One-way
+ * messages held in a batch use a second pool (oneway true), with no slot.
+ */
 struct tern_req {
 	tern_session *s;
 	uint32_t idx;
 	uint8_t state;
+	bool oneway;
 	uint32_t token; /* the receive slot holding the request */
 	const void *in;
 	uint32_t in_len;
@@ -263,6 +289,9 @@ struct tern_session {
 	uint32_t q_head, q_len, q_cap;
 
 	/* server side */
+	struct tern_req *owreqs; /* n: one-way messages held in batches */
+	uint32_t *free_owreqs;
+	uint32_t nfree_owreqs;
 	struct tern_req *reqs; /* n */
 	uint32_t *free_reqs;   /* stack of reqs whose reply slot is free */
 	uint32_t nfree_reqs;
@@ -319,7 +348,18 @@ static inline bool tern__session_usable(const tern_session *s)
 }
 void tern__session_announce(tern_session *s);
 
+/* rpc/batch.c */
+void tern__batch_add(struct tern_batcher *b, tern_req *req, void *out, size_t out_cap);
+void tern__batch_flush(struct tern_batcher *b);
+/* Run the batchers whose wait is over; return the next one due (0: none). */
+uint64_t tern__batches_due(tern_ctx *ctx, uint64_t now_ns);
+void tern__batch_drop_session(tern_ctx *ctx, tern_session *s);
+void tern__batchers_free(tern_ctx *ctx);
+
 /* rpc/server.c */
+void tern__serve_oneway(tern_session *s, uint32_t token, const struct tern_hdr *h,
+			const void *payload);
+void tern__serve_batch_done(tern_req *req, ssize_t status);
 void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			 const void *payload);
 void tern__serve_reply_slot_free(tern_session *s, uint32_t req_idx);

@@ -31,6 +31,8 @@ static void session_free(tern_session *s)
 	free(s->queue);
 	free(s->reqs);
 	free(s->free_reqs);
+	free(s->owreqs);
+	free(s->free_owreqs);
 	free(s->backlog);
 	free(s->svc_check);
 	free(s);
@@ -90,10 +92,13 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, ter
 	s->queue = calloc(o.queue_depth, sizeof(*s->queue));
 	s->reqs = calloc(n, sizeof(*s->reqs));
 	s->free_reqs = calloc(n, sizeof(*s->free_reqs));
+	s->owreqs = calloc(n, sizeof(*s->owreqs));
+	s->free_owreqs = calloc(n, sizeof(*s->free_owreqs));
 	s->backlog = calloc(r, sizeof(*s->backlog));
 	tern_list_init(&s->link);
 	tern_list_init(&s->dirty);
-	if (!s->calls || !s->free_calls || !s->queue || !s->reqs || !s->free_reqs || !s->backlog) {
+	if (!s->calls || !s->free_calls || !s->queue || !s->reqs || !s->free_reqs || !s->owreqs ||
+	    !s->free_owreqs || !s->backlog) {
 		session_free(s);
 		return -ENOMEM;
 	}
@@ -119,9 +124,14 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, ter
 		s->reqs[i].s = s;
 		s->reqs[i].idx = i;
 		s->free_reqs[i] = n - 1 - i;
+		s->owreqs[i].s = s;
+		s->owreqs[i].idx = i;
+		s->owreqs[i].oneway = true;
+		s->free_owreqs[i] = n - 1 - i;
 	}
 	s->nfree_calls = n;
 	s->nfree_reqs = n;
+	s->nfree_owreqs = n;
 	tern_list_add(&ctx->sessions, &s->link);
 	*out = s;
 	return 0;
@@ -525,6 +535,9 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 		tern__client_reply(s, &h, payload);
 		/* The reply was borrowed for the callback only. */
 		tern__session_repost(s, token);
+		break;
+	case TERN_MSG_ONEWAY:
+		tern__serve_oneway(s, token, &h, payload);
 		break;
 	case TERN_MSG_CREDIT:
 		s->cnt.credit_msgs_received++;

@@ -40,6 +40,12 @@ int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_cou
 			return TERN_EPEER;
 		}
 		break;
+	case TERN_MSG_ONEWAY:
+		if (h->call_slot != 0 || h->call_gen != 0) {
+			*why = "one-way message names a call";
+			return TERN_EPEER;
+		}
+		break;
 	case TERN_MSG_CREDIT:
 		if (h->len != 0) {
 			*why = "credit message with a payload";
@@ -51,7 +57,7 @@ int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_cou
 		*why = "error message too long";
 		return TERN_EPEER;
 	}
-	if (h->kind == TERN_MSG_REQ && h->method == 0) {
+	if ((h->kind == TERN_MSG_REQ || h->kind == TERN_MSG_ONEWAY) && h->method == 0) {
 		*why = "method id 0";
 		return TERN_EPEER;
 	}

@@ -26,7 +26,8 @@ enum tern_msg_kind {
 	TERN_MSG_REP = 2,    /* a successful reply; lands in a receive the caller reserved */
 	TERN_MSG_ERR = 3,    /* a failed reply: status + short message */
 	TERN_MSG_CREDIT = 4, /* returns credits when there is no reply to carry them */
-	TERN_MSG_KIND_MAX = 4,
+	TERN_MSG_ONEWAY = 5, /* a message with no reply; consumes one of the sender's credits */
+	TERN_MSG_KIND_MAX = 5,
 };
 
 /* The header, decoded into host order. */

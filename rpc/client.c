@@ -131,6 +131,31 @@ static tern_callslot *take_send_slot(tern_session *s)
 	return c;
 }
 
+/*
+ * Hand a send slot to the user to build a message in: for a call (a credit
+ * and a reply receive reserved) or a one-way message (a credit only).
+ * Queued messages go first, so both fail fast while anything waits.
+ */
+static int acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out, bool oneway)
+{
+	tern_callslot *c;
+
+	if (!s || !buf || !cap || !out)
+		return -EINVAL;
+	if (!tern__session_usable(s))
+		return -ENOTCONN;
+	if (s->q_len || !(oneway ? can_send(s) : can_issue(s))) {
+		s->cnt.credit_stalls++;
+		return -EAGAIN;
+	}
+	c = oneway ? take_send_slot(s) : take_slot(s);
+	c->state = TERN_CALL_ACQUIRED;
+	*buf = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
+	*cap = s->max_payload;
+	*out = c;
+	return 0;
+}
+
 int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len, tern_send_cb cb,
 	      void *user)
 {
@@ -163,40 +188,32 @@ int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len, 
 
 int tern_send_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out)
 {
-	tern_callslot *c;
+	return acquire(s, buf, cap, out, true);
+}
 
-	if (!s || !buf || !cap || !out)
-		return -EINVAL;
-	if (!tern__session_usable(s))
+/* An acquired slot about to be committed: still sendable?  Aborts it if not. */
+static int commit_check(tern_callslot *c, size_t len)
+{
+	if (!tern__session_usable(c->s)) {
+		tern_call_abort(c);
 		return -ENOTCONN;
-	if (s->q_len || !can_send(s)) {
-		s->cnt.credit_stalls++;
-		return -EAGAIN;
 	}
-	c = take_send_slot(s);
-	c->state = TERN_CALL_ACQUIRED;
-	*buf = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
-	*cap = s->max_payload;
-	*out = c;
+	if (len > c->s->max_payload) {
+		tern_call_abort(c);
+		return -EMSGSIZE;
+	}
 	return 0;
 }
 
 int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len)
 {
-	tern_session *s;
+	int rc;
 
 	if (!c || c->state != TERN_CALL_ACQUIRED || !c->acq_oneway || method_id == 0)
 		return -EINVAL;
-	s = c->s;
-	if (!tern__session_usable(s)) {
-		tern_call_abort(c);
-		return -ENOTCONN;
-	}
-	if (len > s->max_payload) {
-		tern_call_abort(c);
-		return -EMSGSIZE;
-	}
-	issue_oneway(s, c, method_id, len);
+	if ((rc = commit_check(c, len)))
+		return rc;
+	issue_oneway(c->s, c, method_id, len);
 	return 0;
 }
 
@@ -293,23 +310,7 @@ void tern__client_kick(tern_session *s)
 
 int tern_call_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out)
 {
-	tern_callslot *c;
-
-	if (!s || !buf || !cap || !out)
-		return -EINVAL;
-	if (!tern__session_usable(s))
-		return -ENOTCONN;
-	/* Queued calls go first. */
-	if (s->q_len || !can_issue(s)) {
-		s->cnt.credit_stalls++;
-		return -EAGAIN;
-	}
-	c = take_slot(s);
-	c->state = TERN_CALL_ACQUIRED;
-	*buf = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
-	*cap = s->max_payload;
-	*out = c;
-	return 0;
+	return acquire(s, buf, cap, out, false);
 }
 
 void tern_call_abort(tern_callslot *c)
@@ -328,18 +329,13 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 		     const struct tern_call_opts *opts)
 {
 	tern_session *s;
+	int rc;
 
 	if (!c || c->state != TERN_CALL_ACQUIRED || c->acq_oneway || !cb || method_id == 0)
 		return -EINVAL;
+	if ((rc = commit_check(c, len)))
+		return rc;
 	s = c->s;
-	if (!tern__session_usable(s)) {
-		tern_call_abort(c);
-		return -ENOTCONN;
-	}
-	if (len > s->max_payload) {
-		tern_call_abort(c);
-		return -EMSGSIZE;
-	}
 	issue(s, c, method_id, len, cb, user, deadline_for(s, opts));
 	return 0;
 }

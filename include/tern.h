@@ -84,6 +84,7 @@ typedef struct tern_listener tern_listener;
 typedef struct tern_session tern_session;
 typedef struct tern_req tern_req;
 typedef struct tern_callslot tern_callslot;
+typedef struct tern_mr tern_mr;
 
 /* ------------------------------------------------------------------------ */
 /* Context                                                                   */
@@ -257,6 +258,10 @@ TERN_EXPORT int tern_service_register(tern_ctx *ctx, const char *name, uint64_t 
  *	service, on both sides.  The array need only live until tern_connect()
  *	returns.
  * @nservices: entries in @services (at most 64)
+ * @max_msg: the largest message this side accepts (default 1 GiB, at most
+ *	4 GiB - 1).  Messages larger than a slot move by RDMA (see
+ *	tern_mem_register()); the peer learns this limit in the handshake
+ *	and refuses larger calls with -EMSGSIZE before sending anything.
  *
  * Both peers must use the same slot size and count; a mismatch is refused
  * with TERN_EGEOMETRY on both sides.  A session registers
@@ -277,6 +282,7 @@ struct tern_session_opts {
 	void *data;
 	const struct tern_service_ref *services;
 	uint32_t nservices;
+	uint32_t max_msg;
 };
 
 /**
@@ -298,6 +304,8 @@ struct tern_session_opts {
  * @oneway_received: one-way messages handed to a handler
  * @oneway_dropped: one-way messages for a method that is not a registered
  *	one-way method here (there is no reply to tell the sender)
+ * @bulk_bytes_read: bytes this side pulled from the peer (large requests)
+ * @bulk_bytes_written: bytes this side pushed into the peer (large replies)
  */
 struct tern_session_counters {
 	uint64_t calls_sent;
@@ -315,6 +323,8 @@ struct tern_session_counters {
 	uint64_t oneway_sent;
 	uint64_t oneway_received;
 	uint64_t oneway_dropped;
+	uint64_t bulk_bytes_read;
+	uint64_t bulk_bytes_written;
 };
 
 /**
@@ -690,10 +700,20 @@ typedef void (*tern_call_cb)(tern_session *s, int status, const void *reply, siz
  * struct tern_call_opts - per-call options
  * @size: sizeof(struct tern_call_opts), or 0
  * @timeout_ms: this call's deadline from now (0: the session's default)
+ * @reply_buf: where the reply goes, whatever its size; needed for a reply
+ *	larger than a slot, which the server then writes straight into it
+ *	(RDMA WRITE on verbs).  Inside a region given to tern_mem_register()
+ *	no copy is made; otherwise the reply passes through a registered
+ *	staging buffer and is copied once.  The callback's @reply then points
+ *	here.  After a timeout the server may still write into it until the
+ *	late reply arrives (counted in late_replies) or the session closes.
+ * @reply_cap: its size; a longer reply is an error, never truncated
  */
 struct tern_call_opts {
 	uint32_t size;
 	uint32_t timeout_ms;
+	void *reply_buf;
+	size_t reply_cap;
 };
 
 /**
@@ -701,14 +721,19 @@ struct tern_call_opts {
  * @s: a ready session
  * @method_id: the method
  * @req: request bytes; copied at once when a slot and credit are free,
- *	otherwise (wait mode) they must stay valid until @cb runs
- * @len: at most tern_session_max_payload()
+ *	otherwise (wait mode) they must stay valid until @cb runs.  A request
+ *	larger than a slot always stays valid until @cb runs: the server
+ *	pulls it (RDMA READ on verbs); inside a region given to
+ *	tern_mem_register() it is not copied at all, otherwise once, into a
+ *	registered staging buffer.
+ * @len: up to the peer's max_msg (see struct tern_session_opts)
  * @cb: completion callback, called exactly once when this returns 0
  * @user: passed to @cb
  * @opts: NULL, or per-call options
  *
- * Return: 0; -EMSGSIZE (too large for a slot); -EAGAIN (nonblock session
- * with no free slot or credit); -ENOBUFS (wait queue full); -ENOTCONN.
+ * Return: 0; -EMSGSIZE (over the peer's max_msg, or over a slot on a
+ * transport without large messages); -EAGAIN (nonblock session with no
+ * free slot or credit); -ENOBUFS (wait queue full); -ENOTCONN.
  */
 TERN_EXPORT int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len,
 			  tern_call_cb cb, void *user, const struct tern_call_opts *opts);
@@ -741,6 +766,32 @@ TERN_EXPORT int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t le
  * tern_call_abort - give an acquired slot back unused
  */
 TERN_EXPORT void tern_call_abort(tern_callslot *c);
+
+/**
+ * tern_mem_register - register memory for large messages, once
+ * @ctx: the context
+ * @addr: start of the region
+ * @len: its length
+ * @out: the registration
+ *
+ * Large requests and reply buffers inside a registered region move with no
+ * copy.  The context keeps a registration cache: registering a range that
+ * an existing registration covers returns that registration (counted, so
+ * each tern_mem_register() needs its tern_mem_deregister()), and the
+ * transports register it with a device lazily, at first use on it.
+ *
+ * Return: 0, -EINVAL, -ENOMEM.
+ */
+TERN_EXPORT int tern_mem_register(tern_ctx *ctx, void *addr, size_t len, tern_mr **out);
+
+/**
+ * tern_mem_deregister - drop a registration made by tern_mem_register()
+ *
+ * The region must not be in use by a call in flight.
+ *
+ * Return: 0, -EINVAL.
+ */
+TERN_EXPORT int tern_mem_deregister(tern_mr *mr);
 
 /**
  * tern_send_cb - a queued one-way message left (or could not leave)
@@ -805,16 +856,21 @@ TERN_EXPORT int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms)
  * @cap: its size
  * @len: set to the reply's length (also when it did not fit: -EMSGSIZE)
  * @errmsg: the remote's message when the call failed remotely
+ * @direct: 1: @buf is the call's reply buffer (struct tern_call_opts
+ *	@reply_buf), so a reply larger than a slot lands in it directly.
+ *	0: the reply is copied from its slot, and must fit one.
  */
 struct tern_sync_reply {
 	void *buf;
 	size_t cap;
 	size_t len;
 	char errmsg[208];
+	int direct;
 };
 
 /**
  * tern_call_sync - call and wait, running the context's loop
+ * @rep: NULL, or where the reply goes (see struct tern_sync_reply)
  * @timeout_ms: the deadline (0: the session's default; if that is 0 too,
  *	wait without one)
  *

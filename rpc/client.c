@@ -57,9 +57,9 @@ static void complete(tern_session *s, tern_callslot *c, int status, const void *
 }
 
 static void issue(tern_session *s, tern_callslot *c, uint32_t method, size_t len, tern_call_cb cb,
-		  void *user, uint64_t deadline_ns)
+		  void *user, uint64_t deadline_ns, uint8_t flags)
 {
-	struct tern_hdr h = {.kind = TERN_MSG_REQ};
+	struct tern_hdr h = {.kind = TERN_MSG_REQ, .flags = flags};
 
 	c->gen++;
 	c->state = TERN_CALL_INFLIGHT;
@@ -83,6 +83,7 @@ static tern_callslot *take_slot(tern_session *s)
 
 	tern_credits_take_call(&s->cr);
 	c->acq_oneway = false;
+	c->reply_buf = NULL;
 	return c;
 }
 
@@ -248,29 +249,151 @@ static void issue_copy(tern_session *s, uint32_t method, const void *buf, size_t
 	if (len)
 		memcpy(tern__send_slot(s, c->idx) + TERN_HDR_SIZE, buf, len);
 	s->copy_bytes += len;
-	issue(s, c, method, len, cb, user, deadline_ns);
+	issue(s, c, method, len, cb, user, deadline_ns, 0);
+}
+
+/* Hand a call's staging back, now that the server cannot touch it. */
+static void release_stages(tern_session *s, tern_callslot *c)
+{
+	tern__stage_put(s->ctx, c->req_stage);
+	tern__stage_put(s->ctx, c->rep_stage);
+	c->req_stage = c->rep_stage = NULL;
+}
+
+/*
+ * A timed-out call's staging may still be read or written by the server
+ * until its late reply arrives: keep it till then.  Late replies are at most
+ * n (each holds a reserved receive), so there is always room.
+ */
+static void orphan_stages(tern_session *s, tern_callslot *c)
+{
+	if (!c->req_stage && !c->rep_stage)
+		return;
+	for (uint32_t i = 0; i < s->n; i++) {
+		struct tern_orphan *o = &s->orphans[i];
+		if (o->used)
+			continue;
+		o->used = true;
+		o->slot = (uint16_t)c->idx;
+		o->gen = c->gen;
+		o->st[0] = c->req_stage;
+		o->st[1] = c->rep_stage;
+		c->req_stage = c->rep_stage = NULL;
+		return;
+	}
+}
+
+static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
+{
+	for (uint32_t i = 0; i < s->n; i++) {
+		struct tern_orphan *o = &s->orphans[i];
+		if (o->used && o->slot == slot && o->gen == gen) {
+			tern__stage_put(s->ctx, o->st[0]);
+			tern__stage_put(s->ctx, o->st[1]);
+			o->used = false;
+			return;
+		}
+	}
+}
+
+/*
+ * A call with a reply buffer, or a request larger than a slot: the payload
+ * starts with the reply buffer's descriptor (if the reply may not fit a
+ * slot), then carries the request, or the descriptor the server pulls it
+ * through.
+ */
+static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t len,
+		      void *reply_buf, size_t reply_cap, tern_call_cb cb, void *user,
+		      uint64_t deadline_ns)
+{
+	tern_callslot *c = take_slot(s);
+	uint8_t *p = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
+	struct tern_bulk_desc d;
+	uint8_t flags = 0;
+	size_t off = 0;
+	int rc = 0;
+
+	c->reply_buf = reply_buf;
+	c->reply_cap = reply_cap;
+	if (reply_buf && reply_cap > s->max_payload && s->conn->ops->bulk_export) {
+		rc = tern__bulk_export(s, reply_buf, reply_cap, 1, &d, &c->rep_stage);
+		if (rc)
+			goto fail;
+		tern_bulk_desc_encode(p, &d);
+		off = TERN_BULK_DESC_SIZE;
+		flags |= TERN_F_REPLY_DESC;
+	}
+	if (len > s->max_payload - off) {
+		rc = tern__bulk_export(s, req, len, 0, &d, &c->req_stage);
+		if (rc)
+			goto fail;
+		tern_bulk_desc_encode(p + off, &d);
+		off += TERN_BULK_DESC_SIZE;
+		flags |= TERN_F_BULK;
+	} else {
+		if (len)
+			memcpy(p + off, req, len);
+		s->copy_bytes += len;
+		off += len;
+	}
+	issue(s, c, method, off, cb, user, deadline_ns, flags);
+	return 0;
+fail:
+	release_stages(s, c);
+	tern_credits_untake_call(&s->cr);
+	c->reply_buf = NULL;
+	release_slot(s, c);
+	tern__set_error(s->ctx, "%s: cannot expose a %zu-byte buffer to the peer: %s", s->peer,
+			reply_buf && !c->rep_stage ? reply_cap : len, tern_strerror(rc));
+	return rc;
+}
+
+/* Issue a call now: the plain copy path, or the bulk one. */
+static int issue_any(tern_session *s, uint32_t method, const void *req, size_t len, void *reply_buf,
+		     size_t reply_cap, tern_call_cb cb, void *user, uint64_t deadline_ns)
+{
+	if (len > s->max_payload || reply_buf)
+		return issue_bulk(s, method, req, len, reply_buf, reply_cap, cb, user, deadline_ns);
+	issue_copy(s, method, req, len, cb, user, deadline_ns);
+	return 0;
 }
 
 int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, tern_call_cb cb,
 	      void *user, const struct tern_call_opts *opts)
 {
+	/* callers built against the first tern_call_opts pass a smaller size */
+	void *reply_buf =
+		opts && (!opts->size || opts->size >= sizeof(*opts)) ? opts->reply_buf : NULL;
+	size_t reply_cap = reply_buf ? opts->reply_cap : 0;
+	int rc;
+
 	if (!s || !cb || method_id == 0 || (len && !req))
 		return -EINVAL;
 	if (!tern__session_usable(s))
 		return -ENOTCONN;
-	if (len > s->max_payload) {
-		tern__set_error(s->ctx, "%s: request of %zu bytes exceeds the slot payload %u",
-				s->peer, len, s->max_payload);
+	if (len > s->peer_max_msg) {
+		tern__set_error(
+			s->ctx,
+			len > s->max_payload && s->peer_max_msg == s->max_payload
+				? "%s: request of %zu bytes exceeds the slot payload %u, and "
+				  "this transport moves no larger messages"
+				: "%s: request of %zu bytes exceeds the %u the peer accepts",
+			s->peer, len, s->peer_max_msg);
 		return -EMSGSIZE;
 	}
-	if (s->q_len == 0 && can_issue(s)) {
-		issue_copy(s, method_id, req, len, cb, user, deadline_for(s, opts));
-		return 0;
-	}
+	if (s->q_len == 0 && can_issue(s))
+		return issue_any(s, method_id, req, len, reply_buf, reply_cap, cb, user,
+				 deadline_for(s, opts));
 	s->cnt.credit_stalls++;
 	if (s->nonblock)
 		return -EAGAIN;
-	return enqueue(s, method_id, req, len, cb, NULL, user, deadline_for(s, opts));
+	rc = enqueue(s, method_id, req, len, cb, NULL, user, deadline_for(s, opts));
+	if (!rc) {
+		struct tern_pending *e = &s->queue[(s->q_head + s->q_len - 1) % s->q_cap];
+		e->reply_buf = reply_buf;
+		e->reply_cap = reply_cap;
+	}
+	return rc;
 }
 
 int tern__client_call_internal(tern_session *s, uint32_t method, const void *buf, size_t len,
@@ -295,7 +418,13 @@ void tern__client_kick(tern_session *s)
 		s->q_head = (s->q_head + 1) % s->q_cap;
 		s->q_len--;
 		if (e.cb) {
-			issue_copy(s, e.method, e.buf, e.len, e.cb, e.user, e.deadline_ns);
+			int rc = issue_any(s, e.method, e.buf, e.len, e.reply_buf, e.reply_cap,
+					   e.cb, e.user, e.deadline_ns);
+			if (rc) {
+				s->cnt.calls_completed++;
+				s->cnt.errors++;
+				TERN_CALLBACK(s->ctx, e.cb(s, rc, "", 0, e.user));
+			}
 		} else if (e.scb) {
 			tern_callslot *c = take_send_slot(s);
 
@@ -336,7 +465,7 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 	if ((rc = commit_check(c, len)))
 		return rc;
 	s = c->s;
-	issue(s, c, method_id, len, cb, user, deadline_for(s, opts));
+	issue(s, c, method_id, len, cb, user, deadline_for(s, opts), 0);
 	return 0;
 }
 
@@ -346,8 +475,10 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 
 	if (c->state != TERN_CALL_INFLIGHT || c->gen != h->call_gen) {
 		/* A reply to a call that timed out (its receive was still
-		 * reserved, see credit.h): count it, never deliver it. */
+		 * reserved, see credit.h): count it, never deliver it; its
+		 * staging is free now. */
 		s->cnt.late_replies++;
+		orphan_release(s, h->call_slot, h->call_gen);
 		return;
 	}
 	if (h->kind == TERN_MSG_ERR) {
@@ -355,7 +486,33 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 
 		memcpy(msg, payload, h->len);
 		msg[h->len] = 0;
+		release_stages(s, c);
 		complete(s, c, h->status, msg, h->len);
+	} else if (h->flags & TERN_F_BULK) {
+		uint64_t n;
+
+		/* The server wrote the reply into our buffer (or its staging). */
+		memcpy(&n, payload, 8);
+		n = le64toh(n);
+		if (!c->reply_buf || n > c->reply_cap || n <= s->max_payload) {
+			tern__session_fail(s, TERN_EPEER,
+					   "bulk reply that no reply buffer can hold");
+			return;
+		}
+		if (c->rep_stage) {
+			memcpy(c->reply_buf, c->rep_stage->mr.addr, n);
+			s->copy_bytes += n;
+		}
+		release_stages(s, c);
+		complete(s, c, 0, c->reply_buf, n);
+	} else if (c->reply_buf) {
+		release_stages(s, c);
+		if (h->len > c->reply_cap) {
+			complete(s, c, -EMSGSIZE, "reply larger than the reply buffer", 34);
+			return;
+		}
+		memcpy(c->reply_buf, payload, h->len);
+		complete(s, c, 0, c->reply_buf, h->len);
 	} else {
 		complete(s, c, 0, payload, h->len);
 	}
@@ -376,8 +533,10 @@ void tern__client_fail_all(tern_session *s, int err)
 {
 	for (uint32_t i = 0; i < s->n; i++) {
 		tern_callslot *c = &s->calls[i];
-		if (c->state == TERN_CALL_INFLIGHT)
+		if (c->state == TERN_CALL_INFLIGHT) {
+			release_stages(s, c); /* the connection is gone: nobody reads them */
 			complete(s, c, err, "", 0);
+		}
 	}
 	while (s->q_len) {
 		struct tern_pending e = s->queue[s->q_head];
@@ -408,6 +567,7 @@ uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
 			/* The reply may still come: its receive stays reserved
 			 * (replies_expected) and the generation catches it. */
 			s->cnt.timeouts++;
+			orphan_stages(s, c);
 			complete(s, c, -ETIMEDOUT, "", 0);
 		} else if (!next || c->deadline_ns < next) {
 			next = c->deadline_ns;
@@ -465,7 +625,7 @@ static void sync_cb(tern_session *s, int status, const void *reply, size_t len, 
 		rep->len = 0;
 	} else if (len > rep->cap) {
 		sc->status = -EMSGSIZE;
-	} else if (len) {
+	} else if (len && reply != rep->buf) {
 		memcpy(rep->buf, reply, len);
 	}
 }
@@ -481,6 +641,12 @@ int tern_call_sync(tern_session *s, uint32_t method_id, const void *req, size_t 
 		return -EINVAL;
 	if (s->ctx->cb_depth > 0)
 		return -EBUSY;
+	/* Asked for: the buffer is the call's reply buffer (large replies land
+	 * in it directly; an inplace handler then writes into staging). */
+	if (rep && rep->buf && rep->direct) {
+		o.reply_buf = rep->buf;
+		o.reply_cap = rep->cap;
+	}
 	rc = tern_call(s, method_id, req, len, sync_cb, &sc, &o);
 	if (rc)
 		return rc;

@@ -9,6 +9,11 @@
  * only at send completion, which may come after the peer already sent the
  * next request on the credit that reply returned; such a request waits in
  * the backlog (bounded by the receive ring) for a reply slot.
+ *
+ * Large messages: a request may name the caller's reply buffer (a bulk
+ * descriptor) and may itself be a descriptor, which the server pulls into a
+ * staging buffer before the handler runs.  A reply larger than the slot is
+ * pushed into the caller's buffer, then a short reply says how long it is.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -28,11 +33,12 @@ static int clamp_status(int err)
  * Finish a request: give its receive back first (so the credit the reply
  * carries is for a receive that really is posted), then post the reply.
  */
-static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
+static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, uint8_t flags)
 {
 	tern_session *s = req->s;
 	struct tern_hdr h = {
 		.kind = kind,
+		.flags = flags,
 		.call_slot = req->call_slot,
 		.call_gen = req->call_gen,
 		.status = status,
@@ -41,6 +47,10 @@ static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
 
 	req->state = TERN_REQ_FREE;
 	req->in = NULL;
+	req->out = NULL;
+	tern__stage_put(s->ctx, req->in_stage);
+	tern__stage_put(s->ctx, req->out_stage);
+	req->in_stage = req->out_stage = NULL;
 	if (s->state != TERN_S_READY) {
 		/* The session died while a deferred handler held the request:
 		 * the reply has nowhere to go. */
@@ -52,6 +62,11 @@ static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
 	tern_credits_request_done(&s->cr);
 	/* A refusal closes the session once delivered: ask to hear of it. */
 	tern__session_send_flags(s, s->n + req->idx, &h, s->refused ? TERN_SEND_CONFIRM : 0);
+}
+
+static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
+{
+	finish_flags(req, kind, status, len, 0);
 }
 
 static void reply_error(tern_req *req, int err, const char *fallback)
@@ -94,25 +109,213 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 		tern__session_announce(s);
 }
 
+/* The slot's room, and no more than the caller's reply buffer holds. */
+static size_t slot_cap(const tern_req *req)
+{
+	size_t cap = req->s->max_payload;
+
+	return req->has_rdesc && req->rdesc.len < cap ? (size_t)req->rdesc.len : cap;
+}
+
+/*
+ * Where a handler writes its reply: the reply slot, or, when the caller
+ * named a reply buffer larger than a slot, a registered staging buffer of
+ * that size, from which the reply is pushed with no further copy.
+ */
+static int reply_target(tern_req *req)
+{
+	tern_session *s = req->s;
+
+	req->out = tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE;
+	req->out_cap = slot_cap(req);
+	if (req->has_rdesc && req->rdesc.len > s->max_payload && s->conn->ops->bulk_write) {
+		req->out_stage = tern__stage_get(s->ctx, req->rdesc.len);
+		if (!req->out_stage)
+			return -ENOMEM;
+		req->out = req->out_stage->mr.addr;
+		req->out_cap = req->rdesc.len;
+	}
+	return 0;
+}
+
+/* Push @n bytes of @mr at @off into the caller's reply buffer; reply when done. */
+static void bulk_reply(tern_req *req, struct tern_mr *mr, size_t off, size_t n)
+{
+	tern_session *s = req->s;
+	int rc;
+
+	req->state = TERN_REQ_WRITING;
+	req->bulk_len = n;
+	rc = s->conn->ops->bulk_write(s->conn, &mr->tm[tern__tp_index(s)], off, n, &req->rdesc,
+				      (uintptr_t)req);
+	if (rc) {
+		req->state = TERN_REQ_HANDLER;
+		reply_error(req, rc, "could not write the reply into the caller's buffer");
+	}
+}
+
+/* A handler wrote @n bytes at req->out: send them. */
+static void reply_out(tern_req *req, size_t n)
+{
+	tern_session *s = req->s;
+	char why[96];
+
+	if (n > req->out_cap) {
+		snprintf(why, sizeof(why), "reply of %zu bytes does not fit the %zu-byte buffer", n,
+			 req->out_cap);
+		reply_error(req, -EMSGSIZE, why);
+	} else if (!req->out_stage) {
+		/* No copy: the slot the handler wrote is posted as is. */
+		finish(req, TERN_MSG_REP, 0, (uint32_t)n);
+	} else if (n <= s->max_payload) {
+		/* It fit a slot after all: one small copy beats a transfer. */
+		memcpy(tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE, req->out, n);
+		s->copy_bytes += n;
+		finish(req, TERN_MSG_REP, 0, (uint32_t)n);
+	} else {
+		bulk_reply(req, &req->out_stage->mr, 0, n);
+	}
+}
+
+/* A raw handler's bytes: into the slot, or pushed into the caller's buffer. */
+static void reply_iov(tern_req *req, const struct tern_iov *iov)
+{
+	tern_session *s = req->s;
+	struct tern_mr *mr;
+	char why[112];
+
+	if (iov->len <= slot_cap(req)) {
+		/* The one copy of the raw path. */
+		if (iov->len)
+			memcpy(tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE, iov->base,
+			       iov->len);
+		s->copy_bytes += iov->len;
+		finish(req, TERN_MSG_REP, 0, (uint32_t)iov->len);
+		return;
+	}
+	if (!req->has_rdesc || !s->conn->ops->bulk_write) {
+		snprintf(why, sizeof(why),
+			 "reply of %zu bytes exceeds the slot payload %u (name a reply buffer)",
+			 iov->len, s->max_payload);
+		reply_error(req, -EMSGSIZE, why);
+		return;
+	}
+	if (iov->len > req->rdesc.len) {
+		snprintf(why, sizeof(why),
+			 "reply of %zu bytes exceeds the caller's %llu-byte buffer", iov->len,
+			 (unsigned long long)req->rdesc.len);
+		reply_error(req, -EMSGSIZE, why);
+		return;
+	}
+	/* Zero copy where the bytes are registered: the pulled request itself
+	 * (an echo), or a region of the user's; otherwise stage them. */
+	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
+		mr = &req->in_stage->mr;
+	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
+		req->out_stage = tern__stage_get(s->ctx, iov->len);
+		if (!req->out_stage) {
+			reply_error(req, -ENOMEM, "no memory to stage the reply");
+			return;
+		}
+		memcpy(req->out_stage->mr.addr, iov->base, iov->len);
+		s->copy_bytes += iov->len;
+		mr = &req->out_stage->mr;
+	}
+	bulk_reply(req, mr, (size_t)((const char *)iov->base - (const char *)mr->addr), iov->len);
+}
+
+/* Run the handler of request @req, whose bytes are req->in / req->in_len. */
+static void invoke(tern_session *s, tern_req *req, const struct tern_method *m)
+{
+	const void *in = req->in;
+	size_t in_len = req->in_len;
+	uint32_t token = req->token;
+	char why[96];
+	int rc;
+
+	if (m->kind != TERN_KIND_ONEWAY && !(m->kind == TERN_KIND_BATCH && m->fn.batch->oneway))
+		s->cnt.calls_served++;
+	switch (m->kind) {
+	case TERN_KIND_RAW: {
+		struct tern_iov iov = {0};
+
+		TERN_CALLBACK(s->ctx, rc = m->fn.raw(req, in, in_len, &iov, m->user));
+		if (rc < 0)
+			reply_error(req, rc, NULL);
+		else
+			reply_iov(req, &iov);
+		break;
+	}
+	case TERN_KIND_INPLACE: {
+		ssize_t n;
+
+		if ((rc = reply_target(req))) {
+			reply_error(req, rc, "no memory for the reply");
+			break;
+		}
+		TERN_CALLBACK(s->ctx,
+			      n = m->fn.inplace(req, in, in_len, req->out, req->out_cap, m->user));
+		if (n < 0)
+			reply_error(req, (int)n, NULL);
+		else
+			reply_out(req, (size_t)n);
+		break;
+	}
+	case TERN_KIND_ONEWAY:
+		snprintf(why, sizeof(why), "method 0x%08x is one-way here", req->method);
+		reply_error(req, TERN_ENOMETHOD, why);
+		break;
+	case TERN_KIND_BATCH:
+		if (m->fn.batch->oneway) {
+			snprintf(why, sizeof(why), "method 0x%08x is one-way here", req->method);
+			reply_error(req, TERN_ENOMETHOD, why);
+			break;
+		}
+		/* The reply slot is the item's out: batch handlers write in place. */
+		tern__batch_add(m->fn.batch, req,
+				tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE, slot_cap(req));
+		break;
+	case TERN_KIND_DEFERRED:
+		req->state = TERN_REQ_DEFERRED;
+		TERN_CALLBACK(s->ctx, rc = m->fn.deferred(req, in, in_len, m->user));
+		/* The handler may already have replied (and freed the req). */
+		if (rc < 0 && req->state == TERN_REQ_DEFERRED && req->token == token)
+			reply_error(req, rc, NULL);
+		break;
+	}
+}
+
 static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in)
 {
 	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
 	uint32_t idx = s->free_reqs[--s->nfree_reqs];
 	tern_req *req = &s->reqs[idx];
-	uint8_t *out = tern__send_slot(s, s->n + idx) + TERN_HDR_SIZE;
-	char why[96];
+	const uint8_t *p = in;
+	uint32_t plen = h->len;
+	struct tern_bulk_desc q;
+	char why[112];
+	int rc;
 
 	req->state = TERN_REQ_HANDLER;
 	req->token = token;
-	req->in = in;
-	req->in_len = h->len;
 	req->call_slot = h->call_slot;
 	req->call_gen = h->call_gen;
 	req->method = h->method;
 	req->errmsg[0] = 0;
+	req->has_rdesc = false;
+	req->out = NULL;
+	/* Lengths were checked with the header: the descriptors are there. */
+	if (h->flags & TERN_F_REPLY_DESC) {
+		tern_bulk_desc_decode(p, &req->rdesc);
+		req->has_rdesc = true;
+		p += TERN_BULK_DESC_SIZE;
+		plen -= TERN_BULK_DESC_SIZE;
+	}
+	req->in = p;
+	req->in_len = plen;
 
 	if (h->method == TERN_METHOD_SVC_CHECK) {
-		check_services(req, in, h->len);
+		check_services(req, p, plen);
 		return;
 	}
 	if (!m) {
@@ -120,69 +323,70 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 		reply_error(req, TERN_ENOMETHOD, why);
 		return;
 	}
-	if (m->kind != TERN_KIND_ONEWAY && !(m->kind == TERN_KIND_BATCH && m->fn.batch->oneway))
-		s->cnt.calls_served++;
-	switch (m->kind) {
-	case TERN_KIND_RAW: {
-		struct tern_iov iov = {0};
-		int rc;
-
-		TERN_CALLBACK(s->ctx, rc = m->fn.raw(req, in, h->len, &iov, m->user));
-		if (rc < 0) {
-			reply_error(req, rc, NULL);
-		} else if (iov.len > s->max_payload) {
-			snprintf(why, sizeof(why), "reply of %zu bytes exceeds the slot payload %u",
-				 iov.len, s->max_payload);
-			reply_error(req, -EMSGSIZE, why);
-		} else {
-			/* The one copy of the raw path. */
-			if (iov.len)
-				memcpy(out, iov.base, iov.len);
-			s->copy_bytes += iov.len;
-			finish(req, TERN_MSG_REP, 0, (uint32_t)iov.len);
-		}
-		break;
+	if (!(h->flags & TERN_F_BULK)) {
+		invoke(s, req, m);
+		return;
 	}
-	case TERN_KIND_INPLACE: {
-		ssize_t n;
-
-		TERN_CALLBACK(s->ctx,
-			      n = m->fn.inplace(req, in, h->len, out, s->max_payload, m->user));
-		if (n < 0) {
-			reply_error(req, (int)n, NULL);
-		} else if ((size_t)n > s->max_payload) {
-			snprintf(why, sizeof(why), "handler claims %zd bytes in a %u-byte slot", n,
-				 s->max_payload);
-			reply_error(req, -EMSGSIZE, why);
-		} else {
-			/* No copy: the slot the handler wrote is posted as is. */
-			finish(req, TERN_MSG_REP, 0, (uint32_t)n);
-		}
-		break;
+	/* A large request: pull it into staging, then run the handler. */
+	tern_bulk_desc_decode(p, &q);
+	if (q.len > s->max_msg || !s->conn->ops->bulk_read) {
+		snprintf(why, sizeof(why), "request of %llu bytes exceeds the %u accepted here",
+			 (unsigned long long)q.len,
+			 s->conn->ops->bulk_read ? s->max_msg : s->max_payload);
+		reply_error(req, -EMSGSIZE, why);
+		return;
 	}
-	case TERN_KIND_ONEWAY:
-		snprintf(why, sizeof(why), "method 0x%08x is one-way here", h->method);
-		reply_error(req, TERN_ENOMETHOD, why);
-		break;
-	case TERN_KIND_BATCH:
-		if (m->fn.batch->oneway) {
-			snprintf(why, sizeof(why), "method 0x%08x is one-way here", h->method);
+	req->in_stage = tern__stage_get(s->ctx, q.len);
+	if (!req->in_stage) {
+		reply_error(req, -ENOMEM, "no memory to receive the request");
+		return;
+	}
+	req->in = req->in_stage->mr.addr;
+	req->in_len = q.len;
+	req->state = TERN_REQ_FETCHING;
+	rc = s->conn->ops->bulk_read(s->conn, &q, &req->in_stage->mr.tm[tern__tp_index(s)], 0,
+				     q.len, (uintptr_t)req);
+	if (rc) {
+		req->state = TERN_REQ_HANDLER;
+		reply_error(req, rc, "could not read the request from the caller");
+	}
+}
+
+void tern__serve_bulk_done(tern_req *req, int status)
+{
+	tern_session *s = req->s;
+	const struct tern_method *m;
+	uint64_t n = htole64(req->bulk_len);
+	char why[96];
+
+	if (s->state != TERN_S_READY) {
+		finish(req, TERN_MSG_ERR, -ECONNRESET, 0); /* releases it */
+		return;
+	}
+	if (req->state == TERN_REQ_FETCHING) {
+		req->state = TERN_REQ_HANDLER;
+		if (status) {
+			reply_error(req, status, "could not read the request from the caller");
+			return;
+		}
+		s->cnt.bulk_bytes_read += req->in_len;
+		m = tern__methods_find(&s->ctx->methods, req->method);
+		if (!m) {
+			snprintf(why, sizeof(why), "no method 0x%08x here", req->method);
 			reply_error(req, TERN_ENOMETHOD, why);
-			break;
+			return;
 		}
-		/* The reply slot is the item's out: batch handlers write in place. */
-		tern__batch_add(m->fn.batch, req, out, s->max_payload);
-		break;
-	case TERN_KIND_DEFERRED: {
-		int rc;
-
-		req->state = TERN_REQ_DEFERRED;
-		TERN_CALLBACK(s->ctx, rc = m->fn.deferred(req, in, h->len, m->user));
-		/* The handler may already have replied (and freed the req). */
-		if (rc < 0 && req->state == TERN_REQ_DEFERRED && req->token == token)
-			reply_error(req, rc, NULL);
-		break;
-	}
+		invoke(s, req, m);
+	} else if (req->state == TERN_REQ_WRITING) {
+		req->state = TERN_REQ_HANDLER;
+		if (status) {
+			reply_error(req, status,
+				    "could not write the reply into the caller's buffer");
+			return;
+		}
+		s->cnt.bulk_bytes_written += req->bulk_len;
+		memcpy(tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE, &n, 8);
+		finish_flags(req, TERN_MSG_REP, 0, 8, TERN_F_BULK);
 	}
 }
 
@@ -288,9 +492,9 @@ void tern__serve_batch_done(tern_req *req, ssize_t status)
 	}
 	if (status < 0) {
 		reply_error(req, (int)status, NULL);
-	} else if ((size_t)status > s->max_payload) {
-		snprintf(why, sizeof(why), "batch item claims %zd bytes in a %u-byte slot", status,
-			 s->max_payload);
+	} else if ((size_t)status > slot_cap(req)) {
+		snprintf(why, sizeof(why), "batch item claims %zd bytes in a %zu-byte slot", status,
+			 slot_cap(req));
 		reply_error(req, -EMSGSIZE, why);
 	} else {
 		finish(req, TERN_MSG_REP, 0, (uint32_t)status);
@@ -358,12 +562,16 @@ void tern_req_set_error(tern_req *req, const char *msg)
 
 int tern_reply_acquire(tern_req *req, void **out, size_t *cap)
 {
+	int rc;
+
 	if (!req || !out || !cap || req->state != TERN_REQ_DEFERRED)
 		return -EINVAL;
 	if (req->s->state != TERN_S_READY)
 		return -ECONNRESET;
-	*out = tern__send_slot(req->s, req->s->n + req->idx) + TERN_HDR_SIZE;
-	*cap = req->s->max_payload;
+	if (!req->out && (rc = reply_target(req)))
+		return rc;
+	*out = req->out;
+	*cap = req->out_cap;
 	return 0;
 }
 
@@ -378,15 +586,17 @@ int tern_reply_commit(tern_req *req, size_t len)
 		finish(req, TERN_MSG_REP, 0, 0); /* drops it, releases the session */
 		return -ECONNRESET;
 	}
-	if (len > s->max_payload) {
-		char why[96];
-		snprintf(why, sizeof(why), "reply of %zu bytes exceeds the slot payload %u", len,
-			 s->max_payload);
+	if (!req->out && reply_target(req)) {
 		req->errmsg[0] = 0;
-		reply_error(req, -EMSGSIZE, why);
+		reply_error(req, -ENOMEM, "no memory for the reply");
+		return -ENOMEM;
+	}
+	if (len > req->out_cap) {
+		req->errmsg[0] = 0;
+		reply_out(req, len); /* the error reply */
 		return -EMSGSIZE;
 	}
-	finish(req, TERN_MSG_REP, 0, (uint32_t)len);
+	reply_out(req, len);
 	return 0;
 }
 

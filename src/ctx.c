@@ -225,6 +225,7 @@ int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
 	tern_list_init(&ctx->sessions);
 	tern_list_init(&ctx->listeners);
 	tern_list_init(&ctx->dirty);
+	tern_list_init(&ctx->mrs);
 	for (size_t i = 0; i < sizeof(builtin_transports) / sizeof(builtin_transports[0]); i++)
 		ctx->tp[ctx->ntp++].ops = builtin_transports[i];
 
@@ -272,6 +273,8 @@ int tern_ctx_destroy(tern_ctx *ctx)
 		uv_run(ctx->loop, UV_RUN_ONCE);
 	}
 	tern__session_reap_all(ctx);
+	/* Registrations go before the transports that made them. */
+	tern__bulk_free_all(ctx);
 	for (int i = 0; i < ctx->ntp; i++)
 		if (ctx->tp[i].t)
 			ctx->tp[i].ops->ctx_fini(ctx->tp[i].t);

@@ -124,6 +124,47 @@ int tern__services_encode(const struct tern_service_ref *refs, uint32_t n, uint8
  */
 int tern__services_verify(tern_ctx *ctx, const void *in, size_t len, char *why, size_t why_len);
 
+/* ---- large messages (src/bulk.c) ------------------------------------------ */
+
+/*
+ * A registered region: the user's (tern_mem_register) or a staging buffer
+ * of the engine's.  Each transport keeps its own registration state for it
+ * in tm[i] (verbs: an ibv_mr per device, made at first use).
+ */
+struct tern_mr {
+	tern_ctx *ctx;
+	struct tern_list link; /* ctx->mrs (user registrations only) */
+	void *addr;
+	size_t len;
+	int refs;
+	struct tern_tmem tm[TERN_MAX_TRANSPORTS];
+};
+
+/* A staging buffer: registered memory for data that is not in a user region. */
+struct tern_stage {
+	struct tern_mr mr;
+	struct tern_stage *next; /* ctx->stages (idle ones) */
+};
+
+struct tern_mr *tern__mr_find(tern_ctx *ctx, const void *addr, size_t len);
+static inline bool tern__mr_contains(const struct tern_mr *mr, const void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr, b = (uintptr_t)mr->addr;
+	return a >= b && len <= mr->len && a - b <= mr->len - len;
+}
+struct tern_stage *tern__stage_get(tern_ctx *ctx, size_t len);
+void tern__stage_put(tern_ctx *ctx, struct tern_stage *st);
+void tern__bulk_free_all(tern_ctx *ctx);
+/*
+ * Export @len bytes at @buf to @s's peer: from the user's registration that
+ * covers them, or else through a staging buffer (*@stage, which the caller
+ * releases; a readable export copies the bytes into it first).
+ */
+int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable,
+		      struct tern_bulk_desc *d, struct tern_stage **stage);
+/* @s's transport's slot in each region's tm[] */
+int tern__tp_index(const tern_session *s);
+
 /* ---- context -------------------------------------------------------------- */
 
 struct tern_tp {
@@ -153,6 +194,9 @@ struct tern_ctx {
 
 	struct tern_method_table methods;
 	struct tern_batcher *batchers;
+	struct tern_list mrs;	   /* user registrations: the registration cache */
+	struct tern_stage *stages; /* idle staging buffers */
+	size_t stage_idle_bytes;
 	struct tern_service_entry *services; /* registered with tern_service_register() */
 	uint32_t nservices;
 	struct tern_list sessions;
@@ -194,6 +238,10 @@ struct tern_callslot {
 	uint8_t state;
 	bool send_busy;	 /* send slot not yet released by the provider */
 	bool acq_oneway; /* ACQUIRED by tern_send_acquire (a credit only) */
+	void *reply_buf; /* the caller's reply buffer (tern_call_opts), or NULL */
+	size_t reply_cap;
+	struct tern_stage *req_stage; /* staging a large request the server reads */
+	struct tern_stage *rep_stage; /* staging the reply the server writes */
 	uint64_t deadline_ns;
 	tern_call_cb cb;
 	void *user;
@@ -209,6 +257,19 @@ struct tern_pending {
 	tern_send_cb scb; /* a one-way message */
 	void *user;
 	uint64_t deadline_ns;
+	void *reply_buf;
+	size_t reply_cap;
+};
+
+/*
+ * Staging of a call that timed out: the server may still read or write it
+ * until the late reply comes, so it is kept until then (or the session ends).
+ */
+struct tern_orphan {
+	bool used;
+	uint16_t slot;
+	uint32_t gen;
+	struct tern_stage *st[2];
 };
 
 enum tern_req_state {
@@ -216,6 +277,8 @@ enum tern_req_state {
 	TERN_REQ_HANDLER,  /* in a raw/inplace handler */
 	TERN_REQ_DEFERRED, /* held by a deferred handler */
 	TERN_REQ_BATCHED,  /* waiting in a batch */
+	TERN_REQ_FETCHING, /* pulling a large request from the caller */
+	TERN_REQ_WRITING,  /* pushing a large reply into the caller's buffer */
 };
 
 /*
@@ -233,6 +296,13 @@ struct tern_req {
 	uint16_t call_slot;
 	uint32_t call_gen;
 	uint32_t method;
+	bool has_rdesc;		      /* the caller named a reply buffer */
+	struct tern_bulk_desc rdesc;  /* ...here */
+	struct tern_stage *in_stage;  /* a large request, pulled */
+	struct tern_stage *out_stage; /* a reply too large for the slot */
+	void *out;		      /* where the handler writes its reply */
+	size_t out_cap;
+	uint64_t bulk_len; /* the large reply being written */
 	char errmsg[TERN_ERRMSG_MAX + 1];
 };
 
@@ -267,7 +337,10 @@ struct tern_session {
 	uint32_t svc_check_len;
 	int refs; /* deferred requests holding it after close */
 
-	uint32_t n; /* slot_count */
+	uint32_t n;		     /* slot_count */
+	uint32_t max_msg;	     /* the largest message we accept */
+	uint32_t peer_max_msg;	     /* ...and the peer does (from the handshake) */
+	struct tern_orphan *orphans; /* n */
 	uint32_t slot_size;
 	uint32_t max_payload;
 	int nonblock;
@@ -360,6 +433,7 @@ void tern__batchers_free(tern_ctx *ctx);
 void tern__serve_oneway(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			const void *payload);
 void tern__serve_batch_done(tern_req *req, ssize_t status);
+void tern__serve_bulk_done(tern_req *req, int status);
 void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			 const void *payload);
 void tern__serve_reply_slot_free(tern_session *s, uint32_t req_idx);

@@ -24,6 +24,14 @@
 
 static void session_free(tern_session *s)
 {
+	/* staging kept for calls that timed out: the peer is gone now */
+	for (uint32_t i = 0; s->orphans && i < s->n; i++) {
+		if (s->orphans[i].used) {
+			tern__stage_put(s->ctx, s->orphans[i].st[0]);
+			tern__stage_put(s->ctx, s->orphans[i].st[1]);
+		}
+	}
+	free(s->orphans);
 	tern_list_del(&s->link);
 	tern_list_del(&s->dirty);
 	free(s->calls);
@@ -65,6 +73,8 @@ static int opts_copy(const struct tern_session_opts *in, struct tern_session_opt
 		return -EINVAL;
 	if (!o->queue_depth)
 		o->queue_depth = 4 * o->slot_count;
+	if (!o->max_msg)
+		o->max_msg = 1u << 30;
 	return 0;
 }
 
@@ -95,10 +105,11 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, ter
 	s->owreqs = calloc(n, sizeof(*s->owreqs));
 	s->free_owreqs = calloc(n, sizeof(*s->free_owreqs));
 	s->backlog = calloc(r, sizeof(*s->backlog));
+	s->orphans = calloc(n, sizeof(*s->orphans));
 	tern_list_init(&s->link);
 	tern_list_init(&s->dirty);
 	if (!s->calls || !s->free_calls || !s->queue || !s->reqs || !s->free_reqs || !s->owreqs ||
-	    !s->free_owreqs || !s->backlog) {
+	    !s->free_owreqs || !s->backlog || !s->orphans) {
 		session_free(s);
 		return -ENOMEM;
 	}
@@ -111,6 +122,7 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, ter
 	s->nonblock = o.nonblock;
 	s->call_timeout_ms = o.call_timeout_ms;
 	s->schema_hash = o.schema_hash;
+	s->max_msg = o.max_msg;
 	s->on_close = o.on_close;
 	s->data = o.data;
 	s->q_cap = o.queue_depth;
@@ -153,6 +165,8 @@ void tern__session_hello(const tern_session *s, struct tern_hello *h)
 	h->slot_size = s->slot_size;
 	h->slot_count = s->n;
 	h->schema_hash = s->schema_hash;
+	/* Larger than a slot only if the transport can move bulk data. */
+	h->max_msg = s->tp && s->tp->ops->bulk_export ? s->max_msg : s->max_payload;
 	if (s->svc_check_len)
 		h->flags |= TERN_HELLO_SERVICES;
 }
@@ -191,7 +205,6 @@ int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h,
 
 	tern_credits_stamp(&s->cr, h);
 	h->seq = s->tx_seq++;
-	h->flags = 0;
 	h->reserved = 0;
 	tern_hdr_encode(tern__send_slot(s, slot), h);
 	s->last_send_slot = slot;
@@ -344,6 +357,7 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	rc = tern__session_alloc(ctx, &l->opts, &s);
 	if (rc)
 		return rc;
+	s->tp = l->tp;
 	tern__session_hello(s, &ours);
 	ours.flags = TERN_HELLO_REPLY;
 	rc = tern_hello_decode(hs, hs_len, &peer);
@@ -367,11 +381,11 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	tern_hello_encode(reply, &ours);
 	*reply_len = sizeof(struct tern_wire_hello);
 	tern__session_params(s, params);
+	s->peer_max_msg = peer.max_msg ? peer.max_msg : s->max_payload;
 	s->is_server = true;
 	/* The client will check our services before anything else. */
 	s->binding = (peer.flags & TERN_HELLO_SERVICES) != 0;
 	s->listener = l;
-	s->tp = l->tp;
 	*owner = s;
 	return 0;
 }
@@ -466,6 +480,7 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 		return rc;
 	}
 	rc = tern_hello_match(&ours, &peer, why, sizeof(why));
+	s->peer_max_msg = peer.max_msg ? peer.max_msg : s->max_payload;
 	if (!rc && tern__session_attach(s, c)) {
 		rc = -EPROTO;
 		snprintf(why, sizeof(why), "the transport did not give the requested geometry");
@@ -601,6 +616,13 @@ static void ev_closed(struct tern_conn *c)
 	tern__session_unref(s);
 }
 
+static void ev_bulk_done(struct tern_conn *c, uint64_t cookie, int status)
+{
+	(void)c;
+	/* Only servers pull requests and push replies: the cookie is a request. */
+	tern__serve_bulk_done((tern_req *)(uintptr_t)cookie, status);
+}
+
 static void ev_activity(tern_ctx *ctx)
 {
 	tern__activity(ctx);
@@ -615,6 +637,7 @@ const struct tern_transport_events tern__events = {
 	.error = ev_error,
 	.closed = ev_closed,
 	.activity = ev_activity,
+	.bulk_done = ev_bulk_done,
 };
 
 /* ---- public session API ------------------------------------------------------ */

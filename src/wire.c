@@ -18,9 +18,41 @@ int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_cou
 		*why = "unknown message kind";
 		return TERN_EPEER;
 	}
-	if (h->flags != 0 || h->reserved != 0) {
+	if (h->reserved != 0) {
 		*why = "reserved header bits set";
 		return TERN_EPEER;
+	}
+	/* Flags: only what each kind may carry, with the payload it implies. */
+	switch (h->kind) {
+	case TERN_MSG_REQ: {
+		uint32_t need = 0;
+
+		if (h->flags & ~(TERN_F_BULK | TERN_F_REPLY_DESC)) {
+			*why = "unknown request flags";
+			return TERN_EPEER;
+		}
+		if (h->flags & TERN_F_REPLY_DESC)
+			need += TERN_BULK_DESC_SIZE;
+		if (h->flags & TERN_F_BULK)
+			need += TERN_BULK_DESC_SIZE;
+		if ((h->flags & TERN_F_BULK) ? h->len != need : h->len < need) {
+			*why = "request too short for its descriptors";
+			return TERN_EPEER;
+		}
+		break;
+	}
+	case TERN_MSG_REP:
+		if ((h->flags & ~TERN_F_BULK) || ((h->flags & TERN_F_BULK) && h->len != 8)) {
+			*why = "bad reply flags";
+			return TERN_EPEER;
+		}
+		break;
+	default:
+		if (h->flags) {
+			*why = "flags on a message that takes none";
+			return TERN_EPEER;
+		}
+		break;
 	}
 	/* The length field must agree with what actually arrived. */
 	if (h->len != msg_len - TERN_HDR_SIZE) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "tern.h"
+#include "tern/transport.h"
 
 #define TERN_WIRE_MAGIC	  0x4e524554u /* "TERN" read as a little-endian u32 */
 #define TERN_WIRE_VERSION 1
@@ -29,6 +30,17 @@ enum tern_msg_kind {
 	TERN_MSG_ONEWAY = 5, /* a message with no reply; consumes one of the sender's credits */
 	TERN_MSG_KIND_MAX = 5,
 };
+
+/*
+ * Header flags: large messages.  A request may start with the descriptor of
+ * the caller's reply buffer (REPLY_DESC), and may carry, instead of its
+ * bytes, the descriptor of where the server can read them (BULK).  A reply
+ * flagged BULK was written into the caller's reply buffer; its payload is
+ * the length written (u64).
+ */
+#define TERN_F_BULK	    0x01u
+#define TERN_F_REPLY_DESC   0x02u
+#define TERN_BULK_DESC_SIZE 24
 
 /* The header, decoded into host order. */
 struct tern_hdr {
@@ -121,6 +133,33 @@ static inline void tern_hdr_decode(const void *slot, struct tern_hdr *h)
  */
 int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_count,
 		   uint32_t slot_size, uint32_t expect_seq, const char **why);
+
+/* A bulk descriptor on the wire: addr, len (u64), key, aux (u32), LE. */
+static inline void tern_bulk_desc_encode(void *p, const struct tern_bulk_desc *d)
+{
+	uint64_t a = htole64(d->addr), l = htole64(d->len);
+	uint32_t k = htole32(d->key), x = htole32(d->aux);
+
+	memcpy((uint8_t *)p, &a, 8);
+	memcpy((uint8_t *)p + 8, &l, 8);
+	memcpy((uint8_t *)p + 16, &k, 4);
+	memcpy((uint8_t *)p + 20, &x, 4);
+}
+
+static inline void tern_bulk_desc_decode(const void *p, struct tern_bulk_desc *d)
+{
+	uint64_t a, l;
+	uint32_t k, x;
+
+	memcpy(&a, (const uint8_t *)p, 8);
+	memcpy(&l, (const uint8_t *)p + 8, 8);
+	memcpy(&k, (const uint8_t *)p + 16, 4);
+	memcpy(&x, (const uint8_t *)p + 20, 4);
+	d->addr = le64toh(a);
+	d->len = le64toh(l);
+	d->key = le32toh(k);
+	d->aux = le32toh(x);
+}
 
 /*
  * The handshake: the client's in rdma_cm's connect private data (the shm

@@ -74,6 +74,26 @@ struct tern_conn {
 	char peer[80]; /* "10.0.0.2:7000" or the shm name, for messages */
 };
 
+/*
+ * Large messages move as bulk transfers beside a slot message (Mercury's
+ * model): one side exports memory, the message carries the descriptor, and
+ * the other side reads from or writes to it.
+ */
+struct tern_tmem {
+	void *addr; /* a region the engine registered (tern_mem_register, or its staging) */
+	size_t len;
+	void *prov; /* the provider's own state for it (e.g. one ibv_mr per device); starts NULL */
+};
+
+/* What a peer needs to reach exported memory; its meaning is the provider's. */
+struct tern_bulk_desc {
+	uint64_t addr;
+	uint64_t len;
+	uint32_t key;
+	uint32_t aux;
+};
+_Static_assert(sizeof(struct tern_bulk_desc) == 24, "bulk descriptor is 24 bytes on the wire");
+
 /* The part of a listener the engine sees; embedded first by providers. */
 struct tern_tlistener {
 	const struct tern_transport_ops *ops;
@@ -124,6 +144,8 @@ struct tern_transport_events {
 	void (*closed)(struct tern_conn *c);
 	/* Event mode: the provider saw activity (for adaptive progress). */
 	void (*activity)(tern_ctx *ctx);
+	/* A bulk_read() or bulk_write() finished (status 0 or -errno). */
+	void (*bulk_done)(struct tern_conn *c, uint64_t cookie, int status);
 };
 
 /* post_send() flags */
@@ -172,6 +194,28 @@ struct tern_transport_ops {
 	int (*poll)(struct tern_tctx *t, int budget);
 	/* Switch between engine-polled and event-driven progress. */
 	int (*set_mode)(struct tern_tctx *t, enum tern_transport_mode mode);
+
+	/*
+	 * Large messages.  All NULL: the provider moves slot-sized messages
+	 * only, and the engine refuses larger ones with -EMSGSIZE.
+	 *
+	 * bulk_max: the largest single transfer (the engine never asks for more).
+	 * bulk_export: let the peer reach @m's bytes [off, off + len) through
+	 *	the descriptor @out, for reading (@writable 0) or writing.
+	 * bulk_read: copy the peer's exported bytes @remote into @m at @off.
+	 * bulk_write: copy @m's bytes [off, off + len) into the peer's
+	 *	exported @remote.  A message posted after it reaches the peer
+	 *	only after the data.
+	 * mem_release: the engine deregisters @m: drop the provider's state.
+	 */
+	uint64_t (*bulk_max)(struct tern_conn *c);
+	int (*bulk_export)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,
+			   int writable, struct tern_bulk_desc *out);
+	int (*bulk_read)(struct tern_conn *c, const struct tern_bulk_desc *remote,
+			 struct tern_tmem *m, size_t off, size_t len, uint64_t cookie);
+	int (*bulk_write)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,
+			  const struct tern_bulk_desc *remote, uint64_t cookie);
+	void (*mem_release)(struct tern_tctx *t, struct tern_tmem *m);
 };
 
 #ifdef __cplusplus

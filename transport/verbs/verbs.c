@@ -42,6 +42,19 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
 #define VERBS_RD_ATOMIC	     16	  /* RDMA READ depth we offer/request */
 #define VERBS_DRAIN_GRACE_MS 1000 /* wait this long for flush completions */
 #define VERBS_POLL_BATCH     32
+/*
+ * Bulk transfers (RDMA READ/WRITE for large messages): at most BULK_OPS at
+ * once per connection.  Each is cut into work requests of at most the
+ * port's largest message and posted in windows of BULK_CHUNKS, the last of
+ * each window signalled; the next window goes out when that completes.  So
+ * any size up to 4 GiB - 1 moves with bounded send-queue room, reserved on
+ * top of the slots'.
+ */
+#define VERBS_BULK_OPS	     16
+#define VERBS_BULK_CHUNKS    4
+#define VERBS_BULK_WR	     (VERBS_BULK_OPS * VERBS_BULK_CHUNKS)
+#define VERBS_BULK_SLOT	     (1u << 22) /* wr_id slots from here are bulk WRs */
+#define VERBS_BULK_CHUNK_MAX (1ull << 30)
 
 enum vstate {
 	V_RESOLVE_ADDR,
@@ -68,6 +81,7 @@ struct vdev {
 	unsigned unacked;
 	uint8_t rd_atom;
 	uint8_t init_rd_atom;
+	uint64_t max_msg; /* the port's largest message: one bulk work request at most */
 	uv_poll_t poll;
 };
 
@@ -103,7 +117,19 @@ struct vconn {
 	uint32_t sig_every;
 	uint32_t recvs_out;
 	int cq_reserved;
-	uv_timer_t timer; /* connect deadline, then the drain grace period */
+	struct vbulk {
+		uint64_t cookie;
+		enum ibv_wr_opcode opcode;
+		struct tern_tmem *m; /* local memory, the engine's until bulk_done */
+		size_t off;
+		size_t len;
+		struct tern_bulk_desc remote;
+		size_t posted;	/* bytes posted so far */
+		uint8_t window; /* work requests in the current window; the last is signalled */
+		int status;	/* the first error seen */
+	} bulk[VERBS_BULK_OPS];
+	uint32_t bulk_busy; /* bitmask of bulk[] in use */
+	uv_timer_t timer;   /* connect deadline, then the drain grace period */
 };
 
 struct vlistener {
@@ -182,6 +208,7 @@ static void dev_poll_cb(uv_poll_t *h, int status, int events)
 static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev **out)
 {
 	struct ibv_device_attr attr;
+	struct ibv_port_attr pattr;
 	struct vdev *d;
 
 	for (d = t->devs; d; d = d->next) {
@@ -192,11 +219,15 @@ static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev 
 	}
 	if (ibv_query_device(verbs, &attr))
 		return neg_errno(EIO);
+	if (ibv_query_port(verbs, 1, &pattr))
+		return neg_errno(EIO);
 	d = calloc(1, sizeof(*d));
 	if (!d)
 		return -ENOMEM;
 	d->t = t;
 	d->verbs = verbs;
+	d->max_msg =
+		pattr.max_msg_sz < VERBS_BULK_CHUNK_MAX ? pattr.max_msg_sz : VERBS_BULK_CHUNK_MAX;
 	d->max_cqe = attr.max_cqe;
 	d->rd_atom = attr.max_qp_rd_atom < VERBS_RD_ATOMIC ? attr.max_qp_rd_atom : VERBS_RD_ATOMIC;
 	d->init_rd_atom = attr.max_qp_init_rd_atom < VERBS_RD_ATOMIC ? attr.max_qp_init_rd_atom
@@ -326,9 +357,11 @@ static int conn_setup(struct vconn *c)
 
 	if ((rc = dev_get(c->t, c->id->verbs, &c->dev)))
 		return rc;
-	if ((rc = dev_reserve_cq(c->dev, (int)(c->base.send_slots + c->base.recv_slots))))
+	c->cq_reserved = (int)(c->base.send_slots + VERBS_BULK_WR + c->base.recv_slots);
+	if ((rc = dev_reserve_cq(c->dev, c->cq_reserved))) {
+		c->cq_reserved = 0;
 		return rc;
-	c->cq_reserved = (int)(c->base.send_slots + c->base.recv_slots);
+	}
 
 	c->posted = calloc(c->base.send_slots, sizeof(*c->posted));
 	if (!c->posted)
@@ -355,7 +388,7 @@ static int conn_setup(struct vconn *c)
 	qa.qp_type = IBV_QPT_RC;
 	qa.send_cq = c->dev->cq;
 	qa.recv_cq = c->dev->cq;
-	qa.cap.max_send_wr = c->base.send_slots;
+	qa.cap.max_send_wr = c->base.send_slots + VERBS_BULK_WR;
 	qa.cap.max_recv_wr = c->base.recv_slots;
 	qa.cap.max_send_sge = 1;
 	qa.cap.max_recv_sge = 1;
@@ -387,6 +420,17 @@ static void conn_param_init(struct vconn *c, struct rdma_conn_param *cp)
 	cp->rnr_retry_count = VERBS_RNR_RETRY;
 }
 
+/* Bulk transfers still outstanding when a connection goes: fail them. */
+static void bulk_fail_all(struct vconn *c, int err)
+{
+	for (uint32_t i = 0; i < VERBS_BULK_OPS; i++) {
+		if (c->bulk_busy & (1u << i)) {
+			c->bulk_busy &= ~(1u << i);
+			c->t->ev->bulk_done(&c->base, c->bulk[i].cookie, err);
+		}
+	}
+}
+
 static void conn_destroy(struct vconn *c)
 {
 	struct verbs_tctx *t = c->t;
@@ -394,6 +438,7 @@ static void conn_destroy(struct vconn *c)
 	if (c->state == V_DESTROYED)
 		return;
 	c->state = V_DESTROYED;
+	bulk_fail_all(c, -ECONNRESET);
 	uv_timer_stop(&c->timer);
 	if (c->id && c->id->qp)
 		rdma_destroy_qp(c->id);
@@ -431,7 +476,8 @@ static void drain_timeout(uv_timer_t *tm)
  */
 static void conn_check_drained(struct vconn *c)
 {
-	if (c->state == V_DOWN && c->sends_out <= c->unsignaled && c->recvs_out == 0)
+	if (c->state == V_DOWN && c->sends_out <= c->unsignaled && c->recvs_out == 0 &&
+	    !c->bulk_busy)
 		conn_destroy(c);
 }
 
@@ -554,6 +600,39 @@ static bool release_sends(struct vconn *c, uint32_t slot, bool report)
 	return true;
 }
 
+static int bulk_post_window(struct vconn *c, uint32_t op);
+
+/*
+ * A bulk work request completed.  Only the last of a window is signalled,
+ * but an error completes (and flushes) the others too.  When a window is in,
+ * post the next, or report the op once, with its first error.
+ */
+static void bulk_completion(struct vconn *c, uint32_t id, enum ibv_wc_status st)
+{
+	uint32_t op = id / VERBS_BULK_CHUNKS, chunk = id % VERBS_BULK_CHUNKS;
+	struct vbulk *b;
+
+	if (op >= VERBS_BULK_OPS || !(c->bulk_busy & (1u << op)))
+		return;
+	b = &c->bulk[op];
+	if (st != IBV_WC_SUCCESS && !b->status)
+		b->status = wc_error(st);
+	if (chunk != b->window - 1u)
+		return;
+	if (!b->status && b->posted < b->len && c->state == V_UP) {
+		int rc = bulk_post_window(c, op);
+		if (rc == 0)
+			return;
+		b->status = rc;
+	}
+	c->bulk_busy &= ~(1u << op);
+	c->t->ev->bulk_done(&c->base, b->cookie, b->status);
+	if (c->state != V_UP)
+		conn_check_drained(c);
+	else if (b->status)
+		conn_failed(c, b->status, "bulk transfer failed");
+}
+
 static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 {
 	uint32_t index = (uint32_t)(wc->wr_id >> 40);
@@ -566,6 +645,10 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 		return; /* a destroyed connection's leftover */
 	if (recv)
 		c->recvs_out--;
+	if (!recv && slot >= VERBS_BULK_SLOT) {
+		bulk_completion(c, slot - VERBS_BULK_SLOT, wc->status);
+		return;
+	}
 
 	if (wc->status == IBV_WC_SUCCESS && recv && c->state == V_ACCEPTING && c->server) {
 		/* Data before our ESTABLISHED event: the client is up, so are we
@@ -1039,6 +1122,161 @@ static void verbs_disconnect(struct tern_conn *bc)
 	conn_teardown(c);
 }
 
+/* ---- bulk transfers --------------------------------------------------------- */
+
+struct vmem {
+	struct vmem *next;
+	struct vdev *dev;
+	struct ibv_mr *mr;
+};
+
+/* The region's MR on this connection's device, registered at first use. */
+static struct ibv_mr *mem_mr(struct vconn *c, struct tern_tmem *m)
+{
+	struct vmem *v;
+
+	for (v = m->prov; v; v = v->next)
+		if (v->dev == c->dev)
+			return v->mr;
+	v = calloc(1, sizeof(*v));
+	if (!v)
+		return NULL;
+	v->dev = c->dev;
+	v->mr = ibv_reg_mr(c->dev->pd, m->addr, m->len,
+			   IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
+				   IBV_ACCESS_REMOTE_WRITE);
+	if (!v->mr) {
+		free(v);
+		return NULL;
+	}
+	v->next = m->prov;
+	m->prov = v;
+	return v->mr;
+}
+
+static uint64_t verbs_bulk_max(struct tern_conn *bc)
+{
+	(void)bc;
+	return UINT32_MAX; /* windows of work requests move any message size */
+}
+
+static int verbs_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off, size_t len,
+			     int writable, struct tern_bulk_desc *out)
+{
+	struct ibv_mr *mr;
+
+	(void)writable; /* the region is registered for both */
+	if (off + len > m->len)
+		return -EINVAL;
+	if (!(mr = mem_mr(C(bc), m)))
+		return neg_errno(ENOMEM);
+	out->addr = (uintptr_t)m->addr + off;
+	out->len = len;
+	out->key = mr->rkey;
+	out->aux = 0;
+	return 0;
+}
+
+/* Post the next window of op @op's work requests. */
+static int bulk_post_window(struct vconn *c, uint32_t op)
+{
+	struct vbulk *b = &c->bulk[op];
+	uint64_t chunk = c->dev->max_msg;
+	struct ibv_mr *mr = mem_mr(c, b->m);
+	uint32_t n = 0;
+
+	if (!mr)
+		return neg_errno(ENOMEM);
+	while (n < VERBS_BULK_CHUNKS && b->posted < b->len) {
+		size_t at = b->posted, this = b->len - at < chunk ? b->len - at : chunk;
+		bool last = n == VERBS_BULK_CHUNKS - 1 || at + this == b->len;
+		struct ibv_sge sge = {
+			.addr = (uintptr_t)b->m->addr + b->off + at,
+			.length = (uint32_t)this,
+			.lkey = mr->lkey,
+		};
+		struct ibv_send_wr wr = {
+			.wr_id = wrid(c, false, VERBS_BULK_SLOT + op * VERBS_BULK_CHUNKS + n),
+			.sg_list = &sge,
+			.num_sge = 1,
+			.opcode = b->opcode,
+			/* one completion a window: the send queue completes in order */
+			.send_flags = last ? IBV_SEND_SIGNALED : 0,
+		};
+		struct ibv_send_wr *bad;
+		int rc;
+
+		wr.wr.rdma.remote_addr = b->remote.addr + at;
+		wr.wr.rdma.rkey = b->remote.key;
+		rc = ibv_post_send(c->id->qp, &wr, &bad);
+		if (rc) {
+			if (n == 0)
+				return -rc;
+			/* what was posted completes (or flushes) and reports */
+			b->status = -rc;
+			break;
+		}
+		b->posted += this;
+		n++;
+	}
+	b->window = (uint8_t)n;
+	return 0;
+}
+
+static int bulk_post(struct vconn *c, enum ibv_wr_opcode opcode, struct tern_tmem *m, size_t off,
+		     size_t len, const struct tern_bulk_desc *remote, uint64_t cookie)
+{
+	struct vbulk *b;
+	uint32_t op;
+	int rc;
+
+	if (c->state != V_UP)
+		return -ENOTCONN;
+	if (off + len > m->len || len > remote->len || len == 0)
+		return -EINVAL;
+	if (c->bulk_busy == (1u << VERBS_BULK_OPS) - 1)
+		return -EAGAIN;
+	for (op = 0; c->bulk_busy & (1u << op); op++)
+		;
+	b = &c->bulk[op];
+	b->cookie = cookie;
+	b->opcode = opcode;
+	b->m = m;
+	b->off = off;
+	b->len = len;
+	b->remote = *remote;
+	b->posted = 0;
+	b->status = 0;
+	rc = bulk_post_window(c, op);
+	if (rc)
+		return rc;
+	c->bulk_busy |= 1u << op;
+	return 0;
+}
+
+static int verbs_bulk_read(struct tern_conn *bc, const struct tern_bulk_desc *remote,
+			   struct tern_tmem *m, size_t off, size_t len, uint64_t cookie)
+{
+	return bulk_post(C(bc), IBV_WR_RDMA_READ, m, off, len, remote, cookie);
+}
+
+static int verbs_bulk_write(struct tern_conn *bc, struct tern_tmem *m, size_t off, size_t len,
+			    const struct tern_bulk_desc *remote, uint64_t cookie)
+{
+	return bulk_post(C(bc), IBV_WR_RDMA_WRITE, m, off, len, remote, cookie);
+}
+
+static void verbs_mem_release(struct tern_tctx *t, struct tern_tmem *m)
+{
+	(void)t;
+	while (m->prov) {
+		struct vmem *v = m->prov;
+		m->prov = v->next;
+		ibv_dereg_mr(v->mr);
+		free(v);
+	}
+}
+
 static int verbs_poll(struct tern_tctx *tt, int budget)
 {
 	return poll_cqs(T(tt), budget);
@@ -1071,4 +1309,9 @@ const struct tern_transport_ops tern_verbs_transport = {
 	.disconnect = verbs_disconnect,
 	.poll = verbs_poll,
 	.set_mode = verbs_set_mode,
+	.bulk_max = verbs_bulk_max,
+	.bulk_export = verbs_bulk_export,
+	.bulk_read = verbs_bulk_read,
+	.bulk_write = verbs_bulk_write,
+	.mem_release = verbs_mem_release,
 };

@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: MIT
+/*
+ * bulk.c - memory for large messages: the user's registrations (a cache,
+ * so a region is registered once however often it is named) and a pool of
+ * staging buffers for data that lives outside any registration.
+ *
+ * Registration with a device is the transports' business and lazy: a
+ * region carries one struct tern_tmem per transport, where the transport
+ * keeps what it made for it (verbs: an ibv_mr per device, at first use).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define STAGE_MIN      (64u << 10)
+#define STAGE_IDLE_MAX (512ull << 20) /* idle staging kept for reuse, at most */
+
+static void mr_init(tern_ctx *ctx, struct tern_mr *mr, void *addr, size_t len)
+{
+	memset(mr, 0, sizeof(*mr));
+	mr->ctx = ctx;
+	mr->addr = addr;
+	mr->len = len;
+	mr->refs = 1;
+	tern_list_init(&mr->link);
+	for (int i = 0; i < TERN_MAX_TRANSPORTS; i++) {
+		mr->tm[i].addr = addr;
+		mr->tm[i].len = len;
+	}
+}
+
+/* Let every transport drop what it registered for @mr. */
+static void mr_release(struct tern_mr *mr)
+{
+	tern_ctx *ctx = mr->ctx;
+
+	for (int i = 0; i < ctx->ntp; i++)
+		if (mr->tm[i].prov && ctx->tp[i].t && ctx->tp[i].ops->mem_release)
+			ctx->tp[i].ops->mem_release(ctx->tp[i].t, &mr->tm[i]);
+}
+
+struct tern_mr *tern__mr_find(tern_ctx *ctx, const void *addr, size_t len)
+{
+	for (struct tern_list *l = ctx->mrs.next; l != &ctx->mrs; l = l->next) {
+		struct tern_mr *mr = tern_container_of(l, struct tern_mr, link);
+		if (tern__mr_contains(mr, addr, len))
+			return mr;
+	}
+	return NULL;
+}
+
+int tern_mem_register(tern_ctx *ctx, void *addr, size_t len, tern_mr **out)
+{
+	struct tern_mr *mr;
+
+	if (!ctx || !addr || !len || !out)
+		return -EINVAL;
+	/* The cache: a region already covered needs no second registration. */
+	mr = tern__mr_find(ctx, addr, len);
+	if (mr) {
+		mr->refs++;
+		*out = mr;
+		return 0;
+	}
+	mr = malloc(sizeof(*mr));
+	if (!mr)
+		return -ENOMEM;
+	mr_init(ctx, mr, addr, len);
+	tern_list_add(&ctx->mrs, &mr->link);
+	*out = mr;
+	return 0;
+}
+
+int tern_mem_deregister(tern_mr *mr)
+{
+	if (!mr || mr->refs <= 0)
+		return -EINVAL;
+	if (--mr->refs)
+		return 0;
+	mr_release(mr);
+	tern_list_del(&mr->link);
+	free(mr);
+	return 0;
+}
+
+static size_t stage_class(size_t len)
+{
+	size_t c = STAGE_MIN;
+
+	while (c < len)
+		c <<= 1;
+	return c;
+}
+
+struct tern_stage *tern__stage_get(tern_ctx *ctx, size_t len)
+{
+	size_t cap = stage_class(len);
+	struct tern_stage **pp, *st;
+	void *mem;
+
+	/* reuse an idle buffer of this size class: its registrations too */
+	for (pp = &ctx->stages; (st = *pp); pp = &st->next) {
+		if (st->mr.len == cap) {
+			*pp = st->next;
+			ctx->stage_idle_bytes -= cap;
+			return st;
+		}
+	}
+	st = malloc(sizeof(*st));
+	if (!st || posix_memalign(&mem, 4096, cap)) {
+		free(st);
+		return NULL;
+	}
+	mr_init(ctx, &st->mr, mem, cap);
+	st->next = NULL;
+	return st;
+}
+
+static void stage_free(struct tern_stage *st)
+{
+	mr_release(&st->mr);
+	free(st->mr.addr);
+	free(st);
+}
+
+void tern__stage_put(tern_ctx *ctx, struct tern_stage *st)
+{
+	if (!st)
+		return;
+	if (ctx->stage_idle_bytes + st->mr.len > STAGE_IDLE_MAX) {
+		stage_free(st);
+		return;
+	}
+	st->next = ctx->stages;
+	ctx->stages = st;
+	ctx->stage_idle_bytes += st->mr.len;
+}
+
+void tern__bulk_free_all(tern_ctx *ctx)
+{
+	while (ctx->stages) {
+		struct tern_stage *st = ctx->stages;
+		ctx->stages = st->next;
+		stage_free(st);
+	}
+	ctx->stage_idle_bytes = 0;
+	/* registrations the user forgot: release them with the context */
+	while (!tern_list_empty(&ctx->mrs)) {
+		struct tern_mr *mr = tern_container_of(ctx->mrs.next, struct tern_mr, link);
+		mr_release(mr);
+		tern_list_del(&mr->link);
+		free(mr);
+	}
+}
+
+int tern__tp_index(const tern_session *s)
+{
+	return (int)(s->tp - s->ctx->tp);
+}
+
+int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable,
+		      struct tern_bulk_desc *d, struct tern_stage **stage)
+{
+	const struct tern_transport_ops *ops = s->conn->ops;
+	int ti = tern__tp_index(s);
+	struct tern_mr *mr;
+	int rc;
+
+	*stage = NULL;
+	if (!ops->bulk_export)
+		return -EMSGSIZE;
+	mr = tern__mr_find(s->ctx, buf, len);
+	if (mr)
+		return ops->bulk_export(s->conn, &mr->tm[ti],
+					(size_t)((const char *)buf - (const char *)mr->addr), len,
+					writable, d);
+	/* Not in a registration: go through staging (the one copy). */
+	*stage = tern__stage_get(s->ctx, len);
+	if (!*stage)
+		return -ENOMEM;
+	if (!writable) {
+		memcpy((*stage)->mr.addr, buf, len);
+		s->copy_bytes += len;
+	}
+	rc = ops->bulk_export(s->conn, &(*stage)->mr.tm[ti], 0, len, writable, d);
+	if (rc) {
+		tern__stage_put(s->ctx, *stage);
+		*stage = NULL;
+	}
+	return rc;
+}

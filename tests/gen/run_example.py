@@ -21,7 +21,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 SKIP = 77
 

@@ -656,7 +656,9 @@ TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
  * @out: where the reply goes (inside a registered send slot)
  * @cap: the room there
  *
- * Return: 0, -EINVAL if @req is not a pending deferred request.
+ * Return: 0; -EINVAL if @req is not a pending deferred request; -ECONNRESET
+ * if its session is gone (@req is then finished: do not use it again);
+ * -ENOMEM (a reply buffer larger than a slot needs staging).
  */
 TERN_EXPORT int tern_reply_acquire(tern_req *req, void **out, size_t *cap);
 

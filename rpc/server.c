@@ -566,8 +566,12 @@ int tern_reply_acquire(tern_req *req, void **out, size_t *cap)
 
 	if (!req || !out || !cap || req->state != TERN_REQ_DEFERRED)
 		return -EINVAL;
-	if (req->s->state != TERN_S_READY)
+	if (req->s->state != TERN_S_READY) {
+		/* Nobody to reply to: finish it here, so a handler that just
+		 * gives up does not hold the session's memory forever. */
+		finish(req, TERN_MSG_ERR, -ECONNRESET, 0);
 		return -ECONNRESET;
+	}
 	if (!req->out && (rc = reply_target(req)))
 		return rc;
 	*out = req->out;

@@ -50,8 +50,14 @@ int tern__transport_get(tern_ctx *ctx, const char *scheme, struct tern_tp **out)
 			/* Per-context provider state is made on first use, so a
 			 * context that never touches rdma:// never opens a device. */
 			rc = tp->ops->ctx_init(ctx, ctx->loop, &tern__events, &tp->t);
-			if (rc)
+			if (rc) {
+				tern__set_error(ctx, "%s:// is not available here: %s%s", scheme,
+						tern_strerror(rc),
+						rc == -ENODEV && strcmp(scheme, "rdma") == 0
+							? " (no RDMA device: no /dev/infiniband/rdma_cm)"
+							: "");
 				return rc;
+			}
 			if (ctx->progress == TERN_PROGRESS_EVENT || ctx->events_armed)
 				tp->ops->set_mode(tp->t, TERN_TRANSPORT_EVENTS);
 		}

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "internal.h"
@@ -125,6 +126,11 @@ static void test_bad_uris_and_schemes_are_clear_errors(void **state)
 	assert_int_equal(tern_listen(ctx, "rdma://h:99999", NULL, NULL, &l), -EINVAL);
 	struct tern_session_opts o = {.size = sizeof(o), .slot_size = 100};
 	assert_int_equal(tern_listen(ctx, "rdma://127.0.0.1:0", &o, NULL, &l), -EINVAL);
+	if (access("/dev/infiniband/rdma_cm", F_OK) != 0) {
+		/* a host with no RDMA says so, not just "No such device" */
+		assert_int_equal(tern_listen(ctx, "rdma://127.0.0.1:0", NULL, NULL, &l), -ENODEV);
+		assert_non_null(strstr(tern_ctx_last_error(ctx), "no RDMA device"));
+	}
 	assert_int_equal(tern_ctx_destroy(ctx), 0);
 }
 

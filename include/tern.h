@@ -646,7 +646,10 @@ TERN_EXPORT uint32_t tern_req_method(tern_req *req);
 /**
  * tern_req_set_error - attach a short message to the error a handler returns
  *
- * At most 200 bytes reach the caller; longer messages are cut.
+ * At most 200 bytes reach the caller; longer messages are cut.  A one-way
+ * handler that calls it rejects its message: there is no reply, so the
+ * message is counted in oneway_dropped and the text goes to
+ * tern_ctx_last_error().
  */
 TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
 
@@ -851,6 +854,20 @@ TERN_EXPORT int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t le
  * Return: 0, -ETIMEDOUT, -ENOTCONN (the session failed), -EBUSY.
  */
 TERN_EXPORT int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms);
+
+/**
+ * tern_session_drain - run the loop until the peer has consumed everything
+ * @timeout_ms: 0: no limit
+ *
+ * Returns when nothing is queued, every call has completed and every
+ * credit is back: the peer has received and released every one-way message
+ * sent (those gathered in its batches too).  A producer calls this before
+ * closing, since closing discards what is still in flight.  Must not be
+ * called from a tern callback.
+ *
+ * Return: 0, -ETIMEDOUT, -ENOTCONN (the session failed), -EBUSY.
+ */
+TERN_EXPORT int tern_session_drain(tern_session *s, uint32_t timeout_ms);
 
 /**
  * struct tern_sync_reply - where tern_call_sync() puts the reply

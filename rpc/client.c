@@ -218,7 +218,18 @@ int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len)
 	return 0;
 }
 
-int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms)
+static bool writable(const tern_session *s)
+{
+	return s->q_len == 0 && can_send(s);
+}
+
+static bool drained(const tern_session *s)
+{
+	return s->q_len == 0 && s->cr.tx == s->n && s->cr.replies_expected == 0;
+}
+
+/* Run the loop until @done(s), the session fails, or @timeout_ms passes. */
+static int run_until(tern_session *s, bool (*done)(const tern_session *), uint32_t timeout_ms)
 {
 	uint64_t end;
 
@@ -232,12 +243,22 @@ int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms)
 	for (;;) {
 		if (!tern__session_usable(s))
 			return -ENOTCONN;
-		if (s->q_len == 0 && can_send(s))
+		if (done(s))
 			return 0;
 		if (end && tern__now_ns() >= end)
 			return -ETIMEDOUT;
 		uv_run(s->ctx->loop, UV_RUN_ONCE);
 	}
+}
+
+int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms)
+{
+	return run_until(s, writable, timeout_ms);
+}
+
+int tern_session_drain(tern_session *s, uint32_t timeout_ms)
+{
+	return run_until(s, drained, timeout_ms);
 }
 
 /* Copy a request into a fresh slot and send it: the copy path's one copy. */

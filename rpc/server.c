@@ -416,6 +416,12 @@ static void serve_oneway_now(tern_session *s, uint32_t token, const struct tern_
 
 		s->cnt.oneway_received++;
 		TERN_CALLBACK(s->ctx, m->fn.oneway(&req, in, h->len, m->user));
+		if (req.errmsg[0]) {
+			/* the handler rejected it: no reply can say so, count it */
+			s->cnt.oneway_dropped++;
+			tern__set_error(s->ctx, "%s: dropped a one-way message: %s", s->peer,
+					req.errmsg);
+		}
 		oneway_release(s, token);
 	} else if (m && m->kind == TERN_KIND_BATCH && m->fn.batch->oneway) {
 		/* Credits bound one-way messages in flight to n: a pool entry

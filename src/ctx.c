@@ -51,11 +51,12 @@ int tern__transport_get(tern_ctx *ctx, const char *scheme, struct tern_tp **out)
 			 * context that never touches rdma:// never opens a device. */
 			rc = tp->ops->ctx_init(ctx, ctx->loop, &tern__events, &tp->t);
 			if (rc) {
-				tern__set_error(ctx, "%s:// is not available here: %s%s", scheme,
-						tern_strerror(rc),
-						rc == -ENODEV && strcmp(scheme, "rdma") == 0
-							? " (no RDMA device: no /dev/infiniband/rdma_cm)"
-							: "");
+				tern__set_error(
+					ctx, "%s:// is not available here: %s%s", scheme,
+					tern_strerror(rc),
+					rc == -ENODEV && strcmp(scheme, "rdma") == 0
+						? " (no RDMA device: no /dev/infiniband/rdma_cm)"
+						: "");
 				return rc;
 			}
 			if (ctx->progress == TERN_PROGRESS_EVENT || ctx->events_armed)
@@ -185,7 +186,9 @@ void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns)
 		if (d && (!next || d < next))
 			next = d;
 	}
-	/* The same timer runs batches whose wait is over. */
+	/* The same timer runs batches whose wait is over, and returns credits
+	 * owed to peers that went quiet. */
+	tern__session_flush_dirty(ctx);
 	d = tern__batches_due(ctx, now_ns);
 	if (d && (!next || d < next))
 		next = d;

@@ -353,6 +353,7 @@ struct tern_session {
 
 	struct tern_credits cr;
 	uint32_t tx_seq, rx_seq;
+	uint64_t last_rx_ns; /* when the peer's last message arrived */
 
 	/* client side */
 	struct tern_callslot *calls; /* n */

@@ -246,18 +246,46 @@ static void send_credit_msg(tern_session *s)
 	tern__session_send_flags(s, 2 * s->n + i, &h, TERN_SEND_CONFIRM);
 }
 
+/* Credits owed to a peer that has gone quiet this long go back anyway. */
+#define TERN_CREDIT_IDLE_NS 1000000ull
+
 /*
  * After a batch of completions: sessions that owe credits and had no
- * message to carry them send a credit message, if the peer might need it.
+ * message to carry them send a credit message when the peer might need it
+ * (enough owed, or the peer running low), or once the peer has been quiet
+ * for TERN_CREDIT_IDLE_NS: the tail of a one-way stream then still comes
+ * back, so a sender waiting on its credits (tern_session_drain) finishes.
  */
 void tern__session_flush_dirty(tern_ctx *ctx)
 {
+	struct tern_list later;
+	uint64_t now = 0;
+
+	tern_list_init(&later);
 	while (!tern_list_empty(&ctx->dirty)) {
 		tern_session *s = tern_container_of(ctx->dirty.next, tern_session, dirty);
 
 		tern_list_del(&s->dirty);
-		if (s->state == TERN_S_READY && tern_credits_want_credit_msg(&s->cr))
+		if (s->state != TERN_S_READY || !s->cr.to_return)
+			continue;
+		if (tern_credits_want_credit_msg(&s->cr)) {
 			send_credit_msg(s);
+			continue;
+		}
+		if (!now)
+			now = tern__now_ns();
+		if (now - s->last_rx_ns >= TERN_CREDIT_IDLE_NS && s->cr.ctrl_tx > 0) {
+			send_credit_msg(s);
+			continue;
+		}
+		/* look again once the peer has been quiet long enough */
+		tern_list_add(&later, &s->dirty);
+		tern__deadline_arm(ctx, s->last_rx_ns + TERN_CREDIT_IDLE_NS);
+	}
+	while (!tern_list_empty(&later)) {
+		struct tern_list *l = later.next;
+		tern_list_del(l);
+		tern_list_add(&ctx->dirty, l);
 	}
 }
 
@@ -539,6 +567,7 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 		return;
 	}
 	s->rx_seq++;
+	s->last_rx_ns = tern__now_ns();
 	s->cnt.bytes_received += h.len;
 
 	switch (h.kind) {

@@ -130,6 +130,58 @@ class Parsing(unittest.TestCase):
         self.assertIn(name, tg.parse(f"message {name} {{ u8 a; }}").messages)
 
 
+class OnewayAndBatch(unittest.TestCase):
+    TEXT = """\
+service Features {
+  rpc push(Frame) returns (bytes) oneway batch(max=256, wait_us=2000);
+  rpc note(Frame) oneway;
+  rpc score(Frame) returns (Score) batch(max=64, wait_us=500);
+}
+message Frame { f32 v[256]; }
+message Score { f32 s; }
+"""
+
+    def test_kinds_and_batch_parameters(self):
+        svc = tg.parse(self.TEXT).service("Features")
+        m = {x.name: x for x in svc.methods}
+        self.assertEqual((m["push"].kind, m["push"].batch, m["push"].resp),
+                         ("oneway", (256, 2000), None))
+        self.assertEqual((m["note"].kind, m["note"].batch), ("oneway", None))
+        self.assertEqual((m["score"].kind, m["score"].batch, m["score"].resp),
+                         ("batch", (64, 500), "Score"))
+
+    def test_the_schema_text_names_what_changes_the_wire(self):
+        text = tg.schema_text(tg.parse(self.TEXT), "Features")
+        self.assertIn("method push oneway-batch Frame -\n", text)
+        self.assertIn("method note oneway Frame -\n", text)
+        self.assertIn("method score batch Frame Score\n", text)
+        # batch sizes are the server's tuning, not the schema's
+        other = self.TEXT.replace("max=256, wait_us=2000", "max=8, wait_us=1")
+        self.assertEqual(tg.schema_hash(tg.parse(other), "Features"),
+                         tg.schema_hash(tg.parse(self.TEXT), "Features"))
+        # but one-way versus a call does
+        called = self.TEXT.replace("rpc note(Frame) oneway;", "rpc note(Frame) returns (bytes);")
+        self.assertNotEqual(tg.schema_hash(tg.parse(called), "Features"),
+                            tg.schema_hash(tg.parse(self.TEXT), "Features"))
+
+    def test_ids_do_not_depend_on_kind(self):
+        svc = tg.parse(self.TEXT).service("Features")
+        self.assertEqual({m.name: m.id for m in svc.methods},
+                         {n: tg.method_id("Features", n) for n in ("push", "note", "score")})
+
+    def test_generated_api(self):
+        h, c = tg.generate(tg.parse(self.TEXT, "stream.tern"))[:2]
+        for name in ("features_push_send", "features_push_send_wait",
+                     "features_push_send_acquire", "features_push_send_commit",
+                     "features_note_send", "features_score", "features_score_sync",
+                     "typedef void (*features_push_handler)(struct tern_batch_item *items"):
+            self.assertIn(name, h)
+        self.assertIn("tern_register_batch(ctx, FEATURES_PUSH_ID, &features_push_batch_", c)
+        self.assertIn("{sizeof(struct tern_batch_opts), 256u, 2000u, 1}", c)
+        self.assertIn("tern_register_oneway(ctx, FEATURES_NOTE_ID", c)
+        self.assertIn("{sizeof(struct tern_batch_opts), 64u, 500u, 0}", c)
+
+
 class Errors(unittest.TestCase):
     def check(self, text, expected, **kw):
         self.assertEqual(error_of(text, **kw), expected)
@@ -141,12 +193,13 @@ class Errors(unittest.TestCase):
 
     def test_syntax_missing_semicolon_after_method(self):
         self.check("service S {\n  rpc f(bytes) returns (bytes)\n}",
-                   "t.tern:3:1: expected 'raw', 'inplace', 'deferred' or ';', found '}'")
+                   "t.tern:3:1: expected 'raw', 'inplace', 'deferred', 'oneway', "
+                   "'batch(...)' or ';', found '}'")
 
     def test_syntax_misspelled_kind_gets_a_hint(self):
         self.check("service S { rpc f(bytes) returns (bytes) inplce; }",
-                   "t.tern:1:42: expected 'raw', 'inplace', 'deferred' or ';', found name "
-                   "'inplce' (did you mean 'inplace'?)")
+                   "t.tern:1:42: expected 'raw', 'inplace', 'deferred', 'oneway', "
+                   "'batch(...)' or ';', found name 'inplce' (did you mean 'inplace'?)")
 
     def test_syntax_unknown_top_level_word(self):
         self.check("servce S {}", "t.tern:1:1: expected 'service' or 'message', found name "
@@ -168,7 +221,36 @@ class Errors(unittest.TestCase):
 
     def test_syntax_returns_is_required(self):
         self.check("service S { rpc f(bytes) (bytes); }",
-                   "t.tern:1:26: expected 'returns', found '('")
+                   "t.tern:1:26: expected 'raw', 'inplace', 'deferred', 'oneway', "
+                   "'batch(...)' or ';', found '('")
+        self.check("service S { rpc f(bytes); }",
+                   "t.tern:1:25: expected 'returns', found ';' (only one-way methods have "
+                   "no reply)")
+
+    # ---- one-way and batch methods
+    def test_oneway_has_no_typed_reply(self):
+        self.check("service S { rpc f(bytes) returns (R) oneway; }\nmessage R { u8 x; }",
+                   "t.tern:1:35: one-way method 'f' has no reply: drop 'returns (...)'")
+
+    def test_only_raw_and_oneway_methods_batch(self):
+        self.check("service S { rpc f(bytes) returns (bytes) inplace batch(max=4, wait_us=1); }",
+                   "t.tern:1:50: a inplace method cannot be batched (batch methods are raw "
+                   "or oneway)")
+        self.check("service S { rpc f(bytes) returns (bytes) deferred batch(max=4, wait_us=1); }",
+                   "t.tern:1:51: a deferred method cannot be batched (batch methods are raw "
+                   "or oneway)")
+
+    def test_batch_parameters_are_checked(self):
+        self.check("service S { rpc f(bytes) oneway batch(max=0, wait_us=1); }",
+                   "t.tern:1:43: batch max must be 1..65536")
+        self.check("service S { rpc f(bytes) oneway batch(max=65537, wait_us=1); }",
+                   "t.tern:1:43: batch max must be 1..65536")
+        self.check("service S { rpc f(bytes) oneway batch(wait_us=1, max=2); }",
+                   "t.tern:1:39: expected 'max', found name 'wait_us'")
+        self.check("service S { rpc f(bytes) oneway batch(max=2 wait_us=1); }",
+                   "t.tern:1:45: expected ',', found name 'wait_us'")
+        self.check("service S { rpc f(bytes) oneway batch(max=2, wait_us=x); }",
+                   "t.tern:1:54: expected a number for wait_us, found name 'x'")
 
     def test_lexical_unexpected_character(self):
         self.check("message M { u8 $x; }", "t.tern:1:16: unexpected character '$'")

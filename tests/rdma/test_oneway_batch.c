@@ -226,6 +226,35 @@ static void test_oneway_to_a_method_that_is_not_one_way_is_counted(void **state)
 	fx_free(f);
 }
 
+static void test_drain_waits_until_the_peer_consumed_everything(void **state)
+{
+	struct tern_session_opts o = {.size = sizeof(o), .slot_count = 64};
+	struct fx *f = fx_new(&o);
+	uint8_t msg[64] = {0};
+
+	(void)state;
+	/* A tail shorter than a quarter of the credits: no threshold is met,
+	 * so only the idle rule returns those credits. */
+	for (uint32_t i = 0; i < 3; i++) {
+		memcpy(msg, &i, 4);
+		assert_int_equal(tern_send(f->cli, M_SINK, msg, sizeof(msg), NULL, NULL), 0);
+	}
+	assert_int_equal(tern_session_drain(f->cli, 10000), 0);
+	assert_int_equal(sink_count, 3); /* consumed before drain returned */
+	/* and a longer stream drains too, every message consumed */
+	for (uint32_t i = 3; i < 1000; i++) {
+		int rc;
+		memcpy(msg, &i, 4);
+		while ((rc = tern_send(f->cli, M_SINK, msg, sizeof(msg), NULL, NULL)) == -EAGAIN)
+			assert_int_equal(tern_session_wait_writable(f->cli, 10000), 0);
+		assert_int_equal(rc, 0);
+	}
+	assert_int_equal(tern_session_drain(f->cli, 10000), 0);
+	assert_int_equal(sink_count, 1000);
+	assert_int_equal(sink_bad, 0);
+	fx_free(f);
+}
+
 /* ---- batching -------------------------------------------------------------- */
 
 static int batches, batch_sizes[64], batch_sessions[64];
@@ -454,6 +483,7 @@ int main(void)
 		cmocka_unit_test(test_oneway_queued_sends_keep_order_and_report),
 		cmocka_unit_test(test_oneway_acquire_commit_zero_copy),
 		cmocka_unit_test(test_oneway_to_a_method_that_is_not_one_way_is_counted),
+		cmocka_unit_test(test_drain_waits_until_the_peer_consumed_everything),
 		cmocka_unit_test(test_batch_forms_by_count),
 		cmocka_unit_test(test_batch_forms_by_time),
 		cmocka_unit_test(test_batch_items_fail_alone),

@@ -404,14 +404,20 @@ int vp_post_send(struct vp_endpoint *ep, size_t off, size_t len, uint64_t wr_id,
 	return post_send_wr(ep, &wr, off, len);
 }
 
-int vp_post_write(struct vp_endpoint *ep, size_t off, size_t len, uint64_t raddr, uint32_t rkey,
-		  uint64_t wr_id, int flags)
+int vp_post_rdma(struct vp_endpoint *ep, enum ibv_wr_opcode opcode, size_t off, size_t len,
+		 uint64_t raddr, uint32_t rkey, uint64_t wr_id, int flags)
 {
-	struct ibv_send_wr wr = {.wr_id = wr_id, .opcode = IBV_WR_RDMA_WRITE, .send_flags = flags};
+	struct ibv_send_wr wr = {.wr_id = wr_id, .opcode = opcode, .send_flags = flags};
 
 	wr.wr.rdma.remote_addr = raddr;
 	wr.wr.rdma.rkey = rkey;
 	return post_send_wr(ep, &wr, off, len);
+}
+
+int vp_post_write(struct vp_endpoint *ep, size_t off, size_t len, uint64_t raddr, uint32_t rkey,
+		  uint64_t wr_id, int flags)
+{
+	return vp_post_rdma(ep, IBV_WR_RDMA_WRITE, off, len, raddr, rkey, wr_id, flags);
 }
 
 int vp_poll_one(struct vp_endpoint *ep, struct ibv_wc *wc, int timeout_ms)

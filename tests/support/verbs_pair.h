@@ -83,6 +83,9 @@ int vp_post_recv(struct vp_endpoint *ep, size_t off, size_t len, uint64_t wr_id)
 int vp_post_send(struct vp_endpoint *ep, size_t off, size_t len, uint64_t wr_id, int flags);
 int vp_post_write(struct vp_endpoint *ep, size_t off, size_t len, uint64_t raddr, uint32_t rkey,
 		  uint64_t wr_id, int flags);
+/* RDMA READ or WRITE (@opcode) between our buffer at @off and the peer's @raddr. */
+int vp_post_rdma(struct vp_endpoint *ep, enum ibv_wr_opcode opcode, size_t off, size_t len,
+		 uint64_t raddr, uint32_t rkey, uint64_t wr_id, int flags);
 
 /* Busy-poll the CQ for one completion, up to @timeout_ms.  Returns 1 with
  * @wc filled, 0 on timeout, or -errno. */

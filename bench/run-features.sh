@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# bench/run-features.sh [BUILDDIR] - the features stream: FRAMES (500,000)
+# f32[256] frames pushed one way by the C producer into the C consumer,
+# which checks each and runs batched inference on 256 at a time, over rdma://
+# on this host's RDMA address.  ROUNDS rounds; JSON lines from both sides.
+set -euo pipefail
+b=${1:-build-release}
+frames=${TERN_FEATURES_FRAMES:-500000}
+rounds=${TERN_BENCH_ROUNDS:-3}
+addr=${TERN_RDMA_ADDR:-$(python3 -c 'import sys; sys.path.insert(0, "tests/gen"); import run_example; print(run_example.find_rdma_addr() or "")')}
+[ -n "$addr" ] || { echo "run-features: no RDMA address" >&2; exit 77; }
+out=$(mktemp /tmp/tern-features.XXXXXX)
+trap 'rm -f "$out"; [ -n "${cp:-}" ] && kill "$cp" 2>/dev/null; true' EXIT
+for r in $(seq "$rounds"); do
+	"$b/examples/features/features_consumer" "rdma://$addr:0" "$frames" >"$out" &
+	cp=$!
+	for _ in $(seq 300); do [ -s "$out" ] && break; sleep 0.1; done
+	"$b/examples/features/features_producer" "$(head -1 "$out")" "$frames" |
+		grep '^{' | sed "s/^{/{\"round\":$r,/"
+	wait "$cp"
+	cp=
+	grep '^{' "$out" | sed "s/^{/{\"round\":$r,/"
+done

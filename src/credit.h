@@ -2,7 +2,7 @@
 /*
  * credit.h - credit accounting for one session: no RNR by construction.
  *
- * Each side posts R = 2N + C receives (N = slot_count, C = TERN_CTRL_SLOTS)
+ * Each side posts R = 2N + C + 1 receives (N = slot_count, C = TERN_CTRL_CREDITS)
  * and never consumes more of the peer's than it posted:
  *
  *   - requests and one-way messages:  at most N in flight, one credit each.  A credit exists only
@@ -13,14 +13,18 @@
  *                receives for the reply when it made the call
  *                (replies_expected), so a reply can never find the ring dry.
  *   - credit messages: at most C in flight, with credits of their own
- *                (ctrl_tx).  Those come back only piggybacked, never in a
- *                credit message, or the two sides would ping-pong.  A side
- *                sends a credit message only after the peer consumed
- *                request credits, and the peer's next message carries the
- *                control credit back, so this cannot deadlock.
+ *                (ctrl_tx).  Those come back piggybacked on the peer's next
+ *                message.  A peer with nothing to send (a one-way stream's
+ *                sender, waiting in tern_session_drain) has no next
+ *                message, so once a side holds all C of the peer's control
+ *                credits (the peer cannot send another credit message) it
+ *                returns them in a TERN_MSG_CTRL_ACK.  An ACK needs no
+ *                credit and never asks for an answer, so the sides cannot
+ *                ping-pong, and at most one is in flight: the next can only
+ *                follow C credit messages that spent what this one returned.
  *
  *   N (peer's requests and one-way messages) + N (replies to our calls)
- *   + C (credit messages)
+ *   + C (credit messages) + 1 (an ACK)
  *   = R receives: the peer can never send into an empty ring.
  *
  * Everything a peer says about credits is checked: a message it had no
@@ -35,7 +39,10 @@
 #include "tern.h"
 #include "wire.h"
 
-#define TERN_CTRL_SLOTS 2
+/* Control credits (credit messages in flight), and control slots: one more, for the ACK. */
+#define TERN_CTRL_CREDITS 2
+#define TERN_CTRL_SLOTS	  (TERN_CTRL_CREDITS + 1)
+#define TERN_ACK_SLOT	  TERN_CTRL_CREDITS /* its index among the control slots */
 
 struct tern_credits {
 	uint32_t n;		   /* slot_count */
@@ -54,8 +61,8 @@ static inline void tern_credits_init(struct tern_credits *c, uint32_t n)
 	c->tx = n;
 	c->peer_tx = n;
 	c->to_return = 0;
-	c->ctrl_tx = TERN_CTRL_SLOTS;
-	c->peer_ctrl_tx = TERN_CTRL_SLOTS;
+	c->ctrl_tx = TERN_CTRL_CREDITS;
+	c->peer_ctrl_tx = TERN_CTRL_CREDITS;
 	c->ctrl_to_return = 0;
 	c->replies_expected = 0;
 }
@@ -127,6 +134,13 @@ static inline void tern_credits_take_credit_msg(struct tern_credits *c)
 	c->ctrl_tx--;
 }
 
+/* We hold every control credit the peer has: it cannot send another
+ * credit message until they go back, so they go back in an ACK. */
+static inline bool tern_credits_want_ack(const struct tern_credits *c)
+{
+	return c->ctrl_to_return == TERN_CTRL_CREDITS;
+}
+
 /* A receive that held a peer's request or one-way message is posted
  * again: one credit owed. */
 static inline void tern_credits_request_done(struct tern_credits *c)
@@ -147,7 +161,7 @@ static inline int tern_credits_on_recv(struct tern_credits *c, const struct tern
 		*why = "peer returned more request credits than it held";
 		return TERN_EPEER;
 	}
-	if (c->ctrl_tx + h->ctrl_credits > TERN_CTRL_SLOTS) {
+	if (c->ctrl_tx + h->ctrl_credits > TERN_CTRL_CREDITS) {
 		*why = "peer returned more control credits than it held";
 		return TERN_EPEER;
 	}
@@ -176,6 +190,13 @@ static inline int tern_credits_on_recv(struct tern_credits *c, const struct tern
 		c->peer_ctrl_tx--;
 		/* re-posted at once by the caller */
 		c->ctrl_to_return++;
+		break;
+	case TERN_MSG_CTRL_ACK:
+		/* only once we spent them all, and it returns them all */
+		if (c->ctrl_tx != 0 || h->ctrl_credits != TERN_CTRL_CREDITS) {
+			*why = "peer sent a control ACK out of turn";
+			return TERN_EPEER;
+		}
 		break;
 	}
 	c->tx += h->credits;

@@ -229,21 +229,27 @@ void tern__session_repost(tern_session *s, uint32_t token)
 		tern__session_fail(s, rc, "post_recv failed");
 }
 
+/* Post control slot @i (a credit message, or the ACK), confirmed: there are few. */
+static void send_ctrl(tern_session *s, uint32_t i, uint8_t kind)
+{
+	struct tern_hdr h = {.kind = kind};
+
+	s->ctrl_busy |= 1u << i;
+	tern__session_send_flags(s, 2 * s->n + i, &h, TERN_SEND_CONFIRM);
+}
+
 static void send_credit_msg(tern_session *s)
 {
-	struct tern_hdr h = {.kind = TERN_MSG_CREDIT};
 	uint32_t i;
 
-	for (i = 0; i < TERN_CTRL_SLOTS; i++)
+	for (i = 0; i < TERN_CTRL_CREDITS; i++)
 		if (!(s->ctrl_busy & (1u << i)))
 			break;
-	if (i == TERN_CTRL_SLOTS)
+	if (i == TERN_CTRL_CREDITS)
 		return; /* both in flight; send_done will try again */
-	s->ctrl_busy |= 1u << i;
 	tern_credits_take_credit_msg(&s->cr);
 	s->cnt.credit_msgs_sent++;
-	/* Only two control slots: have them back as soon as they are out. */
-	tern__session_send_flags(s, 2 * s->n + i, &h, TERN_SEND_CONFIRM);
+	send_ctrl(s, i, TERN_MSG_CREDIT);
 }
 
 /* Credits owed to a peer that has gone quiet this long go back anyway. */
@@ -266,7 +272,17 @@ void tern__session_flush_dirty(tern_ctx *ctx)
 		tern_session *s = tern_container_of(ctx->dirty.next, tern_session, dirty);
 
 		tern_list_del(&s->dirty);
-		if (s->state != TERN_S_READY || !s->cr.to_return)
+		if (s->state != TERN_S_READY)
+			continue;
+		if (tern_credits_want_ack(&s->cr)) {
+			/* The peer spent its control credits: give them back
+			 * (with whatever else is owed), or once the slot is free. */
+			if (!(s->ctrl_busy & (1u << TERN_ACK_SLOT)))
+				send_ctrl(s, TERN_ACK_SLOT, TERN_MSG_CTRL_ACK);
+			continue;
+		}
+		/* No control credit: the peer's ACK or next message brings one. */
+		if (!s->cr.to_return || !s->cr.ctrl_tx)
 			continue;
 		if (tern_credits_want_credit_msg(&s->cr)) {
 			send_credit_msg(s);
@@ -274,7 +290,7 @@ void tern__session_flush_dirty(tern_ctx *ctx)
 		}
 		if (!now)
 			now = tern__now_ns();
-		if (now - s->last_rx_ns >= TERN_CREDIT_IDLE_NS && s->cr.ctrl_tx > 0) {
+		if (now - s->last_rx_ns >= TERN_CREDIT_IDLE_NS) {
 			send_credit_msg(s);
 			continue;
 		}
@@ -587,12 +603,15 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 		s->cnt.credit_msgs_received++;
 		tern__session_repost(s, token);
 		break;
+	case TERN_MSG_CTRL_ACK:
+		tern__session_repost(s, token);
+		break;
 	}
 	if (s->state != TERN_S_READY)
 		return;
 	if (h.credits)
 		tern__client_kick(s);
-	if (s->cr.to_return)
+	if (s->cr.to_return || tern_credits_want_ack(&s->cr))
 		tern__session_mark_dirty(s);
 }
 
@@ -606,7 +625,7 @@ static void ev_send_done(struct tern_conn *c, uint32_t slot)
 		tern__serve_reply_slot_free(s, slot - s->n);
 	} else if (slot < 2 * s->n + TERN_CTRL_SLOTS) {
 		s->ctrl_busy &= ~(1u << (slot - 2 * s->n));
-		if (s->cr.to_return)
+		if (s->cr.to_return || tern_credits_want_ack(&s->cr))
 			tern__session_mark_dirty(s);
 	}
 }

@@ -79,6 +79,7 @@ int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_cou
 		}
 		break;
 	case TERN_MSG_CREDIT:
+	case TERN_MSG_CTRL_ACK:
 		if (h->len != 0) {
 			*why = "credit message with a payload";
 			return TERN_EPEER;

@@ -18,17 +18,18 @@
 #include "tern/transport.h"
 
 #define TERN_WIRE_MAGIC	  0x4e524554u /* "TERN" read as a little-endian u32 */
-#define TERN_WIRE_VERSION 1
+#define TERN_WIRE_VERSION 2
 #define TERN_HDR_SIZE	  32
 #define TERN_ERRMSG_MAX	  200 /* bytes of message an error reply carries */
 
 enum tern_msg_kind {
-	TERN_MSG_REQ = 1,    /* a call; consumes one of the sender's credits */
-	TERN_MSG_REP = 2,    /* a successful reply; lands in a receive the caller reserved */
-	TERN_MSG_ERR = 3,    /* a failed reply: status + short message */
-	TERN_MSG_CREDIT = 4, /* returns credits when there is no reply to carry them */
-	TERN_MSG_ONEWAY = 5, /* a message with no reply; consumes one of the sender's credits */
-	TERN_MSG_KIND_MAX = 5,
+	TERN_MSG_REQ = 1,      /* a call; consumes one of the sender's credits */
+	TERN_MSG_REP = 2,      /* a successful reply; lands in a receive the caller reserved */
+	TERN_MSG_ERR = 3,      /* a failed reply: status + short message */
+	TERN_MSG_CREDIT = 4,   /* returns credits when there is no reply to carry them */
+	TERN_MSG_ONEWAY = 5,   /* a message with no reply; consumes one of the sender's credits */
+	TERN_MSG_CTRL_ACK = 6, /* returns all control credits to a peer that spent them */
+	TERN_MSG_KIND_MAX = 6,
 };
 
 /*

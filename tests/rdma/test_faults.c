@@ -435,6 +435,136 @@ static void test_hostile_peer_credits_it_never_owed(void **state)
 	free(h);
 }
 
+static void test_hostile_peer_control_ack_out_of_turn(void **state)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+	/* an ACK returns control credits the server never spent */
+	struct tern_hdr r = {.kind = TERN_MSG_CTRL_ACK};
+	(void)state;
+	add_msg(h, &r, TERN_HDR_SIZE);
+	expect_protocol_error(h);
+	free(h);
+}
+
+/*
+ * A consumer that returns credits in pieces and never sends anything else:
+ * the raw verbs peer takes H_COUNT one-way messages, returns one credit per
+ * credit message until its two control credits are spent, and can return
+ * the rest only after tern sends the control ACK.  Without the ACK, the
+ * producer's tern_session_drain() would wait forever.
+ */
+struct piecemeal {
+	struct vp_opts o;
+	struct vp_endpoint ep;
+	int rc;
+	int oneways, acks;
+	uint32_t seq;
+};
+
+/* The next message tern sent us (re-posting its receive), or -errno. */
+static int piecemeal_recv(struct piecemeal *p, struct tern_hdr *h)
+{
+	struct ibv_wc wc;
+
+	for (;;) {
+		int n = vp_poll_one(&p->ep, &wc, 10000);
+
+		if (n != 1 || wc.status != IBV_WC_SUCCESS)
+			return -EIO;
+		if (wc.opcode != IBV_WC_RECV)
+			continue; /* our sends */
+		tern_hdr_decode(p->ep.buf + wc.wr_id * H_SLOT, h);
+		return vp_post_recv(&p->ep, wc.wr_id * H_SLOT, H_SLOT, wc.wr_id);
+	}
+}
+
+static int piecemeal_credit(struct piecemeal *p, uint16_t credits)
+{
+	struct tern_hdr c = {.kind = TERN_MSG_CREDIT, .credits = credits, .seq = p->seq++};
+
+	tern_hdr_encode(p->ep.buf + 8 * H_SLOT, &c);
+	return vp_post_send(&p->ep, 8 * H_SLOT, TERN_HDR_SIZE, 0, 0);
+}
+
+static void *piecemeal_thread(void *arg)
+{
+	struct piecemeal *p = arg;
+	struct tern_hdr h;
+
+	if ((p->rc = vp_connect(&p->o, &p->ep, 8, H_SLOT)))
+		return NULL;
+	while (p->oneways < H_COUNT) {
+		if ((p->rc = piecemeal_recv(p, &h)))
+			return NULL;
+		p->oneways += h.kind == TERN_MSG_ONEWAY;
+	}
+	/* two credit messages, one credit each: no control credit left */
+	if ((p->rc = piecemeal_credit(p, 1)) || (p->rc = piecemeal_credit(p, 1)))
+		return NULL;
+	do {
+		if ((p->rc = piecemeal_recv(p, &h)))
+			return NULL; /* no ACK: the rest is stranded */
+	} while (h.kind != TERN_MSG_CTRL_ACK);
+	p->acks++;
+	if (h.ctrl_credits != 2) {
+		p->rc = -EPROTO;
+		return NULL;
+	}
+	p->rc = piecemeal_credit(p, H_COUNT - 2);
+	return NULL;
+}
+
+static tern_session *accepted;
+
+static void on_accept(tern_listener *l, tern_session *s, int status)
+{
+	(void)l;
+	if (!status)
+		accepted = s;
+}
+
+static void test_a_silent_producer_sends_the_control_ack(void **state)
+{
+	struct tern_session_opts so = {
+		.size = sizeof(so), .slot_size = H_SLOT, .slot_count = H_COUNT};
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	struct tern_hello hello = {
+		.version = TERN_WIRE_VERSION, .slot_size = H_SLOT, .slot_count = H_COUNT};
+	struct piecemeal *p = calloc(1, sizeof(*p));
+	uint8_t hs[40], msg[16] = {0};
+	tern_listener *l;
+	tern_ctx *ctx;
+	pthread_t t;
+	double t0;
+
+	(void)state;
+	accepted = NULL;
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_listen(ctx, fx_listen_uri(), &so, on_accept, &l), 0);
+	tern_hello_encode(hs, &hello);
+	vp_opts_init(&p->o);
+	p->o.port = (uint16_t)tern_listener_port(l);
+	p->o.buf_len = 9 * H_SLOT;
+	p->o.private_data = hs;
+	p->o.private_data_len = sizeof(hs);
+	pthread_create(&t, NULL, piecemeal_thread, p);
+	for (t0 = now_s(); !accepted && now_s() - t0 < 20;)
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	assert_non_null(accepted);
+	/* the accepted end produces: every credit, then silence */
+	for (int i = 0; i < H_COUNT; i++)
+		assert_int_equal(tern_send(accepted, M_HOLD, msg, sizeof(msg), NULL, NULL), 0);
+	assert_int_equal(tern_send(accepted, M_HOLD, msg, sizeof(msg), NULL, NULL), -EAGAIN);
+	assert_int_equal(tern_session_drain(accepted, 15000), 0);
+	pthread_join(t, NULL);
+	assert_int_equal(p->rc, 0);
+	assert_int_equal(p->oneways, H_COUNT);
+	assert_int_equal(p->acks, 1);
+	vp_endpoint_close(&p->ep);
+	tern_ctx_destroy(ctx);
+	free(p);
+}
+
 /* ---- refused and failed connections ------------------------------------------ */
 
 static void test_connect_to_a_port_with_no_listener_is_a_clean_error(void **state)
@@ -606,6 +736,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_peer_request_without_credit),
 		cmocka_unit_test(test_hostile_peer_reply_to_no_call),
 		cmocka_unit_test(test_hostile_peer_credits_it_never_owed),
+		cmocka_unit_test(test_hostile_peer_control_ack_out_of_turn),
+		cmocka_unit_test(test_a_silent_producer_sends_the_control_ack),
 		cmocka_unit_test(test_connect_to_a_port_with_no_listener_is_a_clean_error),
 		cmocka_unit_test(test_geometry_mismatch_is_refused_on_both_sides),
 		cmocka_unit_test(test_schema_mismatch_is_refused_on_both_sides),

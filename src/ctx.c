@@ -38,14 +38,33 @@ const char *tern_ctx_last_error(tern_ctx *ctx)
 	return ctx ? ctx->last_error : "";
 }
 
-int tern__transport_get(tern_ctx *ctx, const char *scheme, struct tern_tp **out)
+/* Does @u have the form its provider takes?  0, or -EINVAL with a message. */
+static int uri_form_check(tern_ctx *ctx, const struct tern_transport_ops *ops,
+			  const struct tern_uri *u)
+{
+	if (ops->uri_form == TERN_URI_HOST_PORT && !u->has_port) {
+		tern__set_error(ctx, "%s://%s needs a port (%s://host:port)", u->scheme, u->host,
+				u->scheme);
+		return -EINVAL;
+	}
+	if (ops->uri_form == TERN_URI_NAME && u->has_port) {
+		tern__set_error(ctx, "%s:// takes a name and no port (%s://name)", u->scheme,
+				u->scheme);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int tern__transport_get(tern_ctx *ctx, const struct tern_uri *u, struct tern_tp **out)
 {
 	for (int i = 0; i < ctx->ntp; i++) {
 		struct tern_tp *tp = &ctx->tp[i];
 		int rc;
 
-		if (strcmp(tp->ops->scheme, scheme) != 0)
+		if (strcmp(tp->ops->scheme, u->scheme) != 0)
 			continue;
+		if ((rc = uri_form_check(ctx, tp->ops, u)))
+			return rc;
 		if (!tp->t) {
 			/* Per-context provider state is made on first use, so a
 			 * context that never touches rdma:// never opens a device. */
@@ -58,7 +77,15 @@ int tern__transport_get(tern_ctx *ctx, const char *scheme, struct tern_tp **out)
 		*out = tp;
 		return 0;
 	}
-	tern__set_error(ctx, "unknown URI scheme '%s'", scheme);
+	{
+		char known[64] = "";
+		size_t n = 0;
+
+		for (int i = 0; i < ctx->ntp && n < sizeof(known); i++)
+			n += (size_t)snprintf(known + n, sizeof(known) - n, "%s%s", i ? ", " : "",
+					      ctx->tp[i].ops->scheme);
+		tern__set_error(ctx, "unknown URI scheme '%s' (known: %s)", u->scheme, known);
+	}
 	return -EPROTONOSUPPORT;
 }
 

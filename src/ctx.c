@@ -15,6 +15,7 @@
 static const struct tern_transport_ops *const builtin_transports[] = {
 	&tern_verbs_transport,
 	&tern_shm_transport,
+	&tern_tcp_transport,
 };
 
 uint64_t tern__now_ns(void)

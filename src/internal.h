@@ -25,6 +25,7 @@
 /* The providers built into this library (transport/<name>/). */
 extern const struct tern_transport_ops tern_verbs_transport;
 extern const struct tern_transport_ops tern_shm_transport;
+extern const struct tern_transport_ops tern_tcp_transport;
 
 /* Intrusive doubly linked list. */
 struct tern_list {

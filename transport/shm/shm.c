@@ -1008,6 +1008,17 @@ static void server_on_hello(struct sconn *c)
 		conn_close(c); /* gone before saying anything: nobody to tell */
 		return;
 	}
+	/*
+	 * Another user's process: refuse it before looking at what it sent.
+	 * Only now, with its HELLO read: a Unix socket closed with unread
+	 * data resets the peer, which would then never read our REFUSE.
+	 */
+	if ((rc = peer_check(c->sock, NULL))) {
+		close_fds(fds, &nfds);
+		send_refusal(c->sock, rc, NULL, 0);
+		conn_close(c);
+		return;
+	}
 	if (n < 0 || m.type != SHM_MSG_HELLO || nfds != 1 || !fd_is_eventfd(fds[0]) ||
 	    shm_geom_init(&c->g, m.slot_size, m.nslots)) {
 		close_fds(fds, &nfds);
@@ -1234,11 +1245,8 @@ static void listener_cb(uv_poll_t *h, int status, int events)
 
 		if (fd < 0)
 			return; /* EAGAIN, or a connection that died in the backlog */
-		if (peer_check(fd, &pid)) {
-			send_refusal(fd, -EACCES, NULL, 0);
-			close(fd);
-			continue;
-		}
+		/* Who it is gets checked at HELLO (see server_on_hello()). */
+		(void)peer_check(fd, &pid);
 		c = conn_new(t, true);
 		if (!c) {
 			close(fd);
@@ -1270,7 +1278,6 @@ static void listener_closed(uv_handle_t *h)
 {
 	struct slistener *l = h->data;
 
-	close(l->fd);
 	l->t->open_handles--;
 	free(l);
 }
@@ -1348,7 +1355,11 @@ static void shm_listener_close(struct tern_tlistener *tl)
 		conn_close(link_entry(l->pending.next, struct sconn, link));
 	if (l->path[0])
 		unlink(l->path);
+	/* Release the name now, not a loop turn later, so it can be listened
+	 * on again at once; libuv allows closing the fd once polling stopped. */
 	uv_poll_stop(&l->poll);
+	close(l->fd);
+	l->fd = -1;
 	uv_close((uv_handle_t *)&l->poll, listener_closed);
 }
 
@@ -1405,7 +1416,10 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 	} else {
 		msg_init(&m, SHM_MSG_HELLO, 0, &c->g, hs, hs_len);
 		m.seg_size = 0;
-		if ((rc = msg_send(fd, &m, &c->bell_in, 1)))
+		rc = msg_send(fd, &m, &c->bell_in, 1);
+		/* A server that refused us at once (say, our uid) may have
+		 * closed already: its REFUSE still waits in our queue. */
+		if (rc && rc != -EPIPE && rc != -ECONNRESET)
 			c->pending_err = rc;
 	}
 	uv_timer_start(&c->timer, conn_timer_cb, c->pending_err ? 0 : p->connect_timeout_ms, 0);

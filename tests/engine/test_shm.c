@@ -593,11 +593,17 @@ static _Atomic uint32_t *word(struct hostile *h, int dir, enum shm_ctl w)
 	return shm_dir_word(h->seg, &h->g, dir, w);
 }
 
-static void put_desc(struct hostile *h, uint32_t i, uint32_t slot, uint32_t len)
+static void put_desc_ret(struct hostile *h, uint32_t i, uint32_t slot, uint32_t len, uint32_t ret)
 {
 	struct shm_desc *d = &shm_descs(h->seg, &h->g, 0)[i & (h->g.ring_size - 1)];
 	atomic_store(&d->slot, slot);
 	atomic_store(&d->len, len);
+	atomic_store(&d->ret, ret);
+}
+
+static void put_desc(struct hostile *h, uint32_t i, uint32_t slot, uint32_t len)
+{
+	put_desc_ret(h, i, slot, len, SHM_NONE);
 }
 
 /* A valid request in client slot @slot, as the engine would write it. */
@@ -633,22 +639,21 @@ static void test_hand_made_peer_is_served_when_it_plays_by_the_rules(void **stat
 	hostile_handshake(&h);
 	put_request(&h, 0, 0);
 	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
-	atomic_store(word(&h, 0, SHM_MSG_TAIL), 1);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
 	/* the reply arrives in the server->client ring */
 	end = now_s() + 5;
-	while (atomic_load(word(&h, 1, SHM_MSG_TAIL)) == 0 && now_s() < end)
+	while (atomic_load(word(&h, 1, SHM_TAIL)) == 0 && now_s() < end)
 		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
-	assert_int_equal(atomic_load(word(&h, 1, SHM_MSG_TAIL)), 1);
+	assert_int_equal(atomic_load(word(&h, 1, SHM_TAIL)), 1);
 	p = shm_slots(h.seg, &h.g, 1) +
 	    (size_t)atomic_load(&shm_descs(h.seg, &h.g, 1)[0].slot) * H_SLOT;
 	tern_hdr_decode(p, &rep);
 	assert_int_equal(rep.kind, TERN_MSG_REP);
 	assert_int_equal(rep.len, 4);
 	assert_memory_equal(p + TERN_HDR_SIZE, "ping", 4);
-	/* and the server handed our slot 0 back */
-	assert_int_equal(atomic_load(word(&h, 0, SHM_RET_TAIL)), 1);
-	assert_int_equal(atomic_load(&shm_rets(h.seg, &h.g, 0)[0]), 0);
-	assert_int_equal(atomic_load(word(&h, 0, SHM_MSG_HEAD)), 1);
+	/* and the same descriptor hands our slot 0 back */
+	assert_int_equal(atomic_load(&shm_descs(h.seg, &h.g, 1)[0].ret), 0);
+	assert_int_equal(atomic_load(word(&h, 0, SHM_HEAD)), 1);
 	hostile_finish(&h, 0.05);
 	assert_int_equal(h.reason, -ECONNRESET); /* we hung up; nothing was wrong */
 	assert_int_equal(h.cnt.protocol_errors, 0);
@@ -661,8 +666,9 @@ static void test_hostile_message_index_past_the_ring(void **state)
 	(void)state;
 	hostile_setup(&h, TERN_PROGRESS_BUSY);
 	hostile_handshake(&h);
-	atomic_store(word(&h, 0, SHM_MSG_TAIL), H_SLOTS + 1);
-	expect_epeer(&h, "message index moved");
+	/* at most 2 x nslots descriptors can ever be unread */
+	atomic_store(word(&h, 0, SHM_TAIL), 2 * H_SLOTS + 1);
+	expect_epeer(&h, "index moved by 21 (10 slots)");
 	hostile_teardown(&h);
 }
 
@@ -673,7 +679,7 @@ static void test_hostile_descriptor_slot_out_of_range(void **state)
 	hostile_setup(&h, TERN_PROGRESS_BUSY);
 	hostile_handshake(&h);
 	put_desc(&h, 0, H_SLOTS, 64);
-	atomic_store(word(&h, 0, SHM_MSG_TAIL), 1);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
 	expect_epeer(&h, "message in slot 10 of 10");
 	hostile_teardown(&h);
 }
@@ -686,7 +692,7 @@ static void test_hostile_descriptor_length_past_the_slot(void **state)
 	hostile_handshake(&h);
 	put_request(&h, 0, 0);
 	put_desc(&h, 0, 0, H_SLOT + 1);
-	atomic_store(word(&h, 0, SHM_MSG_TAIL), 1);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
 	expect_epeer(&h, "257 bytes in a 256-byte slot");
 	hostile_teardown(&h);
 }
@@ -700,7 +706,7 @@ static void test_hostile_same_slot_twice(void **state)
 	put_request(&h, 0, 0);
 	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
 	put_desc(&h, 1, 0, TERN_HDR_SIZE + 4);
-	atomic_store(word(&h, 0, SHM_MSG_TAIL), 2);
+	atomic_store(word(&h, 0, SHM_TAIL), 2);
 	expect_epeer(&h, "which we still hold");
 	hostile_teardown(&h);
 }
@@ -714,7 +720,7 @@ static void test_hostile_header_in_a_valid_descriptor(void **state)
 	hostile_handshake(&h);
 	tern_hdr_encode(shm_slots(h.seg, &h.g, 0), &r);
 	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
-	atomic_store(word(&h, 0, SHM_MSG_TAIL), 1);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
 	expect_epeer(&h, "unknown message kind");
 	hostile_teardown(&h);
 }
@@ -725,20 +731,44 @@ static void test_hostile_returns_a_slot_the_server_never_sent(void **state)
 	(void)state;
 	hostile_setup(&h, TERN_PROGRESS_BUSY);
 	hostile_handshake(&h);
-	atomic_store(&shm_rets(h.seg, &h.g, 1)[0], 3);
-	atomic_store(word(&h, 1, SHM_RET_TAIL), 1);
+	put_desc_ret(&h, 0, SHM_NONE, 0, 3);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
 	expect_epeer(&h, "returned slot 3, which it did not hold");
 	hostile_teardown(&h);
 }
 
-static void test_hostile_return_index_past_the_ring(void **state)
+static void test_hostile_returns_a_slot_twice(void **state)
+{
+	struct hostile h;
+	uint32_t served;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	/* an honest call, so the server sends (and we may return) one slot */
+	put_request(&h, 0, 0);
+	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	for (double end = now_s() + 5; !atomic_load(word(&h, 1, SHM_TAIL)) && now_s() < end;)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	served = atomic_load(&shm_descs(h.seg, &h.g, 1)[0].slot);
+	assert_true(served < H_SLOTS);
+	/* once is fine, twice is a lie */
+	put_desc_ret(&h, 1, SHM_NONE, 0, served);
+	put_desc_ret(&h, 2, SHM_NONE, 0, served);
+	atomic_store(word(&h, 0, SHM_TAIL), 3);
+	expect_epeer(&h, "which it did not hold");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_descriptor_with_nothing_in_it(void **state)
 {
 	struct hostile h;
 	(void)state;
 	hostile_setup(&h, TERN_PROGRESS_BUSY);
 	hostile_handshake(&h);
-	atomic_store(word(&h, 1, SHM_RET_TAIL), 0x80000000u);
-	expect_epeer(&h, "return index moved");
+	put_desc_ret(&h, 0, SHM_NONE, 0, SHM_NONE);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	expect_epeer(&h, "no message and no return");
 	hostile_teardown(&h);
 }
 
@@ -756,7 +786,7 @@ static void test_hostile_garbage_then_doorbell_in_event_mode(void **state)
 		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
 	assert_true(atomic_load(&shm_ctl(h.seg, &h.g, SHM_WAKE + 1)->v) & 1);
 	put_desc(&h, 0, 1000, 64);
-	atomic_store(word(&h, 0, SHM_MSG_TAIL), 1);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
 	assert_int_equal(eventfd_write(h.peer_bell, 1), 0);
 	expect_epeer(&h, "message in slot 1000");
 	hostile_teardown(&h);
@@ -783,7 +813,7 @@ enum fuzz_target {
 	FZ_MSG_TAIL,	/* a random message index */
 	FZ_DESCRIPTORS, /* random descriptors, a small valid-looking tail */
 	FZ_HEADERS,	/* valid descriptors, random slot headers and lengths */
-	FZ_RETURNS,	/* random returns, a random return index */
+	FZ_RETURNS,	/* returns of random slots (the server sent none) */
 	FZ_EVERYTHING,	/* every byte the client can reach, control area to slots */
 	FZ_TARGETS,
 };
@@ -796,11 +826,11 @@ static void fuzz_once(struct hostile *h, enum fuzz_target what)
 
 	switch (what) {
 	case FZ_MSG_TAIL:
-		atomic_store(word(h, 0, SHM_MSG_TAIL), rnd() | 1);
+		atomic_store(word(h, 0, SHM_TAIL), rnd() | 1);
 		break;
 	case FZ_DESCRIPTORS:
 		scribble(seg + g->desc_off[0], g->ring_size * sizeof(struct shm_desc));
-		atomic_store(word(h, 0, SHM_MSG_TAIL), k);
+		atomic_store(word(h, 0, SHM_TAIL), k);
 		break;
 	case FZ_HEADERS:
 		for (uint32_t i = 0; i < k; i++) {
@@ -809,11 +839,12 @@ static void fuzz_once(struct hostile *h, enum fuzz_target what)
 			slot[1] |= 1; /* flags: never valid, so the outcome is certain */
 			put_desc(h, i, i, rnd() % (H_SLOT + 1));
 		}
-		atomic_store(word(h, 0, SHM_MSG_TAIL), k);
+		atomic_store(word(h, 0, SHM_TAIL), k);
 		break;
 	case FZ_RETURNS:
-		scribble(seg + g->ret_off[1], g->ring_size * sizeof(uint32_t));
-		atomic_store(word(h, 1, SHM_RET_TAIL), rnd() | 1);
+		for (uint32_t i = 0; i < k; i++)
+			put_desc_ret(h, i, SHM_NONE, 0, rnd());
+		atomic_store(word(h, 0, SHM_TAIL), k);
 		break;
 	case FZ_EVERYTHING:
 		scribble(seg + g->ctl_off, g->size - g->ctl_off);
@@ -1175,7 +1206,7 @@ static void test_hostile_server_scribbles_on_the_clients_ring(void **state)
 	assert_non_null(hs.s);
 	/* READY came back */
 	assert_int_equal(run_until_readable(hs.ctx, hs.sock, 5), 0);
-	atomic_store(shm_dir_word(hs.seg, &hs.g, 1, SHM_MSG_TAIL), 7);
+	atomic_store(shm_dir_word(hs.seg, &hs.g, 1, SHM_TAIL), 7);
 	for (uint32_t i = 0; i < 7; i++) {
 		atomic_store(&shm_descs(hs.seg, &hs.g, 1)[i].slot, i);
 		atomic_store(&shm_descs(hs.seg, &hs.g, 1)[i].len, 0xfffffff0u);
@@ -1357,7 +1388,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_same_slot_twice),
 		cmocka_unit_test(test_hostile_header_in_a_valid_descriptor),
 		cmocka_unit_test(test_hostile_returns_a_slot_the_server_never_sent),
-		cmocka_unit_test(test_hostile_return_index_past_the_ring),
+		cmocka_unit_test(test_hostile_returns_a_slot_twice),
+		cmocka_unit_test(test_hostile_descriptor_with_nothing_in_it),
 		cmocka_unit_test(test_hostile_garbage_then_doorbell_in_event_mode),
 		cmocka_unit_test(test_fuzz_random_bytes_into_the_segment_are_rejected_safely),
 		cmocka_unit_test(test_hostile_hello_bad_magic),

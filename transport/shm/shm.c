@@ -101,6 +101,8 @@ struct shm_tctx {
 	 * poll), so upcalls that close connections cannot break the walk.
 	 */
 	struct shm_link up;
+	int doorbells_owed; /* up connections with a deferred doorbell check */
+	int in_poll;	    /* inside our own poll loop: returns go out on the way out */
 	int open_handles;
 };
 
@@ -151,25 +153,19 @@ struct sconn {
 
 	/* Sending: direction `server` (0: client->server). */
 	struct shm_desc *tx_desc;
-	_Atomic uint32_t *tx_rets;
-	_Atomic uint32_t *tx_msg_tail; /* ours, published */
-	_Atomic uint32_t *tx_msg_head; /* the peer's */
-	_Atomic uint32_t *tx_ret_tail; /* the peer's */
-	_Atomic uint32_t *tx_ret_head; /* ours, published */
-	uint32_t tx_tail;	       /* descriptors we wrote */
-	uint32_t tx_head_seen;	       /* the peer's msg_head when we last looked */
-	uint32_t tx_ret_head_l;	       /* returns we consumed */
+	_Atomic uint32_t *tx_tail_w; /* our tail, published */
+	_Atomic uint32_t *tx_head_r; /* the peer's head */
+	uint32_t tx_tail;	     /* descriptors we wrote */
+	uint32_t tx_head_seen;	     /* the peer's head when we last looked */
+	uint32_t *rets;		     /* the peer's slots the engine gave back, not yet told */
+	uint32_t nrets;
+	bool rets_waited; /* ...and they have waited through a whole poll() */
 
 	/* Receiving: the other direction. */
 	struct shm_desc *rx_desc;
-	_Atomic uint32_t *rx_rets;
-	_Atomic uint32_t *rx_msg_tail; /* the peer's */
-	_Atomic uint32_t *rx_msg_head; /* ours, published */
-	_Atomic uint32_t *rx_ret_tail; /* ours, published */
-	_Atomic uint32_t *rx_ret_head; /* the peer's */
-	uint32_t rx_head;	       /* descriptors we consumed */
-	uint32_t rx_ret_tail_l;	       /* returns we wrote */
-	uint32_t rx_ret_head_seen;     /* the peer's ret_head when we last looked */
+	_Atomic uint32_t *rx_tail_r; /* the peer's tail */
+	_Atomic uint32_t *rx_head_w; /* our head, published */
+	uint32_t rx_head;	     /* descriptors we consumed */
 	uint8_t *rx_slots;
 
 	/* Doorbells: see conn_arm(). */
@@ -177,6 +173,7 @@ struct sconn {
 	_Atomic uint32_t *wake_peer;
 	uint32_t wake_seq;  /* our epoch: odd while we may sleep */
 	uint32_t peer_rung; /* the peer epoch we last rang for */
+	bool doorbell_owed; /* published in polled mode; the check waits for poll() */
 };
 
 #define T(x) ((struct shm_tctx *)(x))
@@ -442,6 +439,7 @@ static void conn_free(struct sconn *c)
 	if (c->seg)
 		munmap(c->seg, c->g.size);
 	free(c->slot_state);
+	free(c->rets);
 	c->base.send_base = NULL;
 	if (c->engine_knows)
 		t->ev->closed(&c->base);
@@ -568,20 +566,15 @@ static int conn_map_views(struct sconn *c)
 	const struct shm_geom *g = &c->g;
 
 	c->slot_state = calloc(g->nslots, 1);
-	if (!c->slot_state)
+	c->rets = calloc(g->nslots, sizeof(*c->rets)); /* a slot is held once at a time */
+	if (!c->slot_state || !c->rets)
 		return -ENOMEM;
 	c->tx_desc = shm_descs(seg, g, tx);
-	c->tx_rets = shm_rets(seg, g, tx);
-	c->tx_msg_tail = shm_dir_word(seg, g, tx, SHM_MSG_TAIL);
-	c->tx_msg_head = shm_dir_word(seg, g, tx, SHM_MSG_HEAD);
-	c->tx_ret_tail = shm_dir_word(seg, g, tx, SHM_RET_TAIL);
-	c->tx_ret_head = shm_dir_word(seg, g, tx, SHM_RET_HEAD);
+	c->tx_tail_w = shm_dir_word(seg, g, tx, SHM_TAIL);
+	c->tx_head_r = shm_dir_word(seg, g, tx, SHM_HEAD);
 	c->rx_desc = shm_descs(seg, g, rx);
-	c->rx_rets = shm_rets(seg, g, rx);
-	c->rx_msg_tail = shm_dir_word(seg, g, rx, SHM_MSG_TAIL);
-	c->rx_msg_head = shm_dir_word(seg, g, rx, SHM_MSG_HEAD);
-	c->rx_ret_tail = shm_dir_word(seg, g, rx, SHM_RET_TAIL);
-	c->rx_ret_head = shm_dir_word(seg, g, rx, SHM_RET_HEAD);
+	c->rx_tail_r = shm_dir_word(seg, g, rx, SHM_TAIL);
+	c->rx_head_w = shm_dir_word(seg, g, rx, SHM_HEAD);
 	c->rx_slots = shm_slots(seg, g, rx);
 	c->wake_me = &shm_ctl(seg, g, SHM_WAKE + tx)->v;
 	c->wake_peer = &shm_ctl(seg, g, SHM_WAKE + rx)->v;
@@ -608,6 +601,9 @@ static int conn_map_views(struct sconn *c)
  *                         check the rings, then sleep in epoll
  *   sender (post_*):      tail = t    (seq_cst store)
  *                         w = wake    (seq_cst load); odd: ring
+ *                         (in polled mode: a release store, and a seq_cst
+ *                         fence before the load, in the next poll(); see
+ *                         publish())
  *
  * All of these are in the one total order of seq_cst operations.  If the
  * sender's tail store comes first, the receiver's check, after its fence,
@@ -623,7 +619,8 @@ static int conn_map_views(struct sconn *c)
  */
 static void ring_peer(struct sconn *c)
 {
-	/* seq_cst: ordered after the tail store the caller just made. */
+	/* seq_cst: ordered after the tail store the caller just made (or,
+	 * from settle_doorbells(), after its fence). */
 	uint32_t w = atomic_load_explicit(c->wake_peer, memory_order_seq_cst);
 
 	if ((w & 1) && w != c->peer_rung) {
@@ -633,27 +630,74 @@ static void ring_peer(struct sconn *c)
 	}
 }
 
-/* Hand the engine's send slot @slot of @len bytes to the peer. */
-static int shm_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len)
+/*
+ * Publish one of our indices and make sure a sleeping peer hears of it.
+ *
+ * Event mode: a seq_cst store, then ring_peer() at once, as above.
+ *
+ * Polled mode: we are spinning, so the check can wait for our next poll():
+ * a release store now (a plain mov on x86, which keeps the store buffer
+ * flowing: the slot bytes, a return and a descriptor of one reply drain
+ * together instead of stalling on a locked instruction between them), and
+ * settle_doorbells() issues one seq_cst fence for every index published
+ * since, then looks at the peers' wake words.  The fence plays the role of
+ * the seq_cst store in the handshake: with fences on both sides this is
+ * the store-buffering pattern, whose "neither sees the other" outcome C11
+ * forbids.  set_mode() settles before it leaves polled mode.
+ */
+static void publish(struct sconn *c, _Atomic uint32_t *word, uint32_t v)
 {
-	struct sconn *c = C(bc);
+	if (c->t->mode == TERN_TRANSPORT_EVENTS) {
+		atomic_store_explicit(word, v, memory_order_seq_cst);
+		ring_peer(c);
+		return;
+	}
+	/* Release: whatever the index announces is visible before it. */
+	atomic_store_explicit(word, v, memory_order_release);
+	if (!c->doorbell_owed) {
+		c->doorbell_owed = true;
+		c->t->doorbells_owed++;
+	}
+}
+
+static void settle_doorbells(struct shm_tctx *t)
+{
+	if (!t->doorbells_owed)
+		return;
+	/* Orders every release store publish() made before the loads below. */
+	atomic_thread_fence(memory_order_seq_cst);
+	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (!c->doorbell_owed)
+			continue;
+		c->doorbell_owed = false;
+		if (c->state == SC_UP)
+			ring_peer(c);
+	}
+	t->doorbells_owed = 0;
+}
+
+/*
+ * Write one descriptor at our tail; publish() makes it visible.  Return: 0,
+ * or TERN_EPEER when the peer claims the ring is full, which credits make
+ * impossible for an honest one.
+ */
+static int desc_put(struct sconn *c, uint32_t slot, uint32_t len, uint32_t ret)
+{
 	uint32_t pos = c->tx_tail;
 	struct shm_desc *d;
 
-	if (c->state != SC_UP)
-		return -ENOTCONN;
-	if (slot >= c->g.nslots || len > c->g.slot_size || (c->slot_state[slot] & SLOT_SENT))
-		return -EINVAL;
 	if (pos - c->tx_head_seen >= c->g.ring_size) {
 		/*
 		 * The ring looks full: see how far the receiver really got.
-		 * Acquire pairs with its release of msg_head in poll_msgs():
-		 * its reads of the entries we are about to reuse are done.
+		 * Acquire pairs with its release of head in poll_ring(): its
+		 * reads of the entries we are about to reuse are done.
 		 */
-		uint32_t head = atomic_load_explicit(c->tx_msg_head, memory_order_acquire);
+		uint32_t head = atomic_load_explicit(c->tx_head_r, memory_order_acquire);
 
-		/* Credits leave at most nslots <= ring_size messages unread;
-		 * a head that says otherwise is a lie. */
+		/* At most 2 * nslots <= ring_size descriptors are ever unread
+		 * (shm_layout.h); a head that says otherwise is a lie. */
 		if (pos - head >= c->g.ring_size)
 			return TERN_EPEER;
 		c->tx_head_seen = head;
@@ -661,16 +705,51 @@ static int shm_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len)
 	d = &c->tx_desc[pos & (c->g.ring_size - 1)];
 	atomic_store_explicit(&d->slot, slot, memory_order_relaxed);
 	atomic_store_explicit(&d->len, len, memory_order_relaxed);
-	c->slot_state[slot] |= SLOT_SENT;
+	atomic_store_explicit(&d->ret, ret, memory_order_relaxed);
 	c->tx_tail = pos + 1;
-	/*
-	 * Publish.  Release: the slot's bytes (the engine wrote them) and the
-	 * descriptor are visible before the tail that announces them.
-	 * seq_cst, beyond release: this store and ring_peer()'s load are the
-	 * sender's half of the doorbell handshake (above).
-	 */
-	atomic_store_explicit(c->tx_msg_tail, c->tx_tail, memory_order_seq_cst);
-	ring_peer(c);
+	return 0;
+}
+
+/* Tell the peer about every slot of its we are done with, in descriptors
+ * of their own: there was no message to carry them. */
+static int flush_rets(struct sconn *c)
+{
+	int rc = 0;
+
+	if (!c->nrets || c->state != SC_UP)
+		return 0;
+	while (c->nrets && !(rc = desc_put(c, SHM_NONE, 0, c->rets[c->nrets - 1])))
+		c->nrets--;
+	c->rets_waited = false;
+	/* Release: the engine's reads of those slots happen before the
+	 * peer sees them returned and lets its engine rewrite them. */
+	publish(c, c->tx_tail_w, c->tx_tail);
+	return rc;
+}
+
+/* Hand the engine's send slot @slot of @len bytes to the peer. */
+static int shm_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len)
+{
+	struct sconn *c = C(bc);
+	uint32_t ret = SHM_NONE;
+	int rc;
+
+	if (c->state != SC_UP)
+		return -ENOTCONN;
+	if (slot >= c->g.nslots || len > c->g.slot_size || (c->slot_state[slot] & SLOT_SENT))
+		return -EINVAL;
+	/* A slot the engine gave back rides along for free. */
+	if (c->nrets)
+		ret = c->rets[--c->nrets];
+	if ((rc = desc_put(c, slot, len, ret)))
+		return rc;
+	if (!c->nrets)
+		c->rets_waited = false;
+	c->slot_state[slot] |= SLOT_SENT;
+	/* The slot's bytes (the engine wrote them), the descriptor, and the
+	 * reads of any slot it returns are ordered before the tail that
+	 * announces them; see publish(). */
+	publish(c, c->tx_tail_w, c->tx_tail);
 	return 0;
 }
 
@@ -678,32 +757,21 @@ static int shm_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len)
 static int shm_post_recv(struct tern_conn *bc, uint32_t token)
 {
 	struct sconn *c = C(bc);
-	uint32_t pos = c->rx_ret_tail_l;
 
 	if (c->state != SC_UP)
 		return -ENOTCONN;
 	if (token >= c->g.nslots || !(c->slot_state[token] & SLOT_HELD))
 		return -EINVAL;
-	if (pos - c->rx_ret_head_seen >= c->g.ring_size) {
-		/* Acquire pairs with the sender's release of ret_head in
-		 * poll_returns(): it has read the entries we reuse. */
-		uint32_t head = atomic_load_explicit(c->rx_ret_head, memory_order_acquire);
-
-		/* At most nslots returns can be unread, as for descriptors. */
-		if (pos - head >= c->g.ring_size)
-			return TERN_EPEER;
-		c->rx_ret_head_seen = head;
-	}
 	c->slot_state[token] &= ~SLOT_HELD;
-	atomic_store_explicit(&c->rx_rets[pos & (c->g.ring_size - 1)], token, memory_order_relaxed);
-	c->rx_ret_tail_l = pos + 1;
+	c->rets[c->nrets++] = token; /* at most nslots: each was held once */
 	/*
-	 * Release: every read the engine made of the slot happens before the
-	 * sender sees it returned and lets its engine rewrite it.  seq_cst:
-	 * the doorbell handshake, as in shm_post_send().
+	 * It goes out with our next message (a reply usually follows at
+	 * once), or alone: on the way out of the current poll in event mode,
+	 * after a poll without one in polled mode (see shm_poll()), or now,
+	 * in event mode outside any poll, since nothing else will come by.
 	 */
-	atomic_store_explicit(c->rx_ret_tail, c->rx_ret_tail_l, memory_order_seq_cst);
-	ring_peer(c);
+	if (c->t->mode == TERN_TRANSPORT_EVENTS && !c->t->in_poll)
+		return flush_rets(c);
 	return 0;
 }
 
@@ -713,76 +781,28 @@ static unsigned min3(unsigned a, unsigned b, unsigned c)
 	return m < c ? m : c;
 }
 
-/* Returned slots: the peer is done reading our messages. */
-static int poll_returns(struct sconn *c, int budget)
-{
-	uint32_t slots[SHM_POLL_BATCH];
-	/*
-	 * Acquire pairs with the receiver's seq_cst store of ret_tail in
-	 * shm_post_recv(): its reads of each returned slot are done before our
-	 * engine is told it may rewrite it.
-	 */
-	uint32_t tail = atomic_load_explicit(c->tx_ret_tail, memory_order_acquire);
-	uint32_t avail = tail - c->tx_ret_head_l, n;
-	char why[96];
-
-	if (avail == 0)
-		return 0;
-	/* Each return names a distinct slot we sent: never more than nslots. */
-	if (avail > c->g.nslots) {
-		snprintf(why, sizeof(why), "shm: the peer's return index moved by %u (%u slots)",
-			 avail, c->g.nslots);
-		conn_failed(c, TERN_EPEER, why);
-		return 0;
-	}
-	n = min3(avail, (unsigned)budget, SHM_POLL_BATCH);
-	for (uint32_t i = 0; i < n; i++) {
-		uint32_t s = atomic_load_explicit(
-			&c->tx_rets[(c->tx_ret_head_l + i) & (c->g.ring_size - 1)],
-			memory_order_relaxed);
-
-		if (s >= c->g.nslots || !(c->slot_state[s] & SLOT_SENT)) {
-			snprintf(why, sizeof(why),
-				 "shm: the peer returned slot %u, which it did not hold", s);
-			conn_failed(c, TERN_EPEER, why);
-			return 0;
-		}
-		c->slot_state[s] &= ~SLOT_SENT;
-		slots[i] = s;
-	}
-	c->tx_ret_head_l += n;
-	/* Release: our reads of those entries are done before the receiver,
-	 * which reads ret_head only when its ring looks full, reuses them. */
-	atomic_store_explicit(c->tx_ret_head, c->tx_ret_head_l, memory_order_release);
-	for (uint32_t i = 0; i < n; i++) {
-		c->t->ev->send_done(&c->base, slots[i]);
-		if (c->state != SC_UP)
-			return (int)i + 1;
-	}
-	return (int)n;
-}
-
-/* New messages from the peer, handed to the engine where they lie. */
-static int poll_msgs(struct sconn *c, int budget)
+/* New descriptors from the peer: returned slots, and messages handed to
+ * the engine where they lie.  Return: how many upcalls were made. */
+static int poll_ring(struct sconn *c, int budget)
 {
 	struct {
-		uint32_t slot, len;
-	} m[SHM_POLL_BATCH];
+		uint32_t slot, len, ret;
+	} e[SHM_POLL_BATCH];
 	/*
-	 * Acquire pairs with the sender's seq_cst store of msg_tail in
-	 * shm_post_send(): the descriptors, and the slot bytes they name, are
-	 * visible before the tail that announces them.
+	 * Acquire pairs with the sender's release (or seq_cst) store of tail
+	 * in publish(): the descriptors, the slot bytes they announce, and the
+	 * sender's last reads of the slots they return happen before.
 	 */
-	uint32_t tail = atomic_load_explicit(c->rx_msg_tail, memory_order_acquire);
+	uint32_t tail = atomic_load_explicit(c->rx_tail_r, memory_order_acquire);
 	uint32_t avail = tail - c->rx_head, n;
+	int done = 0;
 	char why[96];
 
 	if (avail == 0)
 		return 0;
-	/* Each unread descriptor names a distinct slot: never more than nslots. */
-	if (avail > c->g.nslots) {
-		snprintf(why, sizeof(why), "shm: the peer's message index moved by %u (%u slots)",
-			 avail, c->g.nslots);
+	if (avail > 2 * c->g.nslots) {
+		snprintf(why, sizeof(why), "shm: the peer's index moved by %u (%u slots)", avail,
+			 c->g.nslots);
 		conn_failed(c, TERN_EPEER, why);
 		return 0;
 	}
@@ -792,49 +812,78 @@ static int poll_msgs(struct sconn *c, int budget)
 		/* Read once: the peer may rewrite the entry while we judge it. */
 		uint32_t slot = atomic_load_explicit(&d->slot, memory_order_relaxed);
 		uint32_t len = atomic_load_explicit(&d->len, memory_order_relaxed);
+		uint32_t ret = atomic_load_explicit(&d->ret, memory_order_relaxed);
 
-		if (slot >= c->g.nslots) {
+		why[0] = 0;
+		if (ret != SHM_NONE && (ret >= c->g.nslots || !(c->slot_state[ret] & SLOT_SENT)))
+			snprintf(why, sizeof(why),
+				 "shm: the peer returned slot %u, which it did not hold", ret);
+		else if (slot == SHM_NONE && (len || ret == SHM_NONE))
+			snprintf(why, sizeof(why),
+				 "shm: a descriptor with no message and no return");
+		else if (slot != SHM_NONE && slot >= c->g.nslots)
 			snprintf(why, sizeof(why), "shm: message in slot %u of %u", slot,
 				 c->g.nslots);
-		} else if (len > c->g.slot_size) {
+		else if (slot != SHM_NONE && len > c->g.slot_size)
 			snprintf(why, sizeof(why), "shm: message of %u bytes in a %u-byte slot",
 				 len, c->g.slot_size);
-		} else if (c->slot_state[slot] & SLOT_HELD) {
+		else if (slot != SHM_NONE && (c->slot_state[slot] & SLOT_HELD))
 			snprintf(why, sizeof(why), "shm: message in slot %u, which we still hold",
 				 slot);
-		} else {
-			c->slot_state[slot] |= SLOT_HELD;
-			m[i].slot = slot;
-			m[i].len = len;
-			continue;
+		if (why[0]) {
+			conn_failed(c, TERN_EPEER, why);
+			return 0;
 		}
-		conn_failed(c, TERN_EPEER, why);
-		return 0;
+		if (ret != SHM_NONE)
+			c->slot_state[ret] &= ~SLOT_SENT;
+		if (slot != SHM_NONE)
+			c->slot_state[slot] |= SLOT_HELD;
+		e[i].slot = slot;
+		e[i].len = len;
+		e[i].ret = ret;
 	}
 	c->rx_head += n;
 	/*
 	 * Release: our reads of those descriptors are done before the sender
-	 * may reuse their entries.  Published before any upcall, because the
-	 * engine may return a slot (post_recv) from inside recv(), and a
-	 * return must never overtake the head that covers its descriptor.
+	 * may reuse their entries.  Published before any upcall: the engine
+	 * may send from inside one, and the sender must see how far we got.
 	 */
-	atomic_store_explicit(c->rx_msg_head, c->rx_head, memory_order_release);
+	atomic_store_explicit(c->rx_head_w, c->rx_head, memory_order_release);
 	for (uint32_t i = 0; i < n; i++) {
-		c->t->ev->recv(&c->base, m[i].slot,
-			       c->rx_slots + (size_t)m[i].slot * c->g.slot_size, m[i].len);
-		if (c->state != SC_UP)
-			return (int)i + 1;
+		if (e[i].ret != SHM_NONE) {
+			c->t->ev->send_done(&c->base, e[i].ret);
+			done++;
+			if (c->state != SC_UP)
+				return done;
+		}
+		if (e[i].slot != SHM_NONE) {
+			c->t->ev->recv(&c->base, e[i].slot,
+				       c->rx_slots + (size_t)e[i].slot * c->g.slot_size, e[i].len);
+			done++;
+			if (c->state != SC_UP)
+				return done;
+		}
 	}
-	return (int)n;
+	return done;
 }
 
 static int conn_poll(struct sconn *c, int budget)
 {
-	int n = poll_returns(c, budget);
+	return poll_ring(c, budget);
+}
 
-	if (c->state == SC_UP && n < budget)
-		n += poll_msgs(c, budget - n);
-	return n;
+/* Event mode, leaving our own poll: returns must not wait for a next poll
+ * that a sleeping context will not make. */
+static void poll_exit(struct shm_tctx *t)
+{
+	if (--t->in_poll || t->mode != TERN_TRANSPORT_EVENTS)
+		return;
+	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (c->nrets && flush_rets(c))
+			conn_failed(c, TERN_EPEER, "shm: the peer's index says its ring is full");
+	}
 }
 
 /*
@@ -859,6 +908,8 @@ static int conn_drain(struct sconn *c)
 /* Event mode: announce that we may sleep, then look once more.  See ring_peer(). */
 static int conn_arm(struct sconn *c)
 {
+	int n;
+
 	c->wake_seq += (c->wake_seq & 1) ? 2 : 1;
 	/* seq_cst store, then a seq_cst fence: the receiver's half of the
 	 * doorbell handshake; the rings are read only after both. */
@@ -868,7 +919,10 @@ static int conn_arm(struct sconn *c)
 		uv_poll_start(&c->bell_poll, UV_READABLE, bell_cb);
 		c->bell_polling = true;
 	}
-	return conn_drain(c);
+	c->t->in_poll++;
+	n = conn_drain(c);
+	poll_exit(c->t); /* returns go out before we sleep */
+	return n;
 }
 
 /* Polled mode: we spin, nobody needs to ring. */
@@ -1468,14 +1522,33 @@ static void shm_ctx_fini(struct tern_tctx *tt)
 static int shm_poll(struct tern_tctx *tt, int budget)
 {
 	struct shm_tctx *t = T(tt);
+	struct shm_link *l;
 	int n = 0;
 
-	for (struct shm_link *l = t->up.next; l != &t->up && n < budget; l = l->next) {
+	t->in_poll++;
+	settle_doorbells(t);
+	for (l = t->up.next; l != &t->up && n < budget; l = l->next) {
 		struct sconn *c = link_entry(l, struct sconn, link);
 
 		if (c->state == SC_UP)
 			n += conn_poll(c, budget - n);
 	}
+	/*
+	 * Slots the engine gave back wait one poll for a message to ride on
+	 * (the usual case: it replies, or calls again, at once); after that
+	 * they go out alone, so a peer waiting for slots waits one spin.
+	 */
+	for (l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (!c->nrets || c->state != SC_UP)
+			continue;
+		if (!c->rets_waited)
+			c->rets_waited = true;
+		else if (flush_rets(c))
+			conn_failed(c, TERN_EPEER, "shm: the peer's index says its ring is full");
+	}
+	poll_exit(t);
 	return n;
 }
 
@@ -1484,6 +1557,7 @@ static int shm_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 	struct shm_tctx *t = T(tt);
 	int n = 0;
 
+	settle_doorbells(t); /* checks owed from polled mode, before leaving it */
 	t->mode = mode;
 	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
 		struct sconn *c = link_entry(l, struct sconn, link);

@@ -894,13 +894,20 @@ static void poll_exit(struct shm_tctx *t)
  */
 static int conn_drain(struct sconn *c)
 {
-	int total = 0, n;
+	int total = 0;
+	bool more;
 
 	do {
-		n = conn_poll(c, SHM_POLL_BATCH);
-		total += n;
-	} while (n == SHM_POLL_BATCH && c->state == SC_UP && total < SHM_WAKE_BUDGET);
-	if (n == SHM_POLL_BATCH && c->state == SC_UP && c->t->mode == TERN_TRANSPORT_EVENTS)
+		total += conn_poll(c, SHM_POLL_BATCH);
+		/*
+		 * Judge by the ring, not by the count: one descriptor can make
+		 * two upcalls (a return and a message).  Acquire, as in
+		 * poll_ring(), since the next round reads what it announces.
+		 */
+		more = c->state == SC_UP &&
+		       atomic_load_explicit(c->rx_tail_r, memory_order_acquire) != c->rx_head;
+	} while (more && total < SHM_WAKE_BUDGET);
+	if (more && c->t->mode == TERN_TRANSPORT_EVENTS)
 		(void)!eventfd_write(c->bell_in, 1);
 	return total;
 }

@@ -24,6 +24,8 @@
 
 /* The providers built into this library (transport/<name>/). */
 extern const struct tern_transport_ops tern_verbs_transport;
+extern const struct tern_transport_ops tern_shm_transport;
+extern const struct tern_transport_ops tern_tcp_transport;
 
 /* Intrusive doubly linked list. */
 struct tern_list {
@@ -210,7 +212,7 @@ struct tern_ctx {
 
 void tern__set_error(tern_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int tern__uri_parse(const char *uri, struct tern_uri *out, char *why, size_t why_len);
-int tern__transport_get(tern_ctx *ctx, const char *scheme, struct tern_tp **out);
+int tern__transport_get(tern_ctx *ctx, const struct tern_uri *u, struct tern_tp **out);
 uint64_t tern__now_ns(void);
 void tern__activity(tern_ctx *ctx);
 extern const struct tern_transport_events tern__events;

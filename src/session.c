@@ -712,7 +712,7 @@ int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts 
 	}
 	if ((rc = opts_copy(opts, &o)))
 		return rc;
-	if ((rc = tern__transport_get(ctx, u.scheme, &tp)))
+	if ((rc = tern__transport_get(ctx, &u, &tp)))
 		return rc;
 	if ((rc = tern__session_alloc(ctx, &o, &s)))
 		return rc;
@@ -825,7 +825,7 @@ int tern_listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *
 	l->opts = o;
 	l->cb = cb;
 	tern_list_init(&l->link);
-	if ((rc = tern__transport_get(ctx, u.scheme, &l->tp))) {
+	if ((rc = tern__transport_get(ctx, &u, &l->tp))) {
 		free(l);
 		return rc;
 	}

@@ -151,6 +151,16 @@ struct tern_transport_events {
 /* post_send() flags */
 #define TERN_SEND_CONFIRM 0x1u /* report send_done() for this slot promptly */
 
+/*
+ * What a provider's URIs look like.  The engine checks the form before the
+ * provider sees the URI, so "tcp://host" (no port) or "shm://bus:7" (a port
+ * on a name) is refused with a message saying what is wrong.
+ */
+enum tern_uri_form {
+	TERN_URI_HOST_PORT = 0, /* scheme://host:port; port 0 picks one when listening */
+	TERN_URI_NAME = 1,	/* scheme://name, with no port */
+};
+
 enum tern_transport_mode {
 	TERN_TRANSPORT_POLLED = 0, /* the engine calls poll(); no fds armed */
 	TERN_TRANSPORT_EVENTS = 1, /* the provider arms its fds and polls itself when woken */
@@ -158,6 +168,7 @@ enum tern_transport_mode {
 
 struct tern_transport_ops {
 	const char *scheme; /* "rdma", "shm", "tcp" */
+	enum tern_uri_form uri_form;
 
 	/* Per-context state, made when a context first uses this scheme. */
 	int (*ctx_init)(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transport_events *ev,

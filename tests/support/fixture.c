@@ -2,9 +2,11 @@
 #include "fixture.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "verbs_pair.h"
 
@@ -15,16 +17,57 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+const char *fx_transport(void)
+{
+	const char *t = getenv("TERN_TEST_TRANSPORT");
+	return t && *t ? t : "rdma";
+}
+
+bool fx_is(const char *name)
+{
+	return strcmp(fx_transport(), name) == 0;
+}
+
+static const char *rdma_addr(void)
+{
+	static char addr[64];
+	static int state; /* 0: not looked, 1: found, -1: none */
+
+	if (!state)
+		state = vp_find_addr(addr, sizeof(addr)) ? -1 : 1;
+	return state > 0 ? addr : NULL;
+}
+
 const char *fx_listen_uri(void)
 {
 	static char uri[96];
-	char addr[64];
+	static unsigned seq;
 
-	if (!uri[0]) {
-		if (vp_find_addr(addr, sizeof(addr)))
+	if (fx_is("rdma")) {
+		if (!rdma_addr())
 			return NULL;
-		snprintf(uri, sizeof(uri), "rdma://%s:0", addr);
+		snprintf(uri, sizeof(uri), "rdma://%s:0", rdma_addr());
+	} else if (fx_is("shm")) {
+		/* pid + sequence: unique across the suites meson runs in parallel */
+		snprintf(uri, sizeof(uri), "shm://tern-test-%d-%u", (int)getpid(), ++seq);
+	} else if (fx_is("tcp")) {
+		snprintf(uri, sizeof(uri), "tcp://127.0.0.1:0");
+	} else {
+		return NULL;
 	}
+	return uri;
+}
+
+const char *fx_dead_uri(void)
+{
+	static char uri[96];
+
+	if (fx_is("rdma") && rdma_addr())
+		snprintf(uri, sizeof(uri), "rdma://%s:1", rdma_addr());
+	else if (fx_is("shm"))
+		snprintf(uri, sizeof(uri), "shm://tern-test-nobody-%d", (int)getpid());
+	else
+		snprintf(uri, sizeof(uri), "tcp://127.0.0.1:1");
 	return uri;
 }
 

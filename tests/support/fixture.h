@@ -3,6 +3,10 @@
  * fixture.h - a tern context with a listener and one connected session
  * pair on it, for tests.  Both ends live on one context and one loop, so a
  * test drives the whole exchange from one thread.
+ *
+ * The provider comes from TERN_TEST_TRANSPORT: rdma (the default), shm or
+ * tcp, so one test source runs against all three (tests/meson.build
+ * registers each engine test once per provider).
  */
 #ifndef TERN_TESTS_FIXTURE_H
 #define TERN_TESTS_FIXTURE_H
@@ -20,9 +24,23 @@ struct fx {
 	char uri[160];
 };
 
-/* The base URI tests listen on: "rdma://<rdma address>:0", or NULL when the
- * host has no RDMA device (the test should exit 77). */
+/* "rdma", "shm" or "tcp": TERN_TEST_TRANSPORT, rdma when unset. */
+const char *fx_transport(void);
+
+/* Is the provider under test @name? */
+bool fx_is(const char *name);
+
+/*
+ * A URI to listen on: "rdma://<rdma address>:0", "tcp://127.0.0.1:0", or a
+ * shm name no other listener uses (each call gives a new one, unique across
+ * processes).  NULL when the provider cannot run here (no RDMA device, an
+ * unknown TERN_TEST_TRANSPORT): the test should exit 77.  The string is
+ * valid until the next call.
+ */
 const char *fx_listen_uri(void);
+
+/* A URI nobody listens on, for connection-refused tests. */
+const char *fx_dead_uri(void);
 
 /* Make a context (@progress), listen, connect with @opts on both ends. */
 int fx_setup(struct fx *f, const struct tern_session_opts *opts, enum tern_progress progress);

@@ -1299,6 +1299,7 @@ static int verbs_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 
 const struct tern_transport_ops tern_verbs_transport = {
 	.scheme = "rdma",
+	.uri_form = TERN_URI_HOST_PORT,
 	.ctx_init = verbs_ctx_init,
 	.ctx_fini = verbs_ctx_fini,
 	.listen = verbs_listen,

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: MIT
 /*
- * Faults on real verbs: deadlines and late replies, a peer process killed
- * mid-call, a hostile peer (raw verbs) sending malformed messages, refused
- * handshakes, connecting to nothing, and closing with calls pending.
+ * Faults on every provider (TERN_TEST_TRANSPORT): deadlines and late
+ * replies, a peer process killed mid-call, refused handshakes, connecting
+ * to nothing, and closing with calls pending; on rdma also a hostile peer
+ * (raw verbs) sending malformed messages.  The shm and tcp hostile peers
+ * are in test_shm.c and test_tcp.c.
  *
  * The killed peer is this same program re-executed with --hold-server, so
  * the child starts with fresh verbs state (a verbs context must not cross
- * fork()).
+ * fork()); it inherits TERN_TEST_TRANSPORT.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -105,14 +107,21 @@ static void test_deadline_times_out_reclaims_the_slot_and_drops_the_late_reply(v
 	assert_int_equal(fx_run_until(f, &old.done, 10000), 0);
 	assert_int_equal(old.status, -ETIMEDOUT);
 	assert_true(now_s() - t0 < 5.0);
-	/* The call slot is free again at once... */
-	assert_int_equal(f->cli->nfree_calls, f->cli->n);
+	/*
+	 * The call slot is free again at once... except on shm, where the
+	 * server reads the request in place, in that very slot: it comes back
+	 * when the server is done reading it, and the deferred handler still
+	 * holds it.  (The request's credit is pinned the same way on every
+	 * provider: the server has not re-posted its receive.)
+	 */
+	assert_int_equal(f->cli->nfree_calls, f->cli->n - (fx_is("shm") ? 1 : 0));
 	assert_int_equal(tern_session_counters(f->cli, &c), 0);
 	assert_int_equal(c.timeouts, 1);
 
-	/* ...and a new call takes the very same slot, with a new generation. */
+	/* ...and a new call takes the very same slot, with a new generation
+	 * (on shm the other slot). */
 	assert_int_equal(tern_call(f->cli, M_HOLD, "new", 3, fx_done_cb, &fresh, NULL), 0);
-	assert_int_equal(f->cli->calls[0].state, TERN_CALL_INFLIGHT);
+	assert_int_equal(f->cli->calls[fx_is("shm") ? 1 : 0].state, TERN_CALL_INFLIGHT);
 	run_until_held(f, 2);
 
 	/* The old request is answered now: its reply must not complete the
@@ -175,14 +184,25 @@ static int hold_server_main(void)
 	}
 }
 
+static bool killed_closed;
+static int killed_reason;
+
+static void killed_on_close(tern_session *s, int reason)
+{
+	(void)s;
+	killed_closed = true;
+	killed_reason = reason;
+}
+
 static void test_peer_killed_mid_call_resets_every_pending_call(void **state)
 {
 	struct tern_ctx_opts co = {.size = sizeof(co)};
+	struct tern_session_opts so = {.size = sizeof(so), .on_close = killed_on_close};
 	struct tern_call_opts cop = {.size = sizeof(cop), .timeout_ms = 30000};
 	char *argv[] = {"/proc/self/exe", "--hold-server", NULL};
 	struct fx_done d[5] = {0};
 	posix_spawn_file_actions_t fa;
-	char line[256], buf[4096];
+	char line[256], buf[4096] = "";
 	size_t have = 0;
 	int out[2], st, all;
 	tern_session *s;
@@ -204,8 +224,9 @@ static void test_peer_killed_mid_call_resets_every_pending_call(void **state)
 	line[strcspn(line, "\n")] = 0;
 	fcntl(out[0], F_SETFL, O_NONBLOCK);
 
+	killed_closed = false;
 	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
-	assert_int_equal(tern_connect_sync(ctx, line, NULL, 10000, &s), 0);
+	assert_int_equal(tern_connect_sync(ctx, line, &so, 10000, &s), 0);
 	for (int i = 0; i < 5; i++)
 		assert_int_equal(tern_call(s, M_HOLD, "x", 1, fx_done_cb, &d[i], &cop), 0);
 	/* Wait until the server holds all five. */
@@ -236,7 +257,12 @@ static void test_peer_killed_mid_call_resets_every_pending_call(void **state)
 	/* well within the 30 s deadline: the disconnect, not the timer, did it */
 	printf("pending calls reset %.2f s after the kill\n", now_s() - t0);
 	assert_true(now_s() - t0 < 25.0);
-	assert_int_equal(tern_session_is_ready(s), 0);
+	/* and the session ends by itself, saying why (its handle is freed
+	 * once on_close returns, so it is not touched after that) */
+	while (!killed_closed && now_s() - t0 < 30)
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	assert_true(killed_closed);
+	assert_int_equal(killed_reason, -ECONNRESET);
 	fclose(fp);
 	tern_ctx_destroy(ctx);
 }
@@ -570,15 +596,14 @@ static void test_a_silent_producer_sends_the_control_ack(void **state)
 static void test_connect_to_a_port_with_no_listener_is_a_clean_error(void **state)
 {
 	struct tern_ctx_opts co = {.size = sizeof(co)};
-	char uri[128], host[64];
 	tern_session *s = (tern_session *)1;
+	char uri[128];
 	tern_ctx *ctx;
 	double t0;
 	int rc;
 
 	(void)state;
-	sscanf(fx_listen_uri(), "rdma://%63[^:]", host);
-	snprintf(uri, sizeof(uri), "rdma://%s:1", host);
+	snprintf(uri, sizeof(uri), "%s", fx_dead_uri());
 	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
 	t0 = now_s();
 	rc = tern_connect_sync(ctx, uri, NULL, 5000, &s);
@@ -728,6 +753,12 @@ int main(int argc, char **argv)
 			test_deadline_times_out_reclaims_the_slot_and_drops_the_late_reply),
 		cmocka_unit_test(test_queued_call_times_out_in_the_queue),
 		cmocka_unit_test(test_peer_killed_mid_call_resets_every_pending_call),
+		cmocka_unit_test(test_connect_to_a_port_with_no_listener_is_a_clean_error),
+		cmocka_unit_test(test_geometry_mismatch_is_refused_on_both_sides),
+		cmocka_unit_test(test_schema_mismatch_is_refused_on_both_sides),
+		cmocka_unit_test(test_local_close_cancels_pending_calls),
+		cmocka_unit_test(test_server_closing_resets_the_clients_calls),
+		/* rdma only, from here: the hostile peer speaks raw verbs */
 		cmocka_unit_test(test_hostile_peer_short_message),
 		cmocka_unit_test(test_hostile_peer_unknown_kind),
 		cmocka_unit_test(test_hostile_peer_length_field_lies),
@@ -738,18 +769,17 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_peer_credits_it_never_owed),
 		cmocka_unit_test(test_hostile_peer_control_ack_out_of_turn),
 		cmocka_unit_test(test_a_silent_producer_sends_the_control_ack),
-		cmocka_unit_test(test_connect_to_a_port_with_no_listener_is_a_clean_error),
-		cmocka_unit_test(test_geometry_mismatch_is_refused_on_both_sides),
-		cmocka_unit_test(test_schema_mismatch_is_refused_on_both_sides),
-		cmocka_unit_test(test_local_close_cancels_pending_calls),
-		cmocka_unit_test(test_server_closing_resets_the_clients_calls),
 	};
+	/* the hostile peers at the end: raw verbs, rdma only */
+	size_t n = sizeof(tests) / sizeof(tests[0]) - (fx_is("rdma") ? 0 : 10);
 
 	if (!fx_listen_uri()) {
-		printf("SKIP: no RDMA device with an IPv4 address (set TERN_RDMA_ADDR)\n");
+		printf("SKIP: %s\n",
+		       fx_is("rdma") ? "no RDMA device with an IPv4 address (set TERN_RDMA_ADDR)"
+				     : "unknown TERN_TEST_TRANSPORT");
 		return 77;
 	}
 	if (argc > 1 && strcmp(argv[1], "--hold-server") == 0)
 		return hold_server_main();
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return _cmocka_run_group_tests(fx_transport(), tests, n, NULL, NULL);
 }

@@ -1,0 +1,1501 @@
+// SPDX-License-Identifier: MIT
+/*
+ * What only shm:// has: the zero-copy proof in two mappings of one memfd,
+ * the socket's name, directory and permissions, the peer-uid check, and a
+ * hostile peer on either side of the handshake and in the rings (targeted
+ * attacks, then random bytes into indices, descriptors and headers).  The
+ * doorbells get a cross-process stress in event and adaptive mode, where a
+ * lost wake-up would hang a call.
+ *
+ * The hostile peers speak the provider's protocol by hand, from
+ * transport/shm/shm_layout.h, in this thread: each step runs the tern loop
+ * until the raw socket has something to say.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "internal.h"
+#include "shm_layout.h"
+
+extern char **environ;
+
+#define M_ECHO	  0x300
+#define M_INPLACE 0x301
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int echo_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
+{
+	(void)r, (void)u;
+	out->base = in;
+	out->len = n;
+	return 0;
+}
+
+static void *inplace_out; /* where the inplace handler wrote its reply */
+
+static ssize_t echo_inplace(tern_req *r, const void *in, size_t n, void *out, size_t cap, void *u)
+{
+	(void)r, (void)u;
+	if (n > cap)
+		return -EMSGSIZE;
+	inplace_out = out;
+	memcpy(out, in, n);
+	return (ssize_t)n;
+}
+
+/* Run @ctx until @fd is readable; 0 or -ETIMEDOUT. */
+static int run_until_readable(tern_ctx *ctx, int fd, double timeout_s)
+{
+	double end = now_s() + timeout_s;
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+
+	while (now_s() < end) {
+		if (poll(&p, 1, 0) == 1)
+			return 0;
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	}
+	return -ETIMEDOUT;
+}
+
+static void run_until(tern_ctx *ctx, const bool *flag, double timeout_s)
+{
+	double end = now_s() + timeout_s;
+
+	while (!*flag && now_s() < end)
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+}
+
+/* ---- zero copy: the reply is read where the handler wrote it ------------------- */
+
+struct mapping {
+	uintptr_t start, end;
+	unsigned long long offset, inode;
+	char dev[16];
+	char path[256];
+};
+
+/* The /proc/self/maps line that holds @p. */
+static bool find_mapping(const void *p, struct mapping *m)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	bool found = false;
+
+	assert_non_null(f);
+	while (!found && fgets(line, sizeof(line), f)) {
+		char perms[8];
+		int pos = 0;
+
+		m->path[0] = 0;
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %7s %llx %15s %llu %n", &m->start,
+			   &m->end, perms, &m->offset, m->dev, &m->inode, &pos) < 6)
+			continue;
+		if ((uintptr_t)p >= m->start && (uintptr_t)p < m->end) {
+			snprintf(m->path, sizeof(m->path), "%s", line + pos);
+			m->path[strcspn(m->path, "\n")] = 0;
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+struct reply_seen {
+	bool done;
+	int status;
+	const void *ptr;
+	size_t len;
+	uint8_t bytes[64];
+};
+
+static void reply_seen_cb(tern_session *s, int status, const void *reply, size_t len, void *user)
+{
+	struct reply_seen *r = user;
+
+	(void)s;
+	r->done = true;
+	r->status = status;
+	r->ptr = reply;
+	r->len = len;
+	memcpy(r->bytes, reply, len < sizeof(r->bytes) ? len : sizeof(r->bytes));
+}
+
+static void test_inplace_reply_is_read_in_place_from_the_same_memfd_page(void **state)
+{
+	struct fx f;
+	struct reply_seen r = {0};
+	struct mapping mc, ms;
+	uint64_t srv_copies, cli_copies;
+
+	(void)state;
+	assert_int_equal(fx_setup(&f, NULL, TERN_PROGRESS_BUSY), 0);
+	assert_int_equal(tern_register_inplace(f.ctx, M_INPLACE, echo_inplace, NULL), 0);
+	srv_copies = f.srv->copy_bytes;
+	cli_copies = f.cli->copy_bytes;
+	inplace_out = NULL;
+	assert_int_equal(
+		tern_call(f.cli, M_INPLACE, "in place, no copy", 17, reply_seen_cb, &r, NULL), 0);
+	assert_int_equal(fx_run_until(&f, &r.done, 10000), 0);
+	assert_int_equal(r.status, 0);
+	assert_memory_equal(r.bytes, "in place, no copy", 17);
+	assert_non_null(inplace_out);
+
+	/* Two different mappings (the client's and the server's)... */
+	assert_true(find_mapping(r.ptr, &mc));
+	assert_true(find_mapping(inplace_out, &ms));
+	printf("client reads %p in %s, server wrote %p in %s\n", r.ptr, mc.path, inplace_out,
+	       ms.path);
+	assert_true(mc.start != ms.start);
+	/* ...of one memfd... */
+	assert_non_null(strstr(mc.path, "memfd:tern-shm"));
+	assert_string_equal(mc.path, ms.path);
+	assert_string_equal(mc.dev, ms.dev);
+	assert_true(mc.inode == ms.inode);
+	/* ...at the same offset in it: the caller reads the very bytes the
+	 * handler wrote. */
+	assert_true((uintptr_t)r.ptr - mc.start + mc.offset ==
+		    (uintptr_t)inplace_out - ms.start + ms.offset);
+	/* and neither engine copied a payload byte */
+	assert_int_equal(f.srv->copy_bytes, srv_copies);
+	assert_int_equal(f.cli->copy_bytes, cli_copies + 17); /* tern_call's one request copy */
+	fx_teardown(&f);
+}
+
+/* ---- the socket: abstract by default, or a private directory ------------------------- */
+
+static void echo_check(struct fx *f)
+{
+	uint8_t out[16];
+	struct tern_sync_reply rep = {.buf = out, .cap = sizeof(out)};
+
+	assert_int_equal(tern_call_sync(f->cli, M_ECHO, "ping", 4, &rep, 5000), 0);
+	assert_memory_equal(out, "ping", 4);
+}
+
+/* Is an abstract socket "@tern.shm.<name>" listening (/proc/net/unix)? */
+static bool abstract_socket_listed(const char *name)
+{
+	FILE *f = fopen("/proc/net/unix", "r");
+	char line[512], want[128];
+	bool found = false;
+
+	snprintf(want, sizeof(want), " @%s%s\n", SHM_ABSTRACT_PREFIX, name);
+	/* flags 00010000 (__SO_ACCEPTCON): the listening socket itself, not
+	 * the accepted ones, which carry its address too */
+	while (!found && fgets(line, sizeof(line), f))
+		found = strstr(line, want) && strstr(line, " 00010000 ");
+	fclose(f);
+	return found;
+}
+
+static void test_default_name_is_abstract_and_leaves_no_file(void **state)
+{
+	struct fx f;
+	char name[sizeof(f.uri)];
+
+	(void)state;
+	unsetenv("TERN_SHM_DIR");
+	assert_int_equal(fx_setup(&f, NULL, TERN_PROGRESS_BUSY), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo_raw, NULL), 0);
+	echo_check(&f);
+	snprintf(name, sizeof(name), "%s", f.uri + strlen("shm://"));
+	assert_true(abstract_socket_listed(name));
+	assert_int_equal(tern_listener_port(f.l), 0);
+	/* gone with its listener, at once, with no file to clean up */
+	tern_listener_close(f.l, NULL);
+	assert_false(abstract_socket_listed(name));
+	assert_int_equal(tern_listen(f.ctx, f.uri, NULL, NULL, &f.l), 0);
+	assert_true(abstract_socket_listed(name));
+	fx_teardown(&f);
+}
+
+static void test_socket_dir_is_private_and_cleaned_up(void **state)
+{
+	char base[] = "/tmp/tern-shm-test-XXXXXX", dir[64], sock[300];
+	struct stat st;
+	struct fx f;
+	tern_listener *l2;
+
+	(void)state;
+	assert_non_null(mkdtemp(base));
+	snprintf(dir, sizeof(dir), "%s/run", base);
+	setenv("TERN_SHM_DIR", dir, 1);
+	assert_int_equal(fx_setup(&f, NULL, TERN_PROGRESS_BUSY), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo_raw, NULL), 0);
+	echo_check(&f);
+	/* the directory was made 0700, the socket is 0600 */
+	assert_int_equal(lstat(dir, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0700);
+	snprintf(sock, sizeof(sock), "%s/%s.sock", dir, f.uri + strlen("shm://"));
+	assert_int_equal(lstat(sock, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0600);
+	/* closing the listener removes it; the session lives on */
+	tern_listener_close(f.l, NULL);
+	f.l = NULL;
+	assert_int_equal(lstat(sock, &st), -1);
+	echo_check(&f);
+	/* a directory others can enter is refused */
+	assert_int_equal(chmod(dir, 0755), 0);
+	assert_int_equal(tern_listen(f.ctx, fx_listen_uri(), NULL, NULL, &l2), -EACCES);
+	fx_teardown(&f);
+	unsetenv("TERN_SHM_DIR");
+	rmdir(dir);
+	rmdir(base);
+}
+
+static void test_malformed_shm_uris_are_clear_errors(void **state)
+{
+	tern_ctx *ctx;
+	tern_session *s;
+	tern_listener *l;
+	char longname[200];
+
+	(void)state;
+	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
+	assert_int_equal(tern_connect(ctx, "shm://bus:7", NULL, NULL, &s), -EINVAL);
+	assert_non_null(strstr(tern_ctx_last_error(ctx), "takes a name and no port"));
+	assert_int_equal(tern_listen(ctx, "shm://bus:0", NULL, NULL, &l), -EINVAL);
+	memset(longname, 'n', sizeof(longname));
+	memcpy(longname, "shm://", 6);
+	longname[sizeof(longname) - 1] = 0;
+	assert_int_equal(tern_listen(ctx, longname, NULL, NULL, &l), -ENAMETOOLONG);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+}
+
+/* ---- another user on the other end ---------------------------------------------------------- */
+
+static void drop_to_nobody(void)
+{
+	if (setgid(65534) || setuid(65534))
+		_exit(3);
+}
+
+static int child_status(pid_t pid, tern_ctx *ctx)
+{
+	int st = 0;
+	double end = now_s() + 20;
+
+	while (waitpid(pid, &st, WNOHANG) == 0 && now_s() < end)
+		if (ctx)
+			tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int refusals, refusal_status, accepts_seen;
+
+static void count_accepts(tern_listener *l, tern_session *s, int status)
+{
+	(void)l;
+	if (s)
+		accepts_seen++;
+	else {
+		refusals++;
+		refusal_status = status;
+	}
+}
+
+static void test_a_peer_of_another_user_is_refused_both_ways(void **state)
+{
+	char uri[96];
+	tern_listener *l;
+	tern_session *s = NULL;
+	tern_ctx *ctx;
+	pid_t pid;
+	int pfd[2];
+	char c;
+
+	(void)state;
+	if (geteuid() != 0)
+		skip(); /* needs root to become another user */
+	unsetenv("TERN_SHM_DIR");
+
+	/* A client of another uid knocks on our abstract name. */
+	snprintf(uri, sizeof(uri), "%s", fx_listen_uri());
+	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
+	accepts_seen = refusals = 0;
+	assert_int_equal(tern_listen(ctx, uri, NULL, count_accepts, &l), 0);
+	pid = fork();
+	if (pid == 0) {
+		tern_ctx *cc;
+		tern_session *cs;
+		int rc;
+
+		drop_to_nobody();
+		if (tern_ctx_create(NULL, &cc))
+			_exit(2);
+		rc = tern_connect_sync(cc, uri, NULL, 5000, &cs);
+		if (rc != -EACCES)
+			fprintf(stderr, "child: %s: %s\n", tern_err_name(rc),
+				tern_ctx_last_error(cc));
+		_exit(rc == -EACCES ? 0 : 1);
+	}
+	assert_int_equal(child_status(pid, ctx), 0);
+	assert_int_equal(accepts_seen, 0);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+
+	/* A listener of another uid squats a name; our client will not talk
+	 * to it. */
+	snprintf(uri, sizeof(uri), "%s", fx_listen_uri());
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	if (pid == 0) {
+		tern_ctx *sc;
+		tern_listener *sl;
+
+		drop_to_nobody();
+		if (tern_ctx_create(NULL, &sc) || tern_listen(sc, uri, NULL, NULL, &sl))
+			_exit(2);
+		(void)!write(pfd[1], "r", 1);
+		for (double end = now_s() + 10; now_s() < end;)
+			tern_ctx_run(sc, TERN_RUN_NOWAIT);
+		_exit(0);
+	}
+	assert_int_equal(read(pfd[0], &c, 1), 1);
+	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
+	assert_int_equal(tern_connect_sync(ctx, uri, NULL, 5000, &s), -EACCES);
+	assert_null(s);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(pfd[0]);
+	close(pfd[1]);
+}
+
+/* ---- a hostile client ---------------------------------------------------------------------- */
+
+#define H_SLOT	256
+#define H_COUNT 4
+#define H_SLOTS (2 * H_COUNT + TERN_CTRL_SLOTS)
+
+struct hostile {
+	tern_ctx *ctx;
+	tern_listener *l;
+	tern_session *srv;
+	char name[80];
+	bool closed;
+	int reason;
+	struct tern_session_counters cnt;
+	char why[256];
+	/* the raw peer */
+	int sock;
+	int bell;      /* ours, given to the server */
+	int peer_bell; /* the server's */
+	uint8_t *seg;
+	struct shm_geom g;
+};
+
+static struct hostile *H;
+
+static void h_on_close(tern_session *s, int reason)
+{
+	H->closed = true;
+	H->reason = reason;
+	tern_session_counters(s, &H->cnt);
+	snprintf(H->why, sizeof(H->why), "%s", tern_ctx_last_error(tern_session_ctx(s)));
+}
+
+static void h_on_accept(tern_listener *l, tern_session *s, int status)
+{
+	(void)l;
+	if (s)
+		H->srv = s;
+	else {
+		refusals++;
+		refusal_status = status;
+	}
+}
+
+static int h_send(int sock, const void *buf, size_t len, const int *fds, int nfds)
+{
+	union {
+		char b[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr a;
+	} u;
+	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+	if (nfds) {
+		struct cmsghdr *cm;
+		memset(&u, 0, sizeof(u));
+		mh.msg_control = u.b;
+		mh.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds, (size_t)nfds * sizeof(int));
+	}
+	return sendmsg(sock, &mh, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -errno;
+}
+
+static ssize_t h_recv(int sock, struct shm_msg *m, int *fds, int *nfds)
+{
+	union {
+		char b[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr a;
+	} u;
+	struct iovec iov = {.iov_base = m, .iov_len = sizeof(*m)};
+	struct msghdr mh = {
+		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof(u)};
+	ssize_t n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+	*nfds = 0;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); n >= 0 && cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_type == SCM_RIGHTS)
+			for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
+				memcpy(&fds[(*nfds)++], CMSG_DATA(cm) + i * sizeof(int),
+				       sizeof(int));
+	return n;
+}
+
+static void abstract_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1, "%s%s", SHM_ABSTRACT_PREFIX, name);
+	*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(sa->sun_path + 1));
+}
+
+static void engine_hello(uint8_t *hs, bool reply)
+{
+	struct tern_hello h = {.version = TERN_WIRE_VERSION,
+			       .flags = reply ? TERN_HELLO_REPLY : 0,
+			       .slot_size = H_SLOT,
+			       .slot_count = H_COUNT};
+	tern_hello_encode(hs, &h);
+}
+
+static void hello_msg(struct shm_msg *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->magic = SHM_MSG_MAGIC;
+	m->version = SHM_PROTO_VERSION;
+	m->type = SHM_MSG_HELLO;
+	m->slot_size = H_SLOT;
+	m->nslots = H_SLOTS;
+	m->hs_len = sizeof(struct tern_wire_hello);
+	engine_hello(m->hs, false);
+}
+
+static void hostile_setup(struct hostile *h, enum tern_progress progress)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co), .progress = progress};
+	struct tern_session_opts so = {.size = sizeof(so),
+				       .slot_size = H_SLOT,
+				       .slot_count = H_COUNT,
+				       .on_close = h_on_close};
+	struct sockaddr_un sa;
+	socklen_t len;
+
+	memset(h, 0, sizeof(*h));
+	H = h;
+	refusals = 0;
+	h->peer_bell = -1;
+	assert_int_equal(tern_ctx_create(&co, &h->ctx), 0);
+	assert_int_equal(tern_register_raw(h->ctx, M_ECHO, echo_raw, NULL), 0);
+	snprintf(h->name, sizeof(h->name), "%s", fx_listen_uri() + strlen("shm://"));
+	{
+		char uri[96];
+		snprintf(uri, sizeof(uri), "shm://%s", h->name);
+		assert_int_equal(tern_listen(h->ctx, uri, &so, h_on_accept, &h->l), 0);
+	}
+	h->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	assert_true(h->sock >= 0);
+	abstract_addr(h->name, &sa, &len);
+	assert_int_equal(connect(h->sock, (struct sockaddr *)&sa, len), 0);
+	h->bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+/* Complete the handshake as an honest client would, and map the segment. */
+static void hostile_handshake(struct hostile *h)
+{
+	struct shm_msg m;
+	int fds[4], nfds;
+
+	hello_msg(&m);
+	assert_int_equal(h_send(h->sock, &m, sizeof(m), &h->bell, 1), 0);
+	assert_int_equal(run_until_readable(h->ctx, h->sock, 5), 0);
+	assert_int_equal(h_recv(h->sock, &m, fds, &nfds), (ssize_t)sizeof(m));
+	assert_int_equal(m.type, SHM_MSG_ACCEPT);
+	assert_int_equal(nfds, 2);
+	assert_int_equal(shm_geom_init(&h->g, H_SLOT, H_SLOTS), 0);
+	assert_int_equal(m.seg_size, h->g.size);
+	h->seg = mmap(NULL, h->g.size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+	assert_true(h->seg != MAP_FAILED);
+	close(fds[0]);
+	h->peer_bell = fds[1];
+	memset(&m, 0, sizeof(m));
+	m.magic = SHM_MSG_MAGIC;
+	m.version = SHM_PROTO_VERSION;
+	m.type = SHM_MSG_READY;
+	assert_int_equal(h_send(h->sock, &m, sizeof(m), NULL, 0), 0);
+	for (double end = now_s() + 5; !h->srv && now_s() < end;)
+		tern_ctx_run(h->ctx, TERN_RUN_NOWAIT);
+	assert_non_null(h->srv);
+}
+
+/* Wait for the server to close the session; hang up if it does not. */
+static void hostile_finish(struct hostile *h, double patience_s)
+{
+	run_until(h->ctx, &h->closed, patience_s);
+	if (!h->closed) {
+		close(h->sock);
+		h->sock = -1;
+		run_until(h->ctx, &h->closed, 5);
+	}
+	assert_true(h->closed);
+}
+
+static void hostile_teardown(struct hostile *h)
+{
+	if (h->sock >= 0)
+		close(h->sock);
+	if (h->seg)
+		munmap(h->seg, h->g.size);
+	close(h->bell);
+	if (h->peer_bell >= 0)
+		close(h->peer_bell);
+	assert_int_equal(tern_ctx_destroy(h->ctx), 0);
+	H = NULL;
+}
+
+/* The c->s direction is 0: the client sends, the server receives. */
+static _Atomic uint32_t *word(struct hostile *h, int dir, enum shm_ctl w)
+{
+	return shm_dir_word(h->seg, &h->g, dir, w);
+}
+
+static void put_desc_ret(struct hostile *h, uint32_t i, uint32_t slot, uint32_t len, uint32_t ret)
+{
+	struct shm_desc *d = &shm_descs(h->seg, &h->g, 0)[i & (h->g.ring_size - 1)];
+	atomic_store(&d->slot, slot);
+	atomic_store(&d->len, len);
+	atomic_store(&d->ret, ret);
+}
+
+static void put_desc(struct hostile *h, uint32_t i, uint32_t slot, uint32_t len)
+{
+	put_desc_ret(h, i, slot, len, SHM_NONE);
+}
+
+/* A valid request in client slot @slot, as the engine would write it. */
+static void put_request(struct hostile *h, uint32_t slot, uint32_t seq)
+{
+	struct tern_hdr r = {.kind = TERN_MSG_REQ, .method = M_ECHO, .seq = seq, .len = 4};
+	uint8_t *p = shm_slots(h->seg, &h->g, 0) + (size_t)slot * H_SLOT;
+
+	tern_hdr_encode(p, &r);
+	memcpy(p + TERN_HDR_SIZE, "ping", 4);
+}
+
+static void expect_epeer(struct hostile *h, const char *needle)
+{
+	hostile_finish(h, 5);
+	printf("server closed: %s\n", h->why);
+	assert_int_equal(h->reason, TERN_EPEER);
+	assert_int_equal(h->cnt.protocol_errors, 1);
+	if (needle)
+		assert_non_null(strstr(h->why, needle));
+}
+
+/* First, proof that the hand-made peer is right: a valid request is served. */
+static void test_hand_made_peer_is_served_when_it_plays_by_the_rules(void **state)
+{
+	struct hostile h;
+	struct tern_hdr rep;
+	uint8_t *p;
+	double end;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	put_request(&h, 0, 0);
+	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	/* the reply arrives in the server->client ring */
+	end = now_s() + 5;
+	while (atomic_load(word(&h, 1, SHM_TAIL)) == 0 && now_s() < end)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_int_equal(atomic_load(word(&h, 1, SHM_TAIL)), 1);
+	p = shm_slots(h.seg, &h.g, 1) +
+	    (size_t)atomic_load(&shm_descs(h.seg, &h.g, 1)[0].slot) * H_SLOT;
+	tern_hdr_decode(p, &rep);
+	assert_int_equal(rep.kind, TERN_MSG_REP);
+	assert_int_equal(rep.len, 4);
+	assert_memory_equal(p + TERN_HDR_SIZE, "ping", 4);
+	/* and the same descriptor hands our slot 0 back */
+	assert_int_equal(atomic_load(&shm_descs(h.seg, &h.g, 1)[0].ret), 0);
+	assert_int_equal(atomic_load(word(&h, 0, SHM_HEAD)), 1);
+	hostile_finish(&h, 0.05);
+	assert_int_equal(h.reason, -ECONNRESET); /* we hung up; nothing was wrong */
+	assert_int_equal(h.cnt.protocol_errors, 0);
+	hostile_teardown(&h);
+}
+
+static void test_hostile_message_index_past_the_ring(void **state)
+{
+	struct hostile h;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	/* at most 2 x nslots descriptors can ever be unread */
+	char needle[64];
+
+	atomic_store(word(&h, 0, SHM_TAIL), 2 * H_SLOTS + 1);
+	snprintf(needle, sizeof(needle), "index moved by %d (%d slots)", 2 * H_SLOTS + 1, H_SLOTS);
+	expect_epeer(&h, needle);
+	hostile_teardown(&h);
+}
+
+static void test_hostile_descriptor_slot_out_of_range(void **state)
+{
+	struct hostile h;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	char needle[64];
+
+	put_desc(&h, 0, H_SLOTS, 64);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	snprintf(needle, sizeof(needle), "message in slot %d of %d", H_SLOTS, H_SLOTS);
+	expect_epeer(&h, needle);
+	hostile_teardown(&h);
+}
+
+static void test_hostile_descriptor_length_past_the_slot(void **state)
+{
+	struct hostile h;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	put_request(&h, 0, 0);
+	put_desc(&h, 0, 0, H_SLOT + 1);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	expect_epeer(&h, "257 bytes in a 256-byte slot");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_same_slot_twice(void **state)
+{
+	struct hostile h;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	put_request(&h, 0, 0);
+	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
+	put_desc(&h, 1, 0, TERN_HDR_SIZE + 4);
+	atomic_store(word(&h, 0, SHM_TAIL), 2);
+	expect_epeer(&h, "which we still hold");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_header_in_a_valid_descriptor(void **state)
+{
+	struct hostile h;
+	struct tern_hdr r = {.kind = 9, .method = M_ECHO, .len = 4};
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	tern_hdr_encode(shm_slots(h.seg, &h.g, 0), &r);
+	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	expect_epeer(&h, "unknown message kind");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_returns_a_slot_the_server_never_sent(void **state)
+{
+	struct hostile h;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	put_desc_ret(&h, 0, SHM_NONE, 0, 3);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	expect_epeer(&h, "returned slot 3, which it did not hold");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_returns_a_slot_twice(void **state)
+{
+	struct hostile h;
+	uint32_t served;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	/* an honest call, so the server sends (and we may return) one slot */
+	put_request(&h, 0, 0);
+	put_desc(&h, 0, 0, TERN_HDR_SIZE + 4);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	for (double end = now_s() + 5; !atomic_load(word(&h, 1, SHM_TAIL)) && now_s() < end;)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	served = atomic_load(&shm_descs(h.seg, &h.g, 1)[0].slot);
+	assert_true(served < H_SLOTS);
+	/* once is fine, twice is a lie */
+	put_desc_ret(&h, 1, SHM_NONE, 0, served);
+	put_desc_ret(&h, 2, SHM_NONE, 0, served);
+	atomic_store(word(&h, 0, SHM_TAIL), 3);
+	expect_epeer(&h, "which it did not hold");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_descriptor_with_nothing_in_it(void **state)
+{
+	struct hostile h;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	put_desc_ret(&h, 0, SHM_NONE, 0, SHM_NONE);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	expect_epeer(&h, "no message and no return");
+	hostile_teardown(&h);
+}
+
+/* Event mode: the server sleeps on its doorbell; ringing it after writing
+ * garbage must wake it into rejecting the garbage. */
+static void test_hostile_garbage_then_doorbell_in_event_mode(void **state)
+{
+	struct hostile h;
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_EVENT);
+	hostile_handshake(&h);
+	/* the server advertised that it sleeps */
+	for (double end = now_s() + 2;
+	     !(atomic_load(&shm_ctl(h.seg, &h.g, SHM_WAKE + 1)->v) & 1) && now_s() < end;)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_true(atomic_load(&shm_ctl(h.seg, &h.g, SHM_WAKE + 1)->v) & 1);
+	put_desc(&h, 0, 1000, 64);
+	atomic_store(word(&h, 0, SHM_TAIL), 1);
+	assert_int_equal(eventfd_write(h.peer_bell, 1), 0);
+	expect_epeer(&h, "message in slot 1000");
+	hostile_teardown(&h);
+}
+
+/* Random bytes into the control words, descriptors, returns and headers. */
+static uint64_t rng_state;
+
+static uint32_t rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (uint32_t)(rng_state >> 16);
+}
+
+static void scribble(uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)rnd();
+}
+
+enum fuzz_target {
+	FZ_MSG_TAIL,	/* a random message index */
+	FZ_DESCRIPTORS, /* random descriptors, a small valid-looking tail */
+	FZ_HEADERS,	/* valid descriptors, random slot headers and lengths */
+	FZ_RETURNS,	/* returns of random slots (the server sent none) */
+	FZ_EVERYTHING,	/* every byte the client can reach, control area to slots */
+	FZ_TARGETS,
+};
+
+static void fuzz_once(struct hostile *h, enum fuzz_target what)
+{
+	uint8_t *seg = h->seg;
+	const struct shm_geom *g = &h->g;
+	uint32_t k = 1 + rnd() % H_SLOTS;
+
+	switch (what) {
+	case FZ_MSG_TAIL:
+		atomic_store(word(h, 0, SHM_TAIL), rnd() | 1);
+		break;
+	case FZ_DESCRIPTORS:
+		scribble(seg + g->desc_off[0], g->ring_size * sizeof(struct shm_desc));
+		atomic_store(word(h, 0, SHM_TAIL), k);
+		break;
+	case FZ_HEADERS:
+		for (uint32_t i = 0; i < k; i++) {
+			uint8_t *slot = shm_slots(seg, g, 0) + (size_t)i * H_SLOT;
+			scribble(slot, TERN_HDR_SIZE);
+			slot[1] |= 1; /* flags: never valid, so the outcome is certain */
+			put_desc(h, i, i, rnd() % (H_SLOT + 1));
+		}
+		atomic_store(word(h, 0, SHM_TAIL), k);
+		break;
+	case FZ_RETURNS:
+		for (uint32_t i = 0; i < k; i++)
+			put_desc_ret(h, i, SHM_NONE, 0, rnd());
+		atomic_store(word(h, 0, SHM_TAIL), k);
+		break;
+	case FZ_EVERYTHING:
+		scribble(seg + g->ctl_off, g->size - g->ctl_off);
+		break;
+	default:
+		break;
+	}
+	/* as an honest peer would when the server sleeps (event mode) */
+	(void)!eventfd_write(h->peer_bell, 1);
+}
+
+static void test_fuzz_random_bytes_into_the_segment_are_rejected_safely(void **state)
+{
+	int outcomes[FZ_TARGETS][2] = {{0}};
+	const int rounds = 60;
+
+	(void)state;
+	rng_state = 0x9e3779b97f4a7c15ull;
+	for (int i = 0; i < rounds * FZ_TARGETS; i++) {
+		enum fuzz_target what = (enum fuzz_target)(i % FZ_TARGETS);
+		struct hostile h;
+
+		hostile_setup(&h, i & 1 ? TERN_PROGRESS_EVENT : TERN_PROGRESS_BUSY);
+		hostile_handshake(&h);
+		fuzz_once(&h, what);
+		hostile_finish(&h, 2);
+		/* Closed either way, counted only as what it was. */
+		assert_true(h.reason == TERN_EPEER || h.reason == -ECONNRESET);
+		assert_int_equal(h.cnt.protocol_errors, h.reason == TERN_EPEER ? 1 : 0);
+		/* Every targeted corruption is certain to be invalid; random
+		 * bytes over everything hit the message index too. */
+		assert_int_equal(h.reason, TERN_EPEER);
+		outcomes[what][h.reason == TERN_EPEER]++;
+		hostile_teardown(&h);
+	}
+	for (int t = 0; t < FZ_TARGETS; t++)
+		printf("fuzz target %d: %d rejected, %d hung up\n", t, outcomes[t][1],
+		       outcomes[t][0]);
+}
+
+/* Malformed HELLOs: refused, and the listener hears of it. */
+static void expect_hello_refused(const void *msg, size_t len, const int *fds, int nfds)
+{
+	struct hostile h;
+	struct shm_msg m;
+	int got[4], ngot;
+
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	assert_int_equal(h_send(h.sock, msg, len, fds, nfds), 0);
+	assert_int_equal(run_until_readable(h.ctx, h.sock, 5), 0);
+	/* a REFUSE (or nothing, then EOF) */
+	if (h_recv(h.sock, &m, got, &ngot) > 0) {
+		assert_int_equal(m.type, SHM_MSG_REFUSE);
+		assert_int_equal(ngot, 0);
+	}
+	assert_int_equal(refusals, 1);
+	assert_int_equal(refusal_status, TERN_EVERSION);
+	assert_null(h.srv);
+	printf("listener: %s\n", tern_ctx_last_error(h.ctx));
+	hostile_teardown(&h);
+}
+
+static void test_hostile_hello_bad_magic(void **state)
+{
+	struct shm_msg m;
+	int fd = eventfd(0, EFD_CLOEXEC);
+	(void)state;
+	hello_msg(&m);
+	m.magic ^= 1;
+	expect_hello_refused(&m, sizeof(m), &fd, 1);
+	close(fd);
+}
+
+static void test_hostile_hello_truncated(void **state)
+{
+	struct shm_msg m;
+	int fd = eventfd(0, EFD_CLOEXEC);
+	(void)state;
+	hello_msg(&m);
+	expect_hello_refused(&m, 20, &fd, 1);
+	close(fd);
+}
+
+static void test_hostile_hello_without_a_doorbell(void **state)
+{
+	struct shm_msg m;
+	(void)state;
+	hello_msg(&m);
+	expect_hello_refused(&m, sizeof(m), NULL, 0);
+}
+
+static void test_hostile_hello_with_a_pipe_for_a_doorbell(void **state)
+{
+	struct shm_msg m;
+	int p[2];
+	(void)state;
+	assert_int_equal(pipe(p), 0);
+	hello_msg(&m);
+	expect_hello_refused(&m, sizeof(m), &p[1], 1);
+	close(p[0]);
+	close(p[1]);
+}
+
+static void test_hostile_hello_with_too_many_descriptors(void **state)
+{
+	struct shm_msg m;
+	int fds[4];
+	(void)state;
+	for (int i = 0; i < 4; i++)
+		fds[i] = eventfd(0, EFD_CLOEXEC);
+	hello_msg(&m);
+	expect_hello_refused(&m, sizeof(m), fds, 4);
+	for (int i = 0; i < 4; i++)
+		close(fds[i]);
+}
+
+static void test_hostile_hello_with_an_absurd_geometry(void **state)
+{
+	struct shm_msg m;
+	int fd = eventfd(0, EFD_CLOEXEC);
+	(void)state;
+	hello_msg(&m);
+	m.nslots = 0xffffffffu;
+	expect_hello_refused(&m, sizeof(m), &fd, 1);
+	close(fd);
+}
+
+/* ---- a hostile server -------------------------------------------------------------------------
+ */
+
+enum bad_segment {
+	SEG_GOOD,
+	SEG_UNSEALED,
+	SEG_WRONG_SIZE,
+	SEG_WRITE_SEALED,
+	SEG_PIPE,
+	SEG_TMPFILE,
+	SEG_BAD_HEADER,
+	SEG_PIPE_DOORBELL,
+};
+
+struct hserver {
+	tern_ctx *ctx;
+	int lfd, sock;
+	tern_session *s;
+	bool done, closed;
+	int status, reason;
+	struct tern_session_counters cnt;
+	uint8_t *seg;
+	struct shm_geom g;
+	int fds[2];
+};
+
+static struct hserver *HS;
+
+static void hs_connected(tern_session *s, int status)
+{
+	HS->done = true;
+	HS->status = status;
+	HS->s = status ? NULL : s;
+}
+
+static void hs_on_close(tern_session *s, int reason)
+{
+	HS->closed = true;
+	HS->reason = reason;
+	tern_session_counters(s, &HS->cnt);
+}
+
+static int make_segment(struct hserver *hs, enum bad_segment bad)
+{
+	size_t size = hs->g.size;
+	int fd;
+
+	if (bad == SEG_PIPE) {
+		int p[2];
+		assert_int_equal(pipe(p), 0);
+		close(p[1]);
+		return p[0];
+	}
+	if (bad == SEG_TMPFILE) {
+		fd = open("/tmp", O_TMPFILE | O_RDWR, 0600);
+		assert_true(fd >= 0);
+		assert_int_equal(ftruncate(fd, (off_t)size), 0);
+		return fd;
+	}
+	fd = memfd_create("evil", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)(bad == SEG_WRONG_SIZE ? size - 4096 : size)), 0);
+	if (bad != SEG_BAD_HEADER && bad != SEG_UNSEALED && bad != SEG_WRONG_SIZE &&
+	    bad != SEG_WRITE_SEALED) {
+		struct shm_seg_hdr *h;
+		hs->seg = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		assert_true(hs->seg != MAP_FAILED);
+		h = (struct shm_seg_hdr *)hs->seg;
+		h->magic = SHM_SEG_MAGIC;
+		h->version = SHM_PROTO_VERSION;
+		h->slot_size = hs->g.slot_size;
+		h->nslots = hs->g.nslots;
+		h->ring_size = hs->g.ring_size;
+		h->size = size;
+	}
+	if (bad != SEG_UNSEALED)
+		assert_int_equal(fcntl(fd, F_ADD_SEALS,
+				       F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL |
+					       (bad == SEG_WRITE_SEALED ? F_SEAL_WRITE : 0)),
+				 0);
+	return fd;
+}
+
+/* A raw shm listener that answers a tern client's HELLO with @bad. */
+static void hostile_server(struct hserver *hs, enum bad_segment bad)
+{
+	struct tern_session_opts so = {.size = sizeof(so),
+				       .slot_size = H_SLOT,
+				       .slot_count = H_COUNT,
+				       .on_close = hs_on_close};
+	struct sockaddr_un sa;
+	struct shm_msg m;
+	char name[64], uri[96];
+	socklen_t len;
+	int got[4], ngot, seg_fd, bell_fd, p[2] = {-1, -1};
+	tern_session *s;
+
+	memset(hs, 0, sizeof(*hs));
+	HS = hs;
+	assert_int_equal(tern_ctx_create(NULL, &hs->ctx), 0);
+	snprintf(name, sizeof(name), "%s", fx_listen_uri() + strlen("shm://"));
+	snprintf(uri, sizeof(uri), "shm://%s", name);
+	abstract_addr(name, &sa, &len);
+	hs->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(hs->lfd, (struct sockaddr *)&sa, len), 0);
+	assert_int_equal(listen(hs->lfd, 4), 0);
+	assert_int_equal(tern_connect(hs->ctx, uri, &so, hs_connected, &s), 0);
+	assert_int_equal(run_until_readable(hs->ctx, hs->lfd, 5), 0);
+	hs->sock = accept4(hs->lfd, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(hs->sock >= 0);
+	assert_int_equal(run_until_readable(hs->ctx, hs->sock, 5), 0);
+	assert_int_equal(h_recv(hs->sock, &m, got, &ngot), (ssize_t)sizeof(m));
+	assert_int_equal(m.type, SHM_MSG_HELLO);
+	assert_int_equal(ngot, 1); /* the client's doorbell */
+	close(got[0]);
+	assert_int_equal(shm_geom_init(&hs->g, m.slot_size, m.nslots), 0);
+
+	seg_fd = make_segment(hs, bad);
+	if (bad == SEG_PIPE_DOORBELL) {
+		assert_int_equal(pipe(p), 0);
+		bell_fd = p[1];
+	} else {
+		bell_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	}
+	memset(&m, 0, sizeof(m));
+	m.magic = SHM_MSG_MAGIC;
+	m.version = SHM_PROTO_VERSION;
+	m.type = SHM_MSG_ACCEPT;
+	m.slot_size = hs->g.slot_size;
+	m.nslots = hs->g.nslots;
+	m.seg_size = hs->g.size;
+	m.hs_len = sizeof(struct tern_wire_hello);
+	engine_hello(m.hs, true);
+	hs->fds[0] = seg_fd;
+	hs->fds[1] = bell_fd;
+	assert_int_equal(h_send(hs->sock, &m, sizeof(m), hs->fds, 2), 0);
+	run_until(hs->ctx, &hs->done, 5);
+	assert_true(hs->done);
+	if (p[0] >= 0)
+		close(p[0]);
+}
+
+static void hserver_teardown(struct hserver *hs)
+{
+	assert_int_equal(tern_ctx_destroy(hs->ctx), 0);
+	close(hs->sock);
+	close(hs->lfd);
+	close(hs->fds[0]);
+	close(hs->fds[1]);
+	if (hs->seg)
+		munmap(hs->seg, hs->g.size);
+	HS = NULL;
+}
+
+/* Is any mapping of the hostile memfd still in this process? */
+static bool evil_mapped(void)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	int n = 0;
+
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, "memfd:evil") != NULL;
+	fclose(f);
+	return n > (HS && HS->seg ? 1 : 0); /* our own raw mapping aside */
+}
+
+static void expect_bad_segment_refused(enum bad_segment bad)
+{
+	struct hserver hs;
+
+	hostile_server(&hs, bad);
+	printf("client: %s: %s\n", tern_err_name(hs.status), tern_ctx_last_error(hs.ctx));
+	assert_int_equal(hs.status, TERN_EPEER);
+	/* nothing of it stays mapped once the connection is gone */
+	for (int i = 0; i < 100; i++)
+		tern_ctx_run(hs.ctx, TERN_RUN_NOWAIT);
+	assert_false(evil_mapped());
+	hserver_teardown(&hs);
+}
+
+static void test_hostile_server_unsealed_segment(void **state)
+{
+	(void)state;
+	expect_bad_segment_refused(SEG_UNSEALED);
+}
+
+static void test_hostile_server_segment_of_the_wrong_size(void **state)
+{
+	(void)state;
+	expect_bad_segment_refused(SEG_WRONG_SIZE);
+}
+
+static void test_hostile_server_segment_sealed_against_writing(void **state)
+{
+	(void)state;
+	expect_bad_segment_refused(SEG_WRITE_SEALED);
+}
+
+static void test_hostile_server_pipe_for_a_segment(void **state)
+{
+	(void)state;
+	expect_bad_segment_refused(SEG_PIPE);
+}
+
+static void test_hostile_server_plain_file_for_a_segment(void **state)
+{
+	(void)state;
+	expect_bad_segment_refused(SEG_TMPFILE);
+}
+
+static void test_hostile_server_segment_with_a_bad_header(void **state)
+{
+	(void)state;
+	expect_bad_segment_refused(SEG_BAD_HEADER);
+}
+
+static void test_hostile_server_pipe_for_a_doorbell(void **state)
+{
+	(void)state;
+	expect_bad_segment_refused(SEG_PIPE_DOORBELL);
+}
+
+/* The client checks what it reads as strictly as the server does. */
+static void test_hostile_server_scribbles_on_the_clients_ring(void **state)
+{
+	struct hserver hs;
+
+	(void)state;
+	hostile_server(&hs, SEG_GOOD);
+	assert_int_equal(hs.status, 0);
+	assert_non_null(hs.s);
+	/* READY came back */
+	assert_int_equal(run_until_readable(hs.ctx, hs.sock, 5), 0);
+	atomic_store(shm_dir_word(hs.seg, &hs.g, 1, SHM_TAIL), 7);
+	for (uint32_t i = 0; i < 7; i++) {
+		atomic_store(&shm_descs(hs.seg, &hs.g, 1)[i].slot, i);
+		atomic_store(&shm_descs(hs.seg, &hs.g, 1)[i].len, 0xfffffff0u);
+	}
+	run_until(hs.ctx, &hs.closed, 5);
+	assert_true(hs.closed);
+	assert_int_equal(hs.reason, TERN_EPEER);
+	assert_int_equal(hs.cnt.protocol_errors, 1);
+	printf("client closed: %s\n", tern_ctx_last_error(hs.ctx));
+	hserver_teardown(&hs);
+}
+
+static void test_refusal_with_a_made_up_status_is_a_plain_refusal(void **state)
+{
+	struct hserver hs;
+	struct sockaddr_un sa;
+	struct shm_msg m;
+	char name[64], uri[96];
+	socklen_t len;
+	int got[4], ngot;
+	tern_session *s;
+
+	(void)state;
+	memset(&hs, 0, sizeof(hs));
+	HS = &hs;
+	hs.fds[0] = hs.fds[1] = -1;
+	assert_int_equal(tern_ctx_create(NULL, &hs.ctx), 0);
+	snprintf(name, sizeof(name), "%s", fx_listen_uri() + strlen("shm://"));
+	snprintf(uri, sizeof(uri), "shm://%s", name);
+	abstract_addr(name, &sa, &len);
+	hs.lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(hs.lfd, (struct sockaddr *)&sa, len), 0);
+	assert_int_equal(listen(hs.lfd, 4), 0);
+	assert_int_equal(tern_connect(hs.ctx, uri, NULL, hs_connected, &s), 0);
+	assert_int_equal(run_until_readable(hs.ctx, hs.lfd, 5), 0);
+	hs.sock = accept4(hs.lfd, NULL, NULL, SOCK_CLOEXEC);
+	assert_int_equal(run_until_readable(hs.ctx, hs.sock, 5), 0);
+	assert_int_equal(h_recv(hs.sock, &m, got, &ngot), (ssize_t)sizeof(m));
+	close(got[0]);
+	memset(&m, 0, sizeof(m));
+	m.magic = SHM_MSG_MAGIC;
+	m.version = SHM_PROTO_VERSION;
+	m.type = SHM_MSG_REFUSE;
+	m.status = 12345; /* not an error code */
+	assert_int_equal(h_send(hs.sock, &m, sizeof(m), NULL, 0), 0);
+	run_until(hs.ctx, &hs.done, 5);
+	assert_int_equal(hs.status, -ECONNREFUSED);
+	hserver_teardown(&hs);
+}
+
+/* ---- doorbells across processes: a lost wake-up would hang a call --------------------------- */
+
+/* The co-location test's adaptive window: what a starved peer would wait. */
+#define ADAPTIVE_WINDOW_US 1000
+
+static void pin_to_cpu0(cpu_set_t *old)
+{
+	cpu_set_t one;
+
+	if (old)
+		sched_getaffinity(0, sizeof(*old), old);
+	CPU_ZERO(&one);
+	CPU_SET(0, &one);
+	sched_setaffinity(0, sizeof(one), &one);
+}
+
+static int serve_main(const char *mode)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	tern_listener *l;
+	tern_ctx *ctx;
+
+	/* Never outlive the test, even one that failed before killing us. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() == 1)
+		return 1;
+	if (getenv("TERN_TEST_PIN0"))
+		pin_to_cpu0(NULL);
+	co.progress = strcmp(mode, "event") == 0      ? TERN_PROGRESS_EVENT
+		      : strcmp(mode, "adaptive") == 0 ? TERN_PROGRESS_ADAPTIVE
+						      : TERN_PROGRESS_BUSY;
+	/* sleep as soon as it can: the racy path (the co-location test wants
+	 * a long window instead) */
+	co.adaptive_spin_us = getenv("TERN_TEST_PIN0") ? ADAPTIVE_WINDOW_US : 5;
+	if (tern_ctx_create(&co, &ctx) || tern_register_raw(ctx, M_ECHO, echo_raw, NULL) ||
+	    tern_register_inplace(ctx, M_INPLACE, echo_inplace, NULL) ||
+	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
+		return 1;
+	printf("%s\n", tern_listener_uri(l));
+	fflush(stdout);
+	tern_ctx_run(ctx, TERN_RUN_DEFAULT);
+	return 0;
+}
+
+static pid_t spawn_server(const char *mode, char *uri, size_t len)
+{
+	char *argv[] = {"/proc/self/exe", "--serve", (char *)mode, NULL};
+	posix_spawn_file_actions_t fa;
+	int out[2];
+	pid_t pid;
+	FILE *fp;
+
+	assert_int_equal(pipe(out), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+	posix_spawn_file_actions_addclose(&fa, out[0]);
+	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(out[1]);
+	fp = fdopen(out[0], "r");
+	assert_non_null(fgets(uri, (int)len, fp));
+	uri[strcspn(uri, "\n")] = 0;
+	fclose(fp);
+	return pid;
+}
+
+struct pipe_state {
+	int issued, done, failed;
+};
+
+static void piped_cb(tern_session *s, int status, const void *reply, size_t len, void *user)
+{
+	struct pipe_state *p = user;
+
+	(void)s, (void)reply, (void)len;
+	p->done++;
+	if (status)
+		p->failed++;
+}
+
+static void doorbell_stress(const char *server_mode, enum tern_progress client_mode)
+{
+	struct tern_ctx_opts co = {
+		.size = sizeof(co), .progress = client_mode, .adaptive_spin_us = 5};
+	struct tern_call_opts cop = {.size = sizeof(cop), .timeout_ms = 3000};
+	struct pipe_state ps = {0};
+	char uri[128];
+	tern_session *s;
+	tern_ctx *ctx;
+	uint8_t out[64];
+	double t0;
+	pid_t pid;
+	int slow = 0;
+
+	pid = spawn_server(server_mode, uri, sizeof(uri));
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_connect_sync(ctx, uri, NULL, 10000, &s), 0);
+	/* one call at a time: every reply needs a wake-up on both sides */
+	t0 = now_s();
+	for (int i = 0; i < 5000; i++) {
+		struct tern_sync_reply rep = {.buf = out, .cap = sizeof(out)};
+		double c0 = now_s();
+
+		assert_int_equal(
+			tern_call_sync(s, i & 1 ? M_ECHO : M_INPLACE, &i, sizeof(i), &rep, 3000),
+			0);
+		assert_memory_equal(out, &i, sizeof(i));
+		slow += now_s() - c0 > 0.5;
+		if (i % 500 == 499)
+			uv_sleep(2); /* let both sides fall asleep now and then */
+	}
+	/* and pipelined: returns and messages race the arming */
+	while (ps.done < 20000) {
+		while (ps.issued < 20000 && tern_call(s, M_ECHO, "x", 1, piped_cb, &ps, &cop) == 0)
+			ps.issued++;
+		tern_ctx_run(ctx, TERN_RUN_ONCE);
+	}
+	printf("%s server, %s client: 25000 calls in %.2f s, %d slow\n", server_mode,
+	       client_mode == TERN_PROGRESS_EVENT ? "event" : "adaptive", now_s() - t0, slow);
+	assert_int_equal(ps.failed, 0);
+	assert_int_equal(slow, 0); /* a lost wake-up shows as a call stuck until its deadline */
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+}
+
+static void test_event_mode_doorbells_lose_no_wakeup(void **state)
+{
+	(void)state;
+	doorbell_stress("event", TERN_PROGRESS_EVENT);
+}
+
+static void test_adaptive_mode_doorbells_lose_no_wakeup(void **state)
+{
+	(void)state;
+	doorbell_stress("adaptive", TERN_PROGRESS_ADAPTIVE);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/*
+ * Adaptive peers on one CPU.  A doorbell often wakes the peer on the
+ * waker's CPU; a side that then spins without yielding keeps its peer from
+ * answering until it gives up and sleeps, a whole adaptive_spin_us later.
+ * Pinned to one CPU that is every call: with a 1 ms window the median
+ * would be over 1 ms; yielding while quiet, it is tens of microseconds.
+ */
+static void test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other(void **state)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co),
+				   .progress = TERN_PROGRESS_ADAPTIVE,
+				   .adaptive_spin_us = ADAPTIVE_WINDOW_US};
+	enum { N = 2000 };
+	static double lat[N];
+	cpu_set_t old;
+	char uri[128];
+	tern_session *s;
+	tern_ctx *ctx;
+	uint8_t out[16];
+	pid_t pid;
+
+	(void)state;
+	setenv("TERN_TEST_PIN0", "1", 1);
+	pid = spawn_server("adaptive", uri, sizeof(uri));
+	unsetenv("TERN_TEST_PIN0");
+	pin_to_cpu0(&old);
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_connect_sync(ctx, uri, NULL, 10000, &s), 0);
+	for (int i = 0; i < N; i++) {
+		struct tern_sync_reply rep = {.buf = out, .cap = sizeof(out)};
+		double c0 = now_s();
+
+		assert_int_equal(tern_call_sync(s, M_ECHO, &i, sizeof(i), &rep, 3000), 0);
+		lat[i] = now_s() - c0;
+	}
+	qsort(lat, N, sizeof(lat[0]), cmp_double);
+	printf("adaptive peers on one CPU: median %.1f us, p90 %.1f us\n", lat[N / 2] * 1e6,
+	       lat[N * 9 / 10] * 1e6);
+	sched_setaffinity(0, sizeof(old), &old);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+	/* far under the window a starved peer waits out */
+	assert_true(lat[N / 2] < ADAPTIVE_WINDOW_US * 0.3e-6);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_inplace_reply_is_read_in_place_from_the_same_memfd_page),
+		cmocka_unit_test(test_default_name_is_abstract_and_leaves_no_file),
+		cmocka_unit_test(test_socket_dir_is_private_and_cleaned_up),
+		cmocka_unit_test(test_malformed_shm_uris_are_clear_errors),
+		cmocka_unit_test(test_a_peer_of_another_user_is_refused_both_ways),
+		cmocka_unit_test(test_hand_made_peer_is_served_when_it_plays_by_the_rules),
+		cmocka_unit_test(test_hostile_message_index_past_the_ring),
+		cmocka_unit_test(test_hostile_descriptor_slot_out_of_range),
+		cmocka_unit_test(test_hostile_descriptor_length_past_the_slot),
+		cmocka_unit_test(test_hostile_same_slot_twice),
+		cmocka_unit_test(test_hostile_header_in_a_valid_descriptor),
+		cmocka_unit_test(test_hostile_returns_a_slot_the_server_never_sent),
+		cmocka_unit_test(test_hostile_returns_a_slot_twice),
+		cmocka_unit_test(test_hostile_descriptor_with_nothing_in_it),
+		cmocka_unit_test(test_hostile_garbage_then_doorbell_in_event_mode),
+		cmocka_unit_test(test_fuzz_random_bytes_into_the_segment_are_rejected_safely),
+		cmocka_unit_test(test_hostile_hello_bad_magic),
+		cmocka_unit_test(test_hostile_hello_truncated),
+		cmocka_unit_test(test_hostile_hello_without_a_doorbell),
+		cmocka_unit_test(test_hostile_hello_with_a_pipe_for_a_doorbell),
+		cmocka_unit_test(test_hostile_hello_with_too_many_descriptors),
+		cmocka_unit_test(test_hostile_hello_with_an_absurd_geometry),
+		cmocka_unit_test(test_hostile_server_unsealed_segment),
+		cmocka_unit_test(test_hostile_server_segment_of_the_wrong_size),
+		cmocka_unit_test(test_hostile_server_segment_sealed_against_writing),
+		cmocka_unit_test(test_hostile_server_pipe_for_a_segment),
+		cmocka_unit_test(test_hostile_server_plain_file_for_a_segment),
+		cmocka_unit_test(test_hostile_server_segment_with_a_bad_header),
+		cmocka_unit_test(test_hostile_server_pipe_for_a_doorbell),
+		cmocka_unit_test(test_hostile_server_scribbles_on_the_clients_ring),
+		cmocka_unit_test(test_refusal_with_a_made_up_status_is_a_plain_refusal),
+		cmocka_unit_test(test_event_mode_doorbells_lose_no_wakeup),
+		cmocka_unit_test(test_adaptive_mode_doorbells_lose_no_wakeup),
+		cmocka_unit_test(test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other),
+	};
+
+	setenv("TERN_TEST_TRANSPORT", "shm", 1);
+	if (argc > 2 && strcmp(argv[1], "--serve") == 0)
+		return serve_main(argv[2]);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1598 @@
+// SPDX-License-Identifier: MIT
+/*
+ * shm.c - the shm:// provider: two processes on one host, zero copies.
+ *
+ * A connection is a sealed memfd segment (layout in shm_layout.h) holding,
+ * for each direction, the 2N + 3 slots the engine writes its messages into
+ * and two single-producer/single-consumer rings: descriptors ("slot i holds
+ * len bytes", sender to receiver) and returns ("done with slot i", receiver
+ * to sender).  The sender's send slots are the receiver's receive slots, so
+ * a message, and in particular an inplace reply, is written once by its
+ * author and read in place by its reader.
+ *
+ * The segment and the eventfd doorbells travel with SCM_RIGHTS over a
+ * SOCK_SEQPACKET Unix-domain socket, which also carries the handshake and,
+ * once the connection is up, nothing but its own hang-up: that is how each
+ * side learns that the other died.
+ *
+ * The peer is not trusted.  Everything it writes into the segment (indices,
+ * descriptors, returned slot ids) is read once into a local and checked
+ * against the geometry this side computed itself; a violation closes the
+ * connection with TERN_EPEER.  Our own indices live in local memory and are
+ * only *published* in the segment, so a peer scribbling over them hurts no
+ * one but itself.  The slot bytes themselves are the engine's to check (it
+ * decodes the header into a local copy before judging it).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/magic.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include "tern/transport.h"
+#include "shm_layout.h"
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U /* Linux 6.3; older kernels refuse it and we retry */
+#endif
+
+/* Defined at the bottom; the engine finds it by name (src/ctx.c). */
+extern const struct tern_transport_ops tern_shm_transport;
+
+#define SHM_HANDSHAKE_MS 10000 /* an accepted socket must say HELLO within this */
+#define SHM_POLL_BATCH	 32
+#define SHM_WAKE_BUDGET	 256 /* messages one doorbell wake-up handles before yielding */
+#define SHM_ACCEPT_BATCH 64
+
+#define SHM_REQUIRED_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+
+/* slot_state bits, per slot index */
+#define SLOT_SENT 0x1 /* our send slot i is with the peer (not yet returned) */
+#define SLOT_HELD 0x2 /* the peer's slot i is with our engine (not yet returned) */
+
+/* ---- a tiny intrusive list -------------------------------------------------- */
+
+struct shm_link {
+	struct shm_link *prev, *next;
+};
+
+static void link_init(struct shm_link *l)
+{
+	l->prev = l->next = l;
+}
+
+static void link_add(struct shm_link *head, struct shm_link *n)
+{
+	n->next = head;
+	n->prev = head->prev;
+	head->prev->next = n;
+	head->prev = n;
+}
+
+/* Idempotent: a removed node points at itself. */
+static void link_del(struct shm_link *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+	n->prev = n->next = n;
+}
+
+#define link_entry(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+/* ---- objects ------------------------------------------------------------------ */
+
+struct shm_tctx {
+	tern_ctx *ctx;
+	uv_loop_t *loop;
+	const struct tern_transport_events *ev;
+	enum tern_transport_mode mode;
+	/*
+	 * Connections that are up, walked by poll().  A connection leaves it
+	 * only when its memory is freed (a uv close callback, never inside
+	 * poll), so upcalls that close connections cannot break the walk.
+	 */
+	struct shm_link up;
+	int doorbells_owed; /* up connections with a deferred doorbell check */
+	int in_poll;	    /* inside our own poll loop: returns go out on the way out */
+	int open_handles;
+};
+
+struct slistener {
+	struct tern_tlistener base;
+	struct shm_tctx *t;
+	int fd;
+	uv_poll_t poll;
+	struct shm_link pending; /* accepted sockets that have not said HELLO yet */
+	char name[SHM_NAME_MAX + 1];
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "" for an abstract name */
+};
+
+enum sstate {
+	SC_CONNECTING, /* client: HELLO sent, waiting for ACCEPT or REFUSE */
+	SC_HELLO,      /* server: socket accepted, waiting for HELLO */
+	SC_ACCEPTED,   /* server: ACCEPT sent, waiting for READY */
+	SC_UP,
+	SC_CLOSING, /* handles closing; freed (and closed() called) when they are */
+};
+
+struct sconn {
+	struct tern_conn base;
+	struct shm_tctx *t;
+	struct slistener *l;  /* server: until the engine has seen the HELLO */
+	struct shm_link link; /* t->up when up, l->pending before HELLO */
+	enum sstate state;
+	bool server;
+	bool engine_knows; /* the engine has a session on this: closed() is owed */
+	bool reported_up;  /* the engine was told it is up */
+	bool notified_end; /* ...or that it failed: no upcall but closed() follows */
+	int pending_err;   /* a failure the timer reports (connect() cannot upcall) */
+	int sock;
+	int bell_in;  /* our eventfd: the peer rings it to wake us */
+	int bell_out; /* the peer's */
+	uv_poll_t sock_poll;
+	uv_poll_t bell_poll;
+	uv_timer_t timer; /* handshake deadline */
+	bool sock_poll_init, bell_poll_init, bell_polling;
+	int handles; /* uv handles not yet closed */
+	uint8_t hs[TERN_HANDSHAKE_MAX];
+	uint32_t hs_len;
+
+	/* The segment, and this side's view of it. */
+	uint8_t *seg;
+	struct shm_geom g;
+	uint8_t *slot_state; /* SLOT_* bits, nslots entries */
+
+	/* Sending: direction `server` (0: client->server). */
+	struct shm_desc *tx_desc;
+	_Atomic uint32_t *tx_tail_w; /* our tail, published */
+	_Atomic uint32_t *tx_head_r; /* the peer's head */
+	uint32_t tx_tail;	     /* descriptors we wrote */
+	uint32_t tx_head_seen;	     /* the peer's head when we last looked */
+	uint32_t *rets;		     /* the peer's slots the engine gave back, not yet told */
+	uint32_t nrets;
+	bool rets_waited; /* ...and they have waited through a whole poll() */
+
+	/* Receiving: the other direction. */
+	struct shm_desc *rx_desc;
+	_Atomic uint32_t *rx_tail_r; /* the peer's tail */
+	_Atomic uint32_t *rx_head_w; /* our head, published */
+	uint32_t rx_head;	     /* descriptors we consumed */
+	uint8_t *rx_slots;
+
+	/* Doorbells: see conn_arm(). */
+	_Atomic uint32_t *wake_me;
+	_Atomic uint32_t *wake_peer;
+	uint32_t wake_seq;  /* our epoch: odd while we may sleep */
+	uint32_t peer_rung; /* the peer epoch we last rang for */
+	bool doorbell_owed; /* published in polled mode; the check waits for poll() */
+};
+
+#define T(x) ((struct shm_tctx *)(x))
+#define C(x) ((struct sconn *)(x))
+
+static int conn_poll(struct sconn *c, int budget);
+
+/* ---- addresses --------------------------------------------------------------------- */
+
+static const char *shm_dir(void)
+{
+	const char *d = getenv("TERN_SHM_DIR");
+	return d && *d ? d : NULL;
+}
+
+/*
+ * shm://name is the abstract socket "\0tern.shm.<name>": no file to clean
+ * up, gone with its listener, and guarded by the peer-uid check below
+ * since the abstract namespace has no permissions.  With TERN_SHM_DIR=<dir>
+ * it is <dir>/<name>.sock instead, in a 0700 directory, mode 0600.
+ */
+static int shm_addr(const char *name, struct sockaddr_un *sa, socklen_t *len, char *path,
+		    size_t path_len)
+{
+	const char *dir = shm_dir();
+	size_t n = strlen(name);
+	int k;
+
+	if (n == 0 || n > SHM_NAME_MAX)
+		return -ENAMETOOLONG;
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (dir) {
+		k = snprintf(sa->sun_path, sizeof(sa->sun_path), "%s/%s.sock", dir, name);
+		if (k < 0 || (size_t)k >= sizeof(sa->sun_path) || (size_t)k >= path_len)
+			return -ENAMETOOLONG;
+		memcpy(path, sa->sun_path, (size_t)k + 1);
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)k + 1);
+	} else {
+		k = snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1, "%s%s",
+			     SHM_ABSTRACT_PREFIX, name);
+		if (k < 0 || (size_t)k >= sizeof(sa->sun_path) - 1)
+			return -ENAMETOOLONG;
+		path[0] = 0;
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)k);
+	}
+	return 0;
+}
+
+/* The socket directory must be ours alone: a directory, not a symlink, 0700. */
+static int dir_prepare(const char *dir)
+{
+	struct stat st;
+
+	if (mkdir(dir, 0700) && errno != EEXIST)
+		return -errno;
+	if (lstat(dir, &st))
+		return -errno;
+	if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077))
+		return -EACCES;
+	return 0;
+}
+
+/*
+ * Both ends check who is on the other side.  A process of another user
+ * could reach an abstract name, or squat one before the real server
+ * starts; only our own uid (or root, who could read our memory anyway) is
+ * let in.
+ */
+static int peer_check(int fd, pid_t *pid)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len))
+		return -errno;
+	if (pid)
+		*pid = cr.pid;
+	return cr.uid == geteuid() || cr.uid == 0 ? 0 : -EACCES;
+}
+
+/* ---- socket messages ----------------------------------------------------------------- */
+
+#define SHM_MAX_FDS 2
+
+static int msg_send(int fd, const struct shm_msg *m, const int *fds, int nfds)
+{
+	union {
+		char buf[CMSG_SPACE(SHM_MAX_FDS * sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = {.iov_base = (void *)m, .iov_len = sizeof(*m)};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	ssize_t n;
+
+	if (nfds) {
+		struct cmsghdr *cm;
+
+		memset(&u, 0, sizeof(u));
+		mh.msg_control = u.buf;
+		mh.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds, (size_t)nfds * sizeof(int));
+	}
+	n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (n < 0)
+		return -errno;
+	return n == (ssize_t)sizeof(*m) ? 0 : -EIO;
+}
+
+static void close_fds(int *fds, int *nfds)
+{
+	for (int i = 0; i < *nfds; i++)
+		close(fds[i]);
+	*nfds = 0;
+}
+
+/*
+ * Receive one message with at most @maxfds descriptors.  A message that is
+ * not exactly one struct shm_msg, or that brings more descriptors than
+ * expected or anything else in its control data, is refused and whatever
+ * it brought is closed.  (The kernel itself closes descriptors that did not
+ * fit the control buffer, and flags MSG_CTRUNC.)
+ *
+ * Return: the message size, 0 on hang-up, -EAGAIN when there is nothing,
+ * -EBADMSG for a malformed message, or another -errno.
+ */
+static ssize_t msg_recv(int fd, struct shm_msg *m, int *fds, int maxfds, int *nfds)
+{
+	union {
+		char buf[CMSG_SPACE(SHM_MAX_FDS * sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = {.iov_base = m, .iov_len = sizeof(*m)};
+	struct msghdr mh = {.msg_iov = &iov,
+			    .msg_iovlen = 1,
+			    .msg_control = u.buf,
+			    .msg_controllen = sizeof(u)};
+	bool bad = false;
+	ssize_t n;
+
+	*nfds = 0;
+	memset(m, 0, sizeof(*m));
+	n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (n < 0)
+		return -errno;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+			for (size_t i = 0; i < k; i++) {
+				int f;
+
+				memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+				if (*nfds < maxfds) {
+					fds[(*nfds)++] = f;
+				} else {
+					close(f);
+					bad = true;
+				}
+			}
+		} else {
+			bad = true;
+		}
+	}
+	if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+		bad = true;
+	if (n > 0 && (bad || n != (ssize_t)sizeof(*m) || m->magic != SHM_MSG_MAGIC ||
+		      m->version != SHM_PROTO_VERSION || m->hs_len > TERN_HANDSHAKE_MAX)) {
+		close_fds(fds, nfds);
+		return -EBADMSG;
+	}
+	if (n == 0)
+		close_fds(fds, nfds);
+	return n;
+}
+
+static void msg_init(struct shm_msg *m, uint16_t type, int32_t status, const struct shm_geom *g,
+		     const void *hs, size_t hs_len)
+{
+	memset(m, 0, sizeof(*m));
+	m->magic = SHM_MSG_MAGIC;
+	m->version = SHM_PROTO_VERSION;
+	m->type = type;
+	m->status = status;
+	if (g) {
+		m->slot_size = g->slot_size;
+		m->nslots = g->nslots;
+		m->seg_size = g->size;
+	}
+	if (hs_len) {
+		memcpy(m->hs, hs, hs_len);
+		m->hs_len = (uint32_t)hs_len;
+	}
+}
+
+/* Best effort: the peer may already be gone. */
+static void send_refusal(int fd, int status, const void *hs, size_t hs_len)
+{
+	struct shm_msg m;
+
+	msg_init(&m, SHM_MSG_REFUSE, status, NULL, hs, hs_len);
+	(void)msg_send(fd, &m, NULL, 0);
+}
+
+/* ---- descriptors the peer hands us --------------------------------------------------- */
+
+static bool fd_is_eventfd(int fd)
+{
+	char p[40], link[32];
+	ssize_t n;
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+	n = readlink(p, link, sizeof(link) - 1);
+	if (n < 0)
+		return false;
+	link[n] = 0;
+	return strcmp(link, "anon_inode:[eventfd]") == 0;
+}
+
+/*
+ * The server's segment, checked before it is mapped.  The seals are what
+ * make mapping a peer's memory safe: with F_SEAL_SHRINK nobody can truncate
+ * it under us (every access past the new end would be SIGBUS); F_SEAL_SEAL
+ * means that stays so.  Plain shmem only: hugetlbfs pages can run out at
+ * fault time, which is SIGBUS again.
+ */
+static int segment_check(int fd, size_t size)
+{
+	struct statfs sf;
+	struct stat st;
+	int seals = fcntl(fd, F_GET_SEALS);
+
+	if (seals < 0)
+		return TERN_EPEER; /* not a memfd */
+	if ((seals & SHM_REQUIRED_SEALS) != SHM_REQUIRED_SEALS)
+		return TERN_EPEER; /* its size could still change */
+	if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
+		return TERN_EPEER; /* we could not write our half */
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != size)
+		return TERN_EPEER;
+	if (fstatfs(fd, &sf) || sf.f_type != TMPFS_MAGIC)
+		return TERN_EPEER;
+	return 0;
+}
+
+/* ---- connection objects ----------------------------------------------------------------- */
+
+static void conn_free(struct sconn *c)
+{
+	struct shm_tctx *t = c->t;
+
+	link_del(&c->link);
+	if (c->sock >= 0)
+		close(c->sock);
+	if (c->bell_in >= 0)
+		close(c->bell_in);
+	if (c->bell_out >= 0)
+		close(c->bell_out);
+	if (c->seg)
+		munmap(c->seg, c->g.size);
+	free(c->slot_state);
+	free(c->rets);
+	c->base.send_base = NULL;
+	if (c->engine_knows)
+		t->ev->closed(&c->base);
+	free(c);
+}
+
+static void conn_handle_closed(uv_handle_t *h)
+{
+	struct sconn *c = h->data;
+
+	c->t->open_handles--;
+	if (--c->handles == 0)
+		conn_free(c);
+}
+
+/*
+ * Tear down.  The peer learns at once (shutdown); the memory goes when the
+ * last uv handle has closed, which is never inside one of our own loops,
+ * so this is safe from any upcall.  Idempotent.
+ */
+static void conn_close(struct sconn *c)
+{
+	if (c->state == SC_CLOSING)
+		return;
+	c->state = SC_CLOSING;
+	if (c->l) {
+		link_del(&c->link);
+		c->l = NULL;
+	}
+	if (c->sock >= 0)
+		shutdown(c->sock, SHUT_RDWR);
+	uv_timer_stop(&c->timer);
+	uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+	if (c->sock_poll_init)
+		uv_close((uv_handle_t *)&c->sock_poll, conn_handle_closed);
+	if (c->bell_poll_init)
+		uv_close((uv_handle_t *)&c->bell_poll, conn_handle_closed);
+}
+
+/* Connection set-up failed: tell the engine once (if it knows), then tear down. */
+static void conn_setup_failed(struct sconn *c, int err, const void *hs, size_t hs_len)
+{
+	if (c->engine_knows && !c->notified_end) {
+		c->notified_end = true;
+		if (c->server)
+			c->t->ev->accepted(&c->base, err);
+		else
+			c->t->ev->connected(&c->base, err, hs, hs_len);
+	}
+	conn_close(c);
+}
+
+/* An established connection failed. */
+static void conn_failed(struct sconn *c, int err, const char *why)
+{
+	if (!c->reported_up) {
+		conn_setup_failed(c, err, NULL, 0);
+		return;
+	}
+	if (!c->notified_end) {
+		c->notified_end = true;
+		c->t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
+	}
+	conn_close(c);
+}
+
+static void conn_timer_cb(uv_timer_t *tm)
+{
+	struct sconn *c = tm->data;
+
+	if (c->state < SC_UP)
+		conn_setup_failed(c, c->pending_err ? c->pending_err : -ETIMEDOUT, NULL, 0);
+}
+
+static void sock_cb(uv_poll_t *h, int status, int events);
+static void bell_cb(uv_poll_t *h, int status, int events);
+
+static struct sconn *conn_new(struct shm_tctx *t, bool server)
+{
+	struct sconn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->t = t;
+	c->server = server;
+	c->sock = c->bell_in = c->bell_out = -1;
+	c->base.ops = &tern_shm_transport;
+	c->base.tctx = (struct tern_tctx *)t;
+	link_init(&c->link);
+	uv_timer_init(t->loop, &c->timer);
+	c->timer.data = c;
+	c->handles = 1;
+	t->open_handles++;
+	c->bell_in = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->bell_in < 0) {
+		conn_close(c);
+		return NULL;
+	}
+	uv_poll_init(t->loop, &c->bell_poll, c->bell_in);
+	c->bell_poll.data = c;
+	c->bell_poll_init = true;
+	c->handles++;
+	t->open_handles++;
+	return c;
+}
+
+static void conn_watch_socket(struct sconn *c, int fd)
+{
+	c->sock = fd;
+	uv_poll_init(c->t->loop, &c->sock_poll, fd);
+	c->sock_poll.data = c;
+	c->sock_poll_init = true;
+	c->handles++;
+	c->t->open_handles++;
+	/* Readable covers both the next handshake message and the hang-up. */
+	uv_poll_start(&c->sock_poll, UV_READABLE, sock_cb);
+}
+
+/* Point this side's view at the mapped segment.  Return: 0 or -ENOMEM. */
+static int conn_map_views(struct sconn *c)
+{
+	int tx = c->server ? 1 : 0, rx = 1 - tx;
+	uint8_t *seg = c->seg;
+	const struct shm_geom *g = &c->g;
+
+	c->slot_state = calloc(g->nslots, 1);
+	c->rets = calloc(g->nslots, sizeof(*c->rets)); /* a slot is held once at a time */
+	if (!c->slot_state || !c->rets)
+		return -ENOMEM;
+	c->tx_desc = shm_descs(seg, g, tx);
+	c->tx_tail_w = shm_dir_word(seg, g, tx, SHM_TAIL);
+	c->tx_head_r = shm_dir_word(seg, g, tx, SHM_HEAD);
+	c->rx_desc = shm_descs(seg, g, rx);
+	c->rx_tail_r = shm_dir_word(seg, g, rx, SHM_TAIL);
+	c->rx_head_w = shm_dir_word(seg, g, rx, SHM_HEAD);
+	c->rx_slots = shm_slots(seg, g, rx);
+	c->wake_me = &shm_ctl(seg, g, SHM_WAKE + tx)->v;
+	c->wake_peer = &shm_ctl(seg, g, SHM_WAKE + rx)->v;
+	c->base.send_base = shm_slots(seg, g, tx);
+	c->base.send_region = (size_t)g->nslots * g->slot_size;
+	c->base.slot_size = g->slot_size;
+	c->base.send_slots = g->nslots;
+	c->base.recv_slots = g->nslots;
+	return 0;
+}
+
+/* ---- the rings ------------------------------------------------------------------------------ */
+
+/*
+ * The doorbell handshake, for event mode.
+ *
+ * The lost wake-up: a receiver checks its rings, finds nothing, and goes to
+ * sleep on its eventfd just as the sender publishes a message and, seeing
+ * the receiver awake, does not ring.  It is closed the way Dekker's
+ * algorithm closes it:
+ *
+ *   receiver (conn_arm):  wake = odd  (seq_cst store)
+ *                         seq_cst fence
+ *                         check the rings, then sleep in epoll
+ *   sender (post_*):      tail = t    (seq_cst store)
+ *                         w = wake    (seq_cst load); odd: ring
+ *                         (in polled mode: a release store, and a seq_cst
+ *                         fence before the load, in the next poll(); see
+ *                         publish())
+ *
+ * All of these are in the one total order of seq_cst operations.  If the
+ * sender's tail store comes first, the receiver's check, after its fence,
+ * sees the new tail; otherwise the receiver's wake store comes first and
+ * the sender's load sees the odd epoch and rings.  Both may happen: the
+ * wake-up is then merely spurious.
+ *
+ * The epoch grows every time the receiver re-arms, and a sender rings at
+ * most once per epoch, so a sleeping peer costs one eventfd write, not one
+ * per message; an awake one (even epoch) costs none.  The wake words are
+ * advisory: a peer that writes nonsense into its own only makes us ring it
+ * more often, and one that writes into ours only loses its wake-ups.
+ */
+static void ring_peer(struct sconn *c)
+{
+	/* seq_cst: ordered after the tail store the caller just made (or,
+	 * from settle_doorbells(), after its fence). */
+	uint32_t w = atomic_load_explicit(c->wake_peer, memory_order_seq_cst);
+
+	if ((w & 1) && w != c->peer_rung) {
+		c->peer_rung = w;
+		/* The one syscall of the path, and only toward a sleeper. */
+		(void)!eventfd_write(c->bell_out, 1);
+	}
+}
+
+/*
+ * Publish one of our indices and make sure a sleeping peer hears of it.
+ *
+ * Event mode: a seq_cst store, then ring_peer() at once, as above.
+ *
+ * Polled mode: we are spinning, so the check can wait for our next poll():
+ * a release store now (a plain mov on x86, which keeps the store buffer
+ * flowing: the slot bytes, a return and a descriptor of one reply drain
+ * together instead of stalling on a locked instruction between them), and
+ * settle_doorbells() issues one seq_cst fence for every index published
+ * since, then looks at the peers' wake words.  The fence plays the role of
+ * the seq_cst store in the handshake: with fences on both sides this is
+ * the store-buffering pattern, whose "neither sees the other" outcome C11
+ * forbids.  set_mode() settles before it leaves polled mode.
+ */
+static void publish(struct sconn *c, _Atomic uint32_t *word, uint32_t v)
+{
+	if (c->t->mode == TERN_TRANSPORT_EVENTS) {
+		atomic_store_explicit(word, v, memory_order_seq_cst);
+		ring_peer(c);
+		return;
+	}
+	/* Release: whatever the index announces is visible before it. */
+	atomic_store_explicit(word, v, memory_order_release);
+	if (!c->doorbell_owed) {
+		c->doorbell_owed = true;
+		c->t->doorbells_owed++;
+	}
+}
+
+static void settle_doorbells(struct shm_tctx *t)
+{
+	if (!t->doorbells_owed)
+		return;
+	/* Orders every release store publish() made before the loads below. */
+	atomic_thread_fence(memory_order_seq_cst);
+	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (!c->doorbell_owed)
+			continue;
+		c->doorbell_owed = false;
+		if (c->state == SC_UP)
+			ring_peer(c);
+	}
+	t->doorbells_owed = 0;
+}
+
+/*
+ * Write one descriptor at our tail; publish() makes it visible.  Return: 0,
+ * or TERN_EPEER when the peer claims the ring is full, which credits make
+ * impossible for an honest one.
+ */
+static int desc_put(struct sconn *c, uint32_t slot, uint32_t len, uint32_t ret)
+{
+	uint32_t pos = c->tx_tail;
+	struct shm_desc *d;
+
+	if (pos - c->tx_head_seen >= c->g.ring_size) {
+		/*
+		 * The ring looks full: see how far the receiver really got.
+		 * Acquire pairs with its release of head in poll_ring(): its
+		 * reads of the entries we are about to reuse are done.
+		 */
+		uint32_t head = atomic_load_explicit(c->tx_head_r, memory_order_acquire);
+
+		/* At most 2 * nslots <= ring_size descriptors are ever unread
+		 * (shm_layout.h); a head that says otherwise is a lie. */
+		if (pos - head >= c->g.ring_size)
+			return TERN_EPEER;
+		c->tx_head_seen = head;
+	}
+	d = &c->tx_desc[pos & (c->g.ring_size - 1)];
+	atomic_store_explicit(&d->slot, slot, memory_order_relaxed);
+	atomic_store_explicit(&d->len, len, memory_order_relaxed);
+	atomic_store_explicit(&d->ret, ret, memory_order_relaxed);
+	c->tx_tail = pos + 1;
+	return 0;
+}
+
+/* Tell the peer about every slot of its we are done with, in descriptors
+ * of their own: there was no message to carry them. */
+static int flush_rets(struct sconn *c)
+{
+	int rc = 0;
+
+	if (!c->nrets || c->state != SC_UP)
+		return 0;
+	while (c->nrets && !(rc = desc_put(c, SHM_NONE, 0, c->rets[c->nrets - 1])))
+		c->nrets--;
+	c->rets_waited = false;
+	/* Release: the engine's reads of those slots happen before the
+	 * peer sees them returned and lets its engine rewrite them. */
+	publish(c, c->tx_tail_w, c->tx_tail);
+	return rc;
+}
+
+/* Hand the engine's send slot @slot of @len bytes to the peer. */
+static int shm_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, uint32_t flags)
+{
+	struct sconn *c = C(bc);
+	uint32_t ret = SHM_NONE;
+	int rc;
+
+	/* every send_done comes with the peer's return of the slot: CONFIRM is implied */
+	(void)flags;
+
+	if (c->state != SC_UP)
+		return -ENOTCONN;
+	if (slot >= c->g.nslots || len > c->g.slot_size || (c->slot_state[slot] & SLOT_SENT))
+		return -EINVAL;
+	/* A slot the engine gave back rides along for free. */
+	if (c->nrets)
+		ret = c->rets[--c->nrets];
+	if ((rc = desc_put(c, slot, len, ret)))
+		return rc;
+	if (!c->nrets)
+		c->rets_waited = false;
+	c->slot_state[slot] |= SLOT_SENT;
+	/* The slot's bytes (the engine wrote them), the descriptor, and the
+	 * reads of any slot it returns are ordered before the tail that
+	 * announces them; see publish(). */
+	publish(c, c->tx_tail_w, c->tx_tail);
+	return 0;
+}
+
+/* The engine is done with the peer's slot @token: give it back. */
+static int shm_post_recv(struct tern_conn *bc, uint32_t token)
+{
+	struct sconn *c = C(bc);
+
+	if (c->state != SC_UP)
+		return -ENOTCONN;
+	if (token >= c->g.nslots || !(c->slot_state[token] & SLOT_HELD))
+		return -EINVAL;
+	c->slot_state[token] &= ~SLOT_HELD;
+	c->rets[c->nrets++] = token; /* at most nslots: each was held once */
+	/*
+	 * It goes out with our next message (a reply usually follows at
+	 * once), or alone: on the way out of the current poll in event mode,
+	 * after a poll without one in polled mode (see shm_poll()), or now,
+	 * in event mode outside any poll, since nothing else will come by.
+	 */
+	if (c->t->mode == TERN_TRANSPORT_EVENTS && !c->t->in_poll)
+		return flush_rets(c);
+	return 0;
+}
+
+static unsigned min3(unsigned a, unsigned b, unsigned c)
+{
+	unsigned m = a < b ? a : b;
+	return m < c ? m : c;
+}
+
+/* New descriptors from the peer: returned slots, and messages handed to
+ * the engine where they lie.  Return: how many upcalls were made. */
+static int poll_ring(struct sconn *c, int budget)
+{
+	struct {
+		uint32_t slot, len, ret;
+	} e[SHM_POLL_BATCH];
+	/*
+	 * Acquire pairs with the sender's release (or seq_cst) store of tail
+	 * in publish(): the descriptors, the slot bytes they announce, and the
+	 * sender's last reads of the slots they return happen before.
+	 */
+	uint32_t tail = atomic_load_explicit(c->rx_tail_r, memory_order_acquire);
+	uint32_t avail = tail - c->rx_head, n;
+	int done = 0;
+	char why[96];
+
+	if (avail == 0)
+		return 0;
+	if (avail > 2 * c->g.nslots) {
+		snprintf(why, sizeof(why), "shm: the peer's index moved by %u (%u slots)", avail,
+			 c->g.nslots);
+		conn_failed(c, TERN_EPEER, why);
+		return 0;
+	}
+	n = min3(avail, (unsigned)budget, SHM_POLL_BATCH);
+	for (uint32_t i = 0; i < n; i++) {
+		const struct shm_desc *d = &c->rx_desc[(c->rx_head + i) & (c->g.ring_size - 1)];
+		/* Read once: the peer may rewrite the entry while we judge it. */
+		uint32_t slot = atomic_load_explicit(&d->slot, memory_order_relaxed);
+		uint32_t len = atomic_load_explicit(&d->len, memory_order_relaxed);
+		uint32_t ret = atomic_load_explicit(&d->ret, memory_order_relaxed);
+
+		why[0] = 0;
+		if (ret != SHM_NONE && (ret >= c->g.nslots || !(c->slot_state[ret] & SLOT_SENT)))
+			snprintf(why, sizeof(why),
+				 "shm: the peer returned slot %u, which it did not hold", ret);
+		else if (slot == SHM_NONE && (len || ret == SHM_NONE))
+			snprintf(why, sizeof(why),
+				 "shm: a descriptor with no message and no return");
+		else if (slot != SHM_NONE && slot >= c->g.nslots)
+			snprintf(why, sizeof(why), "shm: message in slot %u of %u", slot,
+				 c->g.nslots);
+		else if (slot != SHM_NONE && len > c->g.slot_size)
+			snprintf(why, sizeof(why), "shm: message of %u bytes in a %u-byte slot",
+				 len, c->g.slot_size);
+		else if (slot != SHM_NONE && (c->slot_state[slot] & SLOT_HELD))
+			snprintf(why, sizeof(why), "shm: message in slot %u, which we still hold",
+				 slot);
+		if (why[0]) {
+			conn_failed(c, TERN_EPEER, why);
+			return 0;
+		}
+		if (ret != SHM_NONE)
+			c->slot_state[ret] &= ~SLOT_SENT;
+		if (slot != SHM_NONE)
+			c->slot_state[slot] |= SLOT_HELD;
+		e[i].slot = slot;
+		e[i].len = len;
+		e[i].ret = ret;
+	}
+	c->rx_head += n;
+	/*
+	 * Release: our reads of those descriptors are done before the sender
+	 * may reuse their entries.  Published before any upcall: the engine
+	 * may send from inside one, and the sender must see how far we got.
+	 */
+	atomic_store_explicit(c->rx_head_w, c->rx_head, memory_order_release);
+	for (uint32_t i = 0; i < n; i++) {
+		if (e[i].ret != SHM_NONE) {
+			c->t->ev->send_done(&c->base, e[i].ret);
+			done++;
+			if (c->state != SC_UP)
+				return done;
+		}
+		if (e[i].slot != SHM_NONE) {
+			c->t->ev->recv(&c->base, e[i].slot,
+				       c->rx_slots + (size_t)e[i].slot * c->g.slot_size, e[i].len);
+			done++;
+			if (c->state != SC_UP)
+				return done;
+		}
+	}
+	return done;
+}
+
+static int conn_poll(struct sconn *c, int budget)
+{
+	return poll_ring(c, budget);
+}
+
+/* Event mode, leaving our own poll: returns must not wait for a next poll
+ * that a sleeping context will not make. */
+static void poll_exit(struct shm_tctx *t)
+{
+	if (--t->in_poll || t->mode != TERN_TRANSPORT_EVENTS)
+		return;
+	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (c->nrets && flush_rets(c))
+			conn_failed(c, TERN_EPEER, "shm: the peer's index says its ring is full");
+	}
+}
+
+/*
+ * Handle what is waiting, up to SHM_WAKE_BUDGET messages.  In event mode,
+ * work left over would never ring our doorbell again (it was published
+ * before we armed), so we ring it ourselves and come back after libuv has
+ * let everything else run.
+ */
+static int conn_drain(struct sconn *c)
+{
+	int total = 0;
+	bool more;
+
+	do {
+		total += conn_poll(c, SHM_POLL_BATCH);
+		/*
+		 * Judge by the ring, not by the count: one descriptor can make
+		 * two upcalls (a return and a message).  Acquire, as in
+		 * poll_ring(), since the next round reads what it announces.
+		 */
+		more = c->state == SC_UP &&
+		       atomic_load_explicit(c->rx_tail_r, memory_order_acquire) != c->rx_head;
+	} while (more && total < SHM_WAKE_BUDGET);
+	if (more && c->t->mode == TERN_TRANSPORT_EVENTS)
+		(void)!eventfd_write(c->bell_in, 1);
+	return total;
+}
+
+/* Event mode: announce that we may sleep, then look once more.  See ring_peer(). */
+static int conn_arm(struct sconn *c)
+{
+	int n;
+
+	c->wake_seq += (c->wake_seq & 1) ? 2 : 1;
+	/* seq_cst store, then a seq_cst fence: the receiver's half of the
+	 * doorbell handshake; the rings are read only after both. */
+	atomic_store_explicit(c->wake_me, c->wake_seq, memory_order_seq_cst);
+	atomic_thread_fence(memory_order_seq_cst);
+	if (!c->bell_polling) {
+		uv_poll_start(&c->bell_poll, UV_READABLE, bell_cb);
+		c->bell_polling = true;
+	}
+	c->t->in_poll++;
+	n = conn_drain(c);
+	poll_exit(c->t); /* returns go out before we sleep */
+	return n;
+}
+
+/* Polled mode: we spin, nobody needs to ring. */
+static void conn_disarm(struct sconn *c)
+{
+	if (c->wake_seq & 1) {
+		c->wake_seq++;
+		/* Relaxed is enough: a peer that still sees the odd epoch rings
+		 * once more, which costs a spurious wake-up and nothing else. */
+		atomic_store_explicit(c->wake_me, c->wake_seq, memory_order_relaxed);
+	}
+	if (c->bell_polling) {
+		uv_poll_stop(&c->bell_poll);
+		c->bell_polling = false;
+	}
+}
+
+static void bell_cb(uv_poll_t *h, int status, int events)
+{
+	struct sconn *c = h->data;
+	eventfd_t v;
+
+	(void)status;
+	(void)events;
+	(void)!eventfd_read(c->bell_in, &v); /* drain the count */
+	if (c->state != SC_UP || c->t->mode != TERN_TRANSPORT_EVENTS)
+		return;
+	/* A new epoch before looking, so the peer rings again for anything
+	 * it publishes after our look. */
+	conn_arm(c);
+	c->t->ev->activity(c->t->ctx);
+}
+
+static void conn_up(struct sconn *c)
+{
+	uv_timer_stop(&c->timer);
+	c->state = SC_UP;
+	c->reported_up = true;
+	link_add(&c->t->up, &c->link);
+}
+
+/* Up, and the engine told: start watching the doorbell if we sleep. */
+static void conn_start(struct sconn *c)
+{
+	if (c->state == SC_UP && c->t->mode == TERN_TRANSPORT_EVENTS)
+		conn_arm(c);
+}
+
+/* ---- the handshake, server side --------------------------------------------------------- */
+
+/* Make, size, seal and map the segment.  Return: the memfd, or -errno. */
+static int segment_create(struct sconn *c)
+{
+	struct shm_seg_hdr *h;
+	int fd, rc;
+
+	fd = memfd_create("tern-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+	if (fd < 0 && errno == EINVAL)
+		fd = memfd_create("tern-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)c->g.size))
+		goto fail;
+	/* Back it now, so running out of memory is an error here rather than
+	 * a fault later. */
+	if (fallocate(fd, 0, 0, (off_t)c->g.size) && errno != EOPNOTSUPP)
+		goto fail;
+	if (fcntl(fd, F_ADD_SEALS, SHM_REQUIRED_SEALS))
+		goto fail;
+	c->seg = mmap(NULL, c->g.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (c->seg == MAP_FAILED) {
+		c->seg = NULL;
+		goto fail;
+	}
+	h = (struct shm_seg_hdr *)c->seg;
+	h->magic = SHM_SEG_MAGIC;
+	h->version = SHM_PROTO_VERSION;
+	h->slot_size = c->g.slot_size;
+	h->nslots = c->g.nslots;
+	h->ring_size = c->g.ring_size;
+	h->size = c->g.size;
+	if ((rc = conn_map_views(c))) {
+		close(fd);
+		return rc;
+	}
+	return fd;
+fail:
+	rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/*
+ * An accepted socket that does not speak our protocol: hand the engine an
+ * empty handshake, so that it refuses the connection and reports it to the
+ * listener's callback like any other non-tern client.
+ */
+static void server_refuse_garbage(struct sconn *c)
+{
+	struct slistener *l = c->l;
+	struct tern_conn_params p = {0};
+	uint8_t reply[TERN_HANDSHAKE_MAX];
+	size_t reply_len = 0;
+	void *owner = NULL;
+	int rc;
+
+	link_del(&c->link);
+	c->l = NULL;
+	rc = c->t->ev->incoming(&l->base, NULL, 0, &p, &owner, reply, &reply_len);
+	if (rc == 0) {
+		/* It cannot accept nothing; if it did, fail the session it made. */
+		c->base.owner = owner;
+		c->engine_knows = true;
+		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		return;
+	}
+	send_refusal(c->sock, rc, reply, reply_len < sizeof(reply) ? reply_len : sizeof(reply));
+	conn_close(c);
+}
+
+static void server_on_hello(struct sconn *c)
+{
+	struct shm_tctx *t = c->t;
+	struct slistener *l = c->l;
+	struct tern_conn_params p = {0};
+	uint8_t reply[TERN_HANDSHAKE_MAX];
+	size_t reply_len = 0;
+	struct shm_msg m;
+	void *owner = NULL;
+	int fds[SHM_MAX_FDS], nfds, memfd, rc;
+	ssize_t n;
+
+	n = msg_recv(c->sock, &m, fds, 1, &nfds);
+	if (n == -EAGAIN)
+		return;
+	if (n == 0 || (n < 0 && n != -EBADMSG)) {
+		conn_close(c); /* gone before saying anything: nobody to tell */
+		return;
+	}
+	/*
+	 * Another user's process: refuse it before looking at what it sent.
+	 * Only now, with its HELLO read: a Unix socket closed with unread
+	 * data resets the peer, which would then never read our REFUSE.
+	 */
+	if ((rc = peer_check(c->sock, NULL))) {
+		close_fds(fds, &nfds);
+		send_refusal(c->sock, rc, NULL, 0);
+		conn_close(c);
+		return;
+	}
+	if (n < 0 || m.type != SHM_MSG_HELLO || nfds != 1 || !fd_is_eventfd(fds[0]) ||
+	    shm_geom_init(&c->g, m.slot_size, m.nslots)) {
+		close_fds(fds, &nfds);
+		server_refuse_garbage(c);
+		return;
+	}
+	c->bell_out = fds[0];
+	link_del(&c->link);
+	c->l = NULL;
+
+	rc = t->ev->incoming(&l->base, m.hs, m.hs_len, &p, &owner, reply, &reply_len);
+	if (rc) {
+		/* Refused (the engine told its user): say why, and go quietly. */
+		send_refusal(c->sock, rc, reply, reply_len);
+		conn_close(c);
+		return;
+	}
+	c->base.owner = owner;
+	c->engine_knows = true;
+	/* The geometry the engine accepted must be the one the client laid
+	 * the rings out for. */
+	if (p.slot_size != m.slot_size || p.send_slots != m.nslots || p.recv_slots != m.nslots) {
+		rc = TERN_EPEER;
+		goto refuse;
+	}
+	memfd = segment_create(c);
+	if (memfd < 0) {
+		rc = memfd;
+		goto refuse;
+	}
+	msg_init(&m, SHM_MSG_ACCEPT, 0, &c->g, reply, reply_len);
+	fds[0] = memfd;
+	fds[1] = c->bell_in;
+	rc = msg_send(c->sock, &m, fds, 2);
+	close(memfd); /* our mapping keeps the segment alive */
+	if (rc) {
+		conn_setup_failed(c, rc, NULL, 0);
+		return;
+	}
+	c->state = SC_ACCEPTED;
+	uv_timer_start(&c->timer, conn_timer_cb, p.connect_timeout_ms, 0);
+	return;
+refuse:
+	send_refusal(c->sock, rc, NULL, 0);
+	conn_setup_failed(c, rc, NULL, 0);
+}
+
+static void server_on_ready(struct sconn *c)
+{
+	struct shm_msg m;
+	int fds[SHM_MAX_FDS], nfds;
+	ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
+
+	if (n == -EAGAIN)
+		return;
+	if (n <= 0 || m.type != SHM_MSG_READY) {
+		conn_setup_failed(c, n == 0 ? -ECONNRESET : TERN_EPEER, NULL, 0);
+		return;
+	}
+	conn_up(c);
+	c->t->ev->accepted(&c->base, 0);
+	conn_start(c);
+}
+
+/* ---- the handshake, client side ---------------------------------------------------------- */
+
+/* Check the server's segment and map it.  Closes @fd.  Return: 0 or an error. */
+static int segment_attach(struct sconn *c, int fd)
+{
+	const struct shm_seg_hdr *h;
+	int rc = segment_check(fd, c->g.size);
+
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	c->seg = mmap(NULL, c->g.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (c->seg == MAP_FAILED) {
+		c->seg = NULL;
+		return TERN_EPEER;
+	}
+	/* The header must describe the layout we computed; it is not used
+	 * afterwards (the server could rewrite it at any time). */
+	h = (const struct shm_seg_hdr *)c->seg;
+	if (h->magic != SHM_SEG_MAGIC || h->version != SHM_PROTO_VERSION ||
+	    h->slot_size != c->g.slot_size || h->nslots != c->g.nslots ||
+	    h->ring_size != c->g.ring_size || h->size != c->g.size)
+		return TERN_EPEER;
+	return conn_map_views(c);
+}
+
+static bool status_is_sane(int32_t st)
+{
+	/* A negative errno or TERN_E* code; anything else is made up. */
+	return st < 0 && st > -(TERN_ERRNO_BASE + 1000);
+}
+
+static void client_on_answer(struct sconn *c)
+{
+	struct shm_msg m, ready;
+	int fds[SHM_MAX_FDS], nfds, rc;
+	ssize_t n = msg_recv(c->sock, &m, fds, 2, &nfds);
+
+	if (n == -EAGAIN)
+		return;
+	if (n == 0) {
+		conn_setup_failed(c, -ECONNRESET, NULL, 0);
+		return;
+	}
+	if (n < 0) {
+		conn_setup_failed(c, n == -EBADMSG ? TERN_EPEER : (int)n, NULL, 0);
+		return;
+	}
+	if (m.type == SHM_MSG_REFUSE) {
+		close_fds(fds, &nfds);
+		if (m.hs_len) /* the engine's refusal: it decodes the reason */
+			conn_setup_failed(c, -ECONNREFUSED, m.hs, m.hs_len);
+		else
+			conn_setup_failed(c, status_is_sane(m.status) ? m.status : -ECONNREFUSED,
+					  NULL, 0);
+		return;
+	}
+	if (m.type != SHM_MSG_ACCEPT || nfds != 2 || m.slot_size != c->g.slot_size ||
+	    m.nslots != c->g.nslots || m.seg_size != c->g.size || !fd_is_eventfd(fds[1])) {
+		close_fds(fds, &nfds);
+		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		return;
+	}
+	c->bell_out = fds[1];
+	if ((rc = segment_attach(c, fds[0]))) {
+		conn_setup_failed(c, rc, NULL, 0);
+		return;
+	}
+	msg_init(&ready, SHM_MSG_READY, 0, NULL, NULL, 0);
+	if ((rc = msg_send(c->sock, &ready, NULL, 0))) {
+		conn_setup_failed(c, rc, NULL, 0);
+		return;
+	}
+	conn_up(c);
+	if (c->t->ev->connected(&c->base, 0, m.hs, m.hs_len)) {
+		c->notified_end = true; /* the engine refused the answer: it knows */
+		conn_close(c);
+		return;
+	}
+	conn_start(c);
+}
+
+/* ---- the socket once up: only a hang-up is expected ---------------------------------------- */
+
+/* Take what a peer that hung up left in the rings: a reply written just
+ * before it exited is still a reply.  Bounded: it cannot keep writing. */
+static void conn_drain_dead(struct sconn *c)
+{
+	int left = 4 * (int)c->g.nslots;
+
+	while (left > 0 && c->state == SC_UP) {
+		int n = conn_poll(c, SHM_POLL_BATCH);
+
+		if (n == 0)
+			break;
+		left -= n;
+	}
+}
+
+static void up_on_socket(struct sconn *c)
+{
+	struct shm_msg m;
+	int fds[SHM_MAX_FDS], nfds;
+	ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
+
+	if (n == -EAGAIN)
+		return;
+	if (n > 0 || n == -EBADMSG) {
+		/* Anything but a hang-up breaks the protocol. */
+		conn_failed(c, TERN_EPEER, "shm: unexpected message on the socket");
+		return;
+	}
+	conn_drain_dead(c);
+	if (c->state == SC_UP)
+		conn_failed(c, -ECONNRESET, "the peer hung up");
+}
+
+static void sock_cb(uv_poll_t *h, int status, int events)
+{
+	struct sconn *c = h->data;
+	struct shm_tctx *t = c->t;
+
+	(void)status;
+	(void)events;
+	switch (c->state) {
+	case SC_HELLO:
+		server_on_hello(c);
+		break;
+	case SC_ACCEPTED:
+		server_on_ready(c);
+		break;
+	case SC_CONNECTING:
+		client_on_answer(c);
+		break;
+	case SC_UP:
+		up_on_socket(c);
+		break;
+	case SC_CLOSING:
+		uv_poll_stop(h);
+		return;
+	}
+	t->ev->activity(t->ctx);
+}
+
+/* ---- listeners ------------------------------------------------------------------------------- */
+
+static void listener_cb(uv_poll_t *h, int status, int events)
+{
+	struct slistener *l = h->data;
+	struct shm_tctx *t = l->t;
+
+	(void)status;
+	(void)events;
+	for (int i = 0; i < SHM_ACCEPT_BATCH; i++) {
+		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sconn *c;
+		pid_t pid = 0;
+
+		if (fd < 0)
+			return; /* EAGAIN, or a connection that died in the backlog */
+		/* Who it is gets checked at HELLO (see server_on_hello()). */
+		(void)peer_check(fd, &pid);
+		c = conn_new(t, true);
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->l = l;
+		link_add(&l->pending, &c->link);
+		c->state = SC_HELLO;
+		snprintf(c->base.peer, sizeof(c->base.peer), "%s[pid %d]", l->name, (int)pid);
+		conn_watch_socket(c, fd);
+		uv_timer_start(&c->timer, conn_timer_cb, SHM_HANDSHAKE_MS, 0);
+	}
+}
+
+/* A socket file with nobody listening behind it, left by a dead server? */
+static bool stale_socket(const struct sockaddr_un *sa, socklen_t len)
+{
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	bool stale;
+
+	if (fd < 0)
+		return false;
+	stale = connect(fd, (const struct sockaddr *)sa, len) && errno == ECONNREFUSED;
+	close(fd);
+	return stale;
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+	struct slistener *l = h->data;
+
+	l->t->open_handles--;
+	free(l);
+}
+
+static int shm_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owner,
+		      struct tern_tlistener **out)
+{
+	struct shm_tctx *t = T(tt);
+	struct sockaddr_un sa;
+	struct slistener *l;
+	socklen_t len;
+	int rc;
+
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->base.ops = &tern_shm_transport;
+	l->base.tctx = tt;
+	l->base.owner = owner;
+	l->t = t;
+	l->fd = -1;
+	link_init(&l->pending);
+	snprintf(l->name, sizeof(l->name), "%.64s", u->host);
+	if ((rc = shm_addr(u->host, &sa, &len, l->path, sizeof(l->path))))
+		goto fail;
+	if (l->path[0] && (rc = dir_prepare(shm_dir())))
+		goto fail;
+	l->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (l->fd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if (bind(l->fd, (struct sockaddr *)&sa, len)) {
+		rc = -errno;
+		if (rc != -EADDRINUSE || !l->path[0] || !stale_socket(&sa, len))
+			goto fail;
+		unlink(l->path);
+		if (bind(l->fd, (struct sockaddr *)&sa, len)) {
+			rc = -errno;
+			goto fail;
+		}
+	}
+	/* The 0700 directory already keeps others out; the mode says so too. */
+	if (l->path[0] && chmod(l->path, 0600)) {
+		rc = -errno;
+		unlink(l->path);
+		goto fail;
+	}
+	if (listen(l->fd, SOMAXCONN)) {
+		rc = -errno;
+		if (l->path[0])
+			unlink(l->path);
+		goto fail;
+	}
+	uv_poll_init(t->loop, &l->poll, l->fd);
+	l->poll.data = l;
+	uv_poll_start(&l->poll, UV_READABLE, listener_cb);
+	t->open_handles++;
+	l->base.port = 0;
+	*out = &l->base;
+	return 0;
+fail:
+	if (l->fd >= 0)
+		close(l->fd);
+	free(l);
+	return rc;
+}
+
+static void shm_listener_close(struct tern_tlistener *tl)
+{
+	struct slistener *l = (struct slistener *)tl;
+
+	/* Sockets that never said HELLO have no session; drop them. */
+	while (l->pending.next != &l->pending)
+		conn_close(link_entry(l->pending.next, struct sconn, link));
+	if (l->path[0])
+		unlink(l->path);
+	/* Release the name now, not a loop turn later, so it can be listened
+	 * on again at once; libuv allows closing the fd once polling stopped. */
+	uv_poll_stop(&l->poll);
+	close(l->fd);
+	l->fd = -1;
+	uv_close((uv_handle_t *)&l->poll, listener_closed);
+}
+
+/* ---- connect ----------------------------------------------------------------------------------
+ */
+
+static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
+		       const struct tern_conn_params *p, const void *hs, size_t hs_len, void *owner,
+		       struct tern_conn **out)
+{
+	struct shm_tctx *t = T(tt);
+	struct sockaddr_un sa;
+	struct shm_msg m;
+	struct sconn *c;
+	char path[sizeof(sa.sun_path)];
+	socklen_t len;
+	int fd, rc;
+
+	if (hs_len > TERN_HANDSHAKE_MAX || p->send_slots != p->recv_slots)
+		return -EINVAL;
+	if ((rc = shm_addr(u->host, &sa, &len, path, sizeof(path))))
+		return rc;
+	c = conn_new(t, false);
+	if (!c)
+		return -ENOMEM;
+	if ((rc = shm_geom_init(&c->g, p->slot_size, p->send_slots))) {
+		conn_close(c);
+		return rc;
+	}
+	c->base.owner = owner;
+	c->base.slot_size = p->slot_size;
+	c->base.send_slots = p->send_slots;
+	c->base.recv_slots = p->recv_slots;
+	memcpy(c->hs, hs, hs_len);
+	c->hs_len = (uint32_t)hs_len;
+	snprintf(c->base.peer, sizeof(c->base.peer), "%.64s", u->host);
+	c->state = SC_CONNECTING;
+
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		conn_close(c);
+		return rc;
+	}
+	conn_watch_socket(c, fd);
+	/* From here failures are reported through connected(), from the
+	 * timer: this function must not upcall. */
+	if (connect(fd, (struct sockaddr *)&sa, len)) {
+		/* No listener: ENOENT (path), ECONNREFUSED (abstract); a full
+		 * backlog: EAGAIN. */
+		c->pending_err = errno == ENOENT ? -ECONNREFUSED : -errno;
+	} else if ((rc = peer_check(fd, NULL))) {
+		c->pending_err = rc;
+	} else {
+		msg_init(&m, SHM_MSG_HELLO, 0, &c->g, hs, hs_len);
+		m.seg_size = 0;
+		rc = msg_send(fd, &m, &c->bell_in, 1);
+		/* A server that refused us at once (say, our uid) may have
+		 * closed already: its REFUSE still waits in our queue. */
+		if (rc && rc != -EPIPE && rc != -ECONNRESET)
+			c->pending_err = rc;
+	}
+	uv_timer_start(&c->timer, conn_timer_cb, c->pending_err ? 0 : p->connect_timeout_ms, 0);
+	c->engine_knows = true;
+	*out = &c->base;
+	return 0;
+}
+
+static void shm_disconnect(struct tern_conn *bc)
+{
+	struct sconn *c = C(bc);
+
+	c->notified_end = true; /* the engine asked: no error upcall */
+	conn_close(c);
+}
+
+/* ---- the context --------------------------------------------------------------------------------
+ */
+
+static int shm_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transport_events *ev,
+			struct tern_tctx **out)
+{
+	struct shm_tctx *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	t->ctx = ctx;
+	t->loop = loop;
+	t->ev = ev;
+	t->mode = TERN_TRANSPORT_POLLED;
+	link_init(&t->up);
+	*out = (struct tern_tctx *)t;
+	return 0;
+}
+
+static void shm_ctx_fini(struct tern_tctx *tt)
+{
+	struct shm_tctx *t = T(tt);
+
+	/* Connections and listeners are closed; let their handles finish. */
+	while (t->open_handles > 0)
+		uv_run(t->loop, UV_RUN_NOWAIT);
+	free(t);
+}
+
+static int shm_poll(struct tern_tctx *tt, int budget)
+{
+	struct shm_tctx *t = T(tt);
+	struct shm_link *l;
+	int n = 0;
+
+	t->in_poll++;
+	settle_doorbells(t);
+	for (l = t->up.next; l != &t->up && n < budget; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (c->state == SC_UP)
+			n += conn_poll(c, budget - n);
+	}
+	/*
+	 * Slots the engine gave back wait one poll for a message to ride on
+	 * (the usual case: it replies, or calls again, at once); after that
+	 * they go out alone, so a peer waiting for slots waits one spin.
+	 */
+	for (l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (!c->nrets || c->state != SC_UP)
+			continue;
+		if (!c->rets_waited)
+			c->rets_waited = true;
+		else if (flush_rets(c))
+			conn_failed(c, TERN_EPEER, "shm: the peer's index says its ring is full");
+	}
+	poll_exit(t);
+	return n;
+}
+
+static int shm_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
+{
+	struct shm_tctx *t = T(tt);
+	int n = 0;
+
+	settle_doorbells(t); /* checks owed from polled mode, before leaving it */
+	t->mode = mode;
+	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = link_entry(l, struct sconn, link);
+
+		if (c->state != SC_UP)
+			continue;
+		if (mode == TERN_TRANSPORT_EVENTS)
+			n += conn_arm(c);
+		else
+			conn_disarm(c);
+	}
+	return n;
+}
+
+const struct tern_transport_ops tern_shm_transport = {
+	.scheme = "shm",
+	.uri_form = TERN_URI_NAME,
+	.ctx_init = shm_ctx_init,
+	.ctx_fini = shm_ctx_fini,
+	.listen = shm_listen,
+	.listener_close = shm_listener_close,
+	.connect = shm_connect,
+	.post_send = shm_post_send,
+	.post_recv = shm_post_recv,
+	.disconnect = shm_disconnect,
+	.poll = shm_poll,
+	.set_mode = shm_set_mode,
+};

@@ -2,8 +2,11 @@
 /*
  * hello - tern in one file: an echo server and a client in two processes.
  *
- *   ./hello [URI]        URI to listen on, e.g. rdma://10.0.0.1:0 (default:
- *                        the first RDMA address found, port 0)
+ *   ./hello [URI]        URI to listen on, e.g. rdma://10.0.0.1:0, shm://name
+ *                        or tcp://127.0.0.1:0.  Default: the best transport
+ *                        this machine has, and it says which and why:
+ *                        rdma:// on the first address with an RDMA device,
+ *                        else shm:// (same host, zero copy).
  *
  * The client calls a raw method (its request is copied into a slot, the
  * server's reply copied once into another), an inplace method (the
@@ -237,9 +240,13 @@ int main(int argc, char **argv)
 
 	if (argc > 1) {
 		snprintf(uri, sizeof(uri), "%s", argv[1]);
-	} else if (default_uri(uri, sizeof(uri))) {
-		fprintf(stderr, "hello: no RDMA device here; pass a URI (shm:// or tcp://)\n");
-		return 77;
+		printf("hello: transport: %.*s, as asked\n", (int)strcspn(uri, ":"), uri);
+	} else if (default_uri(uri, sizeof(uri)) == 0) {
+		printf("hello: transport: rdma (this machine has an RDMA device; %s)\n", uri);
+	} else {
+		snprintf(uri, sizeof(uri), "shm://tern-hello-%d", (int)getpid());
+		printf("hello: transport: shm (no RDMA device here; both ends are on this host, "
+		       "and shm:// is zero copy)\n");
 	}
 	printf("tern %s: echo server and client over %s\n", tern_version_string(), uri);
 	fflush(stdout);

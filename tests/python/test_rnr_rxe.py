@@ -20,11 +20,11 @@ from tern import RnrMonitor
 from tern.rnr import CANONICAL
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def rxe0():
     if not os.path.isdir("/sys/class/infiniband/rxe0"):
         pytest.exit("no rxe0 here: the rdma suite runs in tools/rxe-vm", returncode=77)
+
 
 RXE_NAMES = {
     "responder_out_of_buffer": "send_rnr_err",

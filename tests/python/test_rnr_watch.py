@@ -67,15 +67,15 @@ def test_table_has_a_row_per_counter_in_aligned_columns(tree):
     head = lines[1]
     assert head.split() == ["DEVICE", "PORT", "COUNTER", "RAW", "STATUS", "VALUE", "DELTA",
                             "RATE/s"]
-    rows = [l.split() for l in lines[2:] if l]
+    rows = [line.split() for line in lines[2:] if line]
     assert ["rxe0", "1", "responder_out_of_buffer", "send_rnr_err", "ok", "0", "0",
             "0.00"] in rows
     assert ["mlx5_0", "1", "counters/link_downed", "link_downed", "garbage", "-", "0",
             "-"] in rows
-    table = [l for l in lines[1:] if l]
-    assert len({len(l) for l in table}) == 1, "all rows equally wide"
+    table = [line for line in lines[1:] if line]
+    assert len({len(line) for line in table}) == 1, "all rows equally wide"
     status = head.index("STATUS")
-    assert {l[status:].split()[0] for l in table[1:]} == {"ok", "garbage"}
+    assert {line[status:].split()[0] for line in table[1:]} == {"ok", "garbage"}
 
 
 def test_json_lines_one_object_per_reading(tree, procs):

@@ -79,7 +79,8 @@ def test_table_has_a_row_per_counter_in_aligned_columns(tree):
 
 
 def test_json_lines_one_object_per_reading(tree, procs):
-    p = procs(["--root", tree.root, "--format", "json", "--count", "2", "--interval", "0.2"])
+    # A second between the readings: time for the test to change a counter.
+    p = procs(["--root", tree.root, "--format", "json", "--count", "2", "--interval", "1"])
     first = json.loads(read_line(p.stdout))
     tree.set("rxe0", "send_rnr_err", 4)
     second = json.loads(read_line(p.stdout))
@@ -193,7 +194,7 @@ def test_no_rdma_devices_exit_4(tmp_path):
 
 def test_unplugged_device_is_reported_gone(tree, procs):
     tree.add_rxe("rxe1")
-    p = procs(["--root", tree.root, "--format", "json", "--count", "2", "--interval", "0.3"])
+    p = procs(["--root", tree.root, "--format", "json", "--count", "2", "--interval", "1"])
     json.loads(read_line(p.stdout))
     tree.unplug("rxe1")
     states = {x["device"]: x["state"] for x in json.loads(read_line(p.stdout))["ports"]}

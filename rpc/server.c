@@ -352,6 +352,19 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 }
 
+/* Why a transfer of the caller's memory failed, for the caller to read. */
+static const char *bulk_why(int status, bool reading)
+{
+	if (status == -EPERM)
+		return reading ? "could not read the request from the caller: no access to its "
+				 "memory (shm needs ptrace rights between the two processes)"
+			       : "could not write the reply into the caller's buffer: no access "
+				 "to its memory (shm needs ptrace rights between the two "
+				 "processes)";
+	return reading ? "could not read the request from the caller"
+		       : "could not write the reply into the caller's buffer";
+}
+
 void tern__serve_bulk_done(tern_req *req, int status)
 {
 	tern_session *s = req->s;
@@ -366,7 +379,7 @@ void tern__serve_bulk_done(tern_req *req, int status)
 	if (req->state == TERN_REQ_FETCHING) {
 		req->state = TERN_REQ_HANDLER;
 		if (status) {
-			reply_error(req, status, "could not read the request from the caller");
+			reply_error(req, status, bulk_why(status, true));
 			return;
 		}
 		s->cnt.bulk_bytes_read += req->in_len;
@@ -380,8 +393,7 @@ void tern__serve_bulk_done(tern_req *req, int status)
 	} else if (req->state == TERN_REQ_WRITING) {
 		req->state = TERN_REQ_HANDLER;
 		if (status) {
-			reply_error(req, status,
-				    "could not write the reply into the caller's buffer");
+			reply_error(req, status, bulk_why(status, false));
 			return;
 		}
 		s->cnt.bulk_bytes_written += req->bulk_len;

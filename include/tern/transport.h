@@ -218,6 +218,10 @@ struct tern_transport_ops {
 	 *	exported @remote.  A message posted after it reaches the peer
 	 *	only after the data.
 	 * mem_release: the engine deregisters @m: drop the provider's state.
+	 * bulk_unexport (optional): the call @d was exported for is over; the
+	 *	peer may no longer reach it.  Providers that check a peer's
+	 *	descriptors against a table of live exports (shm, tcp) need it;
+	 *	verbs, whose rkeys the NIC checks, leaves it NULL.
 	 */
 	uint64_t (*bulk_max)(struct tern_conn *c);
 	int (*bulk_export)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,
@@ -227,6 +231,7 @@ struct tern_transport_ops {
 	int (*bulk_write)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,
 			  const struct tern_bulk_desc *remote, uint64_t cookie);
 	void (*mem_release)(struct tern_tctx *t, struct tern_tmem *m);
+	void (*bulk_unexport)(struct tern_conn *c, const struct tern_bulk_desc *d);
 };
 
 #ifdef __cplusplus

@@ -248,6 +248,54 @@ static void test_concurrent_large_calls_each_get_their_own_bytes(void **state)
 	fx_free(f);
 }
 
+static bool server_has_req_in(struct fx *f, uint8_t state)
+{
+	for (uint32_t i = 0; f->srv && i < f->srv->n; i++)
+		if (f->srv->reqs[i].state == state)
+			return true;
+	return false;
+}
+
+/*
+ * The server goes away while a large request is being pulled (@state
+ * FETCHING) or a large reply pushed (WRITING): the call completes with
+ * -ECONNRESET, and everything is released (LSan checks at exit).
+ */
+static void peer_closes_mid_transfer(uint32_t method, uint8_t state)
+{
+	struct fx *f = fx_new(NULL);
+	size_t size = 64 << 20;
+	uint8_t *req = malloc(size), *rep = calloc(1, size);
+	struct tern_call_opts o = {
+		.size = sizeof(o), .timeout_ms = 60000, .reply_buf = rep, .reply_cap = size};
+	struct fx_done d = {0};
+	int i;
+
+	pattern(req, size, 5);
+	assert_int_equal(tern_call(f->cli, method, req, size, fx_done_cb, &d, &o), 0);
+	for (i = 0; i < 1000000 && !d.done && !server_has_req_in(f, state); i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	assert_true(server_has_req_in(f, state));
+	assert_int_equal(tern_session_close(f->srv, NULL), 0);
+	assert_int_equal(fx_run_until(f, &d.done, 30000), 0);
+	assert_int_equal(d.status, -ECONNRESET);
+	free(req);
+	free(rep);
+	fx_free(f);
+}
+
+static void test_peer_closing_while_pulling_the_request_fails_the_call(void **state)
+{
+	(void)state;
+	peer_closes_mid_transfer(M_ECHO, TERN_REQ_FETCHING);
+}
+
+static void test_peer_closing_while_pushing_the_reply_fails_the_call(void **state)
+{
+	(void)state;
+	peer_closes_mid_transfer(M_ECHO_INPLACE, TERN_REQ_WRITING);
+}
+
 static void test_unregistered_memory_goes_through_staging(void **state)
 {
 	struct fx *f = fx_new(NULL);
@@ -393,6 +441,8 @@ int main(void)
 		cmocka_unit_test(test_echo_256m_registered),
 		cmocka_unit_test(test_inplace_echo_256m_registered),
 		cmocka_unit_test(test_concurrent_large_calls_each_get_their_own_bytes),
+		cmocka_unit_test(test_peer_closing_while_pulling_the_request_fails_the_call),
+		cmocka_unit_test(test_peer_closing_while_pushing_the_reply_fails_the_call),
 		cmocka_unit_test(test_unregistered_memory_goes_through_staging),
 		cmocka_unit_test(test_inplace_handler_writes_a_large_reply_once),
 		cmocka_unit_test(test_deferred_handler_replies_large_later),

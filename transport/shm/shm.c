@@ -1632,7 +1632,8 @@ static void bulk_on_req(struct sconn *c, const struct shm_bulk *b)
 	d.status = vm_copy(c->peer_pid, b->op == SHM_BULK_READ, (void *)(uintptr_t)b->xaddr,
 			   b->laddr, b->len);
 	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_DONE, &d)))
-		conn_failed(c, rc, "shm: could not answer a bulk transfer");
+		conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc,
+			    "shm: could not answer a bulk transfer");
 }
 
 /* The peer finished (or refused) a transfer we asked for. */

@@ -718,7 +718,10 @@ static void rx_eof(struct tconn *c, int err)
 		conn_setup_failed(c, err == UV_EOF ? -ECONNRESET : uv_to_conn_err(err), NULL, 0);
 		return;
 	}
-	if (err == UV_EOF && !c->paused && (c->in_frame || c->st_wr > c->st_rd)) {
+	/* (In a bulk piece, the peer closing mid-transfer is a reset, not a
+	 * protocol error: its session went away while it was sending.) */
+	if (err == UV_EOF && !c->paused && c->f_kind == TF_MSG &&
+	    (c->in_frame || c->st_wr > c->st_rd)) {
 		snprintf(why, sizeof(why),
 			 "tcp: the peer hung up in the middle of a %u-byte message",
 			 c->in_frame ? c->f_len : 0);

@@ -1355,8 +1355,9 @@ static bool bulk_frame_end(struct tconn *c)
 		c->f_dst = r->dst + r->got;
 		break;
 	case TCP_BULK_WRITE:
-		if (!b.len || b.len > TCP_BULK_PIECE ||
-		    !tern_xtab_check(&c->xt, b.key, b.addr, b.len, true))
+		if (!b.len || b.len > TCP_BULK_PIECE)
+			return bulk_bad(c, "tcp: a bulk piece of 0 or over 1 MiB");
+		if (!tern_xtab_check(&c->xt, b.key, b.addr, b.len, true))
 			return bulk_bad(c, "tcp: the peer wrote to memory it was not given");
 		c->f_rop = NULL;
 		c->f_dst = (uint8_t *)(uintptr_t)b.addr;

@@ -37,6 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 
 #include "fixture.h"
 #include "internal.h"
@@ -1298,6 +1300,9 @@ static int serve_main(const char *mode)
 		return 1;
 	if (getenv("TERN_TEST_PIN0"))
 		pin_to_cpu0(NULL);
+	/* no one without CAP_SYS_PTRACE may reach our memory */
+	if (strcmp(mode, "undumpable") == 0)
+		prctl(PR_SET_DUMPABLE, 0);
 	co.progress = strcmp(mode, "event") == 0      ? TERN_PROGRESS_EVENT
 		      : strcmp(mode, "adaptive") == 0 ? TERN_PROGRESS_ADAPTIVE
 						      : TERN_PROGRESS_BUSY;
@@ -1669,6 +1674,81 @@ static void test_peer_dying_mid_transfer_is_a_reset(void **state)
 	hostile_teardown(&h);
 }
 
+/* ---- large messages between two processes ------------------------------------------------ */
+
+/* Turn CAP_SYS_PTRACE off (0) or back on (1) in our effective set. */
+static void ptrace_cap(int on)
+{
+	struct __user_cap_header_struct hd = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2];
+
+	assert_int_equal(syscall(SYS_capget, &hd, d), 0);
+	if (on)
+		d[0].effective |= d[0].permitted & (1u << CAP_SYS_PTRACE);
+	else
+		d[0].effective &= ~(1u << CAP_SYS_PTRACE);
+	assert_int_equal(syscall(SYS_capset, &hd, d), 0);
+}
+
+/* A large echo with another process; the call's status and message. */
+static int large_echo_with(const char *server_mode, char *errmsg, size_t errlen)
+{
+	size_t size = 8 << 20;
+	uint8_t *req = malloc(size), *back = calloc(1, size), small[8];
+	struct tern_sync_reply rep = {.buf = back, .cap = size, .direct = 1};
+	struct tern_sync_reply srep = {.buf = small, .cap = sizeof(small)};
+	char uri[128];
+	tern_session *s;
+	tern_ctx *ctx;
+	pid_t pid;
+	int rc;
+
+	for (size_t i = 0; i < size; i++)
+		req[i] = (uint8_t)(i * 13 + 5);
+	pid = spawn_server(server_mode, uri, sizeof(uri));
+	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
+	assert_int_equal(tern_connect_sync(ctx, uri, NULL, 10000, &s), 0);
+	rc = tern_call_sync(s, M_ECHO, req, size, &rep, 20000);
+	snprintf(errmsg, errlen, "%s", rep.errmsg);
+	if (rc == 0) {
+		assert_int_equal(rep.len, size);
+		assert_memory_equal(back, req, size);
+	}
+	/* either way the session goes on */
+	assert_int_equal(tern_call_sync(s, M_ECHO, "ok", 2, &srep, 5000), 0);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+	free(req);
+	free(back);
+	return rc;
+}
+
+static void test_large_echo_between_two_processes(void **state)
+{
+	char why[256];
+
+	(void)state;
+	assert_int_equal(large_echo_with("busy", why, sizeof(why)), 0);
+}
+
+/* The server is out of our reach (not dumpable, and we hold no
+ * CAP_SYS_PTRACE): our answer to its request for the bytes is -EPERM,
+ * which reaches us as the call's status, saying why; nothing hangs. */
+static void test_no_ptrace_access_is_eperm_at_the_caller_saying_why(void **state)
+{
+	char why[256];
+	int rc;
+
+	(void)state;
+	ptrace_cap(0);
+	rc = large_echo_with("undumpable", why, sizeof(why));
+	ptrace_cap(1);
+	printf("call failed: %s (%s)\n", tern_strerror(rc), why);
+	assert_int_equal(rc, -EPERM);
+	assert_non_null(strstr(why, "ptrace"));
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1714,6 +1794,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_event_mode_doorbells_lose_no_wakeup),
 		cmocka_unit_test(test_adaptive_mode_doorbells_lose_no_wakeup),
 		cmocka_unit_test(test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other),
+		cmocka_unit_test(test_large_echo_between_two_processes),
+		cmocka_unit_test(test_no_ptrace_access_is_eperm_at_the_caller_saying_why),
 	};
 
 	setenv("TERN_TEST_TRANSPORT", "shm", 1);

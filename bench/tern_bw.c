@@ -99,9 +99,12 @@ static int run_server(const char *addr, size_t max, int fd)
 		snprintf(uri, sizeof(uri), "shm://tern-bw-%d", (int)getpid());
 	else
 		snprintf(uri, sizeof(uri), "tcp://127.0.0.1:0");
-	if (tern_ctx_create(NULL, &ctx) || tern_mem_register(ctx, srv_buf, max, &mr) ||
-	    tern_register_raw(ctx, M_GET, get, NULL) || tern_register_raw(ctx, M_PUT, put, NULL) ||
-	    tern_listen(ctx, uri, &so, NULL, &l)) {
+	/* on one host both ends spin, as bench/run-local.sh runs them */
+	struct tern_ctx_opts co = {.size = sizeof(co), .progress = TERN_PROGRESS_BUSY};
+
+	if (tern_ctx_create(strcmp(transport, "rdma") ? &co : NULL, &ctx) ||
+	    tern_mem_register(ctx, srv_buf, max, &mr) || tern_register_raw(ctx, M_GET, get, NULL) ||
+	    tern_register_raw(ctx, M_PUT, put, NULL) || tern_listen(ctx, uri, &so, NULL, &l)) {
 		fprintf(stderr, "tern_bw server: %s\n", tern_ctx_last_error(ctx));
 		return 1;
 	}

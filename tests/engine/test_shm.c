@@ -1288,6 +1288,8 @@ static void pin_to_cpu0(cpu_set_t *old)
 	sched_setaffinity(0, sizeof(one), &one);
 }
 
+static void ptrace_cap(int on);
+
 static int serve_main(const char *mode)
 {
 	struct tern_ctx_opts co = {.size = sizeof(co)};
@@ -1303,6 +1305,9 @@ static int serve_main(const char *mode)
 	/* no one without CAP_SYS_PTRACE may reach our memory */
 	if (strcmp(mode, "undumpable") == 0)
 		prctl(PR_SET_DUMPABLE, 0);
+	/* we may reach no one who is not dumpable */
+	if (strcmp(mode, "nocap") == 0)
+		ptrace_cap(0);
 	co.progress = strcmp(mode, "event") == 0      ? TERN_PROGRESS_EVENT
 		      : strcmp(mode, "adaptive") == 0 ? TERN_PROGRESS_ADAPTIVE
 						      : TERN_PROGRESS_BUSY;
@@ -1732,6 +1737,21 @@ static void test_large_echo_between_two_processes(void **state)
 	assert_int_equal(large_echo_with("busy", why, sizeof(why)), 0);
 }
 
+/* The server cannot reach us (we are not dumpable, it holds no
+ * CAP_SYS_PTRACE) but we can reach it: the halves it would copy itself
+ * are asked of us instead, and the echo comes back whole. */
+static void test_a_peer_that_cannot_reach_us_gets_its_half_copied_for_it(void **state)
+{
+	char why[256];
+	int rc;
+
+	(void)state;
+	prctl(PR_SET_DUMPABLE, 0);
+	rc = large_echo_with("nocap", why, sizeof(why));
+	prctl(PR_SET_DUMPABLE, 1);
+	assert_int_equal(rc, 0);
+}
+
 /* The server is out of our reach (not dumpable, and we hold no
  * CAP_SYS_PTRACE): our answer to its request for the bytes is -EPERM,
  * which reaches us as the call's status, saying why; nothing hangs. */
@@ -1795,6 +1815,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_adaptive_mode_doorbells_lose_no_wakeup),
 		cmocka_unit_test(test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other),
 		cmocka_unit_test(test_large_echo_between_two_processes),
+		cmocka_unit_test(test_a_peer_that_cannot_reach_us_gets_its_half_copied_for_it),
 		cmocka_unit_test(test_no_ptrace_access_is_eperm_at_the_caller_saying_why),
 	};
 

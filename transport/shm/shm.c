@@ -187,7 +187,13 @@ struct sconn {
 		uint64_t cookie;
 		uint32_t gen; /* in the token: a stale or forged DONE misses */
 		bool busy;
+		bool split;	     /* the exporter split it: our half is done or asked for */
+		uint8_t dones;	     /* DONEs still owed */
+		int status;	     /* the first failure */
+		struct shm_bulk req; /* what we asked */
 	} bops[SHM_BULK_OPS];
+	uint32_t bops_live; /* how many are busy */
+	bool no_split;	    /* we cannot reach the peer: it copies everything */
 };
 
 #define T(x) ((struct shm_tctx *)(x))
@@ -1269,36 +1275,44 @@ static void conn_drain_dead(struct sconn *c)
 
 static void bulk_on_req(struct sconn *c, const struct shm_bulk *b);
 static void bulk_on_done(struct sconn *c, const struct shm_bulk *b);
+static void bulk_on_split(struct sconn *c, const struct shm_bulk *b);
 
-static void up_on_socket(struct sconn *c)
+/* Socket messages once up: bulk traffic, or the hang-up.  Return: how many. */
+static int up_on_socket(struct sconn *c)
 {
-	for (int i = 0; i < SHM_SOCK_BATCH && c->state == SC_UP; i++) {
+	int i;
+
+	for (i = 0; i < SHM_SOCK_BATCH && c->state == SC_UP; i++) {
 		struct shm_msg m;
 		struct shm_bulk b;
 		int fds[SHM_MAX_FDS], nfds;
 		ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
 
 		if (n == -EAGAIN)
-			return;
+			return i;
 		if (n > 0 && m.hs_len == 0 &&
-		    (m.type == SHM_MSG_BULK_REQ || m.type == SHM_MSG_BULK_DONE)) {
+		    (m.type == SHM_MSG_BULK_REQ || m.type == SHM_MSG_BULK_DONE ||
+		     m.type == SHM_MSG_BULK_SPLIT)) {
 			memcpy(&b, m.hs, sizeof(b)); /* a local copy: judged, then used */
 			if (m.type == SHM_MSG_BULK_REQ)
 				bulk_on_req(c, &b);
-			else
+			else if (m.type == SHM_MSG_BULK_DONE)
 				bulk_on_done(c, &b);
+			else
+				bulk_on_split(c, &b);
 			continue;
 		}
 		if (n > 0 || n == -EBADMSG) {
 			/* Anything else breaks the protocol. */
 			conn_failed(c, TERN_EPEER, "shm: unexpected message on the socket");
-			return;
+			return i;
 		}
 		conn_drain_dead(c);
 		if (c->state == SC_UP)
 			conn_failed(c, -ECONNRESET, "the peer hung up");
-		return;
+		return i;
 	}
+	return i;
 }
 
 static void sock_cb(uv_poll_t *h, int status, int events)
@@ -1319,7 +1333,7 @@ static void sock_cb(uv_poll_t *h, int status, int events)
 		client_on_answer(c);
 		break;
 	case SC_UP:
-		up_on_socket(c);
+		(void)up_on_socket(c);
 		break;
 	case SC_CLOSING:
 		uv_poll_stop(h);
@@ -1620,17 +1634,33 @@ static void bulk_on_req(struct sconn *c, const struct shm_bulk *b)
 {
 	const struct tern_xent *e = NULL;
 	struct shm_bulk d = {.token = b->token};
+	uint32_t op = b->op & SHM_BULK_OP_MASK;
+	uint64_t len = b->len;
 	int rc;
 
-	if ((b->op == SHM_BULK_READ || b->op == SHM_BULK_WRITE) && b->len)
-		e = tern_xtab_check(&c->xt, b->key, b->xaddr, b->len, b->op == SHM_BULK_WRITE);
+	if ((op == SHM_BULK_READ || op == SHM_BULK_WRITE) && !(b->op & ~0x1ffu) && b->len)
+		e = tern_xtab_check(&c->xt, b->key, b->xaddr, b->len, op == SHM_BULK_WRITE);
 	if (!e) {
 		conn_failed(c, TERN_EPEER, "shm: the peer named memory it was not given");
 		return;
 	}
-	/* Checked: [xaddr, xaddr + len) is inside a live export of ours. */
-	d.status = vm_copy(c->peer_pid, b->op == SHM_BULK_READ, (void *)(uintptr_t)b->xaddr,
-			   b->laddr, b->len);
+	/*
+	 * Checked: [xaddr, xaddr + len) is inside a live export of ours.  A
+	 * large one is split: the user copies the second half itself while
+	 * we copy the first, two processes at once.
+	 */
+	if (len >= SHM_SPLIT_MIN && !(b->op & SHM_BULK_NOSPLIT)) {
+		struct shm_bulk sp = {.token = b->token, .len = (len / 2) & ~(uint64_t)4095};
+
+		if ((rc = bulk_msg_send(c, SHM_MSG_BULK_SPLIT, &sp))) {
+			conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc,
+				    "shm: could not answer a bulk transfer");
+			return;
+		}
+		len = sp.len;
+	}
+	d.status = vm_copy(c->peer_pid, op == SHM_BULK_READ, (void *)(uintptr_t)b->xaddr, b->laddr,
+			   len);
 	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_DONE, &d)))
 		conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc,
 			    "shm: could not answer a bulk transfer");
@@ -1643,14 +1673,56 @@ static void bulk_on_done(struct sconn *c, const struct shm_bulk *b)
 	struct shm_bop *op = &c->bops[i % SHM_BULK_OPS];
 	int st = b->status;
 
-	if (i >= SHM_BULK_OPS || !op->busy || op->gen != b->token >> 8) {
+	if (i >= SHM_BULK_OPS || !op->busy || op->gen != b->token >> 8 || !op->dones) {
 		conn_failed(c, TERN_EPEER, "shm: the peer finished a transfer nobody asked for");
 		return;
 	}
 	if (st > 0 || st < -4095)
 		st = -EIO; /* not an errno: say so rather than pass it on */
+	if (!op->status)
+		op->status = st;
+	if (--op->dones)
+		return;
 	op->busy = false;
-	c->t->ev->bulk_done(&c->base, op->cookie, st);
+	c->bops_live--;
+	c->t->ev->bulk_done(&c->base, op->cookie, op->status);
+}
+
+/* The exporter copies the first half of a large transfer: we copy the rest. */
+static void bulk_on_split(struct sconn *c, const struct shm_bulk *b)
+{
+	uint32_t i = b->token & 0xffu;
+	struct shm_bop *op = &c->bops[i % SHM_BULK_OPS];
+	struct shm_bulk *q = &op->req;
+	uint64_t mid = b->len;
+	int rc;
+
+	if (i >= SHM_BULK_OPS || !op->busy || op->gen != b->token >> 8 || op->split ||
+	    mid >= q->len) {
+		conn_failed(c, TERN_EPEER, "shm: the peer split a transfer it was not asked for");
+		return;
+	}
+	op->split = true;
+	/* the exporter's own memory, at the address its descriptor gave */
+	rc = vm_copy(c->peer_pid, (q->op & SHM_BULK_OP_MASK) == SHM_BULK_WRITE,
+		     (void *)(uintptr_t)(q->laddr + mid), q->xaddr + mid, q->len - mid);
+	if (rc != -EPERM) {
+		if (rc && !op->status)
+			op->status = rc;
+		return;
+	}
+	/* We cannot reach it: let the exporter copy our half, and all from now on. */
+	c->no_split = true;
+	q->xaddr += mid;
+	q->laddr += mid;
+	q->len -= mid;
+	q->op |= SHM_BULK_NOSPLIT;
+	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, q))) {
+		if (!op->status)
+			op->status = rc == -EPIPE ? -ECONNRESET : rc;
+		return;
+	}
+	op->dones++;
 }
 
 static void bulk_fail_all(struct sconn *c, int err)
@@ -1658,6 +1730,7 @@ static void bulk_fail_all(struct sconn *c, int err)
 	for (uint32_t i = 0; i < SHM_BULK_OPS; i++) {
 		if (c->bops[i].busy) {
 			c->bops[i].busy = false;
+			c->bops_live--;
 			c->t->ev->bulk_done(&c->base, c->bops[i].cookie, err);
 		}
 	}
@@ -1685,10 +1758,17 @@ static int bulk_ask(struct sconn *c, uint32_t op, const struct tern_bulk_desc *r
 	o->gen = (o->gen + 1) & 0xffffffu;
 	b.laddr = (uint64_t)(uintptr_t)m->addr + off;
 	b.token = o->gen << 8 | i;
+	if (c->no_split)
+		b.op |= SHM_BULK_NOSPLIT;
 	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, &b)))
 		return rc == -EPIPE ? -ECONNRESET : rc;
 	o->busy = true;
 	o->cookie = cookie;
+	o->split = false;
+	o->dones = 1;
+	o->status = 0;
+	o->req = b;
+	c->bops_live++;
 	return 0;
 }
 
@@ -1746,6 +1826,14 @@ static int shm_poll(struct tern_tctx *tt, int budget)
 
 		if (c->state == SC_UP)
 			n += conn_poll(c, budget - n);
+		/*
+		 * While bulk transfers may be asked for or answered, look at
+		 * the socket here too (one recvmsg): a busy context returns
+		 * to libuv's epoll only every busy_spin_ns, which would add
+		 * that much to every large message.  Small calls pay nothing.
+		 */
+		if (c->state == SC_UP && (c->xt.live || c->bops_live))
+			n += up_on_socket(c);
 	}
 	/*
 	 * Slots the engine gave back wait one poll for a message to ride on

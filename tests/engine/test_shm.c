@@ -1659,6 +1659,36 @@ static void test_hostile_done_with_a_stale_generation(void **state)
 	hostile_teardown(&h);
 }
 
+/* A split must name a pending transfer and a point inside it. */
+static void test_hostile_split_past_the_end_of_the_transfer(void **state)
+{
+	struct hostile h;
+	struct shm_bulk b, sp = {0};
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	we_call_with_a_large_request(&h, &b);
+	sp.token = b.token;
+	sp.len = b.len; /* "you copy [len, len)": not a split */
+	send_bulk(&h, SHM_MSG_BULK_SPLIT, &sp);
+	expect_epeer(&h, "split a transfer it was not asked for");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_split_of_a_transfer_nobody_asked_for(void **state)
+{
+	struct hostile h;
+	struct shm_bulk sp = {.token = 3, .len = 0};
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	send_bulk(&h, SHM_MSG_BULK_SPLIT, &sp);
+	expect_epeer(&h, "split a transfer it was not asked for");
+	hostile_teardown(&h);
+}
+
 /* Dying with the server waiting on our answer: a reset, not a protocol
  * error, and the request's staging is released (LSan checks at exit). */
 static void test_peer_dying_mid_transfer_is_a_reset(void **state)
@@ -1795,6 +1825,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_bulk_write_into_a_read_only_export),
 		cmocka_unit_test(test_hostile_done_for_a_transfer_nobody_asked_for),
 		cmocka_unit_test(test_hostile_done_with_a_stale_generation),
+		cmocka_unit_test(test_hostile_split_past_the_end_of_the_transfer),
+		cmocka_unit_test(test_hostile_split_of_a_transfer_nobody_asked_for),
 		cmocka_unit_test(test_peer_dying_mid_transfer_is_a_reset),
 		cmocka_unit_test(test_hostile_hello_bad_magic),
 		cmocka_unit_test(test_hostile_hello_truncated),

@@ -5,10 +5,11 @@
  *   --memcpy  single-threaded memcpy from one buffer into another of SIZE
  *             bytes (both touched beforehand): what one copy costs, which
  *             is what shm's process_vm transfer is.
- *   --tcp     raw loopback TCP, one SIZE-byte transfer in flight: a forked
- *             child writes SIZE bytes, the parent reads them all into one
- *             buffer and answers one byte; timed from the request to the
- *             last byte, like one tern call.
+ *   --tcp     raw loopback TCP, one SIZE-byte transfer in flight: the
+ *             parent asks (8 bytes), a forked child writes SIZE bytes, the
+ *             parent reads them all into one buffer; timed from the request
+ *             to the last byte, like one tern call.  Both ends spin on
+ *             non-blocking sockets, as a busy tern context does.
  *
  * JSON lines: {"bench":"memcpy_bw"|"tcp_stream_bw","size":N,"gb_per_s":X,...}
  * with the bandwidth at the median time.
@@ -73,9 +74,9 @@ static int run_memcpy(const size_t *sizes, int nsizes, int iters)
 static int full_write(int fd, const uint8_t *p, size_t n)
 {
 	while (n) {
-		ssize_t k = write(fd, p, n);
+		ssize_t k = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
 
-		if (k < 0 && errno == EINTR)
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (k <= 0)
 			return -1;
@@ -88,9 +89,9 @@ static int full_write(int fd, const uint8_t *p, size_t n)
 static int full_read(int fd, uint8_t *p, size_t n)
 {
 	while (n) {
-		ssize_t k = read(fd, p, n);
+		ssize_t k = recv(fd, p, n, MSG_DONTWAIT);
 
-		if (k < 0 && errno == EINTR)
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (k <= 0)
 			return -1;

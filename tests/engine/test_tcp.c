@@ -706,99 +706,71 @@ static void test_bulk_read_inside_an_export_is_served_in_pieces(void **state)
 	hostile_teardown(&h);
 }
 
-static void test_hostile_bulk_read_with_a_key_never_given(void **state)
+/*
+ * The server exports a BIG request (and, with @reply_buf, a BIG reply
+ * buffer); we send a bulk header of @type against it, the key moved by
+ * @key_delta, the address by @off, for @len bytes.  It must hang up.
+ */
+static void bulk_refused(enum tern_progress p, bool reply_buf, uint16_t type, uint32_t key_delta,
+			 uint64_t off, uint64_t len, const char *needle)
 {
 	struct hostile h;
-	uint8_t req[BIG];
-	struct tern_bulk_desc q, r;
+	uint8_t req[BIG], reply[BIG], junk[16] = {0};
+	struct tern_bulk_desc q, r, *d = reply_buf ? &r : &q;
 
-	(void)state;
-	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_setup(&h, p);
 	hostile_handshake(&h);
-	server_calls_us(&h, req, NULL, &r, &q);
-	/* the right slot of the table, another generation */
-	send_bulk(&h, TCP_BULK_READ, q.key + 0x10000, q.addr, 16, 1);
-	expect_epeer(&h, "read memory it was not given");
+	server_calls_us(&h, req, reply_buf ? reply : NULL, &r, &q);
+	send_bulk(&h, type, d->key + key_delta, d->addr + off, len, 1);
+	if (type == TCP_BULK_WRITE && len <= sizeof(junk))
+		send_all(h.fd, junk, (size_t)len);
+	expect_epeer(&h, needle);
+	assert_int_equal(req[0], 1); /* (the export was never written) */
 	hostile_teardown(&h);
+}
+
+static void test_hostile_bulk_read_with_a_key_never_given(void **state)
+{
+	(void)state;
+	/* the right slot of the table, another generation */
+	bulk_refused(TERN_PROGRESS_BUSY, false, TCP_BULK_READ, 0x10000, 0, 16,
+		     "read memory it was not given");
 }
 
 static void test_hostile_bulk_read_one_byte_past_the_export(void **state)
 {
-	struct hostile h;
-	uint8_t req[BIG];
-	struct tern_bulk_desc q, r;
-
 	(void)state;
-	hostile_setup(&h, TERN_PROGRESS_EVENT);
-	hostile_handshake(&h);
-	server_calls_us(&h, req, NULL, &r, &q);
-	send_bulk(&h, TCP_BULK_READ, q.key, q.addr + 1, q.len, 1);
-	expect_epeer(&h, "read memory it was not given");
-	hostile_teardown(&h);
+	bulk_refused(TERN_PROGRESS_EVENT, false, TCP_BULK_READ, 0, 1, BIG,
+		     "read memory it was not given");
 }
 
 static void test_hostile_bulk_read_of_an_absurd_length(void **state)
 {
-	struct hostile h;
-	uint8_t req[BIG];
-	struct tern_bulk_desc q, r;
-
 	(void)state;
-	hostile_setup(&h, TERN_PROGRESS_BUSY);
-	hostile_handshake(&h);
-	server_calls_us(&h, req, NULL, &r, &q);
 	/* addr + len wraps around: must not pass a bounds check that adds */
-	send_bulk(&h, TCP_BULK_READ, q.key, q.addr + 8, UINT64_MAX - 4, 1);
-	expect_epeer(&h, "read memory it was not given");
-	hostile_teardown(&h);
+	bulk_refused(TERN_PROGRESS_BUSY, false, TCP_BULK_READ, 0, 8, UINT64_MAX - 4,
+		     "read memory it was not given");
 }
 
 static void test_hostile_bulk_write_into_a_read_only_export(void **state)
 {
-	struct hostile h;
-	uint8_t req[BIG], junk[16] = {0};
-	struct tern_bulk_desc q, r;
-
 	(void)state;
-	hostile_setup(&h, TERN_PROGRESS_BUSY);
-	hostile_handshake(&h);
-	server_calls_us(&h, req, NULL, &r, &q);
-	send_bulk(&h, TCP_BULK_WRITE, q.key, q.addr, sizeof(junk), 0);
-	send_all(h.fd, junk, sizeof(junk));
-	expect_epeer(&h, "wrote to memory it was not given");
-	assert_int_equal(req[0], 1); /* (the caller's own buffer was never the target) */
-	hostile_teardown(&h);
+	bulk_refused(TERN_PROGRESS_BUSY, false, TCP_BULK_WRITE, 0, 0, 16,
+		     "wrote to memory it was not given");
 }
 
 static void test_hostile_bulk_write_past_the_reply_buffer(void **state)
 {
-	struct hostile h;
-	uint8_t req[BIG], reply[BIG];
-	struct tern_bulk_desc q, r;
-
 	(void)state;
-	hostile_setup(&h, TERN_PROGRESS_BUSY);
-	hostile_handshake(&h);
-	server_calls_us(&h, req, reply, &r, &q);
-	assert_int_equal(r.len, BIG);
-	send_bulk(&h, TCP_BULK_WRITE, r.key, r.addr + BIG - 8, 16, 0);
-	expect_epeer(&h, "wrote to memory it was not given");
-	hostile_teardown(&h);
+	bulk_refused(TERN_PROGRESS_BUSY, true, TCP_BULK_WRITE, 0, BIG - 8, 16,
+		     "wrote to memory it was not given");
 }
 
 static void test_hostile_bulk_write_piece_over_the_piece_size(void **state)
 {
-	struct hostile h;
-	uint8_t req[BIG], reply[BIG];
-	struct tern_bulk_desc q, r;
-
 	(void)state;
-	hostile_setup(&h, TERN_PROGRESS_BUSY);
-	hostile_handshake(&h);
-	server_calls_us(&h, req, reply, &r, &q);
-	send_bulk(&h, TCP_BULK_WRITE, r.key, r.addr, TCP_BULK_PIECE + 1, 0);
-	expect_epeer(&h, "a bulk piece of 0 or over 1 MiB");
-	hostile_teardown(&h);
+	bulk_refused(TERN_PROGRESS_BUSY, true, TCP_BULK_WRITE, 0, 0, TCP_BULK_PIECE + 1,
+		     "a bulk piece of 0 or over 1 MiB");
 }
 
 /* We call the server with a BIG request it must read from us: its READ. */

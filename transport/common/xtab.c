@@ -15,6 +15,10 @@
 #define XTAB_MAX  65536u
 #define XTAB_NONE UINT32_MAX
 
+/* What an exported region's prov points at when the provider keeps nothing
+ * else there: non-NULL, so the engine calls mem_release() for it. */
+static char xtab_mark;
+
 static int xtab_grow(struct tern_xtab *x)
 {
 	uint32_t ncap = x->cap ? 2 * x->cap : 16;
@@ -60,6 +64,8 @@ int tern_xtab_add(struct tern_xtab *x, struct tern_tmem *m, size_t off, size_t l
 	e->writable = writable != 0;
 	e->key = ((uint32_t)x->gen << 16) | i;
 	x->live++;
+	if (!m->prov)
+		m->prov = &xtab_mark;
 	out->addr = e->addr;
 	out->len = len;
 	out->key = e->key;

@@ -44,6 +44,9 @@ struct tern_xtab {
  * @writable: whether the peer may write (else only read)
  * @out: the descriptor to send: addr is the first byte's address here
  *
+ * Marks @m (m->prov, if NULL) so that the engine calls the provider's
+ * mem_release() for it, which should call tern_xtab_drop_mem().
+ *
  * Return: 0, -EINVAL for a range outside @m, -ENOSPC with 65536 exports
  * live, or -ENOMEM.
  */

@@ -1551,9 +1551,6 @@ static void shm_disconnect(struct tern_conn *bc)
 
 /* ---- large messages ------------------------------------------------------------------------ */
 
-/* Marks a region we exported, so the engine calls mem_release() for it. */
-static char shm_mem_mark;
-
 static uint64_t shm_bulk_max(struct tern_conn *bc)
 {
 	(void)bc;
@@ -1564,14 +1561,10 @@ static int shm_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off
 			   int writable, struct tern_bulk_desc *out)
 {
 	struct sconn *c = C(bc);
-	int rc;
 
 	if (c->state != SC_UP)
 		return -ENOTCONN;
-	rc = tern_xtab_add(&c->xt, m, off, len, writable, out);
-	if (!rc)
-		m->prov = &shm_mem_mark;
-	return rc;
+	return tern_xtab_add(&c->xt, m, off, len, writable, out);
 }
 
 static void shm_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)

@@ -1155,9 +1155,6 @@ static void tcp_disconnect(struct tern_conn *bc)
 
 /* ---- large messages ---------------------------------------------------------------------- */
 
-/* Marks a region we exported, so the engine calls mem_release() for it. */
-static char tcp_mem_mark;
-
 /*
  * Fail where no upcall may run (inside an engine call): stop the socket
  * now, so libuv never touches a buffer again, and report from the kick.
@@ -1402,14 +1399,10 @@ static int tcp_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off
 			   int writable, struct tern_bulk_desc *out)
 {
 	struct tconn *c = C(bc);
-	int rc;
 
 	if (c->state != TC_UP)
 		return -ENOTCONN;
-	rc = tern_xtab_add(&c->xt, m, off, len, writable, out);
-	if (!rc)
-		m->prov = &tcp_mem_mark;
-	return rc;
+	return tern_xtab_add(&c->xt, m, off, len, writable, out);
 }
 
 static void tcp_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)

@@ -215,8 +215,11 @@ struct tern_transport_ops {
 	 *	the descriptor @out, for reading (@writable 0) or writing.
 	 * bulk_read: copy the peer's exported bytes @remote into @m at @off.
 	 * bulk_write: copy @m's bytes [off, off + len) into the peer's
-	 *	exported @remote.  A message posted after it reaches the peer
-	 *	only after the data.
+	 *	exported @remote.  A message posted after bulk_done() has
+	 *	reported it reaches the peer only after the data (the engine
+	 *	sends the reply that announces a large reply then).  verbs
+	 *	orders even messages posted before bulk_done() (one RC queue);
+	 *	shm and tcp, which move the data beside the slot rings, do not.
 	 * mem_release: the engine deregisters @m: drop the provider's state.
 	 * bulk_unexport (optional): the call @d was exported for is over; the
 	 *	peer may no longer reach it.  Providers that check a peer's

@@ -1689,6 +1689,42 @@ static void test_hostile_split_of_a_transfer_nobody_asked_for(void **state)
 	hostile_teardown(&h);
 }
 
+static bool srv_closed;
+
+static void srv_close_cb(tern_session *s, int status)
+{
+	(void)s, (void)status;
+	srv_closed = true;
+}
+
+/*
+ * The server closes while it waits for us to copy into its staging: it
+ * must not hand that memory back while we might be inside the copy.  It
+ * stops sending (we see the hang-up) and waits for us to hang up too.
+ */
+static void test_close_waits_for_a_peer_that_may_be_inside_a_copy(void **state)
+{
+	struct hostile h;
+	struct shm_bulk b;
+	char x;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	we_call_with_a_large_request(&h, &b);
+	srv_closed = false;
+	assert_int_equal(tern_session_close(h.srv, srv_close_cb), 0);
+	for (double end = now_s() + 0.3; now_s() < end;)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_false(srv_closed);
+	assert_int_equal(recv(h.sock, &x, 1, MSG_DONTWAIT), 0); /* its hang-up */
+	close(h.sock);						/* our copy is over: we hang up */
+	h.sock = -1;
+	run_until(h.ctx, &srv_closed, 0.5);
+	assert_true(srv_closed);
+	hostile_teardown(&h);
+}
+
 /* Dying with the server waiting on our answer: a reset, not a protocol
  * error, and the request's staging is released (LSan checks at exit). */
 static void test_peer_dying_mid_transfer_is_a_reset(void **state)
@@ -1828,6 +1864,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_split_past_the_end_of_the_transfer),
 		cmocka_unit_test(test_hostile_split_of_a_transfer_nobody_asked_for),
 		cmocka_unit_test(test_peer_dying_mid_transfer_is_a_reset),
+		cmocka_unit_test(test_close_waits_for_a_peer_that_may_be_inside_a_copy),
 		cmocka_unit_test(test_hostile_hello_bad_magic),
 		cmocka_unit_test(test_hostile_hello_truncated),
 		cmocka_unit_test(test_hostile_hello_without_a_doorbell),

@@ -57,8 +57,9 @@ extern const struct tern_transport_ops tern_shm_transport;
 
 #define SHM_REQUIRED_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 
-#define SHM_BULK_OPS   64 /* bulk transfers one connection has in flight, at most */
-#define SHM_SOCK_BATCH 64 /* socket messages one wake-up handles */
+#define SHM_BULK_OPS   64   /* bulk transfers one connection has in flight, at most */
+#define SHM_SOCK_BATCH 64   /* socket messages one wake-up handles */
+#define SHM_LINGER_MS  1000 /* how long a close waits for a peer inside a copy */
 
 /* slot_state bits, per slot index */
 #define SLOT_SENT 0x1 /* our send slot i is with the peer (not yet returned) */
@@ -194,6 +195,7 @@ struct sconn {
 	} bops[SHM_BULK_OPS];
 	uint32_t bops_live; /* how many are busy */
 	bool no_split;	    /* we cannot reach the peer: it copies everything */
+	bool lingering;	    /* closing, waiting for the peer to finish copying */
 };
 
 #define T(x) ((struct shm_tctx *)(x))
@@ -485,6 +487,35 @@ static void conn_handle_closed(uv_handle_t *h)
  * last uv handle has closed, which is never inside one of our own loops,
  * so this is safe from any upcall.  Idempotent.
  */
+static void conn_finish_close(struct sconn *c)
+{
+	c->lingering = false;
+	if (c->sock >= 0)
+		shutdown(c->sock, SHUT_RDWR);
+	uv_timer_stop(&c->timer);
+	uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+	if (c->sock_poll_init)
+		uv_close((uv_handle_t *)&c->sock_poll, conn_handle_closed);
+	if (c->bell_poll_init)
+		uv_close((uv_handle_t *)&c->bell_poll, conn_handle_closed);
+}
+
+static void linger_timer_cb(uv_timer_t *tm)
+{
+	struct sconn *c = tm->data;
+
+	if (c->lingering)
+		conn_finish_close(c); /* a peer stuck that long: give up on it */
+}
+
+/*
+ * The peer may be inside a process_vm copy into our memory for a transfer
+ * we asked for: the engine reuses that memory once we report the transfer
+ * failed (conn_free).  So with transfers pending we only stop sending and
+ * wait for the peer to hang up too, which it does once its copy is over
+ * (it is single-threaded: it sees our hang-up between copies), or for
+ * SHM_LINGER_MS.  A dead peer's hang-up is there at once.
+ */
 static void conn_close(struct sconn *c)
 {
 	if (c->state == SC_CLOSING)
@@ -494,14 +525,31 @@ static void conn_close(struct sconn *c)
 		link_del(&c->link);
 		c->l = NULL;
 	}
-	if (c->sock >= 0)
-		shutdown(c->sock, SHUT_RDWR);
-	uv_timer_stop(&c->timer);
-	uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
-	if (c->sock_poll_init)
-		uv_close((uv_handle_t *)&c->sock_poll, conn_handle_closed);
-	if (c->bell_poll_init)
-		uv_close((uv_handle_t *)&c->bell_poll, conn_handle_closed);
+	if (c->bops_live && c->sock >= 0 && c->sock_poll_init) {
+		c->lingering = true;
+		shutdown(c->sock, SHUT_WR);
+		uv_timer_stop(&c->timer);
+		uv_timer_start(&c->timer, linger_timer_cb, SHM_LINGER_MS, 0);
+		return;
+	}
+	conn_finish_close(c);
+}
+
+/* Closing with transfers pending: read until the peer hangs up. */
+static void linger_on_socket(struct sconn *c)
+{
+	for (;;) {
+		struct shm_msg m;
+		int fds[SHM_MAX_FDS], nfds;
+		ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
+
+		if (n == -EAGAIN)
+			return;
+		if (n <= 0 && n != -EBADMSG) {
+			conn_finish_close(c); /* its end is closed: no copy is running */
+			return;
+		}
+	}
 }
 
 /* Connection set-up failed: tell the engine once (if it knows), then tear down. */
@@ -1336,7 +1384,10 @@ static void sock_cb(uv_poll_t *h, int status, int events)
 		(void)up_on_socket(c);
 		break;
 	case SC_CLOSING:
-		uv_poll_stop(h);
+		if (c->lingering)
+			linger_on_socket(c);
+		else
+			uv_poll_stop(h);
 		return;
 	}
 	t->ev->activity(t->ctx);

@@ -100,16 +100,21 @@ static int later(tern_req *r, const void *in, size_t n, void *u)
 	return 0;
 }
 
-static struct fx *fx_new(const struct tern_session_opts *o)
+static struct fx *fx_new_progress(const struct tern_session_opts *o, enum tern_progress p)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 
-	assert_int_equal(fx_setup(f, o, TERN_PROGRESS_BUSY), 0);
+	assert_int_equal(fx_setup(f, o, p), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, echo, NULL), 0);
 	assert_int_equal(tern_register_inplace(f->ctx, M_MAKE, make, NULL), 0);
 	assert_int_equal(tern_register_deferred(f->ctx, M_LATER, later, NULL), 0);
 	assert_int_equal(tern_register_inplace(f->ctx, M_ECHO_INPLACE, echo_inplace, NULL), 0);
 	return f;
+}
+
+static struct fx *fx_new(const struct tern_session_opts *o)
+{
+	return fx_new_progress(o, TERN_PROGRESS_BUSY);
 }
 
 static void fx_free(struct fx *f)
@@ -187,6 +192,17 @@ static void test_inplace_echo_64k_1m_16m_registered(void **state)
 	(void)state;
 	echo_registered_via(f, M_ECHO_INPLACE, 64 << 10);
 	echo_registered_via(f, M_ECHO_INPLACE, 1 << 20);
+	echo_registered_via(f, M_ECHO_INPLACE, 16 << 20);
+	fx_free(f);
+}
+
+/* Event progress: the transfers' own events (socket, doorbell, writes) wake the loop. */
+static void test_event_progress_large_echo(void **state)
+{
+	struct fx *f = fx_new_progress(NULL, TERN_PROGRESS_EVENT);
+
+	(void)state;
+	echo_registered_via(f, M_ECHO, 1 << 20);
 	echo_registered_via(f, M_ECHO_INPLACE, 16 << 20);
 	fx_free(f);
 }
@@ -438,6 +454,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_echo_64k_1m_16m_registered),
 		cmocka_unit_test(test_inplace_echo_64k_1m_16m_registered),
+		cmocka_unit_test(test_event_progress_large_echo),
 		cmocka_unit_test(test_echo_256m_registered),
 		cmocka_unit_test(test_inplace_echo_256m_registered),
 		cmocka_unit_test(test_concurrent_large_calls_each_get_their_own_bytes),

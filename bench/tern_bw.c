@@ -2,6 +2,10 @@
 /*
  * tern_bw - large-message bandwidth, one call in flight.
  *
+ * --transport rdma (the default), shm or tcp.  On shm a transfer is one
+ * process_vm copy between the two processes; on tcp a stream of pieces.
+ * Their baselines (bench/local_bw) are one memcpy and raw loopback TCP.
+ *
  * The parent serves, a forked child calls (fork first, verbs after).
  *   reply: the client names a registered reply buffer and asks for SIZE
  *          bytes; the server's raw handler points at a registered buffer of
@@ -75,6 +79,8 @@ static struct tern_session_opts session_opts(void)
 	return o;
 }
 
+static const char *transport = "rdma";
+
 static int run_server(const char *addr, size_t max, int fd)
 {
 	struct tern_session_opts so = session_opts();
@@ -87,10 +93,18 @@ static int run_server(const char *addr, size_t max, int fd)
 	if (posix_memalign((void **)&srv_buf, 4096, max))
 		return 1;
 	memset(srv_buf, 0x3c, max);
-	snprintf(uri, sizeof(uri), "rdma://%s:0", addr);
-	if (tern_ctx_create(NULL, &ctx) || tern_mem_register(ctx, srv_buf, max, &mr) ||
-	    tern_register_raw(ctx, M_GET, get, NULL) || tern_register_raw(ctx, M_PUT, put, NULL) ||
-	    tern_listen(ctx, uri, &so, NULL, &l)) {
+	if (!strcmp(transport, "rdma"))
+		snprintf(uri, sizeof(uri), "rdma://%s:0", addr);
+	else if (!strcmp(transport, "shm"))
+		snprintf(uri, sizeof(uri), "shm://tern-bw-%d", (int)getpid());
+	else
+		snprintf(uri, sizeof(uri), "tcp://127.0.0.1:0");
+	/* on one host both ends spin, as bench/run-local.sh runs them */
+	struct tern_ctx_opts co = {.size = sizeof(co), .progress = TERN_PROGRESS_BUSY};
+
+	if (tern_ctx_create(strcmp(transport, "rdma") ? &co : NULL, &ctx) ||
+	    tern_mem_register(ctx, srv_buf, max, &mr) || tern_register_raw(ctx, M_GET, get, NULL) ||
+	    tern_register_raw(ctx, M_PUT, put, NULL) || tern_listen(ctx, uri, &so, NULL, &l)) {
 		fprintf(stderr, "tern_bw server: %s\n", tern_ctx_last_error(ctx));
 		return 1;
 	}
@@ -120,6 +134,25 @@ static double baseline(const char *file, const char *bench, size_t size)
 	}
 	fclose(fp);
 	return v;
+}
+
+/* The baseline a direction is divided by, as its "bench" JSON value. */
+static const char *base_name(int request)
+{
+	if (!strcmp(transport, "shm"))
+		return "\"memcpy_bw\"";
+	if (!strcmp(transport, "tcp"))
+		return "\"tcp_stream_bw\"";
+	return request ? "\"verbs_read_bw\"" : "\"verbs_write_bw\"";
+}
+
+static const char *kind_name(int request)
+{
+	if (!strcmp(transport, "shm"))
+		return request ? "request (process_vm pull)" : "reply (process_vm push)";
+	if (!strcmp(transport, "tcp"))
+		return request ? "request (streamed)" : "reply (streamed)";
+	return request ? "request (RDMA READ)" : "reply (RDMA WRITE)";
 }
 
 static int run_client(const char *uri, const size_t *sizes, int nsizes, int iters,
@@ -172,13 +205,13 @@ static int run_client(const char *uri, const size_t *sizes, int nsizes, int iter
 					lat[i] = bench_now_us() - t0;
 			}
 			bench_stats_compute(&st, lat, (size_t)iters, bench_now_us() - t_begin);
-			base = baseline(base_file, dir ? "\"verbs_read_bw\"" : "\"verbs_write_bw\"", len);
-			printf("{\"bench\":\"tern_bw\",\"transport\":\"rdma\",\"mode\":\"busy\","
+			base = baseline(base_file, base_name(dir), len);
+			printf("{\"bench\":\"tern_bw\",\"transport\":\"%s\",\"mode\":\"busy\","
 			       "\"kind\":\"%s\",\"size\":%zu,\"inflight\":1,\"iters\":%d,"
 			       "\"p50_us\":%.1f,\"p99_us\":%.1f,\"gb_per_s\":%.3f,"
-			       "\"baseline_gb_per_s\":%.3f,\"ratio\":%.3f}\n",
-			       dir ? "request (RDMA READ)" : "reply (RDMA WRITE)", len, iters,
-			       st.p50_us, st.p99_us, (double)len / st.p50_us / 1e3, base,
+			       "\"baseline\":%s,\"baseline_gb_per_s\":%.3f,\"ratio\":%.3f}\n",
+			       transport, kind_name(dir), len, iters, st.p50_us, st.p99_us,
+			       (double)len / st.p50_us / 1e3, base_name(dir), base,
 			       base > 0 ? (double)len / st.p50_us / 1e3 / base : 0);
 			fflush(stdout);
 			free(lat);
@@ -193,11 +226,9 @@ static int run_client(const char *uri, const size_t *sizes, int nsizes, int iter
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"sizes", required_argument, 0, 's'},
-		{"iters", required_argument, 0, 'n'},
-		{"baseline", required_argument, 0, 'b'},
-		{"help", no_argument, 0, 'h'},
-		{0, 0, 0, 0},
+		{"sizes", required_argument, 0, 's'},	 {"iters", required_argument, 0, 'n'},
+		{"baseline", required_argument, 0, 'b'}, {"transport", required_argument, 0, 't'},
+		{"help", no_argument, 0, 'h'},		 {0, 0, 0, 0},
 	};
 	size_t sizes[MAX_SIZES] = {64 << 10, 1 << 20, 16 << 20, 256 << 20}, max = 0;
 	int nsizes = 4, iters = 5, ch, pfd[2], st, rc;
@@ -205,7 +236,7 @@ int main(int argc, char **argv)
 	char addr[64], uri[128];
 	pid_t pid;
 
-	while ((ch = getopt_long(argc, argv, "s:n:b:h", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "s:n:b:t:h", opts, NULL)) != -1) {
 		switch (ch) {
 		case 's':
 			if (bench_parse_sizes(optarg, sizes, MAX_SIZES, &nsizes))
@@ -217,15 +248,26 @@ int main(int argc, char **argv)
 		case 'b':
 			base = optarg;
 			break;
+		case 't':
+			transport = optarg;
+			if (strcmp(transport, "rdma") && strcmp(transport, "shm") &&
+			    strcmp(transport, "tcp")) {
+				fprintf(stderr, "tern_bw: --transport rdma, shm or tcp\n");
+				return 2;
+			}
+			break;
 		default:
-			fprintf(stderr, "usage: tern_bw [--sizes 64K,1M,16M] [--iters N] "
-					"[--baseline FILE]\n");
+			fprintf(stderr, "usage: tern_bw [--transport rdma|shm|tcp] "
+					"[--sizes 64K,1M,16M] [--iters N] [--baseline FILE]\n");
 			return ch == 'h' ? 0 : 2;
 		}
 	}
 	for (int i = 0; i < nsizes; i++)
 		if (sizes[i] > max)
 			max = sizes[i];
+	addr[0] = 0;
+	if (strcmp(transport, "rdma"))
+		goto serve;
 	/* the address probe opens verbs: in a child, before the real fork */
 	if (pipe(pfd))
 		return 1;
@@ -245,6 +287,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tern_bw: no RDMA device with an IPv4 address\n");
 		return VP_EXIT_SKIP;
 	}
+serve:
 	if (pipe(pfd))
 		return 1;
 	pid = fork();

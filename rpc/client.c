@@ -276,6 +276,8 @@ static void issue_copy(tern_session *s, uint32_t method, const void *buf, size_t
 /* Hand a call's staging back, now that the server cannot touch it. */
 static void release_stages(tern_session *s, tern_callslot *c)
 {
+	tern__bulk_unexport(s, c->xd, c->nx);
+	c->nx = 0;
 	tern__stage_put(s->ctx, c->req_stage);
 	tern__stage_put(s->ctx, c->rep_stage);
 	c->req_stage = c->rep_stage = NULL;
@@ -288,7 +290,7 @@ static void release_stages(tern_session *s, tern_callslot *c)
  */
 static void orphan_stages(tern_session *s, tern_callslot *c)
 {
-	if (!c->req_stage && !c->rep_stage)
+	if (!c->req_stage && !c->rep_stage && !c->nx)
 		return;
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct tern_orphan *o = &s->orphans[i];
@@ -300,6 +302,9 @@ static void orphan_stages(tern_session *s, tern_callslot *c)
 		o->st[0] = c->req_stage;
 		o->st[1] = c->rep_stage;
 		c->req_stage = c->rep_stage = NULL;
+		memcpy(o->xd, c->xd, sizeof(o->xd));
+		o->nx = c->nx;
+		c->nx = 0;
 		return;
 	}
 }
@@ -309,6 +314,7 @@ static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct tern_orphan *o = &s->orphans[i];
 		if (o->used && o->slot == slot && o->gen == gen) {
+			tern__bulk_unexport(s, o->xd, o->nx);
 			tern__stage_put(s->ctx, o->st[0]);
 			tern__stage_put(s->ctx, o->st[1]);
 			o->used = false;
@@ -340,6 +346,7 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 		rc = tern__bulk_export(s, reply_buf, reply_cap, 1, &d, &c->rep_stage);
 		if (rc)
 			goto fail;
+		c->xd[c->nx++] = d;
 		tern_bulk_desc_encode(p, &d);
 		off = TERN_BULK_DESC_SIZE;
 		flags |= TERN_F_REPLY_DESC;
@@ -348,6 +355,7 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 		rc = tern__bulk_export(s, req, len, 0, &d, &c->req_stage);
 		if (rc)
 			goto fail;
+		c->xd[c->nx++] = d;
 		tern_bulk_desc_encode(p + off, &d);
 		off += TERN_BULK_DESC_SIZE;
 		flags |= TERN_F_BULK;
@@ -535,6 +543,7 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 		memcpy(c->reply_buf, payload, h->len);
 		complete(s, c, 0, c->reply_buf, h->len);
 	} else {
+		release_stages(s, c); /* a large request's staging, if any */
 		complete(s, c, 0, payload, h->len);
 	}
 }

@@ -352,6 +352,21 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 }
 
+/* Why a transfer of the caller's memory failed, for the caller to read. */
+static const char *bulk_why(int status, bool reading)
+{
+	/* shm: the exporter copies with process_vm_*, which needs ptrace access */
+	if (status == -EPERM)
+		return reading ? "could not read the request from the caller: no ptrace access "
+				 "between the two processes (shm needs the same uid and yama "
+				 "ptrace_scope 0, or CAP_SYS_PTRACE)"
+			       : "could not write the reply into the caller's buffer: no ptrace "
+				 "access between the two processes (shm needs the same uid and "
+				 "yama ptrace_scope 0, or CAP_SYS_PTRACE)";
+	return reading ? "could not read the request from the caller"
+		       : "could not write the reply into the caller's buffer";
+}
+
 void tern__serve_bulk_done(tern_req *req, int status)
 {
 	tern_session *s = req->s;
@@ -366,7 +381,7 @@ void tern__serve_bulk_done(tern_req *req, int status)
 	if (req->state == TERN_REQ_FETCHING) {
 		req->state = TERN_REQ_HANDLER;
 		if (status) {
-			reply_error(req, status, "could not read the request from the caller");
+			reply_error(req, status, bulk_why(status, true));
 			return;
 		}
 		s->cnt.bulk_bytes_read += req->in_len;
@@ -380,8 +395,7 @@ void tern__serve_bulk_done(tern_req *req, int status)
 	} else if (req->state == TERN_REQ_WRITING) {
 		req->state = TERN_REQ_HANDLER;
 		if (status) {
-			reply_error(req, status,
-				    "could not write the reply into the caller's buffer");
+			reply_error(req, status, bulk_why(status, false));
 			return;
 		}
 		s->cnt.bulk_bytes_written += req->bulk_len;

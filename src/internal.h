@@ -164,6 +164,8 @@ void tern__bulk_free_all(tern_ctx *ctx);
  */
 int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable,
 		      struct tern_bulk_desc *d, struct tern_stage **stage);
+/* Withdraw exports made for a call that is over (if the provider tracks them). */
+void tern__bulk_unexport(tern_session *s, const struct tern_bulk_desc *d, unsigned n);
 /* @s's transport's slot in each region's tm[] */
 int tern__tp_index(const tern_session *s);
 
@@ -244,6 +246,8 @@ struct tern_callslot {
 	size_t reply_cap;
 	struct tern_stage *req_stage; /* staging a large request the server reads */
 	struct tern_stage *rep_stage; /* staging the reply the server writes */
+	struct tern_bulk_desc xd[2];  /* what was exported for the call... */
+	uint8_t nx;		      /* ...how many: withdrawn when it is over */
 	uint64_t deadline_ns;
 	tern_call_cb cb;
 	void *user;
@@ -272,6 +276,8 @@ struct tern_orphan {
 	uint16_t slot;
 	uint32_t gen;
 	struct tern_stage *st[2];
+	struct tern_bulk_desc xd[2]; /* its exports, withdrawn with the late reply */
+	uint8_t nx;
 };
 
 enum tern_req_state {

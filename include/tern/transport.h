@@ -215,9 +215,16 @@ struct tern_transport_ops {
 	 *	the descriptor @out, for reading (@writable 0) or writing.
 	 * bulk_read: copy the peer's exported bytes @remote into @m at @off.
 	 * bulk_write: copy @m's bytes [off, off + len) into the peer's
-	 *	exported @remote.  A message posted after it reaches the peer
-	 *	only after the data.
+	 *	exported @remote.  A message posted after bulk_done() has
+	 *	reported it reaches the peer only after the data (the engine
+	 *	sends the reply that announces a large reply then).  verbs
+	 *	orders even messages posted before bulk_done() (one RC queue);
+	 *	shm and tcp, which move the data beside the slot rings, do not.
 	 * mem_release: the engine deregisters @m: drop the provider's state.
+	 * bulk_unexport (optional): the call @d was exported for is over; the
+	 *	peer may no longer reach it.  Providers that check a peer's
+	 *	descriptors against a table of live exports (shm, tcp) need it;
+	 *	verbs, whose rkeys the NIC checks, leaves it NULL.
 	 */
 	uint64_t (*bulk_max)(struct tern_conn *c);
 	int (*bulk_export)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,
@@ -227,6 +234,7 @@ struct tern_transport_ops {
 	int (*bulk_write)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,
 			  const struct tern_bulk_desc *remote, uint64_t cookie);
 	void (*mem_release)(struct tern_tctx *t, struct tern_tmem *m);
+	void (*bulk_unexport)(struct tern_conn *c, const struct tern_bulk_desc *d);
 };
 
 #ifdef __cplusplus

@@ -158,9 +158,8 @@ static void echo_sizes(struct fx *f, uint32_t method)
 	echo_once(f, method, 1);
 	echo_once(f, method, max - 1);
 	echo_once(f, method, max);
-	if (!fx_is("rdma"))
-		return; /* large messages: rdma only so far */
-	/* One byte over the slot: the request goes by RDMA READ, but the
+	/* One byte over the slot: the request goes as a bulk transfer (RDMA
+	 * READ; process_vm on shm; pieces on tcp), but the
 	 * echo's reply is over the slot too and no reply buffer was named:
 	 * a clear error, never a truncated reply... */
 	memset(big, 0x5c, sizeof(big));

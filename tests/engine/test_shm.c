@@ -5,7 +5,10 @@
  * hostile peer on either side of the handshake and in the rings (targeted
  * attacks, then random bytes into indices, descriptors and headers).  The
  * doorbells get a cross-process stress in event and adaptive mode, where a
- * lost wake-up would hang a call.
+ * lost wake-up would hang a call.  Large messages: a hostile peer naming
+ * keys it was never given, ranges past an export, a read-only export to
+ * write, transfers nobody asked for, and dying mid-transfer; and a peer
+ * without ptrace access, which gets -EPERM and says why.
  *
  * The hostile peers speak the provider's protocol by hand, from
  * transport/shm/shm_layout.h, in this thread: each step runs the tern loop
@@ -34,6 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 
 #include "fixture.h"
 #include "internal.h"
@@ -491,7 +496,9 @@ static void engine_hello(uint8_t *hs, bool reply)
 	struct tern_hello h = {.version = TERN_WIRE_VERSION,
 			       .flags = reply ? TERN_HELLO_REPLY : 0,
 			       .slot_size = H_SLOT,
-			       .slot_count = H_COUNT};
+			       .slot_count = H_COUNT,
+			       .max_msg = 1u
+					  << 30}; /* we take large messages: see the bulk tests */
 	tern_hello_encode(hs, &h);
 }
 
@@ -1281,6 +1288,8 @@ static void pin_to_cpu0(cpu_set_t *old)
 	sched_setaffinity(0, sizeof(one), &one);
 }
 
+static void ptrace_cap(int on);
+
 static int serve_main(const char *mode)
 {
 	struct tern_ctx_opts co = {.size = sizeof(co)};
@@ -1293,6 +1302,12 @@ static int serve_main(const char *mode)
 		return 1;
 	if (getenv("TERN_TEST_PIN0"))
 		pin_to_cpu0(NULL);
+	/* no one without CAP_SYS_PTRACE may reach our memory */
+	if (strcmp(mode, "undumpable") == 0)
+		prctl(PR_SET_DUMPABLE, 0);
+	/* we may reach no one who is not dumpable */
+	if (strcmp(mode, "nocap") == 0)
+		ptrace_cap(0);
 	co.progress = strcmp(mode, "event") == 0      ? TERN_PROGRESS_EVENT
 		      : strcmp(mode, "adaptive") == 0 ? TERN_PROGRESS_ADAPTIVE
 						      : TERN_PROGRESS_BUSY;
@@ -1455,6 +1470,371 @@ static void test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other(void **st
 	assert_true(lat[N / 2] < ADAPTIVE_WINDOW_US * 0.3e-6);
 }
 
+/* ---- large messages from a hostile peer -----------------------------------------------------
+ *
+ * The server under test exports memory when it calls us with a large
+ * request; it asks us for bytes when we call it with one.
+ */
+
+#define BIG 4096 /* over the 224-byte slot payload: a bulk transfer */
+
+static void ignore_call(tern_session *s, int status, const void *r, size_t len, void *u)
+{
+	(void)s, (void)status, (void)r, (void)len, (void)u;
+}
+
+/* The server calls us with @req (BIG bytes): its request's descriptor. */
+static void server_calls_us(struct hostile *h, uint8_t *req, struct tern_bulk_desc *qd)
+{
+	struct tern_hdr hd;
+	uint32_t slot, len;
+	const uint8_t *p;
+	double end = now_s() + 5;
+
+	for (int i = 0; i < BIG; i++)
+		req[i] = (uint8_t)(i * 7 + 1);
+	assert_int_equal(tern_call(h->srv, M_ECHO, req, BIG, ignore_call, NULL, NULL), 0);
+	while (atomic_load(word(h, 1, SHM_TAIL)) == 0 && now_s() < end)
+		tern_ctx_run(h->ctx, TERN_RUN_NOWAIT);
+	assert_int_equal(atomic_load(word(h, 1, SHM_TAIL)), 1);
+	slot = atomic_load(&shm_descs(h->seg, &h->g, 1)[0].slot);
+	len = atomic_load(&shm_descs(h->seg, &h->g, 1)[0].len);
+	assert_true(slot < H_SLOTS);
+	assert_int_equal(len, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE);
+	p = shm_slots(h->seg, &h->g, 1) + (size_t)slot * H_SLOT;
+	tern_hdr_decode(p, &hd);
+	assert_int_equal(hd.kind, TERN_MSG_REQ);
+	assert_true(hd.flags & TERN_F_BULK);
+	tern_bulk_desc_decode(p + TERN_HDR_SIZE, qd);
+	assert_int_equal(qd->len, BIG);
+}
+
+static void send_bulk(struct hostile *h, uint16_t type, const struct shm_bulk *b)
+{
+	struct shm_msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.magic = SHM_MSG_MAGIC;
+	m.version = SHM_PROTO_VERSION;
+	m.type = type;
+	memcpy(m.hs, b, sizeof(*b));
+	assert_int_equal(h_send(h->sock, &m, sizeof(m), NULL, 0), 0);
+}
+
+/* Proof the hand-made user is right: a read inside the export is served. */
+static void test_bulk_read_inside_an_export_is_served_with_one_copy(void **state)
+{
+	struct hostile h;
+	uint8_t req[BIG], got[1000];
+	struct tern_bulk_desc q;
+	struct shm_bulk b, d;
+	struct shm_msg m;
+	int fds[4], nfds;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	server_calls_us(&h, req, &q);
+	memset(got, 0, sizeof(got));
+	b = (struct shm_bulk){.xaddr = q.addr + 96,
+			      .len = sizeof(got),
+			      .laddr = (uintptr_t)got,
+			      .key = q.key,
+			      .token = 0x4242,
+			      .op = SHM_BULK_READ};
+	send_bulk(&h, SHM_MSG_BULK_REQ, &b);
+	assert_int_equal(run_until_readable(h.ctx, h.sock, 5), 0);
+	assert_int_equal(h_recv(h.sock, &m, fds, &nfds), (ssize_t)sizeof(m));
+	assert_int_equal(m.type, SHM_MSG_BULK_DONE);
+	memcpy(&d, m.hs, sizeof(d));
+	assert_int_equal(d.token, 0x4242);
+	assert_int_equal(d.status, 0);
+	assert_memory_equal(got, req + 96, sizeof(got));
+	for (int i = 0; i < 1000; i++)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_false(h.closed);
+	hostile_teardown(&h);
+}
+
+/* Ask the server for bytes of its export @q; it must refuse and hang up. */
+static void bulk_req_refused(uint32_t op, uint32_t key_delta, uint64_t off, uint64_t len)
+{
+	struct hostile h;
+	uint8_t req[BIG], got[64];
+	struct tern_bulk_desc q;
+	struct shm_bulk b;
+
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	server_calls_us(&h, req, &q);
+	memset(got, 0x5a, sizeof(got));
+	b = (struct shm_bulk){.xaddr = q.addr + off,
+			      .len = len,
+			      .laddr = (uintptr_t)got,
+			      .key = q.key + key_delta,
+			      .token = 1,
+			      .op = op};
+	send_bulk(&h, SHM_MSG_BULK_REQ, &b);
+	expect_epeer(&h, "named memory it was not given");
+	assert_int_equal(req[0], 1);	/* nothing was written into the export */
+	assert_int_equal(got[0], 0x5a); /* ...nor anything read out of it */
+	hostile_teardown(&h);
+}
+
+static void test_hostile_bulk_read_with_a_key_never_given(void **state)
+{
+	(void)state;
+	bulk_req_refused(SHM_BULK_READ, 0x10000, 0, 16); /* the right entry, another generation */
+}
+
+static void test_hostile_bulk_read_one_byte_past_the_export(void **state)
+{
+	(void)state;
+	bulk_req_refused(SHM_BULK_READ, 0, 1, BIG);
+}
+
+static void test_hostile_bulk_read_of_an_absurd_length(void **state)
+{
+	(void)state;
+	bulk_req_refused(SHM_BULK_READ, 0, 8, UINT64_MAX - 4); /* addr + len wraps */
+}
+
+static void test_hostile_bulk_write_into_a_read_only_export(void **state)
+{
+	(void)state;
+	bulk_req_refused(SHM_BULK_WRITE, 0, 0, 16);
+}
+
+static void test_hostile_done_for_a_transfer_nobody_asked_for(void **state)
+{
+	struct hostile h;
+	struct shm_bulk d = {.token = 0x101};
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	send_bulk(&h, SHM_MSG_BULK_DONE, &d);
+	expect_epeer(&h, "finished a transfer nobody asked for");
+	hostile_teardown(&h);
+}
+
+/* We call the server with a BIG request it must pull from us: its BULK_REQ. */
+static void we_call_with_a_large_request(struct hostile *h, struct shm_bulk *got)
+{
+	struct tern_hdr r = {.kind = TERN_MSG_REQ,
+			     .flags = TERN_F_BULK,
+			     .method = M_ECHO,
+			     .len = TERN_BULK_DESC_SIZE};
+	struct tern_bulk_desc d = {.addr = 0x10000, .len = 1000, .key = 77};
+	uint8_t *p = shm_slots(h->seg, &h->g, 0);
+	struct shm_msg m;
+	int fds[4], nfds;
+
+	tern_hdr_encode(p, &r);
+	tern_bulk_desc_encode(p + TERN_HDR_SIZE, &d);
+	put_desc(h, 0, 0, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE);
+	atomic_store(word(h, 0, SHM_TAIL), 1);
+	assert_int_equal(run_until_readable(h->ctx, h->sock, 5), 0);
+	assert_int_equal(h_recv(h->sock, &m, fds, &nfds), (ssize_t)sizeof(m));
+	assert_int_equal(m.type, SHM_MSG_BULK_REQ);
+	memcpy(got, m.hs, sizeof(*got));
+	assert_int_equal(got->op, SHM_BULK_READ);
+	assert_int_equal(got->key, 77);
+	assert_int_equal(got->xaddr, 0x10000);
+	assert_int_equal(got->len, 1000);
+}
+
+static void test_hostile_done_with_a_stale_generation(void **state)
+{
+	struct hostile h;
+	struct shm_bulk b, d = {0};
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	we_call_with_a_large_request(&h, &b);
+	d.token = b.token + (1u << 8); /* the pending entry, another generation */
+	send_bulk(&h, SHM_MSG_BULK_DONE, &d);
+	expect_epeer(&h, "finished a transfer nobody asked for");
+	hostile_teardown(&h);
+}
+
+/* A split must name a pending transfer and a point inside it. */
+static void test_hostile_split_past_the_end_of_the_transfer(void **state)
+{
+	struct hostile h;
+	struct shm_bulk b, sp = {0};
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	we_call_with_a_large_request(&h, &b);
+	sp.token = b.token;
+	sp.len = b.len; /* "you copy [len, len)": not a split */
+	send_bulk(&h, SHM_MSG_BULK_SPLIT, &sp);
+	expect_epeer(&h, "split a transfer it was not asked for");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_split_of_a_transfer_nobody_asked_for(void **state)
+{
+	struct hostile h;
+	struct shm_bulk sp = {.token = 3, .len = 0};
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	send_bulk(&h, SHM_MSG_BULK_SPLIT, &sp);
+	expect_epeer(&h, "split a transfer it was not asked for");
+	hostile_teardown(&h);
+}
+
+static bool srv_closed;
+
+static void srv_close_cb(tern_session *s, int status)
+{
+	(void)s, (void)status;
+	srv_closed = true;
+}
+
+/*
+ * The server closes while it waits for us to copy into its staging: it
+ * must not hand that memory back while we might be inside the copy.  It
+ * stops sending (we see the hang-up) and waits for us to hang up too.
+ */
+static void test_close_waits_for_a_peer_that_may_be_inside_a_copy(void **state)
+{
+	struct hostile h;
+	struct shm_bulk b;
+	char x;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	we_call_with_a_large_request(&h, &b);
+	srv_closed = false;
+	assert_int_equal(tern_session_close(h.srv, srv_close_cb), 0);
+	for (double end = now_s() + 0.3; now_s() < end;)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_false(srv_closed);
+	assert_int_equal(recv(h.sock, &x, 1, MSG_DONTWAIT), 0); /* its hang-up */
+	close(h.sock);						/* our copy is over: we hang up */
+	h.sock = -1;
+	run_until(h.ctx, &srv_closed, 0.5);
+	assert_true(srv_closed);
+	hostile_teardown(&h);
+}
+
+/* Dying with the server waiting on our answer: a reset, not a protocol
+ * error, and the request's staging is released (LSan checks at exit). */
+static void test_peer_dying_mid_transfer_is_a_reset(void **state)
+{
+	struct hostile h;
+	struct shm_bulk b;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	we_call_with_a_large_request(&h, &b);
+	for (int i = 0; i < 100; i++)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_false(h.closed);
+	hostile_finish(&h, 0.01); /* hangs up */
+	assert_int_equal(h.reason, -ECONNRESET);
+	assert_int_equal(h.cnt.protocol_errors, 0);
+	hostile_teardown(&h);
+}
+
+/* ---- large messages between two processes ------------------------------------------------ */
+
+/* Turn CAP_SYS_PTRACE off (0) or back on (1) in our effective set. */
+static void ptrace_cap(int on)
+{
+	struct __user_cap_header_struct hd = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2];
+
+	assert_int_equal(syscall(SYS_capget, &hd, d), 0);
+	if (on)
+		d[0].effective |= d[0].permitted & (1u << CAP_SYS_PTRACE);
+	else
+		d[0].effective &= ~(1u << CAP_SYS_PTRACE);
+	assert_int_equal(syscall(SYS_capset, &hd, d), 0);
+}
+
+/* A large echo with another process; the call's status and message. */
+static int large_echo_with(const char *server_mode, char *errmsg, size_t errlen)
+{
+	size_t size = 8 << 20;
+	uint8_t *req = malloc(size), *back = calloc(1, size), small[8];
+	struct tern_sync_reply rep = {.buf = back, .cap = size, .direct = 1};
+	struct tern_sync_reply srep = {.buf = small, .cap = sizeof(small)};
+	char uri[128];
+	tern_session *s;
+	tern_ctx *ctx;
+	pid_t pid;
+	int rc;
+
+	for (size_t i = 0; i < size; i++)
+		req[i] = (uint8_t)(i * 13 + 5);
+	pid = spawn_server(server_mode, uri, sizeof(uri));
+	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
+	assert_int_equal(tern_connect_sync(ctx, uri, NULL, 10000, &s), 0);
+	rc = tern_call_sync(s, M_ECHO, req, size, &rep, 20000);
+	snprintf(errmsg, errlen, "%s", rep.errmsg);
+	if (rc == 0) {
+		assert_int_equal(rep.len, size);
+		assert_memory_equal(back, req, size);
+	}
+	/* either way the session goes on */
+	assert_int_equal(tern_call_sync(s, M_ECHO, "ok", 2, &srep, 5000), 0);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+	free(req);
+	free(back);
+	return rc;
+}
+
+static void test_large_echo_between_two_processes(void **state)
+{
+	char why[256];
+
+	(void)state;
+	assert_int_equal(large_echo_with("busy", why, sizeof(why)), 0);
+}
+
+/* The server cannot reach us (we are not dumpable, it holds no
+ * CAP_SYS_PTRACE) but we can reach it: the halves it would copy itself
+ * are asked of us instead, and the echo comes back whole. */
+static void test_a_peer_that_cannot_reach_us_gets_its_half_copied_for_it(void **state)
+{
+	char why[256];
+	int rc;
+
+	(void)state;
+	prctl(PR_SET_DUMPABLE, 0);
+	rc = large_echo_with("nocap", why, sizeof(why));
+	prctl(PR_SET_DUMPABLE, 1);
+	assert_int_equal(rc, 0);
+}
+
+/* The server is out of our reach (not dumpable, and we hold no
+ * CAP_SYS_PTRACE): our answer to its request for the bytes is -EPERM,
+ * which reaches us as the call's status, saying why; nothing hangs. */
+static void test_no_ptrace_access_is_eperm_at_the_caller_saying_why(void **state)
+{
+	char why[256];
+	int rc;
+
+	(void)state;
+	ptrace_cap(0);
+	rc = large_echo_with("undumpable", why, sizeof(why));
+	ptrace_cap(1);
+	printf("call failed: %s (%s)\n", tern_strerror(rc), why);
+	assert_int_equal(rc, -EPERM);
+	assert_non_null(strstr(why, "ptrace"));
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1474,6 +1854,17 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_descriptor_with_nothing_in_it),
 		cmocka_unit_test(test_hostile_garbage_then_doorbell_in_event_mode),
 		cmocka_unit_test(test_fuzz_random_bytes_into_the_segment_are_rejected_safely),
+		cmocka_unit_test(test_bulk_read_inside_an_export_is_served_with_one_copy),
+		cmocka_unit_test(test_hostile_bulk_read_with_a_key_never_given),
+		cmocka_unit_test(test_hostile_bulk_read_one_byte_past_the_export),
+		cmocka_unit_test(test_hostile_bulk_read_of_an_absurd_length),
+		cmocka_unit_test(test_hostile_bulk_write_into_a_read_only_export),
+		cmocka_unit_test(test_hostile_done_for_a_transfer_nobody_asked_for),
+		cmocka_unit_test(test_hostile_done_with_a_stale_generation),
+		cmocka_unit_test(test_hostile_split_past_the_end_of_the_transfer),
+		cmocka_unit_test(test_hostile_split_of_a_transfer_nobody_asked_for),
+		cmocka_unit_test(test_peer_dying_mid_transfer_is_a_reset),
+		cmocka_unit_test(test_close_waits_for_a_peer_that_may_be_inside_a_copy),
 		cmocka_unit_test(test_hostile_hello_bad_magic),
 		cmocka_unit_test(test_hostile_hello_truncated),
 		cmocka_unit_test(test_hostile_hello_without_a_doorbell),
@@ -1492,6 +1883,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_event_mode_doorbells_lose_no_wakeup),
 		cmocka_unit_test(test_adaptive_mode_doorbells_lose_no_wakeup),
 		cmocka_unit_test(test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other),
+		cmocka_unit_test(test_large_echo_between_two_processes),
+		cmocka_unit_test(test_a_peer_that_cannot_reach_us_gets_its_half_copied_for_it),
+		cmocka_unit_test(test_no_ptrace_access_is_eperm_at_the_caller_saying_why),
 	};
 
 	setenv("TERN_TEST_TRANSPORT", "shm", 1);

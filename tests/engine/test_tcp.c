@@ -4,7 +4,10 @@
  * after the handshake, lengths past the slot, a frame cut short by a
  * hang-up), a peer that stops reading (credits bound what we hold, and its
  * hang-up fails the calls cleanly, without SIGPIPE), and messages large
- * enough that writes and reads are partial.
+ * enough that writes and reads are partial; and large messages from a
+ * hostile peer (keys never given, ranges past an export, writes to a
+ * read-only export, pieces longer than asked, data for no read, a peer
+ * dying mid-transfer).
  *
  * The hostile peers speak the provider's framing by hand, from
  * transport/tcp/tcp_proto.h, in this thread, running the tern loop while
@@ -118,7 +121,9 @@ static void engine_hello(uint8_t *hs, bool reply, uint32_t slot_size, uint32_t c
 	struct tern_hello h = {.version = TERN_WIRE_VERSION,
 			       .flags = reply ? TERN_HELLO_REPLY : 0,
 			       .slot_size = slot_size,
-			       .slot_count = count};
+			       .slot_count = count,
+			       .max_msg = 1u
+					  << 30}; /* we take large messages: see the bulk tests */
 	tern_hello_encode(hs, &h);
 }
 
@@ -258,9 +263,24 @@ static void test_hostile_huge_length_is_cut_off_before_its_payload(void **state)
 	(void)state;
 	hostile_setup(&h, TERN_PROGRESS_BUSY);
 	hostile_handshake(&h);
+	frame_len(p, 0x7ffffff0u);
+	send_all(h.fd, p, sizeof(p));
+	expect_epeer(&h, "a frame of 2147483632 bytes, but slots hold 256");
+	hostile_teardown(&h);
+}
+
+/* The bulk flag with any header length but the one: cut off at once. */
+static void test_hostile_bulk_frame_with_a_huge_length(void **state)
+{
+	struct hostile h;
+	uint8_t p[4];
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
 	frame_len(p, 0xfffffff0u);
 	send_all(h.fd, p, sizeof(p));
-	expect_epeer(&h, "a frame of 4294967280 bytes, but slots hold 256");
+	expect_epeer(&h, "a bulk frame with a bad header length");
 	hostile_teardown(&h);
 }
 
@@ -603,6 +623,249 @@ static void test_megabyte_messages_survive_partial_writes_and_reads_event(void *
 	big_soak(TERN_PROGRESS_EVENT);
 }
 
+/* ---- large messages from a hostile peer --------------------------------------------------
+ *
+ * The server under test exports memory when it calls us with a large
+ * request (and a reply buffer); it reads from us when we call it with one.
+ */
+
+#define BIG 4096 /* over the 224-byte slot payload: a bulk transfer */
+
+static void ignore_call(tern_session *s, int status, const void *r, size_t len, void *u)
+{
+	(void)s, (void)status, (void)r, (void)len, (void)u;
+}
+
+/*
+ * The server calls us with @req (BIG bytes) and, with @reply, a BIG reply
+ * buffer: read its request frame and the descriptors in it.
+ */
+static void server_calls_us(struct hostile *h, uint8_t *req, uint8_t *reply,
+			    struct tern_bulk_desc *rd, struct tern_bulk_desc *qd)
+{
+	struct tern_call_opts o = {.size = sizeof(o), .reply_buf = reply, .reply_cap = BIG};
+	uint8_t f[TCP_PREFIX + TERN_HDR_SIZE + 2 * TERN_BULK_DESC_SIZE];
+	size_t n = TCP_PREFIX + TERN_HDR_SIZE + (reply ? 2 : 1) * TERN_BULK_DESC_SIZE;
+	struct tern_hdr hd;
+	uint32_t len;
+
+	for (int i = 0; i < BIG; i++)
+		req[i] = (uint8_t)(i * 7 + 1);
+	assert_int_equal(tern_call(h->srv, M_ECHO, req, BIG, ignore_call, NULL, reply ? &o : NULL),
+			 0);
+	assert_int_equal(read_full(h->ctx, h->fd, f, n, 5), 0);
+	memcpy(&len, f, 4);
+	assert_int_equal(le32toh(len), n - TCP_PREFIX);
+	tern_hdr_decode(f + TCP_PREFIX, &hd);
+	assert_int_equal(hd.kind, TERN_MSG_REQ);
+	assert_true(hd.flags & TERN_F_BULK);
+	if (reply) {
+		assert_true(hd.flags & TERN_F_REPLY_DESC);
+		tern_bulk_desc_decode(f + TCP_PREFIX + TERN_HDR_SIZE, rd);
+	}
+	tern_bulk_desc_decode(f + n - TERN_BULK_DESC_SIZE, qd);
+	assert_int_equal(qd->len, BIG);
+}
+
+static void send_bulk(struct hostile *h, uint16_t type, uint32_t key, uint64_t addr, uint64_t len,
+		      uint32_t token)
+{
+	uint8_t f[TCP_PREFIX + TCP_BULK_HDR];
+
+	tcp_bulk_encode(f, type, key, addr, len, token);
+	send_all(h->fd, f, sizeof(f));
+}
+
+/* Proof the hand-made exporter-user is right: a read inside the export is served. */
+static void test_bulk_read_inside_an_export_is_served_in_pieces(void **state)
+{
+	struct hostile h;
+	uint8_t req[BIG], got[BIG], f[TCP_PREFIX + TCP_BULK_HDR];
+	struct tern_bulk_desc q, r;
+	struct tcp_bulk b;
+	uint32_t len;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	server_calls_us(&h, req, NULL, &r, &q);
+	send_bulk(&h, TCP_BULK_READ, q.key, q.addr + 96, 1000, 0x4242);
+	assert_int_equal(read_full(h.ctx, h.fd, f, sizeof(f), 5), 0);
+	memcpy(&len, f, 4);
+	assert_int_equal(le32toh(len), TCP_BULK_FLAG | TCP_BULK_HDR);
+	tcp_bulk_decode(f + TCP_PREFIX, &b);
+	assert_int_equal(b.type, TCP_BULK_DATA);
+	assert_int_equal(b.token, 0x4242);
+	assert_int_equal(b.addr, 0);
+	assert_int_equal(b.len, 1000);
+	assert_int_equal(read_full(h.ctx, h.fd, got, 1000, 5), 0);
+	assert_memory_equal(got, req + 96, 1000);
+	for (int i = 0; i < 1000; i++)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_false(h.closed);
+	hostile_teardown(&h);
+}
+
+/*
+ * The server exports a BIG request (and, with @reply_buf, a BIG reply
+ * buffer); we send a bulk header of @type against it, the key moved by
+ * @key_delta, the address by @off, for @len bytes.  It must hang up.
+ */
+static void bulk_refused(enum tern_progress p, bool reply_buf, uint16_t type, uint32_t key_delta,
+			 uint64_t off, uint64_t len, const char *needle)
+{
+	struct hostile h;
+	uint8_t req[BIG], reply[BIG], junk[16] = {0};
+	struct tern_bulk_desc q, r, *d = reply_buf ? &r : &q;
+
+	hostile_setup(&h, p);
+	hostile_handshake(&h);
+	server_calls_us(&h, req, reply_buf ? reply : NULL, &r, &q);
+	send_bulk(&h, type, d->key + key_delta, d->addr + off, len, 1);
+	if (type == TCP_BULK_WRITE && len <= sizeof(junk))
+		send_all(h.fd, junk, (size_t)len);
+	expect_epeer(&h, needle);
+	assert_int_equal(req[0], 1); /* (the export was never written) */
+	hostile_teardown(&h);
+}
+
+static void test_hostile_bulk_read_with_a_key_never_given(void **state)
+{
+	(void)state;
+	/* the right slot of the table, another generation */
+	bulk_refused(TERN_PROGRESS_BUSY, false, TCP_BULK_READ, 0x10000, 0, 16,
+		     "read memory it was not given");
+}
+
+static void test_hostile_bulk_read_one_byte_past_the_export(void **state)
+{
+	(void)state;
+	bulk_refused(TERN_PROGRESS_EVENT, false, TCP_BULK_READ, 0, 1, BIG,
+		     "read memory it was not given");
+}
+
+static void test_hostile_bulk_read_of_an_absurd_length(void **state)
+{
+	(void)state;
+	/* addr + len wraps around: must not pass a bounds check that adds */
+	bulk_refused(TERN_PROGRESS_BUSY, false, TCP_BULK_READ, 0, 8, UINT64_MAX - 4,
+		     "read memory it was not given");
+}
+
+static void test_hostile_bulk_write_into_a_read_only_export(void **state)
+{
+	(void)state;
+	bulk_refused(TERN_PROGRESS_BUSY, false, TCP_BULK_WRITE, 0, 0, 16,
+		     "wrote to memory it was not given");
+}
+
+static void test_hostile_bulk_write_past_the_reply_buffer(void **state)
+{
+	(void)state;
+	bulk_refused(TERN_PROGRESS_BUSY, true, TCP_BULK_WRITE, 0, BIG - 8, 16,
+		     "wrote to memory it was not given");
+}
+
+static void test_hostile_bulk_write_piece_over_the_piece_size(void **state)
+{
+	(void)state;
+	bulk_refused(TERN_PROGRESS_BUSY, true, TCP_BULK_WRITE, 0, 0, TCP_BULK_PIECE + 1,
+		     "a bulk piece of 0 or over 1 MiB");
+}
+
+/* We call the server with a BIG request it must read from us: its READ. */
+static uint32_t we_call_with_a_large_request(struct hostile *h)
+{
+	uint8_t m[TCP_PREFIX + TERN_HDR_SIZE + TERN_BULK_DESC_SIZE], f[TCP_PREFIX + TCP_BULK_HDR];
+	struct tern_hdr r = {.kind = TERN_MSG_REQ,
+			     .flags = TERN_F_BULK,
+			     .method = M_ECHO,
+			     .len = TERN_BULK_DESC_SIZE};
+	struct tern_bulk_desc d = {.addr = 0x10000, .len = 1000, .key = 77};
+	struct tcp_bulk b;
+
+	frame_len(m, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE);
+	tern_hdr_encode(m + TCP_PREFIX, &r);
+	tern_bulk_desc_encode(m + TCP_PREFIX + TERN_HDR_SIZE, &d);
+	send_all(h->fd, m, sizeof(m));
+	assert_int_equal(read_full(h->ctx, h->fd, f, sizeof(f), 5), 0);
+	tcp_bulk_decode(f + TCP_PREFIX, &b);
+	assert_int_equal(b.type, TCP_BULK_READ);
+	assert_int_equal(b.key, 77);
+	assert_int_equal(b.addr, 0x10000);
+	assert_int_equal(b.len, 1000);
+	return b.token;
+}
+
+static void test_hostile_data_for_a_read_nobody_asked_for(void **state)
+{
+	struct hostile h;
+	uint8_t junk[8] = {0};
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	send_bulk(&h, TCP_BULK_DATA, 0, 0, sizeof(junk), 0x101);
+	send_all(h.fd, junk, sizeof(junk));
+	expect_epeer(&h, "data for a read nobody asked for");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_data_longer_than_the_read_asked(void **state)
+{
+	struct hostile h;
+	uint32_t token;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	token = we_call_with_a_large_request(&h);
+	send_bulk(&h, TCP_BULK_DATA, 0, 0, 1001, token);
+	expect_epeer(&h, "not the next part of the read");
+	hostile_teardown(&h);
+}
+
+static void test_hostile_data_out_of_order(void **state)
+{
+	struct hostile h;
+	uint32_t token;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_EVENT);
+	hostile_handshake(&h);
+	token = we_call_with_a_large_request(&h);
+	send_bulk(&h, TCP_BULK_DATA, 0, 500, 500, token); /* the second half first */
+	expect_epeer(&h, "not the next part of the read");
+	hostile_teardown(&h);
+}
+
+/* Dying halfway through the data: a reset, not a protocol error; the
+ * request's staging is released (LSan checks at exit). */
+static void test_peer_dying_mid_transfer_is_a_reset(void **state)
+{
+	struct hostile h;
+	uint8_t half[500];
+	uint32_t token;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	token = we_call_with_a_large_request(&h);
+	memset(half, 0x33, sizeof(half));
+	send_bulk(&h, TCP_BULK_DATA, 0, 0, 1000, token);
+	send_all(h.fd, half, sizeof(half));
+	for (int i = 0; i < 100; i++)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_false(h.closed);
+	close(h.fd);
+	h.fd = -1;
+	run_until(h.ctx, &h.closed, 5);
+	assert_true(h.closed);
+	assert_int_equal(h.reason, -ECONNRESET);
+	assert_int_equal(h.cnt.protocol_errors, 0);
+	hostile_teardown(&h);
+}
+
 /* ---- URIs -------------------------------------------------------------------------------------
  */
 
@@ -626,6 +889,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_hand_made_peer_is_served_when_it_plays_by_the_rules),
 		cmocka_unit_test(test_hostile_huge_length_is_cut_off_before_its_payload),
+		cmocka_unit_test(test_hostile_bulk_frame_with_a_huge_length),
 		cmocka_unit_test(test_hostile_length_one_byte_past_the_slot),
 		cmocka_unit_test(test_hostile_garbage_frame_of_a_valid_length),
 		cmocka_unit_test(test_hostile_truncated_frame_then_hang_up),
@@ -638,6 +902,17 @@ int main(void)
 		cmocka_unit_test(test_a_peer_that_stops_reading_pins_only_the_slots),
 		cmocka_unit_test(test_megabyte_messages_survive_partial_writes_and_reads_busy),
 		cmocka_unit_test(test_megabyte_messages_survive_partial_writes_and_reads_event),
+		cmocka_unit_test(test_bulk_read_inside_an_export_is_served_in_pieces),
+		cmocka_unit_test(test_hostile_bulk_read_with_a_key_never_given),
+		cmocka_unit_test(test_hostile_bulk_read_one_byte_past_the_export),
+		cmocka_unit_test(test_hostile_bulk_read_of_an_absurd_length),
+		cmocka_unit_test(test_hostile_bulk_write_into_a_read_only_export),
+		cmocka_unit_test(test_hostile_bulk_write_past_the_reply_buffer),
+		cmocka_unit_test(test_hostile_bulk_write_piece_over_the_piece_size),
+		cmocka_unit_test(test_hostile_data_for_a_read_nobody_asked_for),
+		cmocka_unit_test(test_hostile_data_longer_than_the_read_asked),
+		cmocka_unit_test(test_hostile_data_out_of_order),
+		cmocka_unit_test(test_peer_dying_mid_transfer_is_a_reset),
 		cmocka_unit_test(test_malformed_tcp_uris_are_clear_errors),
 	};
 

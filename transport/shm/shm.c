@@ -34,11 +34,13 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
 #include "tern/transport.h"
+#include "../common/xtab.h"
 #include "shm_layout.h"
 
 #ifndef MFD_NOEXEC_SEAL
@@ -54,6 +56,10 @@ extern const struct tern_transport_ops tern_shm_transport;
 #define SHM_ACCEPT_BATCH 64
 
 #define SHM_REQUIRED_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+
+#define SHM_BULK_OPS   64   /* bulk transfers one connection has in flight, at most */
+#define SHM_SOCK_BATCH 64   /* socket messages one wake-up handles */
+#define SHM_LINGER_MS  1000 /* how long a close waits for a peer inside a copy */
 
 /* slot_state bits, per slot index */
 #define SLOT_SENT 0x1 /* our send slot i is with the peer (not yet returned) */
@@ -174,6 +180,22 @@ struct sconn {
 	uint32_t wake_seq;  /* our epoch: odd while we may sleep */
 	uint32_t peer_rung; /* the peer epoch we last rang for */
 	bool doorbell_owed; /* published in polled mode; the check waits for poll() */
+
+	/* Large messages: see shm_layout.h. */
+	pid_t peer_pid;	     /* from SO_PEERCRED: whose memory process_vm_* reaches */
+	struct tern_xtab xt; /* what we exported to the peer */
+	struct shm_bop {     /* transfers we asked the peer for */
+		uint64_t cookie;
+		uint32_t gen; /* in the token: a stale or forged DONE misses */
+		bool busy;
+		bool split;	     /* the exporter split it: our half is done or asked for */
+		uint8_t dones;	     /* DONEs still owed */
+		int status;	     /* the first failure */
+		struct shm_bulk req; /* what we asked */
+	} bops[SHM_BULK_OPS];
+	uint32_t bops_live; /* how many are busy */
+	bool no_split;	    /* we cannot reach the peer: it copies everything */
+	bool lingering;	    /* closing, waiting for the peer to finish copying */
 };
 
 #define T(x) ((struct shm_tctx *)(x))
@@ -425,10 +447,15 @@ static int segment_check(int fd, size_t size)
 
 /* ---- connection objects ----------------------------------------------------------------- */
 
+static void bulk_fail_all(struct sconn *c, int err);
+
 static void conn_free(struct sconn *c)
 {
 	struct shm_tctx *t = c->t;
 
+	if (c->engine_knows)
+		bulk_fail_all(c, -ECONNRESET);
+	tern_xtab_free(&c->xt);
 	link_del(&c->link);
 	if (c->sock >= 0)
 		close(c->sock);
@@ -460,6 +487,35 @@ static void conn_handle_closed(uv_handle_t *h)
  * last uv handle has closed, which is never inside one of our own loops,
  * so this is safe from any upcall.  Idempotent.
  */
+static void conn_finish_close(struct sconn *c)
+{
+	c->lingering = false;
+	if (c->sock >= 0)
+		shutdown(c->sock, SHUT_RDWR);
+	uv_timer_stop(&c->timer);
+	uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+	if (c->sock_poll_init)
+		uv_close((uv_handle_t *)&c->sock_poll, conn_handle_closed);
+	if (c->bell_poll_init)
+		uv_close((uv_handle_t *)&c->bell_poll, conn_handle_closed);
+}
+
+static void linger_timer_cb(uv_timer_t *tm)
+{
+	struct sconn *c = tm->data;
+
+	if (c->lingering)
+		conn_finish_close(c); /* a peer stuck that long: give up on it */
+}
+
+/*
+ * The peer may be inside a process_vm copy into our memory for a transfer
+ * we asked for: the engine reuses that memory once we report the transfer
+ * failed (conn_free).  So with transfers pending we only stop sending and
+ * wait for the peer to hang up too, which it does once its copy is over
+ * (it is single-threaded: it sees our hang-up between copies), or for
+ * SHM_LINGER_MS.  A dead peer's hang-up is there at once.
+ */
 static void conn_close(struct sconn *c)
 {
 	if (c->state == SC_CLOSING)
@@ -469,14 +525,31 @@ static void conn_close(struct sconn *c)
 		link_del(&c->link);
 		c->l = NULL;
 	}
-	if (c->sock >= 0)
-		shutdown(c->sock, SHUT_RDWR);
-	uv_timer_stop(&c->timer);
-	uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
-	if (c->sock_poll_init)
-		uv_close((uv_handle_t *)&c->sock_poll, conn_handle_closed);
-	if (c->bell_poll_init)
-		uv_close((uv_handle_t *)&c->bell_poll, conn_handle_closed);
+	if (c->bops_live && c->sock >= 0 && c->sock_poll_init) {
+		c->lingering = true;
+		shutdown(c->sock, SHUT_WR);
+		uv_timer_stop(&c->timer);
+		uv_timer_start(&c->timer, linger_timer_cb, SHM_LINGER_MS, 0);
+		return;
+	}
+	conn_finish_close(c);
+}
+
+/* Closing with transfers pending: read until the peer hangs up. */
+static void linger_on_socket(struct sconn *c)
+{
+	for (;;) {
+		struct shm_msg m;
+		int fds[SHM_MAX_FDS], nfds;
+		ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
+
+		if (n == -EAGAIN)
+			return;
+		if (n <= 0 && n != -EBADMSG) {
+			conn_finish_close(c); /* its end is closed: no copy is running */
+			return;
+		}
+	}
 }
 
 /* Connection set-up failed: tell the engine once (if it knows), then tear down. */
@@ -1077,7 +1150,7 @@ static void server_on_hello(struct sconn *c)
 	 * Only now, with its HELLO read: a Unix socket closed with unread
 	 * data resets the peer, which would then never read our REFUSE.
 	 */
-	if ((rc = peer_check(c->sock, NULL))) {
+	if ((rc = peer_check(c->sock, &c->peer_pid))) {
 		close_fds(fds, &nfds);
 		send_refusal(c->sock, rc, NULL, 0);
 		conn_close(c);
@@ -1248,22 +1321,46 @@ static void conn_drain_dead(struct sconn *c)
 	}
 }
 
-static void up_on_socket(struct sconn *c)
-{
-	struct shm_msg m;
-	int fds[SHM_MAX_FDS], nfds;
-	ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
+static void bulk_on_req(struct sconn *c, const struct shm_bulk *b);
+static void bulk_on_done(struct sconn *c, const struct shm_bulk *b);
+static void bulk_on_split(struct sconn *c, const struct shm_bulk *b);
 
-	if (n == -EAGAIN)
-		return;
-	if (n > 0 || n == -EBADMSG) {
-		/* Anything but a hang-up breaks the protocol. */
-		conn_failed(c, TERN_EPEER, "shm: unexpected message on the socket");
-		return;
+/* Socket messages once up: bulk traffic, or the hang-up.  Return: how many. */
+static int up_on_socket(struct sconn *c)
+{
+	int i;
+
+	for (i = 0; i < SHM_SOCK_BATCH && c->state == SC_UP; i++) {
+		struct shm_msg m;
+		struct shm_bulk b;
+		int fds[SHM_MAX_FDS], nfds;
+		ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
+
+		if (n == -EAGAIN)
+			return i;
+		if (n > 0 && m.hs_len == 0 &&
+		    (m.type == SHM_MSG_BULK_REQ || m.type == SHM_MSG_BULK_DONE ||
+		     m.type == SHM_MSG_BULK_SPLIT)) {
+			memcpy(&b, m.hs, sizeof(b)); /* a local copy: judged, then used */
+			if (m.type == SHM_MSG_BULK_REQ)
+				bulk_on_req(c, &b);
+			else if (m.type == SHM_MSG_BULK_DONE)
+				bulk_on_done(c, &b);
+			else
+				bulk_on_split(c, &b);
+			continue;
+		}
+		if (n > 0 || n == -EBADMSG) {
+			/* Anything else breaks the protocol. */
+			conn_failed(c, TERN_EPEER, "shm: unexpected message on the socket");
+			return i;
+		}
+		conn_drain_dead(c);
+		if (c->state == SC_UP)
+			conn_failed(c, -ECONNRESET, "the peer hung up");
+		return i;
 	}
-	conn_drain_dead(c);
-	if (c->state == SC_UP)
-		conn_failed(c, -ECONNRESET, "the peer hung up");
+	return i;
 }
 
 static void sock_cb(uv_poll_t *h, int status, int events)
@@ -1284,10 +1381,13 @@ static void sock_cb(uv_poll_t *h, int status, int events)
 		client_on_answer(c);
 		break;
 	case SC_UP:
-		up_on_socket(c);
+		(void)up_on_socket(c);
 		break;
 	case SC_CLOSING:
-		uv_poll_stop(h);
+		if (c->lingering)
+			linger_on_socket(c);
+		else
+			uv_poll_stop(h);
 		return;
 	}
 	t->ev->activity(t->ctx);
@@ -1475,7 +1575,7 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 		/* No listener: ENOENT (path), ECONNREFUSED (abstract); a full
 		 * backlog: EAGAIN. */
 		c->pending_err = errno == ENOENT ? -ECONNREFUSED : -errno;
-	} else if ((rc = peer_check(fd, NULL))) {
+	} else if ((rc = peer_check(fd, &c->peer_pid))) {
 		c->pending_err = rc;
 	} else {
 		msg_init(&m, SHM_MSG_HELLO, 0, &c->g, hs, hs_len);
@@ -1498,6 +1598,234 @@ static void shm_disconnect(struct tern_conn *bc)
 
 	c->notified_end = true; /* the engine asked: no error upcall */
 	conn_close(c);
+}
+
+/* ---- large messages ------------------------------------------------------------------------ */
+
+static uint64_t shm_bulk_max(struct tern_conn *bc)
+{
+	(void)bc;
+	return UINT32_MAX; /* one process_vm_* call moves any message the engine has */
+}
+
+static int shm_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off, size_t len,
+			   int writable, struct tern_bulk_desc *out)
+{
+	struct sconn *c = C(bc);
+
+	if (c->state != SC_UP)
+		return -ENOTCONN;
+	return tern_xtab_add(&c->xt, m, off, len, writable, out);
+}
+
+static void shm_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)
+{
+	(void)tern_xtab_del(&C(bc)->xt, d); /* gone already with a failed connection: fine */
+}
+
+static void shm_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
+{
+	struct shm_tctx *t = T(tt);
+
+	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next)
+		tern_xtab_drop_mem(&link_entry(l, struct sconn, link)->xt, m);
+	m->prov = NULL;
+}
+
+/*
+ * Copy @len bytes between our @local and the peer's @remote: one copy,
+ * straight from source to destination, by the kernel.  Needs ptrace access
+ * to the peer (same uid and yama ptrace_scope 0, or CAP_SYS_PTRACE).
+ * Return: 0 or -errno (-EPERM without that access, -EFAULT for a bad
+ * address of the peer's).
+ */
+static int vm_copy(pid_t pid, bool to_peer, void *local, uint64_t remote, uint64_t len)
+{
+	uint64_t done = 0;
+
+	while (done < len) {
+		struct iovec l = {.iov_base = (char *)local + done, .iov_len = len - done};
+		struct iovec r = {.iov_base = (void *)(uintptr_t)(remote + done),
+				  .iov_len = len - done};
+		ssize_t n = to_peer ? process_vm_writev(pid, &l, 1, &r, 1, 0)
+				    : process_vm_readv(pid, &l, 1, &r, 1, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == ESRCH ? -ECONNRESET : -errno;
+		if (n == 0)
+			return -EFAULT; /* a partial copy stops at a fault */
+		done += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int bulk_msg_send(struct sconn *c, uint16_t type, const struct shm_bulk *b)
+{
+	struct shm_msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.magic = SHM_MSG_MAGIC;
+	m.version = SHM_PROTO_VERSION;
+	m.type = type;
+	memcpy(m.hs, b, sizeof(*b));
+	return msg_send(c->sock, &m, NULL, 0);
+}
+
+/* The peer asks us to move bytes of something we exported. */
+static void bulk_on_req(struct sconn *c, const struct shm_bulk *b)
+{
+	const struct tern_xent *e = NULL;
+	struct shm_bulk d = {.token = b->token};
+	uint32_t op = b->op & SHM_BULK_OP_MASK;
+	uint64_t len = b->len;
+	int rc;
+
+	if ((op == SHM_BULK_READ || op == SHM_BULK_WRITE) && !(b->op & ~0x1ffu) && b->len)
+		e = tern_xtab_check(&c->xt, b->key, b->xaddr, b->len, op == SHM_BULK_WRITE);
+	if (!e) {
+		conn_failed(c, TERN_EPEER, "shm: the peer named memory it was not given");
+		return;
+	}
+	/*
+	 * Checked: [xaddr, xaddr + len) is inside a live export of ours.  A
+	 * large one is split: the user copies the second half itself while
+	 * we copy the first, two processes at once.
+	 */
+	if (len >= SHM_SPLIT_MIN && !(b->op & SHM_BULK_NOSPLIT)) {
+		struct shm_bulk sp = {.token = b->token, .len = (len / 2) & ~(uint64_t)4095};
+
+		if ((rc = bulk_msg_send(c, SHM_MSG_BULK_SPLIT, &sp))) {
+			conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc,
+				    "shm: could not answer a bulk transfer");
+			return;
+		}
+		len = sp.len;
+	}
+	d.status = vm_copy(c->peer_pid, op == SHM_BULK_READ, (void *)(uintptr_t)b->xaddr, b->laddr,
+			   len);
+	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_DONE, &d)))
+		conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc,
+			    "shm: could not answer a bulk transfer");
+}
+
+/* The peer finished (or refused) a transfer we asked for. */
+static void bulk_on_done(struct sconn *c, const struct shm_bulk *b)
+{
+	uint32_t i = b->token & 0xffu;
+	struct shm_bop *op = &c->bops[i % SHM_BULK_OPS];
+	int st = b->status;
+
+	if (i >= SHM_BULK_OPS || !op->busy || op->gen != b->token >> 8 || !op->dones) {
+		conn_failed(c, TERN_EPEER, "shm: the peer finished a transfer nobody asked for");
+		return;
+	}
+	if (st > 0 || st < -4095)
+		st = -EIO; /* not an errno: say so rather than pass it on */
+	if (!op->status)
+		op->status = st;
+	if (--op->dones)
+		return;
+	op->busy = false;
+	c->bops_live--;
+	c->t->ev->bulk_done(&c->base, op->cookie, op->status);
+}
+
+/* The exporter copies the first half of a large transfer: we copy the rest. */
+static void bulk_on_split(struct sconn *c, const struct shm_bulk *b)
+{
+	uint32_t i = b->token & 0xffu;
+	struct shm_bop *op = &c->bops[i % SHM_BULK_OPS];
+	struct shm_bulk *q = &op->req;
+	uint64_t mid = b->len;
+	int rc;
+
+	if (i >= SHM_BULK_OPS || !op->busy || op->gen != b->token >> 8 || op->split ||
+	    mid >= q->len) {
+		conn_failed(c, TERN_EPEER, "shm: the peer split a transfer it was not asked for");
+		return;
+	}
+	op->split = true;
+	/* the exporter's own memory, at the address its descriptor gave */
+	rc = vm_copy(c->peer_pid, (q->op & SHM_BULK_OP_MASK) == SHM_BULK_WRITE,
+		     (void *)(uintptr_t)(q->laddr + mid), q->xaddr + mid, q->len - mid);
+	if (rc != -EPERM) {
+		if (rc && !op->status)
+			op->status = rc;
+		return;
+	}
+	/* We cannot reach it: let the exporter copy our half, and all from now on. */
+	c->no_split = true;
+	q->xaddr += mid;
+	q->laddr += mid;
+	q->len -= mid;
+	q->op |= SHM_BULK_NOSPLIT;
+	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, q))) {
+		if (!op->status)
+			op->status = rc == -EPIPE ? -ECONNRESET : rc;
+		return;
+	}
+	op->dones++;
+}
+
+static void bulk_fail_all(struct sconn *c, int err)
+{
+	for (uint32_t i = 0; i < SHM_BULK_OPS; i++) {
+		if (c->bops[i].busy) {
+			c->bops[i].busy = false;
+			c->bops_live--;
+			c->t->ev->bulk_done(&c->base, c->bops[i].cookie, err);
+		}
+	}
+}
+
+static int bulk_ask(struct sconn *c, uint32_t op, const struct tern_bulk_desc *remote,
+		    struct tern_tmem *m, size_t off, size_t len, uint64_t cookie)
+{
+	struct shm_bulk b = {.xaddr = remote->addr, .len = len, .key = remote->key, .op = op};
+	struct shm_bop *o = NULL;
+	uint32_t i;
+	int rc;
+
+	if (c->state != SC_UP)
+		return -ENOTCONN;
+	if (len == 0 || off > m->len || len > m->len - off || len > remote->len)
+		return -EINVAL;
+	for (i = 0; i < SHM_BULK_OPS; i++)
+		if (!c->bops[i].busy) {
+			o = &c->bops[i];
+			break;
+		}
+	if (!o)
+		return -EAGAIN;
+	o->gen = (o->gen + 1) & 0xffffffu;
+	b.laddr = (uint64_t)(uintptr_t)m->addr + off;
+	b.token = o->gen << 8 | i;
+	if (c->no_split)
+		b.op |= SHM_BULK_NOSPLIT;
+	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, &b)))
+		return rc == -EPIPE ? -ECONNRESET : rc;
+	o->busy = true;
+	o->cookie = cookie;
+	o->split = false;
+	o->dones = 1;
+	o->status = 0;
+	o->req = b;
+	c->bops_live++;
+	return 0;
+}
+
+static int shm_bulk_read(struct tern_conn *bc, const struct tern_bulk_desc *remote,
+			 struct tern_tmem *m, size_t off, size_t len, uint64_t cookie)
+{
+	return bulk_ask(C(bc), SHM_BULK_READ, remote, m, off, len, cookie);
+}
+
+static int shm_bulk_write(struct tern_conn *bc, struct tern_tmem *m, size_t off, size_t len,
+			  const struct tern_bulk_desc *remote, uint64_t cookie)
+{
+	return bulk_ask(C(bc), SHM_BULK_WRITE, remote, m, off, len, cookie);
 }
 
 /* ---- the context --------------------------------------------------------------------------------
@@ -1542,6 +1870,14 @@ static int shm_poll(struct tern_tctx *tt, int budget)
 
 		if (c->state == SC_UP)
 			n += conn_poll(c, budget - n);
+		/*
+		 * While bulk transfers may be asked for or answered, look at
+		 * the socket here too (one recvmsg): a busy context returns
+		 * to libuv's epoll only every busy_spin_ns, which would add
+		 * that much to every large message.  Small calls pay nothing.
+		 */
+		if (c->state == SC_UP && (c->xt.live || c->bops_live))
+			n += up_on_socket(c);
 	}
 	/*
 	 * Slots the engine gave back wait one poll for a message to ride on
@@ -1595,4 +1931,10 @@ const struct tern_transport_ops tern_shm_transport = {
 	.disconnect = shm_disconnect,
 	.poll = shm_poll,
 	.set_mode = shm_set_mode,
+	.bulk_max = shm_bulk_max,
+	.bulk_export = shm_bulk_export,
+	.bulk_read = shm_bulk_read,
+	.bulk_write = shm_bulk_write,
+	.mem_release = shm_mem_release,
+	.bulk_unexport = shm_bulk_unexport,
 };

@@ -188,15 +188,64 @@ static inline uint8_t *shm_slots(uint8_t *seg, const struct shm_geom *g, int d)
  *                  or REFUSE  status + the engine's refusal (if any)
  *   client -> server  READY   the client mapped and checked the segment
  *
- * After READY the socket carries nothing: its hang-up is how each side
- * learns the other is gone.
+ * After READY the socket carries large-message traffic (below) and its
+ * hang-up, which is how each side learns the other is gone.
+ *
+ * Large messages (bulk): the side that *uses* an export asks the side that
+ * made it, which checks the request against its table of live exports
+ * (transport/common/xtab.h) and moves the bytes itself with one
+ * process_vm_writev/readv straight between the two processes' buffers:
+ *
+ *   user -> exporter  BULK_REQ   op READ:  copy export [xaddr, +len) to my laddr
+ *                                op WRITE: copy my [laddr, +len) into the export
+ *   exporter -> user  BULK_SPLIT (large transfers) "I copy [0, mid); you
+ *                                copy [mid, len) yourself", sent before the
+ *                                exporter starts, so both processes copy
+ *                                at once, each half one process_vm call
+ *   exporter -> user  BULK_DONE  status for token: 0, or -EPERM (no ptrace
+ *                                access to the user), -EFAULT, ...
+ *
+ * A user that cannot reach the exporter's memory for its half asks for it
+ * with a second BULK_REQ (flag SHM_BULK_NOSPLIT) and waits for both DONEs.
+ *
+ * The exporter writes only into exports it made, and only reads or writes
+ * the user's memory where the user said (which can hurt no one but the
+ * user).  A BULK_REQ naming a key, range or direction that was not
+ * exported, or a BULK_DONE for a token not pending, closes the connection
+ * with TERN_EPEER.  Because the user's bulk_done() follows the BULK_DONE,
+ * anything it posts afterwards reaches the peer after the data.
  */
 enum shm_msg_type {
 	SHM_MSG_HELLO = 1,
 	SHM_MSG_ACCEPT = 2,
 	SHM_MSG_REFUSE = 3,
 	SHM_MSG_READY = 4,
+	SHM_MSG_BULK_REQ = 5,
+	SHM_MSG_BULK_DONE = 6,
+	SHM_MSG_BULK_SPLIT = 7,
 };
+
+enum shm_bulk_op {
+	SHM_BULK_READ = 1,
+	SHM_BULK_WRITE = 2,
+	SHM_BULK_OP_MASK = 0xff,
+	SHM_BULK_NOSPLIT = 0x100, /* flag: copy it all yourself */
+};
+
+#define SHM_SPLIT_MIN (4u << 20) /* transfers from here on are split in two */
+
+/* A bulk message's body, in struct shm_msg's hs[] (hs_len stays 0). */
+struct shm_bulk {
+	uint64_t xaddr; /* REQ: the exporter's first byte (the descriptor's addr) */
+	uint64_t len;	/* REQ: how many bytes; SPLIT: where the user's half starts */
+	uint64_t laddr; /* REQ: the user's buffer, in the user's address space */
+	uint32_t key;	/* REQ: the descriptor's key */
+	uint32_t token; /* the user's name for the transfer, echoed in DONE */
+	uint32_t op;	/* REQ: enum shm_bulk_op */
+	int32_t status; /* DONE: 0 or -errno */
+};
+_Static_assert(sizeof(struct shm_bulk) == 40, "bulk body is 40 bytes");
+_Static_assert(sizeof(struct shm_bulk) <= TERN_HANDSHAKE_MAX, "bulk body fits hs[]");
 
 struct shm_msg {
 	uint32_t magic;

@@ -37,6 +37,7 @@
 #include <arpa/inet.h>
 
 #include "tern/transport.h"
+#include "../common/xtab.h"
 #include "tcp_proto.h"
 
 /* Defined at the bottom; the engine finds it by name (src/ctx.c). */
@@ -46,6 +47,9 @@ extern const struct tern_transport_ops tern_tcp_transport;
 #define TCP_DIRECT_MIN	 4096	     /* read a payload straight into its slot past this */
 #define TCP_HANDSHAKE_MS 10000	     /* an accepted socket must say HELLO within this */
 #define TCP_POLL_READS	 4	     /* recv() calls per connection per poll() */
+#define TCP_BULK_OPS	 64	     /* bulk transfers in flight per connection, each way */
+#define TCP_PIECES	 4	     /* bulk pieces written and not yet done, per connection */
+#define TCP_OUTS	 (2 * TCP_BULK_OPS)
 
 /* ---- a tiny intrusive list -------------------------------------------------- */
 
@@ -105,6 +109,48 @@ struct tlistener {
 	struct tcp_link pending; /* accepted sockets that have not said HELLO yet */
 };
 
+/* What the frame being read is. */
+enum tframe {
+	TF_MSG = 0, /* an engine message (or a handshake frame) */
+	TF_BHDR,    /* a bulk header */
+	TF_BPAY,    /* a bulk piece's bytes, read straight into their destination */
+};
+
+/* A read we asked the peer for: its DATA pieces land in dst. */
+struct tcp_rop {
+	bool busy;
+	bool req_pending; /* the READ frame's uv_write has not called back */
+	uint32_t gen;	  /* in the token: a stale or forged DATA misses */
+	uint64_t cookie;
+	uint8_t *dst;
+	uint64_t len, got;
+	uv_write_t req;
+	uint8_t hdr[TCP_PREFIX + TCP_BULK_HDR];
+};
+
+/* Bytes we stream in pieces: a read we serve (DATA) or a write of ours. */
+struct tcp_out {
+	bool busy;
+	bool write;
+	uint32_t gen;
+	uint32_t key;	/* DATA: the export read (withdrawing it stops us); WRITE: the peer's */
+	uint32_t token; /* DATA: the peer's name for the read */
+	const uint8_t *src;
+	uint64_t raddr; /* WRITE: the peer's address of src[0] */
+	uint64_t len, queued;
+	uint32_t inflight;
+	uint64_t last_end; /* wq_total just after its last queued piece */
+	uint64_t cookie;   /* WRITE: bulk_done's */
+};
+
+/* One piece on its way: header + bytes straight from the source. */
+struct tcp_piece {
+	uv_write_t req; /* first: the write callback finds the piece from it */
+	uint8_t hdr[TCP_PREFIX + TCP_BULK_HDR];
+	int out; /* outs[] index, or -1 when free */
+	uint32_t out_gen;
+};
+
 enum tstate {
 	TC_CONNECTING,	/* client: TCP connect in flight */
 	TC_WAIT_ANSWER, /* client: HELLO sent */
@@ -160,6 +206,25 @@ struct tconn {
 	uint32_t f_len, f_have, f_token;
 	uint8_t *f_dst;
 	uint8_t hsbuf[TCP_HS_SIZE];
+	uint8_t f_kind; /* enum tframe */
+	uint8_t bhdr[TCP_BULK_HDR];
+	struct tcp_rop *f_rop; /* TF_BPAY of a DATA: the read it fills */
+
+	/* Large messages: see tcp_proto.h. */
+	struct tern_xtab xt; /* what we exported to the peer */
+	struct tcp_rop rops[TCP_BULK_OPS];
+	struct tcp_out outs[TCP_OUTS];
+	struct tcp_piece pieces[TCP_PIECES];
+	uint32_t n_serve, n_write; /* busy outs of each kind */
+	uint32_t out_rr;	   /* where the next piece's search starts */
+	/*
+	 * Bytes ever handed to uv_write (not uv_try_write).  Minus libuv's
+	 * write queue size, that is how many of them the kernel has: a piece
+	 * ending at or before that no longer needs its source.
+	 */
+	uint64_t wq_total;
+	int doomed; /* failed where no upcall may run: the kick reports it */
+	const char *doomed_why;
 };
 
 #define T(x) ((struct tcp_tctx *)(x))
@@ -172,8 +237,13 @@ static void kick_idle_start(struct tcp_tctx *t);
 
 /* ---- life and death ------------------------------------------------------------------ */
 
+static void bulk_fail_all(struct tconn *c, int err);
+
 static void conn_free(struct tconn *c)
 {
+	if (c->engine_knows)
+		bulk_fail_all(c, -ECONNRESET);
+	tern_xtab_free(&c->xt);
 	link_del(&c->link);
 	link_del(&c->kick);
 	free(c->mem);
@@ -270,6 +340,8 @@ static struct tconn *conn_new(struct tcp_tctx *t, bool server)
 	uv_tcp_init(t->loop, &c->tcp);
 	c->timer.data = c;
 	c->tcp.data = c;
+	for (int i = 0; i < TCP_PIECES; i++)
+		c->pieces[i].out = -1;
 	c->handles = 2;
 	t->open_handles += 2;
 	return c;
@@ -350,6 +422,7 @@ static int ctl_send(struct tconn *c, int which, uint16_t type, int32_t status, c
 	tcp_hs_encode(c->ctl_buf[which], type, status, hs, hs_len);
 	b = uv_buf_init((char *)c->ctl_buf[which], sizeof(c->ctl_buf[which]));
 	c->ctl_req[which].data = c;
+	c->wq_total += b.len;
 	return uv_write(&c->ctl_req[which], (uv_stream_t *)&c->tcp, &b, 1, ctl_written);
 }
 
@@ -508,6 +581,14 @@ static bool frame_start(struct tconn *c, uint32_t len)
 			return false;
 		}
 		c->f_dst = c->hsbuf;
+	} else if (len & TCP_BULK_FLAG) {
+		if (len != (TCP_BULK_FLAG | TCP_BULK_HDR)) {
+			conn_failed(c, TERN_EPEER, "tcp: a bulk frame with a bad header length");
+			return false;
+		}
+		c->f_kind = TF_BHDR;
+		c->f_dst = c->bhdr;
+		len = TCP_BULK_HDR;
 	} else {
 		/* Judged before a byte of it lands anywhere. */
 		if (len > c->slot_size) {
@@ -524,7 +605,10 @@ static bool frame_start(struct tconn *c, uint32_t len)
 		c->f_token = c->free_rx[--c->nfree_rx];
 		c->rx_held[c->f_token] = 1;
 		c->f_dst = c->recv_base + (size_t)c->f_token * c->slot_size;
+		c->f_kind = TF_MSG;
 	}
+	if (in_handshake(c))
+		c->f_kind = TF_MSG;
 	c->in_frame = true;
 	c->f_len = len;
 	c->f_have = 0;
@@ -535,6 +619,8 @@ static bool frame_start(struct tconn *c, uint32_t len)
  * Turn staged bytes into frames and hand them on.  Never nested: an upcall
  * that frees a slot only schedules a resume.  Return: messages delivered.
  */
+static bool bulk_frame_end(struct tconn *c);
+
 static int rx_process(struct tconn *c)
 {
 	int delivered = 0;
@@ -542,7 +628,7 @@ static int rx_process(struct tconn *c)
 	if (c->parsing)
 		return 0;
 	c->parsing = true;
-	while ((in_handshake(c) || c->state == TC_UP) && !c->paused) {
+	while ((in_handshake(c) || c->state == TC_UP) && !c->paused && !c->doomed) {
 		uint32_t avail = c->st_wr - c->st_rd;
 
 		if (!c->in_frame) {
@@ -568,6 +654,11 @@ static int rx_process(struct tconn *c)
 				break;
 		}
 		c->in_frame = false;
+		if (c->f_kind != TF_MSG) {
+			if (bulk_frame_end(c))
+				delivered++;
+			continue;
+		}
 		if (c->state == TC_UP) {
 			c->t->ev->recv(&c->base, c->f_token, c->f_dst, c->f_len);
 			delivered++;
@@ -627,7 +718,10 @@ static void rx_eof(struct tconn *c, int err)
 		conn_setup_failed(c, err == UV_EOF ? -ECONNRESET : uv_to_conn_err(err), NULL, 0);
 		return;
 	}
-	if (err == UV_EOF && !c->paused && (c->in_frame || c->st_wr > c->st_rd)) {
+	/* (In a bulk piece, the peer closing mid-transfer is a reset, not a
+	 * protocol error: its session went away while it was sending.) */
+	if (err == UV_EOF && !c->paused && c->f_kind == TF_MSG &&
+	    (c->in_frame || c->st_wr > c->st_rd)) {
 		snprintf(why, sizeof(why),
 			 "tcp: the peer hung up in the middle of a %u-byte message",
 			 c->in_frame ? c->f_len : 0);
@@ -742,6 +836,10 @@ static int conn_flush(struct tconn *c)
 {
 	int n = 0;
 
+	if (c->doomed && c->state == TC_UP) {
+		conn_failed(c, c->doomed, c->doomed_why);
+		return 1;
+	}
 	while (c->done_len && c->state == TC_UP) {
 		uint32_t slot = c->done[c->done_head];
 
@@ -860,6 +958,7 @@ static int tcp_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, uint
 		c->tx_busy[slot] = 0;
 		return uv_to_conn_err(rc);
 	}
+	c->wq_total += b[0].len + (nb == 2 ? b[1].len : 0);
 	return 0;
 }
 
@@ -1054,6 +1153,369 @@ static void tcp_disconnect(struct tern_conn *bc)
 	conn_close(c);
 }
 
+/* ---- large messages ---------------------------------------------------------------------- */
+
+/*
+ * Fail where no upcall may run (inside an engine call): stop the socket
+ * now, so libuv never touches a buffer again, and report from the kick.
+ */
+static void bulk_doom(struct tconn *c, int err, const char *why)
+{
+	int fd;
+
+	if (c->doomed || c->state != TC_UP)
+		return;
+	c->doomed = err;
+	c->doomed_why = why;
+	if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+		shutdown(fd, SHUT_RDWR);
+	kick(c);
+}
+
+static void piece_written(uv_write_t *req, int status);
+
+/* Keep up to TCP_PIECES pieces in flight, taking the outs in turn. */
+static void bulk_pump(struct tconn *c)
+{
+	for (int p = 0; p < TCP_PIECES && c->state == TC_UP && !c->doomed; p++) {
+		struct tcp_piece *pc = &c->pieces[p];
+		struct tcp_out *o = NULL;
+		uint32_t oi = 0, n;
+		uv_buf_t b[2];
+		int rc;
+
+		if (pc->out >= 0)
+			continue;
+		for (uint32_t k = 0; k < TCP_OUTS; k++) {
+			oi = (c->out_rr + k) % TCP_OUTS;
+			if (c->outs[oi].busy && c->outs[oi].queued < c->outs[oi].len) {
+				o = &c->outs[oi];
+				break;
+			}
+		}
+		if (!o)
+			return;
+		c->out_rr = oi + 1;
+		n = o->len - o->queued < TCP_BULK_PIECE ? (uint32_t)(o->len - o->queued)
+							: TCP_BULK_PIECE;
+		if (o->write)
+			tcp_bulk_encode(pc->hdr, TCP_BULK_WRITE, o->key, o->raddr + o->queued, n,
+					0);
+		else
+			tcp_bulk_encode(pc->hdr, TCP_BULK_DATA, 0, o->queued, n, o->token);
+		b[0] = uv_buf_init((char *)pc->hdr, sizeof(pc->hdr));
+		/* straight from the source: no copy, nothing sized by the peer */
+		b[1] = uv_buf_init((char *)(uintptr_t)(o->src + o->queued), n);
+		pc->req.data = c;
+		pc->out = (int)oi;
+		pc->out_gen = o->gen;
+		rc = uv_write(&pc->req, (uv_stream_t *)&c->tcp, b, 2, piece_written);
+		if (rc) {
+			pc->out = -1;
+			bulk_doom(c, uv_to_conn_err(rc), "tcp: could not write a bulk piece");
+			return;
+		}
+		c->wq_total += sizeof(pc->hdr) + n;
+		o->queued += n;
+		o->inflight++;
+		o->last_end = c->wq_total;
+	}
+}
+
+static void out_free(struct tconn *c, struct tcp_out *o)
+{
+	o->busy = false;
+	if (o->write)
+		c->n_write--;
+	else
+		c->n_serve--;
+}
+
+static void piece_written(uv_write_t *req, int status)
+{
+	struct tcp_piece *pc = (struct tcp_piece *)req;
+	struct tconn *c = req->data;
+	struct tcp_out *o;
+	int oi = pc->out;
+
+	pc->out = -1;
+	if (c->state != TC_UP)
+		return; /* cancelled by the close; bulk_fail_all reports */
+	if (status < 0) {
+		conn_failed(c, uv_to_conn_err(status), "tcp: bulk write failed");
+		return;
+	}
+	o = &c->outs[oi];
+	if (o->busy && o->gen == pc->out_gen && --o->inflight == 0 && o->queued == o->len) {
+		out_free(c, o);
+		/* every byte is with the kernel: the source may go */
+		if (o->write)
+			c->t->ev->bulk_done(&c->base, o->cookie, 0);
+	}
+	bulk_pump(c);
+	if (c->t->mode == TERN_TRANSPORT_EVENTS)
+		c->t->ev->activity(c->t->ctx);
+}
+
+/* Has the kernel taken every byte @o queued (so its source is free)? */
+static bool out_flushed(struct tconn *c, const struct tcp_out *o)
+{
+	return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) <= c->wq_total - o->last_end;
+}
+
+/*
+ * The export a served read comes from is withdrawn.  An honest peer reads
+ * everything before it replies, so that finds the read done; one that
+ * replied early loses the connection, before libuv writes any more from
+ * memory the engine is about to free.
+ */
+static void out_withdraw(struct tconn *c, struct tcp_out *o)
+{
+	if (o->queued < o->len || !out_flushed(c, o))
+		bulk_doom(c, TERN_EPEER, "tcp: the peer ended a call while reading its data");
+	out_free(c, o);
+}
+
+static struct tcp_out *out_new(struct tconn *c)
+{
+	for (uint32_t i = 0; i < TCP_OUTS; i++) {
+		struct tcp_out *o = &c->outs[i];
+
+		if (!o->busy) {
+			uint32_t gen = o->gen;
+
+			memset(o, 0, sizeof(*o));
+			o->busy = true;
+			o->gen = (gen + 1) & 0xffffffu; /* late callbacks of the last use miss */
+			return o;
+		}
+	}
+	return NULL; /* the counts keep us from getting here */
+}
+
+static bool bulk_bad(struct tconn *c, const char *why)
+{
+	conn_failed(c, TERN_EPEER, why);
+	return false;
+}
+
+/*
+ * A bulk header or piece has been read: act on it.  Every field is judged
+ * before anything is read into or written from our memory.
+ * Return: true if a transfer of ours finished.
+ */
+static bool bulk_frame_end(struct tconn *c)
+{
+	struct tcp_bulk b;
+	struct tcp_rop *r;
+	struct tcp_out *o;
+	uint32_t i;
+
+	if (c->f_kind == TF_BPAY) {
+		c->f_kind = TF_MSG;
+		r = c->f_rop;
+		c->f_rop = NULL;
+		if (!r)
+			return false; /* a WRITE piece: nothing more to do */
+		r->got += c->f_len;
+		if (r->got < r->len)
+			return false;
+		r->busy = false;
+		c->t->ev->bulk_done(&c->base, r->cookie, 0);
+		return true;
+	}
+	c->f_kind = TF_MSG;
+	tcp_bulk_decode(c->bhdr, &b);
+	switch (b.type) {
+	case TCP_BULK_READ:
+		if (!b.len || !tern_xtab_check(&c->xt, b.key, b.addr, b.len, false))
+			return bulk_bad(c, "tcp: the peer asked to read memory it was not given");
+		if (c->n_serve >= TCP_BULK_OPS)
+			return bulk_bad(c, "tcp: the peer asked for too many reads at once");
+		o = out_new(c);
+		c->n_serve++;
+		o->key = b.key;
+		o->token = b.token;
+		o->src = (const uint8_t *)(uintptr_t)b.addr;
+		o->len = b.len;
+		bulk_pump(c);
+		return false;
+	case TCP_BULK_DATA:
+		i = b.token & 0xffu;
+		r = &c->rops[i % TCP_BULK_OPS];
+		if (i >= TCP_BULK_OPS || !r->busy || r->gen != b.token >> 8)
+			return bulk_bad(c, "tcp: data for a read nobody asked for");
+		if (!b.len || b.len > TCP_BULK_PIECE || b.addr != r->got || b.len > r->len - r->got)
+			return bulk_bad(c,
+					"tcp: a data piece that is not the next part of the read");
+		c->f_rop = r;
+		c->f_dst = r->dst + r->got;
+		break;
+	case TCP_BULK_WRITE:
+		if (!b.len || b.len > TCP_BULK_PIECE)
+			return bulk_bad(c, "tcp: a bulk piece of 0 or over 1 MiB");
+		if (!tern_xtab_check(&c->xt, b.key, b.addr, b.len, true))
+			return bulk_bad(c, "tcp: the peer wrote to memory it was not given");
+		c->f_rop = NULL;
+		c->f_dst = (uint8_t *)(uintptr_t)b.addr;
+		break;
+	default:
+		return bulk_bad(c, "tcp: a bulk frame of an unknown type");
+	}
+	/* the piece's bytes follow: straight into their checked destination */
+	c->f_kind = TF_BPAY;
+	c->in_frame = true;
+	c->f_len = (uint32_t)b.len;
+	c->f_have = 0;
+	return false;
+}
+
+static void bulk_fail_all(struct tconn *c, int err)
+{
+	for (uint32_t i = 0; i < TCP_BULK_OPS; i++) {
+		if (c->rops[i].busy) {
+			c->rops[i].busy = false;
+			c->t->ev->bulk_done(&c->base, c->rops[i].cookie, err);
+		}
+	}
+	for (uint32_t i = 0; i < TCP_OUTS; i++) {
+		struct tcp_out *o = &c->outs[i];
+
+		if (o->busy) {
+			out_free(c, o);
+			if (o->write)
+				c->t->ev->bulk_done(&c->base, o->cookie, err);
+		}
+	}
+}
+
+static uint64_t tcp_bulk_max(struct tern_conn *bc)
+{
+	(void)bc;
+	return UINT32_MAX; /* pieces move any message size */
+}
+
+static int tcp_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off, size_t len,
+			   int writable, struct tern_bulk_desc *out)
+{
+	struct tconn *c = C(bc);
+
+	if (c->state != TC_UP)
+		return -ENOTCONN;
+	return tern_xtab_add(&c->xt, m, off, len, writable, out);
+}
+
+static void tcp_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)
+{
+	struct tconn *c = C(bc);
+
+	if (tern_xtab_del(&c->xt, d))
+		return;
+	for (uint32_t i = 0; i < TCP_OUTS; i++)
+		if (c->outs[i].busy && !c->outs[i].write && c->outs[i].key == d->key)
+			out_withdraw(c, &c->outs[i]);
+}
+
+static void tcp_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
+{
+	struct tcp_tctx *t = T(tt);
+
+	for (struct tcp_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct tconn *c = link_entry(l, struct tconn, link);
+
+		for (uint32_t i = 0; i < TCP_OUTS; i++) {
+			struct tcp_out *o = &c->outs[i];
+			const struct tern_xent *e;
+
+			if (!o->busy || o->write)
+				continue;
+			e = tern_xtab_check(&c->xt, o->key, (uint64_t)(uintptr_t)o->src, o->len,
+					    false);
+			if (e && e->m == m)
+				out_withdraw(c, o);
+		}
+		tern_xtab_drop_mem(&c->xt, m);
+	}
+	m->prov = NULL;
+}
+
+static void rop_written(uv_write_t *req, int status)
+{
+	struct tcp_rop *r = (struct tcp_rop *)((char *)req - offsetof(struct tcp_rop, req));
+	struct tconn *c = req->data;
+
+	r->req_pending = false;
+	if (status < 0 && c->state == TC_UP)
+		conn_failed(c, uv_to_conn_err(status), "tcp: write failed");
+}
+
+static int bulk_check(struct tconn *c, const struct tern_bulk_desc *remote, struct tern_tmem *m,
+		      size_t off, size_t len)
+{
+	if (c->state != TC_UP || c->doomed)
+		return -ENOTCONN;
+	if (len == 0 || off > m->len || len > m->len - off || len > remote->len)
+		return -EINVAL;
+	return 0;
+}
+
+static int tcp_bulk_read(struct tern_conn *bc, const struct tern_bulk_desc *remote,
+			 struct tern_tmem *m, size_t off, size_t len, uint64_t cookie)
+{
+	struct tconn *c = C(bc);
+	struct tcp_rop *r = NULL;
+	uint32_t i;
+	uv_buf_t b;
+	int rc;
+
+	if ((rc = bulk_check(c, remote, m, off, len)))
+		return rc;
+	for (i = 0; i < TCP_BULK_OPS && !r; i++)
+		if (!c->rops[i].busy && !c->rops[i].req_pending)
+			r = &c->rops[i];
+	if (!r)
+		return -EAGAIN;
+	i = (uint32_t)(r - c->rops);
+	r->gen = (r->gen + 1) & 0xffffffu;
+	r->cookie = cookie;
+	r->dst = (uint8_t *)m->addr + off;
+	r->len = len;
+	r->got = 0;
+	tcp_bulk_encode(r->hdr, TCP_BULK_READ, remote->key, remote->addr, len, r->gen << 8 | i);
+	b = uv_buf_init((char *)r->hdr, sizeof(r->hdr));
+	r->req.data = c;
+	rc = uv_write(&r->req, (uv_stream_t *)&c->tcp, &b, 1, rop_written);
+	if (rc)
+		return uv_to_conn_err(rc);
+	c->wq_total += b.len;
+	r->req_pending = true;
+	r->busy = true;
+	return 0;
+}
+
+static int tcp_bulk_write(struct tern_conn *bc, struct tern_tmem *m, size_t off, size_t len,
+			  const struct tern_bulk_desc *remote, uint64_t cookie)
+{
+	struct tconn *c = C(bc);
+	struct tcp_out *o;
+	int rc;
+
+	if ((rc = bulk_check(c, remote, m, off, len)))
+		return rc;
+	if (c->n_write >= TCP_BULK_OPS)
+		return -EAGAIN;
+	o = out_new(c);
+	c->n_write++;
+	o->write = true;
+	o->key = remote->key;
+	o->raddr = remote->addr;
+	o->src = (const uint8_t *)m->addr + off;
+	o->len = len;
+	o->cookie = cookie;
+	bulk_pump(c);
+	return 0;
+}
+
 /* ---- the context ---------------------------------------------------------------------------- */
 
 static int tcp_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transport_events *ev,
@@ -1147,4 +1609,10 @@ const struct tern_transport_ops tern_tcp_transport = {
 	.disconnect = tcp_disconnect,
 	.poll = tcp_poll,
 	.set_mode = tcp_set_mode,
+	.bulk_max = tcp_bulk_max,
+	.bulk_export = tcp_bulk_export,
+	.bulk_read = tcp_bulk_read,
+	.bulk_write = tcp_bulk_write,
+	.mem_release = tcp_mem_release,
+	.bulk_unexport = tcp_bulk_unexport,
 };

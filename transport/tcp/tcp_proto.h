@@ -87,4 +87,73 @@ static inline int tcp_hs_decode(const uint8_t in[TCP_HS_SIZE], struct tcp_hs *f)
 	return 0;
 }
 
+/*
+ * Large messages (bulk).  A frame whose length has TCP_BULK_FLAG set is a
+ * bulk frame: a struct tcp_bulk header (the low bits must be exactly
+ * TCP_BULK_HDR), then, for DATA and WRITE, the piece's bytes.  Message
+ * frames never have the flag (they are at most one slot), so the two never
+ * mix up.
+ *
+ *   user -> exporter  READ   "send me [addr, addr + len) of export key"
+ *   exporter -> user  DATA   one piece of a READ: token, offset, len; bytes
+ *   user -> exporter  WRITE  one piece into export key at addr: len; bytes
+ *
+ * Pieces are at most TCP_BULK_PIECE bytes; a sender keeps a few in flight,
+ * written straight from the source buffer, and a receiver reads each piece
+ * straight into its destination, which it has checked before the first
+ * byte: READ and WRITE against the exporter's table of live exports, DATA
+ * against the read the user asked for (token, next offset, bytes still
+ * missing).  Anything else closes the connection with TERN_EPEER.  The
+ * stream is ordered, so a message sent after the last piece of a WRITE
+ * reaches the peer after the data.
+ */
+#define TCP_BULK_FLAG  0x80000000u
+#define TCP_BULK_HDR   32
+#define TCP_BULK_PIECE (1u << 20)
+
+enum tcp_bulk_type {
+	TCP_BULK_READ = 1,
+	TCP_BULK_DATA = 2,
+	TCP_BULK_WRITE = 3,
+};
+
+struct tcp_bulk {
+	uint16_t type;
+	uint16_t reserved;
+	uint32_t key;	/* READ, WRITE: the export's key */
+	uint64_t addr;	/* READ, WRITE: the exporter's address; DATA: offset in the read */
+	uint64_t len;	/* READ: the whole read; DATA, WRITE: this piece, which follows */
+	uint32_t token; /* READ, DATA: the user's name for the read */
+	uint32_t reserved2;
+};
+_Static_assert(sizeof(struct tcp_bulk) == TCP_BULK_HDR, "bulk header is 32 bytes");
+_Static_assert(offsetof(struct tcp_bulk, len) == 16, "len at 16");
+
+/* A whole bulk header, length prefix included, into @out. */
+static inline void tcp_bulk_encode(uint8_t out[TCP_PREFIX + TCP_BULK_HDR], uint16_t type,
+				   uint32_t key, uint64_t addr, uint64_t len, uint32_t token)
+{
+	struct tcp_bulk b;
+	uint32_t pre = htole32(TCP_BULK_FLAG | TCP_BULK_HDR);
+
+	memset(&b, 0, sizeof(b));
+	b.type = htole16(type);
+	b.key = htole32(key);
+	b.addr = htole64(addr);
+	b.len = htole64(len);
+	b.token = htole32(token);
+	memcpy(out, &pre, TCP_PREFIX);
+	memcpy(out + TCP_PREFIX, &b, sizeof(b));
+}
+
+static inline void tcp_bulk_decode(const uint8_t in[TCP_BULK_HDR], struct tcp_bulk *b)
+{
+	memcpy(b, in, sizeof(*b));
+	b->type = le16toh(b->type);
+	b->key = le32toh(b->key);
+	b->addr = le64toh(b->addr);
+	b->len = le64toh(b->len);
+	b->token = le32toh(b->token);
+}
+
 #endif /* TERN_TCP_PROTO_H */

@@ -2,7 +2,10 @@
 # bench/run-features.sh [BUILDDIR] - the features stream: FRAMES (500,000)
 # f32[256] frames pushed one way by the C producer into the C consumer,
 # which checks each and runs batched inference on 256 at a time, over rdma://
-# on this host's RDMA address.  ROUNDS rounds; JSON lines from both sides.
+# on this host's RDMA address; then, in the same round, the same stream into
+# the Python consumer (examples/features/consumer.py, numpy; skipped with a
+# note when BUILDDIR has no Python package).  ROUNDS rounds; JSON lines from
+# every side (the producer feeding Python reports lang "c-to-python").
 set -euo pipefail
 b=${1:-build-release}
 frames=${TERN_FEATURES_FRAMES:-500000}
@@ -20,4 +23,17 @@ for r in $(seq "$rounds"); do
 	wait "$cp"
 	cp=
 	grep '^{' "$out" | sed "s/^{/{\"round\":$r,/"
+	if [ -d "$b/python/tern" ]; then
+		PYTHONPATH="$b/python" /usr/bin/python3 examples/features/consumer.py \
+			"rdma://$addr:0" "$frames" >"$out" &
+		cp=$!
+		for _ in $(seq 600); do [ -s "$out" ] && break; sleep 0.1; done
+		"$b/examples/features/features_producer" "$(head -1 "$out")" "$frames" |
+			grep '^{' | sed "s/^{/{\"round\":$r,\"lang\":\"c-to-python\",/"
+		wait "$cp"
+		cp=
+		grep '^{' "$out" | sed "s/^{/{\"round\":$r,/"
+	else
+		echo "run-features: $b has no Python package (meson -Dpython=enabled); C only" >&2
+	fi
 done

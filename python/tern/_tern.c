@@ -47,22 +47,22 @@ typedef struct ViewObject ViewObject;
 typedef struct RequestObject RequestObject;
 
 typedef struct {
-	PyObject_HEAD
-	tern_ctx *ctx;
+	PyObject_HEAD tern_ctx *ctx;
 	uv_loop_t loop;
-	uv_timer_t wake; /* bounds a blocking loop turn, so Ctrl-C is seen */
-	uv_async_t async; /* call_soon() from other threads wakes the loop */
-	PyObject *soon;	  /* the callables call_soon() queued */
+	uv_timer_t wake;     /* bounds a blocking loop turn, so Ctrl-C is seen */
+	uv_async_t async;    /* call_soon() from other threads wakes the loop */
+	PyObject *soon;	     /* the callables call_soon() queued */
 	unsigned long owner; /* the thread that runs the loop (0: none yet) */
 	int progress;
 	PyThreadState *ts; /* set while the GIL is released in tern */
 	int depth;	   /* tern callbacks running Python right now */
 	int stop;
 	bool closed;
-	PyObject *fatal;    /* an error that must stop the loop, raised by run */
-	PyObject *regs;     /* list of capsules of struct reg: keeps handlers */
-	PyObject *sessions; /* list of weak references to client sessions */
-	long held;	    /* replies waiting for views to be released */
+	PyObject *fatal;     /* an error that must stop the loop, raised by run */
+	PyObject *regs;	     /* list of capsules of struct reg: keeps handlers */
+	PyObject *sessions;  /* list of weak references to client sessions */
+	long held;	     /* replies waiting for views to be released */
+	long peers_closed;   /* accepted sessions that have ended */
 	RequestObject *reqs; /* deferred requests not answered yet */
 } CtxObject;
 
@@ -75,8 +75,7 @@ struct reg {
 };
 
 struct ViewObject {
-	PyObject_HEAD
-	char *buf;
+	PyObject_HEAD char *buf;
 	Py_ssize_t len;
 	int readonly;
 	Py_ssize_t exports;
@@ -95,8 +94,7 @@ struct pending {
 };
 
 struct RequestObject {
-	PyObject_HEAD
-	CtxObject *c;
+	PyObject_HEAD CtxObject *c;
 	tern_req *req; /* NULL once answered */
 	ViewObject *in, *out;
 	PyObject *in_mv, *out_mv;
@@ -104,8 +102,7 @@ struct RequestObject {
 };
 
 typedef struct {
-	PyObject_HEAD
-	CtxObject *c;
+	PyObject_HEAD CtxObject *c;
 	tern_session *s; /* NULL once closed */
 	int close_reason;
 	size_t max_payload;
@@ -113,8 +110,7 @@ typedef struct {
 } SessionObject;
 
 typedef struct {
-	PyObject_HEAD
-	CtxObject *c;
+	PyObject_HEAD CtxObject *c;
 	int done;
 	int status;
 	PyObject *reply; /* bytes on success, the remote's message on failure */
@@ -124,8 +120,7 @@ typedef struct {
 } FutureObject;
 
 typedef struct {
-	PyObject_HEAD
-	CtxObject *c;
+	PyObject_HEAD CtxObject *c;
 	struct tern_batch_item *items; /* NULL after the handler returned */
 	size_t n;
 	bool oneway;
@@ -434,8 +429,8 @@ static void pending_try_finish(pending *p)
  * Answer @req once the handler is done with @in and @out (either may be
  * NULL): now, or when the last buffer exported from them is released.
  */
-static void reply_when_free(CtxObject *c, tern_req *req, ViewObject *in, ViewObject *out,
-			    int err, size_t len, const char *msg)
+static void reply_when_free(CtxObject *c, tern_req *req, ViewObject *in, ViewObject *out, int err,
+			    size_t len, const char *msg)
 {
 	pending *p;
 
@@ -583,13 +578,14 @@ static int on_request(tern_req *req, const void *in, size_t in_len, void *user)
 			if (n == -1 && PyErr_Occurred()) {
 				PyErr_Clear();
 				err = -EINVAL;
-				snprintf(msg, sizeof(msg), "inplace handler returned %s, not a length",
+				snprintf(msg, sizeof(msg),
+					 "inplace handler returned %s, not a length",
 					 Py_TYPE(r)->tp_name);
 			} else if (n < 0 || (size_t)n > cap) {
 				err = -EMSGSIZE;
 				snprintf(msg, sizeof(msg),
-					 "inplace handler returned length %zd; the slot holds %zu", n,
-					 cap);
+					 "inplace handler returned length %zd; the slot holds %zu",
+					 n, cap);
 			} else {
 				len = (size_t)n;
 			}
@@ -744,9 +740,10 @@ static void on_batch(struct tern_batch_item *items, size_t n, void *user)
 
 		if (!seq || PySequence_Fast_GET_SIZE(seq) != (Py_ssize_t)n) {
 			if (seq)
-				PyErr_Format(PyExc_ValueError,
-					     "a batch handler returned %zd replies for %zu requests",
-					     PySequence_Fast_GET_SIZE(seq), n);
+				PyErr_Format(
+					PyExc_ValueError,
+					"a batch handler returned %zd replies for %zu requests",
+					PySequence_Fast_GET_SIZE(seq), n);
 			err = exc_to_status(msg, sizeof(msg));
 		} else {
 			for (size_t i = 0; i < n; i++) {
@@ -861,8 +858,9 @@ static PyObject *batch_gather(PyObject *o, PyObject *args, PyObject *kw)
 	if (item < 0)
 		item = b->n ? (Py_ssize_t)b->items[0].in_len : 0;
 	if (item * (Py_ssize_t)b->n > d.len) {
-		PyErr_Format(PyExc_ValueError, "gather: %zu items of %zd bytes do not fit %zd bytes",
-			     b->n, item, d.len);
+		PyErr_Format(PyExc_ValueError,
+			     "gather: %zu items of %zd bytes do not fit %zd bytes", b->n, item,
+			     d.len);
 		PyBuffer_Release(&d);
 		return NULL;
 	}
@@ -1121,8 +1119,8 @@ static void req_dealloc(PyObject *o)
 		mv_release(q->in_mv);
 		mv_release(q->out_mv);
 		req_unlink(q);
-		reply_when_free(q->c, q->req, q->in, q->out, -ECANCELED,
-				0, "the server dropped the request without answering");
+		reply_when_free(q->c, q->req, q->in, q->out, -ECANCELED, 0,
+				"the server dropped the request without answering");
 		q->req = NULL;
 	}
 	Py_XDECREF(q->in_mv);
@@ -1225,7 +1223,8 @@ static int ctx_run_until(CtxObject *c, PyObject **futs, Py_ssize_t n, uint64_t t
 			PyObject *f = c->fatal;
 
 			c->fatal = NULL;
-			PyErr_SetString(PyTuple_GET_ITEM(f, 0), PyUnicode_AsUTF8(PyTuple_GET_ITEM(f, 1)));
+			PyErr_SetString(PyTuple_GET_ITEM(f, 0),
+					PyUnicode_AsUTF8(PyTuple_GET_ITEM(f, 1)));
 			Py_DECREF(f);
 			return -1;
 		}
@@ -1349,7 +1348,8 @@ static int ctx_close_impl(CtxObject *c)
 	if (c->closed)
 		return 0;
 	if (c->depth) {
-		PyErr_SetString(PyExc_RuntimeError, "tern: cannot close a context from its handler");
+		PyErr_SetString(PyExc_RuntimeError,
+				"tern: cannot close a context from its handler");
 		return -1;
 	}
 	if (c->held) {
@@ -1465,9 +1465,8 @@ static PyObject *ctx_register(PyObject *o, PyObject *args, PyObject *kw)
 	PyObject *fn, *cap;
 	struct reg *g;
 
-	if (ctx_check(c) ||
-	    !PyArg_ParseTupleAndKeywords(args, kw, "kiO|II:register", kwlist, &id, &kind, &fn, &bmax,
-					 &wait_us))
+	if (ctx_check(c) || !PyArg_ParseTupleAndKeywords(args, kw, "kiO|II:register", kwlist, &id,
+							 &kind, &fn, &bmax, &wait_us))
 		return NULL;
 	if (!PyCallable_Check(fn)) {
 		PyErr_SetString(PyExc_TypeError, "register: the handler is not callable");
@@ -1497,7 +1496,9 @@ static PyObject *ctx_register(PyObject *o, PyObject *args, PyObject *kw)
 		break;
 	case K_BATCH:
 	case K_ONEWAY_BATCH: {
-		struct tern_batch_opts bo = {.size = sizeof(bo), .max = bmax, .wait_us = wait_us,
+		struct tern_batch_opts bo = {.size = sizeof(bo),
+					     .max = bmax,
+					     .wait_us = wait_us,
 					     .oneway = g->kind == K_ONEWAY_BATCH};
 
 		rc = tern_register_batch(c->ctx, g->id, &bo, on_batch, g);
@@ -1538,17 +1539,17 @@ static int session_opts_parse(PyObject *d, struct tern_session_opts *so)
 	so->size = sizeof(*so);
 	if (!d || d == Py_None)
 		return 0;
-#define OPT(name)                                                     \
-	x = PyDict_GetItemString(d, #name);                           \
-	if (x && x != Py_None) {                                      \
-		v = PyLong_AsUnsignedLong(x);                         \
-		if (v == (unsigned long)-1 && PyErr_Occurred())       \
-			return -1;                                    \
-		if (v > UINT32_MAX) {                                 \
+#define OPT(name)                                                                 \
+	x = PyDict_GetItemString(d, #name);                                       \
+	if (x && x != Py_None) {                                                  \
+		v = PyLong_AsUnsignedLong(x);                                     \
+		if (v == (unsigned long)-1 && PyErr_Occurred())                   \
+			return -1;                                                \
+		if (v > UINT32_MAX) {                                             \
 			PyErr_SetString(PyExc_ValueError, #name " is too large"); \
-			return -1;                                    \
-		}                                                     \
-		so->name = (uint32_t)v;                               \
+			return -1;                                                \
+		}                                                                 \
+		so->name = (uint32_t)v;                                           \
 	}
 	OPT(slot_size)
 	OPT(slot_count)
@@ -1558,6 +1559,8 @@ static int session_opts_parse(PyObject *d, struct tern_session_opts *so)
 #undef OPT
 	return 0;
 }
+
+static void on_session_close(tern_session *s, int reason);
 
 static void on_accept(tern_listener *l, tern_session *s, int status)
 {
@@ -1576,6 +1579,7 @@ static PyObject *ctx_listen(PyObject *o, PyObject *args)
 	if (ctx_check(c) || !PyArg_ParseTuple(args, "s|O:listen", &uri, &opts) ||
 	    session_opts_parse(opts, &so))
 		return NULL;
+	so.on_close = on_session_close;
 	rc = tern_listen(c->ctx, uri, &so, on_accept, &l);
 	if (rc)
 		return raise_ctx(c, rc);
@@ -1669,8 +1673,6 @@ static PyObject *ctx_wait(PyObject *o, PyObject *args)
 
 static PyObject *session_make(CtxObject *c, tern_session *s);
 
-static void on_session_close(tern_session *s, int reason);
-
 static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = {"uri", "services", "opts", "timeout_ms", NULL};
@@ -1702,8 +1704,8 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 		for (Py_ssize_t i = 0; i < n; i++) {
 			unsigned long long h;
 
-			if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sK", &refs[i].name,
-					      &h)) {
+			if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sK",
+					      &refs[i].name, &h)) {
 				Py_DECREF(fast);
 				return NULL;
 			}
@@ -1733,7 +1735,8 @@ static PyMethodDef ctx_methods[] = {
 	{"listen", ctx_listen, METH_VARARGS, "listen(uri, opts=None) -> the URI to connect to"},
 	{"connect", (PyCFunction)(void (*)(void))ctx_connect, METH_VARARGS | METH_KEYWORDS,
 	 "connect(uri, services=None, opts=None, timeout_ms=10000) -> Session"},
-	{"run", ctx_run, METH_VARARGS, "run(timeout=None): serve until stop(), the timeout or a signal"},
+	{"run", ctx_run, METH_VARARGS,
+	 "run(timeout=None): serve until stop(), the timeout or a signal"},
 	{"stop", ctx_stop, METH_NOARGS, "make run() return"},
 	{"call_soon", ctx_call_soon, METH_O,
 	 "call_soon(fn): run fn() on the loop's thread (thread-safe)"},
@@ -1746,6 +1749,12 @@ static PyObject *ctx_get_held(PyObject *o, void *unused)
 {
 	(void)unused;
 	return PyLong_FromLong(((CtxObject *)o)->held);
+}
+
+static PyObject *ctx_get_peers_closed(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromLong(((CtxObject *)o)->peers_closed);
 }
 
 static PyObject *ctx_get_closed(PyObject *o, void *unused)
@@ -1765,6 +1774,7 @@ static PyObject *ctx_get_last_error(PyObject *o, void *unused)
 static PyGetSetDef ctx_getset[] = {
 	{"held_replies", ctx_get_held, NULL, "replies waiting for views to be released", NULL},
 	{"closed", ctx_get_closed, NULL, "True once closed", NULL},
+	{"peers_closed", ctx_get_peers_closed, NULL, "accepted sessions that have ended", NULL},
 	{"last_error", ctx_get_last_error, NULL, "tern_ctx_last_error()", NULL},
 	{NULL},
 };
@@ -1788,7 +1798,15 @@ static void on_session_close(tern_session *s, int reason)
 {
 	SessionObject *so = tern_session_data(s);
 
-	if (so) {
+	if (!so) {
+		/* an accepted session (or a client one already detached) */
+		CtxObject *c = tern_ctx_data(tern_session_ctx(s));
+
+		if (c)
+			c->peers_closed++;
+		return;
+	}
+	{
 		so->s = NULL;
 		so->close_reason = reason ? reason : -ECONNRESET;
 	}
@@ -1850,7 +1868,7 @@ static int session_live(SessionObject *so)
 	if (so->c->closed || !so->s) {
 		raise_code(so->close_reason ? so->close_reason : -ENOTCONN,
 			   so->close_reason == -ECANCELED ? "the session was closed"
-							   : "the session is gone");
+							  : "the session is gone");
 		return -1;
 	}
 	return 0;
@@ -1964,10 +1982,8 @@ static PyObject *session_send(PyObject *o, PyObject *args)
 			break; /* cannot run the loop from a handler */
 		}
 		c->ts = PyEval_SaveThread();
-		rc = tern_session_wait_writable(so->s, (uint32_t)((end - t > SLICE_NS ? SLICE_NS
-									      : end - t) /
-								     1000000 +
-								     1));
+		rc = tern_session_wait_writable(
+			so->s, (uint32_t)((end - t > SLICE_NS ? SLICE_NS : end - t) / 1000000 + 1));
 		PyEval_RestoreThread(c->ts);
 		c->ts = NULL;
 		if (PyErr_CheckSignals()) {
@@ -2082,7 +2098,8 @@ static PyMethodDef session_methods[] = {
 	{"call", (PyCFunction)(void (*)(void))session_call, METH_VARARGS | METH_KEYWORDS,
 	 "call(method_id, data=None, timeout_ms=0, decode=None) -> Future"},
 	{"send", session_send, METH_VARARGS, "send(method_id, data, timeout_ms=0): one way"},
-	{"drain", session_drain, METH_VARARGS, "drain(timeout_ms=0): wait until the peer consumed all"},
+	{"drain", session_drain, METH_VARARGS,
+	 "drain(timeout_ms=0): wait until the peer consumed all"},
 	{"close", session_close, METH_NOARGS, "close the session"},
 	{"counters", session_counters, METH_NOARGS, "the session's counters"},
 	{NULL},
@@ -2139,8 +2156,8 @@ static PyObject *fut_result(PyObject *o, PyObject *args)
 	if (!f->done)
 		return raise_code(-ETIMEDOUT, "the call is not done (wait timed out)");
 	if (f->status) {
-		const char *m = f->reply && PyUnicode_Check(f->reply) ? PyUnicode_AsUTF8(f->reply)
-								     : "";
+		const char *m =
+			f->reply && PyUnicode_Check(f->reply) ? PyUnicode_AsUTF8(f->reply) : "";
 		return raise_code(f->status, m);
 	}
 	if (f->decode)
@@ -2246,16 +2263,19 @@ static PyMethodDef mod_methods[] = {
 };
 
 static struct PyModuleDef tern_module = {
-	PyModuleDef_HEAD_INIT, .m_name = "tern._tern",
-	.m_doc = "The C half of tern's Python bindings.", .m_size = -1, .m_methods = mod_methods,
+	PyModuleDef_HEAD_INIT,
+	.m_name = "tern._tern",
+	.m_doc = "The C half of tern's Python bindings.",
+	.m_size = -1,
+	.m_methods = mod_methods,
 };
 
 PyMODINIT_FUNC PyInit__tern(void);
 
 PyMODINIT_FUNC PyInit__tern(void)
 {
-	PyTypeObject *types[] = {&CtxType, &ViewType, &RequestType, &SessionType, &FutureType,
-				 &BatchType};
+	PyTypeObject *types[] = {&CtxType,     &ViewType,   &RequestType,
+				 &SessionType, &FutureType, &BatchType};
 	PyObject *m;
 
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)

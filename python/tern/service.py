@@ -274,6 +274,11 @@ class Server:
         self._ctx.close()
 
     @property
+    def peers_closed(self):
+        """How many accepted sessions have ended (the peer closed or went away)."""
+        return self._ctx.peers_closed
+
+    @property
     def held_replies(self):
         """Replies waiting for a handler's kept views to be released."""
         return self._ctx.held_replies

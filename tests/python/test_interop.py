@@ -96,3 +96,18 @@ def test_python_client_c_echo_server(procs, echo_idl):
             echo.copy(big + b"!").result()
     rc, out, err = srv.stop()
     assert rc == 0, err
+
+
+def test_features_python_consumer_c_producer(procs):
+    consumer = os.path.join(SRC, "examples", "features", "consumer.py")
+    srv = procs([sys.executable, consumer, listen_uri(), "20000"])
+    r = subprocess.run([binary("features_producer"), srv.uri, "20000"], capture_output=True,
+                       text=True, timeout=300)
+    if r.returncode != 0:
+        rc, out, err = srv.stop()
+        raise AssertionError(f"producer: {r.stdout}{r.stderr}\nconsumer ({rc}): {out}{err}")
+    assert "features_producer: 20000 frames sent and consumed" in r.stdout
+    rc, out, err = srv.stop(signal.SIGCONT)  # it exits by itself once the producer closed
+    assert rc == 0, out + err
+    assert "features consumer.py: all 20000 frames checked" in out
+    assert '"lang":"python","frames":20000,"bad":0' in out

@@ -1997,8 +1997,8 @@ static PyObject *session_send(PyObject *o, PyObject *args)
 		}
 	}
 	PyBuffer_Release(&b);
-	if (rc == -EAGAIN)
-		rc = -ETIMEDOUT;
+	if (rc == -EAGAIN && !c->depth)
+		rc = -ETIMEDOUT; /* waited for a credit until the timeout */
 	if (rc)
 		return raise_ctx(c, rc);
 	Py_RETURN_NONE;

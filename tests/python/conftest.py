@@ -42,6 +42,20 @@ def listen_uri():
     raise RuntimeError(f"unknown TERN_PY_TRANSPORT {TRANSPORT!r}")
 
 
+def c_env():
+    """The environment for a C program: its own ASan runtime, leak check on.
+
+    The interpreter runs with LD_PRELOAD of the sanitizer runtimes and
+    without the leak check (CPython leaks at exit); the C examples are
+    linked with ASan and keep theirs.
+    """
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if "ASAN_OPTIONS" in env:
+        env["ASAN_OPTIONS"] = "detect_leaks=1"
+    return env
+
+
 def binary(name):
     path = os.environ.get("TERN_BIN_" + name.upper())
     if not path or not os.path.exists(path):
@@ -124,6 +138,9 @@ class Proc:
     """A server process that prints its URI first; always stopped."""
 
     def __init__(self, argv, env=None):
+        if env is None and not argv[0].endswith(("python3", ".py")) and \
+                os.path.basename(argv[0]) != os.path.basename(sys.executable):
+            env = c_env()
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=env)
         line = self.p.stdout.readline().strip()

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import tern
-from conftest import HERE, SRC, binary, listen_uri
+from conftest import HERE, SRC, binary, c_env, listen_uri
 
 I64_MAX = 2**63 - 1
 
@@ -63,7 +63,7 @@ def test_python_client_c_calc_server(procs, calc_idl):
 def test_c_calc_client_python_server(procs):
     srv = procs([sys.executable, os.path.join(HERE, "py_server.py"), "calc", listen_uri()])
     r = subprocess.run([binary("calc_client"), srv.uri], capture_output=True, text=True,
-                       timeout=120)
+                       env=c_env(), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"^add\(40, 2\) = 42$", r.stdout, re.M)
     assert re.search(r"^add\(INT64_MAX, 1\) failed: .*: a \+ b overflows an i64$", r.stdout,
@@ -77,7 +77,7 @@ def test_c_calc_client_python_server(procs):
 def test_c_echo_client_python_server(procs):
     srv = procs([sys.executable, os.path.join(HERE, "py_server.py"), "echo", listen_uri()])
     r = subprocess.run([binary("echo_client"), srv.uri], capture_output=True, text=True,
-                       timeout=120)
+                       env=c_env(), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "echo_client: every byte came back" in r.stdout
     assert re.search(r"^8160 bytes: copy ok, zerocopy ok$", r.stdout, re.M)
@@ -102,7 +102,7 @@ def test_features_python_consumer_c_producer(procs):
     consumer = os.path.join(SRC, "examples", "features", "consumer.py")
     srv = procs([sys.executable, consumer, listen_uri(), "20000"])
     r = subprocess.run([binary("features_producer"), srv.uri, "20000"], capture_output=True,
-                       text=True, timeout=300)
+                       text=True, env=c_env(), timeout=300)
     if r.returncode != 0:
         rc, out, err = srv.stop()
         raise AssertionError(f"producer: {r.stdout}{r.stderr}\nconsumer ({rc}): {out}{err}")

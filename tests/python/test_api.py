@@ -383,3 +383,25 @@ def test_declaration_errors(calc_idl):
             return None
     with pytest.raises(TypeError, match="no method 'sub'"):
         tern.describe(Unknown)
+
+
+def test_kept_view_of_oneway_message_stops_the_server(serve_thread):
+    class Keeper:
+        service_name = "Keeper"
+
+        def __init__(self):
+            self.kept = []
+
+        @tern.method(oneway=True)
+        def put(self, req):
+            self.kept.append(np.frombuffer(req, dtype=np.uint8))  # escapes its slot
+    k = Keeper()
+    srv = serve_thread(k)
+    with tern.proxy(srv.uri, Keeper) as p:
+        p.put(b"abc")
+        end = time.monotonic() + 30
+        while srv.t.is_alive() and time.monotonic() < end:
+            p.poll(0.01)
+        with pytest.raises(BufferError, match="kept a view"):
+            srv.stop()
+    assert len(k.kept) == 1

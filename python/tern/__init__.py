@@ -1,5 +1,42 @@
 # SPDX-License-Identifier: MIT
-# The tern package.  This branch (the RNR monitor, issue 8) has only the
-# monitor; the bindings' own __init__ replaces this file on merge and keeps
-# the import below.
-from .rnr import RnrMonitor
+"""tern: RPC over RDMA verbs, shared memory and TCP, from Python.
+
+    import tern
+
+    idl = tern.load_idl("examples/calc/calc.tern")
+
+    class Calc(idl.Calc):
+        @tern.method
+        def add(self, req):                 # req: idl.AddReq, read in its slot
+            return idl.AddResp(sum=req.a + req.b)
+
+    tern.serve("tcp://127.0.0.1:7000", Calc())          # blocks; Ctrl-C returns
+
+    calc = tern.proxy("tcp://127.0.0.1:7000", idl.Calc)
+    print(calc.add(a=40, b=2).result(timeout=1).sum)    # 42
+
+See README.md ("Python") for views, their lifetime, and the exceptions.
+"""
+from . import _tern
+from .errors import (ERRORS, BadRequest, Cancelled, ConnectFailed, ConnectionLost,
+                     HandshakeError, InvalidArgument, MessageTooLarge, NoSuchMethod,
+                     ProtocolError, RemoteError, RpcError, RpcTimeout, SchemaMismatch,
+                     WouldBlock, error_class)
+from .idl import Idl, Message, MethodSpec, ServiceSpec, load_idl, parse_idl
+from .service import Deferred, Proxy, Server, describe, method, proxy, serve, wait_all
+
+Batch = _tern.Batch
+Future = _tern.Future
+SlotView = _tern.SlotView
+__version__ = _tern.version
+
+from .rnr import CANONICAL, CounterReadError, RnrMonitor  # the soft-RNR monitor, over tern._rnr
+
+__all__ = [
+    "BadRequest", "Batch", "CANONICAL", "CounterReadError", "Cancelled", "ConnectFailed", "ConnectionLost", "Deferred",
+    "ERRORS", "Future", "HandshakeError", "Idl", "InvalidArgument", "Message",
+    "MessageTooLarge", "MethodSpec", "NoSuchMethod", "ProtocolError", "Proxy", "RemoteError",
+    "RnrMonitor", "RpcError", "RpcTimeout", "SchemaMismatch", "Server", "ServiceSpec", "SlotView",
+    "WouldBlock", "describe", "error_class", "load_idl", "method", "parse_idl", "proxy",
+    "serve", "wait_all",
+]

@@ -1,54 +1,19 @@
 # SPDX-License-Identifier: MIT
 """What the Python RNR tests share: the package to import, fake sysfs trees.
 
-Importing this module makes `import tern` work from a build tree: it stages
-a package directory in a temporary folder with links to python/tern/*.py
-and to the extension modules meson built (TERN_PYTHON_SRCDIR and
-TERN_PYTHON_BUILDDIR, set by tests/python/meson.build), and puts it first
-on sys.path and on PYTHONPATH, for child processes too.
+The package itself comes from the build tree: tests/python/meson.build
+puts build/python, where meson builds tern, on PYTHONPATH.
 """
-import atexit
-import importlib.machinery
 import os
-import shutil
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
-SRCDIR = os.environ.get("TERN_PYTHON_SRCDIR", os.path.join(TOP, "python"))
-BUILDDIR = os.environ.get("TERN_PYTHON_BUILDDIR", os.path.join(TOP, "build", "python"))
 RNR_WATCH = os.environ.get("TERN_RNR_WATCH", os.path.join(TOP, "tools", "rnr-watch.py"))
 
 # The fake tree of tern-rnr's own tests (tests/unit/test_rnr_cli.py).
 sys.path.insert(0, os.path.join(TOP, "tests", "unit"))
 from test_rnr_cli import FakeTree as CliFakeTree  # noqa: E402
-
-
-def _stage():
-    stage = tempfile.mkdtemp(prefix="tern-py.")
-    atexit.register(shutil.rmtree, stage, True)
-    pkg = os.path.join(stage, "tern")
-    os.mkdir(pkg)
-    src = os.path.join(SRCDIR, "tern")
-    for f in os.listdir(src):
-        if f.endswith(".py"):
-            os.symlink(os.path.join(src, f), os.path.join(pkg, f))
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    found = False
-    for d in (BUILDDIR, os.path.join(BUILDDIR, "tern")):
-        for f in os.listdir(d) if os.path.isdir(d) else ():
-            if f.endswith(suffixes):
-                os.symlink(os.path.join(d, f), os.path.join(pkg, f))
-                found = True
-    if not found:
-        raise RuntimeError(f"no extension modules in {BUILDDIR}: build with -Dpython=enabled")
-    sys.path.insert(0, stage)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = stage + (os.pathsep + old if old else "")
-
-
-_stage()
 
 
 class FakeTree(CliFakeTree):

@@ -1,0 +1,2308 @@
+// SPDX-License-Identifier: MIT
+/*
+ * tern._tern - the C half of the Python bindings.
+ *
+ * Small on purpose: a context with its own libuv loop, sessions, calls with
+ * futures, handler registration, and the objects that hand slot memory to
+ * Python.  Everything a user sees (services, proxies, messages, exceptions)
+ * is in the pure-Python package around it.
+ *
+ * The GIL.  A context runs on the thread that made it.  Every wait and every
+ * loop turn runs with the GIL released; a tern callback that needs Python
+ * (a handler, a call completing) takes it back for its duration through the
+ * thread state the context saved (ctx_enter/ctx_leave), so a callback that
+ * fires while the GIL is held (a close from Python) just runs.
+ *
+ * Slot memory.  Handlers get memoryviews of a SlotView, an object exporting
+ * a slot's bytes.  When the runtime is done with the slot it releases the
+ * handler's memoryview and marks the SlotView released: its getbuffer then
+ * fails, so nothing made later can reach the slot.  A buffer still exported
+ * at that point (a numpy array or a memoryview slice the handler kept) holds
+ * the slot: a call's reply waits, fully written, until the last export is
+ * released, so an exported view never sees the slot reused.  One-way and
+ * batch messages cannot wait (the engine takes their slots back when the
+ * handler returns): a view of one kept past its handler is an error that
+ * stops the loop (see ctx_fail()).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+#include <time.h>
+
+#include <tern.h>
+
+/* Method kinds, as the Python layer names them. */
+enum kind { K_RAW, K_INPLACE, K_DEFERRED, K_ONEWAY, K_BATCH, K_ONEWAY_BATCH };
+
+/* Longest stretch the GIL stays released without a look at signals. */
+#define SLICE_NS 20000000ull
+
+static PyObject *error_factory; /* tern.errors._from_code(code, message) */
+
+typedef struct pending pending;
+typedef struct ViewObject ViewObject;
+typedef struct RequestObject RequestObject;
+
+typedef struct {
+	PyObject_HEAD tern_ctx *ctx;
+	uv_loop_t loop;
+	uv_timer_t wake;     /* bounds a blocking loop turn, so Ctrl-C is seen */
+	uv_async_t async;    /* call_soon() from other threads wakes the loop */
+	PyObject *soon;	     /* the callables call_soon() queued */
+	unsigned long owner; /* the thread that runs the loop (0: none yet) */
+	int progress;
+	PyThreadState *ts; /* set while the GIL is released in tern */
+	int depth;	   /* tern callbacks running Python right now */
+	int stop;
+	bool closed;
+	PyObject *fatal;     /* an error that must stop the loop, raised by run */
+	PyObject *regs;	     /* list of capsules of struct reg: keeps handlers */
+	PyObject *sessions;  /* list of weak references to client sessions */
+	long held;	     /* replies waiting for views to be released */
+	long peers_closed;   /* accepted sessions that have ended */
+	RequestObject *reqs; /* deferred requests not answered yet */
+} CtxObject;
+
+/* What a registered method's user pointer points at. */
+struct reg {
+	CtxObject *c; /* borrowed: the context owns the registration */
+	PyObject *fn;
+	enum kind kind;
+	uint32_t id;
+};
+
+struct ViewObject {
+	PyObject_HEAD char *buf;
+	Py_ssize_t len;
+	int readonly;
+	Py_ssize_t exports;
+	bool released;
+	pending *hold; /* a reply waiting for this view's exports */
+};
+
+/* A reply written and ready, waiting for the request's views to go. */
+struct pending {
+	CtxObject *c; /* strong reference */
+	tern_req *req;
+	ViewObject *in, *out; /* strong references; out may be NULL */
+	int err;	      /* 0: commit len bytes; else tern_reply_error */
+	size_t len;
+	char msg[208];
+};
+
+struct RequestObject {
+	PyObject_HEAD CtxObject *c;
+	tern_req *req; /* NULL once answered */
+	ViewObject *in, *out;
+	PyObject *in_mv, *out_mv;
+	RequestObject *next, **pprev;
+};
+
+typedef struct {
+	PyObject_HEAD CtxObject *c;
+	tern_session *s; /* NULL once closed */
+	int close_reason;
+	size_t max_payload;
+	PyObject *weakrefs;
+} SessionObject;
+
+typedef struct {
+	PyObject_HEAD CtxObject *c;
+	int done;
+	int status;
+	PyObject *reply; /* bytes on success, the remote's message on failure */
+	PyObject *decode;
+	Py_buffer req; /* held while a queued request may still be read */
+	bool has_req;
+} FutureObject;
+
+typedef struct {
+	PyObject_HEAD CtxObject *c;
+	struct tern_batch_item *items; /* NULL after the handler returned */
+	size_t n;
+	bool oneway;
+	PyObject *views; /* memoryviews handed out by __getitem__ */
+	PyObject *svs;	 /* and their SlotViews */
+} BatchObject;
+
+static PyTypeObject CtxType, ViewType, RequestType, SessionType, FutureType, BatchType;
+
+/* ---- time and errors ------------------------------------------------------ */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Raise the exception tern.errors maps @code to, with @msg. */
+static PyObject *raise_code(int code, const char *msg)
+{
+	PyObject *e;
+
+	if (!error_factory) {
+		PyErr_Format(PyExc_RuntimeError, "tern error %d: %s", code, msg ? msg : "");
+		return NULL;
+	}
+	e = PyObject_CallFunction(error_factory, "is", code, msg ? msg : "");
+	if (e) {
+		PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+		Py_DECREF(e);
+	}
+	return NULL;
+}
+
+static PyObject *raise_ctx(CtxObject *c, int code)
+{
+	return raise_code(code, c && c->ctx ? tern_ctx_last_error(c->ctx) : "");
+}
+
+/*
+ * A handler's exception as a tern status and message: RpcError and OSError
+ * carry their code; anything else is TERN_EREMOTE with "Type: message".
+ */
+static int exc_to_status(char *msg, size_t cap)
+{
+	PyObject *type, *val, *tb, *code = NULL, *s = NULL;
+	long v = 0;
+	int status = TERN_EREMOTE;
+
+	PyErr_Fetch(&type, &val, &tb);
+	PyErr_NormalizeException(&type, &val, &tb);
+	msg[0] = 0;
+	if (val) {
+		code = PyObject_GetAttrString(val, "code");
+		if (!code) {
+			PyErr_Clear();
+			if (PyObject_IsInstance(val, PyExc_OSError) > 0)
+				code = PyObject_GetAttrString(val, "errno");
+		}
+		if (code && PyLong_Check(code)) {
+			v = PyLong_AsLong(code);
+			if (v > 0)
+				v = -v;
+			if (v < 0 && v > -100000)
+				status = (int)v;
+		}
+		PyErr_Clear();
+		s = PyObject_GetAttrString(val, "message");
+		if (!s || !PyUnicode_Check(s)) {
+			PyErr_Clear();
+			Py_XDECREF(s);
+			s = PyObject_Str(val);
+		}
+		if (s && PyUnicode_Check(s)) {
+			const char *u = PyUnicode_AsUTF8(s);
+
+			if (status == TERN_EREMOTE)
+				snprintf(msg, cap, "%s: %s", ((PyTypeObject *)type)->tp_name,
+					 u ? u : "");
+			else
+				snprintf(msg, cap, "%s", u ? u : "");
+		}
+		PyErr_Clear();
+	}
+	Py_XDECREF(code);
+	Py_XDECREF(s);
+	Py_XDECREF(type);
+	Py_XDECREF(val);
+	Py_XDECREF(tb);
+	return status;
+}
+
+/* ---- the GIL around tern callbacks --------------------------------------- */
+
+static PyThreadState *ctx_enter(CtxObject *c)
+{
+	PyThreadState *t = c->ts;
+
+	if (t) {
+		c->ts = NULL;
+		PyEval_RestoreThread(t);
+	}
+	c->depth++;
+	return t;
+}
+
+static void ctx_leave(CtxObject *c, PyThreadState *t)
+{
+	c->depth--;
+	if (t)
+		c->ts = PyEval_SaveThread();
+}
+
+/* Record an error that must stop the loop; run() raises it. */
+static void ctx_fail(CtxObject *c, PyObject *type, const char *msg)
+{
+	if (!c->fatal) {
+		c->fatal = Py_BuildValue("(Os)", type, msg);
+		if (!c->fatal)
+			PyErr_Clear();
+	}
+	c->stop = 1;
+	if (c->ctx)
+		tern_ctx_stop(c->ctx);
+}
+
+/* A context's requests are answered on the thread that runs its loop. */
+static int ctx_owned(CtxObject *c)
+{
+	if (c->owner && c->owner != PyThread_get_thread_ident()) {
+		PyErr_SetString(PyExc_RuntimeError,
+				"tern: a context is used by the thread that runs it; from another "
+				"thread, hand the work over with call_soon()");
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- SlotView --------------------------------------------------------------- */
+
+static ViewObject *view_new(const void *buf, size_t len, int readonly)
+{
+	ViewObject *v = PyObject_New(ViewObject, &ViewType);
+
+	if (!v)
+		return NULL;
+	v->buf = (char *)buf;
+	v->len = (Py_ssize_t)len;
+	v->readonly = readonly;
+	v->exports = 0;
+	v->released = false;
+	v->hold = NULL;
+	return v;
+}
+
+static int view_getbuffer(PyObject *o, Py_buffer *b, int flags)
+{
+	ViewObject *v = (ViewObject *)o;
+
+	if (v->released) {
+		PyErr_SetString(PyExc_BufferError,
+				"tern: this view's slot was released (a view is valid only "
+				"until its handler returns or its request is answered)");
+		b->obj = NULL;
+		return -1;
+	}
+	if (PyBuffer_FillInfo(b, o, v->buf, v->len, v->readonly, flags))
+		return -1;
+	v->exports++;
+	return 0;
+}
+
+static void pending_try_finish(pending *p);
+
+static void view_releasebuffer(PyObject *o, Py_buffer *b)
+{
+	ViewObject *v = (ViewObject *)o;
+
+	(void)b;
+	if (--v->exports == 0 && v->hold)
+		pending_try_finish(v->hold);
+}
+
+static void view_dealloc(PyObject *o)
+{
+	PyObject_Free(o);
+}
+
+static Py_ssize_t view_length(PyObject *o)
+{
+	ViewObject *v = (ViewObject *)o;
+
+	if (v->released) {
+		PyErr_SetString(PyExc_ValueError, "tern: this view's slot was released");
+		return -1;
+	}
+	return v->len;
+}
+
+static PyObject *view_get_released(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(((ViewObject *)o)->released);
+}
+
+static PyObject *view_get_exports(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromSsize_t(((ViewObject *)o)->exports);
+}
+
+static PyBufferProcs view_as_buffer = {
+	.bf_getbuffer = view_getbuffer,
+	.bf_releasebuffer = view_releasebuffer,
+};
+
+static PySequenceMethods view_as_sequence = {
+	.sq_length = view_length,
+};
+
+static PyGetSetDef view_getset[] = {
+	{"released", view_get_released, NULL, "True once the slot went back to tern", NULL},
+	{"exports", view_get_exports, NULL, "buffers exported and not yet released", NULL},
+	{NULL},
+};
+
+static PyTypeObject ViewType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.SlotView",
+	.tp_basicsize = sizeof(ViewObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "The bytes of a slot, exported through the buffer protocol until released.",
+	.tp_dealloc = view_dealloc,
+	.tp_as_buffer = &view_as_buffer,
+	.tp_as_sequence = &view_as_sequence,
+	.tp_getset = view_getset,
+};
+
+/* A memoryview of @v for Python code. */
+static PyObject *view_memory(ViewObject *v)
+{
+	return PyMemoryView_FromObject((PyObject *)v);
+}
+
+/* Release a memoryview we made; a failure (it has exports) is not an error. */
+static void mv_release(PyObject *mv)
+{
+	PyObject *r;
+
+	if (!mv)
+		return;
+	r = PyObject_CallMethod(mv, "release", NULL);
+	if (!r)
+		PyErr_Clear();
+	Py_XDECREF(r);
+}
+
+/* Is @v free of exports?  A reference cycle may hold one: collect once. */
+static bool view_idle(ViewObject *v)
+{
+	if (!v || v->exports == 0)
+		return true;
+	PyGC_Collect();
+	return v->exports == 0;
+}
+
+/* ---- replies that wait for their views -------------------------------------- */
+
+static void pending_finish(pending *p)
+{
+	if (p->err)
+		tern_reply_error(p->req, p->err, p->msg[0] ? p->msg : NULL);
+	else
+		tern_reply_commit(p->req, p->len);
+}
+
+static void pending_free(pending *p)
+{
+	if (p->in) {
+		p->in->hold = NULL;
+		p->in->released = true;
+		p->in->buf = NULL;
+		Py_DECREF(p->in);
+	}
+	if (p->out) {
+		p->out->hold = NULL;
+		p->out->released = true;
+		p->out->buf = NULL;
+		Py_DECREF(p->out);
+	}
+	Py_DECREF(p->c);
+	PyMem_Free(p);
+}
+
+static void pending_try_finish(pending *p)
+{
+	if ((p->in && p->in->exports) || (p->out && p->out->exports))
+		return;
+	p->c->held--;
+	pending_finish(p);
+	pending_free(p);
+}
+
+/*
+ * Answer @req once the handler is done with @in and @out (either may be
+ * NULL): now, or when the last buffer exported from them is released.
+ */
+static void reply_when_free(CtxObject *c, tern_req *req, ViewObject *in, ViewObject *out, int err,
+			    size_t len, const char *msg)
+{
+	pending *p;
+
+	if (view_idle(in) && view_idle(out)) {
+		if (in)
+			in->released = true, in->buf = NULL;
+		if (out)
+			out->released = true, out->buf = NULL;
+		if (err)
+			tern_reply_error(req, err, msg && *msg ? msg : NULL);
+		else
+			tern_reply_commit(req, len);
+		return;
+	}
+	p = PyMem_Calloc(1, sizeof(*p));
+	if (!p) {
+		/* Cannot wait: nothing safe to do but stop this context. */
+		ctx_fail(c, PyExc_MemoryError, "tern: no memory to hold a reply");
+		return;
+	}
+	p->c = c;
+	Py_INCREF(c);
+	p->req = req;
+	p->err = err;
+	p->len = len;
+	snprintf(p->msg, sizeof(p->msg), "%s", msg ? msg : "");
+	if (in) {
+		p->in = in;
+		Py_INCREF(in);
+		in->hold = p;
+	}
+	if (out) {
+		p->out = out;
+		Py_INCREF(out);
+		out->hold = p;
+	}
+	c->held++;
+	if (PyErr_WarnEx(PyExc_ResourceWarning,
+			 "tern: a handler kept a view of its slot; the reply is sent when it is "
+			 "released",
+			 1))
+		PyErr_Clear();
+}
+
+/* ---- server handlers -------------------------------------------------------- */
+
+/* Get @r's bytes as a reply: None is empty; bytes-like objects as they are. */
+static int reply_bytes(PyObject *r, Py_buffer *b)
+{
+	if (r == Py_None) {
+		memset(b, 0, sizeof(*b));
+		return 0;
+	}
+	return PyObject_GetBuffer(r, b, PyBUF_SIMPLE);
+}
+
+/*
+ * Every call kind is registered with tern as deferred: the request stays
+ * ours until we answer it, so an answer can wait for the views.
+ */
+static int on_request(tern_req *req, const void *in, size_t in_len, void *user)
+{
+	struct reg *g = user;
+	CtxObject *c = g->c;
+	PyThreadState *t = ctx_enter(c);
+	ViewObject *iv = NULL, *ov = NULL;
+	PyObject *imv = NULL, *omv = NULL, *r = NULL;
+	char msg[208] = "";
+	int err = 0;
+	size_t len = 0;
+	void *out;
+	size_t cap;
+
+	iv = view_new(in, in_len, 1);
+	imv = iv ? view_memory(iv) : NULL;
+	if (!imv) {
+		err = exc_to_status(msg, sizeof(msg));
+		goto answer;
+	}
+	if (g->kind == K_DEFERRED) {
+		RequestObject *q = PyObject_GC_New(RequestObject, &RequestType);
+
+		if (!q) {
+			err = exc_to_status(msg, sizeof(msg));
+			goto answer;
+		}
+		q->c = c;
+		Py_INCREF(c);
+		q->req = req;
+		q->in = iv;
+		q->in_mv = imv;
+		q->out = NULL;
+		q->out_mv = NULL;
+		Py_INCREF(iv);
+		Py_INCREF(imv);
+		q->next = c->reqs;
+		q->pprev = &c->reqs;
+		if (c->reqs)
+			c->reqs->pprev = &q->next;
+		c->reqs = q;
+		PyObject_GC_Track(q);
+		r = PyObject_CallFunctionObjArgs(g->fn, imv, (PyObject *)q, NULL);
+		if (!r && q->req) {
+			/* failed before answering: answer with the error now */
+			tern_req *qr = q->req;
+
+			err = exc_to_status(msg, sizeof(msg));
+			q->req = NULL;
+			mv_release(q->in_mv);
+			mv_release(q->out_mv);
+			reply_when_free(c, qr, q->in, q->out, err, 0, msg);
+		} else if (!r) {
+			PyErr_Clear();
+		}
+		Py_XDECREF(r);
+		Py_DECREF(q);
+		Py_DECREF(imv);
+		Py_DECREF(iv);
+		ctx_leave(c, t);
+		return 0;
+	}
+	if (g->kind == K_INPLACE) {
+		int rc = tern_reply_acquire(req, &out, &cap);
+
+		if (rc) {
+			/* the session is gone; the request is finished */
+			mv_release(imv);
+			iv->released = true;
+			goto done;
+		}
+		ov = view_new(out, cap, 0);
+		omv = ov ? view_memory(ov) : NULL;
+		if (!omv) {
+			err = exc_to_status(msg, sizeof(msg));
+			goto answer;
+		}
+		r = PyObject_CallFunctionObjArgs(g->fn, imv, omv, NULL);
+		if (!r) {
+			err = exc_to_status(msg, sizeof(msg));
+		} else if (r == Py_None) {
+			len = 0;
+		} else {
+			Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
+
+			if (n == -1 && PyErr_Occurred()) {
+				PyErr_Clear();
+				err = -EINVAL;
+				snprintf(msg, sizeof(msg),
+					 "inplace handler returned %s, not a length",
+					 Py_TYPE(r)->tp_name);
+			} else if (n < 0 || (size_t)n > cap) {
+				err = -EMSGSIZE;
+				snprintf(msg, sizeof(msg),
+					 "inplace handler returned length %zd; the slot holds %zu",
+					 n, cap);
+			} else {
+				len = (size_t)n;
+			}
+		}
+		goto answer;
+	}
+	/* K_RAW: the returned bytes are copied once into the reply slot */
+	r = PyObject_CallFunctionObjArgs(g->fn, imv, NULL);
+	if (!r) {
+		err = exc_to_status(msg, sizeof(msg));
+	} else {
+		Py_buffer b;
+
+		if (reply_bytes(r, &b)) {
+			PyErr_Clear();
+			err = -EINVAL;
+			snprintf(msg, sizeof(msg), "handler returned %s, not bytes",
+				 Py_TYPE(r)->tp_name);
+		} else {
+			int rc = tern_reply_acquire(req, &out, &cap);
+
+			if (rc) {
+				if (b.obj)
+					PyBuffer_Release(&b);
+				mv_release(imv);
+				iv->released = true;
+				goto done; /* the session is gone */
+			}
+			if ((size_t)b.len > cap) {
+				err = -EMSGSIZE;
+				snprintf(msg, sizeof(msg), "reply of %zd bytes; the slot holds %zu",
+					 b.len, cap);
+			} else {
+				if (b.len)
+					memcpy(out, b.buf, (size_t)b.len);
+				len = (size_t)b.len;
+			}
+			if (b.obj)
+				PyBuffer_Release(&b);
+		}
+	}
+answer:
+	mv_release(imv);
+	mv_release(omv);
+	if (!iv) {
+		tern_reply_error(req, err ? err : -ENOMEM, msg);
+		goto done;
+	}
+	reply_when_free(c, req, iv, ov, err, len, msg);
+done:
+	Py_XDECREF(r);
+	Py_XDECREF(imv);
+	Py_XDECREF(omv);
+	Py_XDECREF(iv);
+	Py_XDECREF(ov);
+	ctx_leave(c, t);
+	return 0;
+}
+
+static void escaped(CtxObject *c, uint32_t id)
+{
+	char m[200];
+
+	snprintf(m, sizeof(m),
+		 "tern: the handler of one-way or batch method 0x%08x kept a view of a "
+		 "message past its return; copy what you keep (its slot is reused now)",
+		 id);
+	ctx_fail(c, PyExc_BufferError, m);
+}
+
+static void on_oneway(tern_req *req, const void *in, size_t in_len, void *user)
+{
+	struct reg *g = user;
+	CtxObject *c = g->c;
+	PyThreadState *t = ctx_enter(c);
+	ViewObject *iv = view_new(in, in_len, 1);
+	PyObject *imv = iv ? view_memory(iv) : NULL;
+	PyObject *r = NULL;
+	char msg[208];
+
+	if (imv)
+		r = PyObject_CallFunctionObjArgs(g->fn, imv, NULL);
+	if (!r) {
+		exc_to_status(msg, sizeof(msg));
+		tern_req_set_error(req, msg);
+	}
+	Py_XDECREF(r);
+	mv_release(imv);
+	Py_XDECREF(imv);
+	if (iv) {
+		if (!view_idle(iv))
+			escaped(c, g->id);
+		iv->released = true;
+		iv->buf = NULL;
+		Py_DECREF(iv);
+	}
+	ctx_leave(c, t);
+}
+
+static void batch_invalidate(BatchObject *b)
+{
+	Py_ssize_t i, n;
+	bool live = false;
+
+	if (b->views) {
+		n = PyList_GET_SIZE(b->views);
+		for (i = 0; i < n; i++)
+			mv_release(PyList_GET_ITEM(b->views, i));
+		for (i = 0; i < n; i++) {
+			ViewObject *v = (ViewObject *)PyList_GET_ITEM(b->svs, i);
+
+			if (!view_idle(v))
+				live = true;
+			v->released = true;
+			v->buf = NULL;
+		}
+		Py_CLEAR(b->views);
+		Py_CLEAR(b->svs);
+	}
+	b->items = NULL;
+	if (live)
+		escaped(b->c, 0);
+}
+
+static void on_batch(struct tern_batch_item *items, size_t n, void *user)
+{
+	struct reg *g = user;
+	CtxObject *c = g->c;
+	PyThreadState *t = ctx_enter(c);
+	BatchObject *b = PyObject_New(BatchObject, &BatchType);
+	PyObject *r = NULL;
+	char msg[208];
+	int err = 0;
+
+	if (!b) {
+		err = exc_to_status(msg, sizeof(msg));
+		goto fail_all;
+	}
+	b->c = c;
+	Py_INCREF(c);
+	b->items = items;
+	b->n = n;
+	b->oneway = g->kind == K_ONEWAY_BATCH;
+	b->views = NULL;
+	b->svs = NULL;
+	r = PyObject_CallFunctionObjArgs(g->fn, (PyObject *)b, NULL);
+	if (!r) {
+		err = exc_to_status(msg, sizeof(msg));
+	} else if (!b->oneway && r != Py_None) {
+		/* a sequence of n replies: bytes-like, None or an exception */
+		PyObject *seq = PySequence_Fast(r, "a batch handler returns a sequence of replies");
+
+		if (!seq || PySequence_Fast_GET_SIZE(seq) != (Py_ssize_t)n) {
+			if (seq)
+				PyErr_Format(
+					PyExc_ValueError,
+					"a batch handler returned %zd replies for %zu requests",
+					PySequence_Fast_GET_SIZE(seq), n);
+			err = exc_to_status(msg, sizeof(msg));
+		} else {
+			for (size_t i = 0; i < n; i++) {
+				PyObject *x = PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i);
+				Py_buffer buf;
+
+				if (PyExceptionInstance_Check(x)) {
+					PyErr_SetObject((PyObject *)Py_TYPE(x), x);
+					items[i].status = exc_to_status(msg, sizeof(msg));
+					tern_req_set_error(items[i].req, msg);
+				} else if (reply_bytes(x, &buf)) {
+					PyErr_Clear();
+					items[i].status = -EINVAL;
+					tern_req_set_error(items[i].req,
+							   "batch reply is not bytes-like");
+				} else if ((size_t)buf.len > items[i].out_cap) {
+					items[i].status = -EMSGSIZE;
+					tern_req_set_error(items[i].req, "reply over the slot");
+					PyBuffer_Release(&buf);
+				} else {
+					if (buf.len)
+						memcpy(items[i].out, buf.buf, (size_t)buf.len);
+					items[i].status = buf.len;
+					if (buf.obj)
+						PyBuffer_Release(&buf);
+				}
+			}
+		}
+		Py_XDECREF(seq);
+	}
+	Py_XDECREF(r);
+	batch_invalidate(b);
+	Py_DECREF(b);
+fail_all:
+	if (err) {
+		for (size_t i = 0; i < n; i++) {
+			items[i].status = err;
+			tern_req_set_error(items[i].req, msg);
+		}
+	}
+	ctx_leave(c, t);
+}
+
+/* ---- Batch ------------------------------------------------------------------- */
+
+static int batch_live(BatchObject *b)
+{
+	if (!b->items) {
+		PyErr_SetString(PyExc_ValueError,
+				"tern: this batch is over (valid only inside its handler)");
+		return -1;
+	}
+	return 0;
+}
+
+static Py_ssize_t batch_length(PyObject *o)
+{
+	BatchObject *b = (BatchObject *)o;
+
+	if (batch_live(b))
+		return -1;
+	return (Py_ssize_t)b->n;
+}
+
+static PyObject *batch_item(PyObject *o, Py_ssize_t i)
+{
+	BatchObject *b = (BatchObject *)o;
+	ViewObject *v;
+	PyObject *mv;
+
+	if (batch_live(b))
+		return NULL;
+	if (i < 0 || (size_t)i >= b->n) {
+		PyErr_SetString(PyExc_IndexError, "batch index out of range");
+		return NULL;
+	}
+	if (!b->views) {
+		b->views = PyList_New(0);
+		b->svs = PyList_New(0);
+		if (!b->views || !b->svs)
+			return NULL;
+	}
+	v = view_new(b->items[i].in, b->items[i].in_len, 1);
+	if (!v)
+		return NULL;
+	mv = view_memory(v);
+	if (!mv || PyList_Append(b->views, mv) || PyList_Append(b->svs, (PyObject *)v)) {
+		Py_XDECREF(mv);
+		Py_DECREF(v);
+		return NULL;
+	}
+	Py_DECREF(v);
+	return mv;
+}
+
+/*
+ * gather(dst) - copy item i into row i of the writable buffer @dst: the one
+ * copy out of the receive slots, with no Python per item.  Every item must
+ * be exactly len(dst) // rows bytes, rows defaulting to len(batch).
+ */
+static PyObject *batch_gather(PyObject *o, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"dst", "item_size", NULL};
+	BatchObject *b = (BatchObject *)o;
+	Py_ssize_t item = -1;
+	Py_buffer d;
+
+	if (batch_live(b))
+		return NULL;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "w*|n:gather", kwlist, &d, &item))
+		return NULL;
+	if (item < 0)
+		item = b->n ? (Py_ssize_t)b->items[0].in_len : 0;
+	if (item * (Py_ssize_t)b->n > d.len) {
+		PyErr_Format(PyExc_ValueError,
+			     "gather: %zu items of %zd bytes do not fit %zd bytes", b->n, item,
+			     d.len);
+		PyBuffer_Release(&d);
+		return NULL;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		if ((Py_ssize_t)b->items[i].in_len != item) {
+			PyErr_Format(PyExc_ValueError, "gather: item %zu is %zu bytes, not %zd", i,
+				     b->items[i].in_len, item);
+			PyBuffer_Release(&d);
+			return NULL;
+		}
+		memcpy((char *)d.buf + (size_t)item * i, b->items[i].in, (size_t)item);
+	}
+	PyBuffer_Release(&d);
+	return PyLong_FromSize_t(b->n);
+}
+
+static PyObject *batch_lengths(PyObject *o, PyObject *unused)
+{
+	BatchObject *b = (BatchObject *)o;
+	PyObject *l;
+
+	(void)unused;
+	if (batch_live(b))
+		return NULL;
+	l = PyList_New((Py_ssize_t)b->n);
+	for (size_t i = 0; l && i < b->n; i++)
+		PyList_SET_ITEM(l, (Py_ssize_t)i, PyLong_FromSize_t(b->items[i].in_len));
+	return l;
+}
+
+static void batch_dealloc(PyObject *o)
+{
+	BatchObject *b = (BatchObject *)o;
+
+	Py_XDECREF(b->views);
+	Py_XDECREF(b->svs);
+	Py_XDECREF(b->c);
+	PyObject_Free(o);
+}
+
+static PyMethodDef batch_methods[] = {
+	{"gather", (PyCFunction)(void (*)(void))batch_gather, METH_VARARGS | METH_KEYWORDS,
+	 "gather(dst, item_size=None) -> n: copy item i into row i of dst"},
+	{"lengths", batch_lengths, METH_NOARGS, "the length of every item"},
+	{NULL},
+};
+
+static PySequenceMethods batch_as_sequence = {
+	.sq_length = batch_length,
+	.sq_item = batch_item,
+};
+
+static PyTypeObject BatchType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.Batch",
+	.tp_basicsize = sizeof(BatchObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "The requests of one batch, valid inside the handler only.",
+	.tp_dealloc = batch_dealloc,
+	.tp_as_sequence = &batch_as_sequence,
+	.tp_methods = batch_methods,
+};
+
+/* ---- Request (deferred) ----------------------------------------------------- */
+
+static int req_live(RequestObject *q)
+{
+	if (ctx_owned(q->c))
+		return -1;
+	if (!q->req) {
+		PyErr_SetString(PyExc_ValueError, "tern: this request was already answered");
+		return -1;
+	}
+	return 0;
+}
+
+static void req_unlink(RequestObject *q)
+{
+	if (q->pprev) {
+		*q->pprev = q->next;
+		if (q->next)
+			q->next->pprev = q->pprev;
+		q->pprev = NULL;
+		q->next = NULL;
+	}
+}
+
+/* Answer: refused while a buffer exported from the request's views lives. */
+static PyObject *req_answer(RequestObject *q, int err, size_t len, const char *msg)
+{
+	tern_req *req = q->req;
+
+	mv_release(q->in_mv);
+	mv_release(q->out_mv);
+	if (!view_idle(q->in) || !view_idle(q->out)) {
+		PyErr_SetString(PyExc_BufferError,
+				"tern: release the views of this request (numpy arrays, "
+				"memoryviews) before answering it");
+		return NULL;
+	}
+	q->req = NULL;
+	req_unlink(q);
+	q->in->released = true;
+	q->in->buf = NULL;
+	if (q->out)
+		q->out->released = true, q->out->buf = NULL;
+	if (err)
+		tern_reply_error(req, err, msg && *msg ? msg : NULL);
+	else if (tern_reply_commit(req, len) == -EMSGSIZE)
+		return raise_code(-EMSGSIZE, "the reply is larger than the slot");
+	Py_RETURN_NONE;
+}
+
+static PyObject *req_reply(PyObject *o, PyObject *arg)
+{
+	RequestObject *q = (RequestObject *)o;
+	Py_buffer b;
+	void *out;
+	size_t cap;
+	int rc;
+
+	if (req_live(q) || reply_bytes(arg, &b))
+		return NULL;
+	if (q->out) {
+		if (b.obj)
+			PyBuffer_Release(&b);
+		PyErr_SetString(PyExc_ValueError, "reply(): the reply slot was acquired; commit()");
+		return NULL;
+	}
+	rc = tern_reply_acquire(q->req, &out, &cap);
+	if (rc) {
+		if (b.obj)
+			PyBuffer_Release(&b);
+		if (rc == -ECONNRESET) {
+			q->req = NULL; /* finished by tern */
+			req_unlink(q);
+			mv_release(q->in_mv);
+			q->in->released = true;
+			q->in->buf = NULL;
+		}
+		return raise_code(rc, "the caller went away");
+	}
+	if ((size_t)b.len > cap) {
+		Py_ssize_t n = b.len;
+
+		if (b.obj)
+			PyBuffer_Release(&b);
+		return raise_code(-EMSGSIZE, n > 0 ? "the reply is larger than the slot" : "");
+	}
+	if (b.len)
+		memcpy(out, b.buf, (size_t)b.len);
+	if (b.obj)
+		PyBuffer_Release(&b);
+	return req_answer(q, 0, (size_t)b.len, NULL);
+}
+
+static PyObject *req_acquire(PyObject *o, PyObject *unused)
+{
+	RequestObject *q = (RequestObject *)o;
+	void *out;
+	size_t cap;
+	int rc;
+
+	(void)unused;
+	if (req_live(q))
+		return NULL;
+	if (!q->out) {
+		rc = tern_reply_acquire(q->req, &out, &cap);
+		if (rc) {
+			if (rc == -ECONNRESET) {
+				q->req = NULL;
+				req_unlink(q);
+				mv_release(q->in_mv);
+				q->in->released = true;
+				q->in->buf = NULL;
+			}
+			return raise_code(rc, "the caller went away");
+		}
+		q->out = view_new(out, cap, 0);
+		if (!q->out)
+			return NULL;
+		q->out_mv = view_memory(q->out);
+		if (!q->out_mv)
+			return NULL;
+	}
+	Py_INCREF(q->out_mv);
+	return q->out_mv;
+}
+
+static PyObject *req_commit(PyObject *o, PyObject *arg)
+{
+	RequestObject *q = (RequestObject *)o;
+	Py_ssize_t n;
+
+	if (req_live(q))
+		return NULL;
+	if (!q->out) {
+		PyErr_SetString(PyExc_ValueError, "commit(): acquire() the reply slot first");
+		return NULL;
+	}
+	n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+	if (n == -1 && PyErr_Occurred())
+		return NULL;
+	if (n < 0 || n > q->out->len)
+		return raise_code(-EMSGSIZE, "commit(): the length is outside the slot");
+	return req_answer(q, 0, (size_t)n, NULL);
+}
+
+static PyObject *req_error(PyObject *o, PyObject *args)
+{
+	RequestObject *q = (RequestObject *)o;
+	int code;
+	const char *msg = NULL;
+
+	if (req_live(q) || !PyArg_ParseTuple(args, "i|z:error", &code, &msg))
+		return NULL;
+	if (code > 0)
+		code = -code;
+	if (code == 0) {
+		PyErr_SetString(PyExc_ValueError, "error(): the code must not be 0");
+		return NULL;
+	}
+	return req_answer(q, code, 0, msg);
+}
+
+static PyObject *req_get_answered(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(((RequestObject *)o)->req == NULL);
+}
+
+static PyObject *req_get_data(PyObject *o, void *unused)
+{
+	RequestObject *q = (RequestObject *)o;
+
+	(void)unused;
+	Py_INCREF(q->in_mv);
+	return q->in_mv;
+}
+
+static int req_traverse(PyObject *o, visitproc visit, void *arg)
+{
+	RequestObject *q = (RequestObject *)o;
+
+	Py_VISIT(q->in_mv);
+	Py_VISIT(q->out_mv);
+	return 0;
+}
+
+/* Dropped unanswered: answer with an error, so the caller is not left waiting. */
+static void req_dealloc(PyObject *o)
+{
+	RequestObject *q = (RequestObject *)o;
+
+	PyObject_GC_UnTrack(o);
+	if (q->req) {
+		mv_release(q->in_mv);
+		mv_release(q->out_mv);
+		req_unlink(q);
+		reply_when_free(q->c, q->req, q->in, q->out, -ECANCELED, 0,
+				"the server dropped the request without answering");
+		q->req = NULL;
+	}
+	Py_XDECREF(q->in_mv);
+	Py_XDECREF(q->out_mv);
+	Py_XDECREF(q->in);
+	Py_XDECREF(q->out);
+	Py_XDECREF(q->c);
+	PyObject_GC_Del(o);
+}
+
+static PyMethodDef req_methods[] = {
+	{"reply", req_reply, METH_O, "reply(data): answer with these bytes (copied once)"},
+	{"acquire", req_acquire, METH_NOARGS,
+	 "acquire() -> memoryview: the reply slot, to write the reply in place"},
+	{"commit", req_commit, METH_O, "commit(n): send the first n bytes of the reply slot"},
+	{"error", req_error, METH_VARARGS, "error(code, message=None): fail the call"},
+	{NULL},
+};
+
+static PyGetSetDef req_getset[] = {
+	{"answered", req_get_answered, NULL, "True once answered", NULL},
+	{"data", req_get_data, NULL, "the request's bytes (read-only memoryview)", NULL},
+	{NULL},
+};
+
+static PyTypeObject RequestType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.Request",
+	.tp_basicsize = sizeof(RequestObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+	.tp_doc = "A deferred request: answer it with reply(), acquire()/commit() or error().",
+	.tp_dealloc = req_dealloc,
+	.tp_traverse = req_traverse,
+	.tp_methods = req_methods,
+	.tp_getset = req_getset,
+};
+
+/* ---- running the loop --------------------------------------------------------- */
+
+static void wake_cb(uv_timer_t *t)
+{
+	(void)t;
+}
+
+/* Run what call_soon() queued, on the loop's thread. */
+static void async_cb(uv_async_t *h)
+{
+	CtxObject *c = h->data;
+	PyThreadState *t = ctx_enter(c);
+
+	while (c->soon && PyList_GET_SIZE(c->soon)) {
+		PyObject *fn = PyList_GET_ITEM(c->soon, 0), *r;
+
+		Py_INCREF(fn);
+		PyList_SetSlice(c->soon, 0, 1, NULL);
+		r = PyObject_CallNoArgs(fn);
+		if (!r)
+			PyErr_WriteUnraisable(fn);
+		Py_XDECREF(r);
+		Py_DECREF(fn);
+	}
+	ctx_leave(c, t);
+}
+
+static bool fut_all_done(PyObject **futs, Py_ssize_t n)
+{
+	for (Py_ssize_t i = 0; i < n; i++)
+		if (!((FutureObject *)futs[i])->done)
+			return false;
+	return true;
+}
+
+/*
+ * Run @c's loop until every future in @futs is done (n > 0), stop() (n == 0)
+ * or @timeout_ns passes (UINT64_MAX: none).  The GIL is released in slices of
+ * at most SLICE_NS; signals are checked between them.
+ *
+ * Return: 1 all done, 0 timed out or stopped, -1 exception set.
+ */
+static int ctx_run_until(CtxObject *c, PyObject **futs, Py_ssize_t n, uint64_t timeout_ns)
+{
+	uint64_t end = timeout_ns == UINT64_MAX ? UINT64_MAX : now_ns() + timeout_ns;
+
+	if (c->closed) {
+		PyErr_SetString(PyExc_ValueError, "tern: the context is closed");
+		return -1;
+	}
+	if (c->depth) {
+		PyErr_SetString(PyExc_RuntimeError,
+				"tern: cannot wait inside a handler of the same context");
+		return -1;
+	}
+	c->owner = PyThread_get_thread_ident();
+	c->stop = 0;
+	for (;;) {
+		uint64_t t = now_ns(), slice_end;
+
+		if (n && fut_all_done(futs, n))
+			return 1;
+		if (c->fatal) {
+			PyObject *f = c->fatal;
+
+			c->fatal = NULL;
+			PyErr_SetString(PyTuple_GET_ITEM(f, 0),
+					PyUnicode_AsUTF8(PyTuple_GET_ITEM(f, 1)));
+			Py_DECREF(f);
+			return -1;
+		}
+		if (c->stop || t >= end)
+			return n && fut_all_done(futs, n) ? 1 : 0;
+		slice_end = end - t < SLICE_NS ? end : t + SLICE_NS;
+		c->ts = PyEval_SaveThread();
+		if (c->progress == TERN_PROGRESS_BUSY) {
+			do {
+				tern_ctx_run(c->ctx, TERN_RUN_NOWAIT);
+			} while (!c->stop && !(n && fut_all_done(futs, n)) && now_ns() < slice_end);
+		} else {
+			uint64_t ms = (slice_end - t + 999999) / 1000000;
+
+			uv_timer_start(&c->wake, wake_cb, ms ? ms : 1, 0);
+			tern_ctx_run(c->ctx, TERN_RUN_ONCE);
+			uv_timer_stop(&c->wake);
+		}
+		PyEval_RestoreThread(c->ts);
+		c->ts = NULL;
+		if (PyErr_CheckSignals())
+			return -1;
+	}
+}
+
+static uint64_t timeout_arg(PyObject *t, int *bad)
+{
+	double s;
+
+	*bad = 0;
+	if (!t || t == Py_None)
+		return UINT64_MAX;
+	s = PyFloat_AsDouble(t);
+	if (s == -1.0 && PyErr_Occurred()) {
+		*bad = 1;
+		return 0;
+	}
+	if (s < 0)
+		s = 0;
+	if (s > 1e9)
+		return UINT64_MAX;
+	return (uint64_t)(s * 1e9);
+}
+
+/* ---- Context ------------------------------------------------------------------- */
+
+static PyObject *ctx_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"progress", NULL};
+	struct tern_ctx_opts o = {.size = sizeof(o)};
+	int progress = TERN_PROGRESS_BUSY, rc;
+	CtxObject *c;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|i:Context", kwlist, &progress))
+		return NULL;
+	if (progress < TERN_PROGRESS_BUSY || progress > TERN_PROGRESS_ADAPTIVE) {
+		PyErr_SetString(PyExc_ValueError, "progress must be 0 (busy), 1 (event) or 2");
+		return NULL;
+	}
+	c = (CtxObject *)type->tp_alloc(type, 0);
+	if (!c)
+		return NULL;
+	c->regs = PyList_New(0);
+	c->sessions = PyList_New(0);
+	if (!c->regs || !c->sessions) {
+		Py_DECREF(c);
+		return NULL;
+	}
+	c->progress = progress;
+	if (uv_loop_init(&c->loop)) {
+		c->closed = true;
+		Py_DECREF(c);
+		return raise_code(-ENOMEM, "uv_loop_init failed");
+	}
+	uv_timer_init(&c->loop, &c->wake);
+	uv_async_init(&c->loop, &c->async, async_cb);
+	c->async.data = c;
+	c->soon = PyList_New(0);
+	if (!c->soon) {
+		c->closed = true;
+		uv_close((uv_handle_t *)&c->wake, NULL);
+		uv_close((uv_handle_t *)&c->async, NULL);
+		uv_run(&c->loop, UV_RUN_DEFAULT);
+		uv_loop_close(&c->loop);
+		Py_DECREF(c);
+		return NULL;
+	}
+	o.loop = &c->loop;
+	o.progress = progress;
+	o.data = c;
+	rc = tern_ctx_create(&o, &c->ctx);
+	if (rc) {
+		uv_close((uv_handle_t *)&c->wake, NULL);
+		uv_close((uv_handle_t *)&c->async, NULL);
+		uv_run(&c->loop, UV_RUN_DEFAULT);
+		uv_loop_close(&c->loop);
+		c->closed = true;
+		Py_DECREF(c);
+		return raise_code(rc, "tern_ctx_create failed");
+	}
+	return (PyObject *)c;
+}
+
+static int ctx_check(CtxObject *c)
+{
+	if (c->closed) {
+		PyErr_SetString(PyExc_ValueError, "tern: the context is closed");
+		return -1;
+	}
+	return 0;
+}
+
+static void sessions_forget(CtxObject *c);
+
+/* Close everything; refused while views of held requests are exported. */
+static int ctx_close_impl(CtxObject *c)
+{
+	RequestObject *q;
+	PyThreadState *save;
+
+	if (c->closed)
+		return 0;
+	if (c->depth) {
+		PyErr_SetString(PyExc_RuntimeError,
+				"tern: cannot close a context from its handler");
+		return -1;
+	}
+	if (c->held) {
+		PyGC_Collect();
+		if (c->held) {
+			PyErr_Format(PyExc_BufferError,
+				     "tern: %ld replies wait for views of their requests to be "
+				     "released; release them before closing",
+				     c->held);
+			return -1;
+		}
+	}
+	/* deferred requests nobody answered: answer them, views permitting */
+	for (q = c->reqs; q; q = q->next) {
+		mv_release(q->in_mv);
+		mv_release(q->out_mv);
+		if (!view_idle(q->in) || !view_idle(q->out)) {
+			PyErr_SetString(PyExc_BufferError,
+					"tern: views of an unanswered request are still exported");
+			return -1;
+		}
+	}
+	while ((q = c->reqs)) {
+		tern_req *req = q->req;
+
+		req_unlink(q);
+		q->req = NULL;
+		mv_release(q->in_mv);
+		mv_release(q->out_mv);
+		q->in->released = true, q->in->buf = NULL;
+		if (q->out)
+			q->out->released = true, q->out->buf = NULL;
+		tern_reply_error(req, -ESHUTDOWN, "the server is closing");
+	}
+	sessions_forget(c);
+	c->closed = true;
+	save = PyEval_SaveThread();
+	c->ts = save;
+	tern_ctx_destroy(c->ctx);
+	c->ctx = NULL;
+	uv_close((uv_handle_t *)&c->wake, NULL);
+	uv_close((uv_handle_t *)&c->async, NULL);
+	uv_run(&c->loop, UV_RUN_DEFAULT);
+	uv_loop_close(&c->loop);
+	PyEval_RestoreThread(c->ts);
+	c->ts = NULL;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(c->regs); i++) {
+		struct reg *g = PyCapsule_GetPointer(PyList_GET_ITEM(c->regs, i), NULL);
+
+		Py_CLEAR(g->fn);
+	}
+	return 0;
+}
+
+static PyObject *ctx_close(PyObject *o, PyObject *unused)
+{
+	(void)unused;
+	if (ctx_close_impl((CtxObject *)o))
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static int ctx_traverse(PyObject *o, visitproc visit, void *arg)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	Py_VISIT(c->regs);
+	return 0;
+}
+
+static int ctx_clear(PyObject *o)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	if (!c->closed && !c->depth) {
+		if (ctx_close_impl(c))
+			PyErr_Clear();
+	}
+	return 0;
+}
+
+static void ctx_dealloc(PyObject *o)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	PyObject_GC_UnTrack(o);
+	if (!c->closed) {
+		if (ctx_close_impl(c))
+			PyErr_WriteUnraisable(o);
+	}
+	Py_XDECREF(c->regs);
+	Py_XDECREF(c->sessions);
+	Py_XDECREF(c->fatal);
+	Py_XDECREF(c->soon);
+	Py_TYPE(o)->tp_free(o);
+}
+
+static void reg_free(PyObject *cap)
+{
+	struct reg *g = PyCapsule_GetPointer(cap, NULL);
+
+	Py_XDECREF(g->fn);
+	PyMem_Free(g);
+}
+
+static PyObject *ctx_register(PyObject *o, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"method_id", "kind", "fn", "batch_max", "wait_us", NULL};
+	CtxObject *c = (CtxObject *)o;
+	unsigned long id;
+	int kind, rc;
+	unsigned int bmax = 0, wait_us = 0;
+	PyObject *fn, *cap;
+	struct reg *g;
+
+	if (ctx_check(c) || !PyArg_ParseTupleAndKeywords(args, kw, "kiO|II:register", kwlist, &id,
+							 &kind, &fn, &bmax, &wait_us))
+		return NULL;
+	if (!PyCallable_Check(fn)) {
+		PyErr_SetString(PyExc_TypeError, "register: the handler is not callable");
+		return NULL;
+	}
+	if (id == 0 || id > 0xffffffffu || kind < K_RAW || kind > K_ONEWAY_BATCH) {
+		PyErr_SetString(PyExc_ValueError, "register: bad method id or kind");
+		return NULL;
+	}
+	g = PyMem_Calloc(1, sizeof(*g));
+	if (!g)
+		return PyErr_NoMemory();
+	g->c = c;
+	g->fn = fn;
+	Py_INCREF(fn);
+	g->kind = (enum kind)kind;
+	g->id = (uint32_t)id;
+	cap = PyCapsule_New(g, NULL, reg_free);
+	if (!cap) {
+		Py_DECREF(fn);
+		PyMem_Free(g);
+		return NULL;
+	}
+	switch (g->kind) {
+	case K_ONEWAY:
+		rc = tern_register_oneway(c->ctx, g->id, on_oneway, g);
+		break;
+	case K_BATCH:
+	case K_ONEWAY_BATCH: {
+		struct tern_batch_opts bo = {.size = sizeof(bo),
+					     .max = bmax,
+					     .wait_us = wait_us,
+					     .oneway = g->kind == K_ONEWAY_BATCH};
+
+		rc = tern_register_batch(c->ctx, g->id, &bo, on_batch, g);
+		break;
+	}
+	default:
+		rc = tern_register_deferred(c->ctx, g->id, on_request, g);
+	}
+	if (rc || PyList_Append(c->regs, cap)) {
+		Py_DECREF(cap);
+		return rc ? raise_ctx(c, rc) : NULL;
+	}
+	Py_DECREF(cap);
+	Py_RETURN_NONE;
+}
+
+static PyObject *ctx_service_register(PyObject *o, PyObject *args)
+{
+	CtxObject *c = (CtxObject *)o;
+	const char *name;
+	unsigned long long hash;
+	int rc;
+
+	if (ctx_check(c) || !PyArg_ParseTuple(args, "sK:service_register", &name, &hash))
+		return NULL;
+	rc = tern_service_register(c->ctx, name, (uint64_t)hash);
+	if (rc)
+		return raise_code(rc, name);
+	Py_RETURN_NONE;
+}
+
+static int session_opts_parse(PyObject *d, struct tern_session_opts *so)
+{
+	unsigned long v;
+	PyObject *x;
+
+	memset(so, 0, sizeof(*so));
+	so->size = sizeof(*so);
+	if (!d || d == Py_None)
+		return 0;
+#define OPT(name)                                                                 \
+	x = PyDict_GetItemString(d, #name);                                       \
+	if (x && x != Py_None) {                                                  \
+		v = PyLong_AsUnsignedLong(x);                                     \
+		if (v == (unsigned long)-1 && PyErr_Occurred())                   \
+			return -1;                                                \
+		if (v > UINT32_MAX) {                                             \
+			PyErr_SetString(PyExc_ValueError, #name " is too large"); \
+			return -1;                                                \
+		}                                                                 \
+		so->name = (uint32_t)v;                                           \
+	}
+	OPT(slot_size)
+	OPT(slot_count)
+	OPT(call_timeout_ms)
+	OPT(connect_timeout_ms)
+	OPT(queue_depth)
+#undef OPT
+	return 0;
+}
+
+static void on_session_close(tern_session *s, int reason);
+
+static void on_accept(tern_listener *l, tern_session *s, int status)
+{
+	(void)l, (void)s, (void)status; /* refusals are in tern_ctx_last_error() */
+}
+
+static PyObject *ctx_listen(PyObject *o, PyObject *args)
+{
+	CtxObject *c = (CtxObject *)o;
+	PyObject *opts = NULL;
+	struct tern_session_opts so;
+	tern_listener *l;
+	const char *uri;
+	int rc;
+
+	if (ctx_check(c) || !PyArg_ParseTuple(args, "s|O:listen", &uri, &opts) ||
+	    session_opts_parse(opts, &so))
+		return NULL;
+	so.on_close = on_session_close;
+	rc = tern_listen(c->ctx, uri, &so, on_accept, &l);
+	if (rc)
+		return raise_ctx(c, rc);
+	return PyUnicode_FromString(tern_listener_uri(l));
+}
+
+static PyObject *ctx_run(PyObject *o, PyObject *args)
+{
+	CtxObject *c = (CtxObject *)o;
+	PyObject *t = NULL;
+	uint64_t ns;
+	int bad, rc;
+
+	if (!PyArg_ParseTuple(args, "|O:run", &t))
+		return NULL;
+	ns = timeout_arg(t, &bad);
+	if (bad)
+		return NULL;
+	rc = ctx_run_until(c, NULL, 0, ns);
+	if (rc < 0)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+/* call_soon(fn): run fn() on the loop's thread at its next turn.  Thread-safe. */
+static PyObject *ctx_call_soon(PyObject *o, PyObject *fn)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	if (ctx_check(c))
+		return NULL;
+	if (!PyCallable_Check(fn)) {
+		PyErr_SetString(PyExc_TypeError, "call_soon: not callable");
+		return NULL;
+	}
+	if (PyList_Append(c->soon, fn))
+		return NULL;
+	uv_async_send(&c->async);
+	Py_RETURN_NONE;
+}
+
+static PyObject *ctx_stop(PyObject *o, PyObject *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	(void)unused;
+	c->stop = 1;
+	if (c->closed)
+		Py_RETURN_NONE;
+	if (c->owner == PyThread_get_thread_ident())
+		tern_ctx_stop(c->ctx);
+	else
+		uv_async_send(&c->async); /* thread-safe: wakes a sleeping loop */
+	Py_RETURN_NONE;
+}
+
+static PyObject *ctx_wait(PyObject *o, PyObject *args)
+{
+	CtxObject *c = (CtxObject *)o;
+	PyObject *seq, *fast, *t = NULL;
+	uint64_t ns;
+	int bad, rc;
+
+	if (!PyArg_ParseTuple(args, "O|O:wait", &seq, &t))
+		return NULL;
+	ns = timeout_arg(t, &bad);
+	if (bad)
+		return NULL;
+	fast = PySequence_Fast(seq, "wait: a sequence of futures");
+	if (!fast)
+		return NULL;
+	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+		PyObject *f = PySequence_Fast_GET_ITEM(fast, i);
+
+		if (!PyObject_TypeCheck(f, &FutureType) || ((FutureObject *)f)->c != c) {
+			Py_DECREF(fast);
+			PyErr_SetString(PyExc_TypeError, "wait: futures of this context only");
+			return NULL;
+		}
+	}
+	if (PySequence_Fast_GET_SIZE(fast) == 0) {
+		Py_DECREF(fast);
+		Py_RETURN_TRUE;
+	}
+	rc = ctx_run_until(c, PySequence_Fast_ITEMS(fast), PySequence_Fast_GET_SIZE(fast), ns);
+	Py_DECREF(fast);
+	if (rc < 0)
+		return NULL;
+	return PyBool_FromLong(rc);
+}
+
+static PyObject *session_make(CtxObject *c, tern_session *s);
+
+static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"uri", "services", "opts", "timeout_ms", NULL};
+	CtxObject *c = (CtxObject *)o;
+	PyObject *services = NULL, *opts = NULL, *fast = NULL, *r;
+	struct tern_service_ref refs[64];
+	struct tern_session_opts so;
+	unsigned int timeout_ms = 10000;
+	const char *uri;
+	tern_session *s = NULL;
+	Py_ssize_t n = 0;
+	int rc;
+
+	if (ctx_check(c) ||
+	    !PyArg_ParseTupleAndKeywords(args, kw, "s|OOI:connect", kwlist, &uri, &services, &opts,
+					 &timeout_ms) ||
+	    session_opts_parse(opts, &so))
+		return NULL;
+	if (services && services != Py_None) {
+		fast = PySequence_Fast(services, "services: a sequence of (name, hash)");
+		if (!fast)
+			return NULL;
+		n = PySequence_Fast_GET_SIZE(fast);
+		if (n > 64) {
+			Py_DECREF(fast);
+			PyErr_SetString(PyExc_ValueError, "at most 64 services");
+			return NULL;
+		}
+		for (Py_ssize_t i = 0; i < n; i++) {
+			unsigned long long h;
+
+			if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sK",
+					      &refs[i].name, &h)) {
+				Py_DECREF(fast);
+				return NULL;
+			}
+			refs[i].schema_hash = h;
+		}
+		so.services = refs;
+		so.nservices = (uint32_t)n;
+	}
+	so.on_close = on_session_close;
+	c->ts = PyEval_SaveThread();
+	rc = tern_connect_sync(c->ctx, uri, &so, timeout_ms, &s);
+	PyEval_RestoreThread(c->ts);
+	c->ts = NULL;
+	Py_XDECREF(fast);
+	if (rc)
+		return raise_ctx(c, rc);
+	r = session_make(c, s);
+	if (!r)
+		tern_session_close(s, NULL);
+	return r;
+}
+
+static PyMethodDef ctx_methods[] = {
+	{"register", (PyCFunction)(void (*)(void))ctx_register, METH_VARARGS | METH_KEYWORDS,
+	 "register(method_id, kind, fn, batch_max=0, wait_us=0)"},
+	{"service_register", ctx_service_register, METH_VARARGS, "service_register(name, hash)"},
+	{"listen", ctx_listen, METH_VARARGS, "listen(uri, opts=None) -> the URI to connect to"},
+	{"connect", (PyCFunction)(void (*)(void))ctx_connect, METH_VARARGS | METH_KEYWORDS,
+	 "connect(uri, services=None, opts=None, timeout_ms=10000) -> Session"},
+	{"run", ctx_run, METH_VARARGS,
+	 "run(timeout=None): serve until stop(), the timeout or a signal"},
+	{"stop", ctx_stop, METH_NOARGS, "make run() return"},
+	{"call_soon", ctx_call_soon, METH_O,
+	 "call_soon(fn): run fn() on the loop's thread (thread-safe)"},
+	{"wait", ctx_wait, METH_VARARGS, "wait(futures, timeout=None) -> True when all are done"},
+	{"close", ctx_close, METH_NOARGS, "close every session and listener, free the context"},
+	{NULL},
+};
+
+static PyObject *ctx_get_held(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromLong(((CtxObject *)o)->held);
+}
+
+static PyObject *ctx_get_peers_closed(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromLong(((CtxObject *)o)->peers_closed);
+}
+
+static PyObject *ctx_get_closed(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(((CtxObject *)o)->closed);
+}
+
+static PyObject *ctx_get_last_error(PyObject *o, void *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	(void)unused;
+	return PyUnicode_FromString(c->ctx ? tern_ctx_last_error(c->ctx) : "");
+}
+
+static PyGetSetDef ctx_getset[] = {
+	{"held_replies", ctx_get_held, NULL, "replies waiting for views to be released", NULL},
+	{"closed", ctx_get_closed, NULL, "True once closed", NULL},
+	{"peers_closed", ctx_get_peers_closed, NULL, "accepted sessions that have ended", NULL},
+	{"last_error", ctx_get_last_error, NULL, "tern_ctx_last_error()", NULL},
+	{NULL},
+};
+
+static PyTypeObject CtxType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.Context",
+	.tp_basicsize = sizeof(CtxObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+	.tp_doc = "Context(progress=0): a tern context on its own libuv loop.",
+	.tp_new = ctx_new,
+	.tp_dealloc = ctx_dealloc,
+	.tp_traverse = ctx_traverse,
+	.tp_clear = ctx_clear,
+	.tp_methods = ctx_methods,
+	.tp_getset = ctx_getset,
+};
+
+/* ---- Session -------------------------------------------------------------------- */
+
+static void on_session_close(tern_session *s, int reason)
+{
+	SessionObject *so = tern_session_data(s);
+
+	if (!so) {
+		/* an accepted session (or a client one already detached) */
+		CtxObject *c = tern_ctx_data(tern_session_ctx(s));
+
+		if (c)
+			c->peers_closed++;
+		return;
+	}
+	{
+		so->s = NULL;
+		so->close_reason = reason ? reason : -ECONNRESET;
+	}
+}
+
+static void session_detach(SessionObject *so)
+{
+	if (so->s) {
+		tern_session_set_data(so->s, NULL);
+		tern_session_close(so->s, NULL);
+		so->s = NULL;
+		so->close_reason = -ECANCELED;
+	}
+}
+
+/* The context is going: every session handle is about to be freed. */
+static void sessions_forget(CtxObject *c)
+{
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(c->sessions); i++) {
+		PyObject *so = PyWeakref_GetObject(PyList_GET_ITEM(c->sessions, i));
+
+		if (so != Py_None && ((SessionObject *)so)->s) {
+			tern_session_set_data(((SessionObject *)so)->s, NULL);
+			((SessionObject *)so)->s = NULL;
+			((SessionObject *)so)->close_reason = -ECANCELED;
+		}
+	}
+	PyList_SetSlice(c->sessions, 0, PyList_GET_SIZE(c->sessions), NULL);
+}
+
+static PyObject *session_make(CtxObject *c, tern_session *s)
+{
+	SessionObject *so = PyObject_New(SessionObject, &SessionType);
+	PyObject *w;
+
+	if (!so)
+		return NULL;
+	so->c = c;
+	Py_INCREF(c);
+	so->s = s;
+	so->close_reason = 0;
+	so->weakrefs = NULL;
+	so->max_payload = tern_session_max_payload(s);
+	tern_session_set_data(s, so);
+	w = PyWeakref_NewRef((PyObject *)so, NULL);
+	if (!w || PyList_Append(c->sessions, w)) {
+		Py_XDECREF(w);
+		tern_session_set_data(s, NULL);
+		so->s = NULL;
+		Py_DECREF(so);
+		return NULL;
+	}
+	Py_DECREF(w);
+	return (PyObject *)so;
+}
+
+static int session_live(SessionObject *so)
+{
+	if (so->c->closed || !so->s) {
+		raise_code(so->close_reason ? so->close_reason : -ENOTCONN,
+			   so->close_reason == -ECANCELED ? "the session was closed"
+							  : "the session is gone");
+		return -1;
+	}
+	return 0;
+}
+
+static void on_reply(tern_session *s, int status, const void *reply, size_t len, void *user)
+{
+	FutureObject *f = user;
+	CtxObject *c = f->c;
+	PyThreadState *t = ctx_enter(c);
+
+	(void)s;
+	f->status = status;
+	if (status == 0) {
+		f->reply = PyBytes_FromStringAndSize(reply, (Py_ssize_t)len);
+	} else {
+		size_t n = reply ? strnlen(reply, len) : 0;
+
+		f->reply = PyUnicode_DecodeUTF8(reply ? reply : "", (Py_ssize_t)n, "replace");
+	}
+	if (!f->reply) {
+		PyErr_Clear();
+		f->status = status ? status : -ENOMEM;
+	}
+	if (f->has_req) {
+		PyBuffer_Release(&f->req);
+		f->has_req = false;
+	}
+	f->done = 1;
+	Py_DECREF(f);
+	ctx_leave(c, t);
+}
+
+static PyObject *session_call(PyObject *o, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"method_id", "data", "timeout_ms", "decode", NULL};
+	SessionObject *so = (SessionObject *)o;
+	struct tern_call_opts co = {.size = sizeof(co)};
+	unsigned long id;
+	unsigned int timeout_ms = 0;
+	PyObject *decode = NULL, *data = NULL;
+	FutureObject *f;
+	int rc;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "k|OIO:call", kwlist, &id, &data, &timeout_ms,
+					 &decode))
+		return NULL;
+	f = PyObject_GC_New(FutureObject, &FutureType);
+	if (!f)
+		return NULL;
+	f->c = so->c;
+	Py_INCREF(so->c);
+	f->done = 0;
+	f->status = 0;
+	f->reply = NULL;
+	f->decode = decode && decode != Py_None ? decode : NULL;
+	Py_XINCREF(f->decode);
+	f->has_req = false;
+	PyObject_GC_Track(f);
+	if (data && data != Py_None) {
+		if (PyObject_GetBuffer(data, &f->req, PyBUF_SIMPLE)) {
+			Py_DECREF(f);
+			return NULL;
+		}
+		f->has_req = true;
+	}
+	if (session_live(so)) {
+		Py_DECREF(f);
+		return NULL;
+	}
+	co.timeout_ms = timeout_ms;
+	Py_INCREF(f); /* the call's reference, dropped by on_reply */
+	rc = tern_call(so->s, (uint32_t)id, f->has_req ? f->req.buf : "",
+		       f->has_req ? (size_t)f->req.len : 0, on_reply, f, &co);
+	if (rc) {
+		Py_DECREF(f);
+		Py_DECREF(f);
+		return raise_ctx(so->c, rc);
+	}
+	return (PyObject *)f;
+}
+
+/* send(method_id, data, timeout_ms=0): one way; waits for a credit if needed. */
+static PyObject *session_send(PyObject *o, PyObject *args)
+{
+	SessionObject *so = (SessionObject *)o;
+	CtxObject *c = so->c;
+	unsigned long id;
+	unsigned int timeout_ms = 0;
+	uint64_t end;
+	Py_buffer b;
+	int rc;
+
+	if (!PyArg_ParseTuple(args, "ky*|I:send", &id, &b, &timeout_ms))
+		return NULL;
+	end = timeout_ms ? now_ns() + (uint64_t)timeout_ms * 1000000ull : UINT64_MAX;
+	for (;;) {
+		uint64_t t;
+
+		if (session_live(so)) {
+			PyBuffer_Release(&b);
+			return NULL;
+		}
+		rc = tern_send(so->s, (uint32_t)id, b.buf, (size_t)b.len, NULL, NULL);
+		if (rc != -EAGAIN)
+			break;
+		t = now_ns();
+		if (t >= end)
+			break;
+		if (c->depth) {
+			break; /* cannot run the loop from a handler */
+		}
+		c->ts = PyEval_SaveThread();
+		rc = tern_session_wait_writable(
+			so->s, (uint32_t)((end - t > SLICE_NS ? SLICE_NS : end - t) / 1000000 + 1));
+		PyEval_RestoreThread(c->ts);
+		c->ts = NULL;
+		if (PyErr_CheckSignals()) {
+			PyBuffer_Release(&b);
+			return NULL;
+		}
+		if (rc && rc != -ETIMEDOUT) {
+			if (!so->s)
+				continue; /* session_live() raises */
+			break;
+		}
+	}
+	PyBuffer_Release(&b);
+	if (rc == -EAGAIN && !c->depth)
+		rc = -ETIMEDOUT; /* waited for a credit until the timeout */
+	if (rc)
+		return raise_ctx(c, rc);
+	Py_RETURN_NONE;
+}
+
+static PyObject *session_drain(PyObject *o, PyObject *args)
+{
+	SessionObject *so = (SessionObject *)o;
+	CtxObject *c = so->c;
+	unsigned int timeout_ms = 0;
+	int rc;
+
+	if (!PyArg_ParseTuple(args, "|I:drain", &timeout_ms) || session_live(so))
+		return NULL;
+	if (c->depth) {
+		PyErr_SetString(PyExc_RuntimeError, "tern: cannot drain inside a handler");
+		return NULL;
+	}
+	c->ts = PyEval_SaveThread();
+	rc = tern_session_drain(so->s, timeout_ms);
+	PyEval_RestoreThread(c->ts);
+	c->ts = NULL;
+	if (rc)
+		return raise_ctx(c, rc);
+	Py_RETURN_NONE;
+}
+
+static PyObject *session_close(PyObject *o, PyObject *unused)
+{
+	SessionObject *so = (SessionObject *)o;
+
+	(void)unused;
+	if (!so->c->closed)
+		session_detach(so);
+	Py_RETURN_NONE;
+}
+
+static PyObject *session_counters(PyObject *o, PyObject *unused)
+{
+	SessionObject *so = (SessionObject *)o;
+	struct tern_session_counters k;
+
+	(void)unused;
+	if (session_live(so))
+		return NULL;
+	tern_session_counters(so->s, &k);
+	return Py_BuildValue(
+		"{sKsKsKsKsKsKsKsKsKsKsKsK}", "calls_sent", (unsigned long long)k.calls_sent,
+		"calls_completed", (unsigned long long)k.calls_completed, "calls_served",
+		(unsigned long long)k.calls_served, "bytes_sent", (unsigned long long)k.bytes_sent,
+		"bytes_received", (unsigned long long)k.bytes_received, "credit_stalls",
+		(unsigned long long)k.credit_stalls, "timeouts", (unsigned long long)k.timeouts,
+		"errors", (unsigned long long)k.errors, "late_replies",
+		(unsigned long long)k.late_replies, "protocol_errors",
+		(unsigned long long)k.protocol_errors, "oneway_sent",
+		(unsigned long long)k.oneway_sent, "oneway_received",
+		(unsigned long long)k.oneway_received);
+}
+
+static PyObject *session_get_max_payload(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromSize_t(((SessionObject *)o)->max_payload);
+}
+
+static PyObject *session_get_open(PyObject *o, void *unused)
+{
+	SessionObject *so = (SessionObject *)o;
+
+	(void)unused;
+	return PyBool_FromLong(so->s && !so->c->closed && tern_session_is_ready(so->s));
+}
+
+static PyObject *session_get_peer(PyObject *o, void *unused)
+{
+	SessionObject *so = (SessionObject *)o;
+
+	(void)unused;
+	if (session_live(so))
+		return NULL;
+	return PyUnicode_FromString(tern_session_peer(so->s));
+}
+
+static void session_dealloc(PyObject *o)
+{
+	SessionObject *so = (SessionObject *)o;
+
+	if (so->weakrefs)
+		PyObject_ClearWeakRefs(o);
+	if (!so->c->closed)
+		session_detach(so);
+	Py_DECREF(so->c);
+	PyObject_Free(o);
+}
+
+static PyMethodDef session_methods[] = {
+	{"call", (PyCFunction)(void (*)(void))session_call, METH_VARARGS | METH_KEYWORDS,
+	 "call(method_id, data=None, timeout_ms=0, decode=None) -> Future"},
+	{"send", session_send, METH_VARARGS, "send(method_id, data, timeout_ms=0): one way"},
+	{"drain", session_drain, METH_VARARGS,
+	 "drain(timeout_ms=0): wait until the peer consumed all"},
+	{"close", session_close, METH_NOARGS, "close the session"},
+	{"counters", session_counters, METH_NOARGS, "the session's counters"},
+	{NULL},
+};
+
+static PyGetSetDef session_getset[] = {
+	{"max_payload", session_get_max_payload, NULL, "the largest message in one slot", NULL},
+	{"open", session_get_open, NULL, "True while connected", NULL},
+	{"peer", session_get_peer, NULL, "the peer's URI", NULL},
+	{NULL},
+};
+
+static PyTypeObject SessionType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.Session",
+	.tp_basicsize = sizeof(SessionObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "A client session, made by Context.connect().",
+	.tp_dealloc = session_dealloc,
+	.tp_weaklistoffset = offsetof(SessionObject, weakrefs),
+	.tp_methods = session_methods,
+	.tp_getset = session_getset,
+};
+
+/* ---- Future ----------------------------------------------------------------------- */
+
+static PyObject *fut_wait(PyObject *o, PyObject *args)
+{
+	FutureObject *f = (FutureObject *)o;
+	PyObject *t = NULL, *one[1] = {o};
+	uint64_t ns;
+	int bad, rc;
+
+	if (!PyArg_ParseTuple(args, "|O:wait", &t))
+		return NULL;
+	if (f->done)
+		Py_RETURN_TRUE;
+	ns = timeout_arg(t, &bad);
+	if (bad)
+		return NULL;
+	rc = ctx_run_until(f->c, one, 1, ns);
+	if (rc < 0)
+		return NULL;
+	return PyBool_FromLong(rc);
+}
+
+static PyObject *fut_result(PyObject *o, PyObject *args)
+{
+	FutureObject *f = (FutureObject *)o;
+	PyObject *r = fut_wait(o, args);
+
+	if (!r)
+		return NULL;
+	Py_DECREF(r);
+	if (!f->done)
+		return raise_code(-ETIMEDOUT, "the call is not done (wait timed out)");
+	if (f->status) {
+		const char *m =
+			f->reply && PyUnicode_Check(f->reply) ? PyUnicode_AsUTF8(f->reply) : "";
+		return raise_code(f->status, m);
+	}
+	if (f->decode)
+		return PyObject_CallFunctionObjArgs(f->decode, f->reply, NULL);
+	Py_INCREF(f->reply);
+	return f->reply;
+}
+
+static PyObject *fut_done(PyObject *o, PyObject *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(((FutureObject *)o)->done);
+}
+
+static PyObject *fut_get_status(PyObject *o, void *unused)
+{
+	FutureObject *f = (FutureObject *)o;
+
+	(void)unused;
+	if (!f->done)
+		Py_RETURN_NONE;
+	return PyLong_FromLong(f->status);
+}
+
+static PyObject *fut_get_ctx(PyObject *o, void *unused)
+{
+	(void)unused;
+	Py_INCREF(((FutureObject *)o)->c);
+	return (PyObject *)((FutureObject *)o)->c;
+}
+
+static int fut_traverse(PyObject *o, visitproc visit, void *arg)
+{
+	FutureObject *f = (FutureObject *)o;
+
+	Py_VISIT(f->decode);
+	return 0;
+}
+
+static void fut_dealloc(PyObject *o)
+{
+	FutureObject *f = (FutureObject *)o;
+
+	PyObject_GC_UnTrack(o);
+	if (f->has_req)
+		PyBuffer_Release(&f->req);
+	Py_XDECREF(f->reply);
+	Py_XDECREF(f->decode);
+	Py_XDECREF(f->c);
+	PyObject_GC_Del(o);
+}
+
+static PyMethodDef fut_methods[] = {
+	{"wait", fut_wait, METH_VARARGS, "wait(timeout=None) -> True once done"},
+	{"result", fut_result, METH_VARARGS,
+	 "result(timeout=None): the reply, or raise the call's error"},
+	{"done", fut_done, METH_NOARGS, "True once the call finished"},
+	{NULL},
+};
+
+static PyGetSetDef fut_getset[] = {
+	{"status", fut_get_status, NULL, "0 or the negative error code; None while running", NULL},
+	{"context", fut_get_ctx, NULL, "the context the call runs on", NULL},
+	{NULL},
+};
+
+static PyTypeObject FutureType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.Future",
+	.tp_basicsize = sizeof(FutureObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+	.tp_doc = "A call in flight: wait(timeout), result(timeout), done().",
+	.tp_dealloc = fut_dealloc,
+	.tp_traverse = fut_traverse,
+	.tp_methods = fut_methods,
+	.tp_getset = fut_getset,
+};
+
+/* ---- module ------------------------------------------------------------------------- */
+
+static PyObject *mod_set_error_factory(PyObject *m, PyObject *fn)
+{
+	(void)m;
+	Py_XDECREF(error_factory);
+	error_factory = fn;
+	Py_INCREF(fn);
+	Py_RETURN_NONE;
+}
+
+static PyObject *mod_strerror(PyObject *m, PyObject *args)
+{
+	int code;
+
+	(void)m;
+	if (!PyArg_ParseTuple(args, "i:strerror", &code))
+		return NULL;
+	return Py_BuildValue("(ss)", tern_err_name(code), tern_strerror(code));
+}
+
+static PyMethodDef mod_methods[] = {
+	{"_set_error_factory", mod_set_error_factory, METH_O, NULL},
+	{"strerror", mod_strerror, METH_VARARGS, "strerror(code) -> (name, message)"},
+	{NULL},
+};
+
+static struct PyModuleDef tern_module = {
+	PyModuleDef_HEAD_INIT,
+	.m_name = "tern._tern",
+	.m_doc = "The C half of tern's Python bindings.",
+	.m_size = -1,
+	.m_methods = mod_methods,
+};
+
+PyMODINIT_FUNC PyInit__tern(void);
+
+PyMODINIT_FUNC PyInit__tern(void)
+{
+	PyTypeObject *types[] = {&CtxType,     &ViewType,   &RequestType,
+				 &SessionType, &FutureType, &BatchType};
+	PyObject *m;
+
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		if (PyType_Ready(types[i]))
+			return NULL;
+	m = PyModule_Create(&tern_module);
+	if (!m)
+		return NULL;
+	if (PyModule_AddObjectRef(m, "Context", (PyObject *)&CtxType) ||
+	    PyModule_AddObjectRef(m, "SlotView", (PyObject *)&ViewType) ||
+	    PyModule_AddObjectRef(m, "Request", (PyObject *)&RequestType) ||
+	    PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) ||
+	    PyModule_AddObjectRef(m, "Future", (PyObject *)&FutureType) ||
+	    PyModule_AddObjectRef(m, "Batch", (PyObject *)&BatchType) ||
+	    PyModule_AddIntConstant(m, "PROGRESS_BUSY", TERN_PROGRESS_BUSY) ||
+	    PyModule_AddIntConstant(m, "PROGRESS_EVENT", TERN_PROGRESS_EVENT) ||
+	    PyModule_AddIntConstant(m, "PROGRESS_ADAPTIVE", TERN_PROGRESS_ADAPTIVE) ||
+	    PyModule_AddIntConstant(m, "ENOMETHOD", TERN_ENOMETHOD) ||
+	    PyModule_AddIntConstant(m, "ENOSERVICE", TERN_ENOSERVICE) ||
+	    PyModule_AddIntConstant(m, "ESCHEMA", TERN_ESCHEMA) ||
+	    PyModule_AddIntConstant(m, "EVERSION", TERN_EVERSION) ||
+	    PyModule_AddIntConstant(m, "EGEOMETRY", TERN_EGEOMETRY) ||
+	    PyModule_AddIntConstant(m, "EREMOTE", TERN_EREMOTE) ||
+	    PyModule_AddIntConstant(m, "EPEER", TERN_EPEER) ||
+	    PyModule_AddStringConstant(m, "version", tern_version_string())) {
+		Py_DECREF(m);
+		return NULL;
+	}
+	return m;
+}

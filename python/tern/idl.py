@@ -1,0 +1,221 @@
+# SPDX-License-Identifier: MIT
+"""Typed messages and services from a .tern file.
+
+``load_idl(path)`` parses the file with tern-gen's own parser (imported as
+``tern.tern_gen``), so method ids and schema hashes are the C generator's.
+It returns an ``Idl`` whose attributes are one class per message and one per
+service.  A message object reads and writes its fields in place, in
+whatever buffer it wraps: its own bytearray when you construct one, or a
+slot when tern hands it to a handler (``Msg.view(buffer)``).
+"""
+import struct
+import sys
+
+from . import tern_gen
+
+_FMT = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i8": "b", "i16": "h",
+        "i32": "i", "i64": "q", "f32": "f", "f64": "d"}
+_LITTLE = sys.byteorder == "little"
+
+
+class Message:
+    """Base of the message classes load_idl makes; fields are properties."""
+
+    __slots__ = ("_buf",)
+    _size = 0
+    _fields = ()
+    _tail = None
+
+    def __init__(self, *args, **fields):
+        if args:
+            raise TypeError(f"{type(self).__name__}() takes keyword arguments only")
+        tail = b""
+        if self._tail is not None and self._tail in fields:
+            tail = bytes(fields.pop(self._tail))
+        self._buf = bytearray(self._size + len(tail))
+        if tail:
+            self._buf[self._size:] = tail
+        for k, v in fields.items():
+            if k not in self._fields:
+                raise TypeError(f"{type(self).__name__} has no field {k!r}")
+            setattr(self, k, v)
+
+    @classmethod
+    def view(cls, buf):
+        """A message over ``buf`` (any buffer), read (and written) in place."""
+        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        n = mv.nbytes
+        if n != cls._size and not (cls._tail is not None and n >= cls._size):
+            want = f"at least {cls._size}" if cls._tail is not None else str(cls._size)
+            raise ValueError(f"{cls.__name__}: {n} bytes, expected {want}")
+        m = object.__new__(cls)
+        m._buf = mv
+        return m
+
+    @property
+    def buffer(self):
+        """The bytes the message lives in (a bytearray or a memoryview)."""
+        return self._buf
+
+    def __bytes__(self):
+        return bytes(self._buf)
+
+    def __len__(self):
+        return len(self._buf)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return bytes(self._buf) == bytes(other._buf)
+
+    __hash__ = None
+
+    def __repr__(self):
+        parts = []
+        for f in self._fields:
+            v = getattr(self, f)
+            if isinstance(v, memoryview):
+                v = v.tolist() if v.ndim else bytes(v)
+            parts.append(f"{f}={v!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _scalar(off, fmt):
+    s = struct.Struct("<" + fmt)
+
+    def get(self):
+        return s.unpack_from(self._buf, off)[0]
+
+    def put(self, v):
+        s.pack_into(self._buf, off, v)
+    return property(get, put)
+
+
+def _array(off, fmt, count):
+    s = struct.Struct(f"<{count}{fmt}")
+    size = s.size
+
+    def get(self):
+        if _LITTLE:
+            # in place: numpy.frombuffer(msg.field, ...) makes no copy
+            return memoryview(self._buf)[off:off + size].cast(fmt)
+        return s.unpack_from(self._buf, off)
+
+    def put(self, v):
+        try:
+            mv = memoryview(v)
+        except TypeError:
+            mv = None
+        if _LITTLE and mv is not None and mv.nbytes == size and mv.format in (fmt, "<" + fmt):
+            memoryview(self._buf)[off:off + size] = mv.cast("B")
+            return
+        vals = list(v)
+        if len(vals) != count:
+            raise ValueError(f"{count} values expected, got {len(vals)}")
+        s.pack_into(self._buf, off, *vals)
+    return property(get, put)
+
+
+def _tail_field(off):
+    def get(self):
+        return memoryview(self._buf)[off:]
+
+    def put(self, v):
+        raise AttributeError("the trailing bytes are set at construction")
+    return property(get, put)
+
+
+def message_class(msg):
+    """A Message subclass for a tern_gen message."""
+    ns = {"__slots__": (), "_size": msg.size, "_tail": None,
+          "_fields": tuple(f.name for f in msg.fields), "__module__": "tern.idl"}
+    for f in msg.fields:
+        if f.is_tail:
+            ns["_tail"] = f.name
+            ns[f.name] = _tail_field(f.offset)
+        elif f.count:
+            ns[f.name] = _array(f.offset, _FMT[f.type], f.count)
+        else:
+            ns[f.name] = _scalar(f.offset, _FMT[f.type])
+    return type(msg.name, (Message,), ns)
+
+
+class MethodSpec:
+    """One method: its id, kind and request and reply types."""
+
+    def __init__(self, service, name, kind, req=None, resp=None, batch=None):
+        self.service = service
+        self.name = name
+        self.id = tern_gen.method_id(service, name)
+        self.kind = kind        # raw inplace deferred oneway batch oneway-batch
+        self.req = req          # a Message class, or None for bytes
+        self.resp = resp
+        self.batch = batch      # (max, wait_us) or None
+
+    @property
+    def oneway(self):
+        return self.kind in ("oneway", "oneway-batch")
+
+    def __repr__(self):
+        return f"<method {self.service}.{self.name} 0x{self.id:08x} {self.kind}>"
+
+
+class ServiceSpec:
+    """A service: name, schema hash and text, methods by name."""
+
+    def __init__(self, name, schema_hash, schema_text, methods):
+        self.name = name
+        self.schema_hash = schema_hash
+        self.schema_text = schema_text
+        self.methods = methods
+
+    def __repr__(self):
+        return f"<service {self.name} schema {self.schema_hash:016x}>"
+
+
+def _spec_from_schema(schema, svc, classes):
+    methods = {}
+    for m in schema.service(svc).methods:
+        kind = m.schema_kind
+        batch = (m.batch[0], m.batch[1]) if m.batch else None
+        req = classes.get(m.req) if m.req != "bytes" else None
+        resp = classes.get(m.resp) if m.resp not in (None, "bytes") else None
+        methods[m.name] = MethodSpec(svc, m.name, kind, req, resp, batch)
+    return ServiceSpec(svc, tern_gen.schema_hash(schema, svc),
+                       tern_gen.schema_text(schema, svc), methods)
+
+
+class Idl:
+    """What a .tern file declares: message and service classes as attributes."""
+
+    def __init__(self, schema, path):
+        self.path = path
+        self.schema = schema
+        self.messages = {n: message_class(m) for n, m in schema.messages.items()}
+        self.services = {}
+        for name, cls in self.messages.items():
+            setattr(self, name, cls)
+        for svc in (s.name for s in schema.services):
+            spec = _spec_from_schema(schema, svc, self.messages)
+            base = type(svc, (), {"__tern_service__": spec, "__module__": "tern.idl",
+                                  "__doc__": f"Service {svc} of {path}: subclass it "
+                                             "and decorate its methods with @tern.method"})
+            self.services[svc] = base
+            setattr(self, svc, base)
+
+    def __repr__(self):
+        return f"<tern IDL {self.path}: {', '.join(self.services)}>"
+
+
+def load_idl(path):
+    """Parse a .tern file; raises tern.tern_gen.IdlError ("file:line:col: ...")."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return Idl(tern_gen.parse(text, str(path)), str(path))
+
+
+def parse_idl(text, filename="<string>"):
+    """Like load_idl, from the text of a .tern file."""
+    return Idl(tern_gen.parse(text, filename), filename)

@@ -1,0 +1,407 @@
+# SPDX-License-Identifier: MIT
+"""The Python API against Python servers: kinds, views, errors, timeouts."""
+import errno
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import tern
+from conftest import HERE, listen_uri
+
+np = pytest.importorskip("numpy")
+
+
+class Kinds:
+    """Every kind, bytes in and out."""
+    service_name = "Kinds"
+
+    def __init__(self):
+        self.oneway = []
+        self.batches = []
+        self.deferred = []
+        self.kept = []
+
+    @tern.method
+    def upper(self, req):
+        assert isinstance(req, memoryview) and req.readonly
+        return bytes(req).upper()
+
+    @tern.method(inplace=True)
+    def scale(self, req, out):
+        # f32 in, 2 * it out, written in the send slot: no copy by tern
+        x = np.frombuffer(req, dtype=np.float32)
+        y = np.frombuffer(out, dtype=np.float32, count=x.size)
+        assert not x.flags.writeable and y.flags.writeable
+        assert isinstance(memoryview(req).obj, tern.SlotView)
+        np.multiply(x, 2, out=y)
+        return x.nbytes
+
+    @tern.method(deferred=True)
+    def later(self, req, reply):
+        self.deferred.append((bytes(req), reply))
+
+    @tern.method(oneway=True)
+    def note(self, req):
+        self.oneway.append(bytes(req))
+
+    @tern.method(batch=(8, 5000))
+    def square(self, batch):
+        self.batches.append(len(batch))
+        return [int.to_bytes(int.from_bytes(batch[i], "little") ** 2, 8, "little")
+                for i in range(len(batch))]
+
+    @tern.method(raw=True)
+    def fail(self, req):
+        what = bytes(req)
+        if what == b"value":
+            raise ValueError("no such thing")
+        if what == b"oserror":
+            raise PermissionError(errno.EACCES, "not yours")
+        raise tern.RemoteError(errno.ENOSPC, "full")
+
+    @tern.method
+    def keep(self, req):
+        self.kept.append(req)  # the view outlives the handler
+        return b"kept"
+
+    @tern.method
+    def grab(self, req):
+        self.kept.append(req.obj)  # the SlotView behind the memoryview
+        return str(len(req)).encode()
+
+    @tern.method
+    def keep_array(self, req):
+        self.kept.append(np.frombuffer(req, dtype=np.uint8))  # an export of the slot
+        return b"held"
+
+
+@pytest.fixture
+def kinds(serve_thread):
+    svc = Kinds()
+    srv = serve_thread(svc)
+    p = tern.proxy(srv.uri, Kinds, timeout=20)
+    yield svc, srv, p
+    p.close()
+
+
+def test_raw(kinds):
+    _, _, p = kinds
+    assert p.upper(b"hello").result() == b"HELLO"
+    assert p.upper().result() == b""
+
+
+def test_inplace_echo_numpy(kinds):
+    _, _, p = kinds
+    x = np.arange(1000, dtype=np.float32) / 7
+    got = np.frombuffer(p.scale(x).result(), dtype=np.float32)
+    assert np.array_equal(got, 2 * x)
+
+
+def test_deferred_answered_later(kinds):
+    svc, srv, p = kinds
+    futs = [p.later(bytes([i])) for i in range(5)]
+    assert not tern.wait_all(futs, 0.2)  # nobody answered yet
+    srv.on_loop(lambda: [reply.reply(data * 3) for data, reply in svc.deferred])
+    assert tern.wait_all(futs, 10)
+    assert [f.result() for f in futs] == [bytes([i]) * 3 for i in range(5)]
+
+
+def test_deferred_error_and_acquire(kinds):
+    svc, srv, p = kinds
+    f1, f2 = p.later(b"a"), p.later(b"b")
+    while len(svc.deferred) < 2:
+        f1.wait(0.01)  # runs the client's loop: the calls go out
+    (_, r1), (_, r2) = svc.deferred
+
+    def answer():
+        r1.error(errno.EIO, "disk on fire")
+        out = r2.acquire()
+        out[:3] = b"xyz"
+        r2.commit(3)
+    srv.on_loop(answer)
+    with pytest.raises(tern.RemoteError) as e:
+        f1.result(10)
+    assert (e.value.code, e.value.message) == (-errno.EIO, "disk on fire")
+    assert f2.result(10) == b"xyz"
+    with pytest.raises(ValueError):
+        srv.on_loop(lambda: r2.reply(b"again"))  # answered already
+    with pytest.raises(RuntimeError, match="call_soon"):
+        r2.reply(b"from the wrong thread")
+
+
+def test_oneway_in_order(kinds):
+    svc, _, p = kinds
+    for i in range(300):
+        p.note(i.to_bytes(2, "little"))
+    p.drain(20)
+    assert svc.oneway == [i.to_bytes(2, "little") for i in range(300)]
+
+
+def test_batch(kinds):
+    svc, _, p = kinds
+    futs = [p.square(i.to_bytes(8, "little")) for i in range(64)]
+    assert tern.wait_all(futs, 20)
+    assert [int.from_bytes(f.result(), "little") for f in futs] == [i * i for i in range(64)]
+    assert sum(svc.batches) == 64 and max(svc.batches) > 1 and max(svc.batches) <= 8
+
+
+def test_handler_exceptions_reach_the_caller(kinds):
+    _, _, p = kinds
+    with pytest.raises(tern.RemoteError) as e:
+        p.fail(b"value").result()
+    assert e.value.code == tern._tern.EREMOTE
+    assert e.value.message == "ValueError: no such thing"
+    with pytest.raises(tern.RemoteError) as e:
+        p.fail(b"oserror").result()
+    assert e.value.code == -errno.EACCES
+    with pytest.raises(tern.RemoteError) as e:
+        p.fail(b"rpc").result()
+    assert (e.value.code, e.value.message) == (-errno.ENOSPC, "full")
+
+
+def test_view_used_after_release_raises(kinds):
+    svc, _, p = kinds
+    assert p.keep(b"abc").result() == b"kept"
+    mv = svc.kept.pop()
+    with pytest.raises(ValueError):
+        bytes(mv)  # released when the handler returned
+    with pytest.raises(ValueError):
+        mv.obj
+
+
+def test_slotview_refuses_new_exports_after_release(kinds):
+    svc, _, p = kinds
+    assert p.grab(b"xyz").result() == b"3"
+    sv = svc.kept.pop()
+    assert isinstance(sv, tern.SlotView) and sv.released
+    with pytest.raises(BufferError):
+        memoryview(sv)
+    with pytest.raises(BufferError):
+        np.frombuffer(sv, dtype=np.uint8)
+    with pytest.raises(ValueError):
+        len(sv)
+
+
+def test_kept_numpy_array_holds_the_reply(kinds):
+    svc, srv, p = kinds
+    f = p.keep_array(b"\x01\x02\x03")
+    assert not f.wait(0.5)  # the array still reads the request's slot
+    assert srv.srv.held_replies == 1
+    arr = svc.kept.pop()
+    assert bytes(arr) == b"\x01\x02\x03"  # never anything but the request
+    del arr
+    gc.collect()
+    assert f.result(10) == b"held"
+    assert srv.srv.held_replies == 0
+
+
+def test_deferred_answer_refused_while_a_view_lives(kinds):
+    svc, srv, p = kinds
+    f = p.later(b"abcd")
+    while not svc.deferred:
+        f.wait(0.01)
+    data, reply = svc.deferred.pop()
+    held = reply._req.data  # the request's memoryview
+    arr = np.frombuffer(held, dtype=np.uint8)
+    with pytest.raises(BufferError):
+        srv.on_loop(lambda: reply.reply(b"no"))
+    assert bytes(arr) == b"abcd"
+    del arr
+    srv.on_loop(lambda: reply.reply(b"yes"))
+    assert f.result(10) == b"yes"
+    with pytest.raises(ValueError):
+        bytes(held)
+
+
+def test_timeout(kinds):
+    _, _, p = kinds
+    f = p.later(b"never", _timeout=0.3)
+    assert not f.wait(0.05)
+    t0 = time.monotonic()
+    with pytest.raises(tern.RpcTimeout) as e:
+        f.result(10)
+    assert time.monotonic() - t0 < 5
+    assert e.value.code == -errno.ETIMEDOUT and isinstance(e.value, TimeoutError)
+
+
+def test_no_such_method(serve_thread, echo_idl):
+    class OnlyCopy(echo_idl.Echo):
+        @tern.method
+        def copy(self, req):
+            return req
+    srv = serve_thread(OnlyCopy())
+    with tern.proxy(srv.uri, echo_idl.Echo) as p:
+        assert p.copy(b"1").result(10) == b"1"
+        with pytest.raises(tern.NoSuchMethod) as e:
+            p.zerocopy(b"1").result(10)
+        assert isinstance(e.value, tern.RemoteError)
+
+
+def test_schema_mismatch(serve_thread, calc_idl):
+    v2 = tern.load_idl(os.path.join(os.path.dirname(HERE), "gen", "calc_v2.tern"))
+
+    class Calc(calc_idl.Calc):
+        @tern.method
+        def add(self, req):
+            return calc_idl.AddResp(sum=0)
+    srv = serve_thread(Calc())
+    with pytest.raises(tern.SchemaMismatch) as e:
+        tern.proxy(srv.uri, v2.Calc)
+    assert "Calc" in e.value.message
+
+
+def test_connect_refused_and_bad_uri():
+    if listen_uri().startswith("shm"):
+        with pytest.raises(tern.ConnectFailed):
+            tern.proxy(f"shm://tern-py-nobody-{os.getpid()}", Kinds, connect_timeout=5)
+    else:
+        with pytest.raises(tern.RpcError):
+            tern.proxy(listen_uri().rsplit(":", 1)[0] + ":1", Kinds, connect_timeout=5)
+    with pytest.raises(tern.InvalidArgument) as e:
+        tern.proxy("tcp://nohost", Kinds)
+    assert e.value.code == -errno.EINVAL
+
+
+def test_every_code_maps_to_one_exception():
+    for code, cls in tern.ERRORS.items():
+        e = tern.error_class(code)(code, "m")
+        assert type(e) is cls and isinstance(e, tern.RpcError) and e.code == code
+        assert e.name != "UNKNOWN"
+    assert tern.error_class(-errno.ERANGE) is tern.RemoteError
+    assert issubclass(tern.RpcTimeout, tern.RpcError)
+    assert issubclass(tern.ConnectionLost, tern.RpcError)
+    assert issubclass(tern.NoSuchMethod, tern.RemoteError)
+
+
+def test_killed_peer_raises_connection_lost(procs, echo_idl):
+    import py_server
+    srv = procs([sys.executable, os.path.join(HERE, "py_server.py"), "hang", listen_uri()])
+    p = tern.proxy(srv.uri, py_server.hang.Hang, timeout=60)
+    futs = [p.wait(b"x") for _ in range(4)]
+    assert not tern.wait_all(futs, 0.3)
+    srv.p.kill()
+    srv.p.wait()
+    assert tern.wait_all(futs, 60)
+    for f in futs:
+        with pytest.raises(tern.ConnectionLost):
+            f.result()
+    with pytest.raises(tern.ConnectionLost):
+        p.wait(b"again").result(10)
+    p.close()
+
+
+def test_gil_released_while_waiting(kinds):
+    _, _, p = kinds
+    ticks = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks[0] += 1
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        f = p.later(b"never", _timeout=0.5)
+        with pytest.raises(tern.RpcTimeout):
+            f.result()
+    finally:
+        stop.set()
+        t.join()
+    assert ticks[0] > 1000
+
+
+def test_nonblocking_server_poll(calc_idl):
+    class Calc(calc_idl.Calc):
+        @tern.method
+        def add(self, req):
+            return calc_idl.AddResp(sum=req.a + req.b)
+    with tern.Server(listen_uri(), Calc(), progress="busy") as srv:
+        result = {}
+
+        def client():
+            with tern.proxy(srv.uri, calc_idl.Calc, timeout=20) as p:
+                result["sum"] = p.add(a=1, b=2).result().sum
+        t = threading.Thread(target=client)
+        t.start()
+        end = time.monotonic() + 60
+        while t.is_alive() and time.monotonic() < end:
+            srv.poll(0.01)  # the caller's own loop
+        t.join()
+    assert result == {"sum": 3}
+
+
+def test_serve_returns_on_ctrl_c(tmp_path):
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "py_server.py"), "echo",
+                          listen_uri()], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
+    assert time.monotonic() - t0 < 30
+
+
+def test_message_classes_read_in_place(calc_idl):
+    st = calc_idl.Stats(adds=3, total=-5, recent=[1, 2, 3, 4])
+    assert len(st) == 48 and bytes(st)[:8] == (3).to_bytes(8, "little")
+    ro = calc_idl.Stats.view(bytes(st))
+    assert ro.total == -5 and list(ro.recent) == [1, 2, 3, 4]
+    with pytest.raises(TypeError):
+        ro.adds = 1  # a read-only buffer
+    assert np.frombuffer(ro.recent, dtype=np.int64).tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        calc_idl.AddReq.view(b"short")
+    with pytest.raises(TypeError):
+        calc_idl.AddReq(c=1)
+
+
+def test_declaration_errors(calc_idl):
+    with pytest.raises(TypeError):
+        tern.method(inplace=True, deferred=True)
+    with pytest.raises(TypeError):
+        tern.method(inplace=True, batch=(4, 10))
+
+    class Wrong(calc_idl.Calc):
+        @tern.method(inplace=True)
+        def add(self, req, out):
+            return 0
+    with pytest.raises(TypeError, match="raw in the IDL"):
+        tern.describe(Wrong)
+
+    class Unknown(calc_idl.Calc):
+        @tern.method
+        def sub(self, req):
+            return None
+    with pytest.raises(TypeError, match="no method 'sub'"):
+        tern.describe(Unknown)
+
+
+def test_kept_view_of_oneway_message_stops_the_server(serve_thread):
+    class Keeper:
+        service_name = "Keeper"
+
+        def __init__(self):
+            self.kept = []
+
+        @tern.method(oneway=True)
+        def put(self, req):
+            self.kept.append(np.frombuffer(req, dtype=np.uint8))  # escapes its slot
+    k = Keeper()
+    srv = serve_thread(k)
+    with tern.proxy(srv.uri, Keeper) as p:
+        p.put(b"abc")
+        end = time.monotonic() + 30
+        while srv.t.is_alive() and time.monotonic() < end:
+            p.poll(0.01)
+        with pytest.raises(BufferError, match="kept a view"):
+            srv.stop()
+    assert len(k.kept) == 1

@@ -207,7 +207,8 @@ struct tern_ctx {
 	struct tern_list listeners;
 	struct tern_list dirty; /* sessions owing credits after this poll */
 
-	int cb_depth; /* >0 while a user callback runs */
+	int cb_depth;	 /* >0 while a user callback runs */
+	int run_default; /* >0 inside tern_ctx_run(TERN_RUN_DEFAULT): see idle_cb() */
 	bool destroying;
 	char last_error[256];
 };

@@ -170,6 +170,13 @@ enum tern_run_mode {
  * @ctx: the context
  * @mode: see enum tern_run_mode
  *
+ * In busy and adaptive progress, a loop turn under TERN_RUN_ONCE or
+ * TERN_RUN_NOWAIT (or the caller's own uv_run()) ends at the first poll
+ * that handled something; under TERN_RUN_DEFAULT it spins on for up to
+ * busy_spin_us, so a server answers the next request without a libuv turn
+ * in between.  tern_ctx_stop() from a callback ends the turn after that
+ * poll.
+ *
  * Return: what uv_run() returns: non-zero when there is more to do.
  */
 TERN_EXPORT int tern_ctx_run(tern_ctx *ctx, enum tern_run_mode mode);

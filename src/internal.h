@@ -207,7 +207,8 @@ struct tern_ctx {
 	struct tern_list listeners;
 	struct tern_list dirty; /* sessions owing credits after this poll */
 
-	int cb_depth; /* >0 while a user callback runs */
+	int cb_depth;	 /* >0 while a user callback runs */
+	int run_default; /* >0 inside tern_ctx_run(TERN_RUN_DEFAULT): see idle_cb() */
 	bool destroying;
 	char last_error[256];
 };
@@ -361,7 +362,10 @@ struct tern_session {
 
 	struct tern_credits cr;
 	uint32_t tx_seq, rx_seq;
-	uint64_t last_rx_ns; /* when the peer's last message arrived */
+	/* when the peer's last message arrived, or (rx_unstamped) a time
+	 * before that: tern__session_flush_dirty() stamps it lazily */
+	uint64_t last_rx_ns;
+	bool rx_unstamped; /* a message arrived after last_rx_ns */
 
 	/* client side */
 	struct tern_callslot *calls; /* n */

@@ -574,6 +574,7 @@ TERN_EXPORT int tern_register_oneway(tern_ctx *ctx, uint32_t method_id, tern_one
  * struct tern_batch_item - one request of a batch
  * @req: the request (tern_req_session() tells its session)
  * @in: its bytes, borrowed from its receive slot until the handler returns
+ *	(or, held with tern_req_hold(), until tern_req_release())
  * @in_len: their length
  * @out: where its reply goes, in a registered send slot (NULL for one-way)
  * @out_cap: the room there (0 for one-way)

@@ -566,6 +566,8 @@ TERN_EXPORT int tern_register_deferred(tern_ctx *ctx, uint32_t method_id, tern_d
  * @in: the message bytes, borrowed from the receive slot
  *
  * Messages of one session reach their handler in the order they were sent.
+ * The slot is taken back when the handler returns, unless the handler keeps
+ * it with tern_req_hold().
  */
 typedef void (*tern_oneway_handler)(tern_req *req, const void *in, size_t in_len, void *user);
 
@@ -579,6 +581,7 @@ TERN_EXPORT int tern_register_oneway(tern_ctx *ctx, uint32_t method_id, tern_one
  * struct tern_batch_item - one request of a batch
  * @req: the request (tern_req_session() tells its session)
  * @in: its bytes, borrowed from its receive slot until the handler returns
+ *	(or, held with tern_req_hold(), until tern_req_release())
  * @in_len: their length
  * @out: where its reply goes, in a registered send slot (NULL for one-way)
  * @out_cap: the room there (0 for one-way)
@@ -659,6 +662,42 @@ TERN_EXPORT uint32_t tern_req_method(tern_req *req);
  * tern_ctx_last_error().
  */
 TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
+
+/**
+ * tern_req_hold - keep a one-way message's or a batch item's receive slot
+ * @req: a one-way message, inside its handler, or a batch item, inside the
+ *	batch handler
+ *
+ * The runtime takes such a slot back when the handler returns; a held one
+ * stays as it is (@in keeps its bytes, unchanged) until tern_req_release().
+ * A held slot keeps its credit: a sender whose credits are all held waits
+ * (tern_send_oneway() returns -EAGAIN, calls queue), it loses nothing.  A
+ * held batch call's reply is sent at its release.  Order of delivery is
+ * unchanged.  Each hold needs its own release.
+ *
+ * If the session goes down meanwhile the handle stays valid (release it, it
+ * is only freed then) but the bytes do not: the transport's memory goes
+ * with the connection.
+ *
+ * Context: the context's thread only.
+ * Return: the handle to release (@req itself), or NULL when @req is not a
+ * one-way message or batch item in its handler (raw, inplace and deferred
+ * calls keep their slot with a deferred handler instead).
+ */
+TERN_EXPORT tern_req *tern_req_hold(tern_req *req);
+
+/**
+ * tern_req_release - give back a slot kept with tern_req_hold()
+ * @req: the handle tern_req_hold() returned
+ *
+ * The slot is reposted and its credit returned (a batch call's reply is
+ * sent) once every hold is released and the handler has returned.  Do not
+ * use @req or its bytes after the last release.
+ *
+ * Context: the context's thread only; inside or outside a callback.
+ * Return: 0, or -EINVAL if @req is not held.
+ */
+TERN_EXPORT int tern_req_release(tern_req *req);
 
 /**
  * tern_reply_acquire - the send slot a deferred reply is written into

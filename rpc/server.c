@@ -414,40 +414,42 @@ static void oneway_release(tern_session *s, uint32_t token)
 	tern__session_mark_dirty(s);
 }
 
+/* A pool entry for a one-way message: credits bound them, one is free. */
+static tern_req *oneway_take(tern_session *s, uint32_t token, const struct tern_hdr *h,
+			     const void *in)
+{
+	tern_req *req = &s->owreqs[s->free_owreqs[--s->nfree_owreqs]];
+
+	req->token = token;
+	req->in = in;
+	req->in_len = h->len;
+	req->method = h->method;
+	req->errmsg[0] = 0;
+	req->holds = 0;
+	return req;
+}
+
 static void serve_oneway_now(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			     const void *in)
 {
 	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
+	tern_req *req;
 
 	if (m && m->kind == TERN_KIND_ONEWAY) {
-		tern_req req = {.s = s,
-				.state = TERN_REQ_HANDLER,
-				.oneway = true,
-				.token = token,
-				.in = in,
-				.in_len = h->len,
-				.method = h->method};
-
+		req = oneway_take(s, token, h, in);
+		req->state = TERN_REQ_HANDLER;
 		s->cnt.oneway_received++;
-		TERN_CALLBACK(s->ctx, m->fn.oneway(&req, in, h->len, m->user));
-		if (req.errmsg[0]) {
+		TERN_CALLBACK(s->ctx, m->fn.oneway(req, in, h->len, m->user));
+		if (req->errmsg[0]) {
 			/* the handler rejected it: no reply can say so, count it */
 			s->cnt.oneway_dropped++;
 			tern__set_error(s->ctx, "%s: dropped a one-way message: %s", s->peer,
-					req.errmsg);
+					req->errmsg);
 		}
-		oneway_release(s, token);
+		tern__serve_batch_done(req, 0); /* gives the slot back, unless held */
 	} else if (m && m->kind == TERN_KIND_BATCH && m->fn.batch->oneway) {
-		/* Credits bound one-way messages in flight to n: a pool entry
-		 * is always free. */
-		tern_req *req = &s->owreqs[s->free_owreqs[--s->nfree_owreqs]];
-
+		req = oneway_take(s, token, h, in);
 		s->cnt.oneway_received++;
-		req->token = token;
-		req->in = in;
-		req->in_len = h->len;
-		req->method = h->method;
-		req->errmsg[0] = 0;
 		tern__batch_add(m->fn.batch, req, NULL, 0);
 	} else {
 		/* No reply can carry an error back: count it, say why, go on. */
@@ -500,8 +502,15 @@ void tern__serve_batch_done(tern_req *req, ssize_t status)
 	tern_session *s = req->s;
 	char why[96];
 
+	if (req->holds) {
+		/* tern_req_hold(): the slot (and its credit) stays taken */
+		req->state = TERN_REQ_HELD;
+		req->held_status = status;
+		return;
+	}
 	if (req->oneway) {
 		req->state = TERN_REQ_FREE;
+		req->in = NULL;
 		s->free_owreqs[s->nfree_owreqs++] = req->idx;
 		if (s->state != TERN_S_READY) {
 			tern__session_unref(s);
@@ -578,6 +587,37 @@ void tern_req_set_error(tern_req *req, const char *msg)
 	if (!req)
 		return;
 	snprintf(req->errmsg, sizeof(req->errmsg), "%s", msg ? msg : "");
+}
+
+tern_req *tern_req_hold(tern_req *req)
+{
+	if (!req)
+		return NULL;
+	switch (req->state) {
+	case TERN_REQ_HANDLER:
+		if (!req->oneway)
+			return NULL; /* a raw or inplace call: use a deferred handler */
+		break;
+	case TERN_REQ_BATCHED:
+	case TERN_REQ_HELD:
+		break;
+	default:
+		return NULL;
+	}
+	req->holds++;
+	return req;
+}
+
+int tern_req_release(tern_req *req)
+{
+	if (!req || !req->holds)
+		return -EINVAL;
+	if (--req->holds || req->state != TERN_REQ_HELD)
+		return 0; /* still held, or its handler has not returned yet */
+	/* Give the slot back (a batch call: send its reply) as the handler's
+	 * return would have; after the session went down, just let go. */
+	tern__serve_batch_done(req, req->held_status);
+	return 0;
 }
 
 int tern_reply_acquire(tern_req *req, void **out, size_t *cap)

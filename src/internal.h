@@ -288,11 +288,14 @@ enum tern_req_state {
 	TERN_REQ_BATCHED,  /* waiting in a batch */
 	TERN_REQ_FETCHING, /* pulling a large request from the caller */
 	TERN_REQ_WRITING,  /* pushing a large reply into the caller's buffer */
+	TERN_REQ_HELD,	   /* its handler returned; tern_req_hold() keeps its slot */
 };
 
 /*
  * A request being served; request i replies from send slot N + i.  One-way
- * messages held in a batch use a second pool (oneway true), with no slot.
+ * messages use a second pool (oneway true), with no reply slot: credits
+ * bound the one-way messages not yet given back to N, so an entry is always
+ * free.
  */
 struct tern_req {
 	tern_session *s;
@@ -311,7 +314,9 @@ struct tern_req {
 	struct tern_stage *out_stage; /* a reply too large for the slot */
 	void *out;		      /* where the handler writes its reply */
 	size_t out_cap;
-	uint64_t bulk_len; /* the large reply being written */
+	uint64_t bulk_len;   /* the large reply being written */
+	uint32_t holds;	     /* tern_req_hold() calls not yet released */
+	ssize_t held_status; /* a held batch item's status, for its release */
 	char errmsg[TERN_ERRMSG_MAX + 1];
 };
 
@@ -375,7 +380,7 @@ struct tern_session {
 	uint32_t q_head, q_len, q_cap;
 
 	/* server side */
-	struct tern_req *owreqs; /* n: one-way messages held in batches */
+	struct tern_req *owreqs; /* n: one-way messages being served or held */
 	uint32_t *free_owreqs;
 	uint32_t nfree_owreqs;
 	struct tern_req *reqs; /* n */

@@ -19,10 +19,11 @@
  * fails, so nothing made later can reach the slot.  A buffer still exported
  * at that point (a numpy array or a memoryview slice the handler kept) holds
  * the slot: a call's reply waits, fully written, until the last export is
- * released, so an exported view never sees the slot reused.  One-way and
- * batch messages cannot wait (the engine takes their slots back when the
- * handler returns): a view of one kept past its handler is an error that
- * stops the loop (see ctx_fail()).
+ * released, so an exported view never sees the slot reused.  One-way
+ * messages and batch items are held the same way (tern_req_hold()): the
+ * slot, and its credit, go back to tern when the last export is released.
+ * Either happens on the loop's thread: a release on another thread hands
+ * the request over to it (see pending_try_finish()).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -61,7 +62,8 @@ typedef struct {
 	PyObject *fatal;     /* an error that must stop the loop, raised by run */
 	PyObject *regs;	     /* list of capsules of struct reg: keeps handlers */
 	PyObject *sessions;  /* list of weak references to client sessions */
-	long held;	     /* replies waiting for views to be released */
+	long held;	     /* replies and held slots waiting for views to be released */
+	pending *due;	     /* ...whose views are released, for the loop's thread */
 	long peers_closed;   /* accepted sessions that have ended */
 	RequestObject *reqs; /* deferred requests not answered yet */
 } CtxObject;
@@ -80,13 +82,20 @@ struct ViewObject {
 	int readonly;
 	Py_ssize_t exports;
 	bool released;
-	pending *hold; /* a reply waiting for this view's exports */
+	pending *hold; /* a reply or a held slot waiting for this view's exports */
+	tern_req *req; /* one-way and batch: the request whose slot this is */
 };
 
-/* A reply written and ready, waiting for the request's views to go. */
+/*
+ * A reply written and ready, or a one-way message or batch item held
+ * (tern_req_hold()), waiting for the request's views to go.
+ */
 struct pending {
 	CtxObject *c; /* strong reference */
 	tern_req *req;
+	bool release; /* tern_req_release() it, nothing to answer */
+	bool queued;  /* on c->due */
+	pending *next;
 	ViewObject *in, *out; /* strong references; out may be NULL */
 	int err;	      /* 0: commit len bytes; else tern_reply_error */
 	size_t len;
@@ -275,6 +284,7 @@ static ViewObject *view_new(const void *buf, size_t len, int readonly)
 	v->exports = 0;
 	v->released = false;
 	v->hold = NULL;
+	v->req = NULL;
 	return v;
 }
 
@@ -392,7 +402,9 @@ static bool view_idle(ViewObject *v)
 
 static void pending_finish(pending *p)
 {
-	if (p->err)
+	if (p->release)
+		tern_req_release(p->req);
+	else if (p->err)
 		tern_reply_error(p->req, p->err, p->msg[0] ? p->msg : NULL);
 	else
 		tern_reply_commit(p->req, p->len);
@@ -418,19 +430,35 @@ static void pending_free(pending *p)
 
 static void pending_try_finish(pending *p)
 {
+	CtxObject *c = p->c;
+
 	if ((p->in && p->in->exports) || (p->out && p->out->exports))
 		return;
-	p->c->held--;
+	if (c->owner && c->owner != PyThread_get_thread_ident()) {
+		/* tern is the loop's thread's: hand the request over to it */
+		if (!p->queued) {
+			p->queued = true;
+			p->next = c->due;
+			c->due = p;
+			uv_async_send(&c->async);
+		}
+		return;
+	}
+	c->held--;
 	pending_finish(p);
 	pending_free(p);
 }
 
+static void escaped(CtxObject *c, uint32_t id);
+
 /*
  * Answer @req once the handler is done with @in and @out (either may be
- * NULL): now, or when the last buffer exported from them is released.
+ * NULL): now, or when the last buffer exported from them is released.  A
+ * one-way message or batch item (@release) has nothing to answer: while
+ * exported, its slot is held (tern_req_hold()) and released after.
  */
-static void reply_when_free(CtxObject *c, tern_req *req, ViewObject *in, ViewObject *out, int err,
-			    size_t len, const char *msg)
+static void reply_when_free(CtxObject *c, tern_req *req, bool release, ViewObject *in,
+			    ViewObject *out, int err, size_t len, const char *msg)
 {
 	pending *p;
 
@@ -439,21 +467,32 @@ static void reply_when_free(CtxObject *c, tern_req *req, ViewObject *in, ViewObj
 			in->released = true, in->buf = NULL;
 		if (out)
 			out->released = true, out->buf = NULL;
+		if (release)
+			return; /* tern takes the slot back when the handler returns */
 		if (err)
 			tern_reply_error(req, err, msg && *msg ? msg : NULL);
 		else
 			tern_reply_commit(req, len);
 		return;
 	}
+	if (release && !tern_req_hold(req)) {
+		if (in)
+			in->released = true, in->buf = NULL;
+		escaped(c, tern_req_method(req));
+		return;
+	}
 	p = PyMem_Calloc(1, sizeof(*p));
 	if (!p) {
 		/* Cannot wait: nothing safe to do but stop this context. */
+		if (release)
+			tern_req_release(req);
 		ctx_fail(c, PyExc_MemoryError, "tern: no memory to hold a reply");
 		return;
 	}
 	p->c = c;
 	Py_INCREF(c);
 	p->req = req;
+	p->release = release;
 	p->err = err;
 	p->len = len;
 	snprintf(p->msg, sizeof(p->msg), "%s", msg ? msg : "");
@@ -469,8 +508,10 @@ static void reply_when_free(CtxObject *c, tern_req *req, ViewObject *in, ViewObj
 	}
 	c->held++;
 	if (PyErr_WarnEx(PyExc_ResourceWarning,
-			 "tern: a handler kept a view of its slot; the reply is sent when it is "
-			 "released",
+			 release ? "tern: a handler kept a view of its slot; the slot is held "
+				   "until it is released"
+				 : "tern: a handler kept a view of its slot; the reply is sent "
+				   "when it is released",
 			 1))
 		PyErr_Clear();
 }
@@ -541,7 +582,7 @@ static int on_request(tern_req *req, const void *in, size_t in_len, void *user)
 			q->req = NULL;
 			mv_release(q->in_mv);
 			mv_release(q->out_mv);
-			reply_when_free(c, qr, q->in, q->out, err, 0, msg);
+			reply_when_free(c, qr, false, q->in, q->out, err, 0, msg);
 		} else if (!r) {
 			PyErr_Clear();
 		}
@@ -634,7 +675,7 @@ answer:
 		tern_reply_error(req, err ? err : -ENOMEM, msg);
 		goto done;
 	}
-	reply_when_free(c, req, iv, ov, err, len, msg);
+	reply_when_free(c, req, false, iv, ov, err, len, msg);
 done:
 	Py_XDECREF(r);
 	Py_XDECREF(imv);
@@ -651,7 +692,7 @@ static void escaped(CtxObject *c, uint32_t id)
 
 	snprintf(m, sizeof(m),
 		 "tern: the handler of one-way or batch method 0x%08x kept a view of a "
-		 "message past its return; copy what you keep (its slot is reused now)",
+		 "message past its return and its slot cannot be held; copy what you keep",
 		 id);
 	ctx_fail(c, PyExc_BufferError, m);
 }
@@ -676,10 +717,8 @@ static void on_oneway(tern_req *req, const void *in, size_t in_len, void *user)
 	mv_release(imv);
 	Py_XDECREF(imv);
 	if (iv) {
-		if (!view_idle(iv))
-			escaped(c, g->id);
-		iv->released = true;
-		iv->buf = NULL;
+		/* a buffer kept past the return holds the slot */
+		reply_when_free(c, req, true, iv, NULL, 0, 0, NULL);
 		Py_DECREF(iv);
 	}
 	ctx_leave(c, t);
@@ -688,26 +727,22 @@ static void on_oneway(tern_req *req, const void *in, size_t in_len, void *user)
 static void batch_invalidate(BatchObject *b)
 {
 	Py_ssize_t i, n;
-	bool live = false;
 
 	if (b->views) {
 		n = PyList_GET_SIZE(b->views);
 		for (i = 0; i < n; i++)
 			mv_release(PyList_GET_ITEM(b->views, i));
+		/* a buffer kept past the return holds its item's slot (a call's
+		 * reply waits for it) */
 		for (i = 0; i < n; i++) {
 			ViewObject *v = (ViewObject *)PyList_GET_ITEM(b->svs, i);
 
-			if (!view_idle(v))
-				live = true;
-			v->released = true;
-			v->buf = NULL;
+			reply_when_free(b->c, v->req, true, v, NULL, 0, 0, NULL);
 		}
 		Py_CLEAR(b->views);
 		Py_CLEAR(b->svs);
 	}
 	b->items = NULL;
-	if (live)
-		escaped(b->c, 0);
 }
 
 static void on_batch(struct tern_batch_item *items, size_t n, void *user)
@@ -829,6 +864,7 @@ static PyObject *batch_item(PyObject *o, Py_ssize_t i)
 	v = view_new(b->items[i].in, b->items[i].in_len, 1);
 	if (!v)
 		return NULL;
+	v->req = b->items[i].req;
 	mv = view_memory(v);
 	if (!mv || PyList_Append(b->views, mv) || PyList_Append(b->svs, (PyObject *)v)) {
 		Py_XDECREF(mv);
@@ -1119,7 +1155,7 @@ static void req_dealloc(PyObject *o)
 		mv_release(q->in_mv);
 		mv_release(q->out_mv);
 		req_unlink(q);
-		reply_when_free(q->c, q->req, q->in, q->out, -ECANCELED, 0,
+		reply_when_free(q->c, q->req, false, q->in, q->out, -ECANCELED, 0,
 				"the server dropped the request without answering");
 		q->req = NULL;
 	}
@@ -1169,7 +1205,14 @@ static void async_cb(uv_async_t *h)
 {
 	CtxObject *c = h->data;
 	PyThreadState *t = ctx_enter(c);
+	pending *p;
 
+	/* held replies and slots whose views went on another thread */
+	while ((p = c->due)) {
+		c->due = p->next;
+		p->queued = false;
+		pending_try_finish(p);
+	}
 	while (c->soon && PyList_GET_SIZE(c->soon)) {
 		PyObject *fn = PyList_GET_ITEM(c->soon, 0), *r;
 

@@ -675,9 +675,10 @@ TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
  * held batch call's reply is sent at its release.  Order of delivery is
  * unchanged.  Each hold needs its own release.
  *
- * If the session goes down meanwhile the handle stays valid (release it, it
- * is only freed then) but the bytes do not: the transport's memory goes
- * with the connection.
+ * If the session goes down meanwhile, the handle and the bytes stay valid
+ * until released: the transport leaves the slots to the engine, which
+ * frees them with the session, after the last release (or at
+ * tern_ctx_destroy(), which ends every hold).
  *
  * Context: the context's thread only.
  * Return: the handle to release (@req itself), or NULL when @req is not a

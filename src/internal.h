@@ -350,6 +350,14 @@ struct tern_session {
 	uint8_t *svc_check; /* client: the encoded check */
 	uint32_t svc_check_len;
 	int refs; /* deferred requests holding it after close */
+	/*
+	 * Requests still pointing into a receive slot when the session went
+	 * down (in a handler, deferred, held), and the slot memory the
+	 * provider left to us for them (keep_rx), freed with the session.
+	 */
+	uint32_t pins;
+	void (*rx_release)(void *arg);
+	void *rx_arg;
 
 	uint32_t n;		     /* slot_count */
 	uint32_t max_msg;	     /* the largest message we accept */

@@ -32,6 +32,9 @@ static void session_free(tern_session *s)
 		}
 	}
 	free(s->orphans);
+	/* the last request pointing into the slots is done: let them go */
+	if (s->rx_release)
+		s->rx_release(s->rx_arg);
 	tern_list_del(&s->link);
 	tern_list_del(&s->dirty);
 	free(s->calls);
@@ -682,6 +685,21 @@ static void ev_closed(struct tern_conn *c)
 	tern__session_unref(s);
 }
 
+/*
+ * The provider is freeing the slots: keep them if a request still points
+ * into them, until the session itself goes (session_free()).
+ */
+static bool ev_keep_rx(struct tern_conn *c, void (*release)(void *arg), void *arg)
+{
+	tern_session *s = c->owner;
+
+	if (!s || !s->pins || s->rx_release)
+		return false;
+	s->rx_release = release;
+	s->rx_arg = arg;
+	return true;
+}
+
 static void ev_bulk_done(struct tern_conn *c, uint64_t cookie, int status)
 {
 	(void)c;
@@ -704,6 +722,7 @@ const struct tern_transport_events tern__events = {
 	.closed = ev_closed,
 	.activity = ev_activity,
 	.bulk_done = ev_bulk_done,
+	.keep_rx = ev_keep_rx,
 };
 
 /* ---- public session API ------------------------------------------------------ */

@@ -25,6 +25,7 @@
 #ifndef TERN_TRANSPORT_H
 #define TERN_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -146,6 +147,17 @@ struct tern_transport_events {
 	void (*activity)(tern_ctx *ctx);
 	/* A bulk_read() or bulk_write() finished (status 0 or -errno). */
 	void (*bulk_done)(struct tern_conn *c, uint64_t cookie, int status);
+	/*
+	 * The provider is about to free @c's slot memory (send and receive).
+	 * Requests the engine still holds may point into the receive slots
+	 * (a held one-way message, a deferred request, a binding's view), so
+	 * the engine may take the memory over: it returns true, and later
+	 * calls @release(@arg) itself, once nothing points there; the
+	 * provider then must not free or unmap it, and makes @arg own
+	 * everything @release needs.  It returns false when the provider
+	 * should free the memory now.  Called before closed(), at most once.
+	 */
+	bool (*keep_rx)(struct tern_conn *c, void (*release)(void *arg), void *arg);
 };
 
 /* post_send() flags */

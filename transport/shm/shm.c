@@ -449,6 +449,35 @@ static int segment_check(int fd, size_t size)
 
 static void bulk_fail_all(struct sconn *c, int err);
 
+/* A segment the engine kept after its connection (keep_rx). */
+struct kept_seg {
+	void *seg;
+	size_t size;
+};
+
+static void kept_seg_release(void *arg)
+{
+	struct kept_seg *k = arg;
+
+	munmap(k->seg, k->size);
+	free(k);
+}
+
+/* Hand the segment to the engine if a request still points into it. */
+static bool seg_keep(struct sconn *c)
+{
+	struct kept_seg *k;
+
+	if (!c->engine_knows || !c->t->ev->keep_rx || !(k = malloc(sizeof(*k))))
+		return false;
+	k->seg = c->seg;
+	k->size = c->g.size;
+	if (c->t->ev->keep_rx(&c->base, kept_seg_release, k))
+		return true;
+	free(k);
+	return false;
+}
+
 static void conn_free(struct sconn *c)
 {
 	struct shm_tctx *t = c->t;
@@ -463,7 +492,7 @@ static void conn_free(struct sconn *c)
 		close(c->bell_in);
 	if (c->bell_out >= 0)
 		close(c->bell_out);
-	if (c->seg)
+	if (c->seg && !seg_keep(c))
 		munmap(c->seg, c->g.size);
 	free(c->slot_state);
 	free(c->rets);

@@ -239,6 +239,12 @@ static void kick_idle_start(struct tcp_tctx *t);
 
 static void bulk_fail_all(struct tconn *c, int err);
 
+/* The slots (c->mem) go to the engine if a request still points into them. */
+static bool mem_keep(struct tconn *c)
+{
+	return c->engine_knows && c->t->ev->keep_rx && c->t->ev->keep_rx(&c->base, free, c->mem);
+}
+
 static void conn_free(struct tconn *c)
 {
 	if (c->engine_knows)
@@ -246,7 +252,8 @@ static void conn_free(struct tconn *c)
 	tern_xtab_free(&c->xt);
 	link_del(&c->link);
 	link_del(&c->kick);
-	free(c->mem);
+	if (c->mem && !mem_keep(c))
+		free(c->mem);
 	free(c->prefix);
 	free(c->wreq);
 	free(c->tx_busy);

@@ -431,6 +431,37 @@ static void bulk_fail_all(struct vconn *c, int err)
 	}
 }
 
+/* Slots the engine kept after their connection (keep_rx). */
+struct kept_mem {
+	struct ibv_mr *mr;
+	void *mem;
+};
+
+static void kept_mem_release(void *arg)
+{
+	struct kept_mem *k = arg;
+
+	if (k->mr)
+		ibv_dereg_mr(k->mr);
+	free(k->mem);
+	free(k);
+}
+
+/* Hand the slots to the engine if a request still points into them. */
+static bool mem_keep(struct vconn *c)
+{
+	struct kept_mem *k;
+
+	if (!c->reported_up || !c->t->ev->keep_rx || !(k = malloc(sizeof(*k))))
+		return false;
+	k->mr = c->mr;
+	k->mem = c->mem;
+	if (c->t->ev->keep_rx(&c->base, kept_mem_release, k))
+		return true;
+	free(k);
+	return false;
+}
+
 static void conn_destroy(struct vconn *c)
 {
 	struct verbs_tctx *t = c->t;
@@ -442,9 +473,14 @@ static void conn_destroy(struct vconn *c)
 	uv_timer_stop(&c->timer);
 	if (c->id && c->id->qp)
 		rdma_destroy_qp(c->id);
-	if (c->mr)
-		ibv_dereg_mr(c->mr);
-	free(c->mem);
+	if (c->mem && mem_keep(c)) {
+		/* the engine deregisters and frees them later */
+	} else {
+		if (c->mr)
+			ibv_dereg_mr(c->mr);
+		free(c->mem);
+	}
+	c->mr = NULL;
 	c->mem = NULL;
 	free(c->posted);
 	c->posted = NULL;

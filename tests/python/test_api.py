@@ -439,3 +439,48 @@ def test_kept_arrays_of_oneway_messages_and_batches_hold_their_slots(serve_threa
         wait(p, lambda: k.seen == 406)
     srv.stop()  # nothing held: it closes cleanly
     assert k.seen == 406 and not k.kept
+
+
+def test_kept_arrays_outlive_their_connection(serve_thread):
+    """The peer goes away while arrays hold slots: their bytes stay."""
+    class Keeper:
+        service_name = "Keeper"
+
+        def __init__(self):
+            self.kept = []
+
+        @tern.method(oneway=True)
+        def put(self, req):
+            self.kept.append(np.frombuffer(req, dtype=np.uint8))  # holds the slot
+
+        @tern.method(oneway=True, batch=(4, 2000))
+        def puts(self, batch):
+            for i in range(len(batch)):
+                self.kept.append(np.frombuffer(batch[i], dtype=np.uint8))
+
+    k = Keeper()
+    srv = serve_thread(k, slot_count=8)
+    keep = [b"keep%02d" % i + bytes([i]) * 58 for i in range(4)]
+    with tern.proxy(srv.uri, Keeper, slot_count=8) as p:
+        p.put(keep[0])
+        p.put(keep[1])
+        p.puts(keep[2])
+        p.puts(keep[3])
+        end = time.monotonic() + 30
+        while len(k.kept) < 4 and time.monotonic() < end:
+            p.poll(0.01)
+        assert len(k.kept) == 4
+    # the client is gone: the server's session goes down under the holds
+    end = time.monotonic() + 30
+    while srv.srv.peers_closed < 1 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert srv.srv.peers_closed == 1
+    assert sorted(bytes(a) for a in k.kept) == keep
+    k.kept.clear()
+    gc.collect()
+    end = time.monotonic() + 30
+    while srv.srv.held_replies and time.monotonic() < end:
+        time.sleep(0.01)
+    assert srv.srv.held_replies == 0
+    assert srv.t.is_alive() and srv.error is None
+    srv.stop()

@@ -19,25 +19,28 @@ if [ -z "$uri" ]; then
 fi
 out=$(mktemp /tmp/tern-features.XXXXXX)
 trap 'rm -f "$out"; [ -n "${cp:-}" ] && kill "$cp" 2>/dev/null; true' EXIT
-for r in $(seq "$rounds"); do
-	"$b/examples/features/features_consumer" "$uri" "$frames" >"$out" &
+# One stream: start the consumer (the command given, printing its URI on its
+# first line) within @tenths tenths of a second, push every frame into it from
+# the C producer, and print both sides' JSON lines tagged with the round;
+# @extra is added to the producer's lines.
+stream() {
+	local r=$1 tenths=$2 extra=$3
+	shift 3
+	"$@" "$uri" "$frames" >"$out" &
 	cp=$!
-	for _ in $(seq 300); do [ -s "$out" ] && break; sleep 0.1; done
+	for _ in $(seq "$tenths"); do [ -s "$out" ] && break; sleep 0.1; done
 	"$b/examples/features/features_producer" "$(head -1 "$out")" "$frames" |
-		grep '^{' | sed "s/^{/{\"round\":$r,/"
+		grep '^{' | sed "s/^{/{\"round\":$r,$extra/"
 	wait "$cp"
 	cp=
 	grep '^{' "$out" | sed "s/^{/{\"round\":$r,/"
+}
+
+for r in $(seq "$rounds"); do
+	stream "$r" 300 "" "$b/examples/features/features_consumer"
 	if [ -d "$b/python/tern" ]; then
-		PYTHONPATH="$b/python" /usr/bin/python3 examples/features/consumer.py \
-			"$uri" "$frames" >"$out" &
-		cp=$!
-		for _ in $(seq 600); do [ -s "$out" ] && break; sleep 0.1; done
-		"$b/examples/features/features_producer" "$(head -1 "$out")" "$frames" |
-			grep '^{' | sed "s/^{/{\"round\":$r,\"lang\":\"c-to-python\",/"
-		wait "$cp"
-		cp=
-		grep '^{' "$out" | sed "s/^{/{\"round\":$r,/"
+		PYTHONPATH="$b/python" stream "$r" 600 '"lang":"c-to-python",' \
+			/usr/bin/python3 examples/features/consumer.py
 	else
 		echo "run-features: $b has no Python package (meson -Dpython=enabled); C only" >&2
 	fi

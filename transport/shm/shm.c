@@ -1694,10 +1694,8 @@ static int bulk_msg_send(struct sconn *c, uint16_t type, const struct shm_bulk *
 {
 	struct shm_msg m;
 
-	memset(&m, 0, sizeof(m));
-	m.magic = SHM_MSG_MAGIC;
-	m.version = SHM_PROTO_VERSION;
-	m.type = type;
+	/* the descriptor rides in hs, with hs_len 0: the receiver insists */
+	msg_init(&m, type, 0, NULL, NULL, 0);
 	memcpy(m.hs, b, sizeof(*b));
 	return msg_send(c->sock, &m, NULL, 0);
 }

@@ -561,9 +561,9 @@ void tern__serve_session_down(tern_session *s)
 	 * finish. */
 	for (uint32_t i = 0; i < s->n; i++) {
 		if (s->reqs[i].state != TERN_REQ_FREE)
-			s->refs++, s->pins++;
+			s->refs++;
 		if (s->owreqs[i].state != TERN_REQ_FREE)
-			s->refs++, s->pins++;
+			s->refs++;
 	}
 	s->bl_len = 0;
 	/* Gathered requests cannot be answered now: release them. */

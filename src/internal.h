@@ -349,13 +349,12 @@ struct tern_session {
 	char refused_why[TERN_ERRMSG_MAX + 32];
 	uint8_t *svc_check; /* client: the encoded check */
 	uint32_t svc_check_len;
-	int refs; /* deferred requests holding it after close */
 	/*
-	 * Requests still pointing into a receive slot when the session went
-	 * down (in a handler, deferred, held), and the slot memory the
-	 * provider left to us for them (keep_rx), freed with the session.
+	 * 1, plus one for each request still pointing into a receive slot
+	 * when the session went down (in a handler, deferred, held).
 	 */
-	uint32_t pins;
+	int refs;
+	/* the slot memory the provider left to us for them (keep_rx) */
 	void (*rx_release)(void *arg);
 	void *rx_arg;
 

@@ -693,7 +693,7 @@ static bool ev_keep_rx(struct tern_conn *c, void (*release)(void *arg), void *ar
 {
 	tern_session *s = c->owner;
 
-	if (!s || !s->pins || s->rx_release)
+	if (!s || s->refs == 1 || s->rx_release) /* nothing points into them */
 		return false;
 	s->rx_release = release;
 	s->rx_arg = arg;

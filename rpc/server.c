@@ -355,14 +355,14 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 /* Why a transfer of the caller's memory failed, for the caller to read. */
 static const char *bulk_why(int status, bool reading)
 {
-	/* shm: the exporter copies with process_vm_*, which needs ptrace access */
+/* shm: the exporter copies with process_vm_*, which needs ptrace access */
+#define NO_PTRACE                                                                        \
+	": no ptrace access between the two processes (shm needs the same uid and yama " \
+	"ptrace_scope 0, or CAP_SYS_PTRACE)"
 	if (status == -EPERM)
-		return reading ? "could not read the request from the caller: no ptrace access "
-				 "between the two processes (shm needs the same uid and yama "
-				 "ptrace_scope 0, or CAP_SYS_PTRACE)"
-			       : "could not write the reply into the caller's buffer: no ptrace "
-				 "access between the two processes (shm needs the same uid and "
-				 "yama ptrace_scope 0, or CAP_SYS_PTRACE)";
+		return reading ? "could not read the request from the caller" NO_PTRACE
+			       : "could not write the reply into the caller's buffer" NO_PTRACE;
+#undef NO_PTRACE
 	return reading ? "could not read the request from the caller"
 		       : "could not write the reply into the caller's buffer";
 }

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""What the Python RNR tests share: the package to import, fake sysfs trees.
+"""What the Python RNR tests share: the path of rnr-watch.py, fake sysfs trees.
 
 The package itself comes from the build tree: tests/python/meson.build
 puts build/python, where meson builds tern, on PYTHONPATH.

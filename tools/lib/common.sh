@@ -10,6 +10,9 @@ TERN_BUILD_PKGS=(gcc meson ninja-build pkg-config libuv1-dev libcmocka-dev
 	libibverbs-dev librdmacm-dev rdma-core ibverbs-utils rdmacm-utils
 	python3 python3-dev python3-pytest python3-numpy)
 TERN_VM_PKGS=(qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2)
+# The fuzz lane (tools/fuzz): clang with libFuzzer, and Hypothesis for the
+# IDL compiler's property test.
+TERN_FUZZ_PKGS=(clang-14 libfuzzer-14-dev python3-hypothesis)
 
 tern_log() { printf '%s: %s\n' "${TERN_PROG:-tern}" "$*" >&2; }
 tern_die() { printf '%s: error: %s\n' "${TERN_PROG:-tern}" "$*" >&2; exit 1; }

@@ -94,6 +94,10 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 	rc = tern__services_verify(s->ctx, in, len, why, sizeof(why));
 	if (rc == TERN_EPEER) {
 		tern__session_fail(s, rc, why);
+		/* The session is down and counts this request as still in
+		 * use: finishing it drops that hold, or nothing ever frees
+		 * the session. */
+		finish(req, TERN_MSG_ERR, rc, 0);
 		return;
 	}
 	if (rc) {

@@ -186,6 +186,7 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 {
 	tern_session *s = req->s;
 	struct tern_mr *mr;
+	const char *from = iov->base; /* where in mr the reply starts */
 	char why[112];
 
 	if (iov->len <= slot_cap(req)) {
@@ -224,8 +225,9 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		memcpy(req->out_stage->mr.addr, iov->base, iov->len);
 		s->copy_bytes += iov->len;
 		mr = &req->out_stage->mr;
+		from = mr->addr; /* the copy, not the handler's bytes */
 	}
-	bulk_reply(req, mr, (size_t)((const char *)iov->base - (const char *)mr->addr), iov->len);
+	bulk_reply(req, mr, (size_t)(from - (const char *)mr->addr), iov->len);
 }
 
 /* Run the handler of request @req, whose bytes are req->in / req->in_len. */

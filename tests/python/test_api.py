@@ -191,7 +191,11 @@ def test_slotview_refuses_new_exports_after_release(kinds):
 def test_kept_numpy_array_holds_the_reply(kinds):
     svc, srv, p = kinds
     f = p.keep_array(b"\x01\x02\x03")
-    assert not f.wait(0.5)  # the array still reads the request's slot
+    end = time.monotonic() + 60
+    while not svc.kept and time.monotonic() < end:
+        assert not f.wait(0.01)  # the handler has not run yet, or keeps the array
+    srv.on_loop(lambda: None)  # the handler has returned
+    assert not f.wait(0.3)  # the array still reads the request's slot
     assert srv.srv.held_replies == 1
     arr = svc.kept.pop()
     assert bytes(arr) == b"\x01\x02\x03"  # never anything but the request

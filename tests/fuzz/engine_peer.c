@@ -22,21 +22,15 @@
 #include <string.h>
 
 #include "internal.h"
-#include "mem.h"
 #include "engine_peer.h"
+#include "wire.h"
 
-#define FZ_SLOT	       256u
-#define FZ_N	       4u
-#define FZ_PAYLOAD     (FZ_SLOT - TERN_HDR_SIZE)
-#define FZ_MAX_MSG     (16u << 10) /* what the engine accepts: larger than a slot */
-#define FZ_PEER_MEM    (FZ_MAX_MSG + 4096)
-#define FZ_SCHEMA      0x5eed5eed5eedull
-#define FZ_SVC_HASH    0x1234abcdull
-#define FZ_MAX_OPS     512
-#define FZ_CALLS       128 /* the engine's calls one run may make */
-#define FZ_REPLY_BUFS  8
-#define FZ_LISTEN_NAME "fz"
-#define FZ_PEER_NAME   "fz-peer"
+#define FZ_PAYLOAD    (FZ_SLOT - TERN_HDR_SIZE)
+#define FZ_SCHEMA     0x5eed5eed5eedull
+#define FZ_SVC_HASH   0x1234abcdull
+#define FZ_MAX_OPS    512
+#define FZ_CALLS      128 /* the engine's calls one run may make */
+#define FZ_REPLY_BUFS 8
 
 /* What the engine serves (handlers below), and what it calls at the peer. */
 enum {
@@ -76,7 +70,8 @@ struct ucall {
 struct run {
 	const uint8_t *p, *end;
 	enum fz_role role;
-	struct tern_mem_peer *peer;
+	const struct fz_wire *w;
+	bool peer; /* the wire is connected (the program has not hung up) */
 	tern_session *s;
 	bool alive;	  /* s may be used */
 	bool user_closed; /* tern_session_close() was called */
@@ -111,12 +106,11 @@ struct run {
 static struct run R;
 static tern_ctx *ctx;
 static tern_listener *lis;
+static const struct fz_wire *lis_wire;
 static tern_mr *reg_mr;
 static uint8_t reg[FZ_MAX_MSG];			   /* registered: zero-copy requests and replies */
 static uint8_t src[FZ_MAX_MSG + 64];		   /* requests outside any registration */
-static uint8_t pmem[FZ_PEER_MEM];		   /* the peer's memory */
 static uint8_t replies[FZ_REPLY_BUFS][FZ_MAX_MSG]; /* reply buffers of the engine's calls */
-static struct tern_tmem pmem_tm = {.addr = pmem, .len = sizeof(pmem)};
 
 /* ---- the input --------------------------------------------------------------- */
 
@@ -161,6 +155,39 @@ static void take(struct run *r, void *out, size_t n)
 	memcpy(out, r->p, k);
 	memset((uint8_t *)out + k, 0, n - k);
 	r->p += k;
+}
+
+uint8_t fz_pmem[FZ_PEER_MEM]; /* the peer's memory */
+
+/* The same, for the wires' hostile ops. */
+uint8_t fz_u8(void)
+{
+	return u8(&R);
+}
+
+uint16_t fz_u16(void)
+{
+	return u16(&R);
+}
+
+uint32_t fz_u32(void)
+{
+	return u32(&R);
+}
+
+uint64_t fz_u64(void)
+{
+	return u64(&R);
+}
+
+void fz_take(void *out, size_t n)
+{
+	take(&R, out, n);
+}
+
+struct tern_ctx *fz_ctx(void)
+{
+	return ctx;
 }
 
 /* ---- what must hold ----------------------------------------------------------- */
@@ -396,13 +423,21 @@ static void session_opts(struct tern_session_opts *o)
 	o->on_close = on_close;
 }
 
-static void init_once(void)
+extern const struct tern_transport_ops tern_mem_transport;
+
+static void init_once(const struct fz_wire *w)
 {
-	struct tern_ctx_opts co = {.size = sizeof(co), .progress = TERN_PROGRESS_BUSY};
+	/* busy progress with the shortest spin: one pump is one look */
+	struct tern_ctx_opts co = {
+		.size = sizeof(co), .progress = TERN_PROGRESS_BUSY, .busy_spin_us = 1};
 	struct tern_session_opts so;
 
-	if (ctx)
+	if (ctx) {
+		if (w != lis_wire)
+			bug("one wire per process");
 		return;
+	}
+	lis_wire = w;
 	if (tern__transport_register(&tern_mem_transport) || tern_ctx_create(&co, &ctx))
 		bug("cannot set up");
 	for (uint32_t i = 0; i < N_TOGGLE + 2; i++)
@@ -410,7 +445,7 @@ static void init_once(void)
 			bug("cannot register method %u", i);
 	session_opts(&so);
 	if (tern_service_register(ctx, "Fz", FZ_SVC_HASH) ||
-	    tern_listen(ctx, "mem://" FZ_LISTEN_NAME, &so, on_accept, &lis) ||
+	    tern_listen(ctx, w->listen_uri(), &so, on_accept, &lis) ||
 	    tern_mem_register(ctx, reg, sizeof(reg), &reg_mr))
 		bug("cannot listen");
 	for (size_t i = 0; i < sizeof(src); i++)
@@ -421,7 +456,7 @@ static void init_once(void)
 static void pump(int n)
 {
 	for (int i = 0; i < n; i++)
-		tern_ctx_poll(ctx, 64);
+		R.w->pump();
 }
 
 /* ---- the peer's view of the engine's messages ------------------------------------- */
@@ -449,15 +484,13 @@ static void ecall_add(struct run *r, const struct tern_hdr *h, const uint8_t *pa
 		r->ec[r->nec++] = e;
 }
 
-/* Every message the engine sends, seen by the peer as it is posted. */
-static void on_engine_msg(struct tern_mem_peer *p, uint32_t slot, const void *buf, uint32_t len,
-			  void *user)
+/* Every message the engine sends, in order, as the peer receives it. */
+void fz_engine_msg(const void *buf, uint32_t len)
 {
-	struct run *r = user;
+	struct run *r = &R;
 	const char *why = NULL;
 	struct tern_hdr h;
 
-	(void)p, (void)slot;
 	if (len < TERN_HDR_SIZE) {
 		if (!r->tainted)
 			bug("the engine sent %u bytes, less than a header", len);
@@ -501,18 +534,11 @@ static void on_engine_msg(struct tern_mem_peer *p, uint32_t slot, const void *bu
 	}
 }
 
-static void on_engine_hello(struct tern_mem_peer *p, const void *hs, size_t len, void *user)
+void fz_engine_hello(const void *hs, size_t len)
 {
-	struct run *r = user;
-
-	(void)p, (void)hs, (void)len;
-	r->hello_seen = true;
+	(void)hs, (void)len;
+	R.hello_seen = true;
 }
-
-static const struct tern_mem_peer_cbs peer_cbs = {
-	.hello = on_engine_hello,
-	.msg = on_engine_msg,
-};
 
 /* ---- what the peer sends ------------------------------------------------------------- */
 
@@ -579,7 +605,7 @@ static void peer_send(struct run *r, struct tern_hdr *h, const uint8_t *payload,
 	      "status %d seq %u%s",
 	      h->kind, h->flags, h->call_slot, h->call_gen, h->method, h->len, h->credits,
 	      h->ctrl_credits, h->status, h->seq, honest ? "" : " (dishonest)");
-	if (r->peer && tern_mem_peer_send(r->peer, msg, TERN_HDR_SIZE + plen))
+	if (r->peer && r->w->send(msg, TERN_HDR_SIZE + plen))
 		r->tainted = true; /* it failed the connection */
 }
 
@@ -718,7 +744,7 @@ static void op_reply(struct run *r)
 		if (n) {
 			d.len = n <= e.rdesc.len ? n : e.rdesc.len;
 			if (r->peer)
-				tern_mem_peer_write(r->peer, &d, src);
+				r->w->write(&d, src);
 		}
 		if (n <= FZ_PAYLOAD || n > e.rdesc.len)
 			honest = false; /* not what a bulk reply may say */
@@ -756,7 +782,7 @@ static void op_raw(struct run *r)
 	take(r, msg, len);
 	r->tainted = true;
 	if (r->peer)
-		tern_mem_peer_send(r->peer, msg, len);
+		r->w->send(msg, len);
 }
 
 /* Read or write what the engine exported for one of its calls. */
@@ -790,9 +816,9 @@ static void op_peer_access(struct run *r)
 	if (d.len > sizeof(buf))
 		return;
 	if (sel & 2)
-		tern_mem_peer_write(r->peer, &d, src);
+		r->w->write(&d, src);
 	else
-		tern_mem_peer_read(r->peer, &d, buf);
+		r->w->read(&d, buf);
 }
 
 /* ---- what the engine's user does --------------------------------------------------------- */
@@ -1001,7 +1027,7 @@ static size_t handshake_bytes(struct run *r, uint8_t setup, uint8_t *hs, bool re
 	size_t len;
 
 	if (r->role == FZ_HANDSHAKE) {
-		len = u8(r) % (MEM_PD_MAX + 1);
+		len = u8(r) % (FZ_PD_MAX + 1);
 		take(r, hs, len);
 		return len;
 	}
@@ -1013,28 +1039,40 @@ static size_t handshake_bytes(struct run *r, uint8_t setup, uint8_t *hs, bool re
 	return sizeof(struct tern_wire_hello);
 }
 
+/* The peer's memory, for the engine's transfers: all of it writable, the
+ * first half also read-only. */
+static void expose(struct run *r)
+{
+	if (r->w->state() != FZ_UP)
+		return;
+	r->w->expose(0, sizeof(fz_pmem), 1, &r->pd_rw);
+	r->w->expose(0, sizeof(fz_pmem) / 2, 0, &r->pd_ro);
+}
+
 static void start_server(struct run *r, uint8_t setup)
 {
-	uint8_t hs[MEM_PD_MAX];
+	uint8_t hs[FZ_PD_MAX];
 	size_t len = handshake_bytes(r, setup, hs, false);
 
-	if (tern_mem_peer_connect(FZ_LISTEN_NAME, hs, len, &peer_cbs, r, &r->peer))
+	if (r->w->connect(tern_listener_uri(lis), hs, len))
 		bug("cannot reach the listener");
-	pump(2);
-	if (tern_mem_peer_state(r->peer) == MEM_PEER_UP)
-		tern_mem_peer_expose(r->peer, &pmem_tm, 0, sizeof(pmem), 1, &r->pd_rw);
-	if (tern_mem_peer_state(r->peer) == MEM_PEER_UP)
-		tern_mem_peer_expose(r->peer, &pmem_tm, 0, sizeof(pmem) / 2, 0, &r->pd_ro);
+	r->peer = true;
+	for (int i = 0; i < 64 && r->w->state() == FZ_WAITING; i++)
+		pump(1);
+	pump(1);
+	expose(r);
 }
 
 static void start_client(struct run *r, uint8_t setup)
 {
 	struct tern_session_opts so;
-	uint8_t hs[MEM_PD_MAX];
+	uint8_t hs[FZ_PD_MAX];
+	const char *uri = r->w->listen();
 	size_t len;
 
-	if (tern_mem_peer_listen(FZ_PEER_NAME, &peer_cbs, r, &r->peer))
+	if (!uri)
 		bug("cannot listen as the peer");
+	r->peer = true;
 	session_opts(&so);
 	so.nonblock = (setup >> 2) & 1;
 	so.queue_depth = 3;
@@ -1042,23 +1080,23 @@ static void start_client(struct run *r, uint8_t setup)
 		so.services = fz_services;
 		so.nservices = 1;
 	}
-	if (tern_connect(ctx, "mem://" FZ_PEER_NAME, &so, on_connect, &r->s))
+	if (tern_connect(ctx, uri, &so, on_connect, &r->s))
 		bug("cannot connect to the peer");
 	r->alive = true;
 	r->client = true;
-	pump(1);
+	for (int i = 0; i < 64 && !r->hello_seen; i++)
+		pump(1);
 	if (!r->hello_seen)
 		bug("the engine's hello did not reach the peer");
 	len = handshake_bytes(r, setup, hs, true);
 	if (r->role == FZ_HANDSHAKE && (u8(r) & 1))
-		tern_mem_peer_refuse(r->peer, (int32_t)u32(r), hs, len);
+		r->w->answer(false, (int32_t)u32(r), hs, len);
 	else
-		tern_mem_peer_accept(r->peer, hs, len);
+		r->w->answer(true, 0, hs, len);
+	for (int i = 0; i < 64 && r->w->state() == FZ_WAITING; i++)
+		pump(1);
 	pump(2);
-	if (tern_mem_peer_state(r->peer) == MEM_PEER_UP) {
-		tern_mem_peer_expose(r->peer, &pmem_tm, 0, sizeof(pmem), 1, &r->pd_rw);
-		tern_mem_peer_expose(r->peer, &pmem_tm, 0, sizeof(pmem) / 2, 0, &r->pd_ro);
-	}
+	expose(r);
 }
 
 /* ---- one run ----------------------------------------------------------------------------------
@@ -1098,19 +1136,17 @@ static void run_op(struct run *r)
 	case 11:
 		if (r->peer) {
 			uint8_t b = u8(r);
-			tern_mem_peer_hold(r->peer, b & 1, b & 2);
+			r->w->hold(b & 1, b & 2);
 		}
 		break;
 	case 12:
 		if (r->peer)
-			tern_mem_peer_complete_sends(r->peer, 1 + u8(r) % 8);
+			r->w->complete_sends(1 + u8(r) % 8);
 		break;
 	case 13:
-		if (r->peer && tern_mem_peer_bulk_pending(r->peer)) {
+		if (r->peer && r->w->bulk_pending()) {
 			uint8_t b = u8(r);
-			tern_mem_peer_complete_bulk(r->peer,
-						    b % tern_mem_peer_bulk_pending(r->peer),
-						    b & 0x80 ? -EFAULT : 0);
+			r->w->complete_bulk(b % r->w->bulk_pending(), b & 0x80 ? -EFAULT : 0);
 		}
 		break;
 	case 14:
@@ -1143,8 +1179,8 @@ static void run_op(struct run *r)
 		switch (u8(r) % 3) {
 		case 0:
 			if (r->peer) {
-				tern_mem_peer_close(r->peer);
-				r->peer = NULL;
+				r->w->close();
+				r->peer = false;
 			}
 			break;
 		case 1:
@@ -1155,9 +1191,8 @@ static void run_op(struct run *r)
 			break;
 		default:
 			if (r->peer) {
-				uint8_t b = u8(r);
-				tern_mem_peer_hold(r->peer, false, false);
-				(void)b;
+				r->tainted = true;
+				r->w->hostile();
 			}
 			break;
 		}
@@ -1171,8 +1206,8 @@ static void finish(struct run *r)
 	int i;
 
 	if (r->peer)
-		tern_mem_peer_close(r->peer);
-	r->peer = NULL;
+		r->w->close();
+	r->peer = false;
 	for (i = 0; i < 1000 && !tern_list_empty(&ctx->sessions); i++) {
 		while (r->nheld)
 			if (tern_req_release(r->held[--r->nheld]))
@@ -1182,7 +1217,7 @@ static void finish(struct run *r)
 			if (tern_reply_error(req, -ECANCELED, NULL) == -EINVAL)
 				bug("a deferred request is not deferred");
 		}
-		tern_ctx_poll(ctx, 64);
+		r->w->pump();
 	}
 	if (!tern_list_empty(&ctx->sessions))
 		bug("a session outlived its peer by %d polls", i);
@@ -1198,17 +1233,18 @@ static void finish(struct run *r)
 			bug("cannot register method %u again", k);
 }
 
-int fz_engine_run(enum fz_role role, const uint8_t *data, size_t size)
+int fz_engine_run(enum fz_role role, const struct fz_wire *w, const uint8_t *data, size_t size)
 {
 	struct run *r = &R;
 	uint8_t setup;
 	int ops = 0;
 
-	init_once();
+	init_once(w);
 	memset(r, 0, sizeof(*r));
 	r->p = data;
 	r->end = data + size;
 	r->role = role;
+	r->w = w;
 	tern_credits_init(&r->pcr, FZ_N);
 	setup = u8(r);
 	if (role == FZ_SERVER || (role == FZ_HANDSHAKE && !(setup & 1)))
@@ -1216,7 +1252,7 @@ int fz_engine_run(enum fz_role role, const uint8_t *data, size_t size)
 	else
 		start_client(r, setup);
 	if (setup & 8)
-		tern_mem_peer_hold(r->peer, setup & 16, setup & 32);
+		r->w->hold(setup & 16, setup & 32);
 	while (more(r) && ops++ < FZ_MAX_OPS)
 		run_op(r);
 	finish(r);

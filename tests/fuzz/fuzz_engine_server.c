@@ -5,10 +5,11 @@
  * and close, through the real engine over mem:// (engine_peer.c).
  */
 #include "engine_peer.h"
+#include "wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	return fz_engine_run(FZ_SERVER, data, size);
+	return fz_engine_run(FZ_SERVER, &fz_wire_mem, data, size);
 }

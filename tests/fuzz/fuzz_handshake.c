@@ -7,10 +7,11 @@
  * (engine_peer.c, role FZ_HANDSHAKE).
  */
 #include "engine_peer.h"
+#include "wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	return fz_engine_run(FZ_HANDSHAKE, data, size);
+	return fz_engine_run(FZ_HANDSHAKE, &fz_wire_mem, data, size);
 }

@@ -31,7 +31,8 @@ docs/peers.md for each tool's definition).
 usage: bench/peers.py --lane tcp|shm|rdma [--rounds N] [--sizes 32,1K,4K,64K]
                       [--depths 1,32] [--iters N] [--builddir DIR]
 environment: TERN_PEERS_ROUNDS, TERN_PEERS_SIZES, TERN_PEERS_DEPTHS,
-             TERN_PEERS_ITERS (per lane defaults below)
+             TERN_PEERS_ITERS, or TERN_PEERS_ITERS_TCP|SHM|RDMA for one lane
+             (per lane defaults below)
 """
 import argparse
 import json
@@ -192,7 +193,7 @@ class Runner:
 
 def emit(rnd, lane, impl, variant, stat, r, cmd, env=None, **extra):
     line = {"lane": lane, "round": rnd, "impl": impl, "variant": variant, "stat": stat}
-    for k in ("size", "inflight", "iters", "p50_us", "p99_us", "mean_us", "rate_per_s",
+    for k in ("size", "inflight", "iters", "mode", "p50_us", "p99_us", "mean_us", "rate_per_s",
               "tool_p50_us", "tool_mean_us"):
         if r.get(k) is not None:
             line[k] = r[k]
@@ -235,7 +236,9 @@ def lane_tcp(R, rnd, sizes, depths, iters):
                       [f"{R.b}/tern_local_bench", "--transport", "tcp", "--mode", mode,
                        "--sizes", sz, "--iters", str(iters), "--warmup", str(R.warm(iters)),
                        "--inflight", str(d)])
-        json_runs(R, rnd, "tcp", "grpc", "gRPC " + ("sync" if d == 1 else "async"),
+        # one variant across depths: the sync API at 1 in flight, async above
+        # (the line's "mode" says which)
+        json_runs(R, rnd, "tcp", "grpc", "gRPC",
                   [f"{R.b}/grpc_echo", "--sizes", sz, "--iters", str(iters),
                    "--warmup", str(R.warm(iters)), "--inflight", str(d)])
 
@@ -278,8 +281,7 @@ def lane_rdma(R, rnd, sizes, depths, iters):
     # Slots big enough for the largest size: a user who sends 64 KiB calls
     # sizes the slots for them (multiple of 64, header included).
     slot = max(8192, (max(sizes) + 1024 + 63) // 64 * 64)
-    vdepths = sorted({min(d, 16) for d in depths})  # verbs_pingpong: at most 16
-    for d in vdepths:
+    for d in sorted({min(d, 32) for d in depths}):  # verbs_pingpong: at most 32
         json_runs(R, rnd, "rdma", "verbs", "raw verbs RC",
                   [f"{R.b}/verbs_pingpong", "--sizes", sz, "--iters", str(iters),
                    "--warmup", warm, "--depth", str(d)])
@@ -334,7 +336,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=600, help="seconds per program")
     a = ap.parse_args()
     sizes, depths = size_list(a.sizes), [int(x) for x in a.depths.split(",")]
-    iters = a.iters or LANE_DEFAULTS[a.lane]
+    iters = (a.iters or int(os.environ.get(f"TERN_PEERS_ITERS_{a.lane.upper()}", 0))
+             or LANE_DEFAULTS[a.lane])
     R = Runner(a)
     for rnd in range(1, a.rounds + 1):
         log(f"{a.lane}: round {rnd} of {a.rounds}")

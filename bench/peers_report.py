@@ -88,13 +88,13 @@ class Data:
         return [a[n][key] / b[n][key] for n in a if n in b and a[n].get(key) and b[n].get(key)]
 
 
-def fmt_ratio(xs, lower_is_better):
+def fmt_ratio(xs, lower_is_better, marked=True):
     if not xs:
         return "-"
     m, lo, hi = med(xs), min(xs), max(xs)
     good = (hi < 1) if lower_is_better else (lo > 1)
     bad = (lo > 1) if lower_is_better else (hi < 1)
-    mark = "✓" if good else "✗" if bad else "~"
+    mark = ("✓" if good else "✗" if bad else "~") if marked else ""
     spread = f" ({lo:.2f}–{hi:.2f})" if len(xs) > 1 else ""
     return f"{m:.2f}{spread} {mark}"
 
@@ -122,11 +122,12 @@ def latency_table(D, lane):
             pv = D.value(lane, p, size, 1, key)
             if pv is None:
                 continue
+            floor = D.impl[(lane, p)] == "verbs"  # not a peer: no verdict
             cells = []
             for t in terns:
                 cells.append(fmt(D.value(lane, t, size, 1, key)))
-                cells.append(fmt_ratio(D.ratios(lane, t, p, size, 1, key), True))
-            label = p + (" (floor)" if D.impl[(lane, p)] == "verbs" else "")
+                cells.append(fmt_ratio(D.ratios(lane, t, p, size, 1, key), True, not floor))
+            label = p + (" (floor)" if floor else "")
             print(f"| {size_str(size)} | {label} | {'p50' if stat == 'median' else 'mean'} | "
                   f"{fmt(pv)} | " + " | ".join(cells) + " |")
     print()
@@ -140,7 +141,8 @@ def rate_table(D, lane):
     for depth in deep:
         peers = [p for p in D.variants(lane, tern=False)
                  if any((lane, p, s, depth) in D.at for s in D.sizes(lane))]
-        if not peers:
+        if not peers or not any((lane, t, s, depth) in D.at for t in terns
+                                for s in D.sizes(lane)):
             continue
         print(f"Calls per second, {depth} calls in flight ({LANE_TITLE[lane]}); ratio: "
               "tern ÷ peer, above 1 = tern faster\n")
@@ -152,12 +154,14 @@ def rate_table(D, lane):
                 pv = D.value(lane, p, size, depth, "rate_per_s")
                 if pv is None:
                     continue
+                floor = D.impl[(lane, p)] == "verbs"
                 cells = []
                 for t in terns:
                     cells.append(fmt(D.value(lane, t, size, depth, "rate_per_s")))
                     cells.append(fmt_ratio(D.ratios(lane, t, p, size, depth, "rate_per_s"),
-                                           False))
-                print(f"| {size_str(size)} | {p} | {fmt(pv)} | " + " | ".join(cells) + " |")
+                                           False, not floor))
+                label = p + (" (floor)" if floor else "")
+                print(f"| {size_str(size)} | {label} | {fmt(pv)} | " + " | ".join(cells) + " |")
         print()
 
 
@@ -214,14 +218,21 @@ def plots(D, outdir):
     import matplotlib.pyplot as plt
 
     lanes = [l for l in LANES if D.variants(l)]
-    style = {}
+    # one colour per variant in every panel and plot: tern's in strong
+    # colours and thick lines, the peers' thin
+    names = sorted({v for l in lanes for v in D.variants(l)})
+    tern_names = [v for v in names if v.startswith("tern")]
+    others = [v for v in names if v not in tern_names]
+    strong = ["#000000", "#d62728", "#1f77b4", "#2ca02c"]
+    muted = ["#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+             "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94"]
+    colour = {v: strong[i % len(strong)] for i, v in enumerate(tern_names)}
+    colour.update({v: muted[i % len(muted)] for i, v in enumerate(others)})
 
     def st(lane, v):
-        if v not in style:
-            tern = D.impl[(lane, v)] == "tern"
-            style[v] = dict(lw=2.4 if tern else 1.3, marker="o" if tern else ".",
-                            ls="-" if D.stat[(lane, v)] == "median" else "--")
-        return style[v]
+        tern = D.impl[(lane, v)] == "tern"
+        return dict(color=colour[v], lw=2.6 if tern else 1.3, marker="o" if tern else ".",
+                    ls="-" if D.stat[(lane, v)] == "median" else "--")
 
     written = []
     # 1. latency vs size, 1 in flight
@@ -240,28 +251,31 @@ def plots(D, outdir):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Echo round trip, 1 call in flight (median over rounds; dashed: mean)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     written.append(f"{outdir}/peers-latency.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    # 2. bandwidth vs size: payload each way = size x calls/s, at the deepest depth measured
-    fig, axes = plt.subplots(1, len(lanes), figsize=(6 * len(lanes), 4.8), squeeze=False)
-    for ax, lane in zip(axes[0], lanes):
-        for v in D.variants(lane):
-            ds = [d for d in D.depths(lane) if any((lane, v, s, d) in D.at for s in D.sizes(lane))]
-            d = max(ds)
-            pts = [(s, D.value(lane, v, s, d, "rate_per_s")) for s in D.sizes(lane)]
-            pts = [(s, s * y / 1e6) for s, y in pts if y]
-            if pts:
-                ax.plot(*zip(*pts), label=f"{v} ({d} in flight)", **st(lane, v))
-        ax.set(xscale="log", yscale="log", xlabel="message size (bytes)",
-               ylabel="payload MB/s each way", title=LANE_TITLE[lane])
-        ax.set_xticks(D.sizes(lane), [size_str(s) for s in D.sizes(lane)])
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Echo payload throughput (size × calls/s) at the deepest depth each measured")
-    fig.tight_layout()
+    # 2. bandwidth vs size: payload each way = size x calls/s; one row per depth,
+    # so that only programs measured at the same depth share a panel
+    depths = sorted({d for l in lanes for d in D.depths(l)})
+    fig, axes = plt.subplots(len(depths), len(lanes), figsize=(6 * len(lanes), 4.4 * len(depths)),
+                             squeeze=False)
+    for row, d in zip(axes, depths):
+        for ax, lane in zip(row, lanes):
+            for v in D.variants(lane):
+                pts = [(s, D.value(lane, v, s, d, "rate_per_s")) for s in D.sizes(lane)]
+                pts = [(s, s * y / 1e6) for s, y in pts if y]
+                if pts:
+                    ax.plot(*zip(*pts), label=v, **st(lane, v))
+            ax.set(xscale="log", yscale="log", xlabel="message size (bytes)",
+                   ylabel="payload MB/s each way", title=f"{LANE_TITLE[lane]}, {d} in flight")
+            ax.set_xticks(D.sizes(lane), [size_str(s) for s in D.sizes(lane)])
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+    fig.suptitle("Echo payload throughput each way (size × calls/s), median over rounds")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     written.append(f"{outdir}/peers-bandwidth.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
@@ -281,7 +295,7 @@ def plots(D, outdir):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Calls per second against calls in flight (median over rounds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     written.append(f"{outdir}/peers-rate.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)

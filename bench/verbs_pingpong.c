@@ -24,7 +24,7 @@
 #include "verbs_pair.h"
 #include "stats.h"
 
-#define NRECV	     32 /* receives posted per side: room for --depth up to 16 */
+#define NRECV	     64 /* receives posted per side (the QP's 64): --depth up to 32 */
 #define SIGNAL_EVERY 16
 
 struct rendezvous {

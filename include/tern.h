@@ -738,7 +738,11 @@ TERN_EXPORT int tern_reply_error(tern_req *req, int err, const char *msg);
  * @s: the session
  * @status: 0, or a negative errno / TERN_E* code: the handler's own code,
  *	TERN_ENOMETHOD, -ETIMEDOUT (deadline), -ECONNRESET (peer gone),
- *	-ECANCELED (session closed locally), -EMSGSIZE (reply too large)...
+ *	-ECANCELED (session closed locally), -EMSGSIZE (reply too large),
+ *	TERN_EPEER (the peer broke the protocol; the session fails too)...
+ *	A remote code crosses the wire only in -1 .. -(TERN_ERRNO_BASE +
+ *	999); a handler's code outside that range arrives as TERN_EREMOTE,
+ *	and an error reply carrying anything else is a protocol violation.
  * @reply: on success the reply bytes, borrowed from the receive slot and
  *	valid only during the callback; on a remote error the remote's short
  *	message (NUL-terminated, maybe empty)

@@ -23,10 +23,8 @@
 
 static int clamp_status(int err)
 {
-	/* Only errno values and TERN_E* codes cross the wire. */
-	if (err >= 0 || err <= -(TERN_ERRNO_BASE + 1000))
-		return TERN_EREMOTE;
-	return err;
+	/* Only errno values and TERN_E* codes cross the wire (the client checks). */
+	return tern_wire_status_ok(err) ? err : TERN_EREMOTE;
 }
 
 /*

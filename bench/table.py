@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark JSON lines (stdin) -> the Markdown tables README.md shows.
+"""Benchmark JSON lines (stdin) -> the Markdown tables docs/performance.md shows.
 
 Lines may come from several rounds ("round" key); every figure is the median
 over the rounds, and ratios are taken within a round (tern against the

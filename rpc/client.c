@@ -288,12 +288,13 @@ static void release_stages(tern_session *s, tern_callslot *c)
 /*
  * A timed-out call's staging may still be read or written by the server
  * until its late reply arrives: keep it till then.  Late replies are at most
- * n (each holds a reserved receive), so there is always room.
+ * n (each holds a reserved receive), so there is always room: calls in
+ * flight and calls awaiting a late reply are n at most together.
  */
-static void orphan_stages(tern_session *s, tern_callslot *c)
+static bool orphan_stages(tern_session *s, tern_callslot *c)
 {
 	if (!c->req_stage && !c->rep_stage && !c->nx)
-		return;
+		return true;
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct tern_orphan *o = &s->orphans[i];
 		if (o->used)
@@ -307,8 +308,9 @@ static void orphan_stages(tern_session *s, tern_callslot *c)
 		memcpy(o->xd, c->xd, sizeof(o->xd));
 		o->nx = c->nx;
 		c->nx = 0;
-		return;
+		return true;
 	}
+	return false;
 }
 
 static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
@@ -579,7 +581,15 @@ void tern__client_fail_all(tern_session *s, int err)
 	for (uint32_t i = 0; i < s->n; i++) {
 		tern_callslot *c = &s->calls[i];
 		if (c->state == TERN_CALL_INFLIGHT) {
-			release_stages(s, c); /* the connection is gone: nobody reads them */
+			/*
+			 * The connection failed, but the peer may still be
+			 * inside a copy into or out of this call's exports
+			 * (shm's split copies run in the peer's process):
+			 * keep them, and their staging, until the session
+			 * is freed, after the provider's closed().
+			 */
+			if (!orphan_stages(s, c))
+				release_stages(s, c);
 			complete(s, c, err, "", 0);
 		}
 	}

@@ -147,7 +147,7 @@ static int set_transport_mode(tern_ctx *ctx, enum tern_transport_mode mode)
  * tern_ctx_run(DEFAULT) nobody looks between turns: the turn spins on
  * after work, and a server answers the next request from the spin
  * instead of from behind an epoll_wait(0), a syscall that costs more
- * than the whole shm round trip on a virtualised host (measured: README,
+ * than the whole shm round trip on a virtualised host (measured: docs/performance.md,
  * "shm:// and tcp:// on this host").  Timers and fds still get a turn
  * every busy_spin_ns, as they do when the transports are quiet.
  */

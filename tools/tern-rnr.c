@@ -22,7 +22,7 @@
 
 #include <tern/rnr.h>
 
-/* Exit statuses; documented in --help and the README. */
+/* Exit statuses; documented in --help and docs/operations.md. */
 enum {
 	EXIT_OK = 0,
 	EXIT_RUNTIME = 1,

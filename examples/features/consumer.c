@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -105,6 +106,7 @@ int main(int argc, char **argv)
 	static struct features_handlers h = {.push = on_batch};
 	struct tern_session_opts so;
 	uv_signal_t sigint, sigterm;
+	sigset_t quit;
 	tern_listener *l;
 	tern_ctx *ctx;
 	uv_loop_t loop;
@@ -148,6 +150,16 @@ int main(int argc, char **argv)
 	       secs > 0 ? (double)c.got * 1024 / secs / 1e9 : 0, c.checksum);
 	if (c.done && !c.bad)
 		printf("features_consumer: all %lu frames checked\n", c.target);
+	/*
+	 * On our way out: a SIGTERM from now on (a harness that saw the
+	 * producer finish) must not kill us mid-teardown.  Closing the last
+	 * uv_signal_t of a signal restores its default action, so block both
+	 * first; one still pending dies with the process.
+	 */
+	sigemptyset(&quit);
+	sigaddset(&quit, SIGINT);
+	sigaddset(&quit, SIGTERM);
+	sigprocmask(SIG_BLOCK, &quit, NULL);
 	uv_close((uv_handle_t *)&sigint, NULL);
 	uv_close((uv_handle_t *)&sigterm, NULL);
 	tern_ctx_destroy(ctx);

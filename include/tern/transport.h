@@ -236,7 +236,12 @@ struct tern_transport_ops {
 	 * bulk_unexport (optional): the call @d was exported for is over; the
 	 *	peer may no longer reach it.  Providers that check a peer's
 	 *	descriptors against a table of live exports (shm, tcp) need it;
-	 *	verbs, whose rkeys the NIC checks, leaves it NULL.
+	 *	verbs, whose rkeys the NIC checks, leaves it NULL.  When a
+	 *	connection fails, the engine does not withdraw the exports of
+	 *	the calls it fails, nor reuse their memory, until closed(): a
+	 *	provider whose peer may still be copying into or out of an
+	 *	export (shm's split copies run in the peer's process) waits for
+	 *	it before reporting closed().
 	 */
 	uint64_t (*bulk_max)(struct tern_conn *c);
 	int (*bulk_export)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,

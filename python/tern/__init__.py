@@ -15,7 +15,7 @@
     calc = tern.proxy("tcp://127.0.0.1:7000", idl.Calc)
     print(calc.add(a=40, b=2).result(timeout=1).sum)    # 42
 
-See README.md ("Python") for views, their lifetime, and the exceptions.
+See docs/python.md for views, their lifetime, and the exceptions.
 """
 from . import _tern
 from .errors import (ERRORS, BadRequest, Cancelled, ConnectFailed, ConnectionLost,

@@ -32,6 +32,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1483,29 +1484,39 @@ static void ignore_call(tern_session *s, int status, const void *r, size_t len, 
 	(void)s, (void)status, (void)r, (void)len, (void)u;
 }
 
-/* The server calls us with @req (BIG bytes): its request's descriptor. */
-static void server_calls_us(struct hostile *h, uint8_t *req, struct tern_bulk_desc *qd)
+/*
+ * The server's call, which @h's session has just made, as it lies in our
+ * receive ring: @msg_len bytes flagged @flag, starting with a descriptor.
+ */
+static void server_call_desc(struct hostile *h, uint32_t msg_len, uint8_t flag,
+			     struct tern_bulk_desc *d)
 {
 	struct tern_hdr hd;
 	uint32_t slot, len;
 	const uint8_t *p;
 	double end = now_s() + 5;
 
-	for (int i = 0; i < BIG; i++)
-		req[i] = (uint8_t)(i * 7 + 1);
-	assert_int_equal(tern_call(h->srv, M_ECHO, req, BIG, ignore_call, NULL, NULL), 0);
 	while (atomic_load(word(h, 1, SHM_TAIL)) == 0 && now_s() < end)
 		tern_ctx_run(h->ctx, TERN_RUN_NOWAIT);
 	assert_int_equal(atomic_load(word(h, 1, SHM_TAIL)), 1);
 	slot = atomic_load(&shm_descs(h->seg, &h->g, 1)[0].slot);
 	len = atomic_load(&shm_descs(h->seg, &h->g, 1)[0].len);
 	assert_true(slot < H_SLOTS);
-	assert_int_equal(len, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE);
+	assert_int_equal(len, msg_len);
 	p = shm_slots(h->seg, &h->g, 1) + (size_t)slot * H_SLOT;
 	tern_hdr_decode(p, &hd);
 	assert_int_equal(hd.kind, TERN_MSG_REQ);
-	assert_true(hd.flags & TERN_F_BULK);
-	tern_bulk_desc_decode(p + TERN_HDR_SIZE, qd);
+	assert_true(hd.flags & flag);
+	tern_bulk_desc_decode(p + TERN_HDR_SIZE, d);
+}
+
+/* The server calls us with @req (BIG bytes): its request's descriptor. */
+static void server_calls_us(struct hostile *h, uint8_t *req, struct tern_bulk_desc *qd)
+{
+	for (int i = 0; i < BIG; i++)
+		req[i] = (uint8_t)(i * 7 + 1);
+	assert_int_equal(tern_call(h->srv, M_ECHO, req, BIG, ignore_call, NULL, NULL), 0);
+	server_call_desc(h, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE, TERN_F_BULK, qd);
 	assert_int_equal(qd->len, BIG);
 }
 
@@ -1725,6 +1736,109 @@ static void test_close_waits_for_a_peer_that_may_be_inside_a_copy(void **state)
 	hostile_teardown(&h);
 }
 
+/*
+ * The server calls us with a reply buffer of BIG_SPLIT bytes (not
+ * registered: it goes through staging): its reply descriptor.
+ */
+#define BIG_SPLIT (SHM_SPLIT_MIN + (1u << 20))
+
+static void server_calls_us_for_a_large_reply(struct hostile *h, void *reply_buf,
+					      struct tern_bulk_desc *rd)
+{
+	struct tern_call_opts co = {
+		.size = sizeof(co), .reply_buf = reply_buf, .reply_cap = BIG_SPLIT};
+
+	assert_int_equal(tern_call(h->srv, M_ECHO, "get", 3, ignore_call, NULL, &co), 0);
+	server_call_desc(h, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE + 3, TERN_F_REPLY_DESC, rd);
+	assert_int_equal(rd->len, BIG_SPLIT);
+}
+
+/*
+ * The server (the caller here) closes its session while we are still
+ * copying our half of a split reply push into its reply staging: that
+ * staging must not go back to the pool, where the next large call would
+ * find it, until we have hung up.  We play the peer whose copy is late:
+ * after the close we write our half, then check that the memory the
+ * server hands out next (a canary in fresh staging) was not what we hit.
+ */
+static void test_close_waits_for_the_peers_half_of_a_split_push(void **state)
+{
+	struct hostile h;
+	struct tern_bulk_desc rd;
+	struct tern_stage *canary;
+	struct shm_bulk b, sp = {0}, d = {0};
+	struct shm_msg m;
+	uint8_t *ours = malloc(BIG_SPLIT), *reply_buf = malloc(BIG_SPLIT);
+	int fds[4], nfds, got_split = 0, got_done = 0;
+	size_t mid;
+
+	(void)state;
+	assert_non_null(ours);
+	assert_non_null(reply_buf);
+	memset(ours, 0xab, BIG_SPLIT);
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	server_calls_us_for_a_large_reply(&h, reply_buf, &rd);
+
+	/* Push the reply: the server splits it, copies its half, says DONE. */
+	b = (struct shm_bulk){.xaddr = rd.addr,
+			      .len = BIG_SPLIT,
+			      .laddr = (uintptr_t)ours,
+			      .key = rd.key,
+			      .token = 0x77,
+			      .op = SHM_BULK_WRITE};
+	send_bulk(&h, SHM_MSG_BULK_REQ, &b);
+	while (!got_done) {
+		assert_int_equal(run_until_readable(h.ctx, h.sock, 5), 0);
+		assert_int_equal(h_recv(h.sock, &m, fds, &nfds), (ssize_t)sizeof(m));
+		if (m.type == SHM_MSG_BULK_SPLIT) {
+			memcpy(&sp, m.hs, sizeof(sp));
+			got_split++;
+		} else {
+			assert_int_equal(m.type, SHM_MSG_BULK_DONE);
+			memcpy(&d, m.hs, sizeof(d));
+			got_done++;
+		}
+	}
+	assert_int_equal(got_split, 1);
+	assert_int_equal(d.status, 0);
+	mid = sp.len;
+	assert_true(mid > 0 && mid < BIG_SPLIT);
+
+	/* We are "still copying" our half [mid, len) when the server closes. */
+	srv_closed = false;
+	assert_int_equal(tern_session_close(h.srv, srv_close_cb), 0);
+	for (double end = now_s() + 0.2; now_s() < end;)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+
+	/* The server's next large call takes staging of this size: a canary. */
+	canary = tern__stage_get(h.ctx, BIG_SPLIT);
+	assert_non_null(canary);
+	memset(canary->mr.addr, 0xcc, BIG_SPLIT);
+
+	/* Our late half lands where the export was. */
+	{
+		struct iovec l = {.iov_base = ours + mid, .iov_len = BIG_SPLIT - mid};
+		struct iovec r = {.iov_base = (void *)(uintptr_t)(rd.addr + mid),
+				  .iov_len = BIG_SPLIT - mid};
+		assert_int_equal(process_vm_writev(getpid(), &l, 1, &r, 1, 0),
+				 (ssize_t)(BIG_SPLIT - mid));
+	}
+	for (size_t i = 0; i < BIG_SPLIT; i++)
+		if (((uint8_t *)canary->mr.addr)[i] != 0xcc)
+			fail_msg("the canary was overwritten at %zu of %u", i, BIG_SPLIT);
+	tern__stage_put(h.ctx, canary);
+	assert_false(srv_closed); /* it waits for our hang-up */
+
+	close(h.sock); /* our copy is over: we hang up */
+	h.sock = -1;
+	run_until(h.ctx, &srv_closed, 2);
+	assert_true(srv_closed);
+	hostile_teardown(&h);
+	free(ours);
+	free(reply_buf);
+}
+
 /* Dying with the server waiting on our answer: a reset, not a protocol
  * error, and the request's staging is released (LSan checks at exit). */
 static void test_peer_dying_mid_transfer_is_a_reset(void **state)
@@ -1865,6 +1979,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_split_of_a_transfer_nobody_asked_for),
 		cmocka_unit_test(test_peer_dying_mid_transfer_is_a_reset),
 		cmocka_unit_test(test_close_waits_for_a_peer_that_may_be_inside_a_copy),
+		cmocka_unit_test(test_close_waits_for_the_peers_half_of_a_split_push),
 		cmocka_unit_test(test_hostile_hello_bad_magic),
 		cmocka_unit_test(test_hostile_hello_truncated),
 		cmocka_unit_test(test_hostile_hello_without_a_doorbell),

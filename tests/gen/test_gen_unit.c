@@ -2,7 +2,7 @@
 /*
  * Code generated from calc.tern, on the host: the wire bytes the accessors
  * write, views, ids and schema hashes recomputed in C from their
- * definitions (tools/IDL.md), what calc_register leaves registered, and
+ * definitions (docs/idl.md), what calc_register leaves registered, and
  * bad arguments refused with -EINVAL instead of a crash.  The calls
  * themselves run over rdma:// in test_gen_rdma.c.
  */

@@ -6,7 +6,7 @@ usage: test_tern_gen.py PATH/TO/tern-gen TERN_SOURCE_DIR
 
 Imports tern-gen as a module (as the Python bindings will), pins every
 error message to its exact file:line:col, the method ids and schema hashes
-to golden values and to their definitions in tools/IDL.md, and checks that
+to golden values and to their definitions in docs/idl.md, and checks that
 adding a method changes no other id or service.  Generated code is also
 compiled strictly (C11 and C2x with -Wpedantic -Wconversion, and the header
 as C++11) when a compiler is at hand.  Standard library only.
@@ -472,7 +472,7 @@ class Hashes(unittest.TestCase):
                          "message a 3\nfield x u8 3 0\nfield rest bytes 0 3\n")
 
     def test_the_example_in_idl_md_is_what_tern_gen_computes(self):
-        with open(os.path.join(SRC, "tools", "IDL.md")) as f:
+        with open(os.path.join(SRC, "docs", "idl.md")) as f:
             doc = f.read()
         s = tg.parse_file(os.path.join(SRC, "examples", "calc", "calc.tern"))
         text = tg.schema_text(s, "Calc")

@@ -538,11 +538,14 @@ static void linger_timer_cb(uv_timer_t *tm)
 }
 
 /*
- * The peer may be inside a process_vm copy into our memory for a transfer
- * we asked for: the engine reuses that memory once we report the transfer
- * failed (conn_free).  So with transfers pending we only stop sending and
- * wait for the peer to hang up too, which it does once its copy is over
- * (it is single-threaded: it sees our hang-up between copies), or for
+ * The peer may be inside a process_vm copy into our memory: for a transfer
+ * we asked for (the engine reuses that memory once we report the transfer
+ * failed, in conn_free), or into or out of something we exported, when it
+ * copies its half of a split transfer (the engine keeps the exports of a
+ * failed session's calls live until closed(), then reuses their memory).
+ * So with transfers pending or exports live we only stop sending and wait
+ * for the peer to hang up too, which it does once its copy is over (it is
+ * single-threaded: it sees our hang-up between copies), or for
  * SHM_LINGER_MS.  A dead peer's hang-up is there at once.
  */
 static void conn_close(struct sconn *c)
@@ -554,7 +557,7 @@ static void conn_close(struct sconn *c)
 		link_del(&c->link);
 		c->l = NULL;
 	}
-	if (c->bops_live && c->sock >= 0 && c->sock_poll_init) {
+	if ((c->bops_live || c->xt.live) && c->sock >= 0 && c->sock_poll_init) {
 		c->lingering = true;
 		shutdown(c->sock, SHUT_WR);
 		uv_timer_stop(&c->timer);

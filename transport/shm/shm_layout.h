@@ -30,7 +30,8 @@
  *
  * Returns travel on the descriptors rather than a ring of their own so
  * that a reply and the return of its request's slot are one descriptor,
- * one cache line to fetch, not three (measured: README, "Transports").
+ * one cache line to fetch, not three (measured: docs/performance.md,
+ * "shm:// and tcp:// on this host").
  *
  * Every index is written by exactly one side (the comment says which) and
  * read by the other with acquire loads; see shm.c for each barrier.  Every

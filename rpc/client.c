@@ -280,8 +280,8 @@ static void release_stages(tern_session *s, tern_callslot *c)
 {
 	tern__bulk_unexport(s, c->xd, c->nx);
 	c->nx = 0;
-	tern__stage_put(s, c->req_stage);
-	tern__stage_put(s, c->rep_stage);
+	tern__session_stage_put(s, c->req_stage);
+	tern__session_stage_put(s, c->rep_stage);
 	c->req_stage = c->rep_stage = NULL;
 }
 
@@ -319,8 +319,8 @@ static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
 		struct tern_orphan *o = &s->orphans[i];
 		if (o->used && o->slot == slot && o->gen == gen) {
 			tern__bulk_unexport(s, o->xd, o->nx);
-			tern__stage_put(s, o->st[0]);
-			tern__stage_put(s, o->st[1]);
+			tern__session_stage_put(s, o->st[0]);
+			tern__session_stage_put(s, o->st[1]);
 			o->used = false;
 			return;
 		}

@@ -46,8 +46,8 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	req->state = TERN_REQ_FREE;
 	req->in = NULL;
 	req->out = NULL;
-	tern__stage_put(s, req->in_stage);
-	tern__stage_put(s, req->out_stage);
+	tern__session_stage_put(s, req->in_stage);
+	tern__session_stage_put(s, req->out_stage);
 	req->in_stage = req->out_stage = NULL;
 	if (s->state != TERN_S_READY) {
 		/* The session died while a deferred handler held the request:
@@ -142,7 +142,7 @@ static int reply_target(tern_req *req)
 	req->out_cap = slot_cap(req);
 	/* rdesc.len is at most tern__reply_max() (dispatch() checked it) */
 	if (req->has_rdesc && req->rdesc.len > s->max_payload && s->conn->ops->bulk_write) {
-		if ((rc = tern__stage_get(s, req->rdesc.len, &req->out_stage))) {
+		if ((rc = tern__session_stage_get(s, req->rdesc.len, &req->out_stage))) {
 			req->out = NULL; /* none yet: a later acquire tries again */
 			return rc;
 		}
@@ -226,7 +226,7 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
 		mr = &req->in_stage->mr;
 	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
-		int rc = tern__stage_get(s, iov->len, &req->out_stage);
+		int rc = tern__session_stage_get(s, iov->len, &req->out_stage);
 
 		if (rc) {
 			reply_error(req, rc, stage_why(rc, "no memory to stage the reply"));
@@ -386,7 +386,7 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 	/* A large request (at most max_msg): pull it into staging, then run
 	 * the handler. */
-	if ((rc = tern__stage_get(s, q.len, &req->in_stage))) {
+	if ((rc = tern__session_stage_get(s, q.len, &req->in_stage))) {
 		reply_error(req, rc, stage_why(rc, "no memory to receive the request"));
 		return;
 	}

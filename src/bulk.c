@@ -101,12 +101,15 @@ static size_t stage_class(size_t len)
 	return c;
 }
 
-/* An idle buffer of size class @cap (its registrations too), or a new one. */
-static struct tern_stage *stage_take(tern_ctx *ctx, size_t cap)
+struct tern_stage *tern__stage_get(tern_ctx *ctx, size_t len)
 {
+	size_t cap = stage_class(len);
 	struct tern_stage **pp, *st;
 	void *mem;
 
+	if (!cap)
+		return NULL;
+	/* reuse an idle buffer of this size class: its registrations too */
 	for (pp = &ctx->stages; (st = *pp); pp = &st->next) {
 		if (st->mr.len == cap) {
 			*pp = st->next;
@@ -124,7 +127,27 @@ static struct tern_stage *stage_take(tern_ctx *ctx, size_t cap)
 	return st;
 }
 
-int tern__stage_get(tern_session *s, size_t len, struct tern_stage **out)
+static void stage_free(struct tern_stage *st)
+{
+	mr_release(&st->mr);
+	free(st->mr.addr);
+	free(st);
+}
+
+void tern__stage_put(tern_ctx *ctx, struct tern_stage *st)
+{
+	if (!st)
+		return;
+	if (ctx->stage_idle_bytes + st->mr.len > STAGE_IDLE_MAX) {
+		stage_free(st);
+		return;
+	}
+	st->next = ctx->stages;
+	ctx->stages = st;
+	ctx->stage_idle_bytes += st->mr.len;
+}
+
+int tern__session_stage_get(tern_session *s, size_t len, struct tern_stage **out)
 {
 	size_t cap = stage_class(len);
 
@@ -134,34 +157,19 @@ int tern__stage_get(tern_session *s, size_t len, struct tern_stage **out)
 		s->cnt.staging_refused++;
 		return -ENOBUFS;
 	}
-	*out = stage_take(s->ctx, cap);
+	*out = tern__stage_get(s->ctx, cap);
 	if (!*out)
 		return -ENOMEM;
 	s->staged += cap;
 	return 0;
 }
 
-static void stage_free(struct tern_stage *st)
+void tern__session_stage_put(tern_session *s, struct tern_stage *st)
 {
-	mr_release(&st->mr);
-	free(st->mr.addr);
-	free(st);
-}
-
-void tern__stage_put(tern_session *s, struct tern_stage *st)
-{
-	tern_ctx *ctx = s->ctx;
-
 	if (!st)
 		return;
 	s->staged -= st->mr.len;
-	if (ctx->stage_idle_bytes + st->mr.len > STAGE_IDLE_MAX) {
-		stage_free(st);
-		return;
-	}
-	st->next = ctx->stages;
-	ctx->stages = st;
-	ctx->stage_idle_bytes += st->mr.len;
+	tern__stage_put(s->ctx, st);
 }
 
 void tern__bulk_free_all(tern_ctx *ctx)
@@ -203,7 +211,7 @@ int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable
 					(size_t)((const char *)buf - (const char *)mr->addr), len,
 					writable, d);
 	/* Not in a registration: go through staging (the one copy). */
-	if ((rc = tern__stage_get(s, len, stage)))
+	if ((rc = tern__session_stage_get(s, len, stage)))
 		return rc;
 	if (!writable) {
 		memcpy((*stage)->mr.addr, buf, len);
@@ -211,7 +219,7 @@ int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable
 	}
 	rc = ops->bulk_export(s->conn, &(*stage)->mr.tm[ti], 0, len, writable, d);
 	if (rc) {
-		tern__stage_put(s, *stage);
+		tern__session_stage_put(s, *stage);
 		*stage = NULL;
 	}
 	return rc;

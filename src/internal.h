@@ -155,13 +155,18 @@ static inline bool tern__mr_contains(const struct tern_mr *mr, const void *addr,
 	return a >= b && len <= mr->len && a - b <= mr->len - len;
 }
 /*
- * Staging of at least @len bytes for session @s, from the context's pool,
- * within @s's max_staging.  Return: 0, -ENOBUFS (over max_staging: counted
- * in staging_refused) or -ENOMEM.
+ * The context's pool of staging buffers: one of at least @len bytes (a
+ * power of two from 64 KiB), or NULL (no memory, or no such size).
  */
-int tern__stage_get(tern_session *s, size_t len, struct tern_stage **out);
+struct tern_stage *tern__stage_get(tern_ctx *ctx, size_t len);
+void tern__stage_put(tern_ctx *ctx, struct tern_stage *st);
+/*
+ * Staging for session @s, within its max_staging.  Return: 0, -ENOBUFS
+ * (over max_staging: counted in staging_refused) or -ENOMEM.
+ */
+int tern__session_stage_get(tern_session *s, size_t len, struct tern_stage **out);
 /* Give staging back to the pool (NULL: nothing); @s holds that much less. */
-void tern__stage_put(tern_session *s, struct tern_stage *st);
+void tern__session_stage_put(tern_session *s, struct tern_stage *st);
 void tern__bulk_free_all(tern_ctx *ctx);
 /*
  * Export @len bytes at @buf to @s's peer: from the user's registration that

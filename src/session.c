@@ -27,8 +27,8 @@ static void session_free(tern_session *s)
 	/* staging kept for calls that timed out: the peer is gone now */
 	for (uint32_t i = 0; s->orphans && i < s->n; i++) {
 		if (s->orphans[i].used) {
-			tern__stage_put(s, s->orphans[i].st[0]);
-			tern__stage_put(s, s->orphans[i].st[1]);
+			tern__session_stage_put(s, s->orphans[i].st[0]);
+			tern__session_stage_put(s, s->orphans[i].st[1]);
 		}
 	}
 	free(s->orphans);

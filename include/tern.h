@@ -775,6 +775,23 @@ typedef void (*tern_call_cb)(tern_session *s, int status, const void *reply, siz
 			     void *user);
 
 /**
+ * tern_call_status_remote - whether a failed call's status came from the peer
+ * @s: the session of the tern_call_cb running now
+ *
+ * The codes overlap: a handler may fail a call with -ECONNRESET or
+ * -ETIMEDOUT, which this side also reports when the session goes down or
+ * the deadline passes.  Inside a tern_call_cb (or a typed proxy's callback)
+ * this tells them apart.
+ *
+ * Return: 1 when the peer sent the status (the handler's own code,
+ * TERN_ENOMETHOD, a refusal of the request or of the reply's size), 0 when
+ * this side produced it (deadline, session down or closed, a reply larger
+ * than the reply buffer), and 0 outside a call callback and in callbacks
+ * nested in one.
+ */
+TERN_EXPORT int tern_call_status_remote(tern_session *s);
+
+/**
  * struct tern_call_opts - per-call options
  * @size: sizeof(struct tern_call_opts), or 0
  * @timeout_ms: this call's deadline from now (0: the session's default)

@@ -528,11 +528,17 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 	}
 	if (h->kind == TERN_MSG_ERR) {
 		char msg[TERN_ERRMSG_MAX + 1];
+		tern_ctx *ctx = s->ctx;
+		int outer = ctx->remote_depth;
 
 		memcpy(msg, payload, h->len);
 		msg[h->len] = 0;
 		release_stages(s, c);
+		/* The status is the peer's: tern_call_status_remote() says so to
+		 * this callback, and to no callback nested in it. */
+		ctx->remote_depth = ctx->cb_depth + 1;
 		complete(s, c, h->status, msg, h->len);
+		ctx->remote_depth = outer;
 	} else if (h->flags & TERN_F_BULK) {
 		uint64_t n;
 
@@ -563,6 +569,11 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 		release_stages(s, c); /* a large request's staging, if any */
 		complete(s, c, 0, payload, h->len);
 	}
+}
+
+int tern_call_status_remote(tern_session *s)
+{
+	return s && s->ctx->remote_depth && s->ctx->remote_depth == s->ctx->cb_depth;
 }
 
 void tern__client_send_done(tern_session *s, uint32_t idx)

@@ -218,8 +218,9 @@ struct tern_ctx {
 	struct tern_list listeners;
 	struct tern_list dirty; /* sessions owing credits after this poll */
 
-	int cb_depth;	 /* >0 while a user callback runs */
-	int run_default; /* >0 inside tern_ctx_run(TERN_RUN_DEFAULT): see idle_cb() */
+	int cb_depth;	  /* >0 while a user callback runs */
+	int remote_depth; /* cb_depth of the call callback whose status the peer sent */
+	int run_default;  /* >0 inside tern_ctx_run(TERN_RUN_DEFAULT): see idle_cb() */
 	bool destroying;
 	char last_error[256];
 };

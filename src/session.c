@@ -677,7 +677,12 @@ static void ev_closed(struct tern_conn *c)
 		s->connect_cb = NULL;
 		TERN_CALLBACK(s->ctx, cb(s, reason ? reason : -ECONNABORTED));
 	} else if (!s->announced) {
-		/* An incoming connection that failed before anyone saw it. */
+		/* An incoming connection that failed before anyone saw it.  A
+		 * refused client hangs up after our answer, and that failure's
+		 * text replaced the refusal's: the listener hears the reason. */
+		if (s->refused)
+			tern__set_error(s->ctx, "%s: %s (%s)", s->peer, s->refused_why,
+					tern_strerror(s->refused));
 		if (s->listener && s->listener->cb)
 			TERN_CALLBACK(s->ctx, s->listener->cb(s->listener, NULL,
 							      reason ? reason : -ECONNABORTED));

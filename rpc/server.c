@@ -105,10 +105,6 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 		req->in = NULL;
 		s->free_reqs[s->nfree_reqs++] = req->idx;
 		tern__session_fail(s, rc, why);
-		/* The session is down and counts this request as still in
-		 * use: finishing it drops that hold, or nothing ever frees
-		 * the session. */
-		finish(req, TERN_MSG_ERR, rc, 0);
 		return;
 	}
 	if (rc) {

@@ -364,6 +364,10 @@ struct tern_session {
 	struct tern_listener *listener; /* accepted on, or NULL */
 	enum tern_sess_state state;
 	int fail_status; /* why it failed, once it has */
+	/* a post the transport refused, inside a user's call: fails the
+	 * session from the loop (session.c, fail_soon()) */
+	int fail_soon;
+	const char *fail_soon_why;
 	bool user_closed;
 	bool announced; /* the user has the handle (tern_connect, accept_cb) */
 	bool is_server; /* accepted on a listener */

@@ -769,6 +769,8 @@ static int mem_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, uint
 	(void)flags; /* every send completes on the next poll, or when a raw peer says */
 	if (!c->up || c->closing)
 		return -ENOTCONN;
+	if (!c->pair && !c->raw)
+		return -ECONNRESET; /* the peer is gone: as a reset socket says at once */
 	if (slot >= c->nslots || len > c->slot_size || c->tx_busy[slot])
 		return -EINVAL;
 	buf = c->base.send_base + (size_t)slot * c->slot_size;

@@ -292,11 +292,15 @@ static int h_defer(tern_req *req, const void *in, size_t n, void *u)
 		R.deferred[R.ndeferred++] = req;
 		return 0;
 	case 1: /* reply before returning */
-		if (tern_reply_acquire(req, &out, &cap) == 0) {
-			memset(out, 0xcd, n < cap ? n : cap);
-			tern_reply_commit(req, n);
-		}
+	{
+		int rc = tern_reply_acquire(req, &out, &cap);
+
+		if (rc)
+			return rc; /* the engine answers with it */
+		memset(out, 0xcd, n < cap ? n : cap);
+		tern_reply_commit(req, n);
 		return 0;
+	}
 	case 2:
 		return -ENOENT;
 	default:
@@ -947,7 +951,6 @@ static void op_deferred(struct run *r)
 	tern_req *req;
 	size_t len = pick_len(r), cap;
 	void *out;
-	int rc = 0;
 
 	if (!r->ndeferred)
 		return;
@@ -955,27 +958,25 @@ static void op_deferred(struct run *r)
 	req = r->deferred[k];
 	switch (sel % 4) {
 	case 0:
-		rc = tern_reply_acquire(req, &out, &cap);
-		if (rc == 0) {
+		if (tern_reply_acquire(req, &out, &cap) == 0) {
 			memset(out, 0x77, len < cap ? len : cap);
-			rc = tern_reply_commit(req, len);
+			tern_reply_commit(req, len);
 		}
 		break;
 	case 1:
-		rc = tern_reply_error(req, -(int)(u8(r) % 150 + 1), sel & 4 ? "deferred no" : NULL);
+		tern_reply_error(req, -(int)(u8(r) % 150 + 1), sel & 4 ? "deferred no" : NULL);
 		break;
 	case 2:
-		rc = tern_reply_commit(req, len);
+		tern_reply_commit(req, len);
 		break;
-	default:
-		rc = tern_reply_acquire(req, &out, &cap);
-		if (rc == 0)
-			return; /* acquired; a later op commits it */
+	default: /* acquire only; a later op commits */
+		tern_reply_acquire(req, &out, &cap);
 		break;
 	}
-	if (rc == -ENOMEM)
-		return; /* still deferred */
-	r->deferred[k] = r->deferred[--r->ndeferred];
+	/* Whatever the calls said, the request's state tells whether it is
+	 * still ours to answer (nothing new arrived meanwhile to reuse it). */
+	if (req->state != TERN_REQ_DEFERRED)
+		r->deferred[k] = r->deferred[--r->ndeferred];
 }
 
 static void op_release(struct run *r)
@@ -1219,8 +1220,17 @@ static void finish(struct run *r)
 		}
 		r->w->pump();
 	}
-	if (!tern_list_empty(&ctx->sessions))
+	if (!tern_list_empty(&ctx->sessions)) {
+		tern_session *s = tern_container_of(ctx->sessions.next, tern_session, link);
+
+		/* what still holds it */
+		fprintf(stderr, "engine_peer: session state %d refs %d, requests:", s->state,
+			s->refs);
+		for (uint32_t k = 0; k < s->n; k++)
+			fprintf(stderr, " %u/%u", s->reqs[k].state, s->owreqs[k].state);
+		fprintf(stderr, "\n");
 		bug("a session outlived its peer by %d polls", i);
+	}
 	for (uint32_t k = 0; k < r->ncalls; k++)
 		if (r->calls[k].issued && !r->calls[k].done)
 			bug("call %u never completed", k);

@@ -116,6 +116,14 @@ static void rel_path(struct in *in, char *rel, size_t cap, int depth)
 		snprintf(rel + n, cap - (size_t)n, "/%s", name);
 }
 
+/* Write a file afresh: whatever was there goes first (opening a FIFO the
+ * input left there for writing would wait for a reader forever). */
+static void put(const char *rel, const void *buf, size_t len)
+{
+	fake_sysfs_remove(&fs, rel);
+	fake_sysfs_write_bytes(&fs, rel, buf, len);
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st;
@@ -245,7 +253,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (op & 0x80) /* a number, the way the kernel writes it */
 				len = (size_t)snprintf(content, sizeof(content), "%llu\n",
 						       (unsigned long long)u64(&in));
-			fake_sysfs_write_bytes(&fs, rel, content, len);
+			put(rel, content, len);
 			break;
 		case 3: /* something goes away */
 			rel_path(&in, rel, sizeof(rel), u8(&in) % 3);
@@ -261,7 +269,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 				snprintf(real, sizeof(real),
 					 "devices/virtual/infiniband/%s/ports/1/.keep", content);
-				fake_sysfs_write(&fs, real, "");
+				put(real, "", 0);
 			}
 			fake_sysfs_remove(&fs, rel);
 			fake_sysfs_symlink(&fs, target, rel);
@@ -271,7 +279,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			char path[4096];
 
 			rel_path(&in, rel, sizeof(rel), 2);
-			fake_sysfs_write(&fs, rel, ""); /* its parents */
+			put(rel, "", 0); /* its parents */
 			fake_sysfs_remove(&fs, rel);
 			fake_sysfs_path(&fs, rel, path, sizeof(path));
 			if (op & 0x80)
@@ -282,8 +290,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		case 6: /* a file where a directory belongs */
 			rel_path(&in, rel, sizeof(rel), u8(&in) % 2);
-			fake_sysfs_remove(&fs, rel);
-			fake_sysfs_write(&fs, rel, "1\n");
+			put(rel, "1\n", 2);
 			break;
 		case 7:
 			tern_rnr_monitor_destroy(m);

@@ -944,6 +944,11 @@ static void op_engine_acquire(struct run *r)
 	}
 }
 
+/*
+ * Answer a deferred request.  Whether it is still ours to answer afterwards
+ * is what the call returned: it cannot be read from the request, which the
+ * last answer of a dead session frees with the session.
+ */
 static void op_deferred(struct run *r)
 {
 	uint8_t sel = u8(r);
@@ -951,6 +956,8 @@ static void op_deferred(struct run *r)
 	tern_req *req;
 	size_t len = pick_len(r), cap;
 	void *out;
+	int rc;
+	bool done = true;
 
 	if (!r->ndeferred)
 		return;
@@ -958,24 +965,25 @@ static void op_deferred(struct run *r)
 	req = r->deferred[k];
 	switch (sel % 4) {
 	case 0:
-		if (tern_reply_acquire(req, &out, &cap) == 0) {
+	case 3:
+		rc = tern_reply_acquire(req, &out, &cap);
+		/* 0: acquired; -ECONNRESET: finished (its session is gone);
+		 * -EINVAL: not deferred; else no room for the reply yet */
+		done = rc == -ECONNRESET || rc == -EINVAL;
+		if (rc == 0 && sel % 4 == 0) {
 			memset(out, 0x77, len < cap ? len : cap);
 			tern_reply_commit(req, len);
+			done = true;
 		}
 		break;
 	case 1:
 		tern_reply_error(req, -(int)(u8(r) % 150 + 1), sel & 4 ? "deferred no" : NULL);
 		break;
-	case 2:
-		tern_reply_commit(req, len);
-		break;
-	default: /* acquire only; a later op commits */
-		tern_reply_acquire(req, &out, &cap);
+	default:
+		tern_reply_commit(req, len); /* answers it, with an error if need be */
 		break;
 	}
-	/* Whatever the calls said, the request's state tells whether it is
-	 * still ours to answer (nothing new arrived meanwhile to reuse it). */
-	if (req->state != TERN_REQ_DEFERRED)
+	if (done)
 		r->deferred[k] = r->deferred[--r->ndeferred];
 }
 

@@ -102,9 +102,13 @@ SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime 
 
 
 def run_pair(server, client, addr, expect=(), client_ok=True, env=None, timeout=300):
-    """Run one server/client pair; returns a list of problems (empty: passed)."""
+    """Run one server/client pair; returns a list of problems (empty: passed).
+
+    addr: the address to serve rdma:// on, or a whole URI to listen on.
+    """
     problems = []
-    with Server([server, f"rdma://{addr}:0"], env) as srv:
+    listen = addr if "://" in addr else f"rdma://{addr}:0"
+    with Server([server, listen], env) as srv:
         uri = srv.uri()
         if not uri:
             rc = srv.stop()

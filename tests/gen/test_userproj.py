@@ -146,7 +146,7 @@ class UserProject(unittest.TestCase):
         client = os.path.join(build, "calc_client")
         addr = run_example.find_rdma_addr()
         if addr:
-            self.assertEqual(run_example.run_pair(server, client, addr,
+            self.assertEqual(run_example.run_pair(server, client, f"rdma://{addr}:0",
                                                   [r"calc_client: all answers right"],
                                                   env=dict(CLEAN_ENV)), [])
             return

@@ -208,7 +208,8 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		return;
 	}
 	/* Zero copy where the bytes are registered: the pulled request itself
-	 * (an echo), or a region of the user's; otherwise stage them. */
+	 * (an echo), or a region of the user's; otherwise stage them, at the
+	 * start of the staging. */
 	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
 		mr = &req->in_stage->mr;
 	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
@@ -219,7 +220,8 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		}
 		memcpy(req->out_stage->mr.addr, iov->base, iov->len);
 		s->copy_bytes += iov->len;
-		mr = &req->out_stage->mr;
+		bulk_reply(req, &req->out_stage->mr, 0, iov->len);
+		return;
 	}
 	bulk_reply(req, mr, (size_t)((const char *)iov->base - (const char *)mr->addr), iov->len);
 }

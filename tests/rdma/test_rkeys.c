@@ -305,6 +305,8 @@ static struct rig *rig_new(int nconn)
 	}
 	pthread_join(t, NULL);
 	assert_int_equal(g->accept_rc, 0);
+	if (no_mw()) /* the user is told how exports work here */
+		assert_non_null(strstr(tern_ctx_last_error(g->ctx), "may not use memory windows"));
 	return g;
 }
 
@@ -328,14 +330,17 @@ struct call {
 	struct tern_bulk_desc rd, q;
 };
 
-static void call_big(struct rig *g, int i, const void *req, void *reply_buf, struct call *c)
+static void call_big_within(struct rig *g, int i, const void *req, void *reply_buf,
+			    uint32_t timeout_ms, struct call *c)
 {
-	struct tern_call_opts co = {.size = sizeof(co), .reply_buf = reply_buf, .reply_cap = BIG};
+	struct tern_call_opts co = {.size = sizeof(co),
+				    .reply_buf = reply_buf,
+				    .reply_cap = reply_buf ? BIG : 0,
+				    .timeout_ms = timeout_ms};
 	uint8_t p[S];
 
 	memset(c, 0, sizeof(*c));
-	assert_int_equal(
-		tern_call(g->s[i], M_ECHO, req, BIG, done_cb, &c->d, reply_buf ? &co : NULL), 0);
+	assert_int_equal(tern_call(g->s[i], M_ECHO, req, BIG, done_cb, &c->d, &co), 0);
 	raw_recv(g->ctx, &g->raw[i], &c->h, p);
 	assert_int_equal(c->h.kind, TERN_MSG_REQ);
 	assert_true(c->h.flags & TERN_F_BULK);
@@ -350,6 +355,11 @@ static void call_big(struct rig *g, int i, const void *req, void *reply_buf, str
 		tern_bulk_desc_decode(p, &c->q);
 	}
 	assert_int_equal(c->q.len, BIG);
+}
+
+static void call_big(struct rig *g, int i, const void *req, void *reply_buf, struct call *c)
+{
+	call_big_within(g, i, req, reply_buf, 0, c);
 }
 
 /* Serve @c as an honest server would: pull the request, push @n reply bytes, reply. */
@@ -543,6 +553,69 @@ static void test_a_read_through_a_write_export_is_refused(void **state)
 	expect_epeer(g->ctx, g->s[0]);
 	guarded_check(&m, 7);
 	guarded_free(&m);
+	rig_free(g);
+}
+
+/*
+ * A call that timed out gives its user the reply buffer back: its key is
+ * refused from then on (an honest but slow server's write too; it ends
+ * the session).
+ */
+static void test_a_user_buffers_key_is_refused_once_its_call_timed_out(void **state)
+{
+	struct rig *g = rig_new(1);
+	static uint8_t req[BIG];
+	struct guarded m;
+	struct call c;
+
+	(void)state;
+	guarded_new(g, &m, 11);
+	fill(req, BIG, 12);
+	call_big_within(g, 0, req, m.body, 300, &c);
+	run_until(g->ctx, &c.d.done, 10);
+	assert_int_equal(c.d.status, -ETIMEDOUT);
+	fill(g->raw[0].ep.buf + DATA_OFF, BIG, 0xee);
+	assert_int_equal(raw_rdma(g->ctx, &g->raw[0], IBV_WR_RDMA_WRITE, BIG, c.rd.addr, c.rd.key),
+			 IBV_WC_REM_ACCESS_ERR);
+	expect_epeer(g->ctx, g->s[0]);
+	guarded_check(&m, 11);
+	guarded_free(&m);
+	rig_free(g);
+}
+
+/*
+ * Staging is the call's alone: a call that timed out keeps it exported
+ * until its late reply, which lands there and is dropped; the session
+ * goes on.
+ */
+static void test_a_timed_out_calls_staging_takes_the_late_reply(void **state)
+{
+	struct rig *g = rig_new(1);
+	static uint8_t req[BIG], reply[BIG];
+	struct tern_session_counters cnt;
+	struct call c, c2;
+
+	(void)state;
+	fill(req, BIG, 13);
+	memset(reply, 0x77, BIG);
+	call_big_within(g, 0, req, reply, 300, &c);
+	run_until(g->ctx, &c.d.done, 10);
+	assert_int_equal(c.d.status, -ETIMEDOUT);
+	c.d.done = false;
+	assert_int_equal(raw_rdma(g->ctx, &g->raw[0], IBV_WR_RDMA_READ, BIG, c.q.addr, c.q.key),
+			 IBV_WC_SUCCESS);
+	assert_int_equal(raw_rdma(g->ctx, &g->raw[0], IBV_WR_RDMA_WRITE, BIG, c.rd.addr, c.rd.key),
+			 IBV_WC_SUCCESS);
+	raw_reply_bulk(g->ctx, &g->raw[0], &c.h, BIG);
+	for (double end = now_s() + 2; now_s() < end;)
+		tern_ctx_run(g->ctx, TERN_RUN_NOWAIT);
+	assert_false(c.d.done); /* never delivered */
+	expect_bytes(reply, BIG, 0x77, "the timed-out call's reply buffer");
+	assert_int_equal(tern_session_counters(g->s[0], &cnt), 0);
+	assert_int_equal(cnt.late_replies, 1);
+	assert_false(ending_of(g->s[0])->closed);
+	call_big(g, 0, req, reply, &c2);
+	serve_honestly(g, 0, &c2, req, BIG);
 	rig_free(g);
 }
 
@@ -749,6 +822,8 @@ int main(void)
 		cmocka_unit_test(test_a_write_through_a_read_export_is_refused),
 		cmocka_unit_test(test_a_read_through_a_write_export_is_refused),
 		cmocka_unit_test(test_another_sessions_key_is_refused),
+		cmocka_unit_test(test_a_user_buffers_key_is_refused_once_its_call_timed_out),
+		cmocka_unit_test(test_a_timed_out_calls_staging_takes_the_late_reply),
 		cmocka_unit_test(
 			test_server_reading_past_the_callers_registration_fails_that_session),
 		cmocka_unit_test(test_server_writing_a_read_only_reply_buffer_fails_that_session),

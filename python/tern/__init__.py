@@ -18,10 +18,12 @@
 See docs/python.md for views, their lifetime, and the exceptions.
 """
 from . import _tern
-from .errors import (ERRORS, BadRequest, Cancelled, ConnectFailed, ConnectionLost,
-                     HandshakeError, InvalidArgument, MessageTooLarge, NoSuchMethod,
-                     ProtocolError, RemoteError, RpcError, RpcTimeout, SchemaMismatch,
-                     WouldBlock, error_class)
+from .errors import (ERRORS, LOCAL_ERRORS, REMOTE_ERRORS, Aborted, AlreadyExists, BadRequest,
+                     Cancelled, ConnectFailed, ConnectionLost, HandshakeError, InvalidArgument,
+                     MessageTooLarge, NoSuchMethod, NotFound, OutOfRange, PermissionDenied,
+                     ProtocolError, RemoteError, RemoteMessageTooLarge, RemoteTimeout,
+                     ResourceExhausted, RpcError, RpcTimeout, SchemaMismatch, Unavailable,
+                     Unsupported, WouldBlock, error_class)
 from .idl import Idl, Message, MethodSpec, ServiceSpec, load_idl, parse_idl
 from .service import Deferred, Proxy, Server, describe, method, proxy, serve, wait_all
 
@@ -33,10 +35,12 @@ __version__ = _tern.version
 from .rnr import CANONICAL, CounterReadError, RnrMonitor  # the soft-RNR monitor, over tern._rnr
 
 __all__ = [
-    "BadRequest", "Batch", "CANONICAL", "CounterReadError", "Cancelled", "ConnectFailed", "ConnectionLost", "Deferred",
-    "ERRORS", "Future", "HandshakeError", "Idl", "InvalidArgument", "Message",
-    "MessageTooLarge", "MethodSpec", "NoSuchMethod", "ProtocolError", "Proxy", "RemoteError",
-    "RnrMonitor", "RpcError", "RpcTimeout", "SchemaMismatch", "Server", "ServiceSpec", "SlotView",
-    "WouldBlock", "describe", "error_class", "load_idl", "method", "parse_idl", "proxy",
-    "serve", "wait_all",
+    "Aborted", "AlreadyExists", "BadRequest", "Batch", "CANONICAL", "Cancelled", "ConnectFailed",
+    "ConnectionLost", "CounterReadError", "Deferred", "ERRORS", "Future", "HandshakeError", "Idl",
+    "InvalidArgument", "LOCAL_ERRORS", "Message", "MessageTooLarge", "MethodSpec",
+    "NoSuchMethod", "NotFound", "OutOfRange", "PermissionDenied", "ProtocolError", "Proxy",
+    "REMOTE_ERRORS", "RemoteError", "RemoteMessageTooLarge", "RemoteTimeout",
+    "ResourceExhausted", "RnrMonitor", "RpcError", "RpcTimeout", "SchemaMismatch", "Server",
+    "ServiceSpec", "SlotView", "Unavailable", "Unsupported", "WouldBlock", "describe",
+    "error_class", "load_idl", "method", "parse_idl", "proxy", "serve", "wait_all",
 ]

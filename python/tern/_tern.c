@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include <tern.h>
+#include <uv.h>
 
 /* Method kinds, as the Python layer names them. */
 enum kind { K_RAW, K_INPLACE, K_DEFERRED, K_ONEWAY, K_BATCH, K_ONEWAY_BATCH };
@@ -41,7 +42,8 @@ enum kind { K_RAW, K_INPLACE, K_DEFERRED, K_ONEWAY, K_BATCH, K_ONEWAY_BATCH };
 /* Longest stretch the GIL stays released without a look at signals. */
 #define SLICE_NS 20000000ull
 
-static PyObject *error_factory; /* tern.errors._from_code(code, message) */
+static PyObject *error_factory; /* tern.errors._from_code(code, message, remote) */
+static PyObject *rpc_error;	/* tern.errors.RpcError: its ``code`` is a status */
 
 typedef struct pending pending;
 typedef struct ViewObject ViewObject;
@@ -59,13 +61,15 @@ typedef struct {
 	int depth;	   /* tern callbacks running Python right now */
 	int stop;
 	bool closed;
-	PyObject *fatal;     /* an error that must stop the loop, raised by run */
-	PyObject *regs;	     /* list of capsules of struct reg: keeps handlers */
-	PyObject *sessions;  /* list of weak references to client sessions */
-	long held;	     /* replies and held slots waiting for views to be released */
-	pending *due;	     /* ...whose views are released, for the loop's thread */
-	long peers_closed;   /* accepted sessions that have ended */
-	RequestObject *reqs; /* deferred requests not answered yet */
+	PyObject *fatal;      /* an error that must stop the loop, raised by run */
+	PyObject *regs;	      /* list of capsules of struct reg: keeps handlers */
+	PyObject *sessions;   /* list of weak references to client sessions */
+	long held;	      /* replies and held slots waiting for views to be released */
+	pending *due;	      /* ...whose views are released, for the loop's thread */
+	long peers_closed;    /* accepted sessions that have ended */
+	long refused;	      /* connections the listeners refused */
+	PyObject *on_refused; /* called as on_refused(status, message) for each */
+	RequestObject *reqs;  /* deferred requests not answered yet */
 } CtxObject;
 
 /* What a registered method's user pointer points at. */
@@ -122,6 +126,7 @@ typedef struct {
 	PyObject_HEAD CtxObject *c;
 	int done;
 	int status;
+	bool remote;	 /* the peer sent the status (tern_call_status_remote()) */
 	PyObject *reply; /* bytes on success, the remote's message on failure */
 	PyObject *decode;
 	Py_buffer req; /* held while a queued request may still be read */
@@ -149,8 +154,11 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Raise the exception tern.errors maps @code to, with @msg. */
-static PyObject *raise_code(int code, const char *msg)
+/*
+ * Raise the exception tern.errors maps @code to, with @msg: a RemoteError
+ * when the peer sent the code (@remote), else a local class.
+ */
+static PyObject *raise_status(int code, const char *msg, bool remote)
 {
 	PyObject *e;
 
@@ -158,12 +166,19 @@ static PyObject *raise_code(int code, const char *msg)
 		PyErr_Format(PyExc_RuntimeError, "tern error %d: %s", code, msg ? msg : "");
 		return NULL;
 	}
-	e = PyObject_CallFunction(error_factory, "is", code, msg ? msg : "");
+	e = PyObject_CallFunction(error_factory, "isO", code, msg ? msg : "",
+				  remote ? Py_True : Py_False);
 	if (e) {
 		PyErr_SetObject((PyObject *)Py_TYPE(e), e);
 		Py_DECREF(e);
 	}
 	return NULL;
+}
+
+/* A failure of this side. */
+static PyObject *raise_code(int code, const char *msg)
+{
+	return raise_status(code, msg, false);
 }
 
 static PyObject *raise_ctx(CtxObject *c, int code)
@@ -178,6 +193,8 @@ static PyObject *raise_ctx(CtxObject *c, int code)
 static int exc_to_status(char *msg, size_t cap)
 {
 	PyObject *type, *val, *tb, *code = NULL, *s = NULL;
+	bool rpc_is = false; /* tern's exception */
+	bool coded = false;  /* it, or an OSError: its code is the status */
 	long v = 0;
 	int status = TERN_EREMOTE;
 
@@ -185,12 +202,13 @@ static int exc_to_status(char *msg, size_t cap)
 	PyErr_NormalizeException(&type, &val, &tb);
 	msg[0] = 0;
 	if (val) {
-		code = PyObject_GetAttrString(val, "code");
-		if (!code) {
-			PyErr_Clear();
-			if (PyObject_IsInstance(val, PyExc_OSError) > 0)
-				code = PyObject_GetAttrString(val, "errno");
-		}
+		/* only tern's own exceptions and OSError carry a status */
+		rpc_is = rpc_error && PyObject_IsInstance(val, rpc_error) > 0;
+		if (rpc_is)
+			code = PyObject_GetAttrString(val, "code");
+		else if (PyObject_IsInstance(val, PyExc_OSError) > 0)
+			code = PyObject_GetAttrString(val, "errno");
+		coded = code && PyLong_Check(code);
 		if (code && PyLong_Check(code)) {
 			v = PyLong_AsLong(code);
 			if (v > 0)
@@ -199,7 +217,8 @@ static int exc_to_status(char *msg, size_t cap)
 				status = (int)v;
 		}
 		PyErr_Clear();
-		s = PyObject_GetAttrString(val, "message");
+		/* an OSError's text without its "[Errno n]" */
+		s = PyObject_GetAttrString(val, coded && !rpc_is ? "strerror" : "message");
 		if (!s || !PyUnicode_Check(s)) {
 			PyErr_Clear();
 			Py_XDECREF(s);
@@ -208,7 +227,7 @@ static int exc_to_status(char *msg, size_t cap)
 		if (s && PyUnicode_Check(s)) {
 			const char *u = PyUnicode_AsUTF8(s);
 
-			if (status == TERN_EREMOTE)
+			if (!coded)
 				snprintf(msg, cap, "%s: %s", ((PyTypeObject *)type)->tp_name,
 					 u ? u : "");
 			else
@@ -1429,6 +1448,7 @@ static int ctx_close_impl(CtxObject *c)
 	}
 	sessions_forget(c);
 	c->closed = true;
+	Py_CLEAR(c->on_refused); /* nobody to tell while everything closes */
 	save = PyEval_SaveThread();
 	c->ts = save;
 	tern_ctx_destroy(c->ctx);
@@ -1460,6 +1480,7 @@ static int ctx_traverse(PyObject *o, visitproc visit, void *arg)
 	CtxObject *c = (CtxObject *)o;
 
 	Py_VISIT(c->regs);
+	Py_VISIT(c->on_refused);
 	return 0;
 }
 
@@ -1471,6 +1492,7 @@ static int ctx_clear(PyObject *o)
 		if (ctx_close_impl(c))
 			PyErr_Clear();
 	}
+	Py_CLEAR(c->on_refused);
 	return 0;
 }
 
@@ -1487,6 +1509,7 @@ static void ctx_dealloc(PyObject *o)
 	Py_XDECREF(c->sessions);
 	Py_XDECREF(c->fatal);
 	Py_XDECREF(c->soon);
+	Py_XDECREF(c->on_refused);
 	Py_TYPE(o)->tp_free(o);
 }
 
@@ -1605,9 +1628,29 @@ static int session_opts_parse(PyObject *d, struct tern_session_opts *so)
 
 static void on_session_close(tern_session *s, int reason);
 
+/*
+ * A listener accepted a session (nothing to do: requests find their
+ * handlers) or refused one: a schema or service mismatch, a bad handshake.
+ * The client is told why; the server's user hears of it through
+ * on_refused(status, message), with tern_ctx_last_error()'s message.
+ */
 static void on_accept(tern_listener *l, tern_session *s, int status)
 {
-	(void)l, (void)s, (void)status; /* refusals are in tern_ctx_last_error() */
+	CtxObject *c = tern_listener_data(l);
+	PyThreadState *t;
+	PyObject *r;
+
+	if (s || !c)
+		return;
+	t = ctx_enter(c);
+	c->refused++;
+	if (c->on_refused) {
+		r = PyObject_CallFunction(c->on_refused, "is", status, tern_ctx_last_error(c->ctx));
+		if (!r)
+			PyErr_WriteUnraisable(c->on_refused);
+		Py_XDECREF(r);
+	}
+	ctx_leave(c, t);
 }
 
 static PyObject *ctx_listen(PyObject *o, PyObject *args)
@@ -1626,6 +1669,7 @@ static PyObject *ctx_listen(PyObject *o, PyObject *args)
 	rc = tern_listen(c->ctx, uri, &so, on_accept, &l);
 	if (rc)
 		return raise_ctx(c, rc);
+	tern_listener_set_data(l, c);
 	return PyUnicode_FromString(tern_listener_uri(l));
 }
 
@@ -1800,6 +1844,33 @@ static PyObject *ctx_get_peers_closed(PyObject *o, void *unused)
 	return PyLong_FromLong(((CtxObject *)o)->peers_closed);
 }
 
+static PyObject *ctx_get_refused(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromLong(((CtxObject *)o)->refused);
+}
+
+static PyObject *ctx_get_on_refused(PyObject *o, void *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	(void)unused;
+	return Py_NewRef(c->on_refused ? c->on_refused : Py_None);
+}
+
+static int ctx_set_on_refused(PyObject *o, PyObject *v, void *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+
+	(void)unused;
+	if (v && v != Py_None && !PyCallable_Check(v)) {
+		PyErr_SetString(PyExc_TypeError, "on_refused: a callable or None");
+		return -1;
+	}
+	Py_XSETREF(c->on_refused, v && v != Py_None ? Py_NewRef(v) : NULL);
+	return 0;
+}
+
 static PyObject *ctx_get_closed(PyObject *o, void *unused)
 {
 	(void)unused;
@@ -1818,6 +1889,9 @@ static PyGetSetDef ctx_getset[] = {
 	{"held_replies", ctx_get_held, NULL, "replies waiting for views to be released", NULL},
 	{"closed", ctx_get_closed, NULL, "True once closed", NULL},
 	{"peers_closed", ctx_get_peers_closed, NULL, "accepted sessions that have ended", NULL},
+	{"refused", ctx_get_refused, NULL, "connections the listeners refused", NULL},
+	{"on_refused", ctx_get_on_refused, ctx_set_on_refused,
+	 "on_refused(status, message): called for each refused connection", NULL},
 	{"last_error", ctx_get_last_error, NULL, "tern_ctx_last_error()", NULL},
 	{NULL},
 };
@@ -1923,8 +1997,8 @@ static void on_reply(tern_session *s, int status, const void *reply, size_t len,
 	CtxObject *c = f->c;
 	PyThreadState *t = ctx_enter(c);
 
-	(void)s;
 	f->status = status;
+	f->remote = status && tern_call_status_remote(s);
 	if (status == 0) {
 		f->reply = PyBytes_FromStringAndSize(reply, (Py_ssize_t)len);
 	} else {
@@ -1966,6 +2040,7 @@ static PyObject *session_call(PyObject *o, PyObject *args, PyObject *kw)
 	Py_INCREF(so->c);
 	f->done = 0;
 	f->status = 0;
+	f->remote = false;
 	f->reply = NULL;
 	f->decode = decode && decode != Py_None ? decode : NULL;
 	Py_XINCREF(f->decode);
@@ -2201,7 +2276,7 @@ static PyObject *fut_result(PyObject *o, PyObject *args)
 	if (f->status) {
 		const char *m =
 			f->reply && PyUnicode_Check(f->reply) ? PyUnicode_AsUTF8(f->reply) : "";
-		return raise_code(f->status, m);
+		return raise_status(f->status, m, f->remote);
 	}
 	if (f->decode)
 		return PyObject_CallFunctionObjArgs(f->decode, f->reply, NULL);
@@ -2223,6 +2298,12 @@ static PyObject *fut_get_status(PyObject *o, void *unused)
 	if (!f->done)
 		Py_RETURN_NONE;
 	return PyLong_FromLong(f->status);
+}
+
+static PyObject *fut_get_remote(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(((FutureObject *)o)->remote);
 }
 
 static PyObject *fut_get_ctx(PyObject *o, void *unused)
@@ -2263,6 +2344,7 @@ static PyMethodDef fut_methods[] = {
 
 static PyGetSetDef fut_getset[] = {
 	{"status", fut_get_status, NULL, "0 or the negative error code; None while running", NULL},
+	{"remote", fut_get_remote, NULL, "True when the peer sent the failure status", NULL},
 	{"context", fut_get_ctx, NULL, "the context the call runs on", NULL},
 	{NULL},
 };
@@ -2280,12 +2362,18 @@ static PyTypeObject FutureType = {
 
 /* ---- module ------------------------------------------------------------------------- */
 
-static PyObject *mod_set_error_factory(PyObject *m, PyObject *fn)
+/* _set_error_factory(fn, RpcError): how codes become exceptions, and back. */
+static PyObject *mod_set_error_factory(PyObject *m, PyObject *args)
 {
+	PyObject *fn, *base;
+
 	(void)m;
-	Py_XDECREF(error_factory);
-	error_factory = fn;
+	if (!PyArg_ParseTuple(args, "OO:_set_error_factory", &fn, &base))
+		return NULL;
 	Py_INCREF(fn);
+	Py_INCREF(base);
+	Py_XSETREF(error_factory, fn);
+	Py_XSETREF(rpc_error, base);
 	Py_RETURN_NONE;
 }
 
@@ -2300,7 +2388,7 @@ static PyObject *mod_strerror(PyObject *m, PyObject *args)
 }
 
 static PyMethodDef mod_methods[] = {
-	{"_set_error_factory", mod_set_error_factory, METH_O, NULL},
+	{"_set_error_factory", mod_set_error_factory, METH_VARARGS, NULL},
 	{"strerror", mod_strerror, METH_VARARGS, "strerror(code) -> (name, message)"},
 	{NULL},
 };

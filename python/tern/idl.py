@@ -21,7 +21,7 @@ _LITTLE = sys.byteorder == "little"
 class Message:
     """Base of the message classes load_idl makes; fields are properties."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_tail_len")
     _size = 0
     _fields = ()
     _tail = None
@@ -29,12 +29,8 @@ class Message:
     def __init__(self, *args, **fields):
         if args:
             raise TypeError(f"{type(self).__name__}() takes keyword arguments only")
-        tail = b""
-        if self._tail is not None and self._tail in fields:
-            tail = bytes(fields.pop(self._tail))
-        self._buf = bytearray(self._size + len(tail))
-        if tail:
-            self._buf[self._size:] = tail
+        self._buf = bytearray(self._size)
+        self._tail_len = None
         for k, v in fields.items():
             if k not in self._fields:
                 raise TypeError(f"{type(self).__name__} has no field {k!r}")
@@ -52,6 +48,7 @@ class Message:
             raise ValueError(f"{cls.__name__}: {n} bytes, expected {want}")
         m = object.__new__(cls)
         m._buf = mv
+        m._tail_len = None
         return m
 
     @property
@@ -77,7 +74,7 @@ class Message:
         for f in self._fields:
             v = getattr(self, f)
             if isinstance(v, memoryview):
-                v = v.tolist() if v.ndim else bytes(v)
+                v = v.tolist() if f != self._tail else bytes(v)
             parts.append(f"{f}={v!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
@@ -118,12 +115,55 @@ def _array(off, fmt, count):
     return property(get, put)
 
 
-def _tail_field(off):
+def _as_bytes(v, what):
+    """The bytes of a bytes-like object (or of a sequence of ints) for field ``what``."""
+    if isinstance(v, (str, int)):
+        raise TypeError(f"{what} takes bytes, not {type(v).__name__}")
+    try:
+        return memoryview(v).cast("B")
+    except TypeError:
+        return memoryview(bytes(v))  # a list of ints; ValueError outside 0..255
+
+
+def _u8_array(off, count, name):
+    """``u8 name[N]``: reads as its N bytes; takes up to N bytes, zero-padded."""
+    what = f"u8 {name}[{count}]"
+
+    def get(self):
+        return bytes(memoryview(self._buf)[off:off + count])
+
+    def put(self, v):
+        b = _as_bytes(v, what)
+        n = b.nbytes
+        if n > count:
+            raise ValueError(f"{what}: {n} bytes do not fit")
+        mv = memoryview(self._buf)
+        mv[off:off + n] = b
+        mv[off + n:off + count] = bytes(count - n)
+    return property(get, put)
+
+
+def _tail_field(off, name):
+    """The trailing ``bytes``: the rest of the buffer.
+
+    Setting it replaces the tail of a message that owns its buffer; in a
+    view (a slot) it writes the bytes at the tail's start, and the message
+    remembers their length: what an inplace handler or a commit() sends.
+    """
     def get(self):
         return memoryview(self._buf)[off:]
 
     def put(self, v):
-        raise AttributeError("the trailing bytes are set at construction")
+        b = _as_bytes(v, f"bytes {name}")
+        n = b.nbytes
+        if isinstance(self._buf, bytearray):
+            self._buf[off:] = b
+        else:
+            room = len(self._buf) - off
+            if n > room:
+                raise ValueError(f"bytes {name}: {n} bytes do not fit the {room} of the slot")
+            memoryview(self._buf)[off:off + n] = b
+        self._tail_len = n
     return property(get, put)
 
 
@@ -134,7 +174,9 @@ def message_class(msg):
     for f in msg.fields:
         if f.is_tail:
             ns["_tail"] = f.name
-            ns[f.name] = _tail_field(f.offset)
+            ns[f.name] = _tail_field(f.offset, f.name)
+        elif f.count and f.type == "u8":
+            ns[f.name] = _u8_array(f.offset, f.count, f.name)
         elif f.count:
             ns[f.name] = _array(f.offset, _FMT[f.type], f.count)
         else:

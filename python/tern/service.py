@@ -1,9 +1,13 @@
 # SPDX-License-Identifier: MIT
 """Declaring services, serving them and calling them."""
+import logging
 import time
 
 from . import _tern, tern_gen
+from .errors import error_class
 from .idl import Idl, Message, ServiceSpec, _spec_from_schema
+
+log = logging.getLogger("tern")
 
 PROGRESS = {"busy": _tern.PROGRESS_BUSY, "event": _tern.PROGRESS_EVENT,
             "adaptive": _tern.PROGRESS_ADAPTIVE}
@@ -227,13 +231,22 @@ class Server:
     ``poll(timeout)`` runs the loop for up to ``timeout`` seconds (0: one
     turn), ``serve_forever()`` until ``stop()`` or Ctrl-C.  ``uri`` is the
     address to connect to (port 0 replaced by the real one).
+
+    A client refused at the door (another schema, a service not served
+    here, a bad handshake) is told why; the server logs it as a warning on
+    the ``tern`` logger, counts it in ``refused``, and calls
+    ``on_refused(error)`` if given, with the RpcError (``SchemaMismatch``,
+    ``HandshakeError``...) whose message names the service and the reason.
     """
 
-    def __init__(self, uri, service, *, progress="busy", slot_size=None, slot_count=None):
+    def __init__(self, uri, service, *, progress="busy", slot_size=None, slot_count=None,
+                 on_refused=None):
         if progress not in PROGRESS:
             raise ValueError(f"progress must be one of {', '.join(PROGRESS)}")
         services = service if isinstance(service, (list, tuple)) else [service]
         self._ctx = _tern.Context(PROGRESS[progress])
+        self._on_refused = on_refused
+        self._ctx.on_refused = self._refused
         self.services = []
         try:
             for svc in services:
@@ -250,6 +263,16 @@ class Server:
         except BaseException:
             self._ctx.close()
             raise
+
+    def _refused(self, status, message):
+        log.warning("%s", message)
+        if self._on_refused is not None:
+            self._on_refused(error_class(status)(status, message))
+
+    @property
+    def refused(self):
+        """How many connections the listener refused."""
+        return self._ctx.refused
 
     def poll(self, timeout=0):
         """Serve for up to ``timeout`` seconds (None: until stop())."""
@@ -290,14 +313,16 @@ class Server:
         self.close()
 
 
-def serve(uri, service, *, progress="busy", ready=None, slot_size=None, slot_count=None):
+def serve(uri, service, *, progress="busy", ready=None, slot_size=None, slot_count=None,
+          on_refused=None):
     """Serve ``service`` on ``uri`` until Ctrl-C (or a handler calls stop()).
 
     ``ready(uri)``, if given, is called once listening, with the URI to
-    connect to.  Ctrl-C closes every session and returns.
+    connect to.  Ctrl-C closes every session and returns.  Refused clients
+    are logged (see Server).
     """
     with Server(uri, service, progress=progress, slot_size=slot_size,
-                slot_count=slot_count) as srv:
+                slot_count=slot_count, on_refused=on_refused) as srv:
         if ready is not None:
             ready(srv.uri)
         try:

@@ -262,6 +262,59 @@ static void test_handler_errno_and_message_reach_the_caller(void **state)
 	assert_int_equal(c.errors, 1);
 }
 
+/* A call's status and whether the peer sent it, seen inside the callback. */
+struct remote_seen {
+	bool done;
+	int status;
+	int remote;
+};
+
+static void remote_cb(tern_session *s, int status, const void *reply, size_t len, void *user)
+{
+	struct remote_seen *w = user;
+
+	(void)reply, (void)len;
+	w->done = true;
+	w->status = status;
+	w->remote = tern_call_status_remote(s);
+}
+
+/* The same code from the handler and from this side: only the flag tells. */
+static void test_remote_status_tells_the_peers_codes_from_ours(void **state)
+{
+	struct fx *f = *state;
+	struct tern_call_opts o = {.size = sizeof(o), .timeout_ms = 50};
+	struct remote_seen a = {0}, b = {0}, c = {0};
+	tern_req *late;
+
+	assert_int_equal(tern_call(f->cli, M_FAIL, "w", 1, remote_cb, &a, NULL), 0);
+	assert_int_equal(fx_run_until(f, &a.done, 10000), 0);
+	assert_int_equal(a.status, -EINVAL);
+	assert_int_equal(a.remote, 1);
+	/* a handler's -ETIMEDOUT and -ECONNRESET are the peer's */
+	held = NULL;
+	assert_int_equal(tern_call(f->cli, M_DEFERRED, "x", 1, remote_cb, &b, NULL), 0);
+	for (int i = 0; i < 200000 && !held; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	assert_non_null(held);
+	assert_int_equal(tern_reply_error(held, -ECONNRESET, "the backend went away"), 0);
+	assert_int_equal(fx_run_until(f, &b.done, 10000), 0);
+	assert_int_equal(b.status, -ECONNRESET);
+	assert_int_equal(b.remote, 1);
+	/* the deadline is ours, though the handler fails it with the same code */
+	held = NULL;
+	assert_int_equal(tern_call(f->cli, M_DEFERRED, "x", 1, remote_cb, &c, &o), 0);
+	assert_int_equal(fx_run_until(f, &c.done, 10000), 0);
+	assert_int_equal(c.status, -ETIMEDOUT);
+	assert_int_equal(c.remote, 0);
+	assert_non_null(held);
+	late = held;
+	assert_int_equal(tern_reply_error(late, -ETIMEDOUT, "too slow"), 0);
+	/* outside a callback there is no such status */
+	assert_int_equal(tern_call_status_remote(f->cli), 0);
+	echo_once(f, M_RAW, 100);
+}
+
 static void test_reply_larger_than_the_slot_is_an_error(void **state)
 {
 	struct fx *f = *state;
@@ -619,6 +672,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unknown_method_gets_its_own_code, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_handler_errno_and_message_reach_the_caller,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_remote_status_tells_the_peers_codes_from_ours,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reply_larger_than_the_slot_is_an_error, setup,
 						teardown),

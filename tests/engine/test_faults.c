@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -169,6 +170,10 @@ static int hold_server_main(void)
 	tern_listener *l;
 	int reported = 0;
 
+	/* It spins until killed: if the test dies first (a failed assert),
+	 * die with it rather than spin on as an orphan. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+		return 1;
 	if (tern_ctx_create(&co, &ctx) || tern_register_deferred(ctx, M_HOLD, hold, NULL) ||
 	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
 		return 1;
@@ -666,6 +671,49 @@ static void test_schema_mismatch_is_refused_on_both_sides(void **state)
 	expect_refusal(&srv, &cli, TERN_ESCHEMA, "schema");
 }
 
+static char refusal_why[256];
+
+static void note_refusal(tern_listener *l, tern_session *s, int status)
+{
+	count_refusal(l, s, status);
+	if (!s)
+		snprintf(refusal_why, sizeof(refusal_why), "%s",
+			 tern_ctx_last_error(tern_listener_data(l)));
+}
+
+/*
+ * A client refused by the service check: the listener hears the status and,
+ * in tern_ctx_last_error(), the reason, not what the hang-up that follows
+ * the refusal left there.
+ */
+static void test_a_service_refusal_tells_the_listener_why(void **state)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	const struct tern_service_ref want = {.name = "Calc", .schema_hash = 0x2222};
+	struct tern_session_opts cli = {.size = sizeof(cli), .services = &want, .nservices = 1};
+	tern_session *s = NULL;
+	tern_listener *l;
+	tern_ctx *ctx;
+
+	(void)state;
+	server_refusals = 0;
+	refusal_why[0] = 0;
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_service_register(ctx, "Calc", 0x1111), 0);
+	assert_int_equal(tern_listen(ctx, fx_listen_uri(), NULL, note_refusal, &l), 0);
+	tern_listener_set_data(l, ctx);
+	assert_int_equal(tern_connect_sync(ctx, tern_listener_uri(l), &cli, 10000, &s),
+			 TERN_ESCHEMA);
+	for (int i = 0; i < 2000 && !server_refusals; i++)
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	printf("listener: %s\n", refusal_why);
+	assert_int_equal(server_refusals, 1);
+	assert_int_equal(server_refusal_status, TERN_ESCHEMA);
+	assert_non_null(strstr(refusal_why, "refused a client"));
+	assert_non_null(strstr(refusal_why, "Calc"));
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+}
+
 /* ---- closing ------------------------------------------------------------------ */
 
 static int closes;
@@ -756,6 +804,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_connect_to_a_port_with_no_listener_is_a_clean_error),
 		cmocka_unit_test(test_geometry_mismatch_is_refused_on_both_sides),
 		cmocka_unit_test(test_schema_mismatch_is_refused_on_both_sides),
+		cmocka_unit_test(test_a_service_refusal_tells_the_listener_why),
 		cmocka_unit_test(test_local_close_cancels_pending_calls),
 		cmocka_unit_test(test_server_closing_resets_the_clients_calls),
 		/* rdma only, from here: the hostile peer speaks raw verbs */

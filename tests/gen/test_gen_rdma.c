@@ -450,7 +450,7 @@ static void test_typed_inplace_both_ways(void **state)
 	struct t *t = *state;
 	struct seen w = {0};
 	tern_callslot *slot;
-	calc_Vec *req, local, resp;
+	calc_Vec *req = NULL, local, resp;
 
 	/* Build the request in the send slot, read the reply in the receive slot. */
 	assert_int_equal(shapes_scale_acquire(t->fx.cli, &req, &slot), 0);
@@ -494,7 +494,7 @@ static void test_trailing_bytes_written_in_place(void **state)
 	struct t *t = *state;
 	struct seen w = {0};
 	tern_callslot *slot;
-	calc_Blob *req;
+	calc_Blob *req = NULL;
 	size_t tail_cap, n;
 	const unsigned char *data;
 
@@ -558,9 +558,9 @@ static void test_typed_deferred_replies(void **state)
 {
 	struct t *t = *state;
 	struct seen vw = {0}, bw = {0}, ew = {0};
-	calc_Vec v, *out;
+	calc_Vec v, *out = NULL;
 	unsigned char reqbuf[CALC_BLOB_SIZE + 3];
-	calc_Blob *breq = (calc_Blob *)reqbuf, *bout;
+	calc_Blob *breq = (calc_Blob *)reqbuf, *bout = NULL;
 	tern_req *req;
 	size_t tail_cap, n;
 

@@ -49,7 +49,7 @@ def test_python_client_c_calc_server(procs, calc_idl):
         futs = [calc.add(calc_idl.AddReq(a=i, b=100 * i)) for i in range(1, 9)]
         assert tern.wait_all(futs, 10)
         assert sum(f.result().sum for f in futs) == 101 * 36
-        with pytest.raises(tern.RemoteError) as e:
+        with pytest.raises(tern.OutOfRange) as e:  # a RemoteError: the C handler's ERANGE
             calc.add(a=I64_MAX, b=1).result()
         assert e.value.code == -errno.ERANGE
         assert e.value.message == "a + b overflows an i64"
@@ -92,8 +92,9 @@ def test_python_client_c_echo_server(procs, echo_idl):
         for data in (b"", b"x", b"hello, tern", big):
             assert echo.copy(data).result() == data
             assert echo.zerocopy(data).result() == data
-        with pytest.raises(tern.MessageTooLarge):
-            echo.copy(big + b"!").result()
+        with pytest.raises(tern.MessageTooLarge) as e:
+            echo.copy(big + b"!").result()  # the request goes; its echo fits no slot
+        assert isinstance(e.value, tern.RemoteError)
     rc, out, err = srv.stop()
     assert rc == 0, err
 

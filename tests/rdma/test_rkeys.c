@@ -196,6 +196,20 @@ static void raw_send(tern_ctx *ctx, struct raw *r, struct tern_hdr *h, const voi
 	assert_int_equal(wc.status, IBV_WC_SUCCESS);
 }
 
+/* Send @h with @len payload bytes from @payload; tern's loop does not run meanwhile. */
+static void raw_send_quietly(struct raw *r, struct tern_hdr *h, const void *payload)
+{
+	struct ibv_wc wc;
+
+	h->seq = r->tx_seq++;
+	tern_hdr_encode(r->ep.buf + SEND_OFF, h);
+	memcpy(r->ep.buf + SEND_OFF + TERN_HDR_SIZE, payload, h->len);
+	assert_int_equal(
+		vp_post_send(&r->ep, SEND_OFF, TERN_HDR_SIZE + h->len, 99, IBV_SEND_SIGNALED), 0);
+	assert_int_equal(vp_poll_one(&r->ep, &wc, 10000), 1);
+	assert_int_equal(wc.status, IBV_WC_SUCCESS);
+}
+
 /* RDMA READ or WRITE between our scratch space and tern's memory; the status. */
 static enum ibv_wc_status raw_rdma(tern_ctx *ctx, struct raw *r, enum ibv_wr_opcode op, size_t len,
 				   uint64_t addr, uint32_t key)
@@ -274,9 +288,9 @@ static void uri_with_port(char *out, size_t len, unsigned port)
 }
 
 /* @nconn tern sessions from one context to a raw server. */
-static struct rig *rig_new(int nconn)
+static struct rig *rig_new_progress(int nconn, enum tern_progress progress)
 {
-	struct tern_ctx_opts co = {.size = sizeof(co), .progress = TERN_PROGRESS_BUSY};
+	struct tern_ctx_opts co = {.size = sizeof(co), .progress = progress};
 	struct tern_session_opts so = {
 		.size = sizeof(so), .slot_size = S, .slot_count = N, .on_close = on_close};
 	struct rig *g = calloc(1, sizeof(*g));
@@ -308,6 +322,11 @@ static struct rig *rig_new(int nconn)
 	if (no_mw()) /* the user is told how exports work here */
 		assert_non_null(strstr(tern_ctx_last_error(g->ctx), "may not use memory windows"));
 	return g;
+}
+
+static struct rig *rig_new(int nconn)
+{
+	return rig_new_progress(nconn, TERN_PROGRESS_BUSY);
 }
 
 static void rig_free(struct rig *g)
@@ -658,6 +677,52 @@ static void test_another_sessions_key_is_refused(void **state)
 	rig_free(g);
 }
 
+/*
+ * Not about keys, but this is where a raw server lives: a reply the server
+ * sent just before it hung up reaches the caller (whose CQ holds it when
+ * rdma_cm reports the hang-up), rather than being lost to -ECONNRESET.
+ */
+static void last_reply_before_hang_up(enum tern_progress progress)
+{
+	struct rig *g = rig_new_progress(1, progress);
+	struct tern_hdr q, h;
+	uint8_t p[S];
+	struct done d = {0};
+
+	assert_int_equal(tern_call(g->s[0], M_ECHO, "ping", 4, done_cb, &d, NULL), 0);
+	raw_recv(g->ctx, &g->raw[0], &q, p);
+	h = (struct tern_hdr){.kind = TERN_MSG_REP,
+			      .call_slot = q.call_slot,
+			      .call_gen = q.call_gen,
+			      .credits = 1,
+			      .len = 4};
+	raw_send_quietly(&g->raw[0], &h, "pong");
+	assert_int_equal(rdma_disconnect(g->raw[0].ep.id), 0);
+	/* both the reply and the hang-up wait for tern's next turn */
+	for (double end = now_s() + 0.5; now_s() < end;)
+		;
+	run_until(g->ctx, &d.done, 10);
+	assert_true(d.done);
+	assert_int_equal(d.status, 0);
+	assert_int_equal(d.len, 4);
+	assert_memory_equal(d.reply, "pong", 4);
+	run_until(g->ctx, &ending_of(g->s[0])->closed, 10);
+	assert_int_equal(ending_of(g->s[0])->reason, -ECONNRESET);
+	rig_free(g);
+}
+
+static void test_a_reply_sent_just_before_the_server_hangs_up_is_delivered(void **state)
+{
+	(void)state;
+	last_reply_before_hang_up(TERN_PROGRESS_BUSY);
+}
+
+static void test_a_reply_sent_just_before_the_server_hangs_up_is_delivered_event(void **state)
+{
+	(void)state;
+	last_reply_before_hang_up(TERN_PROGRESS_EVENT);
+}
+
 /* ---- tern serves a raw client whose descriptors its own NIC refuses ------------------------ */
 
 static uint8_t big_reply[BIG];
@@ -824,6 +889,9 @@ int main(void)
 		cmocka_unit_test(test_another_sessions_key_is_refused),
 		cmocka_unit_test(test_a_user_buffers_key_is_refused_once_its_call_timed_out),
 		cmocka_unit_test(test_a_timed_out_calls_staging_takes_the_late_reply),
+		cmocka_unit_test(test_a_reply_sent_just_before_the_server_hangs_up_is_delivered),
+		cmocka_unit_test(
+			test_a_reply_sent_just_before_the_server_hangs_up_is_delivered_event),
 		cmocka_unit_test(
 			test_server_reading_past_the_callers_registration_fails_that_session),
 		cmocka_unit_test(test_server_writing_a_read_only_reply_buffer_fails_that_session),

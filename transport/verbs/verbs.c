@@ -1132,10 +1132,22 @@ static void on_conn_event(struct verbs_tctx *t, struct vconn *c, struct cm_ev *e
 		conn_setup_failed(c, -ECONNABORTED, NULL, 0);
 		break;
 	case RDMA_CM_EVENT_DISCONNECTED:
-		if (c->state == V_UP)
-			conn_failed(c, -ECONNRESET, "the peer disconnected");
-		else if (c->state < V_UP)
+		if (c->state == V_UP) {
+			/* What the peer sent before it hung up (a last reply, a
+			 * refusal's reason) may be in the CQ, behind this event
+			 * in the loop: deliver it first.  An upcall may end the
+			 * connection meanwhile (its slot then names another). */
+			uint32_t index = c->index;
+			uint16_t gen = c->gen;
+
+			while (t->conns[index] == c && c->gen == gen && c->state == V_UP &&
+			       poll_cqs(t, VERBS_POLL_BATCH) > 0)
+				;
+			if (t->conns[index] == c && c->gen == gen && c->state == V_UP)
+				conn_failed(c, -ECONNRESET, "the peer disconnected");
+		} else if (c->state < V_UP) {
 			conn_setup_failed(c, -ECONNRESET, NULL, 0);
+		}
 		break;
 	case RDMA_CM_EVENT_DEVICE_REMOVAL:
 		conn_failed(c, -ENODEV, "the RDMA device was removed");

@@ -223,7 +223,8 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		return;
 	}
 	/* Zero copy where the bytes are registered: the pulled request itself
-	 * (an echo), or a region of the user's; otherwise stage them. */
+	 * (an echo), or a region of the user's; otherwise stage them, at the
+	 * start of the staging. */
 	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
 		mr = &req->in_stage->mr;
 	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {

@@ -745,6 +745,11 @@ static void ev_activity(tern_ctx *ctx)
 	tern__activity(ctx);
 }
 
+static void ev_notice(tern_ctx *ctx, const char *msg)
+{
+	tern__set_error(ctx, "%s", msg);
+}
+
 const struct tern_transport_events tern__events = {
 	.incoming = ev_incoming,
 	.accepted = ev_accepted,
@@ -754,6 +759,7 @@ const struct tern_transport_events tern__events = {
 	.error = ev_error,
 	.closed = ev_closed,
 	.activity = ev_activity,
+	.notice = ev_notice,
 	.bulk_done = ev_bulk_done,
 	.keep_rx = ev_keep_rx,
 };

@@ -46,18 +46,20 @@ def register(buffer):
     while calls use it.
     """
     return Memory(buffer)
+
+
 __version__ = _tern.version
 
 from .rnr import CANONICAL, CounterReadError, RnrMonitor  # the soft-RNR monitor, over tern._rnr
 
 __all__ = [
-    "Aborted", "AlreadyExists", "BadRequest", "Batch", "CANONICAL", "CallSlot", "Cancelled",
-    "ConnectFailed", "Memory", "SendSlot", "register",
-    "ConnectionLost", "CounterReadError", "Deferred", "ERRORS", "Future", "HandshakeError", "Idl",
-    "InvalidArgument", "LOCAL_ERRORS", "Message", "MessageTooLarge", "MethodSpec",
-    "NoSuchMethod", "NotFound", "OutOfRange", "PermissionDenied", "ProtocolError", "Proxy",
-    "REMOTE_ERRORS", "RemoteError", "RemoteMessageTooLarge", "RemoteTimeout",
-    "ResourceExhausted", "RnrMonitor", "RpcError", "RpcTimeout", "SchemaMismatch", "Server",
-    "ServiceSpec", "SlotView", "Unavailable", "Unsupported", "WouldBlock", "describe",
-    "error_class", "load_idl", "method", "parse_idl", "proxy", "serve", "wait_all",
+    "Aborted", "AlreadyExists", "BadRequest", "Batch", "CallSlot", "Cancelled", "CANONICAL",
+    "ConnectFailed", "ConnectionLost", "CounterReadError", "Deferred", "describe",
+    "error_class", "ERRORS", "Future", "HandshakeError", "Idl", "InvalidArgument", "load_idl",
+    "LOCAL_ERRORS", "Memory", "Message", "MessageTooLarge", "method", "MethodSpec",
+    "NoSuchMethod", "NotFound", "OutOfRange", "parse_idl", "PermissionDenied", "ProtocolError",
+    "Proxy", "proxy", "register", "REMOTE_ERRORS", "RemoteError", "RemoteMessageTooLarge",
+    "RemoteTimeout", "ResourceExhausted", "RnrMonitor", "RpcError", "RpcTimeout",
+    "SchemaMismatch", "SendSlot", "serve", "Server", "ServiceSpec", "SlotView", "Unavailable",
+    "Unsupported", "wait_all", "WouldBlock",
 ]

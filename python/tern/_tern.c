@@ -2459,6 +2459,7 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 		Py_XDECREF(fast);
 		return NULL;
 	}
+	c->owner = PyThread_get_thread_ident();
 	c->ts = PyEval_SaveThread();
 	rc = tern_connect_sync(c->ctx, uri, &so, timeout_ms, &s);
 	PyEval_RestoreThread(c->ts);
@@ -2830,6 +2831,7 @@ static int wait_for_slot(SessionObject *so, uint64_t end, bool call)
 		return -ETIMEDOUT;
 	if (c->depth || c->slots)
 		return -EAGAIN;
+	c->owner = PyThread_get_thread_ident(); /* whoever runs the loop owns it */
 	c->ts = PyEval_SaveThread();
 	rc = tern_session_wait_writable(
 		so->s, (uint32_t)((end - t > SLICE_NS ? SLICE_NS : end - t) / 1000000 + 1));
@@ -2966,6 +2968,7 @@ static PyObject *session_drain(PyObject *o, PyObject *args)
 	}
 	if (slots_block(c))
 		return NULL;
+	c->owner = PyThread_get_thread_ident();
 	c->ts = PyEval_SaveThread();
 	rc = tern_session_drain(so->s, timeout_ms);
 	PyEval_RestoreThread(c->ts);

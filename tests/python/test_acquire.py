@@ -4,6 +4,7 @@ tern_call_commit / tern_call_abort, tern_send_acquire / tern_send_commit):
 through a memoryview, a numpy view or a typed message, with no copy; the
 slot's views are refused once it is committed or aborted."""
 import gc
+import time
 
 import pytest
 
@@ -30,6 +31,7 @@ class Slots(IDL.Slots):
     def __init__(self):
         self.notes = []
         self.held = []
+        self.open = False  # hold() answers at once
 
     @tern.method
     def sum(self, req):
@@ -49,7 +51,10 @@ class Slots(IDL.Slots):
 
     @tern.method
     def hold(self, req, reply):
-        self.held.append(reply)
+        if self.open:
+            reply.reply(b"ok")
+        else:
+            self.held.append(reply)
 
 
 @pytest.fixture
@@ -124,12 +129,27 @@ def test_views_are_refused_after_commit_and_abort(slots):
         np.frombuffer(s._slot, np.uint8)
 
 
+def take_all(p):
+    """Acquire send slots until none is free (a call needs a slot, a credit
+    and room for its reply: at most the slot count)."""
+    taken = []
+    while True:
+        try:
+            taken.append(p.echo.acquire(timeout=0))
+        except tern.WouldBlock:
+            return taken
+        assert len(taken) <= 8
+
+
 def test_abort_and_with_give_the_slot_back(slots):
     _, _, p = slots
+    first = take_all(p)
+    assert first
+    for s in first:
+        s.abort()
     for _ in range(3):
-        taken = [p.echo.acquire(timeout=0) for _ in range(8)]  # every slot
-        with pytest.raises(tern.WouldBlock):
-            p.echo.acquire(timeout=0)
+        taken = take_all(p)
+        assert len(taken) == len(first)  # every aborted slot came back
         for s in taken:
             s.abort()
     for _ in range(20):
@@ -176,15 +196,22 @@ def test_closing_with_a_slot_out(slots):
 
 def test_acquire_waits_for_a_slot_with_the_gil_released(slots):
     svc, srv, p = slots
-    futs = [p.hold(b"x") for _ in range(8)]  # the server holds every slot's call
-    while len(svc.held) < 8:
+    futs = [p.hold(b"x") for _ in range(8)]  # the server holds the calls (the rest queue)
+    end = time.monotonic() + 60
+    while not svc.held and time.monotonic() < end:
         futs[0].wait(0.01)
+    assert svc.held and len(take_all(p)) == 0  # nothing free: acquire has to wait
 
     def wait():
         with pytest.raises(tern.RpcTimeout):
             p.echo.acquire(timeout=0.5)
     assert ticks_while(wait) > 1000
-    srv.on_loop(lambda: [r.reply(b"ok") for r in svc.held])
+
+    def release():
+        svc.open = True
+        for r in svc.held:
+            r.reply(b"ok")
+    srv.on_loop(release)
     s = p.echo.acquire(timeout=30)  # waits for a reply to free one
     s.buffer[:2] = b"go"
     assert s.commit(2).result() == b"go"

@@ -83,3 +83,28 @@ int bench_parse_sizes(const char *s, size_t *out, int max, int *n)
 	}
 	return *n ? 0 : -EINVAL;
 }
+
+static int run_round_trips(int (*round_trip)(void *), void *arg, long n)
+{
+	int rc = 0;
+
+	for (long i = 0; i < n && rc == 0; i++)
+		rc = round_trip(arg);
+	return rc;
+}
+
+/* The two must stay different functions: were their bodies the same, the
+ * compiler could fold them into one symbol, and callgrind would count the
+ * warm-up too.  The warm-up's own mark keeps them apart. */
+volatile long bench_warm_up_runs;
+
+__attribute__((noinline)) int bench_warm_up(int (*round_trip)(void *), void *arg, long n)
+{
+	bench_warm_up_runs++;
+	return run_round_trips(round_trip, arg, n);
+}
+
+__attribute__((noinline)) int bench_measure(int (*round_trip)(void *), void *arg, long n)
+{
+	return run_round_trips(round_trip, arg, n);
+}

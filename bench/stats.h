@@ -21,4 +21,14 @@ void bench_stats_compute(struct bench_stats *st, double *lat, size_t n, double e
 /* Parse "32,256,1K,4K,1M" into @out (at most @max entries). 0 or -EINVAL. */
 int bench_parse_sizes(const char *s, size_t *out, int max, int *n);
 
+/*
+ * Round trips for callgrind to count (bench/cost.py): both run @round_trip
+ * @n times and return its first non-zero status, but only what
+ * bench_measure() runs is counted under "valgrind --tool=callgrind
+ * --toggle-collect=bench_measure"; bench_warm_up() is the uncounted
+ * warm-up (first touches, cold caches).
+ */
+int bench_warm_up(int (*round_trip)(void *arg), void *arg, long n);
+int bench_measure(int (*round_trip)(void *arg), void *arg, long n);
+
 #endif

@@ -16,7 +16,7 @@
  *
  * Both sides busy-poll, like the raw verbs baseline (bench/verbs_pingpong).
  * With --baseline FILE (that program's JSON lines) each line also carries
- * the baseline's p50 at the same size and the ratio.
+ * the baseline's p50 at the same size and depth, and the ratio.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -166,18 +166,19 @@ static void bench_cb(tern_session *s, int status, const void *reply, size_t len,
 	r->done++;
 }
 
-static double baseline_p50(const struct cfg *c, size_t size)
+static double baseline_p50(const struct cfg *c, size_t size, int depth)
 {
-	char line[1024];
+	char line[1024], want[32];
 	double best = 0;
 	FILE *fp;
 
 	if (!c->baseline || !(fp = fopen(c->baseline, "r")))
 		return 0;
-	/* the ping-pong (1 in flight) line of this size */
+	/* the line of this size measured at the same depth: like with like */
+	snprintf(want, sizeof(want), "\"inflight\":%d,", depth);
 	while (fgets(line, sizeof(line), fp)) {
 		char *p = strstr(line, "\"size\":"), *q = strstr(line, "\"p50_us\":");
-		if (p && q && strtoull(p + 7, NULL, 10) == size && strstr(line, "\"inflight\":1,"))
+		if (p && q && strtoull(p + 7, NULL, 10) == size && strstr(line, want))
 			best = strtod(q + 9, NULL);
 	}
 	fclose(fp);
@@ -236,16 +237,17 @@ static int run_client(const struct cfg *c, const char *uri)
 						    bench_now_us() - t0);
 				if (depth == 1)
 					rate1 = st.rate_per_s;
-				base = baseline_p50(c, r.size);
+				base = baseline_p50(c, r.size, depth);
 				printf("{\"bench\":\"tern_echo\",\"transport\":\"%s\",\"mode\":"
 				       "\"busy\","
 				       "\"kind\":\"%s\",\"size\":%zu,\"inflight\":%d,\"iters\":%ld,"
-				       "\"p50_us\":%.2f,\"p99_us\":%.2f,\"rate_per_s\":%.0f,"
+				       "\"p50_us\":%.2f,\"p99_us\":%.2f,\"mean_us\":%.2f,"
+				       "\"rate_per_s\":%.0f,"
 				       "\"baseline_p50_us\":%.2f,\"ratio\":%.3f,"
 				       "\"rate_vs_inflight1\":%.2f}\n",
 				       c->transport, inplace ? "inplace" : "raw", r.size, depth,
-				       c->iters, st.p50_us, st.p99_us, st.rate_per_s, base,
-				       base > 0 ? st.p50_us / base : 0,
+				       c->iters, st.p50_us, st.p99_us, st.mean_us, st.rate_per_s,
+				       base, base > 0 ? st.p50_us / base : 0,
 				       rate1 > 0 ? st.rate_per_s / rate1 : 0);
 				fflush(stdout);
 			}

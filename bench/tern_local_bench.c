@@ -157,9 +157,9 @@ static int run_size(struct run *r, uint8_t *buf)
 	bench_stats_compute(&st, r->lat, (size_t)r->c->iters, bench_now_us() - t_begin);
 	printf("{\"bench\":\"tern_local\",\"transport\":\"%s\",\"mode\":\"%s\",\"kind\":\"tern\","
 	       "\"handler\":\"inplace\",\"size\":%zu,\"inflight\":%d,\"iters\":%ld,"
-	       "\"p50_us\":%.3f,\"p99_us\":%.3f,\"rate_per_s\":%.0f}\n",
+	       "\"p50_us\":%.3f,\"p99_us\":%.3f,\"mean_us\":%.3f,\"rate_per_s\":%.0f}\n",
 	       r->c->transport, r->c->mode, r->len, r->c->inflight, r->c->iters, st.p50_us,
-	       st.p99_us, st.rate_per_s);
+	       st.p99_us, st.mean_us, st.rate_per_s);
 	fflush(stdout);
 	return 0;
 }

@@ -23,7 +23,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <uv.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,6 +33,14 @@ extern "C" {
 #else
 #define TERN_EXPORT
 #endif
+
+/*
+ * libuv's loop.  uv_loop_t is a typedef of this struct, so a caller that
+ * includes <uv.h> passes its uv_loop_t * as it is.  Declared rather than
+ * included: uv.h needs POSIX types that a strict -std=c11 build does not
+ * have, and most users never touch the loop.
+ */
+struct uv_loop_s;
 
 #define TERN_VERSION_MAJOR 0
 #define TERN_VERSION_MINOR 1
@@ -117,7 +124,7 @@ enum tern_progress {
  */
 struct tern_ctx_opts {
 	uint32_t size;
-	uv_loop_t *loop;
+	struct uv_loop_s *loop;
 	enum tern_progress progress;
 	uint32_t adaptive_spin_us;
 	uint32_t busy_spin_us;
@@ -151,8 +158,10 @@ TERN_EXPORT int tern_ctx_destroy(tern_ctx *ctx);
 
 /**
  * tern_ctx_loop - the libuv loop a context runs on
+ *
+ * Return: the loop, a uv_loop_t * for a caller that includes <uv.h>.
  */
-TERN_EXPORT uv_loop_t *tern_ctx_loop(tern_ctx *ctx);
+TERN_EXPORT struct uv_loop_s *tern_ctx_loop(tern_ctx *ctx);
 
 /**
  * tern_ctx_data - the @data pointer given at creation
@@ -268,13 +277,27 @@ TERN_EXPORT int tern_service_register(tern_ctx *ctx, const char *name, uint64_t 
  * @max_msg: the largest message this side accepts (default 1 GiB, at most
  *	4 GiB - 1).  Messages larger than a slot move by RDMA (see
  *	tern_mem_register()); the peer learns this limit in the handshake
- *	and refuses larger calls with -EMSGSIZE before sending anything.
+ *	and refuses larger calls with -EMSGSIZE before sending anything.  A
+ *	call's reply buffer is offered to the server up to the smaller of the
+ *	two sides' max_msg (a longer reply is -EMSGSIZE).  A peer that sends
+ *	a larger request, or names a larger reply buffer, than the handshake
+ *	allows breaks the protocol: its session fails with TERN_EPEER.
+ * @max_staging: the most staging memory the session holds at once, in
+ *	bytes (default 4 * @max_msg).  Staging is the registered memory large
+ *	messages pass through when they are not in a tern_mem_register()ed
+ *	region: as a server, every large request it pulls and every large
+ *	reply it builds for a reply buffer; as a caller, large requests and
+ *	reply buffers.  It comes in power-of-two sizes from 64 KiB.  A call
+ *	that would take the session over this fails with -ENOBUFS, counted in
+ *	@staging_refused: tern_call() returns it, or the server answers the
+ *	call with it.  The session itself goes on.
  *
  * Both peers must use the same slot size and count; a mismatch is refused
  * with TERN_EGEOMETRY on both sides.  A session registers
- * (2 * slot_count + 2) slots in each direction, once, at creation: one ring
+ * (2 * slot_count + 3) slots in each direction, once, at creation: one ring
  * half for requests, one for replies, so that replies can never overwrite
- * requests when both peers call at once, plus two for credit messages.
+ * requests when both peers call at once, plus three for control messages
+ * (two credit messages and one ACK).
  */
 struct tern_session_opts {
 	uint32_t size;
@@ -290,6 +313,7 @@ struct tern_session_opts {
 	const struct tern_service_ref *services;
 	uint32_t nservices;
 	uint32_t max_msg;
+	uint64_t max_staging;
 };
 
 /**
@@ -313,6 +337,9 @@ struct tern_session_opts {
  *	one-way method here (there is no reply to tell the sender)
  * @bulk_bytes_read: bytes this side pulled from the peer (large requests)
  * @bulk_bytes_written: bytes this side pushed into the peer (large replies)
+ * @staging_refused: large calls failed with -ENOBUFS because they would
+ *	have taken this session's staging over @max_staging (as caller or as
+ *	server)
  */
 struct tern_session_counters {
 	uint64_t calls_sent;
@@ -332,6 +359,7 @@ struct tern_session_counters {
 	uint64_t oneway_dropped;
 	uint64_t bulk_bytes_read;
 	uint64_t bulk_bytes_written;
+	uint64_t staging_refused;
 };
 
 /**
@@ -671,7 +699,7 @@ TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
  * The runtime takes such a slot back when the handler returns; a held one
  * stays as it is (@in keeps its bytes, unchanged) until tern_req_release().
  * A held slot keeps its credit: a sender whose credits are all held waits
- * (tern_send_oneway() returns -EAGAIN, calls queue), it loses nothing.  A
+ * (tern_send() returns -EAGAIN, calls queue), it loses nothing.  A
  * held batch call's reply is sent at its release.  Order of delivery is
  * unchanged.  Each hold needs its own release.
  *
@@ -708,7 +736,9 @@ TERN_EXPORT int tern_req_release(tern_req *req);
  *
  * Return: 0; -EINVAL if @req is not a pending deferred request; -ECONNRESET
  * if its session is gone (@req is then finished: do not use it again);
- * -ENOMEM (a reply buffer larger than a slot needs staging).
+ * -ENOMEM or -ENOBUFS (a reply buffer larger than a slot needs staging,
+ * and there is no memory for it, or it would exceed max_staging; the
+ * request stays pending: answer it with tern_reply_error()).
  */
 TERN_EXPORT int tern_reply_acquire(tern_req *req, void **out, size_t *cap);
 
@@ -719,7 +749,8 @@ TERN_EXPORT int tern_reply_acquire(tern_req *req, void **out, size_t *cap);
  * dropped and -ECONNRESET returned; @req is finished either way.
  *
  * Return: 0, -EMSGSIZE (@len over the slot; an error reply is sent
- * instead), -ECONNRESET, -EINVAL.
+ * instead), -ENOMEM or -ENOBUFS (no staging for a reply larger than a slot;
+ * an error reply with that code is sent instead), -ECONNRESET, -EINVAL.
  */
 TERN_EXPORT int tern_reply_commit(tern_req *req, size_t len);
 
@@ -738,7 +769,12 @@ TERN_EXPORT int tern_reply_error(tern_req *req, int err, const char *msg);
  * @s: the session
  * @status: 0, or a negative errno / TERN_E* code: the handler's own code,
  *	TERN_ENOMETHOD, -ETIMEDOUT (deadline), -ECONNRESET (peer gone),
- *	-ECANCELED (session closed locally), -EMSGSIZE (reply too large)...
+ *	-ECANCELED (session closed locally), -EMSGSIZE (reply too large),
+ *	-ENOBUFS (the server's staging for the session is full), TERN_EPEER
+ *	(the peer broke the protocol; the session fails too)...  A remote
+ *	code crosses the wire only in -1 .. -(TERN_ERRNO_BASE + 999); a
+ *	handler's code outside that range arrives as TERN_EREMOTE, and an
+ *	error reply carrying anything else is a protocol violation.
  * @reply: on success the reply bytes, borrowed from the receive slot and
  *	valid only during the callback; on a remote error the remote's short
  *	message (NUL-terminated, maybe empty)
@@ -802,7 +838,8 @@ struct tern_call_opts {
  *
  * Return: 0; -EMSGSIZE (over the peer's max_msg, or over a slot on a
  * transport without large messages); -EAGAIN (nonblock session with no
- * free slot or credit); -ENOBUFS (wait queue full); -ENOTCONN.
+ * free slot or credit); -ENOBUFS (wait queue full, or staging the request
+ * or reply buffer would exceed the session's max_staging); -ENOTCONN.
  */
 TERN_EXPORT int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len,
 			  tern_call_cb cb, void *user, const struct tern_call_opts *opts);

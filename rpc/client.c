@@ -11,6 +11,7 @@
  * released its send slot; the two can happen in either order.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -84,6 +85,7 @@ static tern_callslot *take_slot(tern_session *s)
 	tern_credits_take_call(&s->cr);
 	c->acq_oneway = false;
 	c->reply_buf = NULL;
+	c->reply_offer = 0;
 	return c;
 }
 
@@ -278,8 +280,8 @@ static void release_stages(tern_session *s, tern_callslot *c)
 {
 	tern__bulk_unexport(s, c->xd, c->nx);
 	c->nx = 0;
-	tern__stage_put(s->ctx, c->req_stage);
-	tern__stage_put(s->ctx, c->rep_stage);
+	tern__session_stage_put(s, c->req_stage);
+	tern__session_stage_put(s, c->rep_stage);
 	c->req_stage = c->rep_stage = NULL;
 }
 
@@ -317,8 +319,8 @@ static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
 		struct tern_orphan *o = &s->orphans[i];
 		if (o->used && o->slot == slot && o->gen == gen) {
 			tern__bulk_unexport(s, o->xd, o->nx);
-			tern__stage_put(s->ctx, o->st[0]);
-			tern__stage_put(s->ctx, o->st[1]);
+			tern__session_stage_put(s, o->st[0]);
+			tern__session_stage_put(s, o->st[1]);
 			o->used = false;
 			return;
 		}
@@ -329,7 +331,8 @@ static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
  * A call with a reply buffer, or a request larger than a slot: the payload
  * starts with the reply buffer's descriptor (if the reply may not fit a
  * slot), then carries the request, or the descriptor the server pulls it
- * through.
+ * through.  The reply buffer is offered up to tern__reply_max() only: the
+ * server refuses a request that names more, and no reply can be longer.
  */
 static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t len,
 		      void *reply_buf, size_t reply_cap, tern_call_cb cb, void *user,
@@ -337,23 +340,27 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 {
 	tern_callslot *c = take_slot(s);
 	uint8_t *p = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
+	uint64_t offer = reply_cap < tern__reply_max(s) ? reply_cap : tern__reply_max(s);
 	struct tern_bulk_desc d;
 	uint8_t flags = 0;
-	size_t off = 0;
+	size_t off = 0, exposing = 0;
 	int rc = 0;
 
 	c->reply_buf = reply_buf;
 	c->reply_cap = reply_cap;
-	if (reply_buf && reply_cap > s->max_payload && s->conn->ops->bulk_export) {
-		rc = tern__bulk_export(s, reply_buf, reply_cap, 1, &d, &c->rep_stage);
+	if (reply_buf && offer > s->max_payload && s->conn->ops->bulk_export) {
+		exposing = (size_t)offer;
+		rc = tern__bulk_export(s, reply_buf, exposing, 1, &d, &c->rep_stage);
 		if (rc)
 			goto fail;
 		c->xd[c->nx++] = d;
+		c->reply_offer = offer;
 		tern_bulk_desc_encode(p, &d);
 		off = TERN_BULK_DESC_SIZE;
 		flags |= TERN_F_REPLY_DESC;
 	}
 	if (len > s->max_payload - off) {
+		exposing = len;
 		rc = tern__bulk_export(s, req, len, 0, &d, &c->req_stage);
 		if (rc)
 			goto fail;
@@ -373,9 +380,16 @@ fail:
 	release_stages(s, c);
 	tern_credits_untake_call(&s->cr);
 	c->reply_buf = NULL;
+	c->reply_offer = 0;
 	release_slot(s, c);
-	tern__set_error(s->ctx, "%s: cannot expose a %zu-byte buffer to the peer: %s", s->peer,
-			reply_buf && !c->rep_stage ? reply_cap : len, tern_strerror(rc));
+	if (rc == -ENOBUFS)
+		tern__set_error(s->ctx,
+				"%s: staging %zu bytes for the peer would exceed the session's "
+				"max_staging (%" PRIu64 " bytes, %" PRIu64 " held)",
+				s->peer, exposing, s->max_staging, s->staged);
+	else
+		tern__set_error(s->ctx, "%s: cannot expose a %zu-byte buffer to the peer: %s",
+				s->peer, exposing, tern_strerror(rc));
 	return rc;
 }
 
@@ -528,10 +542,11 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 	} else if (h->flags & TERN_F_BULK) {
 		uint64_t n;
 
-		/* The server wrote the reply into our buffer (or its staging). */
+		/* The server wrote the reply into our buffer (or its staging):
+		 * no more than we offered, and only what a slot could not hold. */
 		memcpy(&n, payload, 8);
 		n = le64toh(n);
-		if (!c->reply_buf || n > c->reply_cap || n <= s->max_payload) {
+		if (n > c->reply_offer || n <= s->max_payload) {
 			tern__session_fail(s, TERN_EPEER,
 					   "bulk reply that no reply buffer can hold");
 			return;

@@ -23,10 +23,8 @@
 
 static int clamp_status(int err)
 {
-	/* Only errno values and TERN_E* codes cross the wire. */
-	if (err >= 0 || err <= -(TERN_ERRNO_BASE + 1000))
-		return TERN_EREMOTE;
-	return err;
+	/* Only errno values and TERN_E* codes cross the wire (the client checks). */
+	return tern_wire_status_ok(err) ? err : TERN_EREMOTE;
 }
 
 /*
@@ -48,8 +46,8 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	req->state = TERN_REQ_FREE;
 	req->in = NULL;
 	req->out = NULL;
-	tern__stage_put(s->ctx, req->in_stage);
-	tern__stage_put(s->ctx, req->out_stage);
+	tern__session_stage_put(s, req->in_stage);
+	tern__session_stage_put(s, req->out_stage);
 	req->in_stage = req->out_stage = NULL;
 	if (s->state != TERN_S_READY) {
 		/* The session died while a deferred handler held the request:
@@ -80,6 +78,14 @@ static void reply_error(tern_req *req, int err, const char *fallback)
 	finish(req, TERN_MSG_ERR, clamp_status(err), (uint32_t)len);
 }
 
+/* Why staging for a request failed, for the caller to read. */
+static const char *stage_why(int rc, const char *what)
+{
+	if (rc == -ENOBUFS)
+		return "the server's staging for this session is full (max_staging)";
+	return what;
+}
+
 /* The client's service check: answer it, then announce or refuse. */
 static void check_services(tern_req *req, const void *in, uint32_t len)
 {
@@ -93,6 +99,11 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 	}
 	rc = tern__services_verify(s->ctx, in, len, why, sizeof(why));
 	if (rc == TERN_EPEER) {
+		/* Nothing will answer it: free the request before the session
+		 * goes down, or it would hold the session forever. */
+		req->state = TERN_REQ_FREE;
+		req->in = NULL;
+		s->free_reqs[s->nfree_reqs++] = req->idx;
 		tern__session_fail(s, rc, why);
 		return;
 	}
@@ -125,13 +136,16 @@ static size_t slot_cap(const tern_req *req)
 static int reply_target(tern_req *req)
 {
 	tern_session *s = req->s;
+	int rc;
 
 	req->out = tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE;
 	req->out_cap = slot_cap(req);
+	/* rdesc.len is at most tern__reply_max() (dispatch() checked it) */
 	if (req->has_rdesc && req->rdesc.len > s->max_payload && s->conn->ops->bulk_write) {
-		req->out_stage = tern__stage_get(s->ctx, req->rdesc.len);
-		if (!req->out_stage)
-			return -ENOMEM;
+		if ((rc = tern__session_stage_get(s, req->rdesc.len, &req->out_stage))) {
+			req->out = NULL; /* none yet: a later acquire tries again */
+			return rc;
+		}
 		req->out = req->out_stage->mr.addr;
 		req->out_cap = req->rdesc.len;
 	}
@@ -212,9 +226,10 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
 		mr = &req->in_stage->mr;
 	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
-		req->out_stage = tern__stage_get(s->ctx, iov->len);
-		if (!req->out_stage) {
-			reply_error(req, -ENOMEM, "no memory to stage the reply");
+		int rc = tern__session_stage_get(s, iov->len, &req->out_stage);
+
+		if (rc) {
+			reply_error(req, rc, stage_why(rc, "no memory to stage the reply"));
 			return;
 		}
 		memcpy(req->out_stage->mr.addr, iov->base, iov->len);
@@ -250,7 +265,7 @@ static void invoke(tern_session *s, tern_req *req, const struct tern_method *m)
 		ssize_t n;
 
 		if ((rc = reply_target(req))) {
-			reply_error(req, rc, "no memory for the reply");
+			reply_error(req, rc, stage_why(rc, "no memory for the reply"));
 			break;
 		}
 		TERN_CALLBACK(s->ctx,
@@ -285,29 +300,71 @@ static void invoke(tern_session *s, tern_req *req, const struct tern_method *m)
 	}
 }
 
+/*
+ * The descriptors a request starts with, read once (on shm the peer can
+ * still write the slot they lie in) and held to what the handshake told the
+ * peer: a reply buffer of at most tern__reply_max(), a request of at most
+ * our max_msg, and both only where the transport moves large messages.  An
+ * honest peer checks all of it before sending, so anything over is a lie.
+ */
+static int request_descs(tern_session *s, const struct tern_hdr *h, const uint8_t *p,
+			 struct tern_bulk_desc *rdesc, struct tern_bulk_desc *q, char *why,
+			 size_t why_len)
+{
+	if (h->method == TERN_METHOD_SVC_CHECK && h->flags) {
+		snprintf(why, why_len, "service check with large-message descriptors");
+		return TERN_EPEER;
+	}
+	/* Lengths were checked with the header: the descriptors are there. */
+	if (h->flags & TERN_F_REPLY_DESC) {
+		tern_bulk_desc_decode(p, rdesc);
+		p += TERN_BULK_DESC_SIZE;
+		if (rdesc->len > tern__reply_max(s)) {
+			snprintf(why, why_len,
+				 "request names a reply buffer of %llu bytes, over the %llu "
+				 "the handshake allows",
+				 (unsigned long long)rdesc->len,
+				 (unsigned long long)tern__reply_max(s));
+			return TERN_EPEER;
+		}
+	}
+	if (h->flags & TERN_F_BULK) {
+		tern_bulk_desc_decode(p, q);
+		if (!s->conn->ops->bulk_read || q->len > s->max_msg) {
+			snprintf(why, why_len,
+				 "request of %llu bytes, over the max_msg of %u announced here",
+				 (unsigned long long)q->len, s->max_msg);
+			return TERN_EPEER;
+		}
+	}
+	return 0;
+}
+
 static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in)
 {
 	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
-	uint32_t idx = s->free_reqs[--s->nfree_reqs];
-	tern_req *req = &s->reqs[idx];
+	struct tern_bulk_desc rdesc = {0}, q = {0};
 	const uint8_t *p = in;
 	uint32_t plen = h->len;
-	struct tern_bulk_desc q;
-	char why[112];
+	tern_req *req;
+	char why[128];
 	int rc;
 
+	if ((rc = request_descs(s, h, p, &rdesc, &q, why, sizeof(why)))) {
+		tern__session_fail(s, rc, why);
+		return;
+	}
+	req = &s->reqs[s->free_reqs[--s->nfree_reqs]];
 	req->state = TERN_REQ_HANDLER;
 	req->token = token;
 	req->call_slot = h->call_slot;
 	req->call_gen = h->call_gen;
 	req->method = h->method;
 	req->errmsg[0] = 0;
-	req->has_rdesc = false;
+	req->has_rdesc = (h->flags & TERN_F_REPLY_DESC) != 0;
+	req->rdesc = rdesc;
 	req->out = NULL;
-	/* Lengths were checked with the header: the descriptors are there. */
-	if (h->flags & TERN_F_REPLY_DESC) {
-		tern_bulk_desc_decode(p, &req->rdesc);
-		req->has_rdesc = true;
+	if (req->has_rdesc) {
 		p += TERN_BULK_DESC_SIZE;
 		plen -= TERN_BULK_DESC_SIZE;
 	}
@@ -327,22 +384,14 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 		invoke(s, req, m);
 		return;
 	}
-	/* A large request: pull it into staging, then run the handler. */
-	tern_bulk_desc_decode(p, &q);
-	if (q.len > s->max_msg || !s->conn->ops->bulk_read) {
-		snprintf(why, sizeof(why), "request of %llu bytes exceeds the %u accepted here",
-			 (unsigned long long)q.len,
-			 s->conn->ops->bulk_read ? s->max_msg : s->max_payload);
-		reply_error(req, -EMSGSIZE, why);
-		return;
-	}
-	req->in_stage = tern__stage_get(s->ctx, q.len);
-	if (!req->in_stage) {
-		reply_error(req, -ENOMEM, "no memory to receive the request");
+	/* A large request (at most max_msg): pull it into staging, then run
+	 * the handler. */
+	if ((rc = tern__session_stage_get(s, q.len, &req->in_stage))) {
+		reply_error(req, rc, stage_why(rc, "no memory to receive the request"));
 		return;
 	}
 	req->in = req->in_stage->mr.addr;
-	req->in_len = q.len;
+	req->in_len = (uint32_t)q.len;
 	req->state = TERN_REQ_FETCHING;
 	rc = s->conn->ops->bulk_read(s->conn, &q, &req->in_stage->mr.tm[tern__tp_index(s)], 0,
 				     q.len, (uintptr_t)req);
@@ -642,6 +691,7 @@ int tern_reply_acquire(tern_req *req, void **out, size_t *cap)
 int tern_reply_commit(tern_req *req, size_t len)
 {
 	tern_session *s;
+	int rc;
 
 	if (!req || req->state != TERN_REQ_DEFERRED)
 		return -EINVAL;
@@ -650,10 +700,10 @@ int tern_reply_commit(tern_req *req, size_t len)
 		finish(req, TERN_MSG_REP, 0, 0); /* drops it, releases the session */
 		return -ECONNRESET;
 	}
-	if (!req->out && reply_target(req)) {
+	if (!req->out && (rc = reply_target(req))) {
 		req->errmsg[0] = 0;
-		reply_error(req, -ENOMEM, "no memory for the reply");
-		return -ENOMEM;
+		reply_error(req, rc, stage_why(rc, "no memory for the reply"));
+		return rc;
 	}
 	if (len > req->out_cap) {
 		req->errmsg[0] = 0;

@@ -85,10 +85,17 @@ int tern_mem_deregister(tern_mr *mr)
 	return 0;
 }
 
+/*
+ * The size class of @len bytes: the power of two from STAGE_MIN that holds
+ * them, or 0 when no size_t does (doubling past the top bit would wrap to 0
+ * and never end).
+ */
 static size_t stage_class(size_t len)
 {
 	size_t c = STAGE_MIN;
 
+	if (len > (SIZE_MAX >> 1) + 1)
+		return 0;
 	while (c < len)
 		c <<= 1;
 	return c;
@@ -100,6 +107,8 @@ struct tern_stage *tern__stage_get(tern_ctx *ctx, size_t len)
 	struct tern_stage **pp, *st;
 	void *mem;
 
+	if (!cap)
+		return NULL;
 	/* reuse an idle buffer of this size class: its registrations too */
 	for (pp = &ctx->stages; (st = *pp); pp = &st->next) {
 		if (st->mr.len == cap) {
@@ -136,6 +145,31 @@ void tern__stage_put(tern_ctx *ctx, struct tern_stage *st)
 	st->next = ctx->stages;
 	ctx->stages = st;
 	ctx->stage_idle_bytes += st->mr.len;
+}
+
+int tern__session_stage_get(tern_session *s, size_t len, struct tern_stage **out)
+{
+	size_t cap = stage_class(len);
+
+	*out = NULL;
+	/* s->staged never exceeds max_staging, so the subtraction cannot wrap */
+	if (!cap || cap > s->max_staging - s->staged) {
+		s->cnt.staging_refused++;
+		return -ENOBUFS;
+	}
+	*out = tern__stage_get(s->ctx, cap);
+	if (!*out)
+		return -ENOMEM;
+	s->staged += cap;
+	return 0;
+}
+
+void tern__session_stage_put(tern_session *s, struct tern_stage *st)
+{
+	if (!st)
+		return;
+	s->staged -= st->mr.len;
+	tern__stage_put(s->ctx, st);
 }
 
 void tern__bulk_free_all(tern_ctx *ctx)
@@ -177,16 +211,15 @@ int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable
 					(size_t)((const char *)buf - (const char *)mr->addr), len,
 					writable, d);
 	/* Not in a registration: go through staging (the one copy). */
-	*stage = tern__stage_get(s->ctx, len);
-	if (!*stage)
-		return -ENOMEM;
+	if ((rc = tern__session_stage_get(s, len, stage)))
+		return rc;
 	if (!writable) {
 		memcpy((*stage)->mr.addr, buf, len);
 		s->copy_bytes += len;
 	}
 	rc = ops->bulk_export(s->conn, &(*stage)->mr.tm[ti], 0, len, writable, d);
 	if (rc) {
-		tern__stage_put(s->ctx, *stage);
+		tern__session_stage_put(s, *stage);
 		*stage = NULL;
 	}
 	return rc;

@@ -154,8 +154,19 @@ static inline bool tern__mr_contains(const struct tern_mr *mr, const void *addr,
 	uintptr_t a = (uintptr_t)addr, b = (uintptr_t)mr->addr;
 	return a >= b && len <= mr->len && a - b <= mr->len - len;
 }
+/*
+ * The context's pool of staging buffers: one of at least @len bytes (a
+ * power of two from 64 KiB), or NULL (no memory, or no such size).
+ */
 struct tern_stage *tern__stage_get(tern_ctx *ctx, size_t len);
 void tern__stage_put(tern_ctx *ctx, struct tern_stage *st);
+/*
+ * Staging for session @s, within its max_staging.  Return: 0, -ENOBUFS
+ * (over max_staging: counted in staging_refused) or -ENOMEM.
+ */
+int tern__session_stage_get(tern_session *s, size_t len, struct tern_stage **out);
+/* Give staging back to the pool (NULL: nothing); @s holds that much less. */
+void tern__session_stage_put(tern_session *s, struct tern_stage *st);
 void tern__bulk_free_all(tern_ctx *ctx);
 /*
  * Export @len bytes at @buf to @s's peer: from the user's registration that
@@ -248,6 +259,7 @@ struct tern_callslot {
 	size_t reply_cap;
 	struct tern_stage *req_stage; /* staging a large request the server reads */
 	struct tern_stage *rep_stage; /* staging the reply the server writes */
+	uint64_t reply_offer;	      /* bytes of reply_buf the server may write (0: none) */
 	struct tern_bulk_desc xd[2];  /* what was exported for the call... */
 	uint8_t nx;		      /* ...how many: withdrawn when it is over */
 	uint64_t deadline_ns;
@@ -360,8 +372,9 @@ struct tern_session {
 	void *rx_arg;
 
 	uint32_t n;		     /* slot_count */
-	uint32_t max_msg;	     /* the largest message we accept */
+	uint32_t max_msg;	     /* the largest message we accept (and announced) */
 	uint32_t peer_max_msg;	     /* ...and the peer does (from the handshake) */
+	uint64_t max_staging;	     /* the most staging the session may hold */
 	struct tern_orphan *orphans; /* n */
 	uint32_t slot_size;
 	uint32_t max_payload;
@@ -401,6 +414,7 @@ struct tern_session {
 	uint32_t ctrl_busy; /* bitmask of control send slots in flight */
 
 	struct tern_session_counters cnt;
+	uint64_t staged;     /* bytes of staging this session holds */
 	uint64_t copy_bytes; /* payload bytes the engine memcpy'd (tests prove zero-copy with it) */
 	uint32_t last_send_slot;
 	uint32_t last_send_len;
@@ -419,7 +433,8 @@ struct tern_listener {
 };
 
 /* src/session.c */
-int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, tern_session **out);
+int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, struct tern_tp *tp,
+			tern_session **out);
 int tern__session_attach(tern_session *s, struct tern_conn *c);
 void tern__session_params(const tern_session *s, struct tern_conn_params *p);
 void tern__session_hello(const tern_session *s, struct tern_hello *h);
@@ -435,6 +450,15 @@ void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns);
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns);
 void tern__session_mark_dirty(tern_session *s);
 void tern__session_repost(tern_session *s, uint32_t token);
+/*
+ * The largest reply buffer a request may name: the smaller of the two
+ * sides' max_msg, which both know from the handshake.  The caller offers no
+ * more; the server stages no more, and refuses a request naming more.
+ */
+static inline uint64_t tern__reply_max(const tern_session *s)
+{
+	return s->max_msg < s->peer_max_msg ? s->max_msg : s->peer_max_msg;
+}
 static inline uint8_t *tern__send_slot(const tern_session *s, uint32_t slot)
 {
 	return s->conn->send_base + (size_t)slot * s->slot_size;

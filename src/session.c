@@ -27,8 +27,8 @@ static void session_free(tern_session *s)
 	/* staging kept for calls that timed out: the peer is gone now */
 	for (uint32_t i = 0; s->orphans && i < s->n; i++) {
 		if (s->orphans[i].used) {
-			tern__stage_put(s->ctx, s->orphans[i].st[0]);
-			tern__stage_put(s->ctx, s->orphans[i].st[1]);
+			tern__session_stage_put(s, s->orphans[i].st[0]);
+			tern__session_stage_put(s, s->orphans[i].st[1]);
 		}
 	}
 	free(s->orphans);
@@ -78,10 +78,13 @@ static int opts_copy(const struct tern_session_opts *in, struct tern_session_opt
 		o->queue_depth = 4 * o->slot_count;
 	if (!o->max_msg)
 		o->max_msg = 1u << 30;
+	if (!o->max_staging)
+		o->max_staging = 4 * (uint64_t)o->max_msg;
 	return 0;
 }
 
-int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, tern_session **out)
+int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, struct tern_tp *tp,
+			tern_session **out)
 {
 	struct tern_session_opts o;
 	tern_session *s;
@@ -125,7 +128,11 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, ter
 	s->nonblock = o.nonblock;
 	s->call_timeout_ms = o.call_timeout_ms;
 	s->schema_hash = o.schema_hash;
-	s->max_msg = o.max_msg;
+	s->tp = tp;
+	/* Larger than a slot only if the transport can move bulk data: this
+	 * is what the handshake announces, and what the peer is held to. */
+	s->max_msg = tp->ops->bulk_export ? o.max_msg : s->max_payload;
+	s->max_staging = o.max_staging;
 	s->on_close = o.on_close;
 	s->data = o.data;
 	s->q_cap = o.queue_depth;
@@ -168,8 +175,7 @@ void tern__session_hello(const tern_session *s, struct tern_hello *h)
 	h->slot_size = s->slot_size;
 	h->slot_count = s->n;
 	h->schema_hash = s->schema_hash;
-	/* Larger than a slot only if the transport can move bulk data. */
-	h->max_msg = s->tp && s->tp->ops->bulk_export ? s->max_msg : s->max_payload;
+	h->max_msg = s->max_msg;
 	if (s->svc_check_len)
 		h->flags |= TERN_HELLO_SERVICES;
 }
@@ -417,10 +423,9 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	int rc;
 
 	*owner = NULL;
-	rc = tern__session_alloc(ctx, &l->opts, &s);
+	rc = tern__session_alloc(ctx, &l->opts, l->tp, &s);
 	if (rc)
 		return rc;
-	s->tp = l->tp;
 	tern__session_hello(s, &ours);
 	ours.flags = TERN_HELLO_REPLY;
 	rc = tern_hello_decode(hs, hs_len, &peer);
@@ -756,9 +761,8 @@ int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts 
 		return rc;
 	if ((rc = tern__transport_get(ctx, &u, &tp)))
 		return rc;
-	if ((rc = tern__session_alloc(ctx, &o, &s)))
+	if ((rc = tern__session_alloc(ctx, &o, tp, &s)))
 		return rc;
-	s->tp = tp;
 	s->connect_cb = cb;
 	snprintf(s->peer, sizeof(s->peer), "%s", uri);
 	if (o.nservices) {

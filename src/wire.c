@@ -86,6 +86,15 @@ int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_cou
 		}
 		break;
 	}
+	/* Only an error reply carries a status, and only an error code. */
+	if (h->kind == TERN_MSG_ERR && !tern_wire_status_ok(h->status)) {
+		*why = "error reply whose status is not an error code";
+		return TERN_EPEER;
+	}
+	if (h->kind != TERN_MSG_ERR && h->status != 0) {
+		*why = "status on a message that is not an error reply";
+		return TERN_EPEER;
+	}
 	if (h->kind == TERN_MSG_ERR && h->len > TERN_ERRMSG_MAX) {
 		*why = "error message too long";
 		return TERN_EPEER;

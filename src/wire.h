@@ -10,6 +10,7 @@
 #define TERN_WIRE_H
 
 #include <endian.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -31,6 +32,20 @@ enum tern_msg_kind {
 	TERN_MSG_CTRL_ACK = 6, /* returns all control credits to a peer that spent them */
 	TERN_MSG_KIND_MAX = 6,
 };
+
+/*
+ * The statuses an error reply may carry: a negative errno or a TERN_E* code,
+ * -1 down to TERN_WIRE_STATUS_MIN.  A server sends nothing else (a handler's
+ * code outside the range goes out as TERN_EREMOTE), and a client takes
+ * nothing else: an error reply whose status is 0, positive or below the
+ * range would reach the caller as a success or as a code it cannot name.
+ */
+#define TERN_WIRE_STATUS_MIN (-(TERN_ERRNO_BASE + 999))
+
+static inline bool tern_wire_status_ok(int32_t status)
+{
+	return status < 0 && status >= TERN_WIRE_STATUS_MIN;
+}
 
 /*
  * Header flags: large messages.  A request may start with the descriptor of

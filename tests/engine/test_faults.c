@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -169,6 +170,10 @@ static int hold_server_main(void)
 	tern_listener *l;
 	int reported = 0;
 
+	/* It spins until killed: if the test dies first (a failed assert),
+	 * die with it rather than spin on as an orphan. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+		return 1;
 	if (tern_ctx_create(&co, &ctx) || tern_register_deferred(ctx, M_HOLD, hold, NULL) ||
 	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
 		return 1;

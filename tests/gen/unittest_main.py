@@ -13,6 +13,7 @@ def run(module_name):
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[module_name])
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     failed = len(result.failures) + len(result.errors)
-    passed = result.testsRun - failed - len(result.skipped)
+    # A failed setUpClass is an error without a test run: never count below 0.
+    passed = max(0, result.testsRun - failed - len(result.skipped))
     print(f"{passed} passed, {failed} failed, {len(result.skipped)} skipped")
     return 0 if result.wasSuccessful() else 1

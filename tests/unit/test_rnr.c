@@ -101,14 +101,24 @@ static const struct tern_rnr_port *port_of(const tern_rnr_snapshot *s, const cha
 static char *render(const tern_rnr_snapshot *s, const tern_rnr_snapshot *prev,
 		    enum tern_rnr_format fmt)
 {
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
+	struct {
+		char *buf;
+		size_t len;
+	} *m = calloc(1, sizeof(*m));
+	char *out;
+	FILE *f;
 
+	/* open_memstream() keeps the address of its buffer pointer: held on
+	 * the heap, gcc -O3 does not mistake the result for a pointer to this
+	 * frame (-Wdangling-pointer). */
+	assert_non_null(m);
+	f = open_memstream(&m->buf, &m->len);
 	assert_non_null(f);
 	assert_int_equal(tern_rnr_snapshot_write(s, prev, fmt, f), 0);
 	fclose(f);
-	return buf;
+	out = m->buf;
+	free(m);
+	return out;
 }
 
 /* ---- discovery and the canonical map ------------------------------------------ */

@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -130,8 +131,38 @@ static void test_check_rejects_credit_message_with_payload_and_long_errors(void 
 	assert_int_equal(check(h, TERN_HDR_SIZE, 7), 0);
 	h = good_req();
 	h.kind = TERN_MSG_ERR;
+	h.status = -EIO;
+	h.len = TERN_ERRMSG_MAX;
+	assert_int_equal(check(h, TERN_HDR_SIZE + TERN_ERRMSG_MAX, 7), 0);
 	h.len = TERN_ERRMSG_MAX + 1;
 	assert_int_equal(check(h, TERN_HDR_SIZE + TERN_ERRMSG_MAX + 1, 7), TERN_EPEER);
+}
+
+/* An error reply carries an error code (-1 .. -(4000 + 999)); nothing else carries one. */
+static void test_check_takes_only_error_codes_as_statuses(void **state)
+{
+	int32_t good[] = {-1, -EIO, TERN_ENOMETHOD, TERN_EPEER, -(TERN_ERRNO_BASE + 999)};
+	int32_t bad[] = {0, 1, 5, INT32_MAX, -(TERN_ERRNO_BASE + 1000), INT32_MIN};
+	struct tern_hdr h = good_req();
+
+	(void)state;
+	h.kind = TERN_MSG_ERR;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		h.status = good[i];
+		assert_int_equal(check(h, TERN_HDR_SIZE + 10, 7), 0);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		h.status = bad[i];
+		assert_int_equal(check(h, TERN_HDR_SIZE + 10, 7), TERN_EPEER);
+	}
+	/* a success, a request, a credit: status 0 only */
+	h = good_req();
+	h.status = -EIO;
+	assert_int_equal(check(h, TERN_HDR_SIZE + 10, 7), TERN_EPEER);
+	h.kind = TERN_MSG_REP;
+	assert_int_equal(check(h, TERN_HDR_SIZE + 10, 7), TERN_EPEER);
+	h.status = 0;
+	assert_int_equal(check(h, TERN_HDR_SIZE + 10, 7), 0);
 }
 
 static void test_check_rejects_method_zero(void **state)
@@ -208,6 +239,7 @@ int main(void)
 		cmocka_unit_test(test_check_rejects_out_of_range_call_slot),
 		cmocka_unit_test(test_check_rejects_out_of_sequence),
 		cmocka_unit_test(test_check_rejects_credit_message_with_payload_and_long_errors),
+		cmocka_unit_test(test_check_takes_only_error_codes_as_statuses),
 		cmocka_unit_test(test_check_rejects_method_zero),
 		cmocka_unit_test(test_hello_round_trip_and_match),
 		cmocka_unit_test(test_hello_refuses_bad_magic_version_and_short_input),

@@ -570,6 +570,13 @@ class CommandLine(unittest.TestCase):
         with open(os.path.join(out, "calc.tern.c")) as f:
             self.assertIn('#include "calc.tern.h"', f.read())
 
+    def test_a_missing_outdir_is_made(self):
+        src = self.write("calc.tern", ISSUE_CALC)
+        out = os.path.join(self.tmp, "not", "yet")
+        p = self.run_gen("-o", out, src)
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        self.assertEqual(sorted(os.listdir(out)), ["calc.tern.c", "calc.tern.h"])
+
     def test_header_and_source_paths(self):
         src = self.write("calc.tern", ISSUE_CALC)
         h, c = os.path.join(self.tmp, "x.h"), os.path.join(self.tmp, "y.c")

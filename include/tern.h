@@ -23,7 +23,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <uv.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,6 +33,14 @@ extern "C" {
 #else
 #define TERN_EXPORT
 #endif
+
+/*
+ * libuv's loop.  uv_loop_t is a typedef of this struct, so a caller that
+ * includes <uv.h> passes its uv_loop_t * as it is.  Declared rather than
+ * included: uv.h needs POSIX types that a strict -std=c11 build does not
+ * have, and most users never touch the loop.
+ */
+struct uv_loop_s;
 
 #define TERN_VERSION_MAJOR 0
 #define TERN_VERSION_MINOR 1
@@ -117,7 +124,7 @@ enum tern_progress {
  */
 struct tern_ctx_opts {
 	uint32_t size;
-	uv_loop_t *loop;
+	struct uv_loop_s *loop;
 	enum tern_progress progress;
 	uint32_t adaptive_spin_us;
 	uint32_t busy_spin_us;
@@ -151,8 +158,10 @@ TERN_EXPORT int tern_ctx_destroy(tern_ctx *ctx);
 
 /**
  * tern_ctx_loop - the libuv loop a context runs on
+ *
+ * Return: the loop, a uv_loop_t * for a caller that includes <uv.h>.
  */
-TERN_EXPORT uv_loop_t *tern_ctx_loop(tern_ctx *ctx);
+TERN_EXPORT struct uv_loop_s *tern_ctx_loop(tern_ctx *ctx);
 
 /**
  * tern_ctx_data - the @data pointer given at creation
@@ -285,9 +294,10 @@ TERN_EXPORT int tern_service_register(tern_ctx *ctx, const char *name, uint64_t 
  *
  * Both peers must use the same slot size and count; a mismatch is refused
  * with TERN_EGEOMETRY on both sides.  A session registers
- * (2 * slot_count + 2) slots in each direction, once, at creation: one ring
+ * (2 * slot_count + 3) slots in each direction, once, at creation: one ring
  * half for requests, one for replies, so that replies can never overwrite
- * requests when both peers call at once, plus two for credit messages.
+ * requests when both peers call at once, plus three for control messages
+ * (two credit messages and one ACK).
  */
 struct tern_session_opts {
 	uint32_t size;
@@ -689,7 +699,7 @@ TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
  * The runtime takes such a slot back when the handler returns; a held one
  * stays as it is (@in keeps its bytes, unchanged) until tern_req_release().
  * A held slot keeps its credit: a sender whose credits are all held waits
- * (tern_send_oneway() returns -EAGAIN, calls queue), it loses nothing.  A
+ * (tern_send() returns -EAGAIN, calls queue), it loses nothing.  A
  * held batch call's reply is sent at its release.  Order of delivery is
  * unchanged.  Each hold needs its own release.
  *

@@ -17,7 +17,11 @@ import sys
 import time
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_ALERT, EXIT_NO_DEVICE = 0, 1, 2, 3, 4
-PROG = "rnr-watch"
+
+# Where `meson install` put the tern package (tools/lib/install_script.py
+# writes it into the installed tern-rnr-watch); None in the source tree.
+TERN_PYTHONDIR = None
+PROG = "tern-rnr-watch" if TERN_PYTHONDIR else "rnr-watch"
 
 EPILOG = """\
 alert rules:
@@ -219,6 +223,8 @@ def watch(a, tern_rnr):
 
 def main(argv):
     a = parse_args(argv)
+    if TERN_PYTHONDIR and TERN_PYTHONDIR not in sys.path:
+        sys.path.append(TERN_PYTHONDIR)  # after PYTHONPATH: a user's choice wins
     try:
         import tern.rnr as tern_rnr
     except ImportError as e:

@@ -10,6 +10,10 @@
  * answers it a millisecond later, as a server would once work done
  * elsewhere (a GPU, a disk, another call) completes.
  */
+/* libuv's header needs POSIX types (pthread_rwlock_t), which a strict
+ * -std=c11 build only has when asked for; tern.h alone needs nothing. */
+#define _POSIX_C_SOURCE 200809L
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,6 +7,10 @@
  * Prints the URI it listens on (port 0 picks one) and serves until SIGINT
  * or SIGTERM.
  */
+/* libuv's header needs POSIX types (pthread_rwlock_t), which a strict
+ * -std=c11 build only has when asked for; tern.h alone needs nothing. */
+#define _POSIX_C_SOURCE 200809L
+
 #include <stdio.h>
 #include <string.h>
 #include <tern.h>

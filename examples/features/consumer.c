@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <uv.h>
 
 #include "common.h"
 #include "features.tern.h"

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include <tern.h>
+#include <uv.h>
 
 /* Method kinds, as the Python layer names them. */
 enum kind { K_RAW, K_INPLACE, K_DEFERRED, K_ONEWAY, K_BATCH, K_ONEWAY_BATCH };

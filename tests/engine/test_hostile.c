@@ -455,6 +455,7 @@ static void test_concurrent_large_calls_over_the_staging_cap_get_enobufs(void **
 	struct fx_done d[K] = {0};
 	struct tern_session_counters c;
 	int ok = 0, nobufs = 0;
+	tern_session *other;
 	tern_mr *mr;
 
 	(void)state;
@@ -505,6 +506,9 @@ static void test_concurrent_large_calls_over_the_staging_cap_get_enobufs(void **
 		assert_int_equal(fx_run_until(f, &d[i].done, 20000), 0);
 		assert_int_equal(d[i].status, 0);
 	}
+	/* ...and so is another client */
+	assert_int_equal(tern_connect_sync(f->ctx, f->uri, &opts, 10000, &other), 0);
+	assert_served(f, other);
 	assert_int_equal(tern_mem_deregister(mr), 0);
 	free(req);
 	fx_free(f);

@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Run an example's server and client over rdma:// and check what they say.
+"""Run an example's server and client and check what they say.
 
-usage: run_example.py SERVER CLIENT [--expect REGEX]... [--fail-expect REGEX]
+usage: run_example.py [--listen URI] [--valgrind VALGRIND [ARG]... --]
+                      SERVER CLIENT [--expect REGEX]... [--fail-expect REGEX]
 
-Starts SERVER rdma://<address>:0 in the background, reads the URI it
-prints, runs CLIENT URI, and checks the client's exit status (0, or non-zero
-with --fail-expect) and that each REGEX matches its output.  Then it stops
-the server with SIGTERM and checks that it exits 0 with no sanitizer report
-(its leak check runs at exit).  The server is killed on every path.
+Starts SERVER URI in the background (URI: --listen, else rdma://<address>:0),
+reads the URI it prints, runs CLIENT with it, and checks the client's exit
+status (0, or non-zero with --fail-expect) and that each REGEX matches its
+output.  Then it stops the server with SIGTERM and checks that it exits 0
+with no sanitizer report (its leak check runs at exit).  The server is
+killed on every path.  --valgrind runs both under VALGRIND ARG... (give it
+--error-exitcode: a report then shows as that exit status).  Prints
+"1 passed, 0 failed, 0 skipped" (or 0 passed, 1 failed) last, the count
+tools/lib/test_summary.py reads.
 
-The address: $TERN_RDMA_ADDR, else the first IPv4 address of a netdev that
-an RDMA device sits on (rxe0 on dummy0 in tools/rxe-vm: 10.77.0.1).  No
+The rdma address: $TERN_RDMA_ADDR, else the first IPv4 address of a netdev
+that an RDMA device sits on (rxe0 on dummy0 in tools/rxe-vm: 10.77.0.1).  No
 RDMA device: exit 77 (skipped).  Standard library only; importable.
 """
 import glob
@@ -101,17 +106,23 @@ def _text(b):
 SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:")
 
 
-def run_pair(server, client, addr, expect=(), client_ok=True, env=None, timeout=300):
+def print_count(passed, failed, skipped=0):
+    """The case count line tools/lib/test_summary.py reads (pytest's wording)."""
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+
+
+def run_pair(server, client, listen, expect=(), client_ok=True, env=None, timeout=300,
+             wrap=()):
     """Run one server/client pair; returns a list of problems (empty: passed)."""
     problems = []
-    with Server([server, f"rdma://{addr}:0"], env) as srv:
+    with Server([*wrap, server, listen], env) as srv:
         uri = srv.uri()
         if not uri:
             rc = srv.stop()
             return [f"the server printed no URI (exit {rc}): {srv.stderr.strip()}"]
         print(f"server listening on {uri}")
         try:
-            c = subprocess.run([client, uri], capture_output=True, text=True, env=env,
+            c = subprocess.run([*wrap, client, uri], capture_output=True, text=True, env=env,
                                timeout=timeout)
             out, rc = c.stdout + c.stderr, c.returncode
         except subprocess.TimeoutExpired as e:
@@ -134,7 +145,7 @@ def run_pair(server, client, addr, expect=(), client_ok=True, env=None, timeout=
 
 
 def main(argv):
-    args, expect, fail = [], [], False
+    args, expect, fail, listen, wrap = [], [], False, None, []
     it = iter(argv[1:])
     for a in it:
         if a == "--expect":
@@ -142,18 +153,29 @@ def main(argv):
         elif a == "--fail-expect":
             expect.append(next(it))
             fail = True
+        elif a == "--listen":
+            listen = next(it)
+        elif a == "--valgrind":
+            wrap = [next(it)]
+            wrap += iter(lambda: next(it), "--")
         else:
             args.append(a)
     if len(args) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    addr = find_rdma_addr()
-    if not addr:
-        print("SKIP: no RDMA device with an IPv4 address (set TERN_RDMA_ADDR)")
-        return SKIP
-    problems = run_pair(args[0], args[1], addr, expect, client_ok=not fail)
+    if not listen:
+        addr = find_rdma_addr()
+        if not addr:
+            print("SKIP: no RDMA device with an IPv4 address (set TERN_RDMA_ADDR)")
+            return SKIP
+        listen = f"rdma://{addr}:0"
+    # valgrind's own start-up and bookkeeping take their time
+    timeout = 900 if wrap else 300
+    problems = run_pair(args[0], args[1], listen, expect, client_ok=not fail, timeout=timeout,
+                        wrap=wrap)
     for p in problems:
         print(f"FAILED: {p}")
+    print_count(0 if problems else 1, 1 if problems else 0)
     return 1 if problems else 0
 
 

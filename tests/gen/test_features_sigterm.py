@@ -56,6 +56,7 @@ def main(argv):
                 failures += 1
             else:
                 print(f"round {r}: consumer exited 0 under repeated SIGTERM")
+    run_example.print_count(rounds - failures, failures)  # each round is a case
     return 1 if failures else 0
 
 

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 /*
- * Generated proxies calling generated skeletons over rdma:// (rxe0 in the
- * VM): calc.tern's Calc (typed add, inplace echo, deferred stats) and
- * Shapes (arrays, trailing bytes, empty messages, every kind with typed
- * and untyped ends), the checks the trampolines make, and the schema
- * check at connect: a client built from calc_v2.tern (v2_client.c) is
- * refused by name, and a method the server lacks fails at once.
+ * Generated proxies calling generated skeletons, on every provider
+ * (TERN_TEST_TRANSPORT: rdma:// with rxe0 in the VM; shm:// and tcp:// on
+ * the host, also under valgrind, see ../valgrind): calc.tern's Calc (typed add, inplace echo,
+ * deferred stats) and Shapes (arrays, trailing bytes, empty messages, every kind with typed and
+ * untyped ends), the checks the trampolines make, and the schema check at connect: a client built
+ * from calc_v2.tern (v2_client.c) is refused by name, and a method the server lacks fails at once.
  *
  * Server and client share one context and loop, as in tests/support's
  * fixture, so each test drives the whole exchange from one thread.
@@ -489,6 +489,43 @@ static void test_trailing_bytes_both_ways_raw(void **state)
 			 -EMSGSIZE);
 }
 
+/*
+ * A _sync proxy's reply buffer is the call's reply buffer: a reply larger
+ * than a slot lands in it directly when it fits (100 KiB of trailing bytes
+ * into 200 KiB), and is -EMSGSIZE, never cut short, when it does not.
+ */
+static void test_a_sync_reply_larger_than_a_slot_lands_in_the_callers_buffer(void **state)
+{
+	struct t *t = *state;
+	size_t tail = 100 << 10, cap = 200 << 10, len = 0, n;
+	unsigned char *reqbuf = malloc(CALC_BLOB_SIZE + tail), *respbuf = calloc(1, cap);
+	unsigned char *pattern = malloc(tail);
+	calc_Blob *req = (calc_Blob *)reqbuf, *resp = (calc_Blob *)respbuf;
+
+	assert_non_null(reqbuf);
+	assert_non_null(respbuf);
+	assert_non_null(pattern);
+	for (size_t i = 0; i < tail; i++)
+		pattern[i] = (unsigned char)(i * 7 + (i >> 8));
+	calc_Blob_set_id(req, 9);
+	calc_Blob_set_kind(req, 3);
+	memcpy(calc_Blob_data_ptr(req), pattern, tail);
+	assert_true(tail > tern_session_max_payload(t->fx.cli));
+	assert_int_equal(
+		shapes_tag_sync(t->fx.cli, req, CALC_BLOB_SIZE + tail, resp, cap, &len, TIMEOUT_MS),
+		0);
+	assert_int_equal(len, CALC_BLOB_SIZE + tail);
+	assert_int_equal(calc_Blob_get_id(resp), 10);
+	assert_memory_equal(calc_Blob_get_data(resp, len, &n), pattern, tail);
+	assert_int_equal(n, tail);
+	assert_int_equal(shapes_tag_sync(t->fx.cli, req, CALC_BLOB_SIZE + tail, resp,
+					 CALC_BLOB_SIZE + tail - 1, &len, TIMEOUT_MS),
+			 -EMSGSIZE);
+	free(reqbuf);
+	free(respbuf);
+	free(pattern);
+}
+
 static void test_trailing_bytes_written_in_place(void **state)
 {
 	struct t *t = *state;
@@ -686,6 +723,7 @@ int main(void)
 		T(test_deferred_stats_is_answered_later),
 		T(test_typed_inplace_both_ways),
 		T(test_trailing_bytes_both_ways_raw),
+		T(test_a_sync_reply_larger_than_a_slot_lands_in_the_callers_buffer),
 		T(test_trailing_bytes_written_in_place),
 		T(test_a_handler_claiming_more_than_the_slot_is_refused),
 		T(test_typed_and_untyped_ends_mixed),

@@ -570,6 +570,13 @@ class CommandLine(unittest.TestCase):
         with open(os.path.join(out, "calc.tern.c")) as f:
             self.assertIn('#include "calc.tern.h"', f.read())
 
+    def test_a_missing_outdir_is_made(self):
+        src = self.write("calc.tern", ISSUE_CALC)
+        out = os.path.join(self.tmp, "not", "yet")
+        p = self.run_gen("-o", out, src)
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        self.assertEqual(sorted(os.listdir(out)), ["calc.tern.c", "calc.tern.h"])
+
     def test_header_and_source_paths(self):
         src = self.write("calc.tern", ISSUE_CALC)
         h, c = os.path.join(self.tmp, "x.h"), os.path.join(self.tmp, "y.c")
@@ -644,11 +651,12 @@ def compiler(names):
 
 
 class GeneratedCode(unittest.TestCase):
-    """The generated C under stricter flags than the build uses."""
+    """The generated C under stricter flags than the build uses, and as a
+    user compiles it: no -D_GNU_SOURCE or other feature macro, so nothing a
+    public header includes may need one."""
 
     FLAGS = ["-Wall", "-Wextra", "-Werror", "-Wpedantic", "-Wconversion", "-Wshadow",
-             "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wcast-function-type",
-             "-D_GNU_SOURCE"]
+             "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wcast-function-type"]
 
     @classmethod
     def setUpClass(cls):
@@ -684,8 +692,31 @@ class GeneratedCode(unittest.TestCase):
                     "int use(void);\n"
                     "int use(void) { calc_AddReq r; calc_AddReq_set_a(&r, 1);\n"
                     "  return (int)calc_AddReq_get_a(&r); }\n")
-        self.compile(cxx, ["-std=c++11", "-Wall", "-Wextra", "-Werror", "-Wpedantic",
-                           "-D_GNU_SOURCE", "use.cc"])
+        self.compile(cxx, ["-std=c++11", "-Wall", "-Wextra", "-Werror", "-Wpedantic", "use.cc"])
+
+    def test_each_public_header_alone_is_strict_c11(self):
+        cc = compiler([os.environ.get("CC", ""), "cc", "gcc", "clang"])
+        if not cc:
+            self.skipTest("no C compiler")
+        for h in ("tern.h", "tern/gen.h", "tern/rnr.h"):
+            src = os.path.join(self.tmp, "alone.c")
+            with open(src, "w") as f:
+                f.write(f"#include <{h}>\nint alone(void);\nint alone(void) {{ return 0; }}\n")
+            self.compile(cc, ["-std=c11", *self.FLAGS, "alone.c"])
+
+    def test_the_readme_example_is_strict_c11(self):
+        cc = compiler([os.environ.get("CC", ""), "cc", "gcc", "clang"])
+        if not cc:
+            self.skipTest("no C compiler")
+        with open(os.path.join(SRC, "README.md")) as f:
+            readme = f.read()
+        example = readme[readme.index("## An example"):]
+        code = re.search(r"```c\n(.*?)```", example, re.S).group(1)
+        with open(os.path.join(self.tmp, "example.c"), "w") as f:
+            f.write(code)
+        # It is a fragment: serve() and call() are what a user's main calls.
+        self.compile(cc, ["-std=c11", *[f for f in self.FLAGS if f != "-Wmissing-prototypes"],
+                          "example.c"])
 
 
 class Docs(unittest.TestCase):

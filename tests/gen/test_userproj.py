@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Install tern into a temporary prefix and build a user project against it.
+"""Install tern into a temporary prefix and use it the way a user does.
 
 usage: test_userproj.py TERN_SOURCE_DIR
 
 What a user does: configure tern with --prefix and nothing else (the whole
-tree, tests included, must build with the defaults), `meson install`, then build
-examples/calc as their own meson project (tests/gen/userproj/meson.build),
-which finds tern through pkg-config (`dependency('tern')`) and runs the
-installed tern-gen named by tern.pc.  The binaries are then started: with
-no RDMA device they must fail cleanly, saying so; with one, the pair must
-talk.  Runs on the host (suite unit).  Standard library only.
+tree, tests included, must build with the defaults), `meson install`, then
+build examples/calc as their own meson project (tests/gen/userproj/) under
+strict C11 (-std=c11 -Wpedantic, no feature macro of ours), finding tern
+through pkg-config (`dependency('tern')`) and running the installed
+tern-gen named by tern.pc.  The pair is run over tcp:// (and rdma:// when
+there is a device).  The installed programs (tern-rnr, tern-gen,
+tern-rnr-watch) and the Python package are run with a clean environment
+(env -i PATH=/usr/bin:/bin): no LD_LIBRARY_PATH, so they must find libtern
+through their own run path.  A program is also linked against the static
+libtern.a with what `pkg-config --static` lists.  Runs on the host (suite
+unit).  Standard library only.
 """
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +31,7 @@ import run_example  # noqa: E402
 import unittest_main  # noqa: E402
 
 SRC = None
+CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
 
 
 def run(argv, env=None, cwd=None):
@@ -35,23 +42,37 @@ def run(argv, env=None, cwd=None):
     return p.stdout
 
 
+def clean(argv, **kw):
+    """Run an installed program as a user's shell would, with nothing of ours set."""
+    return subprocess.run(argv, capture_output=True, text=True, env=dict(CLEAN_ENV, **kw),
+                          timeout=120)
+
+
 class UserProject(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="tern-userproj.")
         cls.prefix = os.path.join(cls.tmp, "prefix")
-        build = os.path.join(cls.tmp, "tern-build")
+        cls.build = os.path.join(cls.tmp, "tern-build")
         # Exactly what a user types: the defaults, the whole tree (tests
         # included), no sanitizer, no -Werror.  What the compiler said is
         # kept for the test that no default build warns.
-        run(["meson", "setup", build, SRC, f"--prefix={cls.prefix}"])
-        cls.compile_log = run(["ninja", "-C", build])
-        run(["meson", "install", "-C", build, "--quiet"])
+        run(["meson", "setup", cls.build, SRC, f"--prefix={cls.prefix}"])
+        cls.compile_log = run(["ninja", "-C", cls.build])
+        run(["meson", "install", "-C", cls.build, "--quiet"])
         pcs = glob.glob(os.path.join(cls.prefix, "lib*", "**", "tern.pc"), recursive=True)
         cls.pc = pcs[0] if pcs else None
         cls.libdir = os.path.dirname(os.path.dirname(cls.pc)) if cls.pc else None
         cls.env = dict(os.environ, PKG_CONFIG_PATH=os.path.dirname(cls.pc) if cls.pc else "")
-        cls.run_env = dict(cls.env, LD_LIBRARY_PATH=cls.libdir or "")
+        cls.env.pop("LD_LIBRARY_PATH", None)
+        cls.bin = os.path.join(cls.prefix, "bin")
+        with open(os.path.join(cls.build, "meson-info", "intro-buildoptions.json")) as f:
+            opts = {o["name"]: o["value"] for o in json.load(f)}
+        cls.python = opts.get("python") != "disabled" and bool(
+            glob.glob(os.path.join(cls.build, "python", "tern", "_tern*.so")))
+        sites = glob.glob(os.path.join(cls.prefix, "lib*", "**", "tern", "__init__.py"),
+                          recursive=True)
+        cls.site = os.path.dirname(os.path.dirname(sites[0])) if sites else None
 
     @classmethod
     def tearDownClass(cls):
@@ -61,54 +82,139 @@ class UserProject(unittest.TestCase):
         warnings = [line for line in self.compile_log.splitlines() if "warning:" in line]
         self.assertEqual(warnings, [])
 
-    def test_install_has_the_library_headers_tern_gen_and_pc(self):
+    def test_install_has_the_libraries_headers_programs_and_pc(self):
         self.assertIsNotNone(self.pc, "tern.pc was not installed")
         for rel in ("include/tern.h", "include/tern/gen.h", "include/tern/rnr.h",
                     "include/tern/transport.h"):
             self.assertTrue(os.path.isfile(os.path.join(self.prefix, rel)), rel)
-        gen = os.path.join(self.prefix, "bin", "tern-gen")
-        self.assertTrue(os.access(gen, os.X_OK), "tern-gen is not installed executable")
+        for prog in ("tern-gen", "tern-rnr"):
+            self.assertTrue(os.access(os.path.join(self.bin, prog), os.X_OK), prog)
         self.assertTrue(glob.glob(os.path.join(self.libdir, "libtern.so*")))
+        self.assertTrue(os.path.isfile(os.path.join(self.libdir, "libtern.a")),
+                        "no static libtern.a")
 
     def test_pkg_config_names_the_installed_tern_gen(self):
         gen = run(["pkg-config", "--variable=tern_gen", "tern"], env=self.env).strip()
-        self.assertEqual(gen, os.path.join(self.prefix, "bin", "tern-gen"))
+        self.assertEqual(gen, os.path.join(self.bin, "tern-gen"))
         self.assertEqual(run([gen, "--version"]).strip(), "tern-gen 0.1.0")
         cflags = run(["pkg-config", "--cflags", "tern"], env=self.env)
         self.assertIn(f"-I{self.prefix}/include", cflags)
-        libs = run(["pkg-config", "--libs", "tern"], env=self.env)
+        libs = run(["pkg-config", "--libs", "tern"], env=self.env).split()
         self.assertIn("-ltern", libs)
-        self.assertIn("-luv", libs)  # tern.h includes uv.h: a public requirement
+        # tern.h does not include uv.h: libuv is libtern's own business,
+        # needed only to link it statically.
+        self.assertNotIn("-luv", libs)
+        static = run(["pkg-config", "--static", "--libs", "tern"], env=self.env).split()
+        for lib in ("-ltern", "-libverbs", "-lrdmacm", "-luv"):
+            self.assertIn(lib, static)
 
-    def test_user_project_builds_and_starts(self):
+    def user_project(self):
         user = os.path.join(self.tmp, "user")
-        os.makedirs(user)
-        for f in ("calc.tern", "server.c", "client.c"):
-            shutil.copy(os.path.join(SRC, "examples", "calc", f), user)
-        shutil.copy(os.path.join(SRC, "tests", "gen", "userproj", "meson.build"), user)
         build = os.path.join(user, "build")
-        run(["meson", "setup", build, user], env=self.env)
-        run(["meson", "compile", "-C", build], env=self.env)
+        if not os.path.isdir(build):
+            os.makedirs(user)
+            for f in ("calc.tern", "server.c", "client.c"):
+                shutil.copy(os.path.join(SRC, "examples", "calc", f), user)
+            shutil.copy(os.path.join(SRC, "tests", "gen", "userproj", "meson.build"), user)
+            run(["meson", "setup", build, user], env=self.env)
+            run(["meson", "compile", "-C", build], env=self.env)
+        return build
+
+    def test_user_project_builds_as_strict_c11(self):
+        build = self.user_project()
+        with open(os.path.join(build, "compile_commands.json")) as f:
+            commands = f.read()
+        self.assertIn("-std=c11", commands)
+        self.assertIn("-Wpedantic", commands)
+        self.assertNotIn("-std=gnu", commands)
+        self.assertNotIn("_GNU_SOURCE", commands)
         # The installed tern-gen made the code, not the one in the tree.
         with open(os.path.join(build, "build.ninja")) as f:
-            self.assertIn(os.path.join(self.prefix, "bin", "tern-gen"), f.read())
+            self.assertIn(os.path.join(self.bin, "tern-gen"), f.read())
+
+    def test_user_project_runs_over_tcp(self):
+        build = self.user_project()
+        server = os.path.join(build, "calc_server")
+        client = os.path.join(build, "calc_client")
+        self.assertEqual(run_example.run_pair(server, client, "tcp://127.0.0.1:0",
+                                              [r"^calc_client: all answers right$"],
+                                              env=dict(CLEAN_ENV)), [])
+
+    def test_user_project_runs_over_rdma_or_says_why_not(self):
+        build = self.user_project()
         server = os.path.join(build, "calc_server")
         client = os.path.join(build, "calc_client")
         addr = run_example.find_rdma_addr()
         if addr:
-            self.assertEqual(run_example.run_pair(server, client, addr,
+            self.assertEqual(run_example.run_pair(server, client, f"rdma://{addr}:0",
                                                   [r"calc_client: all answers right"],
-                                                  env=self.run_env), [])
+                                                  env=dict(CLEAN_ENV)), [])
             return
         # No RDMA here: both start, and fail saying why.
         for argv in ([server, "rdma://127.0.0.1:0"], [client, "rdma://127.0.0.1:7000"]):
-            p = subprocess.run(argv, capture_output=True, text=True, env=self.run_env,
-                               timeout=60)
+            p = clean(argv)
             self.assertEqual(p.returncode, 1, p.stderr)
             self.assertIn("No such device", p.stderr)
-        p = subprocess.run([server], capture_output=True, text=True, env=self.run_env)
+        p = clean([server])
         self.assertEqual(p.returncode, 2)
         self.assertIn("usage: calc_server", p.stderr)
+
+    def test_a_program_links_the_static_library(self):
+        src = os.path.join(self.tmp, "static.c")
+        exe = os.path.join(self.tmp, "static")
+        with open(src, "w") as f:
+            f.write("#include <stdio.h>\n#include <tern.h>\n"
+                    "int main(void)\n{\n\ttern_ctx *ctx;\n"
+                    "\tif (tern_ctx_create(NULL, &ctx) || tern_ctx_destroy(ctx))\n"
+                    "\t\treturn 1;\n"
+                    "\tprintf(\"tern %s\\n\", tern_version_string());\n\treturn 0;\n}\n")
+        cflags = run(["pkg-config", "--cflags", "tern"], env=self.env).split()
+        # libtern.a by path, and every library it needs from the .pc file.
+        libs = [a for a in run(["pkg-config", "--static", "--libs", "tern"],
+                               env=self.env).split() if a != "-ltern"]
+        run(["cc", "-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", *cflags, src,
+             os.path.join(self.libdir, "libtern.a"), *libs, "-o", exe])
+        needed = run(["readelf", "-d", exe])
+        self.assertNotIn("libtern", needed)
+        p = clean([exe])
+        self.assertEqual((p.returncode, p.stdout, p.stderr), (0, "tern 0.1.0\n", ""))
+
+    def test_installed_tern_rnr_runs_from_a_clean_environment(self):
+        tern_rnr = os.path.join(self.bin, "tern-rnr")
+        p = clean([tern_rnr, "--help"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("usage: tern-rnr", p.stdout)
+        empty = os.path.join(self.tmp, "empty-sysfs")
+        os.makedirs(os.path.join(empty, "class", "infiniband"), exist_ok=True)
+        p = clean([tern_rnr, "--root", empty, "--count", "1"])
+        self.assertEqual(p.returncode, 4, p.stderr)
+        self.assertIn("no RDMA devices found", p.stderr)
+
+    def test_installed_tern_gen_makes_its_output_directory(self):
+        out = os.path.join(self.tmp, "gen-out", "deeper")
+        p = clean([os.path.join(self.bin, "tern-gen"), "-o", out,
+                   os.path.join(SRC, "examples", "calc", "calc.tern")])
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        self.assertEqual(sorted(os.listdir(out)), ["calc.tern.c", "calc.tern.h"])
+
+    def test_installed_python_package_and_tern_rnr_watch(self):
+        if not self.python:
+            self.skipTest("built without the Python package (python3-dev missing)")
+        self.assertIsNotNone(self.site, "the tern package was not installed")
+        # A prefix outside the interpreter's own path needs PYTHONPATH, as
+        # any Python package does; the extensions find libtern themselves.
+        p = clean(["python3", "-c", "import tern, tern._rnr; print(tern.__version__)"],
+                  PYTHONPATH=self.site)
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        self.assertEqual(p.stdout.strip(), "0.1.0")
+        watch = os.path.join(self.bin, "tern-rnr-watch")
+        p = clean([watch, "--help"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        empty = os.path.join(self.tmp, "empty-sysfs-py")
+        os.makedirs(os.path.join(empty, "class", "infiniband"), exist_ok=True)
+        # No PYTHONPATH: the installed script knows where its package went.
+        p = clean([watch, "--root", empty, "--count", "1"])
+        self.assertEqual(p.returncode, 4, p.stdout + p.stderr)
 
 
 def main():

@@ -6,6 +6,7 @@
 #ifndef TERN_INTERNAL_H
 #define TERN_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -213,6 +214,15 @@ struct tern_ctx {
 
 	uv_idle_t idle;		   /* busy/adaptive progress */
 	uv_timer_t deadline_timer; /* fires at the earliest call deadline of any session */
+	/*
+	 * tern_ctx_stop() from a signal handler or another thread: it sets
+	 * stop_requested and wakes the loop through stop_async, the only two
+	 * things it may touch there (uv_async_send() is async-signal-safe).
+	 * The flag stays set until a tern_ctx_run(TERN_RUN_DEFAULT) returns,
+	 * so a stop that lands outside one is kept for the next.
+	 */
+	uv_async_t stop_async;
+	atomic_bool stop_requested;
 	uint64_t next_deadline_ns; /* 0: none armed */
 	int open_handles;	   /* our uv handles not yet closed */
 	bool idle_active;

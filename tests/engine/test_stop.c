@@ -293,12 +293,8 @@ int main(void)
 		cmocka_unit_test(test_stop_before_the_run_busy),
 	};
 
-	if (!fx_listen_uri()) {
-		printf("SKIP: %s\n",
-		       fx_is("rdma") ? "no RDMA device with an IPv4 address (set TERN_RDMA_ADDR)"
-				     : "unknown TERN_TEST_TRANSPORT");
+	if (!fx_runnable())
 		return 77;
-	}
 	return _cmocka_run_group_tests(fx_transport(), tests, sizeof(tests) / sizeof(tests[0]),
 				       NULL, NULL);
 }

@@ -989,7 +989,10 @@ TERN_EXPORT int tern_session_drain(tern_session *s, uint32_t timeout_ms);
  * struct tern_sync_reply - where tern_call_sync() puts the reply
  * @buf: the caller's buffer
  * @cap: its size
- * @len: set to the reply's length (also when it did not fit: -EMSGSIZE)
+ * @len: set to the reply's length; on -EMSGSIZE (never a cut reply),
+ *	still its length when @direct is 0 and the reply fit a slot but not
+ *	@cap, otherwise 0 with the reason in @errmsg (a reply larger than a
+ *	slot with @direct 0, or larger than @cap with @direct 1)
  * @errmsg: the remote's message when the call failed remotely
  * @direct: 1: @buf is the call's reply buffer (struct tern_call_opts
  *	@reply_buf), so a reply larger than a slot lands in it directly.

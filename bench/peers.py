@@ -148,8 +148,12 @@ class Runner:
 
     def run(self, cmd, env=None, timeout=None):
         e = dict(os.environ, **(env or {}))
-        p = subprocess.run(cmd, env=e, capture_output=True, text=True,
-                           timeout=timeout or self.a.timeout)
+        try:
+            p = subprocess.run(cmd, env=e, capture_output=True, text=True,
+                               timeout=timeout or self.a.timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{shlex.join(cmd)}: no result in {timeout or self.a.timeout} s (killed)")
+            return None
         if p.returncode != 0:
             log(f"{shlex.join(cmd)}: exit {p.returncode}: {p.stderr.strip()[-400:]}")
             return None
@@ -166,8 +170,12 @@ class Runner:
             time.sleep(1.5 if self.slow else 0.3)
             while True:
                 tries += 1
-                p = subprocess.run(client, env=e, capture_output=True, text=True,
-                                   timeout=self.a.timeout)
+                try:
+                    p = subprocess.run(client, env=e, capture_output=True, text=True,
+                                       timeout=self.a.timeout)
+                except subprocess.TimeoutExpired:
+                    log(f"{shlex.join(client)}: no result in {self.a.timeout} s (killed)")
+                    break
                 if p.returncode == 0:
                     out = p.stdout + p.stderr
                     break

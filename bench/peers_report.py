@@ -25,6 +25,7 @@ from collections import defaultdict
 
 med = statistics.median
 LANES = ("tcp", "shm", "rdma")
+TIE = 0.02  # every round within 2 %: a tie, whichever side the median falls
 PRIMARY = {"tcp": ["tern busy", "tern event"], "shm": ["tern busy"],
            "rdma": ["tern raw", "tern inplace"]}
 LANE_TITLE = {"tcp": "tcp:// on the host (loopback)", "shm": "shm:// on the host",
@@ -94,7 +95,8 @@ def fmt_ratio(xs, lower_is_better, marked=True):
     m, lo, hi = med(xs), min(xs), max(xs)
     good = (hi < 1) if lower_is_better else (lo > 1)
     bad = (lo > 1) if lower_is_better else (hi < 1)
-    mark = ("✓" if good else "✗" if bad else "~") if marked else ""
+    tie = 1 - TIE <= lo and hi <= 1 + TIE
+    mark = ("=" if tie else "✓" if good else "✗" if bad else "~") if marked else ""
     spread = f" ({lo:.2f}–{hi:.2f})" if len(xs) > 1 else ""
     return f"{m:.2f}{spread} {mark}"
 
@@ -187,24 +189,26 @@ def tern_table(D, lane):
 def cost_table(cost):
     if not cost:
         return
-    tern = {(c["lane"], c["kind"], c["size"]): c["instr_per_rt"] for c in cost
-            if c["what"] == "tern" and c.get("progress") == "busy"}
+    tern = {(c["lane"], c["kind"], c["progress"], c["size"]): c["instr_per_rt"] for c in cost
+            if c["what"] == "tern"}
+    print("### Instructions per round trip, every lane\n")
     print("User-space instructions per round trip (client and server, one thread, "
-          "callgrind; bench/cost.py)\n")
-    print("| lane | what | kind | size | instructions | repeat | tern raw ÷ this |")
-    print("|---|---|---|---:|---:|---:|---:|")
+          "callgrind; bench/cost.py).  The ratio divides tern raw, same lane, size and "
+          "progress (busy polling, or sleeping in epoll: event), by the peer.\n")
+    print("| lane | what | kind | progress | size | instructions | repeat | tern raw ÷ this |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
     for c in cost:
-        t = tern.get((c["lane"], "raw", c["size"]))
+        t = tern.get((c["lane"], "raw", c["progress"], c["size"]))
         same = "same" if c["repeat"] == c["instr_per_rt"] else f"{c['repeat']:,.0f}"
         ratio = f"{t / c['instr_per_rt']:.2f}" if t and c["what"] != "tern" else "-"
-        print(f"| {c['lane']} | {c['what']} | {c['kind']} | {size_str(c['size'])} | "
-              f"{c['instr_per_rt']:,.0f} | {same} | {ratio} |")
+        print(f"| {c['lane']} | {c['what']} | {c['kind']} | {c['progress']} | "
+              f"{size_str(c['size'])} | {c['instr_per_rt']:,.0f} | {same} | {ratio} |")
     print()
 
 
 def meta_lines(meta):
     for m in meta:
-        bits = [f"{k}: {v}" for k, v in m.items()]
+        bits = [f"{k}: {' '.join(v) if isinstance(v, list) else v}" for k, v in m.items()]
         print("- " + "; ".join(bits))
     if meta:
         print()
@@ -220,18 +224,21 @@ def plots(D, outdir):
     lanes = [l for l in LANES if D.variants(l)]
     # one colour per variant in every panel and plot: tern's in strong
     # colours and thick lines, the peers' thin
-    names = sorted({v for l in lanes for v in D.variants(l)})
-    tern_names = [v for v in names if v.startswith("tern")]
-    others = [v for v in names if v not in tern_names]
+    # (a peer belongs to one lane, so its colour is unique within the lane)
     strong = ["#000000", "#d62728", "#1f77b4", "#2ca02c"]
     muted = ["#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
              "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94"]
-    colour = {v: strong[i % len(strong)] for i, v in enumerate(tern_names)}
-    colour.update({v: muted[i % len(muted)] for i, v in enumerate(others)})
+    colour = {}
+    for lane in lanes:
+        tern_names = D.variants(lane, tern=True)
+        for i, v in enumerate(tern_names):
+            colour[(lane, v)] = strong[i % len(strong)]
+        for i, v in enumerate(D.variants(lane, tern=False)):
+            colour[(lane, v)] = muted[i % len(muted)]
 
     def st(lane, v):
         tern = D.impl[(lane, v)] == "tern"
-        return dict(color=colour[v], lw=2.6 if tern else 1.3, marker="o" if tern else ".",
+        return dict(color=colour[(lane, v)], lw=2.6 if tern else 1.3, marker="o" if tern else ".",
                     ls="-" if D.stat[(lane, v)] == "median" else "--")
 
     written = []
@@ -253,7 +260,7 @@ def plots(D, outdir):
     fig.suptitle("Echo round trip, 1 call in flight (median over rounds; dashed: mean)")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     written.append(f"{outdir}/peers-latency.png")
-    fig.savefig(written[-1], dpi=110)
+    fig.savefig(written[-1], dpi=90)
     plt.close(fig)
 
     # 2. bandwidth vs size: payload each way = size x calls/s; one row per depth,
@@ -277,7 +284,7 @@ def plots(D, outdir):
     fig.suptitle("Echo payload throughput each way (size × calls/s), median over rounds")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     written.append(f"{outdir}/peers-bandwidth.png")
-    fig.savefig(written[-1], dpi=110)
+    fig.savefig(written[-1], dpi=90)
     plt.close(fig)
 
     # 3. rate vs calls in flight, smallest size
@@ -297,7 +304,7 @@ def plots(D, outdir):
     fig.suptitle("Calls per second against calls in flight (median over rounds)")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     written.append(f"{outdir}/peers-rate.png")
-    fig.savefig(written[-1], dpi=110)
+    fig.savefig(written[-1], dpi=90)
     plt.close(fig)
     return written
 
@@ -313,7 +320,8 @@ def main():
     rounds = max([r["round"] for r in rows] or [0])
     if rows:
         print(f"Medians over {rounds} round(s).  ✓: tern faster in every round; "
-              "✗: slower in every round; ~: the rounds disagree (not resolved).\n")
+              "✗: slower in every round; =: every round within 2 %; "
+              "~: the rounds disagree (not resolved).\n")
     for lane in LANES:
         if not D.variants(lane):
             continue

@@ -285,6 +285,33 @@ static void release_stages(tern_session *s, tern_callslot *c)
 	c->req_stage = c->rep_stage = NULL;
 }
 
+/* Is @d the export of one of @c's staging buffers (not of the user's memory)? */
+static bool exports_staging(const tern_callslot *c, const struct tern_bulk_desc *d)
+{
+	return (c->req_stage && d->addr == (uintptr_t)c->req_stage->mr.addr) ||
+	       (c->rep_stage && d->addr == (uintptr_t)c->rep_stage->mr.addr);
+}
+
+/*
+ * A call timed out: its user has its memory back, so the peer may reach
+ * that no more.  Staging is the call's alone: it stays exported until the
+ * late reply (below), so that an honest but slow server's transfer lands
+ * there, harmlessly.  A transfer into or out of the user's memory after
+ * the deadline is refused, and ends the session.
+ */
+static void withdraw_user_exports(tern_session *s, tern_callslot *c)
+{
+	uint8_t keep = 0;
+
+	for (uint8_t i = 0; i < c->nx; i++) {
+		if (exports_staging(c, &c->xd[i]))
+			c->xd[keep++] = c->xd[i];
+		else
+			tern__bulk_unexport(s, &c->xd[i], 1);
+	}
+	c->nx = keep;
+}
+
 /*
  * A timed-out call's staging may still be read or written by the server
  * until its late reply arrives: keep it till then.  Late replies are at most
@@ -593,12 +620,15 @@ void tern__client_fail_all(tern_session *s, int err)
 		tern_callslot *c = &s->calls[i];
 		if (c->state == TERN_CALL_INFLIGHT) {
 			/*
-			 * The connection failed, but the peer may still be
-			 * inside a copy into or out of this call's exports
-			 * (shm's split copies run in the peer's process):
-			 * keep them, and their staging, until the session
-			 * is freed, after the provider's closed().
+			 * The connection failed: the peer may reach this
+			 * call's exports no more (withdrawn before the
+			 * callback runs), but it may still be inside a copy
+			 * it started (shm's split copies run in the peer's
+			 * process), so their staging is kept until the
+			 * session is freed, after the provider's closed().
 			 */
+			tern__bulk_unexport(s, c->xd, c->nx);
+			c->nx = 0;
 			if (!orphan_stages(s, c))
 				release_stages(s, c);
 			complete(s, c, err, "", 0);
@@ -633,6 +663,7 @@ uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
 			/* The reply may still come: its receive stays reserved
 			 * (replies_expected) and the generation catches it. */
 			s->cnt.timeouts++;
+			withdraw_user_exports(s, c);
 			orphan_stages(s, c);
 			complete(s, c, -ETIMEDOUT, "", 0);
 		} else if (!next || c->deadline_ns < next) {

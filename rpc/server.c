@@ -196,6 +196,7 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 {
 	tern_session *s = req->s;
 	struct tern_mr *mr;
+	const char *from = iov->base; /* where in mr the reply starts */
 	char why[112];
 
 	if (iov->len <= slot_cap(req)) {
@@ -222,7 +223,8 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		return;
 	}
 	/* Zero copy where the bytes are registered: the pulled request itself
-	 * (an echo), or a region of the user's; otherwise stage them. */
+	 * (an echo), or a region of the user's; otherwise stage them, at the
+	 * start of the staging. */
 	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
 		mr = &req->in_stage->mr;
 	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
@@ -235,8 +237,9 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		memcpy(req->out_stage->mr.addr, iov->base, iov->len);
 		s->copy_bytes += iov->len;
 		mr = &req->out_stage->mr;
+		from = mr->addr; /* the copy, not the handler's bytes */
 	}
-	bulk_reply(req, mr, (size_t)((const char *)iov->base - (const char *)mr->addr), iov->len);
+	bulk_reply(req, mr, (size_t)(from - (const char *)mr->addr), iov->len);
 }
 
 /* Run the handler of request @req, whose bytes are req->in / req->in_len. */

@@ -21,6 +21,34 @@ static const struct tern_transport_ops *const builtin_transports[] = {
 	&tern_shm_transport,
 	&tern_tcp_transport,
 };
+#define N_BUILTIN (sizeof(builtin_transports) / sizeof(builtin_transports[0]))
+_Static_assert(N_BUILTIN < TERN_MAX_TRANSPORTS, "room for a registered provider");
+
+/* Providers registered by the process (tests: mem://), for every new context. */
+static const struct tern_transport_ops *extra_transports[TERN_MAX_TRANSPORTS - N_BUILTIN];
+static unsigned n_extra;
+
+int tern__transport_register(const struct tern_transport_ops *ops)
+{
+	unsigned i;
+
+	if (!ops || !ops->scheme || !ops->ctx_init)
+		return -EINVAL;
+	for (i = 0; i < n_extra; i++)
+		if (extra_transports[i] == ops)
+			return 0;
+	for (i = 0; i < N_BUILTIN + n_extra; i++) {
+		const struct tern_transport_ops *o =
+			i < N_BUILTIN ? builtin_transports[i] : extra_transports[i - N_BUILTIN];
+
+		if (strcmp(o->scheme, ops->scheme) == 0)
+			return -EEXIST;
+	}
+	if (n_extra == sizeof(extra_transports) / sizeof(extra_transports[0]))
+		return -ENOSPC;
+	extra_transports[n_extra++] = ops;
+	return 0;
+}
 
 uint64_t tern__now_ns(void)
 {
@@ -313,8 +341,10 @@ int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
 	tern_list_init(&ctx->listeners);
 	tern_list_init(&ctx->dirty);
 	tern_list_init(&ctx->mrs);
-	for (size_t i = 0; i < sizeof(builtin_transports) / sizeof(builtin_transports[0]); i++)
+	for (size_t i = 0; i < N_BUILTIN; i++)
 		ctx->tp[ctx->ntp++].ops = builtin_transports[i];
+	for (unsigned i = 0; i < n_extra; i++)
+		ctx->tp[ctx->ntp++].ops = extra_transports[i];
 
 	uv_idle_init(ctx->loop, &ctx->idle);
 	ctx->idle.data = ctx;

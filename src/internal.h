@@ -27,6 +27,21 @@ extern const struct tern_transport_ops tern_verbs_transport;
 extern const struct tern_transport_ops tern_shm_transport;
 extern const struct tern_transport_ops tern_tcp_transport;
 
+/*
+ * tern__transport_register - one more provider for every context made from
+ * now on, beside the built-in ones
+ * @ops: the provider's ops; it stays the caller's, for the process's life
+ *
+ * For providers the library does not build in: the tests' and fuzzers'
+ * mem:// (transport/mem/).  The engine knows such a provider by its ops
+ * alone.  Not thread-safe: register before making contexts.  Internal
+ * (hidden): the installed library exports no way to add a provider.
+ *
+ * Return: 0 (also when @ops is registered already), -EEXIST for a scheme
+ * that is taken, -ENOSPC when TERN_MAX_TRANSPORTS are, -EINVAL.
+ */
+int tern__transport_register(const struct tern_transport_ops *ops);
+
 /* Intrusive doubly linked list. */
 struct tern_list {
 	struct tern_list *prev, *next;
@@ -349,6 +364,10 @@ struct tern_session {
 	struct tern_listener *listener; /* accepted on, or NULL */
 	enum tern_sess_state state;
 	int fail_status; /* why it failed, once it has */
+	/* a post the transport refused, inside a user's call: fails the
+	 * session from the loop (session.c, fail_soon()) */
+	int fail_soon;
+	const char *fail_soon_why;
 	bool user_closed;
 	bool announced; /* the user has the handle (tern_connect, accept_cb) */
 	bool is_server; /* accepted on a listener */

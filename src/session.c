@@ -208,6 +208,25 @@ int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h)
 	return tern__session_send_flags(s, slot, h, 0);
 }
 
+/*
+ * The transport refused a post: its connection is gone.  We may be inside
+ * a user's call (tern_call, tern_send, tern_reply_commit, tern_req_release
+ * ...), and failing the session there would run callbacks, this very
+ * call's among them, before the user's own call has returned.  So the
+ * failure waits for the loop: the session's next flush (at the latest from
+ * the deadline timer, armed for now) fails it, and every callback runs from
+ * there, once.
+ */
+static void fail_soon(tern_session *s, int err, const char *why)
+{
+	if (s->fail_soon || s->state != TERN_S_READY)
+		return;
+	s->fail_soon = err;
+	s->fail_soon_why = why;
+	tern__session_mark_dirty(s);
+	tern__deadline_arm(s->ctx, tern__now_ns());
+}
+
 int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags)
 {
 	int rc;
@@ -220,7 +239,7 @@ int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h,
 	s->last_send_len = TERN_HDR_SIZE + h->len;
 	rc = s->conn->ops->post_send(s->conn, slot, TERN_HDR_SIZE + h->len, flags);
 	if (rc) {
-		tern__session_fail(s, rc, "post_send failed");
+		fail_soon(s, rc, "post_send failed");
 		return rc;
 	}
 	s->cnt.bytes_sent += h->len;
@@ -235,7 +254,7 @@ void tern__session_repost(tern_session *s, uint32_t token)
 		return; /* tearing down: the provider flushes it */
 	rc = s->conn->ops->post_recv(s->conn, token);
 	if (rc)
-		tern__session_fail(s, rc, "post_recv failed");
+		fail_soon(s, rc, "post_recv failed");
 }
 
 /* Post control slot @i (a credit message, or the ACK), confirmed: there are few. */
@@ -283,6 +302,10 @@ void tern__session_flush_dirty(tern_ctx *ctx)
 		tern_list_del(&s->dirty);
 		if (s->state != TERN_S_READY)
 			continue;
+		if (s->fail_soon) {
+			tern__session_fail(s, s->fail_soon, s->fail_soon_why);
+			continue;
+		}
 		if (tern_credits_want_ack(&s->cr)) {
 			/* The peer spent its control credits: give them back
 			 * (with whatever else is owed), or once the slot is free. */
@@ -722,6 +745,11 @@ static void ev_activity(tern_ctx *ctx)
 	tern__activity(ctx);
 }
 
+static void ev_notice(tern_ctx *ctx, const char *msg)
+{
+	tern__set_error(ctx, "%s", msg);
+}
+
 const struct tern_transport_events tern__events = {
 	.incoming = ev_incoming,
 	.accepted = ev_accepted,
@@ -731,6 +759,7 @@ const struct tern_transport_events tern__events = {
 	.error = ev_error,
 	.closed = ev_closed,
 	.activity = ev_activity,
+	.notice = ev_notice,
 	.bulk_done = ev_bulk_done,
 	.keep_rx = ev_keep_rx,
 };

@@ -145,6 +145,12 @@ struct tern_transport_events {
 	void (*closed)(struct tern_conn *c);
 	/* Event mode: the provider saw activity (for adaptive progress). */
 	void (*activity)(tern_ctx *ctx);
+	/*
+	 * Something the user should know that is no one call's failure (verbs:
+	 * a device without memory windows, whose exports fall back to
+	 * per-call registrations).  The engine makes it tern_ctx_last_error().
+	 */
+	void (*notice)(tern_ctx *ctx, const char *msg);
 	/* A bulk_read() or bulk_write() finished (status 0 or -errno). */
 	void (*bulk_done)(struct tern_conn *c, uint64_t cookie, int status);
 	/*
@@ -234,14 +240,17 @@ struct tern_transport_ops {
 	 *	shm and tcp, which move the data beside the slot rings, do not.
 	 * mem_release: the engine deregisters @m: drop the provider's state.
 	 * bulk_unexport (optional): the call @d was exported for is over; the
-	 *	peer may no longer reach it.  Providers that check a peer's
-	 *	descriptors against a table of live exports (shm, tcp) need it;
-	 *	verbs, whose rkeys the NIC checks, leaves it NULL.  When a
-	 *	connection fails, the engine does not withdraw the exports of
-	 *	the calls it fails, nor reuse their memory, until closed(): a
-	 *	provider whose peer may still be copying into or out of an
-	 *	export (shm's split copies run in the peer's process) waits for
-	 *	it before reporting closed().
+	 *	peer may no longer reach it once this returns (the engine hands
+	 *	the memory to the next call, or back to its user, right after).
+	 *	shm and tcp drop it from their table of live exports; verbs
+	 *	invalidates its memory window (or deregisters its per-call
+	 *	registration) and waits for that.  A call that timed out keeps
+	 *	its exports until its late reply.  When a connection fails, the
+	 *	engine withdraws the exports of the calls it fails before their
+	 *	callbacks run, but reuses their staging only after closed(): a
+	 *	provider whose peer may still be inside a copy it started (shm's
+	 *	split copies run in the peer's process) waits for it before
+	 *	reporting closed().
 	 */
 	uint64_t (*bulk_max)(struct tern_conn *c);
 	int (*bulk_export)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,

@@ -25,22 +25,41 @@ from .errors import (ERRORS, LOCAL_ERRORS, REMOTE_ERRORS, Aborted, AlreadyExists
                      ResourceExhausted, RpcError, RpcTimeout, SchemaMismatch, Unavailable,
                      Unsupported, WouldBlock, error_class)
 from .idl import Idl, Message, MethodSpec, ServiceSpec, load_idl, parse_idl
-from .service import Deferred, Proxy, Server, describe, method, proxy, serve, wait_all
+from .service import Deferred, Proxy, SendSlot, Server, describe, method, proxy, serve, wait_all
 
 Batch = _tern.Batch
 Future = _tern.Future
 SlotView = _tern.SlotView
+CallSlot = _tern.CallSlot
+Memory = _tern.Memory
+
+
+def register(buffer):
+    """Register ``buffer`` (bytearray, numpy array, mmap...) for large messages.
+
+    A request inside it, or a reply buffer inside it, moves with no copy
+    (RDMA READ and WRITE on rdma://) on every proxy that uses it: each
+    context registers it the first time a call names memory inside it.
+    The Memory holds an export of the buffer (it cannot be freed or
+    resized) until ``close()`` (or the end of a ``with`` block, or its
+    last reference), which deregisters it everywhere; close() is refused
+    while calls use it.
+    """
+    return Memory(buffer)
+
+
 __version__ = _tern.version
 
 from .rnr import CANONICAL, CounterReadError, RnrMonitor  # the soft-RNR monitor, over tern._rnr
 
 __all__ = [
-    "Aborted", "AlreadyExists", "BadRequest", "Batch", "CANONICAL", "Cancelled", "ConnectFailed",
-    "ConnectionLost", "CounterReadError", "Deferred", "ERRORS", "Future", "HandshakeError", "Idl",
-    "InvalidArgument", "LOCAL_ERRORS", "Message", "MessageTooLarge", "MethodSpec",
-    "NoSuchMethod", "NotFound", "OutOfRange", "PermissionDenied", "ProtocolError", "Proxy",
-    "REMOTE_ERRORS", "RemoteError", "RemoteMessageTooLarge", "RemoteTimeout",
-    "ResourceExhausted", "RnrMonitor", "RpcError", "RpcTimeout", "SchemaMismatch", "Server",
-    "ServiceSpec", "SlotView", "Unavailable", "Unsupported", "WouldBlock", "describe",
-    "error_class", "load_idl", "method", "parse_idl", "proxy", "serve", "wait_all",
+    "Aborted", "AlreadyExists", "BadRequest", "Batch", "CallSlot", "Cancelled", "CANONICAL",
+    "ConnectFailed", "ConnectionLost", "CounterReadError", "Deferred", "describe",
+    "error_class", "ERRORS", "Future", "HandshakeError", "Idl", "InvalidArgument", "load_idl",
+    "LOCAL_ERRORS", "Memory", "Message", "MessageTooLarge", "method", "MethodSpec",
+    "NoSuchMethod", "NotFound", "OutOfRange", "parse_idl", "PermissionDenied", "ProtocolError",
+    "Proxy", "proxy", "register", "REMOTE_ERRORS", "RemoteError", "RemoteMessageTooLarge",
+    "RemoteTimeout", "ResourceExhausted", "RnrMonitor", "RpcError", "RpcTimeout",
+    "SchemaMismatch", "SendSlot", "serve", "Server", "ServiceSpec", "SlotView", "Unavailable",
+    "Unsupported", "wait_all", "WouldBlock",
 ]

@@ -48,6 +48,9 @@ static PyObject *rpc_error;	/* tern.errors.RpcError: its ``code`` is a status */
 typedef struct pending pending;
 typedef struct ViewObject ViewObject;
 typedef struct RequestObject RequestObject;
+typedef struct MemObject MemObject;
+typedef struct SlotObject SlotObject;
+struct membind;
 
 typedef struct {
 	PyObject_HEAD tern_ctx *ctx;
@@ -61,15 +64,18 @@ typedef struct {
 	int depth;	   /* tern callbacks running Python right now */
 	int stop;
 	bool closed;
-	PyObject *fatal;      /* an error that must stop the loop, raised by run */
-	PyObject *regs;	      /* list of capsules of struct reg: keeps handlers */
-	PyObject *sessions;   /* list of weak references to client sessions */
-	long held;	      /* replies and held slots waiting for views to be released */
-	pending *due;	      /* ...whose views are released, for the loop's thread */
-	long peers_closed;    /* accepted sessions that have ended */
-	long refused;	      /* connections the listeners refused */
-	PyObject *on_refused; /* called as on_refused(status, message) for each */
-	RequestObject *reqs;  /* deferred requests not answered yet */
+	PyObject *fatal;	 /* an error that must stop the loop, raised by run */
+	PyObject *regs;		 /* list of capsules of struct reg: keeps handlers */
+	PyObject *sessions;	 /* list of weak references to client sessions */
+	long held;		 /* replies and held slots waiting for views to be released */
+	pending *due;		 /* ...whose views are released, for the loop's thread */
+	long peers_closed;	 /* accepted sessions that have ended */
+	long refused;		 /* connections the listeners refused */
+	PyObject *on_refused;	 /* called as on_refused(status, message) for each */
+	RequestObject *reqs;	 /* deferred requests not answered yet */
+	struct membind *binds;	 /* Memory objects registered here (tern_mem_register) */
+	struct membind *unbinds; /* ...dropped on another thread, for the loop's thread */
+	SlotObject *slots;	 /* send slots acquired and not yet committed or aborted */
 } CtxObject;
 
 /* What a registered method's user pointer points at. */
@@ -131,6 +137,12 @@ typedef struct {
 	PyObject *decode;
 	Py_buffer req; /* held while a queued request may still be read */
 	bool has_req;
+	Py_buffer rep;	   /* the reply buffer, held while the reply may land in it */
+	bool has_rep;	   /* ...and then the reply is rep_obj's first reply_len bytes */
+	PyObject *rep_obj; /* the reply buffer (a strong reference) */
+	size_t reply_len;  /* the reply's length in it */
+	MemObject *mem[2]; /* registrations the request and the reply buffer are in */
+	tern_session *s;   /* the call's session, while it runs */
 } FutureObject;
 
 typedef struct {
@@ -142,7 +154,40 @@ typedef struct {
 	PyObject *svs;	 /* and their SlotViews */
 } BatchObject;
 
-static PyTypeObject CtxType, ViewType, RequestType, SessionType, FutureType, BatchType;
+/*
+ * A buffer registered for large messages (tern.register()).  It holds an
+ * export of the buffer, so the memory cannot be freed or resized while
+ * tern may reach it; it is registered with each context lazily, the first
+ * time a call on that context names memory inside it (a request, a reply
+ * buffer), and deregistered there at close().
+ */
+struct MemObject {
+	PyObject_HEAD Py_buffer view; /* the export, held while open */
+	bool open;
+	long uses;		  /* calls in flight with memory inside it */
+	struct membind *binds;	  /* its registration on each context */
+	MemObject *next, **pprev; /* the open registrations (mems) */
+	PyObject *weakrefs;
+};
+
+/*
+ * A Memory registered on one context.  @pin is a second export of the
+ * buffer, so the memory outlives the Memory object until tern_mem_register()
+ * is undone, on the context's thread.
+ */
+struct membind {
+	MemObject *m; /* borrowed; NULL once the Memory closed */
+	CtxObject *c; /* borrowed: the context frees its binds at close */
+	tern_mr *mr;
+	Py_buffer pin;
+	struct membind *next_m; /* in m->binds */
+	struct membind *next_c; /* in c->binds, or c->unbinds */
+};
+
+static MemObject *mems; /* open Memory objects, newest first (under the GIL) */
+
+static PyTypeObject CtxType, ViewType, RequestType, SessionType, FutureType, BatchType, MemType,
+	SlotType;
 
 /* ---- time and errors ------------------------------------------------------ */
 
@@ -417,6 +462,536 @@ static bool view_idle(ViewObject *v)
 	return v->exports == 0;
 }
 
+/* ---- Memory: buffers registered for large messages ------------------------------ */
+
+/* May tern be touched from this thread?  The loop's thread, or none yet. */
+static bool ctx_here(CtxObject *c)
+{
+	return !c->owner || c->owner == PyThread_get_thread_ident();
+}
+
+/* Undo a registration and let its memory go, on the context's thread. */
+static void bind_free(struct membind *b)
+{
+	/* a closed context has released every registration itself */
+	if (b->c->ctx)
+		tern_mem_deregister(b->mr);
+	PyBuffer_Release(&b->pin);
+	PyMem_Free(b);
+}
+
+static void bind_unlink_ctx(struct membind *b)
+{
+	for (struct membind **pp = &b->c->binds; *pp; pp = &(*pp)->next_c) {
+		if (*pp == b) {
+			*pp = b->next_c;
+			return;
+		}
+	}
+}
+
+/* @m is closing: undo its registration on every context. */
+static void mem_unbind_all(MemObject *m)
+{
+	struct membind *b;
+
+	while ((b = m->binds)) {
+		m->binds = b->next_m;
+		b->m = NULL;
+		bind_unlink_ctx(b);
+		if (ctx_here(b->c)) {
+			bind_free(b);
+		} else {
+			/* a context is the thread's that runs it: hand it over */
+			b->next_c = b->c->unbinds;
+			b->c->unbinds = b;
+			uv_async_send(&b->c->async);
+		}
+	}
+}
+
+/* The open Memory whose buffer holds [p, p + len), if any. */
+static MemObject *mem_find(const void *p, size_t len)
+{
+	for (MemObject *m = mems; m; m = m->next) {
+		uintptr_t a = (uintptr_t)m->view.buf, x = (uintptr_t)p;
+
+		if (x >= a && x - a <= (uintptr_t)m->view.len &&
+		    len <= (size_t)m->view.len - (size_t)(x - a))
+			return m;
+	}
+	return NULL;
+}
+
+/* Register @m with @c, once. */
+static int mem_bind(MemObject *m, CtxObject *c)
+{
+	struct membind *b;
+	int rc;
+
+	for (b = m->binds; b; b = b->next_m)
+		if (b->c == c)
+			return 0;
+	b = PyMem_Calloc(1, sizeof(*b));
+	if (!b) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	if (PyObject_GetBuffer(m->view.obj, &b->pin, PyBUF_SIMPLE)) {
+		PyMem_Free(b);
+		return -1;
+	}
+	rc = tern_mem_register(c->ctx, m->view.buf, (size_t)m->view.len, &b->mr);
+	if (rc) {
+		PyBuffer_Release(&b->pin);
+		PyMem_Free(b);
+		raise_ctx(c, rc);
+		return -1;
+	}
+	b->m = m;
+	b->c = c;
+	b->next_m = m->binds;
+	m->binds = b;
+	b->next_c = c->binds;
+	c->binds = b;
+	return 0;
+}
+
+/*
+ * A call on @c is about to name [p, p + len): if that lies in a Memory,
+ * register it here and count the use.  *out: a new reference, or NULL.
+ */
+static int mem_use(CtxObject *c, const void *p, size_t len, MemObject **out)
+{
+	MemObject *m = len ? mem_find(p, len) : NULL;
+
+	*out = NULL;
+	if (!m)
+		return 0;
+	if (mem_bind(m, c))
+		return -1;
+	m->uses++;
+	Py_INCREF(m);
+	*out = m;
+	return 0;
+}
+
+static void mem_done(MemObject *m)
+{
+	m->uses--;
+	Py_DECREF(m);
+}
+
+static int mem_close_impl(MemObject *m)
+{
+	if (!m->open)
+		return 0;
+	if (m->uses) {
+		PyErr_Format(PyExc_BufferError,
+			     "tern: %ld calls use this memory (in flight, or timed out on a "
+			     "session that is still open)",
+			     m->uses);
+		return -1;
+	}
+	mem_unbind_all(m);
+	*m->pprev = m->next;
+	if (m->next)
+		m->next->pprev = m->pprev;
+	m->open = false;
+	PyBuffer_Release(&m->view);
+	return 0;
+}
+
+static PyObject *mem_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"buffer", NULL};
+	PyObject *obj;
+	MemObject *m;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O:register", kwlist, &obj))
+		return NULL;
+	m = (MemObject *)type->tp_alloc(type, 0);
+	if (!m)
+		return NULL;
+	/* writable when it can be (a reply buffer), else for requests only */
+	if (PyObject_GetBuffer(obj, &m->view, PyBUF_WRITABLE)) {
+		PyErr_Clear();
+		if (PyObject_GetBuffer(obj, &m->view, PyBUF_SIMPLE)) {
+			Py_DECREF(m);
+			return NULL;
+		}
+	}
+	if (m->view.len == 0) {
+		PyBuffer_Release(&m->view);
+		Py_DECREF(m);
+		PyErr_SetString(PyExc_ValueError, "tern.register: an empty buffer");
+		return NULL;
+	}
+	m->open = true;
+	m->next = mems;
+	m->pprev = &mems;
+	if (mems)
+		mems->pprev = &m->next;
+	mems = m;
+	return (PyObject *)m;
+}
+
+static PyObject *mem_close(PyObject *o, PyObject *unused)
+{
+	(void)unused;
+	if (mem_close_impl((MemObject *)o))
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyObject *mem_enter(PyObject *o, PyObject *unused)
+{
+	(void)unused;
+	return Py_NewRef(o);
+}
+
+static PyObject *mem_exit(PyObject *o, PyObject *args)
+{
+	(void)args;
+	return mem_close(o, NULL);
+}
+
+static void mem_dealloc(PyObject *o)
+{
+	MemObject *m = (MemObject *)o;
+
+	if (m->weakrefs)
+		PyObject_ClearWeakRefs(o);
+	/* every use holds a reference: none is left */
+	if (mem_close_impl(m))
+		PyErr_WriteUnraisable(o);
+	Py_TYPE(o)->tp_free(o);
+}
+
+static PyObject *mem_get_closed(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(!((MemObject *)o)->open);
+}
+
+static PyObject *mem_get_nbytes(PyObject *o, void *unused)
+{
+	MemObject *m = (MemObject *)o;
+
+	(void)unused;
+	return PyLong_FromSsize_t(m->open ? m->view.len : 0);
+}
+
+static PyObject *mem_get_uses(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromLong(((MemObject *)o)->uses);
+}
+
+static PyObject *mem_get_contexts(PyObject *o, void *unused)
+{
+	long n = 0;
+
+	(void)unused;
+	for (struct membind *b = ((MemObject *)o)->binds; b; b = b->next_m)
+		n++;
+	return PyLong_FromLong(n);
+}
+
+static PyObject *mem_get_obj(PyObject *o, void *unused)
+{
+	MemObject *m = (MemObject *)o;
+
+	(void)unused;
+	return Py_NewRef(m->open && m->view.obj ? m->view.obj : Py_None);
+}
+
+static PyMethodDef mem_methods[] = {
+	{"close", mem_close, METH_NOARGS,
+	 "deregister everywhere and release the buffer; refused while calls use it"},
+	{"__enter__", mem_enter, METH_NOARGS, NULL},
+	{"__exit__", mem_exit, METH_VARARGS, NULL},
+	{NULL},
+};
+
+static PyGetSetDef mem_getset[] = {
+	{"closed", mem_get_closed, NULL, "True once closed", NULL},
+	{"nbytes", mem_get_nbytes, NULL, "the registered length", NULL},
+	{"uses", mem_get_uses, NULL, "calls in flight using the memory", NULL},
+	{"contexts", mem_get_contexts, NULL, "contexts it is registered with", NULL},
+	{"obj", mem_get_obj, NULL, "the registered object", NULL},
+	{NULL},
+};
+
+static PyTypeObject MemType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.Memory",
+	.tp_basicsize = sizeof(MemObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "Memory(buffer): register a buffer for large messages with no copy "
+		  "(tern.register).",
+	.tp_new = mem_new,
+	.tp_dealloc = mem_dealloc,
+	.tp_weaklistoffset = offsetof(MemObject, weakrefs),
+	.tp_methods = mem_methods,
+	.tp_getset = mem_getset,
+};
+
+/* ---- CallSlot: a send slot to build a request in ------------------------------ */
+
+/*
+ * A send slot acquired to build a call's request or a one-way message in
+ * (tern_call_acquire(), tern_send_acquire()): a SlotView of the slot's
+ * room, writable, until commit() or abort() hands it back to tern.  Every
+ * buffer exported from it holds a reference to it, and commit() and abort()
+ * are refused while one lives, so no view outlives the slot.  While a slot
+ * is out, its context's loop does not run: the session cannot go down and
+ * take the slot's memory with it.
+ */
+struct SlotObject {
+	ViewObject v;	   /* the slot's bytes; v.released once committed or aborted */
+	SessionObject *so; /* strong reference */
+	tern_callslot *cs; /* NULL once committed or aborted */
+	bool oneway;
+	PyObject *mv;		   /* the memoryview handed out by .buffer */
+	SlotObject *next, **pprev; /* in c->slots */
+};
+
+static FutureObject *fut_new(CtxObject *c, PyObject *decode);
+static void on_reply(tern_session *s, int status, const void *reply, size_t len, void *user);
+
+/* A slot is out: the loop must not run (refused with RuntimeError). */
+static bool slots_block(CtxObject *c)
+{
+	if (!c->slots)
+		return false;
+	PyErr_SetString(PyExc_RuntimeError,
+			"tern: a send slot acquired on this context is neither committed nor "
+			"aborted; the loop does not run until it is");
+	return true;
+}
+
+/* Give the slot back to the runtime's books: it is no longer ours. */
+static void slot_finish(SlotObject *sl)
+{
+	sl->cs = NULL;
+	sl->v.released = true;
+	sl->v.buf = NULL;
+	if (sl->pprev) {
+		*sl->pprev = sl->next;
+		if (sl->next)
+			sl->next->pprev = sl->pprev;
+		sl->pprev = NULL;
+		sl->next = NULL;
+	}
+}
+
+/* Release the memoryview we handed out; 0 if nothing else reads the slot. */
+static int slot_idle(SlotObject *sl, const char *what)
+{
+	if (sl->mv) {
+		mv_release(sl->mv);
+		Py_CLEAR(sl->mv);
+	}
+	if (view_idle(&sl->v))
+		return 0;
+	PyErr_Format(PyExc_BufferError,
+		     "tern: release the views of this slot (numpy arrays, memoryviews) before "
+		     "%s it",
+		     what);
+	return -1;
+}
+
+static int slot_live(SlotObject *sl)
+{
+	if (!sl->cs) {
+		PyErr_SetString(PyExc_ValueError, "tern: this slot was committed or aborted");
+		return -1;
+	}
+	return 0;
+}
+
+/* Abort every slot out on @c (of session @so only, if given); refused if one is in use. */
+static int slots_abort_all(CtxObject *c, SessionObject *so)
+{
+	for (SlotObject *sl = c->slots; sl; sl = sl->next) {
+		if ((!so || sl->so == so) && sl->mv) {
+			mv_release(sl->mv);
+			Py_CLEAR(sl->mv);
+		}
+		if ((!so || sl->so == so) && !view_idle(&sl->v)) {
+			PyErr_SetString(PyExc_BufferError,
+					"tern: views of an acquired send slot are still exported");
+			return -1;
+		}
+	}
+	for (SlotObject *sl = c->slots, *nx; sl; sl = nx) {
+		nx = sl->next;
+		if (so && sl->so != so)
+			continue;
+		Py_CLEAR(sl->mv);
+		tern_call_abort(sl->cs);
+		slot_finish(sl);
+	}
+	return 0;
+}
+
+static PyObject *slot_get_buffer(PyObject *o, void *unused)
+{
+	SlotObject *sl = (SlotObject *)o;
+
+	(void)unused;
+	if (slot_live(sl))
+		return NULL;
+	if (!sl->mv) {
+		sl->mv = view_memory(&sl->v);
+		if (!sl->mv)
+			return NULL;
+	}
+	return Py_NewRef(sl->mv);
+}
+
+static PyObject *slot_get_cap(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromSsize_t(((SlotObject *)o)->v.len);
+}
+
+static PyObject *slot_get_committed(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyBool_FromLong(((SlotObject *)o)->cs == NULL);
+}
+
+/*
+ * commit(method_id, length, timeout_ms=0, decode=None): send the slot's
+ * first @length bytes, as a call (-> Future) or a one-way message (-> None).
+ */
+static PyObject *slot_commit(PyObject *o, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"method_id", "length", "timeout_ms", "decode", NULL};
+	SlotObject *sl = (SlotObject *)o;
+	struct tern_call_opts co = {.size = sizeof(co)};
+	CtxObject *c = sl->so->c;
+	unsigned long id;
+	Py_ssize_t len;
+	unsigned int timeout_ms = 0;
+	PyObject *decode = NULL;
+	tern_callslot *cs;
+	FutureObject *f;
+	int rc;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "kn|IO:commit", kwlist, &id, &len, &timeout_ms,
+					 &decode) ||
+	    slot_live(sl))
+		return NULL;
+	if (len < 0 || len > sl->v.len)
+		return raise_code(-EMSGSIZE, "commit(): the length is outside the slot");
+	if (slot_idle(sl, "committing"))
+		return NULL;
+	cs = sl->cs;
+	slot_finish(sl);
+	if (!sl->so->s) {
+		/* cannot happen while the loop is held; be safe anyway */
+		return raise_code(-ENOTCONN, "the session is gone");
+	}
+	if (sl->oneway) {
+		rc = tern_send_commit(cs, (uint32_t)id, (size_t)len);
+		if (rc)
+			return raise_ctx(c, rc);
+		Py_RETURN_NONE;
+	}
+	f = fut_new(c, decode);
+	if (!f) {
+		tern_call_abort(cs);
+		return NULL;
+	}
+	f->s = sl->so->s;
+	co.timeout_ms = timeout_ms;
+	Py_INCREF(f); /* the call's reference, dropped by on_reply */
+	rc = tern_call_commit(cs, (uint32_t)id, (size_t)len, on_reply, f, &co);
+	if (rc) {
+		Py_DECREF(f);
+		Py_DECREF(f);
+		return raise_ctx(c, rc); /* tern aborted the slot */
+	}
+	return (PyObject *)f;
+}
+
+static PyObject *slot_abort(PyObject *o, PyObject *unused)
+{
+	SlotObject *sl = (SlotObject *)o;
+
+	(void)unused;
+	if (!sl->cs)
+		Py_RETURN_NONE;
+	if (slot_idle(sl, "aborting"))
+		return NULL;
+	tern_call_abort(sl->cs);
+	slot_finish(sl);
+	Py_RETURN_NONE;
+}
+
+static int slot_traverse(PyObject *o, visitproc visit, void *arg)
+{
+	SlotObject *sl = (SlotObject *)o;
+
+	Py_VISIT(sl->mv);
+	Py_VISIT(sl->so);
+	return 0;
+}
+
+static int slot_clear(PyObject *o)
+{
+	SlotObject *sl = (SlotObject *)o;
+
+	if (sl->mv)
+		mv_release(sl->mv);
+	Py_CLEAR(sl->mv);
+	return 0;
+}
+
+/* Dropped unsent: the slot goes back (no buffer of it can be alive: each holds us). */
+static void slot_dealloc(PyObject *o)
+{
+	SlotObject *sl = (SlotObject *)o;
+
+	PyObject_GC_UnTrack(o);
+	slot_clear(o);
+	if (sl->cs) {
+		tern_call_abort(sl->cs);
+		slot_finish(sl);
+	}
+	Py_XDECREF(sl->so);
+	PyObject_GC_Del(o);
+}
+
+static PyMethodDef slot_methods[] = {
+	{"commit", (PyCFunction)(void (*)(void))slot_commit, METH_VARARGS | METH_KEYWORDS,
+	 "commit(method_id, length, timeout_ms=0, decode=None) -> Future (None: one-way)"},
+	{"abort", slot_abort, METH_NOARGS, "give the slot back unsent"},
+	{NULL},
+};
+
+static PyGetSetDef slot_getset[] = {
+	{"buffer", slot_get_buffer, NULL, "the slot's room: a writable memoryview", NULL},
+	{"cap", slot_get_cap, NULL, "the room, in bytes", NULL},
+	{"committed", slot_get_committed, NULL, "True once committed or aborted", NULL},
+	{NULL},
+};
+
+static PyTypeObject SlotType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.CallSlot",
+	.tp_basicsize = sizeof(SlotObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+	.tp_doc = "A send slot to build a request in: buffer, commit(), abort().",
+	.tp_base = &ViewType,
+	.tp_dealloc = slot_dealloc,
+	.tp_traverse = slot_traverse,
+	.tp_clear = slot_clear,
+	.tp_methods = slot_methods,
+	.tp_getset = slot_getset,
+};
+
 /* ---- replies that wait for their views -------------------------------------- */
 
 static void pending_finish(pending *p)
@@ -641,6 +1216,8 @@ static int on_request(tern_req *req, const void *in, size_t in_len, void *user)
 				snprintf(msg, sizeof(msg),
 					 "inplace handler returned %s, not a length",
 					 Py_TYPE(r)->tp_name);
+			} else if (n < 0 && n > -100000) {
+				err = (int)n; /* a negative errno fails the call, as in C */
 			} else if (n < 0 || (size_t)n > cap) {
 				err = -EMSGSIZE;
 				snprintf(msg, sizeof(msg),
@@ -1232,6 +1809,13 @@ static void async_cb(uv_async_t *h)
 		p->queued = false;
 		pending_try_finish(p);
 	}
+	/* registrations of Memory objects closed on another thread */
+	while (c->unbinds) {
+		struct membind *b = c->unbinds;
+
+		c->unbinds = b->next_c;
+		bind_free(b);
+	}
 	while (c->soon && PyList_GET_SIZE(c->soon)) {
 		PyObject *fn = PyList_GET_ITEM(c->soon, 0), *r;
 
@@ -1274,6 +1858,8 @@ static int ctx_run_until(CtxObject *c, PyObject **futs, Py_ssize_t n, uint64_t t
 				"tern: cannot wait inside a handler of the same context");
 		return -1;
 	}
+	if (slots_block(c))
+		return -1;
 	c->owner = PyThread_get_thread_ident();
 	c->stop = 0;
 	for (;;) {
@@ -1406,6 +1992,7 @@ static int ctx_close_impl(CtxObject *c)
 {
 	RequestObject *q;
 	PyThreadState *save;
+	struct membind *b;
 
 	if (c->closed)
 		return 0;
@@ -1446,9 +2033,22 @@ static int ctx_close_impl(CtxObject *c)
 			q->out->released = true, q->out->buf = NULL;
 		tern_reply_error(req, -ESHUTDOWN, "the server is closing");
 	}
+	if (slots_abort_all(c, NULL))
+		return -1;
 	sessions_forget(c);
 	c->closed = true;
 	Py_CLEAR(c->on_refused); /* nobody to tell while everything closes */
+	/* Memory objects registered here forget this context; the
+	 * registrations go with it (tern_ctx_destroy()), then the pins */
+	for (b = c->binds; b; b = b->next_c) {
+		for (struct membind **pp = &b->m->binds; *pp; pp = &(*pp)->next_m) {
+			if (*pp == b) {
+				*pp = b->next_m;
+				break;
+			}
+		}
+		b->m = NULL;
+	}
 	save = PyEval_SaveThread();
 	c->ts = save;
 	tern_ctx_destroy(c->ctx);
@@ -1459,6 +2059,13 @@ static int ctx_close_impl(CtxObject *c)
 	uv_loop_close(&c->loop);
 	PyEval_RestoreThread(c->ts);
 	c->ts = NULL;
+	while ((b = c->binds) || (b = c->unbinds)) {
+		if (b == c->binds)
+			c->binds = b->next_c;
+		else
+			c->unbinds = b->next_c;
+		bind_free(b);
+	}
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(c->regs); i++) {
 		struct reg *g = PyCapsule_GetPointer(PyList_GET_ITEM(c->regs, i), NULL);
 
@@ -1802,6 +2409,11 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 		so.nservices = (uint32_t)n;
 	}
 	so.on_close = on_session_close;
+	if (slots_block(c)) {
+		Py_XDECREF(fast);
+		return NULL;
+	}
+	c->owner = PyThread_get_thread_ident();
 	c->ts = PyEval_SaveThread();
 	rc = tern_connect_sync(c->ctx, uri, &so, timeout_ms, &s);
 	PyEval_RestoreThread(c->ts);
@@ -1923,10 +2535,8 @@ static void on_session_close(tern_session *s, int reason)
 			c->peers_closed++;
 		return;
 	}
-	{
-		so->s = NULL;
-		so->close_reason = reason ? reason : -ECONNRESET;
-	}
+	so->s = NULL;
+	so->close_reason = reason ? reason : -ECONNRESET;
 }
 
 static void session_detach(SessionObject *so)
@@ -1999,14 +2609,19 @@ static void on_reply(tern_session *s, int status, const void *reply, size_t len,
 
 	f->status = status;
 	f->remote = status && tern_call_status_remote(s);
-	if (status == 0) {
+	if (status == 0 && f->rep_obj) {
+		/* the reply is in the reply buffer (tern_call_opts.reply_buf) */
+		if (reply != f->rep.buf)
+			memmove(f->rep.buf, reply, len);
+		f->reply_len = len;
+	} else if (status == 0) {
 		f->reply = PyBytes_FromStringAndSize(reply, (Py_ssize_t)len);
 	} else {
 		size_t n = reply ? strnlen(reply, len) : 0;
 
 		f->reply = PyUnicode_DecodeUTF8(reply ? reply : "", (Py_ssize_t)n, "replace");
 	}
-	if (!f->reply) {
+	if (!f->reply && !(status == 0 && f->rep_obj)) {
 		PyErr_Clear();
 		f->status = status ? status : -ENOMEM;
 	}
@@ -2014,38 +2629,83 @@ static void on_reply(tern_session *s, int status, const void *reply, size_t len,
 		PyBuffer_Release(&f->req);
 		f->has_req = false;
 	}
+	if (f->has_rep) {
+		PyBuffer_Release(&f->rep);
+		f->has_rep = false;
+	}
+	for (int i = 0; i < 2; i++) {
+		if (!f->mem[i])
+			continue;
+		/* done, or timed out: tern withdrew the call's exports of our
+		 * memory before this callback, so the peer reaches it no more */
+		mem_done(f->mem[i]);
+		f->mem[i] = NULL;
+	}
+	f->s = NULL;
 	f->done = 1;
 	Py_DECREF(f);
 	ctx_leave(c, t);
 }
 
-static PyObject *session_call(PyObject *o, PyObject *args, PyObject *kw)
+static FutureObject *fut_new(CtxObject *c, PyObject *decode)
 {
-	static char *kwlist[] = {"method_id", "data", "timeout_ms", "decode", NULL};
-	SessionObject *so = (SessionObject *)o;
-	struct tern_call_opts co = {.size = sizeof(co)};
-	unsigned long id;
-	unsigned int timeout_ms = 0;
-	PyObject *decode = NULL, *data = NULL;
-	FutureObject *f;
-	int rc;
+	FutureObject *f = PyObject_GC_New(FutureObject, &FutureType);
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "k|OIO:call", kwlist, &id, &data, &timeout_ms,
-					 &decode))
-		return NULL;
-	f = PyObject_GC_New(FutureObject, &FutureType);
 	if (!f)
 		return NULL;
-	f->c = so->c;
-	Py_INCREF(so->c);
+	f->c = c;
+	Py_INCREF(c);
 	f->done = 0;
 	f->status = 0;
 	f->remote = false;
 	f->reply = NULL;
-	f->decode = decode && decode != Py_None ? decode : NULL;
-	Py_XINCREF(f->decode);
+	f->decode = decode && decode != Py_None ? Py_NewRef(decode) : NULL;
 	f->has_req = false;
+	f->has_rep = false;
+	f->rep_obj = NULL;
+	f->reply_len = 0;
+	f->mem[0] = f->mem[1] = NULL;
+	f->s = NULL;
 	PyObject_GC_Track(f);
+	return f;
+}
+
+/* A call that never started: let go of what it took. */
+static void fut_unstart(FutureObject *f)
+{
+	for (int i = 0; i < 2; i++) {
+		if (f->mem[i])
+			mem_done(f->mem[i]);
+		f->mem[i] = NULL;
+	}
+	Py_DECREF(f);
+}
+
+/*
+ * call(method_id, data=None, timeout_ms=0, decode=None, reply_buf=None):
+ * a request of any size (one over the slot is pulled by the server: with no
+ * copy when it lies in a Memory), its reply into @reply_buf when given (any
+ * size up to the buffer's; written by the server with no copy when the
+ * buffer lies in a Memory).
+ */
+static PyObject *session_call(PyObject *o, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"method_id", "data", "timeout_ms", "decode", "reply_buf", NULL};
+	SessionObject *so = (SessionObject *)o;
+	struct tern_call_opts co = {.size = sizeof(co)};
+	CtxObject *c = so->c;
+	unsigned long id;
+	unsigned int timeout_ms = 0;
+	PyObject *decode = NULL, *data = NULL, *reply_buf = NULL;
+	FutureObject *f;
+	int rc;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "k|OIOO:call", kwlist, &id, &data, &timeout_ms,
+					 &decode, &reply_buf))
+		return NULL;
+	f = fut_new(c, decode);
+	if (!f)
+		return NULL;
 	if (data && data != Py_None) {
 		if (PyObject_GetBuffer(data, &f->req, PyBUF_SIMPLE)) {
 			Py_DECREF(f);
@@ -2053,20 +2713,68 @@ static PyObject *session_call(PyObject *o, PyObject *args, PyObject *kw)
 		}
 		f->has_req = true;
 	}
-	if (session_live(so)) {
-		Py_DECREF(f);
+	if (reply_buf && reply_buf != Py_None) {
+		if (PyObject_GetBuffer(reply_buf, &f->rep, PyBUF_WRITABLE)) {
+			Py_DECREF(f);
+			return NULL;
+		}
+		f->has_rep = true;
+		f->rep_obj = Py_NewRef(reply_buf);
+		co.reply_buf = f->rep.buf;
+		co.reply_cap = (size_t)f->rep.len;
+	}
+	if (session_live(so) ||
+	    (f->has_req && mem_use(c, f->req.buf, (size_t)f->req.len, &f->mem[0])) ||
+	    (f->has_rep && mem_use(c, f->rep.buf, (size_t)f->rep.len, &f->mem[1]))) {
+		fut_unstart(f);
 		return NULL;
 	}
 	co.timeout_ms = timeout_ms;
+	f->s = so->s;
 	Py_INCREF(f); /* the call's reference, dropped by on_reply */
 	rc = tern_call(so->s, (uint32_t)id, f->has_req ? f->req.buf : "",
 		       f->has_req ? (size_t)f->req.len : 0, on_reply, f, &co);
 	if (rc) {
 		Py_DECREF(f);
-		Py_DECREF(f);
-		return raise_ctx(so->c, rc);
+		fut_unstart(f);
+		return raise_ctx(c, rc);
 	}
 	return (PyObject *)f;
+}
+
+/* send(method_id, data, timeout_ms=0): one way; waits for a credit if needed. */
+/*
+ * Run @so's loop, GIL released, until a slot and a credit may be free (a
+ * call also needs room for its reply: one more turn) or @end passes.
+ *
+ * Return: 0 try again; -ETIMEDOUT @end passed; -EAGAIN the loop cannot run
+ * here (inside a handler, or with a send slot out); -EINTR an exception
+ * (a signal's) is set; another negative errno: the session failed.
+ */
+static int wait_for_slot(SessionObject *so, uint64_t end, bool call)
+{
+	CtxObject *c = so->c;
+	uint64_t t = now_ns();
+	int rc;
+
+	if (t >= end)
+		return -ETIMEDOUT;
+	if (c->depth || c->slots)
+		return -EAGAIN;
+	c->owner = PyThread_get_thread_ident(); /* whoever runs the loop owns it */
+	c->ts = PyEval_SaveThread();
+	rc = tern_session_wait_writable(
+		so->s, (uint32_t)((end - t > SLICE_NS ? SLICE_NS : end - t) / 1000000 + 1));
+	if (rc == 0 && call) {
+		uv_timer_start(&c->wake, wake_cb, 1, 0);
+		tern_ctx_run(c->ctx, TERN_RUN_ONCE);
+		uv_timer_stop(&c->wake);
+	}
+	PyEval_RestoreThread(c->ts);
+	c->ts = NULL;
+	if (PyErr_CheckSignals())
+		return -EINTR;
+	return rc == -ETIMEDOUT ? 0 : rc;
 }
 
 /* send(method_id, data, timeout_ms=0): one way; waits for a credit if needed. */
@@ -2078,14 +2786,12 @@ static PyObject *session_send(PyObject *o, PyObject *args)
 	unsigned int timeout_ms = 0;
 	uint64_t end;
 	Py_buffer b;
-	int rc;
+	int rc, w;
 
 	if (!PyArg_ParseTuple(args, "ky*|I:send", &id, &b, &timeout_ms))
 		return NULL;
 	end = timeout_ms ? now_ns() + (uint64_t)timeout_ms * 1000000ull : UINT64_MAX;
 	for (;;) {
-		uint64_t t;
-
 		if (session_live(so)) {
 			PyBuffer_Release(&b);
 			return NULL;
@@ -2093,33 +2799,88 @@ static PyObject *session_send(PyObject *o, PyObject *args)
 		rc = tern_send(so->s, (uint32_t)id, b.buf, (size_t)b.len, NULL, NULL);
 		if (rc != -EAGAIN)
 			break;
-		t = now_ns();
-		if (t >= end)
-			break;
-		if (c->depth) {
-			break; /* cannot run the loop from a handler */
-		}
-		c->ts = PyEval_SaveThread();
-		rc = tern_session_wait_writable(
-			so->s, (uint32_t)((end - t > SLICE_NS ? SLICE_NS : end - t) / 1000000 + 1));
-		PyEval_RestoreThread(c->ts);
-		c->ts = NULL;
-		if (PyErr_CheckSignals()) {
+		w = wait_for_slot(so, end, false);
+		if (w == -EINTR) {
 			PyBuffer_Release(&b);
 			return NULL;
 		}
-		if (rc && rc != -ETIMEDOUT) {
-			if (!so->s)
-				continue; /* session_live() raises */
-			break;
-		}
+		if (w == 0 || (w != -EAGAIN && w != -ETIMEDOUT && !so->s))
+			continue; /* again, or session_live() raises */
+		if (w != -EAGAIN)
+			rc = w; /* waited for a credit until the timeout, or failed */
+		break;
 	}
 	PyBuffer_Release(&b);
-	if (rc == -EAGAIN && !c->depth)
-		rc = -ETIMEDOUT; /* waited for a credit until the timeout */
 	if (rc)
 		return raise_ctx(c, rc);
 	Py_RETURN_NONE;
+}
+
+/*
+ * acquire(oneway=False, timeout=None) -> CallSlot: a send slot to build a
+ * call's request (or a one-way message) in.  No slot or credit free: wait
+ * up to @timeout seconds (None: no limit; 0: fail at once, WouldBlock).
+ */
+static PyObject *session_acquire(PyObject *o, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"oneway", "timeout", NULL};
+	SessionObject *so = (SessionObject *)o;
+	CtxObject *c = so->c;
+	PyObject *timeout = NULL;
+	int oneway = 0, bad, rc, w;
+	tern_callslot *cs;
+	uint64_t ns, end;
+	SlotObject *sl;
+	void *buf;
+	size_t cap;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|pO:acquire", kwlist, &oneway, &timeout))
+		return NULL;
+	ns = timeout_arg(timeout, &bad);
+	if (bad)
+		return NULL;
+	end = ns == UINT64_MAX ? UINT64_MAX : now_ns() + ns;
+	for (;;) {
+		if (session_live(so))
+			return NULL;
+		rc = oneway ? tern_send_acquire(so->s, &buf, &cap, &cs)
+			    : tern_call_acquire(so->s, &buf, &cap, &cs);
+		if (rc != -EAGAIN || ns == 0)
+			break;
+		w = wait_for_slot(so, end, !oneway);
+		if (w == -EINTR)
+			return NULL;
+		if (w == 0 || (w != -EAGAIN && w != -ETIMEDOUT && !so->s))
+			continue;
+		if (w != -EAGAIN)
+			rc = w;
+		break;
+	}
+	if (rc)
+		return raise_ctx(c, rc);
+	sl = PyObject_GC_New(SlotObject, &SlotType);
+	if (!sl) {
+		tern_call_abort(cs);
+		return NULL;
+	}
+	sl->v.buf = buf;
+	sl->v.len = (Py_ssize_t)cap;
+	sl->v.readonly = 0;
+	sl->v.exports = 0;
+	sl->v.released = false;
+	sl->v.hold = NULL;
+	sl->v.req = NULL;
+	sl->so = (SessionObject *)Py_NewRef(o);
+	sl->cs = cs;
+	sl->oneway = oneway;
+	sl->mv = NULL;
+	sl->next = c->slots;
+	sl->pprev = &c->slots;
+	if (c->slots)
+		c->slots->pprev = &sl->next;
+	c->slots = sl;
+	PyObject_GC_Track(sl);
+	return (PyObject *)sl;
 }
 
 static PyObject *session_drain(PyObject *o, PyObject *args)
@@ -2135,6 +2896,9 @@ static PyObject *session_drain(PyObject *o, PyObject *args)
 		PyErr_SetString(PyExc_RuntimeError, "tern: cannot drain inside a handler");
 		return NULL;
 	}
+	if (slots_block(c))
+		return NULL;
+	c->owner = PyThread_get_thread_ident();
 	c->ts = PyEval_SaveThread();
 	rc = tern_session_drain(so->s, timeout_ms);
 	PyEval_RestoreThread(c->ts);
@@ -2149,8 +2913,12 @@ static PyObject *session_close(PyObject *o, PyObject *unused)
 	SessionObject *so = (SessionObject *)o;
 
 	(void)unused;
-	if (!so->c->closed)
-		session_detach(so);
+	if (so->c->closed)
+		Py_RETURN_NONE;
+	/* the slots go with the session: refused while a view of one lives */
+	if (slots_abort_all(so->c, so))
+		return NULL;
+	session_detach(so);
 	Py_RETURN_NONE;
 }
 
@@ -2214,8 +2982,10 @@ static void session_dealloc(PyObject *o)
 
 static PyMethodDef session_methods[] = {
 	{"call", (PyCFunction)(void (*)(void))session_call, METH_VARARGS | METH_KEYWORDS,
-	 "call(method_id, data=None, timeout_ms=0, decode=None) -> Future"},
+	 "call(method_id, data=None, timeout_ms=0, decode=None, reply_buf=None) -> Future"},
 	{"send", session_send, METH_VARARGS, "send(method_id, data, timeout_ms=0): one way"},
+	{"acquire", (PyCFunction)(void (*)(void))session_acquire, METH_VARARGS | METH_KEYWORDS,
+	 "acquire(oneway=False, timeout=None) -> CallSlot: a send slot to build a message in"},
 	{"drain", session_drain, METH_VARARGS,
 	 "drain(timeout_ms=0): wait until the peer consumed all"},
 	{"close", session_close, METH_NOARGS, "close the session"},
@@ -2278,6 +3048,24 @@ static PyObject *fut_result(PyObject *o, PyObject *args)
 			f->reply && PyUnicode_Check(f->reply) ? PyUnicode_AsUTF8(f->reply) : "";
 		return raise_status(f->status, m, f->remote);
 	}
+	if (f->rep_obj && !f->reply) {
+		/* the reply is the reply buffer's first reply_len bytes */
+		PyObject *mv = PyMemoryView_FromObject(f->rep_obj), *b;
+
+		if (!mv)
+			return NULL;
+		b = PyMemoryView_GET_BUFFER(mv)->ndim == 1 &&
+				    strcmp(PyMemoryView_GET_BUFFER(mv)->format ?: "B", "B") == 0
+			    ? Py_NewRef(mv)
+			    : PyObject_CallMethod(mv, "cast", "s", "B");
+		Py_DECREF(mv);
+		if (!b)
+			return NULL;
+		f->reply = PySequence_GetSlice(b, 0, (Py_ssize_t)f->reply_len);
+		Py_DECREF(b);
+		if (!f->reply)
+			return NULL;
+	}
 	if (f->decode)
 		return PyObject_CallFunctionObjArgs(f->decode, f->reply, NULL);
 	Py_INCREF(f->reply);
@@ -2318,6 +3106,8 @@ static int fut_traverse(PyObject *o, visitproc visit, void *arg)
 	FutureObject *f = (FutureObject *)o;
 
 	Py_VISIT(f->decode);
+	Py_VISIT(f->rep_obj);
+	Py_VISIT(f->reply);
 	return 0;
 }
 
@@ -2328,6 +3118,12 @@ static void fut_dealloc(PyObject *o)
 	PyObject_GC_UnTrack(o);
 	if (f->has_req)
 		PyBuffer_Release(&f->req);
+	if (f->has_rep)
+		PyBuffer_Release(&f->rep);
+	for (int i = 0; i < 2; i++)
+		if (f->mem[i])
+			mem_done(f->mem[i]);
+	Py_XDECREF(f->rep_obj);
 	Py_XDECREF(f->reply);
 	Py_XDECREF(f->decode);
 	Py_XDECREF(f->c);
@@ -2405,8 +3201,8 @@ PyMODINIT_FUNC PyInit__tern(void);
 
 PyMODINIT_FUNC PyInit__tern(void)
 {
-	PyTypeObject *types[] = {&CtxType,     &ViewType,   &RequestType,
-				 &SessionType, &FutureType, &BatchType};
+	PyTypeObject *types[] = {&CtxType,    &ViewType,  &RequestType, &SessionType,
+				 &FutureType, &BatchType, &MemType,	&SlotType};
 	PyObject *m;
 
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
@@ -2421,6 +3217,8 @@ PyMODINIT_FUNC PyInit__tern(void)
 	    PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) ||
 	    PyModule_AddObjectRef(m, "Future", (PyObject *)&FutureType) ||
 	    PyModule_AddObjectRef(m, "Batch", (PyObject *)&BatchType) ||
+	    PyModule_AddObjectRef(m, "Memory", (PyObject *)&MemType) ||
+	    PyModule_AddObjectRef(m, "CallSlot", (PyObject *)&SlotType) ||
 	    PyModule_AddIntConstant(m, "PROGRESS_BUSY", TERN_PROGRESS_BUSY) ||
 	    PyModule_AddIntConstant(m, "PROGRESS_EVENT", TERN_PROGRESS_EVENT) ||
 	    PyModule_AddIntConstant(m, "PROGRESS_ADAPTIVE", TERN_PROGRESS_ADAPTIVE) ||

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: MIT
 """Declaring services, serving them and calling them."""
+import errno
 import logging
+import operator
 import time
 
 from . import _tern, tern_gen
-from .errors import error_class
+from .errors import BadRequest, MessageTooLarge, RemoteMessageTooLarge, error_class
 from .idl import Idl, Message, ServiceSpec, _spec_from_schema
 
 log = logging.getLogger("tern")
@@ -124,6 +126,35 @@ def describe(service):
     return spec, bindings
 
 
+def _release(mv):
+    """Release a memoryview we sliced off a slot; one the handler exported
+    from (a numpy array) stays, and holds the reply until it goes."""
+    try:
+        mv.release()
+    except BufferError:
+        pass
+
+
+def _commit_length(cls, message, length, what):
+    """The bytes a commit() sends, as C's commit functions count them.
+
+    ``cls`` None (bytes): ``length`` itself.  A message type: its size
+    (``length`` None).  One with trailing bytes: its size plus ``length``,
+    the tail's (None: what ``message.data =`` set, or none).
+    """
+    if cls is None:
+        if length is None:
+            raise TypeError(f"commit(length): the {what} is bytes")
+        return length
+    if cls._tail is None:
+        if length not in (None, cls._size):
+            raise ValueError(f"commit(): a {cls.__name__} is {cls._size} bytes")
+        return cls._size
+    if length is None:
+        length = (message._tail_len if message is not None else None) or 0
+    return cls._size + operator.index(length)
+
+
 def _payload(x):
     """Bytes to send for a reply or request: a Message's buffer, bytes-likes as they are."""
     if isinstance(x, Message):
@@ -140,17 +171,19 @@ class Deferred:
     commit() or error() answers the call; then its views are released.
     """
 
-    __slots__ = ("_req", "_resp", "_out")
+    __slots__ = ("_req", "_resp", "_name", "_out")
 
-    def __init__(self, req, resp):
+    def __init__(self, req, resp, name):
         self._req = req
         self._resp = resp
+        self._name = name
         self._out = None
 
     def _drop_out(self):
         if self._out is not None:
-            self._out.release()
+            buf = self._out._buf
             self._out = None
+            _release(buf)
 
     def reply(self, data=None):
         """Answer with these bytes or this message (copied once into the slot)."""
@@ -158,20 +191,21 @@ class Deferred:
 
     def acquire(self):
         """The reply's place in the send slot: a writable memoryview, or a
-        message of the reply type written in place."""
+        message of the reply type written in place (with trailing bytes: a
+        message over all the room, its tail written through it)."""
         mv = self._req.acquire()
-        if self._resp is not None and self._resp._tail is None:
-            if self._out is None:
-                self._out = mv[:self._resp._size]
-            return self._resp.view(self._out)
-        return mv
+        if self._resp is None:
+            return mv
+        if self._out is None:
+            self._out = _reply_view(self._resp, self._name, mv)
+        return self._out
 
     def commit(self, length=None):
-        """Send what acquire() gave, ``length`` bytes (a typed reply: its size)."""
-        if length is None:
-            if self._resp is None:
-                raise TypeError("commit(length): the reply is bytes")
-            length = self._resp._size
+        """Send what acquire() gave, as C's reply_commit does: ``length``
+        bytes of an untyped reply; nothing for a typed one (its size); for
+        one with trailing bytes, the tail's length (None: what was set
+        through the message, or none)."""
+        length = _commit_length(self._resp, self._out, length, "reply")
         self._drop_out()
         self._req.commit(length)
 
@@ -189,34 +223,93 @@ class Deferred:
         return self._req.answered
 
 
+def _request_view(ms):
+    """The request as a handler gets it: the slot's memoryview, or a message
+    over it, its length checked as C's generated skeleton does (EBADMSG)."""
+    req = ms.req
+    if req is None:
+        return lambda mv: mv
+    name = f"{ms.service}.{ms.name}"
+    tail = req._tail is not None
+
+    def view(mv):
+        n = mv.nbytes
+        if n < req._size or (n != req._size and not tail):
+            raise BadRequest(-errno.EBADMSG, f"{name}: request of {n} bytes, expected "
+                             f"{'at least ' if tail else ''}{req._size}")
+        return req.view(mv)
+    return view
+
+
+def _reply_view(resp, name, out):
+    """A message of type ``resp`` over the reply's room ``out``: all of it
+    when the reply has trailing bytes, else exactly its size (a slice of
+    ``out``, which the caller releases: the message's ``_buf``)."""
+    cap = out.nbytes
+    if cap < resp._size:
+        raise RemoteMessageTooLarge(f"{name}: reply of {resp._size} bytes, the slot holds {cap}")
+    return resp.view(out[:] if resp._tail is not None else out[:resp._size])
+
+
+def _status(r, what):
+    """A handler's return as C's: an int (None is 0)."""
+    if r is None:
+        return 0
+    try:
+        return operator.index(r)
+    except TypeError:
+        raise TypeError(f"{what} returned {type(r).__name__}, not an int") from None
+
+
+def _inplace(fn, ms):
+    """An inplace handler called as C's generated skeleton calls it.
+
+    Untyped reply: fn(req, out) with ``out`` the slot's memoryview, returns
+    the reply's length or a negative errno.  Typed reply: ``out`` is a
+    message written in the slot; fn returns 0 (or None) or a negative
+    errno.  Typed reply with trailing bytes: ``out`` spans the whole room,
+    its tail written through it (``out.data[:n] = ...`` or ``out.data =
+    ...``); fn returns the tail's length (None: what ``out.data =`` set, or
+    none) or a negative errno.
+    """
+    reqv, resp = _request_view(ms), ms.resp
+    name = f"{ms.service}.{ms.name}"
+    if resp is None:
+        return lambda mv, out: fn(reqv(mv), out)
+    size = resp._size
+
+    def inplace(mv, out):
+        m = _reply_view(resp, name, out)
+        try:
+            r = fn(reqv(mv), m)
+            tail = m._tail_len
+        finally:
+            _release(m._buf)
+        r = _status(r if r is not None or resp._tail is None else tail, f"{name}'s handler")
+        if r < 0 or resp._tail is None:
+            return r if r < 0 else size
+        if r > out.nbytes - size:
+            raise RemoteMessageTooLarge(f"{name}: reply of {size + r} bytes, the slot holds "
+                                        f"{out.nbytes}")
+        return size + r
+    return inplace
+
+
 def _adapter(fn, kind, ms):
     """The callable the C layer calls, wrapping the user's handler."""
-    req, resp = ms.req, ms.resp
+    reqv = _request_view(ms)
     if kind == "raw":
-        if req is None:
-            return lambda mv: _payload(fn(mv))
-        return lambda mv: _payload(fn(req.view(mv)))
+        return lambda mv: _payload(fn(reqv(mv)))
     if kind == "inplace":
-        typed_out = resp is not None and resp._tail is None
-
-        def inplace(mv, out):
-            if not typed_out:
-                return fn(req.view(mv) if req is not None else mv, out)
-            o = out[:resp._size]
-            try:
-                r = fn(req.view(mv) if req is not None else mv, resp.view(o))
-            finally:
-                o.release()
-            return resp._size if r is None else r
-        return inplace
+        return _inplace(fn, ms)
     if kind == "deferred":
+        name = f"{ms.service}.{ms.name}"
+
         def deferred(mv, q):
-            fn(req.view(mv) if req is not None else mv, Deferred(q, resp))
+            fn(reqv(mv), Deferred(q, ms.resp, name))
         return deferred
     if kind == "oneway":
-        if req is None:
-            return fn
-        return lambda mv: fn(req.view(mv))
+        return lambda mv: fn(reqv(mv))
     if kind == "batch":
         def batch(b):
             r = fn(b)
@@ -341,7 +434,16 @@ class _Caller:
         self._m = ms
         self.__doc__ = f"{ms.service}.{ms.name} ({ms.kind})"
 
-    def __call__(self, *args, _timeout=None, **fields):
+    def __call__(self, *args, _timeout=None, _reply_buf=None, **fields):
+        """Call with a request (a message, its fields as keywords, or bytes).
+
+        ``_timeout`` overrides the proxy's deadline.  ``_reply_buf`` (a
+        writable buffer: bytearray, memoryview, numpy array) receives the
+        reply, of any size up to its own, larger than a slot too; the
+        result is then a memoryview of its first bytes (or a message over
+        them).  With no copy when the buffer lies in a tern.register()ed
+        region, as a large request does.
+        """
         m = self._m
         if fields:
             if args or m.req is None:
@@ -354,18 +456,104 @@ class _Caller:
             data = m.req()._buf if m.req is not None else None
         else:
             raise TypeError(f"{m.service}.{m.name} takes one request")
-        timeout = self._p.timeout if _timeout is None else _timeout
-        ms = int(timeout * 1000) if timeout else 0
+        ms = self._p._timeout_ms(_timeout)
         if m.oneway:
+            if _reply_buf is not None:
+                raise TypeError(f"{m.service}.{m.name} is one-way: no reply")
             self._p.session.send(m.id, data if data is not None else b"", ms)
             return None
-        return self._p.session.call(m.id, data, ms, self._decode())
+        return self._p.session.call(m.id, data, ms, self._decode(), _reply_buf)
+
+    def acquire(self, timeout=None):
+        """A send slot to build the request in, with no copy: a SendSlot.
+
+        Waits for a free slot and credit up to ``timeout`` seconds (None:
+        the proxy's timeout, or no limit; 0: WouldBlock at once).
+        """
+        m = self._m
+        t = self._p.timeout if timeout is None else timeout
+        slot = self._p.session.acquire(m.oneway, t)
+        return SendSlot(slot, m, self._p, self._decode())
 
     def _decode(self):
         resp = self._m.resp
         if resp is None:
             return None
         return resp.view
+
+
+class SendSlot:
+    """A send slot acquired to build a request in (tern_call_acquire()).
+
+    ``message`` is the request written in place, a message of the request
+    type over the slot (None when the request is bytes); ``buffer`` is all
+    of the slot's room, a writable memoryview (numpy.frombuffer() on it
+    makes no copy).  ``commit()`` sends it: a Future, or None for a one-way
+    method; ``abort()`` gives the slot back unsent; a ``with`` block aborts
+    what it did not commit.  Both are refused (BufferError) while an array
+    or memoryview made from the slot lives, and after them the slot's views
+    are released.  Until then the proxy's loop does not run: build the
+    request, then commit.
+    """
+
+    __slots__ = ("_slot", "_m", "_p", "_decode", "message")
+
+    def __init__(self, slot, ms, proxy, decode):
+        self._slot = slot
+        self._m = ms
+        self._p = proxy
+        self._decode = decode
+        self.message = None
+        req = ms.req
+        if req is not None:
+            mv = slot.buffer
+            if mv.nbytes < req._size:
+                slot.abort()
+                raise MessageTooLarge(-errno.EMSGSIZE, f"a {req.__name__} is {req._size} "
+                                      f"bytes, the slot holds {mv.nbytes}")
+            self.message = req.view(mv[:] if req._tail is not None else mv[:req._size])
+
+    @property
+    def buffer(self):
+        return self._slot.buffer
+
+    @property
+    def cap(self):
+        """The slot's room, in bytes."""
+        return self._slot.cap
+
+    @property
+    def committed(self):
+        """True once committed or aborted."""
+        return self._slot.committed
+
+    def _drop_message(self):
+        if self.message is not None:
+            _release(self.message._buf)
+
+    def commit(self, length=None, *, timeout=None):
+        """Send the request: ``length`` bytes of a bytes request; nothing for a
+        typed one (its size); for one with trailing bytes, the tail's length
+        (None: what ``message.data =`` set, or none).  ``timeout``
+        overrides the proxy's deadline.  Returns a Future (None: one-way)."""
+        m = self._m
+        length = _commit_length(m.req, self.message, length, "request")
+        self._drop_message()
+        if m.oneway:
+            return self._slot.commit(m.id, length)
+        return self._slot.commit(m.id, length, self._p._timeout_ms(timeout), self._decode)
+
+    def abort(self):
+        """Give the slot back unsent."""
+        self._drop_message()
+        self._slot.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self._slot.committed:
+            self.abort()
 
 
 class Proxy:
@@ -394,6 +582,10 @@ class Proxy:
             raise
         for ms in self.spec.methods.values():
             setattr(self, ms.name, _Caller(self, ms))
+
+    def _timeout_ms(self, timeout):
+        timeout = self.timeout if timeout is None else timeout
+        return int(timeout * 1000) if timeout else 0
 
     def drain(self, timeout=None):
         """Wait until the server has consumed every one-way message sent."""

@@ -163,6 +163,15 @@ class PeersReport(unittest.TestCase):
         rows = md_rows(run_table("peers_report.py", lines), "32 B")
         self.assertEqual(rows[0][5], "0.90 (0.90–0.90) ✓")
 
+    def test_rounds_within_two_percent_are_a_tie(self):
+        lines = []
+        for rnd, (t, p) in enumerate([(101, 100), (99, 100)], 1):
+            lines.append(peer_line(rnd, "tern", "tern raw", "median", 32, 1, p50_us=t))
+            lines.append(peer_line(rnd, "ucx", "ucx_perftest tag_lat", "median", 32, 1,
+                                   p50_us=p))
+        rows = md_rows(run_table("peers_report.py", lines), "32 B")
+        self.assertTrue(rows[0][5].endswith("="), rows[0][5])
+
     def test_rounds_that_disagree_are_marked_unresolved(self):
         lines = []
         for rnd, (t, p) in enumerate([(8, 10), (12, 10)], 1):

@@ -43,6 +43,7 @@
 
 #include "fixture.h"
 #include "internal.h"
+#include "scm.h"
 #include "shm_layout.h"
 
 extern char **environ;
@@ -443,45 +444,12 @@ static void h_on_accept(tern_listener *l, tern_session *s, int status)
 
 static int h_send(int sock, const void *buf, size_t len, const int *fds, int nfds)
 {
-	union {
-		char b[CMSG_SPACE(4 * sizeof(int))];
-		struct cmsghdr a;
-	} u;
-	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-
-	if (nfds) {
-		struct cmsghdr *cm;
-		memset(&u, 0, sizeof(u));
-		mh.msg_control = u.b;
-		mh.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
-		cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-		memcpy(CMSG_DATA(cm), fds, (size_t)nfds * sizeof(int));
-	}
-	return sendmsg(sock, &mh, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -errno;
+	return scm_send(sock, buf, len, fds, nfds, MSG_NOSIGNAL);
 }
 
 static ssize_t h_recv(int sock, struct shm_msg *m, int *fds, int *nfds)
 {
-	union {
-		char b[CMSG_SPACE(4 * sizeof(int))];
-		struct cmsghdr a;
-	} u;
-	struct iovec iov = {.iov_base = m, .iov_len = sizeof(*m)};
-	struct msghdr mh = {
-		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof(u)};
-	ssize_t n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-
-	*nfds = 0;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); n >= 0 && cm; cm = CMSG_NXTHDR(&mh, cm))
-		if (cm->cmsg_type == SCM_RIGHTS)
-			for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
-				memcpy(&fds[(*nfds)++], CMSG_DATA(cm) + i * sizeof(int),
-				       sizeof(int));
-	return n;
+	return scm_recv(sock, m, sizeof(*m), fds, 4, nfds, MSG_DONTWAIT);
 }
 
 static void abstract_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)

@@ -406,6 +406,19 @@ class Errors(unittest.TestCase):
     def test_array_length_zero(self):
         self.check("message M { u8 x[0]; }", "t.tern:1:18: an array length must be at least 1")
 
+    def test_a_number_longer_than_any_the_idl_takes_is_a_positioned_error(self):
+        # More than 4300 digits used to escape as Python's ValueError.
+        self.check("message M { u8 x[" + "9" * 5000 + "]; }",
+                   "t.tern:1:18: number 999999999999... has 5000 digits; numbers here have at "
+                   "most 20")
+        self.check("message M { u8 x[" + "1" * 21 + "]; }",
+                   "t.tern:1:18: number 111111111111... has 21 digits; numbers here have at "
+                   "most 20")
+        # 20 digits is still a number: too large a message, said where it is
+        self.check("message M { u8 x[" + "9" * 20 + "]; }",
+                   "t.tern:1:9: message M is 99999999999999999999 bytes; a message can be at "
+                   "most 1048544")
+
     def test_message_too_large(self):
         self.check("message Big { u8 a[1048544]; }", None)
         self.check("message Big { u8 a[1048544]; u8 b; }",

@@ -20,6 +20,7 @@ unit).  Standard library only.
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -196,6 +197,42 @@ class UserProject(unittest.TestCase):
                    os.path.join(SRC, "examples", "calc", "calc.tern")])
         self.assertEqual((p.returncode, p.stderr), (0, ""))
         self.assertEqual(sorted(os.listdir(out)), ["calc.tern.c", "calc.tern.h"])
+
+    def test_man_pages_are_installed_and_render(self):
+        if not shutil.which("scdoc") or not shutil.which("man"):
+            self.skipTest("no scdoc or man here (./tools/test installs both)")
+        mandir = os.path.join(self.prefix, "share", "man")
+        for page in ("tern.7", "tern-gen.1", "tern-rnr.1", "tern-rnr-watch.1", "tern.h.3"):
+            path = os.path.join(mandir, "man" + page[-1], page)
+            self.assertTrue(os.path.isfile(path), path)
+            p = clean(["man", "--warnings", "-l", path], MANWIDTH="100")
+            self.assertEqual((p.returncode, p.stderr), (0, ""), page)
+            self.assertIn("NAME", p.stdout)
+            self.assertIn(f"{page[:-2]} - ", p.stdout)
+        # Found by name under the prefix, as `man tern-gen` finds it.
+        p = clean(["man", "-w", "tern-gen"], MANPATH=mandir)
+        self.assertEqual(p.stdout.strip(), os.path.join(mandir, "man1", "tern-gen.1"))
+        # The pages point at the installed documentation, which is there.
+        docdir = os.path.join(self.prefix, "share", "doc", "tern")
+        for md in ("guide.md", "idl.md", "operations.md", "python.md"):
+            self.assertTrue(os.path.isfile(os.path.join(docdir, md)), md)
+        page = clean(["man", "-l", os.path.join(mandir, "man1", "tern-gen.1")],
+                     MANWIDTH="300").stdout
+        self.assertIn(docdir, page)
+        # tern.h(3) is the header's own documentation: every function is there.
+        with open(os.path.join(SRC, "include", "tern.h")) as f:
+            names = re.findall(r"^TERN_EXPORT [^(]*?\b(tern_\w+)\(", f.read(), re.M)
+        self.assertGreater(len(names), 40)
+        page = clean(["man", "-l", os.path.join(mandir, "man3", "tern.h.3")],
+                     MANWIDTH="200").stdout
+        self.assertEqual([n for n in names if f"{n} - " not in page], [])
+
+    def test_tern_gen_help_points_to_the_manual(self):
+        p = clean([os.path.join(self.bin, "tern-gen"), "--help"])
+        self.assertEqual(p.returncode, 0)
+        self.assertIn("man tern-gen", p.stdout)
+        self.assertNotIn("docs/", p.stdout)
+        self.assertNotIn("sources", p.stdout)
 
     def test_installed_python_package_and_tern_rnr_watch(self):
         if not self.python:

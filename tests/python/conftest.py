@@ -63,6 +63,25 @@ def binary(name):
     return path
 
 
+def ticks_while(fn):
+    """Run fn() while another thread counts as fast as it can: the count
+    is the Python that ran meanwhile (thousands if fn released the GIL)."""
+    ticks = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks[0] += 1
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        fn()
+    finally:
+        stop.set()
+        t.join()
+    return ticks[0]
+
+
 @pytest.fixture
 def uri():
     return listen_uri()

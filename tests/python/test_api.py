@@ -12,7 +12,7 @@ import time
 import pytest
 
 import tern
-from conftest import HERE, listen_uri
+from conftest import HERE, listen_uri, ticks_while
 
 np = pytest.importorskip("numpy")
 
@@ -291,22 +291,12 @@ def test_killed_peer_raises_connection_lost(procs, echo_idl):
 
 def test_gil_released_while_waiting(kinds):
     _, _, p = kinds
-    ticks = [0]
-    stop = threading.Event()
 
-    def spin():
-        while not stop.is_set():
-            ticks[0] += 1
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
+    def wait():
         f = p.later(b"never", _timeout=0.5)
         with pytest.raises(tern.RpcTimeout):
             f.result()
-    finally:
-        stop.set()
-        t.join()
-    assert ticks[0] > 1000
+    assert ticks_while(wait) > 1000
 
 
 def test_nonblocking_server_poll(calc_idl):
@@ -355,6 +345,83 @@ def test_message_classes_read_in_place(calc_idl):
         calc_idl.AddReq.view(b"short")
     with pytest.raises(TypeError):
         calc_idl.AddReq(c=1)
+
+
+TAILS = tern.parse_idl("""
+service Tails {
+  rpc fill(Pair) returns (Blob) inplace;
+  rpc swap(Pair) returns (Pair) inplace;
+  rpc later(Pair) returns (Blob) deferred;
+}
+message Pair { i64 a; i64 b; }
+message Blob { u32 id; bytes data; }
+""", "tails.tern")
+
+
+class Tails(TAILS.Tails):
+    """Typed inplace and deferred replies, returning what C's handlers return."""
+
+    def __init__(self):
+        self.held = []
+
+    @tern.method
+    def fill(self, req, out):  # out: a Blob over the whole room
+        if req.a < 0:
+            return -errno.ENOENT  # a negative errno fails the call
+        out.id = req.a
+        if req.b > len(out.data):
+            return req.b  # claims more than the room: refused, never cut
+        out.data = b"x" * req.b  # the tail's length is what was set
+        return None
+
+    @tern.method
+    def swap(self, req, out):  # out: a Pair in the send slot
+        out.a, out.b = req.b, req.a
+        return 0  # as C: 0 is the whole message
+
+    @tern.method
+    def later(self, req, reply):
+        self.held.append(reply)
+
+
+def test_typed_inplace_and_deferred_replies_return_what_c_returns(serve_thread):
+    svc = Tails()
+    srv = serve_thread(svc)
+    with tern.proxy(srv.uri, TAILS.Tails, timeout=30) as p:
+        room = p.session.max_payload
+        r = p.swap(a=1, b=2).result()
+        assert (r.a, r.b, len(r)) == (2, 1, 16)
+        r = p.fill(a=5, b=3).result()
+        assert (r.id, bytes(r.data), len(r)) == (5, b"xxx", 7)
+        r = p.fill(a=6, b=room - 4).result()  # the tail fills the slot
+        assert len(r) == room and bytes(r.data) == b"x" * (room - 4)
+        with pytest.raises(tern.NotFound) as e:
+            p.fill(a=-1, b=0).result()
+        assert e.value.code == -errno.ENOENT
+        with pytest.raises(tern.RemoteMessageTooLarge) as e:
+            p.fill(a=7, b=room).result()
+        assert e.value.message == f"Tails.fill: reply of {room + 4} bytes, the slot holds {room}"
+        with pytest.raises(tern.BadRequest) as e:
+            p.session.call(TAILS.Tails.__tern_service__.methods["swap"].id, b"short").result()
+        assert e.value.message == "Tails.swap: request of 5 bytes, expected 16"
+        f1, f2 = p.later(a=1, b=1), p.later(a=2, b=2)
+        end = time.monotonic() + 30
+        while len(svc.held) < 2 and time.monotonic() < end:
+            f1.wait(0.01)
+
+        def answer():
+            out = svc.held[0].acquire()  # a Blob over the room, as C's reply_acquire
+            out.id = 9
+            out.data = b"abc"
+            svc.held[0].commit()  # the tail set through the message
+            out = svc.held[1].acquire()
+            out.id = 10
+            out.data[:2] = b"zz"
+            svc.held[1].commit(2)  # the tail's length, as C's reply_commit
+        srv.on_loop(answer)
+        r1, r2 = f1.result(), f2.result()
+        assert (r1.id, bytes(r1.data)) == (9, b"abc")
+        assert (r2.id, bytes(r2.data)) == (10, b"zz")
 
 
 NAMED = tern.parse_idl("""

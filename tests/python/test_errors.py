@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import sys
+import time
 
 import pytest
 
@@ -99,8 +100,10 @@ def test_remote_and_local_timeouts_and_resets_are_told_apart(failing):
         p.hold(b"x", _timeout=0.2).result()  # the deadline is ours
     assert not isinstance(e.value, tern.RemoteError) and isinstance(e.value, TimeoutError)
     f = p.hold(b"y")
-    while len(svc.held) < 2:
+    end = time.monotonic() + 60
+    while len(svc.held) < 2 and time.monotonic() < end:
         f.wait(0.01)
+    assert len(svc.held) == 2
     p.session.close()  # closed here: every call in flight is cancelled
     with pytest.raises(tern.Cancelled) as e:
         f.result(10)

@@ -8,7 +8,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "internal.h"
+#include "mem.h"
 #include "verbs_pair.h"
+
+/* mem:// is not built into the library: add it to every context the test
+ * makes, before it makes any. */
+__attribute__((constructor)) static void fx_register_mem(void)
+{
+	if (fx_is("mem") && tern__transport_register(&tern_mem_transport))
+		abort();
+}
 
 static int64_t now_ms(void)
 {
@@ -52,6 +62,8 @@ const char *fx_listen_uri(void)
 		snprintf(uri, sizeof(uri), "shm://tern-test-%d-%u", (int)getpid(), ++seq);
 	} else if (fx_is("tcp")) {
 		snprintf(uri, sizeof(uri), "tcp://127.0.0.1:0");
+	} else if (fx_is("mem")) {
+		snprintf(uri, sizeof(uri), "mem://tern-test-%u", ++seq);
 	} else {
 		return NULL;
 	}
@@ -66,6 +78,8 @@ const char *fx_dead_uri(void)
 		snprintf(uri, sizeof(uri), "rdma://%s:1", rdma_addr());
 	else if (fx_is("shm"))
 		snprintf(uri, sizeof(uri), "shm://tern-test-nobody-%d", (int)getpid());
+	else if (fx_is("mem"))
+		snprintf(uri, sizeof(uri), "mem://tern-test-nobody");
 	else
 		snprintf(uri, sizeof(uri), "tcp://127.0.0.1:1");
 	return uri;

@@ -4,9 +4,10 @@
  * pair on it, for tests.  Both ends live on one context and one loop, so a
  * test drives the whole exchange from one thread.
  *
- * The provider comes from TERN_TEST_TRANSPORT: rdma (the default), shm or
- * tcp, so one test source runs against all three (tests/meson.build
- * registers each engine test once per provider).
+ * The provider comes from TERN_TEST_TRANSPORT: rdma (the default), shm,
+ * tcp or mem (the in-process provider, transport/mem/, which the fixture
+ * registers), so one test source runs against all of them
+ * (tests/meson.build registers each engine test once per provider).
  */
 #ifndef TERN_TESTS_FIXTURE_H
 #define TERN_TESTS_FIXTURE_H
@@ -24,7 +25,7 @@ struct fx {
 	char uri[160];
 };
 
-/* "rdma", "shm" or "tcp": TERN_TEST_TRANSPORT, rdma when unset. */
+/* "rdma", "shm", "tcp" or "mem": TERN_TEST_TRANSPORT, rdma when unset. */
 const char *fx_transport(void);
 
 /* Is the provider under test @name? */
@@ -32,8 +33,8 @@ bool fx_is(const char *name);
 
 /*
  * A URI to listen on: "rdma://<rdma address>:0", "tcp://127.0.0.1:0", or a
- * shm name no other listener uses (each call gives a new one, unique across
- * processes).  NULL when the provider cannot run here (no RDMA device, an
+ * shm (mem) name no other listener uses (each call gives a new one, unique
+ * across processes).  NULL when the provider cannot run here (no RDMA device, an
  * unknown TERN_TEST_TRANSPORT): the test should exit 77.  The string is
  * valid until the next call.
  */

@@ -258,8 +258,8 @@ int vp_accept(struct vp_listener *l, struct vp_endpoint *ep, int prepost_n, size
 		return rc;
 	}
 	conn_param_init(&cp, &l->opts);
-	cp.private_data = NULL;
-	cp.private_data_len = 0;
+	cp.private_data = l->opts.accept_data;
+	cp.private_data_len = l->opts.accept_data_len;
 	if (rdma_accept(id, &cp))
 		return neg_errno(EIO);
 	return vp_wait_cm_event(l->ch, RDMA_CM_EVENT_ESTABLISHED, NULL, l->opts.timeout_ms);

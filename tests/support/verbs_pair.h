@@ -31,6 +31,8 @@ struct vp_opts {
 	uint8_t retry_count;	  /* transport retries, 0..7 */
 	const void *private_data; /* sent with connect (client) */
 	uint8_t private_data_len;
+	const void *accept_data; /* sent with accept (server) */
+	uint8_t accept_data_len;
 	int timeout_ms; /* for each cm step; 0: 10 s */
 };
 

@@ -195,6 +195,7 @@ struct sconn {
 	} bops[SHM_BULK_OPS];
 	uint32_t bops_live; /* how many are busy */
 	bool no_split;	    /* we cannot reach the peer: it copies everything */
+	bool split_given;   /* the peer copied half of a transfer of our exports */
 	bool lingering;	    /* closing, waiting for the peer to finish copying */
 };
 
@@ -541,12 +542,15 @@ static void linger_timer_cb(uv_timer_t *tm)
  * The peer may be inside a process_vm copy into our memory: for a transfer
  * we asked for (the engine reuses that memory once we report the transfer
  * failed, in conn_free), or into or out of something we exported, when it
- * copies its half of a split transfer (the engine keeps the exports of a
- * failed session's calls live until closed(), then reuses their memory).
- * So with transfers pending or exports live we only stop sending and wait
- * for the peer to hang up too, which it does once its copy is over (it is
- * single-threaded: it sees our hang-up between copies), or for
- * SHM_LINGER_MS.  A dead peer's hang-up is there at once.
+ * copies its half of a split transfer.  The engine reuses an export's
+ * memory once closed() says the connection is gone, but nothing tells us
+ * when the peer's half is over (the call's reply does, and a failed
+ * session's calls get none): so once we have split a transfer, or while
+ * exports are live (a timed-out call's), or transfers are pending, we
+ * only stop sending and wait for the peer to hang up too, which it does
+ * once its copy is over (it is single-threaded: it sees our hang-up
+ * between copies), or for SHM_LINGER_MS.  A dead peer's hang-up is there
+ * at once.
  */
 static void conn_close(struct sconn *c)
 {
@@ -557,7 +561,7 @@ static void conn_close(struct sconn *c)
 		link_del(&c->link);
 		c->l = NULL;
 	}
-	if ((c->bops_live || c->xt.live) && c->sock >= 0 && c->sock_poll_init) {
+	if ((c->bops_live || c->xt.live || c->split_given) && c->sock >= 0 && c->sock_poll_init) {
 		c->lingering = true;
 		shutdown(c->sock, SHUT_WR);
 		uv_timer_stop(&c->timer);
@@ -1731,6 +1735,7 @@ static void bulk_on_req(struct sconn *c, const struct shm_bulk *b)
 				    "shm: could not answer a bulk transfer");
 			return;
 		}
+		c->split_given = true;
 		len = sp.len;
 	}
 	d.status = vm_copy(c->peer_pid, op == SHM_BULK_READ, (void *)(uintptr_t)b->xaddr, b->laddr,

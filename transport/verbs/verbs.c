@@ -11,6 +11,12 @@
  * A work request's wr_id names its connection by table index and
  * generation, so completions of a QP that was already destroyed (they can
  * linger in the shared CQ) are recognised and dropped.
+ *
+ * Remote access is scoped to the call (docs/transports-verbs-security.md):
+ * no registration grants remote access by itself.  An export binds a type 2
+ * memory window, on the connection's QP, over exactly its range and for
+ * exactly its direction, and invalidates it when the call is over; a device
+ * without memory windows gets a registration of just the range instead.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <infiniband/verbs.h>
 #include <rdma/rdma_cma.h>
 
@@ -55,6 +62,19 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
 #define VERBS_BULK_WR	     (VERBS_BULK_OPS * VERBS_BULK_CHUNKS)
 #define VERBS_BULK_SLOT	     (1u << 22) /* wr_id slots from here are bulk WRs */
 #define VERBS_BULK_CHUNK_MAX (1ull << 30)
+/*
+ * Memory windows.  wr_id slots from VERBS_WIN_SLOT are window binds, from
+ * VERBS_INV_SLOT their invalidations (plus the window's index in both).
+ * A connection has at most VERBS_WIN_MAX windows: the engine exports at
+ * most two buffers per call, and its calls in flight plus its timed-out
+ * calls still awaiting a late reply (which keep their exports) are at most
+ * N, out of 2N + 3 send slots.
+ */
+#define VERBS_WIN_SLOT	  (6u << 20)
+#define VERBS_INV_SLOT	  (7u << 20)
+#define VERBS_WIN_MAX(c)  (2 * (c)->base.send_slots)
+#define VERBS_INV_WAIT_MS 10000	   /* see win_invalidate() */
+#define VERBS_RXE_VENDOR  0xffffff /* rdma_rxe's vendor_id (RXE_VENDOR_ID) */
 
 enum vstate {
 	V_RESOLVE_ADDR,
@@ -67,6 +87,25 @@ enum vstate {
 };
 
 struct verbs_tctx;
+
+/*
+ * How a device grants a peer remote access to one export.  Never with a
+ * key to a whole region, never past the call.
+ */
+enum vexport {
+	/* A type 2 memory window bound over the region's registration: one
+	 * range, one direction, usable only through the connection's QP. */
+	VX_WINDOW,
+	/* The same, over a registration of just the range: rxe checks an
+	 * access through a window against its registration's bounds, not
+	 * the window's (rxe_resp.c check_rkey), so the registration must end
+	 * where the export ends. */
+	VX_WINDOW_EXACT,
+	/* No memory windows: a registration of just the range, with just the
+	 * remote access its direction needs, deregistered when the call is
+	 * over.  Its key is good on any QP of the protection domain. */
+	VX_REGISTER,
+};
 
 struct vdev {
 	struct vdev *next;
@@ -82,8 +121,18 @@ struct vdev {
 	uint8_t rd_atom;
 	uint8_t init_rd_atom;
 	uint64_t max_msg; /* the port's largest message: one bulk work request at most */
+	enum vexport xmode;
+	/*
+	 * Completions taken off the CQ while waiting for an invalidation
+	 * (win_invalidate), oldest first; poll_cqs() handles them before
+	 * polling the CQ again, so nothing is lost or reordered.
+	 */
+	struct ibv_wc *stash;
+	uint32_t stash_head, stash_len, stash_cap;
 	uv_poll_t poll;
 };
+
+struct vwin;
 
 struct vconn {
 	struct tern_conn base;
@@ -127,7 +176,18 @@ struct vconn {
 		size_t posted;	/* bytes posted so far */
 		uint8_t window; /* work requests in the current window; the last is signalled */
 		int status;	/* the first error seen */
+		enum ibv_wc_status wcst; /* ...and its completion status, if it was one */
 	} bulk[VERBS_BULK_OPS];
+	/* Exports (memory windows, or per-call registrations); see win_*(). */
+	struct vwin **wins;
+	uint32_t nwins;	     /* made so far, at most VERBS_WIN_MAX */
+	uint32_t *free_wins; /* indices of windows not exported now */
+	uint32_t nfree_wins;
+	/* A failure found where the engine cannot be told (inside one of its
+	 * calls): reported from the timer, and by the flushes that follow. */
+	int pending_err;
+	const char *pending_why;
+	bool qp_dead;	    /* a completion failed: the QP is in the error state */
 	uint32_t bulk_busy; /* bitmask of bulk[] in use */
 	uv_timer_t timer;   /* connect deadline, then the drain grace period */
 };
@@ -205,6 +265,37 @@ static void dev_poll_cb(uv_poll_t *h, int status, int events)
 	t->ev->activity(t->ctx);
 }
 
+/*
+ * How @d grants remote access (enum vexport): memory windows of type 2 if
+ * it has them and TERN_VERBS_NO_MW does not say otherwise; the user hears
+ * of the fallback.
+ */
+static enum vexport dev_export_mode(struct vdev *d, const struct ibv_device_attr *attr)
+{
+	const char *off = getenv("TERN_VERBS_NO_MW");
+	bool refused = off && *off && strcmp(off, "0") != 0;
+	struct ibv_mw *mw = NULL;
+	char msg[256];
+
+	if (!refused && (attr->device_cap_flags &
+			 (IBV_DEVICE_MEM_WINDOW_TYPE_2A | IBV_DEVICE_MEM_WINDOW_TYPE_2B)))
+		mw = ibv_alloc_mw(d->pd, IBV_MW_TYPE_2);
+	if (mw) {
+		ibv_dealloc_mw(mw);
+		return attr->vendor_id == VERBS_RXE_VENDOR ? VX_WINDOW_EXACT : VX_WINDOW;
+	}
+	snprintf(msg, sizeof(msg),
+		 "rdma: %s %s: each large message's buffer is registered for its call alone, "
+		 "with only the access it needs, and its key is good on any connection of this "
+		 "context to the device while the call lasts",
+		 ibv_get_device_name(d->verbs->device),
+		 refused ? "may not use memory windows (TERN_VERBS_NO_MW)"
+			 : "has no memory windows of type 2");
+	if (d->t->ev->notice)
+		d->t->ev->notice(d->t->ctx, msg);
+	return VX_REGISTER;
+}
+
 static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev **out)
 {
 	struct ibv_device_attr attr;
@@ -245,6 +336,7 @@ static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev 
 		free(d);
 		return rc;
 	}
+	d->xmode = dev_export_mode(d, &attr);
 	set_nonblock(d->chan->fd);
 	uv_poll_init(t->loop, &d->poll, d->chan->fd);
 	d->poll.data = d;
@@ -271,6 +363,46 @@ static int dev_reserve_cq(struct vdev *d, int need)
 	}
 	d->cq_used += need;
 	return 0;
+}
+
+/* Room in the stash for @n more completions, before taking them off the CQ. */
+static bool stash_reserve(struct vdev *d, uint32_t n)
+{
+	uint32_t cap = d->stash_cap ? d->stash_cap : 64;
+	struct ibv_wc *wcs;
+
+	if (d->stash_cap - d->stash_len >= n)
+		return true;
+	while (cap - d->stash_len < n)
+		cap *= 2;
+	wcs = malloc(cap * sizeof(*wcs));
+	if (!wcs)
+		return false;
+	for (uint32_t i = 0; i < d->stash_len; i++)
+		wcs[i] = d->stash[(d->stash_head + i) % d->stash_cap];
+	free(d->stash);
+	d->stash = wcs;
+	d->stash_cap = cap;
+	d->stash_head = 0;
+	return true;
+}
+
+/* Keep @wc for poll_cqs(); false if there is no memory to keep it in. */
+static bool stash_push(struct vdev *d, const struct ibv_wc *wc)
+{
+	if (!stash_reserve(d, 1))
+		return false;
+	d->stash[(d->stash_head + d->stash_len++) % d->stash_cap] = *wc;
+	return true;
+}
+
+static struct ibv_wc stash_pop(struct vdev *d)
+{
+	struct ibv_wc wc = d->stash[d->stash_head];
+
+	d->stash_head = (d->stash_head + 1) % d->stash_cap;
+	d->stash_len--;
+	return wc;
 }
 
 /* ---- connections ------------------------------------------------------------- */
@@ -352,19 +484,26 @@ static int conn_post_recv(struct vconn *c, uint32_t slot)
 static int conn_setup(struct vconn *c)
 {
 	struct ibv_qp_init_attr qa;
+	bool windows;
 	size_t ring;
 	int rc;
 
 	if ((rc = dev_get(c->t, c->id->verbs, &c->dev)))
 		return rc;
-	c->cq_reserved = (int)(c->base.send_slots + VERBS_BULK_WR + c->base.recv_slots);
+	windows = c->dev->xmode != VX_REGISTER;
+	/* With windows, one more for the invalidation in flight; each window
+	 * reserves one for its bind when it is made (win_take). */
+	c->cq_reserved =
+		(int)(c->base.send_slots + VERBS_BULK_WR + c->base.recv_slots + (windows ? 1 : 0));
 	if ((rc = dev_reserve_cq(c->dev, c->cq_reserved))) {
 		c->cq_reserved = 0;
 		return rc;
 	}
 
 	c->posted = calloc(c->base.send_slots, sizeof(*c->posted));
-	if (!c->posted)
+	c->wins = calloc(VERBS_WIN_MAX(c), sizeof(*c->wins));
+	c->free_wins = calloc(VERBS_WIN_MAX(c), sizeof(*c->free_wins));
+	if (!c->posted || !c->wins || !c->free_wins)
 		return -ENOMEM;
 	/* At most sig_every - 1 slots wait unconfirmed; keep that well under
 	 * the send ring so the engine never runs short (small rings: signal
@@ -388,7 +527,16 @@ static int conn_setup(struct vconn *c)
 	qa.qp_type = IBV_QPT_RC;
 	qa.send_cq = c->dev->cq;
 	qa.recv_cq = c->dev->cq;
-	qa.cap.max_send_wr = c->base.send_slots + VERBS_BULK_WR;
+	/*
+	 * Send queue: a send per send slot (the engine reuses a slot only
+	 * after send_done, which needs the completion of that send or of a
+	 * later one), the bulk windows, and with memory windows one bind per
+	 * window (unsignaled, each is done once a later completion is seen:
+	 * at the latest the signalled invalidation that ends its export,
+	 * which we wait for) plus that one invalidation.
+	 */
+	qa.cap.max_send_wr =
+		c->base.send_slots + VERBS_BULK_WR + (windows ? VERBS_WIN_MAX(c) + 1 : 0);
 	qa.cap.max_recv_wr = c->base.recv_slots;
 	qa.cap.max_send_sge = 1;
 	qa.cap.max_recv_sge = 1;
@@ -431,6 +579,8 @@ static void bulk_fail_all(struct vconn *c, int err)
 	}
 }
 
+static void wins_destroy(struct vconn *c);
+
 /* Slots the engine kept after their connection (keep_rx). */
 struct kept_mem {
 	struct ibv_mr *mr;
@@ -471,6 +621,8 @@ static void conn_destroy(struct vconn *c)
 	c->state = V_DESTROYED;
 	bulk_fail_all(c, -ECONNRESET);
 	uv_timer_stop(&c->timer);
+	/* Windows first: a type 2 window holds on to the QP it is bound to. */
+	wins_destroy(c);
 	if (c->id && c->id->qp)
 		rdma_destroy_qp(c->id);
 	if (c->mem && mem_keep(c)) {
@@ -603,9 +755,81 @@ static int wc_error(enum ibv_wc_status st)
 		return -EPROTO; /* a receive was missing: a credit bug */
 	case IBV_WC_WR_FLUSH_ERR:
 		return -ECONNRESET;
+	case IBV_WC_REM_ACCESS_ERR:
+	case IBV_WC_REM_INV_REQ_ERR:
+		/* the peer's NIC refused what its descriptor named: memory it
+		 * never exported, or not for this direction or this long */
+		return TERN_EPEER;
 	default:
 		return -EIO;
 	}
+}
+
+/*
+ * An error among @c's completions that are not handled yet, other than a
+ * flush, if there is one: the CQ is emptied into the stash (which keeps
+ * them, in order, for poll_cqs()) to look.
+ */
+static enum ibv_wc_status flush_cause(struct vconn *c)
+{
+	struct vdev *d = c->dev;
+	uint64_t who = ((uint64_t)c->index << 16) | c->gen;
+	int n;
+
+	do {
+		struct ibv_wc wc[VERBS_POLL_BATCH];
+
+		if (!stash_reserve(d, VERBS_POLL_BATCH))
+			break;
+		n = ibv_poll_cq(d->cq, VERBS_POLL_BATCH, wc);
+		for (int i = 0; i < n; i++)
+			stash_push(d, &wc[i]); /* room reserved */
+	} while (n == VERBS_POLL_BATCH);
+	for (uint32_t i = 0; i < d->stash_len; i++) {
+		const struct ibv_wc *e = &d->stash[(d->stash_head + i) % d->stash_cap];
+
+		if (e->wr_id >> 24 == who && e->status != IBV_WC_SUCCESS &&
+		    e->status != IBV_WC_WR_FLUSH_ERR)
+			return e->status;
+	}
+	return IBV_WC_WR_FLUSH_ERR;
+}
+
+/*
+ * Why @c's work requests failed, from the status @st of one of them; the
+ * error for the engine, and @why.  A flush with no error of our own before
+ * it means the QP went into the error state from its receiving side: our
+ * NIC refused a request of the peer's (an RDMA READ or WRITE outside what
+ * we exported to it, through a key of a call that is over, or malformed)
+ * and stopped the connection.  The NIC tells the peer (a remote access
+ * error there) and nobody here, so this is where we learn it.
+ */
+static int conn_wc_error(struct vconn *c, enum ibv_wc_status st, char *why, size_t len)
+{
+	if (c->pending_err) {
+		snprintf(why, len, "%s", c->pending_why);
+		return c->pending_err;
+	}
+	if (st == IBV_WC_WR_FLUSH_ERR)
+		st = flush_cause(c);
+	if (st == IBV_WC_WR_FLUSH_ERR) {
+		snprintf(why, len,
+			 "our NIC refused a request of the peer's (memory not exported to it, "
+			 "or not for that, or no longer) and stopped the connection");
+		return TERN_EPEER;
+	}
+	snprintf(why, len, "%s", ibv_wc_status_str(st));
+	return wc_error(st);
+}
+
+/* One of @c's work requests (@what) completed with @st: the connection failed. */
+static void conn_failed_wc(struct vconn *c, enum ibv_wc_status st, const char *what)
+{
+	char why[256], cause[200];
+	int err = conn_wc_error(c, st, cause, sizeof(cause));
+
+	snprintf(why, sizeof(why), "%s completion: %s", what, cause);
+	conn_failed(c, err, why);
 }
 
 /*
@@ -647,12 +871,15 @@ static void bulk_completion(struct vconn *c, uint32_t id, enum ibv_wc_status st)
 {
 	uint32_t op = id / VERBS_BULK_CHUNKS, chunk = id % VERBS_BULK_CHUNKS;
 	struct vbulk *b;
+	int status;
 
 	if (op >= VERBS_BULK_OPS || !(c->bulk_busy & (1u << op)))
 		return;
 	b = &c->bulk[op];
-	if (st != IBV_WC_SUCCESS && !b->status)
+	if (st != IBV_WC_SUCCESS && !b->status) {
 		b->status = wc_error(st);
+		b->wcst = st;
+	}
 	if (chunk != b->window - 1u)
 		return;
 	if (!b->status && b->posted < b->len && c->state == V_UP) {
@@ -662,11 +889,21 @@ static void bulk_completion(struct vconn *c, uint32_t id, enum ibv_wc_status st)
 		b->status = rc;
 	}
 	c->bulk_busy &= ~(1u << op);
-	c->t->ev->bulk_done(&c->base, b->cookie, b->status);
+	status = b->status;
+	if (b->wcst != IBV_WC_SUCCESS && c->state == V_UP) {
+		/* The session learns why first: the transfer then ends in a
+		 * session that is gone, and says nothing of its own. */
+		char why[256], cause[200];
+
+		status = conn_wc_error(c, b->wcst, cause, sizeof(cause));
+		snprintf(why, sizeof(why), "bulk transfer: %s", cause);
+		conn_failed(c, status, why);
+	}
+	c->t->ev->bulk_done(&c->base, b->cookie, status);
 	if (c->state != V_UP)
 		conn_check_drained(c);
-	else if (b->status)
-		conn_failed(c, b->status, "bulk transfer failed");
+	else if (status)
+		conn_failed(c, status, "bulk transfer failed");
 }
 
 static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
@@ -681,6 +918,21 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 		return; /* a destroyed connection's leftover */
 	if (recv)
 		c->recvs_out--;
+	if (wc->status != IBV_WC_SUCCESS)
+		c->qp_dead = true; /* an RC QP is in the error state once one fails */
+	if (!recv && slot >= VERBS_WIN_SLOT) {
+		/* A bind (unsignaled: here only in error), or an invalidation
+		 * its wait gave up on.  Neither is in the send FIFO. */
+		if (wc->status == IBV_WC_SUCCESS)
+			return;
+		if (c->state != V_UP)
+			conn_check_drained(c);
+		else
+			conn_failed_wc(c, wc->status,
+				       slot >= VERBS_INV_SLOT ? "memory window invalidation"
+							      : "memory window bind");
+		return;
+	}
 	if (!recv && slot >= VERBS_BULK_SLOT) {
 		bulk_completion(c, slot - VERBS_BULK_SLOT, wc->status);
 		return;
@@ -699,10 +951,7 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 		return;
 	}
 	if (wc->status != IBV_WC_SUCCESS) {
-		char why[96];
-		snprintf(why, sizeof(why), "%s completion: %s", recv ? "receive" : "send",
-			 ibv_wc_status_str(wc->status));
-		conn_failed(c, wc_error(wc->status), why);
+		conn_failed_wc(c, wc->status, recv ? "receive" : "send");
 		return;
 	}
 	if (recv) {
@@ -720,16 +969,26 @@ static int poll_cqs(struct verbs_tctx *t, int budget)
 
 	for (struct vdev *d = t->devs; d && total < budget; d = d->next) {
 		for (;;) {
-			int want = budget - total < VERBS_POLL_BATCH ? budget - total
-								     : VERBS_POLL_BATCH;
-			int n = ibv_poll_cq(d->cq, want, wc);
+			int want, n;
 
+			if (d->stash_len) {
+				/* taken off the CQ before what is still in it */
+				struct ibv_wc w = stash_pop(d);
+
+				handle_wc(t, &w);
+				if (++total >= budget)
+					break;
+				continue;
+			}
+			want = budget - total < VERBS_POLL_BATCH ? budget - total
+								 : VERBS_POLL_BATCH;
+			n = ibv_poll_cq(d->cq, want, wc);
 			if (n <= 0)
 				break;
 			for (int i = 0; i < n; i++)
 				handle_wc(t, &wc[i]);
 			total += n;
-			if (n < want || total >= budget)
+			if ((n < want && !d->stash_len) || total >= budget)
 				break;
 		}
 	}
@@ -873,10 +1132,22 @@ static void on_conn_event(struct verbs_tctx *t, struct vconn *c, struct cm_ev *e
 		conn_setup_failed(c, -ECONNABORTED, NULL, 0);
 		break;
 	case RDMA_CM_EVENT_DISCONNECTED:
-		if (c->state == V_UP)
-			conn_failed(c, -ECONNRESET, "the peer disconnected");
-		else if (c->state < V_UP)
+		if (c->state == V_UP) {
+			/* What the peer sent before it hung up (a last reply, a
+			 * refusal's reason) may be in the CQ, behind this event
+			 * in the loop: deliver it first.  An upcall may end the
+			 * connection meanwhile (its slot then names another). */
+			uint32_t index = c->index;
+			uint16_t gen = c->gen;
+
+			while (t->conns[index] == c && c->gen == gen && c->state == V_UP &&
+			       poll_cqs(t, VERBS_POLL_BATCH) > 0)
+				;
+			if (t->conns[index] == c && c->gen == gen && c->state == V_UP)
+				conn_failed(c, -ECONNRESET, "the peer disconnected");
+		} else if (c->state < V_UP) {
 			conn_setup_failed(c, -ECONNRESET, NULL, 0);
+		}
 		break;
 	case RDMA_CM_EVENT_DEVICE_REMOVAL:
 		conn_failed(c, -ENODEV, "the RDMA device was removed");
@@ -1007,6 +1278,7 @@ static void verbs_ctx_fini(struct tern_tctx *tt)
 		ibv_destroy_cq(d->cq);
 		ibv_destroy_comp_channel(d->chan);
 		ibv_dealloc_pd(d->pd);
+		free(d->stash);
 		free(d);
 	}
 	rdma_destroy_event_channel(t->cm);
@@ -1158,36 +1430,284 @@ static void verbs_disconnect(struct tern_conn *bc)
 	conn_teardown(c);
 }
 
-/* ---- bulk transfers --------------------------------------------------------- */
+/* ---- exports ------------------------------------------------------------------- */
 
+/*
+ * A region's state on one device: its registration, for local access only
+ * (and, in VX_WINDOW, for binding windows over), and the exports of it
+ * that are live now, so that releasing the region ends them first.
+ */
 struct vmem {
 	struct vmem *next;
 	struct vdev *dev;
 	struct ibv_mr *mr;
+	struct vwin *wins;
 };
 
-/* The region's MR on this connection's device, registered at first use. */
-static struct ibv_mr *mem_mr(struct vconn *c, struct tern_tmem *m)
+/* One of a connection's exports; its memory window outlives the export. */
+struct vwin {
+	struct vconn *c;
+	uint32_t idx;		     /* in c->wins; the descriptor's aux */
+	bool live;		     /* exported now */
+	struct ibv_mw *mw;	     /* windows: made at first use, bound by each export */
+	struct ibv_mr *mr;	     /* VX_WINDOW_EXACT, VX_REGISTER: this export's range */
+	uint32_t rkey;		     /* the key the peer was given */
+	uint64_t addr, len;	     /* the range */
+	struct vmem *region;	     /* the region it lies in */
+	struct vwin *rnext, **rprev; /* in region->wins */
+};
+
+/* The region's state on this connection's device, registered at first use. */
+static struct vmem *mem_vmem(struct vconn *c, struct tern_tmem *m)
 {
+	int access = IBV_ACCESS_LOCAL_WRITE;
 	struct vmem *v;
 
 	for (v = m->prov; v; v = v->next)
 		if (v->dev == c->dev)
-			return v->mr;
+			return v;
 	v = calloc(1, sizeof(*v));
 	if (!v)
 		return NULL;
+	/* No remote access: that is granted export by export. */
+	if (c->dev->xmode == VX_WINDOW)
+		access |= IBV_ACCESS_MW_BIND;
 	v->dev = c->dev;
-	v->mr = ibv_reg_mr(c->dev->pd, m->addr, m->len,
-			   IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
-				   IBV_ACCESS_REMOTE_WRITE);
+	v->mr = ibv_reg_mr(c->dev->pd, m->addr, m->len, access);
 	if (!v->mr) {
 		free(v);
 		return NULL;
 	}
 	v->next = m->prov;
 	m->prov = v;
-	return v->mr;
+	return v;
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void pending_fail_cb(uv_timer_t *tm)
+{
+	struct vconn *c = tm->data;
+
+	if (c->state == V_UP && c->pending_err)
+		conn_failed(c, c->pending_err, c->pending_why);
+}
+
+/*
+ * @c must fail, but we are inside one of the engine's calls, which an
+ * error upcall would pull the rug from under: put the QP in the error
+ * state now (it lets no request of the peer's in from then on) and fail
+ * the connection from the loop.
+ */
+static void conn_fail_later(struct vconn *c, int err, const char *why)
+{
+	struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
+
+	if (!c->pending_err) {
+		c->pending_err = err;
+		c->pending_why = why;
+	}
+	ibv_modify_qp(c->id->qp, &a, IBV_QP_STATE);
+	uv_timer_stop(&c->timer);
+	uv_timer_start(&c->timer, pending_fail_cb, 0, 0);
+}
+
+/*
+ * Invalidate @w's window, and wait until that is done: the engine hands its
+ * memory to the next call (or back to the user) as soon as we return.  An
+ * invalidation completes after every work request posted before it on this
+ * send queue, so a transfer in flight on the connection delays it by what
+ * it has left to move; completions met meanwhile are kept for poll_cqs().
+ * If it cannot be posted, fails, or has not completed after
+ * VERBS_INV_WAIT_MS, the QP goes into the error state, which lets no
+ * request of the peer's in, and the connection fails from the loop.
+ * Return: 0, or -errno when the window may still be bound (while its QP is
+ * in the error state, or gone).
+ */
+static int win_invalidate(struct vconn *c, struct vwin *w)
+{
+	uint64_t id = wrid(c, false, VERBS_INV_SLOT + w->idx), end;
+	struct ibv_send_wr wr = {
+		.wr_id = id, .opcode = IBV_WR_LOCAL_INV, .send_flags = IBV_SEND_SIGNALED};
+	struct ibv_send_wr *bad;
+	struct vdev *d = c->dev;
+	int rc;
+
+	if (c->state != V_UP || c->pending_err || c->qp_dead)
+		return -ENOTCONN; /* its QP is in the error state already */
+	wr.invalidate_rkey = w->rkey;
+	rc = ibv_post_send(c->id->qp, &wr, &bad);
+	if (rc) {
+		conn_fail_later(c, -rc, "could not post a memory window's invalidation");
+		return -rc;
+	}
+	end = now_ms() + VERBS_INV_WAIT_MS;
+	for (;;) {
+		struct ibv_wc wc[VERBS_POLL_BATCH];
+		enum ibv_wc_status st = IBV_WC_GENERAL_ERR;
+		bool found = false;
+		int n;
+
+		if (!stash_reserve(d, VERBS_POLL_BATCH)) {
+			conn_fail_later(c, -ENOMEM,
+					"no memory to wait for a window's invalidation");
+			return -ENOMEM;
+		}
+		n = ibv_poll_cq(d->cq, VERBS_POLL_BATCH, wc);
+		for (int i = 0; i < n; i++) {
+			if (wc[i].wr_id == id) {
+				found = true;
+				st = wc[i].status;
+			} else {
+				stash_push(d, &wc[i]); /* room reserved */
+			}
+		}
+		if (found && st == IBV_WC_SUCCESS)
+			return 0;
+		if (found && st == IBV_WC_WR_FLUSH_ERR)
+			return -ECONNRESET; /* something else put the QP in error: it says why */
+		if (found || n < 0) {
+			conn_fail_later(c, -EIO, "invalidating a memory window failed");
+			return -EIO;
+		}
+		if (now_ms() >= end) {
+			conn_fail_later(c, -ETIMEDOUT,
+					"invalidating a memory window took longer than 10 s");
+			return -ETIMEDOUT;
+		}
+	}
+}
+
+/*
+ * Bind @w's window over [addr, addr + len) of @mr, for @access, through
+ * @c's QP, under the next key.  The peer learns the key from a message
+ * posted after this on the same send queue, and a send queue carries out a
+ * bind before any work request posted after it (the verbs' ordering rules
+ * for memory window binds; rxe runs local operations inline in its
+ * requester, in queue order), so the window is valid before the descriptor
+ * leaves.  Not signalled and not waited for: a failed bind still completes
+ * (in error), and takes the QP with it.
+ */
+static int win_bind(struct vconn *c, struct vwin *w, struct ibv_mr *mr, uint64_t addr, uint64_t len,
+		    int access)
+{
+	uint32_t rkey = ibv_inc_rkey(w->mw->rkey);
+	struct ibv_send_wr wr = {
+		.wr_id = wrid(c, false, VERBS_WIN_SLOT + w->idx),
+		.opcode = IBV_WR_BIND_MW,
+	};
+	struct ibv_send_wr *bad;
+	int rc;
+
+	wr.bind_mw.mw = w->mw;
+	wr.bind_mw.rkey = rkey;
+	wr.bind_mw.bind_info.mr = mr;
+	wr.bind_mw.bind_info.addr = addr;
+	wr.bind_mw.bind_info.length = len;
+	wr.bind_mw.bind_info.mw_access_flags = (unsigned)access;
+	rc = ibv_post_send(c->id->qp, &wr, &bad);
+	if (rc)
+		return -rc;
+	/* The window's key from now on (rxe names the window by its current
+	 * key); the next bind takes the next one. */
+	w->mw->rkey = rkey;
+	w->rkey = rkey;
+	return 0;
+}
+
+/* A window the connection is not exporting now, made if need be. */
+static int win_take(struct vconn *c, struct vwin **out)
+{
+	struct vwin *w;
+
+	if (c->nfree_wins) {
+		*out = c->wins[c->free_wins[--c->nfree_wins]];
+		return 0;
+	}
+	if (!c->wins || c->nwins == VERBS_WIN_MAX(c))
+		return -ENOBUFS;
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	/* Its bind is unsignaled, but a failed or flushed one completes. */
+	if (c->dev->xmode != VX_REGISTER && dev_reserve_cq(c->dev, 1)) {
+		free(w);
+		return -ENOBUFS;
+	}
+	c->cq_reserved += c->dev->xmode != VX_REGISTER;
+	w->c = c;
+	w->idx = c->nwins;
+	c->wins[c->nwins++] = w;
+	*out = w;
+	return 0;
+}
+
+static void win_put(struct vconn *c, struct vwin *w)
+{
+	if (w->mr)
+		ibv_dereg_mr(w->mr);
+	w->mr = NULL;
+	w->live = false;
+	c->free_wins[c->nfree_wins++] = w->idx;
+}
+
+static void win_unlink(struct vwin *w)
+{
+	if (w->rnext)
+		w->rnext->rprev = w->rprev;
+	*w->rprev = w->rnext;
+	w->rnext = NULL;
+	w->rprev = NULL;
+}
+
+/*
+ * End @w's export at once, with no work request: deallocating a window
+ * invalidates it (and unbinds it from its registration), synchronously.
+ * For a region being released, and for a connection going away.
+ */
+static void win_kill(struct vconn *c, struct vwin *w)
+{
+	if (w->live)
+		win_unlink(w);
+	if (w->mw)
+		ibv_dealloc_mw(w->mw);
+	w->mw = NULL;
+	if (w->live)
+		win_put(c, w);
+}
+
+/* End @w's export: when this returns, the peer can reach none of it. */
+static void win_retire(struct vconn *c, struct vwin *w)
+{
+	win_unlink(w);
+	/* A window we could not invalidate may still be bound: deallocate it,
+	 * which frees its registration too (rxe refuses to deregister one
+	 * with a window bound). */
+	if (c->dev->xmode != VX_REGISTER && win_invalidate(c, w)) {
+		ibv_dealloc_mw(w->mw);
+		w->mw = NULL;
+	}
+	win_put(c, w);
+}
+
+/* Every export and window of @c, before its QP goes. */
+static void wins_destroy(struct vconn *c)
+{
+	for (uint32_t i = 0; i < c->nwins; i++) {
+		win_kill(c, c->wins[i]);
+		free(c->wins[i]);
+	}
+	free(c->wins);
+	free(c->free_wins);
+	c->wins = NULL;
+	c->free_wins = NULL;
+	c->nwins = c->nfree_wins = 0;
 }
 
 static uint64_t verbs_bulk_max(struct tern_conn *bc)
@@ -1196,21 +1716,92 @@ static uint64_t verbs_bulk_max(struct tern_conn *bc)
 	return UINT32_MAX; /* windows of work requests move any message size */
 }
 
+/*
+ * Let the peer reach [off, off + len) of @m, for reading or (@writable)
+ * writing, until bulk_unexport(): a memory window over just that range,
+ * for just that direction, bound to this connection's QP; or, without
+ * windows, a registration of just that range with just that access.
+ */
 static int verbs_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off, size_t len,
 			     int writable, struct tern_bulk_desc *out)
 {
-	struct ibv_mr *mr;
+	struct vconn *c = C(bc);
+	int access = writable ? IBV_ACCESS_REMOTE_WRITE : IBV_ACCESS_REMOTE_READ;
+	uint64_t addr = (uintptr_t)m->addr + off;
+	enum vexport mode;
+	struct vmem *v;
+	struct vwin *w;
+	int rc;
 
-	(void)writable; /* the region is registered for both */
-	if (off + len > m->len)
+	if (c->state != V_UP)
+		return -ENOTCONN;
+	mode = c->dev->xmode;
+	if (len == 0 || off > m->len || len > m->len - off)
 		return -EINVAL;
-	if (!(mr = mem_mr(C(bc), m)))
+	if (!(v = mem_vmem(c, m)))
 		return neg_errno(ENOMEM);
-	out->addr = (uintptr_t)m->addr + off;
+	if ((rc = win_take(c, &w)))
+		return rc;
+	if (mode != VX_WINDOW) {
+		/* Remote writes need local write access, also through a
+		 * window (IB spec C10-74). */
+		w->mr = ibv_reg_mr(c->dev->pd, (void *)(uintptr_t)addr, len,
+				   (writable ? IBV_ACCESS_LOCAL_WRITE : 0) |
+					   (mode == VX_REGISTER ? access : IBV_ACCESS_MW_BIND));
+		if (!w->mr) {
+			rc = neg_errno(ENOMEM);
+			goto fail;
+		}
+	}
+	if (mode == VX_REGISTER) {
+		w->rkey = w->mr->rkey;
+	} else {
+		if (!w->mw && !(w->mw = ibv_alloc_mw(c->dev->pd, IBV_MW_TYPE_2))) {
+			rc = neg_errno(ENOMEM);
+			goto fail;
+		}
+		rc = win_bind(c, w, mode == VX_WINDOW ? v->mr : w->mr, addr, len, access);
+		if (rc)
+			goto fail;
+	}
+	w->live = true;
+	w->addr = addr;
+	w->len = len;
+	w->region = v;
+	w->rnext = v->wins;
+	w->rprev = &v->wins;
+	if (v->wins)
+		v->wins->rprev = &w->rnext;
+	v->wins = w;
+	out->addr = addr;
 	out->len = len;
-	out->key = mr->rkey;
-	out->aux = 0;
+	out->key = w->rkey;
+	out->aux = w->idx;
 	return 0;
+fail:
+	win_put(c, w);
+	return rc;
+}
+
+static void verbs_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)
+{
+	struct vconn *c = C(bc);
+	struct vwin *w;
+
+	/* The engine's own copy of a descriptor we made; gone already with a
+	 * connection that went away. */
+	if (d->aux >= c->nwins || !(w = c->wins[d->aux])->live || w->rkey != d->key ||
+	    w->addr != d->addr || w->len != d->len)
+		return;
+	win_retire(c, w);
+}
+
+/* The region's state on this connection's device, for local access. */
+static struct ibv_mr *mem_mr(struct vconn *c, struct tern_tmem *m)
+{
+	struct vmem *v = mem_vmem(c, m);
+
+	return v ? v->mr : NULL;
 }
 
 /* Post the next window of op @op's work requests. */
@@ -1283,6 +1874,7 @@ static int bulk_post(struct vconn *c, enum ibv_wr_opcode opcode, struct tern_tme
 	b->remote = *remote;
 	b->posted = 0;
 	b->status = 0;
+	b->wcst = IBV_WC_SUCCESS;
 	rc = bulk_post_window(c, op);
 	if (rc)
 		return rc;
@@ -1307,6 +1899,12 @@ static void verbs_mem_release(struct tern_tctx *t, struct tern_tmem *m)
 	(void)t;
 	while (m->prov) {
 		struct vmem *v = m->prov;
+
+		/* Exports the engine never withdrew (a timed-out call's, whose
+		 * buffer its user deregistered): they end now, before the
+		 * memory can go. */
+		while (v->wins)
+			win_kill(v->wins->c, v->wins);
 		m->prov = v->next;
 		ibv_dereg_mr(v->mr);
 		free(v);
@@ -1351,4 +1949,5 @@ const struct tern_transport_ops tern_verbs_transport = {
 	.bulk_read = verbs_bulk_read,
 	.bulk_write = verbs_bulk_write,
 	.mem_release = verbs_mem_release,
+	.bulk_unexport = verbs_bulk_unexport,
 };

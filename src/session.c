@@ -24,28 +24,13 @@
 
 static void session_free(tern_session *s)
 {
-	/* staging kept for calls that timed out: the peer is gone now */
-	for (uint32_t i = 0; s->orphans && i < s->n; i++) {
-		if (s->orphans[i].used) {
-			tern__session_stage_put(s, s->orphans[i].st[0]);
-			tern__session_stage_put(s, s->orphans[i].st[1]);
-		}
-	}
-	free(s->orphans);
+	/* the floor above first: it may give staging back to the session */
+	s->ctx->up->session_fini(s);
 	/* the last request pointing into the slots is done: let them go */
 	if (s->rx_release)
 		s->rx_release(s->rx_arg);
 	tern_list_del(&s->link);
 	tern_list_del(&s->dirty);
-	free(s->calls);
-	free(s->free_calls);
-	free(s->queue);
-	free(s->reqs);
-	free(s->free_reqs);
-	free(s->owreqs);
-	free(s->free_owreqs);
-	free(s->backlog);
-	free(s->svc_check);
 	free(s);
 }
 
@@ -84,11 +69,11 @@ static int opts_copy(const struct tern_session_opts *in, struct tern_session_opt
 }
 
 int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, struct tern_tp *tp,
-			tern_session **out)
+			const char *uri, tern_session **out)
 {
 	struct tern_session_opts o;
 	tern_session *s;
-	uint32_t n, r;
+	uint32_t n;
 	int rc;
 
 	if ((rc = opts_copy(opts, &o))) {
@@ -99,26 +84,12 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 		return rc;
 	}
 	n = o.slot_count;
-	r = 2 * n + TERN_CTRL_SLOTS;
-	s = calloc(1, sizeof(*s));
+	/* the floor above's part follows, zeroed too (struct tern_upcalls) */
+	s = calloc(1, ctx->up->session_size);
 	if (!s)
 		return -ENOMEM;
-	s->calls = calloc(n, sizeof(*s->calls));
-	s->free_calls = calloc(n, sizeof(*s->free_calls));
-	s->queue = calloc(o.queue_depth, sizeof(*s->queue));
-	s->reqs = calloc(n, sizeof(*s->reqs));
-	s->free_reqs = calloc(n, sizeof(*s->free_reqs));
-	s->owreqs = calloc(n, sizeof(*s->owreqs));
-	s->free_owreqs = calloc(n, sizeof(*s->free_owreqs));
-	s->backlog = calloc(r, sizeof(*s->backlog));
-	s->orphans = calloc(n, sizeof(*s->orphans));
 	tern_list_init(&s->link);
 	tern_list_init(&s->dirty);
-	if (!s->calls || !s->free_calls || !s->queue || !s->reqs || !s->free_reqs || !s->owreqs ||
-	    !s->free_owreqs || !s->backlog || !s->orphans) {
-		session_free(s);
-		return -ENOMEM;
-	}
 	s->ctx = ctx;
 	s->refs = 1;
 	s->state = TERN_S_CONNECTING;
@@ -135,26 +106,15 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 	s->max_staging = o.max_staging;
 	s->on_close = o.on_close;
 	s->data = o.data;
-	s->q_cap = o.queue_depth;
-	s->bl_cap = r;
+	s->is_server = !uri;
+	if (uri)
+		snprintf(s->peer, sizeof(s->peer), "%s", uri);
 	tern_credits_init(&s->cr, n);
-	/* Free stacks pop from the end: push in reverse so slot 0 goes first. */
-	for (uint32_t i = 0; i < n; i++) {
-		s->calls[i].s = s;
-		s->calls[i].idx = i;
-		s->free_calls[i] = n - 1 - i;
-		s->reqs[i].s = s;
-		s->reqs[i].idx = i;
-		s->free_reqs[i] = n - 1 - i;
-		s->owreqs[i].s = s;
-		s->owreqs[i].idx = i;
-		s->owreqs[i].oneway = true;
-		s->free_owreqs[i] = n - 1 - i;
-	}
-	s->nfree_calls = n;
-	s->nfree_reqs = n;
-	s->nfree_owreqs = n;
 	tern_list_add(&ctx->sessions, &s->link);
+	if ((rc = ctx->up->session_init(s, &o))) {
+		session_free(s);
+		return rc;
+	}
 	*out = s;
 	return 0;
 }
@@ -176,7 +136,7 @@ void tern__session_hello(const tern_session *s, struct tern_hello *h)
 	h->slot_count = s->n;
 	h->schema_hash = s->schema_hash;
 	h->max_msg = s->max_msg;
-	if (s->svc_check_len)
+	if (s->binds)
 		h->flags |= TERN_HELLO_SERVICES;
 }
 
@@ -374,10 +334,8 @@ void tern__session_fail(tern_session *s, int err, const char *why)
 	if (s->state == TERN_S_CLOSING || s->state == TERN_S_CLOSED)
 		return;
 	note_failure(s, err, why);
-	if (was_ready) {
-		tern__client_fail_all(s, err);
-		tern__serve_session_down(s);
-	}
+	if (was_ready)
+		s->ctx->up->down(s, err);
 	/* Nothing is in flight while connecting; the provider tears down
 	 * and reports closed() either way. */
 	if (s->conn)
@@ -446,7 +404,7 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	int rc;
 
 	*owner = NULL;
-	rc = tern__session_alloc(ctx, &l->opts, l->tp, &s);
+	rc = tern__session_alloc(ctx, &l->opts, l->tp, NULL, &s);
 	if (rc)
 		return rc;
 	tern__session_hello(s, &ours);
@@ -473,7 +431,6 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	*reply_len = sizeof(struct tern_wire_hello);
 	tern__session_params(s, params);
 	s->peer_max_msg = peer.max_msg ? peer.max_msg : s->max_payload;
-	s->is_server = true;
 	/* The client will check our services before anything else. */
 	s->binding = (peer.flags & TERN_HELLO_SERVICES) != 0;
 	s->listener = l;
@@ -489,7 +446,6 @@ static void session_ready(tern_session *s)
 static void ev_accepted(struct tern_conn *c, int status)
 {
 	tern_session *s = c->owner;
-	tern_listener *l = s->listener;
 	int rc = status;
 
 	s->conn = c;
@@ -503,38 +459,22 @@ static void ev_accepted(struct tern_conn *c, int status)
 	}
 	session_ready(s);
 	if (!s->binding)
-		tern__session_announce(s);
-	(void)l;
+		tern__session_bound(s);
 }
 
-/* Server: the session is ready for its user (the service check passed). */
-void tern__session_announce(tern_session *s)
+void tern__session_bound(tern_session *s)
 {
 	tern_listener *l = s->listener;
 
 	s->binding = false;
-	s->announced = true;
-	/* The listener may have been closed meanwhile; the session lives on. */
-	if (l && l->cb)
-		TERN_CALLBACK(s->ctx, l->cb(l, s, 0));
-}
-
-/* Client: the server answered the service check. */
-static void svc_check_done(tern_session *s, int status, const void *reply, size_t len, void *user)
-{
-	char why[TERN_ERRMSG_MAX + 1];
-
-	(void)user;
-	free(s->svc_check);
-	s->svc_check = NULL;
-	if (status) {
-		snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reply);
-		tern__session_fail(s, status, len ? why : "service check failed");
-		return; /* closed() reports it through the connect callback */
-	}
-	s->binding = false;
-	if (s->connect_cb) {
+	if (s->is_server) {
+		s->announced = true;
+		/* The listener may have been closed meanwhile; the session lives on. */
+		if (l && l->cb)
+			TERN_CALLBACK(s->ctx, l->cb(l, s, 0));
+	} else if (s->connect_cb) {
 		tern_connect_cb cb = s->connect_cb;
+
 		s->connect_cb = NULL;
 		TERN_CALLBACK(s->ctx, cb(s, 0));
 	}
@@ -581,21 +521,13 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 		return rc; /* the provider disconnects */
 	}
 	session_ready(s);
-	if (s->svc_check_len) {
-		/* Check the server's services before the user may call. */
+	if (s->binds) {
+		/* The floor above checks the server before the user may call. */
 		s->binding = true;
-		rc = tern__client_call_internal(s, TERN_METHOD_SVC_CHECK, s->svc_check,
-						s->svc_check_len, svc_check_done,
-						TERN_DEFAULT_CONNECT_TIMEOUT_MS);
-		if (rc)
-			tern__session_fail(s, rc, "cannot send the service check");
+		s->ctx->up->bind(s);
 		return 0;
 	}
-	if (s->connect_cb) {
-		tern_connect_cb cb = s->connect_cb;
-		s->connect_cb = NULL;
-		TERN_CALLBACK(s->ctx, cb(s, 0));
-	}
+	tern__session_bound(s);
 	return 0;
 }
 
@@ -637,16 +569,16 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 
 	switch (h.kind) {
 	case TERN_MSG_REQ:
-		tern__serve_request(s, token, &h, payload);
+		s->ctx->up->request(s, token, &h, payload);
 		break;
 	case TERN_MSG_REP:
 	case TERN_MSG_ERR:
-		tern__client_reply(s, &h, payload);
+		s->ctx->up->reply(s, &h, payload);
 		/* The reply was borrowed for the callback only. */
 		tern__session_repost(s, token);
 		break;
 	case TERN_MSG_ONEWAY:
-		tern__serve_oneway(s, token, &h, payload);
+		s->ctx->up->oneway(s, token, &h, payload);
 		break;
 	case TERN_MSG_CREDIT:
 		s->cnt.credit_msgs_received++;
@@ -659,7 +591,7 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 	if (s->state != TERN_S_READY)
 		return;
 	if (h.credits)
-		tern__client_kick(s);
+		s->ctx->up->credits(s);
 	if (s->cr.to_return || tern_credits_want_ack(&s->cr))
 		tern__session_mark_dirty(s);
 }
@@ -669,9 +601,9 @@ static void ev_send_done(struct tern_conn *c, uint32_t slot)
 	tern_session *s = c->owner;
 
 	if (slot < s->n) {
-		tern__client_send_done(s, slot);
+		s->ctx->up->call_sent(s, slot);
 	} else if (slot < 2 * s->n) {
-		tern__serve_reply_slot_free(s, slot - s->n);
+		s->ctx->up->reply_sent(s, slot - s->n);
 	} else if (slot < 2 * s->n + TERN_CTRL_SLOTS) {
 		s->ctrl_busy &= ~(1u << (slot - 2 * s->n));
 		if (s->cr.to_return || tern_credits_want_ack(&s->cr))
@@ -735,9 +667,10 @@ static bool ev_keep_rx(struct tern_conn *c, void (*release)(void *arg), void *ar
 
 static void ev_bulk_done(struct tern_conn *c, uint64_t cookie, int status)
 {
-	(void)c;
-	/* Only servers pull requests and push replies: the cookie is a request. */
-	tern__serve_bulk_done((tern_req *)(uintptr_t)cookie, status);
+	tern_session *s = c->owner;
+
+	/* the cookie is the floor above's, which started the transfer */
+	s->ctx->up->bulk_done(s, cookie, status);
 }
 
 static void ev_activity(tern_ctx *ctx)
@@ -790,25 +723,9 @@ int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts 
 		return rc;
 	if ((rc = tern__transport_get(ctx, &u, &tp)))
 		return rc;
-	if ((rc = tern__session_alloc(ctx, &o, tp, &s)))
+	if ((rc = tern__session_alloc(ctx, &o, tp, uri, &s)))
 		return rc;
 	s->connect_cb = cb;
-	snprintf(s->peer, sizeof(s->peer), "%s", uri);
-	if (o.nservices) {
-		s->svc_check = malloc(s->max_payload);
-		rc = s->svc_check ? tern__services_encode(o.services, o.nservices, s->svc_check,
-							  s->max_payload)
-				  : -ENOMEM;
-		if (rc < 0) {
-			tern__set_error(ctx,
-					"%s: bad service list (names are 1..%d of [A-Za-z0-9_.], "
-					"at most %d services)",
-					uri, TERN_SVC_NAME_MAX, TERN_SVC_MAX);
-			session_free(s);
-			return rc;
-		}
-		s->svc_check_len = (uint32_t)rc;
-	}
 	tern__session_params(s, &p);
 	p.connect_timeout_ms = o.connect_timeout_ms;
 	tern__session_hello(s, &hello);

@@ -15,7 +15,7 @@
 #include <cmocka.h>
 
 #include "fixture.h"
-#include "internal.h"
+#include "rpc.h"
 #include "tern/rnr.h"
 
 #define M_RAW	      0x100
@@ -500,17 +500,17 @@ static void test_acquire_commit_sends_from_the_acquired_slot(void **state)
 	assert_int_equal(cli->copy_bytes, copies_before); /* the client copied nothing */
 
 	/* An aborted acquisition gives its slot and credit back. */
-	free_before = cli->nfree_calls;
+	free_before = tern__rpc(cli)->nfree_calls;
 	assert_int_equal(tern_call_acquire(cli, &buf2, &cap, &c2), 0);
-	assert_int_equal(cli->nfree_calls, free_before - 1);
+	assert_int_equal(tern__rpc(cli)->nfree_calls, free_before - 1);
 	tern_call_abort(c2);
-	assert_int_equal(cli->nfree_calls, free_before);
+	assert_int_equal(tern__rpc(cli)->nfree_calls, free_before);
 	assert_int_equal(cli->cr.tx, cli->n);
 	assert_int_equal(cli->cr.replies_expected, 0);
 	/* Commit of more than the slot aborts with a clear error. */
 	assert_int_equal(tern_call_acquire(cli, &buf2, &cap, &c2), 0);
 	assert_int_equal(tern_call_commit(c2, M_RAW, cap + 1, fx_done_cb, &d, NULL), -EMSGSIZE);
-	assert_int_equal(cli->nfree_calls, free_before);
+	assert_int_equal(tern__rpc(cli)->nfree_calls, free_before);
 }
 
 /* ---- flow control ----------------------------------------------------------- */

@@ -271,8 +271,9 @@ enum tern_sess_state {
 
 struct tern_session {
 	tern_ctx *ctx;
-	struct tern_list link;	/* ctx->sessions */
-	struct tern_list dirty; /* ctx->dirty */
+	const struct tern_upcalls *up; /* ctx->up: one load less per upcall */
+	struct tern_list link;	       /* ctx->sessions */
+	struct tern_list dirty;	       /* ctx->dirty */
 	struct tern_conn *conn;
 	struct tern_tp *tp;
 	struct tern_listener *listener; /* accepted on, or NULL */

@@ -25,7 +25,7 @@
 static void session_free(tern_session *s)
 {
 	/* the floor above first: it may give staging back to the session */
-	s->ctx->up->session_fini(s);
+	s->up->session_fini(s);
 	/* the last request pointing into the slots is done: let them go */
 	if (s->rx_release)
 		s->rx_release(s->rx_arg);
@@ -91,6 +91,7 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 	tern_list_init(&s->link);
 	tern_list_init(&s->dirty);
 	s->ctx = ctx;
+	s->up = ctx->up;
 	s->refs = 1;
 	s->state = TERN_S_CONNECTING;
 	s->n = n;
@@ -111,7 +112,7 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 		snprintf(s->peer, sizeof(s->peer), "%s", uri);
 	tern_credits_init(&s->cr, n);
 	tern_list_add(&ctx->sessions, &s->link);
-	if ((rc = ctx->up->session_init(s, &o))) {
+	if ((rc = s->up->session_init(s, &o))) {
 		session_free(s);
 		return rc;
 	}
@@ -335,7 +336,7 @@ void tern__session_fail(tern_session *s, int err, const char *why)
 		return;
 	note_failure(s, err, why);
 	if (was_ready)
-		s->ctx->up->down(s, err);
+		s->up->down(s, err);
 	/* Nothing is in flight while connecting; the provider tears down
 	 * and reports closed() either way. */
 	if (s->conn)
@@ -443,14 +444,25 @@ static void session_ready(tern_session *s)
 	s->state = TERN_S_READY;
 }
 
+/*
+ * The upcalls keep the connection's lifecycle for every provider: the
+ * engine knows what it was told (the session's state), so a provider
+ * reports what happens as it happens and remembers nothing of it.  An
+ * upcall on a connection the engine does not know (owner NULL: refused,
+ * or given up before the engine had it) is ignored; so is a report that
+ * comes too late to matter (a failure after the session already failed,
+ * or after the engine asked to disconnect).
+ */
+
 static void ev_accepted(struct tern_conn *c, int status)
 {
 	tern_session *s = c->owner;
-	int rc = status;
 
+	if (!s || s->state != TERN_S_CONNECTING)
+		return; /* refused, or failed already */
 	s->conn = c;
-	if (rc) {
-		note_failure(s, rc, "accept failed"); /* the provider tears it down */
+	if (status) {
+		note_failure(s, status, "accept failed"); /* the provider tears it down */
 		return;
 	}
 	if (tern__session_attach(s, c)) {
@@ -480,6 +492,28 @@ void tern__session_bound(tern_session *s)
 	}
 }
 
+/* Client: the connection was not made (@status), or the server refused it (@hs). */
+static int connect_failed(tern_session *s, int status, const void *hs, size_t hs_len)
+{
+	struct tern_hello peer, ours;
+	char why[200];
+
+	/* A tern server's refusal carries its reason and its geometry. */
+	if (hs_len && tern_hello_decode(hs, hs_len, &peer) == 0 && peer.status < 0) {
+		tern__session_hello(s, &ours);
+		if (tern_hello_match(&ours, &peer, why, sizeof(why)) == 0)
+			snprintf(why, sizeof(why), "%s", tern_strerror(peer.status));
+		status = peer.status;
+		note_failure(s, status, why);
+	} else {
+		note_failure(s, status,
+			     status == -ECONNREFUSED ? "connection refused (no listener?)"
+			     : status == -ETIMEDOUT  ? "connect timed out"
+						     : "connect failed");
+	}
+	return status; /* the provider tears it down */
+}
+
 static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t hs_len)
 {
 	tern_session *s = c->owner;
@@ -487,23 +521,10 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 	char why[200];
 	int rc;
 
-	s->conn = c;
-	if (status) {
-		/* A tern server's refusal carries its reason and its geometry. */
-		if (hs_len && tern_hello_decode(hs, hs_len, &peer) == 0 && peer.status < 0) {
-			tern__session_hello(s, &ours);
-			if (tern_hello_match(&ours, &peer, why, sizeof(why)) == 0)
-				snprintf(why, sizeof(why), "%s", tern_strerror(peer.status));
-			status = peer.status;
-			note_failure(s, status, why);
-		} else {
-			note_failure(s, status,
-				     status == -ECONNREFUSED ? "connection refused (no listener?)"
-				     : status == -ETIMEDOUT  ? "connect timed out"
-							     : "connect failed");
-		}
-		return status;
-	}
+	if (!s || s->state != TERN_S_CONNECTING)
+		return status ? status : -ECONNABORTED; /* failed already: disconnect */
+	if (status)
+		return connect_failed(s, status, hs, hs_len);
 	tern__session_hello(s, &ours);
 	rc = tern_hello_decode(hs, hs_len, &peer);
 	if (rc) {
@@ -524,7 +545,7 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 	if (s->binds) {
 		/* The floor above checks the server before the user may call. */
 		s->binding = true;
-		s->ctx->up->bind(s);
+		s->up->bind(s);
 		return 0;
 	}
 	tern__session_bound(s);
@@ -569,16 +590,16 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 
 	switch (h.kind) {
 	case TERN_MSG_REQ:
-		s->ctx->up->request(s, token, &h, payload);
+		s->up->request(s, token, &h, payload);
 		break;
 	case TERN_MSG_REP:
 	case TERN_MSG_ERR:
-		s->ctx->up->reply(s, &h, payload);
+		s->up->reply(s, &h, payload);
 		/* The reply was borrowed for the callback only. */
 		tern__session_repost(s, token);
 		break;
 	case TERN_MSG_ONEWAY:
-		s->ctx->up->oneway(s, token, &h, payload);
+		s->up->oneway(s, token, &h, payload);
 		break;
 	case TERN_MSG_CREDIT:
 		s->cnt.credit_msgs_received++;
@@ -591,7 +612,7 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 	if (s->state != TERN_S_READY)
 		return;
 	if (h.credits)
-		s->ctx->up->credits(s);
+		s->up->credits(s);
 	if (s->cr.to_return || tern_credits_want_ack(&s->cr))
 		tern__session_mark_dirty(s);
 }
@@ -601,9 +622,9 @@ static void ev_send_done(struct tern_conn *c, uint32_t slot)
 	tern_session *s = c->owner;
 
 	if (slot < s->n) {
-		s->ctx->up->call_sent(s, slot);
+		s->up->call_sent(s, slot);
 	} else if (slot < 2 * s->n) {
-		s->ctx->up->reply_sent(s, slot - s->n);
+		s->up->reply_sent(s, slot - s->n);
 	} else if (slot < 2 * s->n + TERN_CTRL_SLOTS) {
 		s->ctrl_busy &= ~(1u << (slot - 2 * s->n));
 		if (s->cr.to_return || tern_credits_want_ack(&s->cr))
@@ -611,9 +632,26 @@ static void ev_send_done(struct tern_conn *c, uint32_t slot)
 	}
 }
 
+/*
+ * A failure, at any stage: the first report counts.  While the connection
+ * is being set up it is the set-up's failure (the connect callback or the
+ * listener's hears of it); later the session's, whose calls fail.
+ */
 static void ev_error(struct tern_conn *c, int err, const char *why)
 {
-	tern__session_fail(c->owner, err, why);
+	tern_session *s = c->owner;
+
+	if (!s || s->state == TERN_S_CLOSING || s->state == TERN_S_CLOSED)
+		return;
+	if (s->state == TERN_S_CONNECTING) {
+		s->conn = c;
+		if (s->is_server)
+			note_failure(s, err, "accept failed");
+		else
+			connect_failed(s, err, NULL, 0);
+		return; /* the provider tears it down */
+	}
+	tern__session_fail(s, err, why ? why : "connection failed");
 }
 
 static void ev_closed(struct tern_conn *c)
@@ -670,7 +708,8 @@ static void ev_bulk_done(struct tern_conn *c, uint64_t cookie, int status)
 	tern_session *s = c->owner;
 
 	/* the cookie is the floor above's, which started the transfer */
-	s->ctx->up->bulk_done(s, cookie, status);
+	if (s)
+		s->up->bulk_done(s, cookie, status);
 }
 
 static void ev_activity(tern_ctx *ctx)

@@ -137,10 +137,7 @@ struct sconn {
 	struct shm_link link; /* t->up when up, l->pending before HELLO */
 	enum sstate state;
 	bool server;
-	bool engine_knows; /* the engine has a session on this: closed() is owed */
-	bool reported_up;  /* the engine was told it is up */
-	bool notified_end; /* ...or that it failed: no upcall but closed() follows */
-	int pending_err;   /* a failure the timer reports (connect() cannot upcall) */
+	int pending_err; /* a failure the timer reports (connect() cannot upcall) */
 	int sock;
 	int bell_in;  /* our eventfd: the peer rings it to wake us */
 	int bell_out; /* the peer's */
@@ -469,7 +466,7 @@ static bool seg_keep(struct sconn *c)
 {
 	struct kept_seg *k;
 
-	if (!c->engine_knows || !c->t->ev->keep_rx || !(k = malloc(sizeof(*k))))
+	if (!(k = malloc(sizeof(*k))))
 		return false;
 	k->seg = c->seg;
 	k->size = c->g.size;
@@ -483,8 +480,7 @@ static void conn_free(struct sconn *c)
 {
 	struct shm_tctx *t = c->t;
 
-	if (c->engine_knows)
-		bulk_fail_all(c, -ECONNRESET);
+	bulk_fail_all(c, -ECONNRESET);
 	tern_xtab_free(&c->xt);
 	link_del(&c->link);
 	if (c->sock >= 0)
@@ -498,8 +494,7 @@ static void conn_free(struct sconn *c)
 	free(c->slot_state);
 	free(c->rets);
 	c->base.send_base = NULL;
-	if (c->engine_knows)
-		t->ev->closed(&c->base);
+	t->ev->closed(&c->base);
 	free(c);
 }
 
@@ -588,30 +583,10 @@ static void linger_on_socket(struct sconn *c)
 	}
 }
 
-/* Connection set-up failed: tell the engine once (if it knows), then tear down. */
-static void conn_setup_failed(struct sconn *c, int err, const void *hs, size_t hs_len)
-{
-	if (c->engine_knows && !c->notified_end) {
-		c->notified_end = true;
-		if (c->server)
-			c->t->ev->accepted(&c->base, err);
-		else
-			c->t->ev->connected(&c->base, err, hs, hs_len);
-	}
-	conn_close(c);
-}
-
-/* An established connection failed. */
+/* Failed, at any stage: the engine sorts out what that means (tern/transport.h). */
 static void conn_failed(struct sconn *c, int err, const char *why)
 {
-	if (!c->reported_up) {
-		conn_setup_failed(c, err, NULL, 0);
-		return;
-	}
-	if (!c->notified_end) {
-		c->notified_end = true;
-		c->t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
-	}
+	c->t->ev->error(&c->base, err, why);
 	conn_close(c);
 }
 
@@ -620,7 +595,7 @@ static void conn_timer_cb(uv_timer_t *tm)
 	struct sconn *c = tm->data;
 
 	if (c->state < SC_UP)
-		conn_setup_failed(c, c->pending_err ? c->pending_err : -ETIMEDOUT, NULL, 0);
+		conn_failed(c, c->pending_err ? c->pending_err : -ETIMEDOUT, NULL);
 }
 
 static void sock_cb(uv_poll_t *h, int status, int events);
@@ -1079,7 +1054,6 @@ static void conn_up(struct sconn *c)
 {
 	uv_timer_stop(&c->timer);
 	c->state = SC_UP;
-	c->reported_up = true;
 	link_add(&c->t->up, &c->link);
 }
 
@@ -1154,8 +1128,7 @@ static void server_refuse_garbage(struct sconn *c)
 	if (rc == 0) {
 		/* It cannot accept nothing; if it did, fail the session it made. */
 		c->base.owner = owner;
-		c->engine_knows = true;
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	send_refusal(c->sock, rc, reply, reply_len < sizeof(reply) ? reply_len : sizeof(reply));
@@ -1210,7 +1183,6 @@ static void server_on_hello(struct sconn *c)
 		return;
 	}
 	c->base.owner = owner;
-	c->engine_knows = true;
 	/* The geometry the engine accepted must be the one the client laid
 	 * the rings out for. */
 	if (p.slot_size != m.slot_size || p.send_slots != m.nslots || p.recv_slots != m.nslots) {
@@ -1228,7 +1200,7 @@ static void server_on_hello(struct sconn *c)
 	rc = msg_send(c->sock, &m, fds, 2);
 	close(memfd); /* our mapping keeps the segment alive */
 	if (rc) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	c->state = SC_ACCEPTED;
@@ -1236,7 +1208,7 @@ static void server_on_hello(struct sconn *c)
 	return;
 refuse:
 	send_refusal(c->sock, rc, NULL, 0);
-	conn_setup_failed(c, rc, NULL, 0);
+	conn_failed(c, rc, NULL);
 }
 
 static void server_on_ready(struct sconn *c)
@@ -1248,7 +1220,7 @@ static void server_on_ready(struct sconn *c)
 	if (n == -EAGAIN)
 		return;
 	if (n <= 0 || m.type != SHM_MSG_READY) {
-		conn_setup_failed(c, n == 0 ? -ECONNRESET : TERN_EPEER, NULL, 0);
+		conn_failed(c, n == 0 ? -ECONNRESET : TERN_EPEER, NULL);
 		return;
 	}
 	conn_up(c);
@@ -1299,42 +1271,42 @@ static void client_on_answer(struct sconn *c)
 	if (n == -EAGAIN)
 		return;
 	if (n == 0) {
-		conn_setup_failed(c, -ECONNRESET, NULL, 0);
+		conn_failed(c, -ECONNRESET, NULL);
 		return;
 	}
 	if (n < 0) {
-		conn_setup_failed(c, n == -EBADMSG ? TERN_EPEER : (int)n, NULL, 0);
+		conn_failed(c, n == -EBADMSG ? TERN_EPEER : (int)n, NULL);
 		return;
 	}
 	if (m.type == SHM_MSG_REFUSE) {
 		close_fds(fds, &nfds);
-		if (m.hs_len) /* the engine's refusal: it decodes the reason */
-			conn_setup_failed(c, -ECONNREFUSED, m.hs, m.hs_len);
-		else
-			conn_setup_failed(c, status_is_sane(m.status) ? m.status : -ECONNREFUSED,
-					  NULL, 0);
+		/* The engine's refusal carries its reason (the engine decodes
+		 * it); a bare one, a status. */
+		int st = !m.hs_len && status_is_sane(m.status) ? m.status : -ECONNREFUSED;
+
+		c->t->ev->connected(&c->base, st, m.hs, m.hs_len);
+		conn_close(c);
 		return;
 	}
 	if (m.type != SHM_MSG_ACCEPT || nfds != 2 || m.slot_size != c->g.slot_size ||
 	    m.nslots != c->g.nslots || m.seg_size != c->g.size || !fd_is_eventfd(fds[1])) {
 		close_fds(fds, &nfds);
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	c->bell_out = fds[1];
 	if ((rc = segment_attach(c, fds[0]))) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	msg_init(&ready, SHM_MSG_READY, 0, NULL, NULL, 0);
 	if ((rc = msg_send(c->sock, &ready, NULL, 0))) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	conn_up(c);
 	if (c->t->ev->connected(&c->base, 0, m.hs, m.hs_len)) {
-		c->notified_end = true; /* the engine refused the answer: it knows */
-		conn_close(c);
+		conn_close(c); /* the engine refused the answer */
 		return;
 	}
 	conn_start(c);
@@ -1589,7 +1561,6 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 		conn_close(c);
 		return rc;
 	}
-	c->base.owner = owner;
 	c->base.slot_size = p->slot_size;
 	c->base.send_slots = p->send_slots;
 	c->base.recv_slots = p->recv_slots;
@@ -1605,7 +1576,7 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 		return rc;
 	}
 	conn_watch_socket(c, fd);
-	/* From here failures are reported through connected(), from the
+	/* From here failures are reported through error(), from the
 	 * timer: this function must not upcall. */
 	if (connect(fd, (struct sockaddr *)&sa, len)) {
 		/* No listener: ENOENT (path), ECONNREFUSED (abstract); a full
@@ -1623,7 +1594,7 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 			c->pending_err = rc;
 	}
 	uv_timer_start(&c->timer, conn_timer_cb, c->pending_err ? 0 : p->connect_timeout_ms, 0);
-	c->engine_knows = true;
+	c->base.owner = owner; /* the engine knows it from here */
 	*out = &c->base;
 	return 0;
 }
@@ -1632,7 +1603,6 @@ static void shm_disconnect(struct tern_conn *bc)
 {
 	struct sconn *c = C(bc);
 
-	c->notified_end = true; /* the engine asked: no error upcall */
 	conn_close(c);
 }
 

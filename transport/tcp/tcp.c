@@ -168,9 +168,6 @@ struct tconn {
 	struct tcp_link kick; /* t->kick */
 	enum tstate state;
 	bool server;
-	bool engine_knows; /* the engine has a session on this: closed() is owed */
-	bool reported_up;
-	bool notified_end;
 	bool reading; /* uv_read_start() is on */
 	bool paused;  /* a frame waits for a free receive slot */
 	bool parsing; /* inside rx_process(): no nested parse */
@@ -242,13 +239,12 @@ static void bulk_fail_all(struct tconn *c, int err);
 /* The slots (c->mem) go to the engine if a request still points into them. */
 static bool mem_keep(struct tconn *c)
 {
-	return c->engine_knows && c->t->ev->keep_rx && c->t->ev->keep_rx(&c->base, free, c->mem);
+	return c->t->ev->keep_rx(&c->base, free, c->mem);
 }
 
 static void conn_free(struct tconn *c)
 {
-	if (c->engine_knows)
-		bulk_fail_all(c, -ECONNRESET);
+	bulk_fail_all(c, -ECONNRESET);
 	tern_xtab_free(&c->xt);
 	link_del(&c->link);
 	link_del(&c->kick);
@@ -262,8 +258,7 @@ static void conn_free(struct tconn *c)
 	free(c->rx_held);
 	free(c->stage);
 	c->base.send_base = NULL;
-	if (c->engine_knows)
-		c->t->ev->closed(&c->base);
+	c->t->ev->closed(&c->base);
 	free(c);
 }
 
@@ -293,28 +288,10 @@ static void conn_close(struct tconn *c)
 	uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
 }
 
-static void conn_setup_failed(struct tconn *c, int err, const void *hs, size_t hs_len)
-{
-	if (c->engine_knows && !c->notified_end) {
-		c->notified_end = true;
-		if (c->server)
-			c->t->ev->accepted(&c->base, err);
-		else
-			c->t->ev->connected(&c->base, err, hs, hs_len);
-	}
-	conn_close(c);
-}
-
+/* Failed, at any stage: the engine sorts out what that means (tern/transport.h). */
 static void conn_failed(struct tconn *c, int err, const char *why)
 {
-	if (!c->reported_up) {
-		conn_setup_failed(c, err, NULL, 0);
-		return;
-	}
-	if (!c->notified_end) {
-		c->notified_end = true;
-		c->t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
-	}
+	c->t->ev->error(&c->base, err, why);
 	conn_close(c);
 }
 
@@ -323,7 +300,7 @@ static void conn_timer_cb(uv_timer_t *tm)
 	struct tconn *c = tm->data;
 
 	if (c->state < TC_UP)
-		conn_setup_failed(c, -ETIMEDOUT, NULL, 0);
+		conn_failed(c, -ETIMEDOUT, NULL);
 }
 
 static struct tconn *conn_new(struct tcp_tctx *t, bool server)
@@ -393,7 +370,6 @@ static void conn_up(struct tconn *c)
 {
 	uv_timer_stop(&c->timer);
 	c->state = TC_UP;
-	c->reported_up = true;
 	link_add(&c->t->up, &c->link);
 }
 
@@ -466,8 +442,7 @@ static void server_refuse_garbage(struct tconn *c)
 	rc = c->t->ev->incoming(&l->base, NULL, 0, &p, &owner, reply, &reply_len);
 	if (rc == 0) {
 		c->base.owner = owner;
-		c->engine_knows = true;
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	send_refusal(c, rc, reply, reply_len < sizeof(reply) ? reply_len : sizeof(reply));
@@ -491,9 +466,8 @@ static void server_on_hello(struct tconn *c, const struct tcp_hs *f)
 		return;
 	}
 	c->base.owner = owner;
-	c->engine_knows = true;
 	if ((rc = conn_alloc(c, &p)) || (rc = ctl_send(c, 0, TCP_HS_ACCEPT, 0, reply, reply_len))) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	c->state = TC_WAIT_READY;
@@ -510,26 +484,25 @@ static void client_on_answer(struct tconn *c, const struct tcp_hs *f)
 	int rc;
 
 	if (f->type == TCP_HS_REFUSE) {
-		if (f->hs_len) /* the engine's refusal: it decodes the reason */
-			conn_setup_failed(c, -ECONNREFUSED, f->hs, f->hs_len);
-		else
-			conn_setup_failed(c, status_is_sane(f->status) ? f->status : -ECONNREFUSED,
-					  NULL, 0);
+		/* The engine's refusal carries its reason (the engine decodes
+		 * it); a bare one, a status. */
+		int st = !f->hs_len && status_is_sane(f->status) ? f->status : -ECONNREFUSED;
+
+		c->t->ev->connected(&c->base, st, f->hs, f->hs_len);
+		conn_close(c);
 		return;
 	}
 	if (f->type != TCP_HS_ACCEPT) {
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	if ((rc = ctl_send(c, 1, TCP_HS_READY, 0, NULL, 0))) {
-		conn_setup_failed(c, uv_to_conn_err(rc), NULL, 0);
+		conn_failed(c, uv_to_conn_err(rc), NULL);
 		return;
 	}
 	conn_up(c);
-	if (c->t->ev->connected(&c->base, 0, f->hs, f->hs_len)) {
-		c->notified_end = true; /* the engine refused the answer: it knows */
-		conn_close(c);
-	}
+	if (c->t->ev->connected(&c->base, 0, f->hs, f->hs_len))
+		conn_close(c); /* the engine refused the answer */
 }
 
 /* A complete handshake frame arrived in hsbuf. */
@@ -547,7 +520,7 @@ static void hs_frame(struct tconn *c)
 		break;
 	case TC_WAIT_READY:
 		if (bad || f.type != TCP_HS_READY) {
-			conn_setup_failed(c, TERN_EPEER, NULL, 0);
+			conn_failed(c, TERN_EPEER, NULL);
 			break;
 		}
 		conn_up(c);
@@ -555,7 +528,7 @@ static void hs_frame(struct tconn *c)
 		break;
 	case TC_WAIT_ANSWER:
 		if (bad)
-			conn_setup_failed(c, TERN_EPEER, NULL, 0);
+			conn_failed(c, TERN_EPEER, NULL);
 		else
 			client_on_answer(c, &f);
 		break;
@@ -584,7 +557,7 @@ static bool frame_start(struct tconn *c, uint32_t len)
 			if (c->state == TC_WAIT_HELLO)
 				server_refuse_garbage(c);
 			else
-				conn_setup_failed(c, TERN_EPEER, NULL, 0);
+				conn_failed(c, TERN_EPEER, NULL);
 			return false;
 		}
 		c->f_dst = c->hsbuf;
@@ -722,7 +695,7 @@ static void rx_eof(struct tconn *c, int err)
 		return;
 	}
 	if (c->state != TC_UP) {
-		conn_setup_failed(c, err == UV_EOF ? -ECONNRESET : uv_to_conn_err(err), NULL, 0);
+		conn_failed(c, err == UV_EOF ? -ECONNRESET : uv_to_conn_err(err), NULL);
 		return;
 	}
 	/* (In a bulk piece, the peer closing mid-transfer is a reset, not a
@@ -1106,12 +1079,12 @@ static void connect_cb(uv_connect_t *req, int status)
 	if (c->state != TC_CONNECTING)
 		return; /* closed meanwhile */
 	if (status < 0) {
-		conn_setup_failed(c, status, NULL, 0);
+		conn_failed(c, status, NULL);
 	} else {
 		uv_tcp_nodelay(&c->tcp, 1);
 		c->state = TC_WAIT_ANSWER;
 		if ((rc = ctl_send(c, 0, TCP_HS_HELLO, 0, c->hs, c->hs_len)))
-			conn_setup_failed(c, uv_to_conn_err(rc), NULL, 0);
+			conn_failed(c, uv_to_conn_err(rc), NULL);
 		else
 			rx_update_reading(c);
 	}
@@ -1134,7 +1107,6 @@ static int tcp_connect(struct tern_tctx *tt, const struct tern_uri *u,
 	c = conn_new(t, false);
 	if (!c)
 		return -ENOMEM;
-	c->base.owner = owner;
 	snprintf(c->base.peer, sizeof(c->base.peer),
 		 strchr(u->host, ':') ? "[%.60s]:%u" : "%.60s:%u", u->host, u->port);
 	memcpy(c->hs, hs, hs_len);
@@ -1147,7 +1119,7 @@ static int tcp_connect(struct tern_tctx *tt, const struct tern_uri *u,
 	}
 	c->state = TC_CONNECTING;
 	uv_timer_start(&c->timer, conn_timer_cb, p->connect_timeout_ms, 0);
-	c->engine_knows = true;
+	c->base.owner = owner; /* the engine knows it from here */
 	*out = &c->base;
 	return 0;
 }
@@ -1156,7 +1128,6 @@ static void tcp_disconnect(struct tern_conn *bc)
 {
 	struct tconn *c = C(bc);
 
-	c->notified_end = true;
 	conn_close(c);
 }
 

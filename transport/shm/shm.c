@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "tern/transport.h"
+#include "../common/link.h"
 #include "../common/xtab.h"
 #include "shm_layout.h"
 
@@ -65,35 +66,6 @@ extern const struct tern_transport_ops tern_shm_transport;
 #define SLOT_SENT 0x1 /* our send slot i is with the peer (not yet returned) */
 #define SLOT_HELD 0x2 /* the peer's slot i is with our engine (not yet returned) */
 
-/* ---- a tiny intrusive list -------------------------------------------------- */
-
-struct shm_link {
-	struct shm_link *prev, *next;
-};
-
-static void link_init(struct shm_link *l)
-{
-	l->prev = l->next = l;
-}
-
-static void link_add(struct shm_link *head, struct shm_link *n)
-{
-	n->next = head;
-	n->prev = head->prev;
-	head->prev->next = n;
-	head->prev = n;
-}
-
-/* Idempotent: a removed node points at itself. */
-static void link_del(struct shm_link *n)
-{
-	n->prev->next = n->next;
-	n->next->prev = n->prev;
-	n->prev = n->next = n;
-}
-
-#define link_entry(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
-
 /* ---- objects ------------------------------------------------------------------ */
 
 struct shm_tctx {
@@ -106,7 +78,7 @@ struct shm_tctx {
 	 * only when its memory is freed (a uv close callback, never inside
 	 * poll), so upcalls that close connections cannot break the walk.
 	 */
-	struct shm_link up;
+	struct tern_link up;
 	int doorbells_owed; /* up connections with a deferred doorbell check */
 	int in_poll;	    /* inside our own poll loop: returns go out on the way out */
 	int open_handles;
@@ -117,7 +89,7 @@ struct slistener {
 	struct shm_tctx *t;
 	int fd;
 	uv_poll_t poll;
-	struct shm_link pending; /* accepted sockets that have not said HELLO yet */
+	struct tern_link pending; /* accepted sockets that have not said HELLO yet */
 	char name[SHM_NAME_MAX + 1];
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "" for an abstract name */
 };
@@ -133,8 +105,8 @@ enum sstate {
 struct sconn {
 	struct tern_conn base;
 	struct shm_tctx *t;
-	struct slistener *l;  /* server: until the engine has seen the HELLO */
-	struct shm_link link; /* t->up when up, l->pending before HELLO */
+	struct slistener *l;   /* server: until the engine has seen the HELLO */
+	struct tern_link link; /* t->up when up, l->pending before HELLO */
 	enum sstate state;
 	bool server;
 	int pending_err; /* a failure the timer reports (connect() cannot upcall) */
@@ -482,7 +454,7 @@ static void conn_free(struct sconn *c)
 
 	bulk_fail_all(c, -ECONNRESET);
 	tern_xtab_free(&c->xt);
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	if (c->sock >= 0)
 		close(c->sock);
 	if (c->bell_in >= 0)
@@ -553,7 +525,7 @@ static void conn_close(struct sconn *c)
 		return;
 	c->state = SC_CLOSING;
 	if (c->l) {
-		link_del(&c->link);
+		tern_link_del(&c->link);
 		c->l = NULL;
 	}
 	if ((c->bops_live || c->xt.live || c->split_given) && c->sock >= 0 && c->sock_poll_init) {
@@ -612,7 +584,7 @@ static struct sconn *conn_new(struct shm_tctx *t, bool server)
 	c->sock = c->bell_in = c->bell_out = -1;
 	c->base.ops = &tern_shm_transport;
 	c->base.tctx = (struct tern_tctx *)t;
-	link_init(&c->link);
+	tern_link_init(&c->link);
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;
 	c->handles = 1;
@@ -750,8 +722,8 @@ static void settle_doorbells(struct shm_tctx *t)
 		return;
 	/* Orders every release store publish() made before the loads below. */
 	atomic_thread_fence(memory_order_seq_cst);
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (!c->doorbell_owed)
 			continue;
@@ -965,8 +937,8 @@ static void poll_exit(struct shm_tctx *t)
 {
 	if (--t->in_poll || t->mode != TERN_TRANSPORT_EVENTS)
 		return;
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (c->nrets && flush_rets(c))
 			conn_failed(c, TERN_EPEER, "shm: the peer's index says its ring is full");
@@ -1054,7 +1026,7 @@ static void conn_up(struct sconn *c)
 {
 	uv_timer_stop(&c->timer);
 	c->state = SC_UP;
-	link_add(&c->t->up, &c->link);
+	tern_link_add(&c->t->up, &c->link);
 }
 
 /* Up, and the engine told: start watching the doorbell if we sleep. */
@@ -1122,7 +1094,7 @@ static void server_refuse_garbage(struct sconn *c)
 	void *owner = NULL;
 	int rc;
 
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 	rc = c->t->ev->incoming(&l->base, NULL, 0, &p, &owner, reply, &reply_len);
 	if (rc == 0) {
@@ -1172,7 +1144,7 @@ static void server_on_hello(struct sconn *c)
 		return;
 	}
 	c->bell_out = fds[0];
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 
 	rc = t->ev->incoming(&l->base, m.hs, m.hs_len, &p, &owner, reply, &reply_len);
@@ -1425,7 +1397,7 @@ static void listener_cb(uv_poll_t *h, int status, int events)
 			continue;
 		}
 		c->l = l;
-		link_add(&l->pending, &c->link);
+		tern_link_add(&l->pending, &c->link);
 		c->state = SC_HELLO;
 		snprintf(c->base.peer, sizeof(c->base.peer), "%s[pid %d]", l->name, (int)pid);
 		conn_watch_socket(c, fd);
@@ -1471,7 +1443,7 @@ static int shm_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owne
 	l->base.owner = owner;
 	l->t = t;
 	l->fd = -1;
-	link_init(&l->pending);
+	tern_link_init(&l->pending);
 	snprintf(l->name, sizeof(l->name), "%.64s", u->host);
 	if ((rc = shm_addr(u->host, &sa, &len, l->path, sizeof(l->path))))
 		goto fail;
@@ -1524,7 +1496,7 @@ static void shm_listener_close(struct tern_tlistener *tl)
 
 	/* Sockets that never said HELLO have no session; drop them. */
 	while (l->pending.next != &l->pending)
-		conn_close(link_entry(l->pending.next, struct sconn, link));
+		conn_close(tern_link_entry(l->pending.next, struct sconn, link));
 	if (l->path[0])
 		unlink(l->path);
 	/* Release the name now, not a loop turn later, so it can be listened
@@ -1633,8 +1605,8 @@ static void shm_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
 {
 	struct shm_tctx *t = T(tt);
 
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next)
-		tern_xtab_drop_mem(&link_entry(l, struct sconn, link)->xt, m);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next)
+		tern_xtab_drop_mem(&tern_link_entry(l, struct sconn, link)->xt, m);
 	m->prov = NULL;
 }
 
@@ -1847,7 +1819,7 @@ static int shm_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transp
 	t->loop = loop;
 	t->ev = ev;
 	t->mode = TERN_TRANSPORT_POLLED;
-	link_init(&t->up);
+	tern_link_init(&t->up);
 	*out = (struct tern_tctx *)t;
 	return 0;
 }
@@ -1865,13 +1837,13 @@ static void shm_ctx_fini(struct tern_tctx *tt)
 static int shm_poll(struct tern_tctx *tt, int budget)
 {
 	struct shm_tctx *t = T(tt);
-	struct shm_link *l;
+	struct tern_link *l;
 	int n = 0;
 
 	t->in_poll++;
 	settle_doorbells(t);
 	for (l = t->up.next; l != &t->up && n < budget; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (c->state == SC_UP)
 			n += conn_poll(c, budget - n);
@@ -1890,7 +1862,7 @@ static int shm_poll(struct tern_tctx *tt, int budget)
 	 * they go out alone, so a peer waiting for slots waits one spin.
 	 */
 	for (l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (!c->nrets || c->state != SC_UP)
 			continue;
@@ -1910,8 +1882,8 @@ static int shm_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 
 	settle_doorbells(t); /* checks owed from polled mode, before leaving it */
 	t->mode = mode;
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (c->state != SC_UP)
 			continue;

@@ -37,6 +37,7 @@
 #include <arpa/inet.h>
 
 #include "tern/transport.h"
+#include "../common/link.h"
 #include "../common/xtab.h"
 #include "tcp_proto.h"
 
@@ -51,40 +52,6 @@ extern const struct tern_transport_ops tern_tcp_transport;
 #define TCP_PIECES	 4	     /* bulk pieces written and not yet done, per connection */
 #define TCP_OUTS	 (2 * TCP_BULK_OPS)
 
-/* ---- a tiny intrusive list -------------------------------------------------- */
-
-struct tcp_link {
-	struct tcp_link *prev, *next;
-};
-
-static void link_init(struct tcp_link *l)
-{
-	l->prev = l->next = l;
-}
-
-static void link_add(struct tcp_link *head, struct tcp_link *n)
-{
-	n->next = head;
-	n->prev = head->prev;
-	head->prev->next = n;
-	head->prev = n;
-}
-
-/* Idempotent: a removed node points at itself. */
-static void link_del(struct tcp_link *n)
-{
-	n->prev->next = n->next;
-	n->next->prev = n->prev;
-	n->prev = n->next = n;
-}
-
-static bool link_empty(const struct tcp_link *l)
-{
-	return l->next == l;
-}
-
-#define link_entry(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
-
 /* ---- objects ------------------------------------------------------------------ */
 
 struct tcp_tctx {
@@ -93,9 +60,9 @@ struct tcp_tctx {
 	const struct tern_transport_events *ev;
 	enum tern_transport_mode mode;
 	/* Connections that are up; left only when freed (never inside poll). */
-	struct tcp_link up;
+	struct tern_link up;
 	/* Connections with deferred work: send_done owed, or parsing to resume. */
-	struct tcp_link kick;
+	struct tern_link kick;
 	uv_idle_t kick_idle;
 	bool kick_active;
 	int in_cb; /* inside our read callback: it runs the deferred work itself */
@@ -106,7 +73,7 @@ struct tlistener {
 	struct tern_tlistener base;
 	struct tcp_tctx *t;
 	uv_tcp_t tcp;
-	struct tcp_link pending; /* accepted sockets that have not said HELLO yet */
+	struct tern_link pending; /* accepted sockets that have not said HELLO yet */
 };
 
 /* What the frame being read is. */
@@ -163,9 +130,9 @@ enum tstate {
 struct tconn {
 	struct tern_conn base;
 	struct tcp_tctx *t;
-	struct tlistener *l;  /* server: until the engine has seen the HELLO */
-	struct tcp_link link; /* t->up when up, l->pending before HELLO */
-	struct tcp_link kick; /* t->kick */
+	struct tlistener *l;   /* server: until the engine has seen the HELLO */
+	struct tern_link link; /* t->up when up, l->pending before HELLO */
+	struct tern_link kick; /* t->kick */
 	enum tstate state;
 	bool server;
 	bool reading; /* uv_read_start() is on */
@@ -246,8 +213,8 @@ static void conn_free(struct tconn *c)
 {
 	bulk_fail_all(c, -ECONNRESET);
 	tern_xtab_free(&c->xt);
-	link_del(&c->link);
-	link_del(&c->kick);
+	tern_link_del(&c->link);
+	tern_link_del(&c->kick);
 	if (c->mem && !mem_keep(c))
 		free(c->mem);
 	free(c->prefix);
@@ -279,10 +246,10 @@ static void conn_close(struct tconn *c)
 		return;
 	c->state = TC_CLOSING;
 	if (c->l) {
-		link_del(&c->link);
+		tern_link_del(&c->link);
 		c->l = NULL;
 	}
-	link_del(&c->kick);
+	tern_link_del(&c->kick);
 	uv_timer_stop(&c->timer);
 	uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
 	uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
@@ -318,8 +285,8 @@ static struct tconn *conn_new(struct tcp_tctx *t, bool server)
 	c->server = server;
 	c->base.ops = &tern_tcp_transport;
 	c->base.tctx = (struct tern_tctx *)t;
-	link_init(&c->link);
-	link_init(&c->kick);
+	tern_link_init(&c->link);
+	tern_link_init(&c->kick);
 	uv_timer_init(t->loop, &c->timer);
 	uv_tcp_init(t->loop, &c->tcp);
 	c->timer.data = c;
@@ -370,7 +337,7 @@ static void conn_up(struct tconn *c)
 {
 	uv_timer_stop(&c->timer);
 	c->state = TC_UP;
-	link_add(&c->t->up, &c->link);
+	tern_link_add(&c->t->up, &c->link);
 }
 
 static int uv_to_conn_err(int rc)
@@ -437,7 +404,7 @@ static void server_refuse_garbage(struct tconn *c)
 	void *owner = NULL;
 	int rc;
 
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 	rc = c->t->ev->incoming(&l->base, NULL, 0, &p, &owner, reply, &reply_len);
 	if (rc == 0) {
@@ -458,7 +425,7 @@ static void server_on_hello(struct tconn *c, const struct tcp_hs *f)
 	void *owner = NULL;
 	int rc;
 
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 	rc = t->ev->incoming(&l->base, f->hs, f->hs_len, &p, &owner, reply, &reply_len);
 	if (rc) {
@@ -734,9 +701,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	 * runs here, on the way out, rather than costing the loop one more
 	 * turn through an idle handle; a few rounds, then the idle takes over.
 	 */
-	for (int i = 0; i < 4 && !link_empty(&t->kick); i++)
+	for (int i = 0; i < 4 && !tern_link_empty(&t->kick); i++)
 		kick_run(t);
-	if (--t->in_cb == 0 && !link_empty(&t->kick))
+	if (--t->in_cb == 0 && !tern_link_empty(&t->kick))
 		kick_idle_start(t);
 	t->ev->activity(t->ctx);
 }
@@ -798,8 +765,8 @@ static void kick(struct tconn *c)
 {
 	struct tcp_tctx *t = c->t;
 
-	if (link_empty(&c->kick))
-		link_add(&t->kick, &c->kick);
+	if (tern_link_empty(&c->kick))
+		tern_link_add(&t->kick, &c->kick);
 	if (!t->in_cb)
 		kick_idle_start(t);
 }
@@ -839,21 +806,21 @@ static int conn_flush(struct tconn *c)
 /* Run the deferred work queued so far (not what it queues in turn). */
 static int kick_run(struct tcp_tctx *t)
 {
-	struct tcp_link batch;
+	struct tern_link batch;
 	int n = 0;
 
-	link_init(&batch);
-	if (!link_empty(&t->kick)) {
+	tern_link_init(&batch);
+	if (!tern_link_empty(&t->kick)) {
 		batch.next = t->kick.next;
 		batch.prev = t->kick.prev;
 		batch.next->prev = &batch;
 		batch.prev->next = &batch;
-		link_init(&t->kick);
+		tern_link_init(&t->kick);
 	}
-	while (!link_empty(&batch)) {
-		struct tconn *c = link_entry(batch.next, struct tconn, kick);
+	while (!tern_link_empty(&batch)) {
+		struct tconn *c = tern_link_entry(batch.next, struct tconn, kick);
 
-		link_del(&c->kick);
+		tern_link_del(&c->kick);
 		n += conn_flush(c);
 	}
 	return n;
@@ -864,7 +831,7 @@ static void kick_cb(uv_idle_t *h)
 	struct tcp_tctx *t = h->data;
 	int n = kick_run(t);
 
-	if (link_empty(&t->kick)) {
+	if (tern_link_empty(&t->kick)) {
 		uv_idle_stop(&t->kick_idle);
 		t->kick_active = false;
 	}
@@ -998,7 +965,7 @@ static void on_connection(uv_stream_t *server, int status)
 	uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen);
 	fmt_peer(c->base.peer, sizeof(c->base.peer), &ss);
 	c->l = l;
-	link_add(&l->pending, &c->link);
+	tern_link_add(&l->pending, &c->link);
 	c->state = TC_WAIT_HELLO;
 	rx_update_reading(c);
 	uv_timer_start(&c->timer, conn_timer_cb, TCP_HANDSHAKE_MS, 0);
@@ -1046,7 +1013,7 @@ static int tcp_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owne
 	l->base.tctx = tt;
 	l->base.owner = owner;
 	l->t = t;
-	link_init(&l->pending);
+	tern_link_init(&l->pending);
 	uv_tcp_init(t->loop, &l->tcp);
 	l->tcp.data = l;
 	t->open_handles++;
@@ -1066,8 +1033,8 @@ static void tcp_listener_close(struct tern_tlistener *tl)
 {
 	struct tlistener *l = (struct tlistener *)tl;
 
-	while (!link_empty(&l->pending))
-		conn_close(link_entry(l->pending.next, struct tconn, link));
+	while (!tern_link_empty(&l->pending))
+		conn_close(tern_link_entry(l->pending.next, struct tconn, link));
 	uv_close((uv_handle_t *)&l->tcp, listener_closed);
 }
 
@@ -1398,8 +1365,8 @@ static void tcp_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
 {
 	struct tcp_tctx *t = T(tt);
 
-	for (struct tcp_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct tconn *c = link_entry(l, struct tconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct tconn *c = tern_link_entry(l, struct tconn, link);
 
 		for (uint32_t i = 0; i < TCP_OUTS; i++) {
 			struct tcp_out *o = &c->outs[i];
@@ -1518,8 +1485,8 @@ static int tcp_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transp
 	t->loop = loop;
 	t->ev = ev;
 	t->mode = TERN_TRANSPORT_POLLED;
-	link_init(&t->up);
-	link_init(&t->kick);
+	tern_link_init(&t->up);
+	tern_link_init(&t->kick);
 	uv_idle_init(loop, &t->kick_idle);
 	t->kick_idle.data = t;
 	t->open_handles = 1;
@@ -1549,8 +1516,8 @@ static int tcp_poll(struct tern_tctx *tt, int budget)
 	struct tcp_tctx *t = T(tt);
 	int n = kick_run(t);
 
-	for (struct tcp_link *l = t->up.next; l != &t->up && n < budget; l = l->next) {
-		struct tconn *c = link_entry(l, struct tconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up && n < budget; l = l->next) {
+		struct tconn *c = tern_link_entry(l, struct tconn, link);
 
 		if (c->state == TC_UP)
 			n += conn_poll_socket(c, budget - n);
@@ -1563,8 +1530,8 @@ static int tcp_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 	struct tcp_tctx *t = T(tt);
 
 	t->mode = mode;
-	for (struct tcp_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct tconn *c = link_entry(l, struct tconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct tconn *c = tern_link_entry(l, struct tconn, link);
 
 		if (c->state == TC_UP)
 			rx_update_reading(c);

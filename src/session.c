@@ -458,8 +458,18 @@ static void ev_accepted(struct tern_conn *c, int status)
 {
 	tern_session *s = c->owner;
 
-	if (!s || s->state != TERN_S_CONNECTING)
-		return; /* refused, or failed already */
+	if (!s)
+		return; /* refused */
+	if (s->state != TERN_S_CONNECTING) {
+		/*
+		 * Closed while the provider was still setting it up
+		 * (tern_ctx_destroy() closes every session): the engine had no
+		 * connection to disconnect then, it has one now.
+		 */
+		if (s->state == TERN_S_CLOSING && !status)
+			c->ops->disconnect(c);
+		return;
+	}
 	s->conn = c;
 	if (status) {
 		note_failure(s, status, "accept failed"); /* the provider tears it down */

@@ -680,6 +680,12 @@ static void turn(tern_ctx *ctx, bool one)
 		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
 }
 
+static void note_closed(tern_session *s, int reason)
+{
+	(void)reason;
+	*(bool *)tern_session_data(s) = true;
+}
+
 /*
  * A context destroyed while a connection to its listener is half made (its
  * engine took the client's hello; its provider has not yet said the
@@ -689,7 +695,9 @@ static void turn(tern_ctx *ctx, bool one)
 static void test_destroying_a_context_mid_accept_finishes(void **state)
 {
 	struct tern_ctx_opts o = {.size = sizeof(o), .progress = TERN_PROGRESS_BUSY};
-	bool mem = fx_is("mem");
+	bool mem = fx_is("mem"), cli_closed = false;
+	struct tern_session_opts so = {
+		.size = sizeof(so), .on_close = note_closed, .data = &cli_closed};
 	tern_ctx *sctx, *cctx;
 	tern_session *cli, *srv;
 	tern_listener *l;
@@ -701,7 +709,7 @@ static void test_destroying_a_context_mid_accept_finishes(void **state)
 	assert_int_equal(tern_ctx_create(&o, &sctx), 0);
 	assert_int_equal(tern_ctx_create(&o, &cctx), 0);
 	assert_int_equal(tern_listen(sctx, fx_listen_uri(), NULL, NULL, &l), 0);
-	assert_int_equal(tern_connect(cctx, tern_listener_uri(l), NULL, NULL, &cli), 0);
+	assert_int_equal(tern_connect(cctx, tern_listener_uri(l), &so, NULL, &cli), 0);
 	/* Until the server's engine has taken the hello... */
 	end = tern__now_ns() + 20000000000ull;
 	while (tern_list_empty(&sctx->sessions) && tern__now_ns() < end) {
@@ -712,18 +720,19 @@ static void test_destroying_a_context_mid_accept_finishes(void **state)
 	/* ...and the client is up, the server's last step of the handshake
 	 * waiting in its provider (mem: queued; shm, tcp: the READY unread;
 	 * rdma: the ESTABLISHED event unread). */
-	while (!tern_session_is_ready(cli) && tern__now_ns() < end)
+	while (!cli_closed && !tern_session_is_ready(cli) && tern__now_ns() < end)
 		turn(cctx, false);
+	assert_false(cli_closed);
 	assert_true(tern_session_is_ready(cli));
 	srv = tern_container_of(sctx->sessions.next, tern_session, link);
 	assert_int_equal(srv->state, TERN_S_CONNECTING);
 
 	assert_int_equal(tern_ctx_destroy(sctx), 0);
 
-	/* The client hears the connection go. */
-	while (tern_session_is_ready(cli) && tern__now_ns() < end)
+	/* The client hears the connection go (and the session is freed). */
+	while (!cli_closed && tern__now_ns() < end)
 		turn(cctx, false);
-	assert_false(tern_session_is_ready(cli));
+	assert_true(cli_closed);
 	assert_int_equal(tern_ctx_destroy(cctx), 0);
 	alarm(0);
 }

@@ -33,6 +33,7 @@
 
 #include "fixture.h"
 #include "internal.h"
+#include "rpc.h"
 
 #define M_OW	  0x600 /* one-way */
 #define M_RAW	  0x601
@@ -236,6 +237,12 @@ static void send_done(tern_session *s, int status, void *user)
 	free(p);
 }
 
+/* How many messages wait in the client's queue (rpc/client.c). */
+static uint32_t q_len(void)
+{
+	return tern__rpc(o->f.cli)->q_len;
+}
+
 static void post(uint32_t id)
 {
 	o->posted[o->nposted++] = id;
@@ -252,10 +259,8 @@ static void post_commit(uint32_t id)
 /* Whatever left the session's queue since we looked went out, in order. */
 static void sync_queue(void)
 {
-	tern_session *s = o->f.cli;
-
-	assert_true(s->q_len <= o->qlen);
-	while (o->qlen > s->q_len) {
+	assert_true(q_len() <= o->qlen);
+	while (o->qlen > q_len()) {
 		post(o->queued[o->qhead]);
 		o->qhead = (o->qhead + 1) % MAX_MSGS;
 		o->qlen--;
@@ -264,18 +269,18 @@ static void sync_queue(void)
 
 /*
  * After tern_send()/tern_call() accepted @id: sent now, or queued?  The
- * engine decides when the queue is empty (a credit or none); behind
+ * session decides when its queue is empty (a credit or none); behind
  * anything queued, the message must queue too.
  */
 static void accepted(uint32_t id, uint32_t q_before)
 {
 	if (q_before)
-		assert_int_equal(o->f.cli->q_len, q_before + 1);
-	if (o->f.cli->q_len == q_before + 1) {
+		assert_int_equal(q_len(), q_before + 1);
+	if (q_len() == q_before + 1) {
 		o->queued[(o->qhead + o->qlen) % MAX_MSGS] = id;
 		o->qlen++;
 	} else {
-		assert_int_equal(o->f.cli->q_len, q_before);
+		assert_int_equal(q_len(), q_before);
 		o->direct++;
 		post(id);
 	}
@@ -307,7 +312,7 @@ static struct pending *payload(uint32_t id, size_t len)
 static void op_send(uint32_t method, enum klass k)
 {
 	tern_session *s = o->f.cli;
-	uint32_t q = s->q_len, id = o->next_id;
+	uint32_t q = q_len(), id = o->next_id;
 	size_t len = 4 + rnd(60);
 	struct pending *p = payload(id, len);
 	int rc = tern_send(s, method, p->req, len, send_done, p);
@@ -330,7 +335,7 @@ static void op_send(uint32_t method, enum klass k)
 static void op_call(uint32_t method, enum klass k, size_t len, bool reply_buf)
 {
 	tern_session *s = o->f.cli;
-	uint32_t q = s->q_len, id = o->next_id;
+	uint32_t q = q_len(), id = o->next_id;
 	struct pending *p = payload(id, len);
 	struct tern_call_opts co = {.size = sizeof(co)};
 	int rc;

@@ -266,6 +266,12 @@ struct tern_transport_ops {
 	 *	sends the reply that announces a large reply then).  verbs
 	 *	orders even messages posted before bulk_done() (one RC queue);
 	 *	shm and tcp, which move the data beside the slot rings, do not.
+	 *	bulk_read and bulk_write return -EAGAIN when the connection has as
+	 *	many transfers in flight as the provider holds (verbs 16; shm, tcp
+	 *	and mem 64), and only then: the engine queues the transfer and tries
+	 *	again each time bulk_done() reports one, so a provider must keep a
+	 *	transfer counted until just before its bulk_done() (never free a
+	 *	place without reporting one, or a queued transfer waits for good).
 	 * mem_release: the engine deregisters @m: drop the provider's state.
 	 * bulk_unexport (optional): the call @d was exported for is over; the
 	 *	peer may no longer reach it once this returns (the engine hands

@@ -10,6 +10,19 @@
  * next request on the credit that reply returned; such a request waits in
  * the backlog (bounded by the receive ring) for a reply slot.
  *
+ * Sent but unreported: a provider may report send_done() late (verbs asks
+ * for a completion every few sends), so a reply slot whose reply is out
+ * can stay taken with nothing left to report it: with N - 1 requests held
+ * by deferred (long-poll) handlers and the last slot's reply unreported,
+ * the request that would release them waits in the backlog for good.  So
+ * while a request waits in the backlog, the engine asks the provider to
+ * report every send posted so far (tern__session_report_sends()): once
+ * when it joins the backlog, which covers every reply posted before, and
+ * after every reply posted while the backlog is not empty, which covers
+ * the rest.  Every reply slot is then either held by a handler (which
+ * answers in its own time) or reported free in bounded time, and the
+ * backlog moves whenever one is; nothing is asked while nobody waits.
+ *
  * Large messages: a request may name the caller's reply buffer (a bulk
  * descriptor) and may itself be a descriptor, which the server pulls into a
  * staging buffer before the handler runs.  A reply larger than the slot is
@@ -71,6 +84,9 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	tern_credits_request_done(&s->cr);
 	/* A refusal closes the session once delivered: ask to hear of it. */
 	tern__session_send_flags(s, s->n + req->idx, &h, s->refused ? TERN_SEND_CONFIRM : 0);
+	/* A request waits for a reply slot: this one must come back. */
+	if (r->bl_len)
+		tern__session_report_sends(s);
 }
 
 static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
@@ -602,6 +618,8 @@ static void backlog_push(tern_session *s, uint32_t token, const struct tern_hdr 
 	b[at].payload = payload;
 	b[at].h = *h;
 	r->bl_len++;
+	/* the replies already sent must come back (see the top of the file) */
+	tern__session_report_sends(s);
 }
 
 void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,

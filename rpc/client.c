@@ -9,6 +9,18 @@
  *
  * A slot is reusable when its call is finished *and* the provider has
  * released its send slot; the two can happen in either order.
+ *
+ * A provider may release send slots late (verbs asks for a completion
+ * every few sends): a finished call whose request is still unreported
+ * keeps its slot.  With N - 1 calls held by a long-polling server and the
+ * last slot's request unreported, the call that would release them could
+ * wait for good.  So the engine asks the provider to report every send
+ * posted so far (tern__session_report_sends()) whenever a call or message
+ * finds no slot (stalled()), which covers every slot sent before, and
+ * whenever a slot becomes finished-but-unreported while the queue is not
+ * empty (release_slot(), issue_oneway()), which covers the rest: every
+ * slot is then either a call waiting for its reply or free in bounded
+ * time.  Nothing is asked while nobody waits.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -37,6 +49,13 @@ static bool can_send(const tern_session *s)
 	return tern__rpc_const(s)->nfree_calls > 0 && tern_credits_can_send(&s->cr);
 }
 
+/* No slot or credit for a call or message: someone waits (see the top). */
+static void stalled(tern_session *s)
+{
+	s->cnt.credit_stalls++;
+	tern__session_report_sends(s);
+}
+
 static void release_slot(tern_session *s, tern_callslot *c)
 {
 	struct tern_rpc_session *r = tern__rpc(s);
@@ -44,6 +63,8 @@ static void release_slot(tern_session *s, tern_callslot *c)
 	c->state = TERN_CALL_FREE;
 	if (!c->send_busy)
 		r->free_calls[r->nfree_calls++] = c->idx;
+	else if (r->q_len)
+		tern__session_report_sends(s); /* queued calls need it back */
 }
 
 /* Finish call @c: free its slot first, so the callback may call again. */
@@ -127,6 +148,8 @@ static void issue_oneway(tern_session *s, tern_callslot *c, uint32_t method, siz
 	c->send_busy = true;
 	s->cnt.oneway_sent++;
 	tern__session_send(s, c->idx, &h);
+	if (tern__rpc(s)->q_len)
+		tern__session_report_sends(s); /* queued calls need it back */
 }
 
 static tern_callslot *take_send_slot(tern_session *s)
@@ -153,7 +176,7 @@ static int acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out
 	if (!tern__session_usable(s))
 		return -ENOTCONN;
 	if (tern__rpc(s)->q_len || !(oneway ? can_send(s) : can_issue(s))) {
-		s->cnt.credit_stalls++;
+		stalled(s);
 		return -EAGAIN;
 	}
 	c = oneway ? take_send_slot(s) : take_slot(s);
@@ -187,7 +210,7 @@ int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len, 
 		issue_oneway(s, c, method_id, len);
 		return 0;
 	}
-	s->cnt.credit_stalls++;
+	stalled(s);
 	if (s->nonblock || !cb)
 		return -EAGAIN;
 	rc = enqueue(s, method_id, msg, len, NULL, cb, user, deadline_for(s, NULL));
@@ -461,7 +484,7 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 	if (tern__rpc(s)->q_len == 0 && can_issue(s))
 		return issue_any(s, method_id, req, len, reply_buf, reply_cap, cb, user,
 				 deadline_for(s, opts));
-	s->cnt.credit_stalls++;
+	stalled(s);
 	if (s->nonblock)
 		return -EAGAIN;
 	rc = enqueue(s, method_id, req, len, cb, NULL, user, deadline_for(s, opts));

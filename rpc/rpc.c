@@ -65,8 +65,9 @@ static int rpc_session_init(tern_session *s, const struct tern_session_opts *o)
 	/* every receive slot may hold a request waiting for a reply slot */
 	r->bl_cap = 2 * n + TERN_CTRL_SLOTS;
 	r->backlog = calloc(r->bl_cap, sizeof(*r->backlog));
+	r->bulk_wait = calloc(n, sizeof(*r->bulk_wait));
 	if (!r->calls || !r->free_calls || !r->queue || !r->orphans || !r->reqs || !r->free_reqs ||
-	    !r->owreqs || !r->free_owreqs || !r->backlog)
+	    !r->owreqs || !r->free_owreqs || !r->backlog || !r->bulk_wait)
 		return -ENOMEM;
 	r->q_cap = o->queue_depth;
 	/* Free stacks pop from the end: push in reverse so slot 0 goes first. */
@@ -110,6 +111,7 @@ static void rpc_session_fini(tern_session *s)
 	free(r->owreqs);
 	free(r->free_owreqs);
 	free(r->backlog);
+	free(r->bulk_wait);
 	free(r->svc_check);
 }
 

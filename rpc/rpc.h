@@ -186,9 +186,12 @@ struct tern_req {
 	struct tern_stage *out_stage; /* a reply too large for the slot */
 	void *out;		      /* where the handler writes its reply */
 	size_t out_cap;
-	uint64_t bulk_len;   /* the large reply being written */
-	uint32_t holds;	     /* tern_req_hold() calls not yet released */
-	ssize_t held_status; /* a held batch item's status, for its release */
+	uint64_t bulk_len;	     /* the large reply being written */
+	struct tern_mr *bulk_mr;     /* ...from this region */
+	size_t bulk_off;	     /* ...at this offset */
+	struct tern_bulk_desc qdesc; /* the large request being pulled */
+	uint32_t holds;		     /* tern_req_hold() calls not yet released */
+	ssize_t held_status;	     /* a held batch item's status, for its release */
 	char errmsg[TERN_ERRMSG_MAX + 1];
 };
 
@@ -223,6 +226,8 @@ struct tern_rpc_session {
 	uint32_t nfree_reqs;
 	struct tern_backlog_entry *backlog; /* requests waiting for a reply slot */
 	uint32_t bl_head, bl_len, bl_cap;
+	uint32_t *bulk_wait; /* ring of n: requests whose transfer waits its turn */
+	uint32_t bw_head, bw_len;
 };
 
 static inline struct tern_rpc_session *tern__rpc(tern_session *s)

@@ -10,10 +10,33 @@
  * next request on the credit that reply returned; such a request waits in
  * the backlog (bounded by the receive ring) for a reply slot.
  *
+ * Sent but unreported: a provider may report send_done() late (verbs asks
+ * for a completion every few sends), so a reply slot whose reply is out
+ * can stay taken with nothing left to report it: with N - 1 requests held
+ * by deferred (long-poll) handlers and the last slot's reply unreported,
+ * the request that would release them waits in the backlog for good.  So
+ * while a request waits in the backlog, the engine asks the provider to
+ * report every send posted so far (tern__session_report_sends()): once
+ * when it joins the backlog, which covers every reply posted before, and
+ * after every reply posted while the backlog is not empty, which covers
+ * the rest.  Every reply slot is then either held by a handler (which
+ * answers in its own time) or reported free in bounded time, and the
+ * backlog moves whenever one is; nothing is asked while nobody waits.
+ *
  * Large messages: a request may name the caller's reply buffer (a bulk
  * descriptor) and may itself be a descriptor, which the server pulls into a
  * staging buffer before the handler runs.  A reply larger than the slot is
  * pushed into the caller's buffer, then a short reply says how long it is.
+ *
+ * A provider moves a bounded number of transfers at once per connection
+ * (verbs 16, shm, tcp and mem 64) and says -EAGAIN past it.  The window
+ * (N requests) may be larger, so a transfer the provider refuses waits in
+ * bulk_wait, in arrival order, and starts when one of the connection's
+ * transfers reports bulk_done(): the provider promises -EAGAIN only while
+ * one is in flight (include/tern/transport.h), so every waiting transfer
+ * has a completion ahead of it that starts it, or a connection failure
+ * that ends it (tern__serve_session_down()).  Nothing waits on a limit
+ * that an honest peer can fill.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -61,6 +84,9 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	tern_credits_request_done(&s->cr);
 	/* A refusal closes the session once delivered: ask to hear of it. */
 	tern__session_send_flags(s, s->n + req->idx, &h, s->refused ? TERN_SEND_CONFIRM : 0);
+	/* A request waits for a reply slot: this one must come back. */
+	if (r->bl_len)
+		tern__session_report_sends(s);
 }
 
 static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
@@ -154,20 +180,91 @@ static int reply_target(tern_req *req)
 	return 0;
 }
 
+/* Why a transfer of the caller's memory failed, for the caller to read. */
+static const char *bulk_why(int status, bool reading)
+{
+/* shm: the exporter copies with process_vm_*, which needs ptrace access */
+#define NO_PTRACE                                                                        \
+	": no ptrace access between the two processes (shm needs the same uid and yama " \
+	"ptrace_scope 0, or CAP_SYS_PTRACE)"
+	if (status == -EPERM)
+		return reading ? "could not read the request from the caller" NO_PTRACE
+			       : "could not write the reply into the caller's buffer" NO_PTRACE;
+#undef NO_PTRACE
+	return reading ? "could not read the request from the caller"
+		       : "could not write the reply into the caller's buffer";
+}
+
+/* Ask the provider to move @req's bytes: pull its request, or push its reply. */
+static int bulk_start(tern_req *req)
+{
+	tern_session *s = req->s;
+	int ti = tern__tp_index(s);
+
+	if (req->state == TERN_REQ_FETCHING)
+		return s->conn->ops->bulk_read(s->conn, &req->qdesc, &req->in_stage->mr.tm[ti], 0,
+					       req->in_len, (uintptr_t)req);
+	return s->conn->ops->bulk_write(s->conn, &req->bulk_mr->tm[ti], req->bulk_off,
+					req->bulk_len, &req->rdesc, (uintptr_t)req);
+}
+
+static void bulk_failed(tern_req *req, int rc)
+{
+	bool reading = req->state == TERN_REQ_FETCHING;
+
+	req->state = TERN_REQ_HANDLER;
+	reply_error(req, rc, bulk_why(rc, reading));
+}
+
+/*
+ * Start @req's transfer (state FETCHING or WRITING), or, when the provider
+ * has as many in flight as it holds, queue it behind those already waiting
+ * (never ahead of them: arrival order).
+ */
+static void bulk_go(tern_req *req)
+{
+	tern_session *s = req->s;
+	struct tern_rpc_session *r = tern__rpc(s);
+	int rc;
+
+	if (!r->bw_len) {
+		rc = bulk_start(req);
+		if (rc != -EAGAIN) {
+			if (rc)
+				bulk_failed(req, rc);
+			return;
+		}
+	}
+	/* each request waits at most once: n places are enough */
+	r->bulk_wait[(r->bw_head + r->bw_len++) % s->n] = req->idx;
+}
+
+/* A transfer of @s's connection finished: start those waiting, in order. */
+static void bulk_kick(tern_session *s)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	while (r->bw_len && s->state == TERN_S_READY) {
+		tern_req *req = &r->reqs[r->bulk_wait[r->bw_head]];
+		int rc = bulk_start(req);
+
+		if (rc == -EAGAIN)
+			return;
+		r->bw_head = (r->bw_head + 1) % s->n;
+		r->bw_len--;
+		if (rc)
+			bulk_failed(req, rc);
+	}
+}
+
 /* Push @n bytes of @mr at @off into the caller's reply buffer; reply when done. */
 static void bulk_reply(tern_req *req, struct tern_mr *mr, size_t off, size_t n)
 {
-	tern_session *s = req->s;
-	int rc;
-
 	req->state = TERN_REQ_WRITING;
+	req->bulk_mr = mr;
+	req->bulk_off = off;
 	req->bulk_len = n;
-	rc = s->conn->ops->bulk_write(s->conn, &mr->tm[tern__tp_index(s)], off, n, &req->rdesc,
-				      (uintptr_t)req);
-	if (rc) {
-		req->state = TERN_REQ_HANDLER;
-		reply_error(req, rc, "could not write the reply into the caller's buffer");
-	}
+	bulk_go(req);
 }
 
 /* A handler wrote @n bytes at req->out: send them. */
@@ -399,28 +496,9 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 	req->in = req->in_stage->mr.addr;
 	req->in_len = (uint32_t)q.len;
+	req->qdesc = q;
 	req->state = TERN_REQ_FETCHING;
-	rc = s->conn->ops->bulk_read(s->conn, &q, &req->in_stage->mr.tm[tern__tp_index(s)], 0,
-				     q.len, (uintptr_t)req);
-	if (rc) {
-		req->state = TERN_REQ_HANDLER;
-		reply_error(req, rc, "could not read the request from the caller");
-	}
-}
-
-/* Why a transfer of the caller's memory failed, for the caller to read. */
-static const char *bulk_why(int status, bool reading)
-{
-/* shm: the exporter copies with process_vm_*, which needs ptrace access */
-#define NO_PTRACE                                                                        \
-	": no ptrace access between the two processes (shm needs the same uid and yama " \
-	"ptrace_scope 0, or CAP_SYS_PTRACE)"
-	if (status == -EPERM)
-		return reading ? "could not read the request from the caller" NO_PTRACE
-			       : "could not write the reply into the caller's buffer" NO_PTRACE;
-#undef NO_PTRACE
-	return reading ? "could not read the request from the caller"
-		       : "could not write the reply into the caller's buffer";
+	bulk_go(req);
 }
 
 /* Only servers pull requests and push replies: the cookie is the request. */
@@ -435,6 +513,9 @@ void tern__serve_bulk_done(tern_session *s, uint64_t cookie, int status)
 		finish(req, TERN_MSG_ERR, -ECONNRESET, 0); /* releases it */
 		return;
 	}
+	/* The provider has room for one more: the first waiting goes now,
+	 * before anything this completion starts. */
+	bulk_kick(s);
 	if (req->state == TERN_REQ_FETCHING) {
 		req->state = TERN_REQ_HANDLER;
 		if (status) {
@@ -537,6 +618,8 @@ static void backlog_push(tern_session *s, uint32_t token, const struct tern_hdr 
 	b[at].payload = payload;
 	b[at].h = *h;
 	r->bl_len++;
+	/* the replies already sent must come back (see the top of the file) */
+	tern__session_report_sends(s);
 }
 
 void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,
@@ -632,6 +715,15 @@ void tern__serve_session_down(tern_session *s)
 			s->refs++;
 	}
 	r->bl_len = 0;
+	/* Transfers still waiting for their turn never reach the provider,
+	 * so no bulk_done() will release them: release them here. */
+	while (r->bw_len) {
+		tern_req *req = &r->reqs[r->bulk_wait[r->bw_head]];
+
+		r->bw_head = (r->bw_head + 1) % s->n;
+		r->bw_len--;
+		finish(req, TERN_MSG_ERR, -ECONNRESET, 0);
+	}
 	/* Gathered requests cannot be answered now: release them. */
 	tern__batch_drop_session(s->ctx, s);
 }

@@ -382,6 +382,8 @@ bool tern__sessions_all_closed(tern_ctx *ctx);
 void tern__session_reap_all(tern_ctx *ctx);
 int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h);
 int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags);
+/* Have every send posted so far reported soon (a send slot is awaited). */
+void tern__session_report_sends(tern_session *s);
 void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns);
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns);
 void tern__session_mark_dirty(tern_session *s);

@@ -218,6 +218,17 @@ void tern__session_repost(tern_session *s, uint32_t token)
 		fail_soon(s, rc, "post_recv failed");
 }
 
+/*
+ * The floor above waits for a send slot that may be sent but not reported
+ * (a provider that reports send_done() late, as verbs does): ask for the
+ * reports now.  A provider that reports every send promptly has no op.
+ */
+void tern__session_report_sends(tern_session *s)
+{
+	if (s->state == TERN_S_READY && s->conn && s->conn->ops->report_sends)
+		s->conn->ops->report_sends(s->conn);
+}
+
 /* Post control slot @i (a credit message, or the ACK), confirmed: there are few. */
 static void send_ctrl(tern_session *s, uint32_t i, uint8_t kind)
 {

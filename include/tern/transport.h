@@ -242,6 +242,18 @@ struct tern_transport_ops {
 	int (*post_send)(struct tern_conn *c, uint32_t slot, uint32_t len, uint32_t flags);
 	int (*post_recv)(struct tern_conn *c, uint32_t token);
 	/*
+	 * report_sends (optional: for providers that report send_done()
+	 * late): every send posted so far gets its send_done() as soon as it
+	 * is delivered, as if each had been posted with TERN_SEND_CONFIRM.
+	 * The engine calls it when it waits for a send slot that may be
+	 * sent but not yet reported (rpc/server.c, rpc/client.c say when),
+	 * so it costs nothing while nobody waits.  It must not need a
+	 * receive or any memory of the peer's (verbs: a signalled
+	 * zero-length RDMA WRITE), and may be called again before the last
+	 * one has finished.
+	 */
+	void (*report_sends)(struct tern_conn *c);
+	/*
 	 * Tear the connection down: no upcall but closed() follows, once
 	 * every resource is released.
 	 */
@@ -266,6 +278,12 @@ struct tern_transport_ops {
 	 *	sends the reply that announces a large reply then).  verbs
 	 *	orders even messages posted before bulk_done() (one RC queue);
 	 *	shm and tcp, which move the data beside the slot rings, do not.
+	 *	bulk_read and bulk_write return -EAGAIN when the connection has as
+	 *	many transfers in flight as the provider holds (verbs 16; shm, tcp
+	 *	and mem 64), and only then: the engine queues the transfer and tries
+	 *	again each time bulk_done() reports one, so a provider must keep a
+	 *	transfer counted until just before its bulk_done() (never free a
+	 *	place without reporting one, or a queued transfer waits for good).
 	 * mem_release: the engine deregisters @m: drop the provider's state.
 	 * bulk_unexport (optional): the call @d was exported for is over; the
 	 *	peer may no longer reach it once this returns (the engine hands

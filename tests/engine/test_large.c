@@ -286,6 +286,80 @@ static void test_concurrent_large_calls_each_get_their_own_bytes(void **state)
 	fx_free(f);
 }
 
+/*
+ * The full window (slot_count calls) of large calls in flight in both
+ * directions at once, more than any provider moves at a time (verbs: 16
+ * bulk operations per connection; shm, tcp, mem: 64): calls past a
+ * provider's limit wait their turn in the engine and all succeed, each
+ * with its own bytes.  Half the buffers are registered, half staged.
+ */
+static void full_window_both_ways(uint32_t slots, size_t size)
+{
+	struct tern_session_opts so = {.size = sizeof(so), .slot_count = slots};
+	struct fx *f = fx_new(&so);
+	uint32_t k = 2 * slots;
+	uint8_t **req = calloc(k, sizeof(*req)), **rep = calloc(k, sizeof(*rep));
+	tern_mr **mr = calloc(2 * k, sizeof(*mr));
+	struct fx_done *d = calloc(k, sizeof(*d));
+	int done = 0;
+
+	for (uint32_t i = 0; i < k; i++) {
+		struct tern_call_opts o = {.size = sizeof(o), .timeout_ms = 300000};
+		tern_session *from = i < slots ? f->cli : f->srv;
+
+		req[i] = malloc(size);
+		rep[i] = calloc(1, size);
+		assert_true(req[i] && rep[i]);
+		pattern(req[i], size, i * 7919u);
+		if (i % 2) {
+			assert_int_equal(tern_mem_register(f->ctx, req[i], size, &mr[2 * i]), 0);
+			assert_int_equal(tern_mem_register(f->ctx, rep[i], size, &mr[2 * i + 1]),
+					 0);
+		}
+		o.reply_buf = rep[i];
+		o.reply_cap = size;
+		assert_int_equal(tern_call(from, i % 4 < 2 ? M_ECHO : M_ECHO_INPLACE, req[i], size,
+					   fx_done_cb, &d[i], &o),
+				 0);
+	}
+	for (uint32_t i = 0; i < k; i++) {
+		assert_int_equal(fx_run_until(f, &d[i].done, 300000), 0);
+		if (d[i].status)
+			printf("call %u of %u: %s\n", i, k, tern_strerror(d[i].status));
+		assert_int_equal(d[i].status, 0);
+		assert_int_equal(d[i].len, size);
+		assert_true(checksum(rep[i], size) == checksum(req[i], size));
+		done++;
+	}
+	assert_int_equal(done, k);
+	for (uint32_t i = 0; i < k; i++) {
+		if (mr[2 * i]) {
+			tern_mem_deregister(mr[2 * i]);
+			tern_mem_deregister(mr[2 * i + 1]);
+		}
+		free(req[i]);
+		free(rep[i]);
+	}
+	free(req);
+	free(rep);
+	free(mr);
+	free(d);
+	fx_free(f);
+}
+
+static void test_full_window_of_large_calls_both_ways_all_succeed(void **state)
+{
+	(void)state;
+	full_window_both_ways(64, 256 << 10);
+}
+
+/* Past shm's, tcp's and mem's 64 transfers a connection has in flight. */
+static void test_a_window_of_128_large_calls_both_ways_all_succeed(void **state)
+{
+	(void)state;
+	full_window_both_ways(128, 128 << 10);
+}
+
 static bool server_has_req_in(struct fx *f, uint8_t state)
 {
 	for (uint32_t i = 0; f->srv && i < f->srv->n; i++)
@@ -502,6 +576,8 @@ int main(void)
 		cmocka_unit_test(test_echo_256m_registered),
 		cmocka_unit_test(test_inplace_echo_256m_registered),
 		cmocka_unit_test(test_concurrent_large_calls_each_get_their_own_bytes),
+		cmocka_unit_test(test_full_window_of_large_calls_both_ways_all_succeed),
+		cmocka_unit_test(test_a_window_of_128_large_calls_both_ways_all_succeed),
 		cmocka_unit_test(test_peer_closing_while_pulling_the_request_fails_the_call),
 		cmocka_unit_test(test_peer_closing_while_pushing_the_reply_fails_the_call),
 		cmocka_unit_test(test_unregistered_memory_goes_through_staging),

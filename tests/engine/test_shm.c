@@ -1333,30 +1333,35 @@ static void doorbell_stress(const char *server_mode, enum tern_progress client_m
 {
 	struct tern_ctx_opts co = {
 		.size = sizeof(co), .progress = client_mode, .adaptive_spin_us = 5};
-	struct tern_call_opts cop = {.size = sizeof(cop), .timeout_ms = 3000};
+	struct tern_call_opts cop = {.size = sizeof(cop), .timeout_ms = 30000};
 	struct pipe_state ps = {0};
 	char uri[128];
 	tern_session *s;
 	tern_ctx *ctx;
 	uint8_t out[64];
+	struct tern_session_counters cnt;
 	double t0;
 	pid_t pid;
-	int slow = 0;
 
 	pid = spawn_server(server_mode, uri, sizeof(uri));
 	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
 	assert_int_equal(tern_connect_sync(ctx, uri, NULL, 10000, &s), 0);
-	/* one call at a time: every reply needs a wake-up on both sides */
+	/*
+	 * One call at a time: every reply needs a wake-up on both sides, and
+	 * nothing else is in flight that could wake a side that missed one
+	 * (no timer but the call's deadline), so a lost wake-up leaves its
+	 * call stuck until that deadline: -ETIMEDOUT.  The deadline is long
+	 * so that a loaded machine never reaches it; how fast calls are is
+	 * no business of this test.
+	 */
 	t0 = now_s();
 	for (int i = 0; i < 5000; i++) {
 		struct tern_sync_reply rep = {.buf = out, .cap = sizeof(out)};
-		double c0 = now_s();
 
 		assert_int_equal(
-			tern_call_sync(s, i & 1 ? M_ECHO : M_INPLACE, &i, sizeof(i), &rep, 3000),
+			tern_call_sync(s, i & 1 ? M_ECHO : M_INPLACE, &i, sizeof(i), &rep, 30000),
 			0);
 		assert_memory_equal(out, &i, sizeof(i));
-		slow += now_s() - c0 > 0.5;
 		if (i % 500 == 499)
 			uv_sleep(2); /* let both sides fall asleep now and then */
 	}
@@ -1366,10 +1371,12 @@ static void doorbell_stress(const char *server_mode, enum tern_progress client_m
 			ps.issued++;
 		tern_ctx_run(ctx, TERN_RUN_ONCE);
 	}
-	printf("%s server, %s client: 25000 calls in %.2f s, %d slow\n", server_mode,
-	       client_mode == TERN_PROGRESS_EVENT ? "event" : "adaptive", now_s() - t0, slow);
+	printf("%s server, %s client: 25000 calls in %.2f s\n", server_mode,
+	       client_mode == TERN_PROGRESS_EVENT ? "event" : "adaptive", now_s() - t0);
 	assert_int_equal(ps.failed, 0);
-	assert_int_equal(slow, 0); /* a lost wake-up shows as a call stuck until its deadline */
+	/* a lost wake-up shows as a call stuck until its deadline */
+	tern_session_counters(s, &cnt);
+	assert_int_equal(cnt.timeouts, 0);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	assert_int_equal(tern_ctx_destroy(ctx), 0);

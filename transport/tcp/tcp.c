@@ -87,6 +87,7 @@ enum tframe {
 struct tcp_rop {
 	bool busy;
 	bool req_pending; /* the READ frame's uv_write has not called back */
+	bool landed;	  /* every byte is in, reported once the write calls back */
 	uint32_t gen;	  /* in the token: a stale or forged DATA misses */
 	uint64_t cookie;
 	uint8_t *dst;
@@ -1265,6 +1266,13 @@ static bool bulk_frame_end(struct tconn *c)
 		r->got += c->f_len;
 		if (r->got < r->len)
 			return false;
+		if (r->req_pending) {
+			/* The rop is not free before its write calls back: it
+			 * stays busy until then, so that -EAGAIN always has a
+			 * bulk_done() ahead of it (include/tern/transport.h). */
+			r->landed = true;
+			return false;
+		}
 		r->busy = false;
 		c->t->ev->bulk_done(&c->base, r->cookie, 0);
 		return true;
@@ -1320,6 +1328,7 @@ static void bulk_fail_all(struct tconn *c, int err)
 	for (uint32_t i = 0; i < TCP_BULK_OPS; i++) {
 		if (c->rops[i].busy) {
 			c->rops[i].busy = false;
+			c->rops[i].landed = false;
 			c->t->ev->bulk_done(&c->base, c->rops[i].cookie, err);
 		}
 	}
@@ -1392,6 +1401,13 @@ static void rop_written(uv_write_t *req, int status)
 	r->req_pending = false;
 	if (status < 0 && c->state == TC_UP)
 		conn_failed(c, uv_to_conn_err(status), "tcp: write failed");
+	if (r->landed && r->busy && c->state == TC_UP) {
+		r->landed = false;
+		r->busy = false;
+		c->t->ev->bulk_done(&c->base, r->cookie, 0);
+		if (c->t->mode == TERN_TRANSPORT_EVENTS)
+			c->t->ev->activity(c->t->ctx);
+	}
 }
 
 static int bulk_check(struct tconn *c, const struct tern_bulk_desc *remote, struct tern_tmem *m,
@@ -1426,6 +1442,7 @@ static int tcp_bulk_read(struct tern_conn *bc, const struct tern_bulk_desc *remo
 	r->dst = (uint8_t *)m->addr + off;
 	r->len = len;
 	r->got = 0;
+	r->landed = false;
 	tcp_bulk_encode(r->hdr, TCP_BULK_READ, remote->key, remote->addr, len, r->gen << 8 | i);
 	b = uv_buf_init((char *)r->hdr, sizeof(r->hdr));
 	r->req.data = c;

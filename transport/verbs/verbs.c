@@ -62,6 +62,7 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
 #define VERBS_BULK_WR	     (VERBS_BULK_OPS * VERBS_BULK_CHUNKS)
 #define VERBS_BULK_SLOT	     (1u << 22) /* wr_id slots from here are bulk WRs */
 #define VERBS_BULK_CHUNK_MAX (1ull << 30)
+#define VERBS_REPORT_SLOT    (5u << 20) /* report_sends()'s WRITE (one at a time) */
 /*
  * Memory windows.  wr_id slots from VERBS_WIN_SLOT are window binds, from
  * VERBS_INV_SLOT their invalidations (plus the window's index in both).
@@ -162,6 +163,9 @@ struct vconn {
 	uint32_t sends_out; /* entries in @posted */
 	uint32_t unsignaled;
 	uint32_t sig_every;
+	bool report_out;      /* report_sends()'s WRITE is in flight... */
+	bool report_again;    /* ...and sends posted since want one too */
+	uint32_t report_slot; /* the last send it covers */
 	uint32_t recvs_out;
 	int cq_reserved;
 	struct vbulk {
@@ -491,8 +495,8 @@ static int conn_setup(struct vconn *c)
 	windows = c->dev->xmode != VX_REGISTER;
 	/* With windows, one more for the invalidation in flight; each window
 	 * reserves one for its bind when it is made (win_take). */
-	c->cq_reserved =
-		(int)(c->base.send_slots + VERBS_BULK_WR + c->base.recv_slots + (windows ? 1 : 0));
+	c->cq_reserved = (int)(c->base.send_slots + 1 + VERBS_BULK_WR + c->base.recv_slots +
+			       (windows ? 1 : 0));
 	if ((rc = dev_reserve_cq(c->dev, c->cq_reserved))) {
 		c->cq_reserved = 0;
 		return rc;
@@ -528,13 +532,14 @@ static int conn_setup(struct vconn *c)
 	/*
 	 * Send queue: a send per send slot (the engine reuses a slot only
 	 * after send_done, which needs the completion of that send or of a
-	 * later one), the bulk windows, and with memory windows one bind per
-	 * window (unsignaled, each is done once a later completion is seen:
-	 * at the latest the signalled invalidation that ends its export,
-	 * which we wait for) plus that one invalidation.
+	 * later one), report_sends()'s one WRITE, the bulk windows, and
+	 * with memory windows one bind per window (unsignaled, each is done
+	 * once a later completion is seen: at the latest the signalled
+	 * invalidation that ends its export, which we wait for) plus that
+	 * one invalidation.
 	 */
 	qa.cap.max_send_wr =
-		c->base.send_slots + VERBS_BULK_WR + (windows ? VERBS_WIN_MAX(c) + 1 : 0);
+		c->base.send_slots + 1 + VERBS_BULK_WR + (windows ? VERBS_WIN_MAX(c) + 1 : 0);
 	qa.cap.max_recv_wr = c->base.recv_slots;
 	qa.cap.max_send_sge = 1;
 	qa.cap.max_recv_sge = 1;
@@ -663,7 +668,7 @@ static void drain_timeout(uv_timer_t *tm)
 static void conn_check_drained(struct vconn *c)
 {
 	if (c->state == V_DOWN && c->sends_out <= c->unsignaled && c->recvs_out == 0 &&
-	    !c->bulk_busy)
+	    !c->bulk_busy && !c->report_out)
 		conn_destroy(c);
 }
 
@@ -838,6 +843,34 @@ static bool release_sends(struct vconn *c, uint32_t slot, bool report)
 }
 
 static int bulk_post_window(struct vconn *c, uint32_t op);
+static void verbs_report_sends(struct tern_conn *bc);
+
+/*
+ * report_sends()'s WRITE completed: every send posted before it is done
+ * (report_slot is the last of them, and still in the FIFO: only this
+ * completion or an error releases it).  Then ask again for sends posted
+ * since, if someone wanted that meanwhile.
+ */
+static void report_completion(struct vconn *c, enum ibv_wc_status st)
+{
+	bool ok = st == IBV_WC_SUCCESS && c->state == V_UP;
+
+	c->report_out = false;
+	if (c->sends_out && !release_sends(c, c->report_slot, ok))
+		return; /* the connection was destroyed from an upcall */
+	if (c->state != V_UP) {
+		conn_check_drained(c);
+		return;
+	}
+	if (st != IBV_WC_SUCCESS) {
+		conn_failed_wc(c, st, "send report (zero-length RDMA WRITE)");
+		return;
+	}
+	if (c->report_again) {
+		c->report_again = false;
+		verbs_report_sends(&c->base);
+	}
+}
 
 /*
  * A bulk work request completed.  Only the last of a window is signalled,
@@ -908,6 +941,10 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 			conn_failed_wc(c, wc->status,
 				       slot >= VERBS_INV_SLOT ? "memory window invalidation"
 							      : "memory window bind");
+		return;
+	}
+	if (!recv && slot == VERBS_REPORT_SLOT) {
+		report_completion(c, wc->status);
 		return;
 	}
 	if (!recv && slot >= VERBS_BULK_SLOT) {
@@ -1385,6 +1422,42 @@ static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, ui
 	c->posted[(c->posted_head + c->sends_out) % c->base.send_slots] = slot;
 	c->sends_out++;
 	return 0;
+}
+
+/*
+ * Have every send posted so far reported: nothing to do when the last one
+ * asked for a completion (it reports all before it); otherwise a signalled
+ * zero-length RDMA WRITE after them does (VERBS_REPORT_SLOT).  It
+ * completes after every send posted before it (one send queue completes
+ * in order), and needs neither a receive nor memory at the peer: a
+ * zero-length RDMA operation checks no R_Key (IB spec C9-88; rxe's
+ * responder skips the check), so it moves no byte and takes no credit.
+ */
+static void verbs_report_sends(struct tern_conn *bc)
+{
+	struct vconn *c = C(bc);
+	struct ibv_send_wr wr = {
+		.wr_id = wrid(c, false, VERBS_REPORT_SLOT),
+		.opcode = IBV_WR_RDMA_WRITE,
+		.send_flags = IBV_SEND_SIGNALED,
+	};
+	struct ibv_send_wr *bad;
+	int rc;
+
+	if (c->state != V_UP || !c->unsignaled || !c->sends_out)
+		return;
+	if (c->report_out) {
+		c->report_again = true;
+		return;
+	}
+	rc = ibv_post_send(c->id->qp, &wr, &bad);
+	if (rc) {
+		conn_failed(c, -rc, "could not post a send report (zero-length RDMA WRITE)");
+		return;
+	}
+	c->report_slot = c->posted[(c->posted_head + c->sends_out - 1) % c->base.send_slots];
+	c->report_out = true;
+	c->unsignaled = 0; /* its completion covers those */
 }
 
 static int verbs_post_recv(struct tern_conn *bc, uint32_t token)
@@ -1919,6 +1992,7 @@ const struct tern_transport_ops tern_verbs_transport = {
 	.disconnect = verbs_disconnect,
 	.poll = verbs_poll,
 	.set_mode = verbs_set_mode,
+	.report_sends = verbs_report_sends,
 	.bulk_max = verbs_bulk_max,
 	.bulk_export = verbs_bulk_export,
 	.bulk_read = verbs_bulk_read,

@@ -67,14 +67,51 @@
  *   ACK timeout, not only exhausted retries: it is kept as the fallback for
  *   kernels before 6.11, where it over-counts but never misses (an exhausted
  *   retry count was preceded by timeouts), which is the safe side for an
- *   alert.  rxe's per-timeout counter is completer_retry_err, left raw
- *   because it also counts retries after sequence-error NAKs.
+ *   alert.  rxe has no per-timeout counter: completer_retry_err (below)
+ *   also counts retries after sequence-error NAKs.
+ *
+ * The retransmission counters: what a lossy link costs.  They move on any
+ * fabric that drops packets and say nothing about credits; tern's
+ * two-device lane (docs/testing.md) reads them on rxe across a veth that
+ * netem makes lossy, where each one was seen to move.
+ *
+ * requester_retries
+ *   rxe completer_retry_err: RXE_CNT_COMP_RETRY, rxe_comp.c
+ *   COMPST_ERROR_RETRY, once per retry the requester starts (it resends
+ *   from the oldest unacknowledged packet) after an ACK timeout, a
+ *   sequence-error NAK, or a read response that skips ahead.  mlx5 has no
+ *   single counter for it: local_ack_timeout_err (kept above),
+ *   packet_seq_err and implied_nak_seq_err are its parts.
+ *
+ * requester_sequence_nak
+ *   mlx5 packet_seq_err: retrans_q_cnts, "number of received NAK sequence
+ *   error packets" (the mlx5 counters documentation).
+ *   rxe rcvd_seq_err: RXE_CNT_RCV_SEQ_ERR, rxe_comp.c check_ack(), for a
+ *   PSN sequence error NAK that acknowledges something new.
+ *
+ * responder_duplicate_request
+ *   mlx5 duplicate_request: retrans_q_cnts, requests received that had
+ *   already been executed, i.e. retransmissions that reached the responder
+ *   after all.  rxe duplicate_request: RXE_CNT_DUP_REQ, rxe_resp.c
+ *   check_psn() for a PSN behind the expected one.  The same name on both.
+ *
+ * responder_out_of_sequence
+ *   mlx5 out_of_sequence: out_of_seq_q_cnts, "number of out of sequence
+ *   packets received".  rxe out_of_seq_request: RXE_CNT_OUT_OF_SEQ_REQ,
+ *   rxe_resp.c check_psn() for a PSN ahead of the expected one (something
+ *   before it was lost), counted once per NAK it sends.
  */
 static const char *const rnr_canonical[] = {
+	/* RNR (a credit bug) and retries given up (a dead peer or link) */
 	TERN_RNR_RESPONDER_OUT_OF_BUFFER,
 	TERN_RNR_REQUESTER_RNR_NAK,
 	TERN_RNR_RNR_RETRIES_EXCEEDED,
 	TERN_RNR_TRANSPORT_RETRIES_EXCEEDED,
+	/* retransmissions (a lossy link) */
+	TERN_RNR_REQUESTER_RETRIES,
+	TERN_RNR_REQUESTER_SEQUENCE_NAK,
+	TERN_RNR_RESPONDER_DUPLICATE_REQUEST,
+	TERN_RNR_RESPONDER_OUT_OF_SEQUENCE,
 };
 #define N_CANONICAL (sizeof(rnr_canonical) / sizeof(rnr_canonical[0]))
 
@@ -91,6 +128,12 @@ static const struct {
 	{3, "req_transport_retries_exceeded"}, /* mlx5, >= 6.11 */
 	{3, "local_ack_timeout_err"},	       /* mlx5, fallback */
 	{3, "retry_exceeded_err"},	       /* rxe */
+	{4, "completer_retry_err"},	       /* rxe */
+	{5, "packet_seq_err"},		       /* mlx5 */
+	{5, "rcvd_seq_err"},		       /* rxe */
+	{6, "duplicate_request"},	       /* mlx5 and rxe */
+	{7, "out_of_sequence"},		       /* mlx5 */
+	{7, "out_of_seq_request"},	       /* rxe */
 };
 #define N_MAP (sizeof(rnr_map) / sizeof(rnr_map[0]))
 

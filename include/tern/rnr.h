@@ -28,6 +28,14 @@
  *                               local_ack_timeout_err on kernels without it
  *                                                         rxe retry_exceeded_err
  *
+ * and the retransmission counters, which a lossy link moves (these are
+ * not RNR: they count packets lost or late on the wire):
+ *
+ *   requester_retries           (none on mlx5)           rxe completer_retry_err
+ *   requester_sequence_nak      mlx5 packet_seq_err      rxe rcvd_seq_err
+ *   responder_duplicate_request mlx5 duplicate_request   rxe duplicate_request
+ *   responder_out_of_sequence   mlx5 out_of_sequence     rxe out_of_seq_request
+ *
  * Counters with no canonical name keep their raw names.
  *
  * Counter resets: a value lower than the previous reading means the counter
@@ -56,6 +64,11 @@ extern "C" {
 #define TERN_RNR_REQUESTER_RNR_NAK	    "requester_rnr_nak"
 #define TERN_RNR_RNR_RETRIES_EXCEEDED	    "rnr_retries_exceeded"
 #define TERN_RNR_TRANSPORT_RETRIES_EXCEEDED "transport_retries_exceeded"
+/* The retransmission counters (a lossy link, not RNR). */
+#define TERN_RNR_REQUESTER_RETRIES	     "requester_retries"
+#define TERN_RNR_REQUESTER_SEQUENCE_NAK	     "requester_sequence_nak"
+#define TERN_RNR_RESPONDER_DUPLICATE_REQUEST "responder_duplicate_request"
+#define TERN_RNR_RESPONDER_OUT_OF_SEQUENCE   "responder_out_of_sequence"
 
 typedef struct tern_rnr_monitor tern_rnr_monitor;
 typedef struct tern_rnr_snapshot tern_rnr_snapshot;

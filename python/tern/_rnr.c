@@ -433,9 +433,11 @@ static int module_exec(PyObject *m)
 	    PyModule_AddObjectRef(m, "Monitor", (PyObject *)&Monitor_Type))
 		return -1;
 	/* In the order the C snapshot lists them. */
-	canonical = Py_BuildValue("(ssss)", TERN_RNR_RESPONDER_OUT_OF_BUFFER,
+	canonical = Py_BuildValue("(ssssssss)", TERN_RNR_RESPONDER_OUT_OF_BUFFER,
 				  TERN_RNR_REQUESTER_RNR_NAK, TERN_RNR_RNR_RETRIES_EXCEEDED,
-				  TERN_RNR_TRANSPORT_RETRIES_EXCEEDED);
+				  TERN_RNR_TRANSPORT_RETRIES_EXCEEDED, TERN_RNR_REQUESTER_RETRIES,
+				  TERN_RNR_REQUESTER_SEQUENCE_NAK, TERN_RNR_RESPONDER_DUPLICATE_REQUEST,
+				  TERN_RNR_RESPONDER_OUT_OF_SEQUENCE);
 	if (!canonical || PyModule_AddObject(m, "CANONICAL", canonical)) {
 		Py_XDECREF(canonical);
 		return -1;

@@ -32,14 +32,17 @@ from . import _rnr
 
 __all__ = [
     "CANONICAL", "RESPONDER_OUT_OF_BUFFER", "REQUESTER_RNR_NAK", "RNR_RETRIES_EXCEEDED",
-    "TRANSPORT_RETRIES_EXCEEDED", "CounterKey", "Counter", "Port", "Snapshot", "RnrMonitor",
+    "TRANSPORT_RETRIES_EXCEEDED", "REQUESTER_RETRIES", "REQUESTER_SEQUENCE_NAK",
+    "RESPONDER_DUPLICATE_REQUEST", "RESPONDER_OUT_OF_SEQUENCE", "CounterKey", "Counter", "Port", "Snapshot", "RnrMonitor",
     "CounterReadError", "canonical_name", "is_canonical",
 ]
 
-#: The canonical counter names, in the order a reading lists them.
+#: The canonical counter names, in the order a reading lists them: the four
+#: RNR ones, then the four retransmission ones (what a lossy link costs).
 CANONICAL = _rnr.CANONICAL
 (RESPONDER_OUT_OF_BUFFER, REQUESTER_RNR_NAK, RNR_RETRIES_EXCEEDED,
- TRANSPORT_RETRIES_EXCEEDED) = CANONICAL
+ TRANSPORT_RETRIES_EXCEEDED, REQUESTER_RETRIES, REQUESTER_SEQUENCE_NAK,
+ RESPONDER_DUPLICATE_REQUEST, RESPONDER_OUT_OF_SEQUENCE) = CANONICAL
 
 #: canonical_name(raw): the canonical name a driver's counter maps to, or None.
 canonical_name = _rnr.canonical_name

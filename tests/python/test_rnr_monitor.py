@@ -49,18 +49,30 @@ def test_driver_names_map_onto_canonical_names(both):
         ("mlx5_0", "responder_out_of_buffer"): "out_of_buffer",
         ("mlx5_0", "requester_rnr_nak"): "rnr_nak_retry_err",
         ("mlx5_0", "transport_retries_exceeded"): "local_ack_timeout_err",
+        ("rxe0", "requester_retries"): "completer_retry_err",
+        ("rxe0", "requester_sequence_nak"): "rcvd_seq_err",
+        ("rxe0", "responder_duplicate_request"): "duplicate_request",
+        ("rxe0", "responder_out_of_sequence"): "out_of_seq_request",
+        ("mlx5_0", "requester_sequence_nak"): "packet_seq_err",
+        ("mlx5_0", "responder_duplicate_request"): "duplicate_request",
+        ("mlx5_0", "responder_out_of_sequence"): "out_of_sequence",
     }
     for (dev, name), raw in want.items():
         c = snap[(dev, 1, name)]
         assert (c.raw, c.canonical, c.name, c.key) == (raw, name, name, (dev, 1, name))
     assert ("mlx5_0", 1, "rnr_retries_exceeded") not in snap  # no such mlx5 file here
+    assert ("mlx5_0", 1, "requester_retries") not in snap  # mlx5 has no such counter
     assert snap[("rxe0", 1, "sent_pkts")].canonical is None
 
 
 def test_canonical_constants_and_table():
     assert CANONICAL == ("responder_out_of_buffer", "requester_rnr_nak",
-                         "rnr_retries_exceeded", "transport_retries_exceeded")
+                         "rnr_retries_exceeded", "transport_retries_exceeded",
+                         "requester_retries", "requester_sequence_nak",
+                         "responder_duplicate_request", "responder_out_of_sequence")
     assert rnr.RESPONDER_OUT_OF_BUFFER == "responder_out_of_buffer"
+    assert rnr.REQUESTER_RETRIES == "requester_retries"
+    assert rnr.canonical_name("completer_retry_err") == rnr.REQUESTER_RETRIES
     assert rnr.canonical_name("send_rnr_err") == rnr.RESPONDER_OUT_OF_BUFFER
     assert rnr.canonical_name("out_of_buffer") == rnr.RESPONDER_OUT_OF_BUFFER
     assert rnr.canonical_name("sent_pkts") is None
@@ -71,8 +83,9 @@ def test_canonical_constants_and_table():
 def test_canonical_counters_come_first_in_order(both):
     snap = RnrMonitor(both.root).snapshot()
     rxe = snap.select("rxe0", 1)[0]
-    assert list(rxe.counters)[:4] == list(CANONICAL)
-    assert list(rxe.counters)[4:] == sorted(list(rxe.counters)[4:])
+    n = len(CANONICAL)  # rxe has all of them
+    assert list(rxe.counters)[:n] == list(CANONICAL)
+    assert list(rxe.counters)[n:] == sorted(list(rxe.counters)[n:])
 
 
 def test_raw_names_and_other_drivers_names_are_aliases(both):

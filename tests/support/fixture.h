@@ -37,6 +37,12 @@ bool fx_is(const char *name);
  * across processes).  NULL when the provider cannot run here (no RDMA device, an
  * unknown TERN_TEST_TRANSPORT): the test should exit 77.  The string is
  * valid until the next call.
+ *
+ * In the two-device lane (tests registered with TERN_TEST_LINK=1, run in
+ * tools/rxe-vm --two-devices) the rdma address is the server's end of a
+ * veth pair (TERN_TEST_SERVER_ADDR, on rxd), and a client connecting to it
+ * leaves through the other end (rxc), as the guest's routing has it; NULL
+ * outside that VM, so the lane cannot pass on one device by accident.
  */
 const char *fx_listen_uri(void);
 

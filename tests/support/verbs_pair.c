@@ -80,9 +80,17 @@ static int addr_has_rdma(const char *addr)
 int vp_find_addr(char *out, size_t len)
 {
 	const char *env = getenv("TERN_RDMA_ADDR");
+	const char *link = getenv("TERN_TEST_LINK");
 	struct ifaddrs *ifs, *i;
 	int rc = -ENODEV;
 
+	if (link && strcmp(link, "1") == 0) {
+		/* The two-device lane: the server's end of the link, or nothing
+		 * (a lane that quietly ran on one device would prove nothing). */
+		env = getenv("TERN_TEST_SERVER_ADDR");
+		if (!env || !*env)
+			return -ENODEV;
+	}
 	if (env && *env) {
 		snprintf(out, len, "%s", env);
 		return addr_has_rdma(out) ? 0 : -ENODEV;

@@ -58,7 +58,9 @@ struct vp_listener {
 };
 
 /* Fill @out with an IPv4 address that rdma_cm binds to an RDMA device.
- * Honours TERN_RDMA_ADDR.  Returns 0, or -ENODEV when there is none. */
+ * Honours TERN_RDMA_ADDR; in the two-device lane (TERN_TEST_LINK=1) it is
+ * the server's end of the link, TERN_TEST_SERVER_ADDR, set by
+ * tools/rxe-vm --two-devices.  Returns 0, or -ENODEV when there is none. */
 int vp_find_addr(char *out, size_t len);
 
 /* Number of verbs devices the library sees (0 on a host without RDMA). */

@@ -174,9 +174,17 @@ static void test_driver_names_map_onto_canonical_names(void **state)
 		{TERN_RNR_TRANSPORT_RETRIES_EXCEEDED, "local_ack_timeout_err",
 		 "retry_exceeded_err"},
 	};
+	/* canonical, mlx5 (NULL: none), rxe */
+	static const char *const retrans[][3] = {
+		{TERN_RNR_REQUESTER_RETRIES, NULL, "completer_retry_err"},
+		{TERN_RNR_REQUESTER_SEQUENCE_NAK, "packet_seq_err", "rcvd_seq_err"},
+		{TERN_RNR_RESPONDER_DUPLICATE_REQUEST, "duplicate_request", "duplicate_request"},
+		{TERN_RNR_RESPONDER_OUT_OF_SEQUENCE, "out_of_sequence", "out_of_seq_request"},
+	};
 	tern_rnr_monitor *m;
 	tern_rnr_snapshot *s;
 	const struct tern_rnr_counter *c;
+	const struct tern_rnr_port *p;
 
 	assert_int_equal(fake_sysfs_add_rxe(&f->fs, "rxe0", 0), 0);
 	assert_int_equal(fake_sysfs_add_mlx5(&f->fs, "mlx5_0", 0), 0);
@@ -192,6 +200,19 @@ static void test_driver_names_map_onto_canonical_names(void **state)
 	}
 	assert_string_equal(get(s, "rxe0", 1, TERN_RNR_RNR_RETRIES_EXCEEDED)->raw,
 			    "retry_rnr_exceeded_err");
+	for (size_t i = 0; i < sizeof(retrans) / sizeof(retrans[0]); i++) {
+		c = get(s, "rxe0", 1, retrans[i][0]);
+		assert_string_equal(c->raw, retrans[i][2]);
+		assert_string_equal(c->canonical, retrans[i][0]);
+		if (retrans[i][1]) {
+			c = get(s, "mlx5_0", 1, retrans[i][0]);
+			assert_string_equal(c->raw, retrans[i][1]);
+			assert_string_equal(c->name, retrans[i][0]);
+		}
+	}
+	/* mlx5 has no single counter of requester retries. */
+	assert_int_equal(tern_rnr_snapshot_find(s, "mlx5_0", 1, TERN_RNR_REQUESTER_RETRIES, &c),
+			 -ENOENT);
 	/* This mlx5 predates req_rnr_retries_exceeded: no such canonical counter. */
 	assert_int_equal(tern_rnr_snapshot_find(s, "mlx5_0", 1, TERN_RNR_RNR_RETRIES_EXCEEDED, &c),
 			 -ENOENT);
@@ -199,35 +220,48 @@ static void test_driver_names_map_onto_canonical_names(void **state)
 	c = get(s, "rxe0", 1, "sent_pkts");
 	assert_string_equal(c->name, "sent_pkts");
 	assert_null(c->canonical);
-	/* Canonical counters come first in a port's list. */
-	assert_string_equal(port_of(s, "rxe0", 1)->counters[0].name,
-			    TERN_RNR_RESPONDER_OUT_OF_BUFFER);
+	/* Canonical counters come first in a port's list, in the canonical
+	 * order: the four RNR ones, then the four retransmission ones. */
+	p = port_of(s, "rxe0", 1);
+	assert_string_equal(p->counters[0].name, TERN_RNR_RESPONDER_OUT_OF_BUFFER);
+	assert_string_equal(p->counters[3].name, TERN_RNR_TRANSPORT_RETRIES_EXCEEDED);
+	assert_string_equal(p->counters[4].name, TERN_RNR_REQUESTER_RETRIES);
+	assert_string_equal(p->counters[7].name, TERN_RNR_RESPONDER_OUT_OF_SEQUENCE);
+	assert_null(p->counters[8].canonical);
 	tern_rnr_snapshot_free(s);
 	tern_rnr_monitor_destroy(m);
 }
 
 static void test_canonical_name_table(void **state)
 {
+	/* raw (mlx5 or rxe), canonical */
+	static const char *const map[][2] = {
+		{"out_of_buffer", "responder_out_of_buffer"},
+		{"send_rnr_err", "responder_out_of_buffer"},
+		{"rnr_nak_retry_err", "requester_rnr_nak"},
+		{"rcvd_rnr_err", "requester_rnr_nak"},
+		{"req_rnr_retries_exceeded", "rnr_retries_exceeded"},
+		{"retry_rnr_exceeded_err", "rnr_retries_exceeded"},
+		{"req_transport_retries_exceeded", "transport_retries_exceeded"},
+		{"local_ack_timeout_err", "transport_retries_exceeded"},
+		{"retry_exceeded_err", "transport_retries_exceeded"},
+		{"completer_retry_err", "requester_retries"},
+		{"packet_seq_err", "requester_sequence_nak"},
+		{"rcvd_seq_err", "requester_sequence_nak"},
+		{"duplicate_request", "responder_duplicate_request"},
+		{"out_of_sequence", "responder_out_of_sequence"},
+		{"out_of_seq_request", "responder_out_of_sequence"},
+	};
+
 	(void)state;
-	assert_string_equal(tern_rnr_canonical_name("out_of_buffer"), "responder_out_of_buffer");
-	assert_string_equal(tern_rnr_canonical_name("send_rnr_err"), "responder_out_of_buffer");
-	assert_string_equal(tern_rnr_canonical_name("rnr_nak_retry_err"), "requester_rnr_nak");
-	assert_string_equal(tern_rnr_canonical_name("rcvd_rnr_err"), "requester_rnr_nak");
-	assert_string_equal(tern_rnr_canonical_name("req_rnr_retries_exceeded"),
-			    "rnr_retries_exceeded");
-	assert_string_equal(tern_rnr_canonical_name("retry_rnr_exceeded_err"),
-			    "rnr_retries_exceeded");
-	assert_string_equal(tern_rnr_canonical_name("req_transport_retries_exceeded"),
-			    "transport_retries_exceeded");
-	assert_string_equal(tern_rnr_canonical_name("local_ack_timeout_err"),
-			    "transport_retries_exceeded");
-	assert_string_equal(tern_rnr_canonical_name("retry_exceeded_err"),
-			    "transport_retries_exceeded");
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+		assert_string_equal(tern_rnr_canonical_name(map[i][0]), map[i][1]);
+		assert_true(tern_rnr_is_canonical(map[i][1]));
+		assert_false(tern_rnr_is_canonical(map[i][0]));
+	}
 	assert_null(tern_rnr_canonical_name("sent_pkts"));
-	assert_null(tern_rnr_canonical_name("completer_retry_err"));
+	assert_null(tern_rnr_canonical_name("implied_nak_seq_err"));
 	assert_null(tern_rnr_canonical_name(NULL));
-	assert_true(tern_rnr_is_canonical("requester_rnr_nak"));
-	assert_false(tern_rnr_is_canonical("rcvd_rnr_err"));
 	assert_false(tern_rnr_is_canonical(NULL));
 }
 

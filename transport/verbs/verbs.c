@@ -44,8 +44,23 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
  * bug, and with rnr_retry 0 it fails the QP at once instead of hiding
  * behind hardware retries that only the RNR monitor would ever see.
  */
-#define VERBS_RNR_RETRY	     0
-#define VERBS_RETRY_COUNT    7	  /* transport retries for lost packets */
+#define VERBS_RNR_RETRY 0
+/*
+ * How long a peer may stay silent: the NIC resends an unacknowledged packet
+ * after the local ACK timeout, 4.096 us * 2^VERBS_ACK_TIMEOUT (16: 268 ms),
+ * up to VERBS_RETRY_COUNT times, then fails the work request with
+ * IBV_WC_RETRY_EXC_ERR and the QP with it: a peer that vanished (its host
+ * or its link gone, so no disconnect ever comes) fails every pending call
+ * about (6 + 1) * 268 ms = 1.9 s after the first packet it did not answer.
+ * Not 7 retries: rxe reads a retry count of 7 as "retry forever" (rxe_comp.c,
+ * COMPST_ERROR_RETRY), and the calls would hang until their deadlines.  Not
+ * rdma_cm's RoCE default timeout either (about 1 s on the guest's 6.1
+ * kernel): each timeout is also what a lost last packet costs before it is
+ * resent (an earlier loss is NAKed at once), and on a lossy link calls one
+ * at a time ran 5x slower with it (docs/testing.md, the two-device lane).
+ */
+#define VERBS_ACK_TIMEOUT    16
+#define VERBS_RETRY_COUNT    6
 #define VERBS_RD_ATOMIC	     16	  /* RDMA READ depth we offer/request */
 #define VERBS_DRAIN_GRACE_MS 1000 /* wait this long for flush completions */
 #define VERBS_POLL_BATCH     32
@@ -560,6 +575,13 @@ static int conn_setup(struct vconn *c)
 
 static void conn_param_init(struct vconn *c, struct rdma_conn_param *cp)
 {
+	uint8_t ack_timeout = VERBS_ACK_TIMEOUT;
+
+	/* Applied to our QP when rdma_cm moves it to RTS.  A kernel without
+	 * the option (before 4.18) keeps its own default: slower to notice a
+	 * dead peer, still bounded. */
+	(void)rdma_set_option(c->id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &ack_timeout,
+			      sizeof(ack_timeout));
 	memset(cp, 0, sizeof(*cp));
 	cp->private_data = c->hs;
 	cp->private_data_len = c->hs_len;
@@ -800,7 +822,14 @@ static int conn_wc_error(struct vconn *c, enum ibv_wc_status st, char *why, size
 			 "or not for that, or no longer) and stopped the connection");
 		return TERN_EPEER;
 	}
-	snprintf(why, len, "%s", ibv_wc_status_str(st));
+	if (st == IBV_WC_RETRY_EXC_ERR)
+		snprintf(why, len,
+			 "the peer stopped answering: nothing acknowledged after %d resends "
+			 "%u ms apart (%s)",
+			 VERBS_RETRY_COUNT, (4096u << VERBS_ACK_TIMEOUT) / 1000000u,
+			 ibv_wc_status_str(st));
+	else
+		snprintf(why, len, "%s", ibv_wc_status_str(st));
 	return wc_error(st);
 }
 

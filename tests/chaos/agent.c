@@ -178,6 +178,7 @@ struct agent {
 	uint64_t ops_target;
 	uint32_t depth;	      /* calls this agent keeps in flight at most */
 	uint64_t progress_ns; /* the last operation or completion */
+	uint64_t go_ns;	      /* the first operation */
 	uint64_t stop_calls;
 	/* server */
 	tern_listener *l[CHAOS_NLISTEN];
@@ -2061,7 +2062,41 @@ static void scheduled_closes(struct agent *a, bool now_all)
 
 static void phase_fail_lost(struct agent *a, const char *phase);
 
+/* How far the run is, 0..1 (for the warm RSS sample). */
+static double run_fraction(struct agent *a)
+{
+	if (a->ops_target)
+		return (double)a->st.ops / (double)a->ops_target;
+	if (a->stop_calls)
+		return (double)a->st.calls / (double)a->stop_calls;
+	if (cfg.seconds)
+		return (chaos_now_ns() - a->go_ns) / 1e9 / cfg.seconds;
+	return 0;
+}
+
+static void generate_one(struct agent *a);
+
 static void generate(struct agent *a)
+{
+	/* the soak fills its window in one turn; the chaos mix goes op by op */
+	int n = cfg.soak ? 64 : 1;
+
+	if (!a->go_ns)
+		a->go_ns = chaos_now_ns();
+	if (!a->st.rss_warm && run_fraction(a) >= 0.1)
+		a->st.rss_warm = chaos_rss();
+	for (int i = 0; i < n && !agent_ops_done(a) && outstanding_room(a); i++) {
+		uint64_t refused = a->st.refused;
+
+		generate_one(a);
+		if (a->st.refused != refused)
+			break; /* out of slots or credits: let the loop turn */
+	}
+	if (!outstanding_room(a))
+		generate_one(a); /* the stall check, and long-polls' wake-up */
+}
+
+static void generate_one(struct agent *a)
 {
 	uint64_t rnd[OP_DRAWS];
 	enum op op;

@@ -378,11 +378,11 @@ static void print_result(struct agent_stats *st)
 	    " reset=%" PRIu64 " canc=%" PRIu64 " nobufs=%" PRIu64 " refused=%" PRIu64
 	    " owsent=%" PRIu64 " owrecv=%" PRIu64 " served=%" PRIu64 " large=%" PRIu64
 	    " sessions=%" PRIu64 " closes=%" PRIu64 " lost=%" PRIu64 " dup=%" PRIu64
-	    " wrong=%" PRIu64 " rss0=%" PRIu64 " rss1=%" PRIu64 " late=%" PRIu64,
+	    " wrong=%" PRIu64 " rss0=%" PRIu64 " rssw=%" PRIu64 " rss1=%" PRIu64 " late=%" PRIu64,
 	    st->ops, st->calls, st->ok, st->remote_err, st->timeouts, st->resets, st->canceled,
 	    st->nobufs, st->refused, st->oneway_sent, st->oneway_recv, st->served, st->large_bytes,
-	    st->sessions, st->closes, st->lost, st->dup, st->wrong, st->rss_start, st->rss_end,
-	    st->late_replies);
+	    st->sessions, st->closes, st->lost, st->dup, st->wrong, st->rss_start, st->rss_warm,
+	    st->rss_end, st->late_replies);
 }
 
 struct client_state {
@@ -555,13 +555,14 @@ static void child_line(void *arg, char *line)
 			F("ops", ops)
 			F("calls", calls)
 			F("ok", ok)
-			F("rerr", remote_err) F("tmo", timeouts) F("reset", resets) F(
-				"canc", canceled) F("nobufs", nobufs) F("refused", refused)
-				F("owsent", oneway_sent) F("owrecv", oneway_recv) F(
-					"served", served) F("large", large_bytes)
+			F("rerr", remote_err)
+			F("tmo", timeouts) F("reset", resets) F("canc", canceled) F(
+				"nobufs", nobufs) F("refused", refused) F("owsent", oneway_sent)
+				F("owrecv", oneway_recv) F("served", served) F("large", large_bytes)
 					F("sessions", sessions) F("closes", closes) F("lost", lost)
 						F("dup", dup) F("wrong", wrong) F("rss0", rss_start)
-							F("rss1", rss_end) F("late", late_replies)
+							F("rssw", rss_warm) F("rss1", rss_end)
+								F("late", late_replies)
 #undef F
 		}
 		c->has_st = true;
@@ -918,7 +919,9 @@ static int run_once(void)
 	struct coord co = {0};
 	struct agent_stats sum = {0}, *srv;
 	tern_rnr_monitor *mon = NULL;
-	uint64_t t0 = chaos_now_ns(), cmax0 = 0, cmax1 = 0;
+	uint64_t t0 = chaos_now_ns();
+	/* the clients' largest RSS: before traffic, a tenth of the way, at the end */
+	uint64_t cmax0 = 0, cmaxw = 0, cmax1 = 0;
 	int survivors = 0;
 
 	make_replay();
@@ -1010,10 +1013,9 @@ static int run_once(void)
 			continue;
 		survivors++;
 		add_stats(&sum, &c->st);
-		if (c->st.rss_start > cmax0)
-			cmax0 = c->st.rss_start;
-		if (c->st.rss_end > cmax1)
-			cmax1 = c->st.rss_end;
+		cmax0 = c->st.rss_start > cmax0 ? c->st.rss_start : cmax0;
+		cmaxw = c->st.rss_warm > cmaxw ? c->st.rss_warm : cmaxw;
+		cmax1 = c->st.rss_end > cmax1 ? c->st.rss_end : cmax1;
 		if (c->a) {
 			agent_free(c->a);
 			c->a = NULL;
@@ -1052,24 +1054,27 @@ static int run_once(void)
 	       "%" PRIu64 " ops, %" PRIu64 " calls (%" PRIu64 " ok, %" PRIu64
 	       " failed as told, %" PRIu64 " timed out, %" PRIu64 " reset, %" PRIu64
 	       " canceled, %" PRIu64 " without staging; %" PRIu64 " refused at once), "
-	       "%" PRIu64 " one-way sent, %" PRIu64
-	       " received, %.1f MiB of large messages checked, "
-	       "%" PRIu64 " late replies, %" PRIu64 " sessions, %" PRIu64 " closed; "
-	       "lost %" PRIu64 ", duplicated %" PRIu64 ", wrong %" PRIu64 "; rss server %.1f -> "
-	       "%.1f MiB, clients (max) %.1f -> %.1f MiB; %.1f s\n",
+	       "%" PRIu64 " one-way sent, %" PRIu64 " received, %.1f MiB of large messages "
+	       "checked, %" PRIu64 " late replies, %" PRIu64 " sessions, %" PRIu64 " closed; "
+	       "lost %" PRIu64 ", duplicated %" PRIu64 ", wrong %" PRIu64 "; %.1f s\n",
 	       cfg.seed, cfg.transport, cfg.clients, co.killed, co.killed, sum.ops, sum.calls,
 	       sum.ok, sum.remote_err, sum.timeouts, sum.resets, sum.canceled, sum.nobufs,
 	       sum.refused, sum.oneway_sent, sum.oneway_recv, sum.large_bytes / 1048576.0,
 	       sum.late_replies, sum.sessions, sum.closes, sum.lost, sum.dup, sum.wrong,
-	       srv->rss_start / 1048576.0, srv->rss_end / 1048576.0, cmax0 / 1048576.0,
-	       cmax1 / 1048576.0, (chaos_now_ns() - t0) / 1e9);
+	       (chaos_now_ns() - t0) / 1e9);
+	/* RSS: before any traffic, a tenth of the way in (pools and caches are
+	 * filled by then), at the end; growth after the tenth is what leaks */
+	printf("%s: rss (MiB) before traffic / at a tenth / at the end: server %.1f / %.1f / %.1f, "
+	       "clients (largest) %.1f / %.1f / %.1f\n",
+	       cfg.soak ? "soak" : "chaos", srv->rss_start / 1048576.0, srv->rss_warm / 1048576.0,
+	       srv->rss_end / 1048576.0, cmax0 / 1048576.0, cmaxw / 1048576.0, cmax1 / 1048576.0);
 	if (cfg.soak)
-		printf("soak: %s, %.0f s, %u client processes: calls %" PRIu64 ", lost %" PRIu64
-		       ", duplicated %" PRIu64 ", wrong %" PRIu64 "; rss server %.1f MiB at start, "
-		       "%.1f MiB at end; clients (max) %.1f MiB at start, %.1f MiB at end\n",
-		       cfg.transport, (chaos_now_ns() - t0) / 1e9, cfg.clients, sum.calls, sum.lost,
-		       sum.dup, sum.wrong, srv->rss_start / 1048576.0, srv->rss_end / 1048576.0,
-		       cmax0 / 1048576.0, cmax1 / 1048576.0);
+		printf("soak: %s, %.0f s, %u client processes, seed %" PRIu64 ": calls %" PRIu64
+		       ", lost %" PRIu64 ", duplicated %" PRIu64 ", wrong %" PRIu64
+		       "; rss server %.1f MiB at a tenth, %.1f MiB at the end\n",
+		       cfg.transport, (chaos_now_ns() - t0) / 1e9, cfg.clients, cfg.seed, sum.calls,
+		       sum.lost, sum.dup, sum.wrong, srv->rss_warm / 1048576.0,
+		       srv->rss_end / 1048576.0);
 	fflush(stdout);
 	(void)survivors;
 	agent_free(co.server);

@@ -280,7 +280,9 @@ struct agent_stats {
 	uint64_t sessions;	   /* sessions opened (connected or accepted) */
 	uint64_t closes;	   /* sessions closed by either side */
 	uint64_t lost, dup, wrong; /* invariant violations (the run stops at the first) */
-	uint64_t rss_start, rss_end;
+	uint64_t rss_start;	   /* before any traffic */
+	uint64_t rss_warm;	   /* a tenth of the way: caches and pools filled */
+	uint64_t rss_end;
 	uint64_t late_replies;
 };
 

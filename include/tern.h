@@ -183,7 +183,7 @@ enum tern_run_mode {
  * TERN_RUN_NOWAIT (or the caller's own uv_run()) ends at the first poll
  * that handled something; under TERN_RUN_DEFAULT it spins on for up to
  * busy_spin_us, so a server answers the next request without a libuv turn
- * in between.  tern_ctx_stop() from a callback ends the turn after that
+ * in between.  tern_ctx_stop() from a callback ends the spin after that
  * poll.
  *
  * Return: what uv_run() returns: non-zero when there is more to do.
@@ -192,6 +192,21 @@ TERN_EXPORT int tern_ctx_run(tern_ctx *ctx, enum tern_run_mode mode);
 
 /**
  * tern_ctx_stop - make tern_ctx_run(TERN_RUN_DEFAULT) return soon
+ * @ctx: the context
+ *
+ * Safe from any thread and from a signal handler (async-signal-safe): it
+ * sets an atomic flag and wakes the loop with uv_async_send(), so a loop
+ * asleep in event progress wakes up and a busy or adaptive turn ends at
+ * its next poll.  The running tern_ctx_run(TERN_RUN_DEFAULT) returns
+ * after that loop turn; a stop that comes while none is running (a
+ * SIGTERM during set-up, or while the loop is driven with TERN_RUN_ONCE,
+ * TERN_RUN_NOWAIT or tern_call_sync()) makes the next one return at once.
+ * Either way one stop ends one run.  A caller's own uv_run(UV_RUN_DEFAULT)
+ * on the loop returns too, and the stop is still kept for the next
+ * tern_ctx_run(TERN_RUN_DEFAULT).  Sessions and calls are left as they are: close
+ * them, or tern_ctx_destroy() the context, after the run has returned.
+ * @ctx must stay valid until the call returns: do not race it with
+ * tern_ctx_destroy().
  */
 TERN_EXPORT void tern_ctx_stop(tern_ctx *ctx);
 
@@ -977,7 +992,10 @@ TERN_EXPORT int tern_session_drain(tern_session *s, uint32_t timeout_ms);
  * struct tern_sync_reply - where tern_call_sync() puts the reply
  * @buf: the caller's buffer
  * @cap: its size
- * @len: set to the reply's length (also when it did not fit: -EMSGSIZE)
+ * @len: set to the reply's length; on -EMSGSIZE (never a cut reply),
+ *	still its length when @direct is 0 and the reply fit a slot but not
+ *	@cap, otherwise 0 with the reason in @errmsg (a reply larger than a
+ *	slot with @direct 0, or larger than @cap with @direct 1)
  * @errmsg: the remote's message when the call failed remotely
  * @direct: 1: @buf is the call's reply buffer (struct tern_call_opts
  *	@reply_buf), so a reply larger than a slot lands in it directly.

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 static bool valid_name(const char *name, size_t n)
 {
@@ -28,30 +28,34 @@ static bool valid_name(const char *name, size_t n)
 
 static const struct tern_service_entry *find(tern_ctx *ctx, const char *name, size_t n)
 {
-	for (uint32_t i = 0; i < ctx->nservices; i++)
-		if (strlen(ctx->services[i].name) == n &&
-		    memcmp(ctx->services[i].name, name, n) == 0)
-			return &ctx->services[i];
+	struct tern_rpc_ctx *rctx = tern__rpc_ctx(ctx);
+
+	for (uint32_t i = 0; i < rctx->nservices; i++)
+		if (strlen(rctx->services[i].name) == n &&
+		    memcmp(rctx->services[i].name, name, n) == 0)
+			return &rctx->services[i];
 	return NULL;
 }
 
 int tern_service_register(tern_ctx *ctx, const char *name, uint64_t schema_hash)
 {
+	struct tern_rpc_ctx *rctx;
 	struct tern_service_entry *e;
 	size_t n;
 
 	if (!ctx || !name)
 		return -EINVAL;
+	rctx = tern__rpc_ctx(ctx);
 	n = strlen(name);
 	if (!valid_name(name, n))
 		return -EINVAL;
 	if (find(ctx, name, n))
 		return -EEXIST;
-	e = realloc(ctx->services, (ctx->nservices + 1) * sizeof(*e));
+	e = realloc(rctx->services, (rctx->nservices + 1) * sizeof(*e));
 	if (!e)
 		return -ENOMEM;
-	ctx->services = e;
-	e = &ctx->services[ctx->nservices++];
+	rctx->services = e;
+	e = &rctx->services[rctx->nservices++];
 	memcpy(e->name, name, n + 1);
 	e->schema_hash = schema_hash;
 	return 0;

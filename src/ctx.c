@@ -181,10 +181,21 @@ static int set_transport_mode(tern_ctx *ctx, enum tern_transport_mode mode)
  */
 #define TERN_POLLS_PER_CLOCK 16
 
-static bool spin_after_work(const tern_ctx *ctx)
+/*
+ * Has tern_ctx_stop() asked the running tern_ctx_run(DEFAULT) to return?
+ * Then the turn ends now and stop_cb() ends the run.  Relaxed: stop_cb()
+ * is the one that acts on it.  A stop kept for a later run does not shorten
+ * the turns of the loop driven one at a time meanwhile.
+ */
+static bool stop_asked(tern_ctx *ctx)
 {
-	/* stop_flag: tern_ctx_stop() or the user's uv_stop() asked run() to return. */
-	return ctx->run_default && !ctx->cb_depth && !ctx->loop->stop_flag;
+	return ctx->run_default && atomic_load_explicit(&ctx->stop_requested, memory_order_relaxed);
+}
+
+static bool spin_after_work(tern_ctx *ctx)
+{
+	/* stop_flag: the user's uv_stop() asked run() to return. */
+	return ctx->run_default && !ctx->cb_depth && !ctx->loop->stop_flag && !stop_asked(ctx);
 }
 
 static void idle_cb(uv_idle_t *h)
@@ -231,7 +242,7 @@ static void idle_cb(uv_idle_t *h)
 			 * this is one cheap syscall per poll.
 			 */
 			sched_yield();
-	} while (now - start < ctx->busy_spin_ns && ctx->idle_active);
+	} while (now - start < ctx->busy_spin_ns && ctx->idle_active && !stop_asked(ctx));
 
 	if (ctx->progress == TERN_PROGRESS_ADAPTIVE && ctx->idle_active &&
 	    now - ctx->last_activity_ns > ctx->adaptive_spin_ns) {
@@ -279,29 +290,35 @@ void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns)
 
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns)
 {
-	uint64_t next = 0, d;
-	struct tern_list *l, *nx;
+	uint64_t next;
 
 	ctx->next_deadline_ns = 0;
 	uv_timer_stop(&ctx->deadline_timer);
-	for (l = ctx->sessions.next; l != &ctx->sessions; l = nx) {
-		tern_session *s = tern_container_of(l, tern_session, link);
-
-		nx = l->next;
-		d = tern__client_expire(s, now_ns);
-		if (d && (!next || d < next))
-			next = d;
-	}
-	/* The same timer runs batches whose wait is over, and returns credits
-	 * owed to peers that went quiet. */
+	/* The floor above times out what is due (calls, batches); the same
+	 * timer returns credits owed to peers that went quiet. */
+	next = ctx->up->timers(ctx, now_ns);
 	tern__session_flush_dirty(ctx);
-	d = tern__batches_due(ctx, now_ns);
-	if (d && (!next || d < next))
-		next = d;
 	tern__deadline_arm(ctx, next);
 }
 
-int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
+/* The loop thread's half of tern_ctx_stop(). */
+static void stop_cb(uv_async_t *h)
+{
+	tern_ctx *ctx = h->data;
+
+	/* Not if a tern_ctx_run(TERN_RUN_DEFAULT) took the stop at its start. */
+	if (atomic_load_explicit(&ctx->stop_requested, memory_order_acquire))
+		uv_stop(ctx->loop);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+	tern_ctx *ctx = h->data;
+	ctx->open_handles--;
+}
+
+int tern__ctx_create(const struct tern_ctx_opts *opts, const struct tern_upcalls *up,
+		     tern_ctx **out)
 {
 	struct tern_ctx_opts o = {0};
 	tern_ctx *ctx;
@@ -319,9 +336,12 @@ int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
 	if (o.progress != TERN_PROGRESS_BUSY && o.progress != TERN_PROGRESS_EVENT &&
 	    o.progress != TERN_PROGRESS_ADAPTIVE)
 		return -EINVAL;
-	ctx = calloc(1, sizeof(*ctx));
+	if (!up || up->ctx_size < sizeof(*ctx) || up->session_size < sizeof(tern_session))
+		return -EINVAL;
+	ctx = calloc(1, up->ctx_size);
 	if (!ctx)
 		return -ENOMEM;
+	ctx->up = up;
 	if (o.loop) {
 		ctx->loop = o.loop;
 	} else {
@@ -352,7 +372,23 @@ int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
 	ctx->deadline_timer.data = ctx;
 	/* The deadline timer alone must not keep tern_ctx_run() alive. */
 	uv_unref((uv_handle_t *)&ctx->deadline_timer);
-	ctx->open_handles = 2;
+	rc = uv_async_init(ctx->loop, &ctx->stop_async, stop_cb);
+	if (rc) {
+		/* Nothing else is open yet but these two handles. */
+		ctx->open_handles = 2;
+		uv_close((uv_handle_t *)&ctx->idle, handle_closed);
+		uv_close((uv_handle_t *)&ctx->deadline_timer, handle_closed);
+		while (ctx->open_handles > 0)
+			uv_run(ctx->loop, UV_RUN_NOWAIT);
+		if (ctx->owns_loop)
+			uv_loop_close(&ctx->own_loop);
+		free(ctx);
+		return rc;
+	}
+	ctx->stop_async.data = ctx;
+	/* Nor may the stop handle: it waits for tern_ctx_stop(), not for work. */
+	uv_unref((uv_handle_t *)&ctx->stop_async);
+	ctx->open_handles = 3;
 	if (ctx->progress != TERN_PROGRESS_EVENT) {
 		uv_idle_start(&ctx->idle, idle_cb);
 		ctx->idle_active = true;
@@ -360,12 +396,6 @@ int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
 	ctx->last_activity_ns = tern__now_ns();
 	*out = ctx;
 	return 0;
-}
-
-static void handle_closed(uv_handle_t *h)
-{
-	tern_ctx *ctx = h->data;
-	ctx->open_handles--;
 }
 
 int tern_ctx_destroy(tern_ctx *ctx)
@@ -399,11 +429,10 @@ int tern_ctx_destroy(tern_ctx *ctx)
 		uv_idle_stop(&ctx->idle);
 	uv_close((uv_handle_t *)&ctx->idle, handle_closed);
 	uv_close((uv_handle_t *)&ctx->deadline_timer, handle_closed);
+	uv_close((uv_handle_t *)&ctx->stop_async, handle_closed);
 	while (ctx->open_handles > 0)
 		uv_run(ctx->loop, UV_RUN_NOWAIT);
-	tern__methods_free(&ctx->methods);
-	tern__batchers_free(ctx);
-	free(ctx->services);
+	ctx->up->ctx_fini(ctx);
 	if (ctx->owns_loop)
 		uv_loop_close(&ctx->own_loop);
 	free(ctx);
@@ -429,15 +458,33 @@ int tern_ctx_run(tern_ctx *ctx, enum tern_run_mode mode)
 
 	if (m != UV_RUN_DEFAULT)
 		return uv_run(ctx->loop, m);
+	/* A stop that came before this run (a SIGTERM during set-up) ends it now. */
+	if (!ctx->run_default &&
+	    atomic_exchange_explicit(&ctx->stop_requested, false, memory_order_acquire))
+		return uv_loop_alive(ctx->loop);
 	ctx->run_default++;
 	rc = uv_run(ctx->loop, m);
 	ctx->run_default--;
+	/* This run has returned: the stop is served, whatever ended the run. */
+	if (!ctx->run_default)
+		atomic_store_explicit(&ctx->stop_requested, false, memory_order_relaxed);
 	return rc;
 }
 
+/*
+ * Async-signal-safe and thread-safe: an atomic store to a lock-free flag
+ * and uv_async_send(), which libuv documents as both (a compare-and-swap
+ * and a write() to an eventfd).  Not uv_stop(): it writes the loop's
+ * stop_flag unsynchronised, and a loop asleep in epoll_wait() would not
+ * look at it until something else woke the loop.
+ */
+_Static_assert(ATOMIC_BOOL_LOCK_FREE == 2, "tern_ctx_stop() runs in signal handlers");
+
 void tern_ctx_stop(tern_ctx *ctx)
 {
-	uv_stop(ctx->loop);
+	/* Release: the loop thread that sees the flag sees what came before. */
+	atomic_store_explicit(&ctx->stop_requested, true, memory_order_release);
+	uv_async_send(&ctx->stop_async);
 }
 
 int tern_ctx_poll(tern_ctx *ctx, int budget)

@@ -126,12 +126,32 @@ static int on_count(tern_req *req, const void *in, size_t in_len, calc_Count *ou
 	return 0;
 }
 
+/* Count.n above this asks name and name_inplace for n bytes of pattern(). */
+#define NAME_LONG     64
+#define NAME_LONG_MAX (256u << 10)
+
+static unsigned char pattern(size_t i)
+{
+	return (unsigned char)(i * 7 + (i >> 8));
+}
+
 static int on_name(tern_req *req, const calc_Count *in, struct tern_iov *out, void *user)
 {
 	static char name[32];
+	static unsigned char long_name[NAME_LONG_MAX];
+	uint64_t n = calc_Count_get_n(in);
 
 	(void)req, (void)user;
-	snprintf(name, sizeof(name), "n=%llu", (unsigned long long)calc_Count_get_n(in));
+	if (n > NAME_LONG) {
+		if (n > NAME_LONG_MAX)
+			return -EINVAL;
+		for (size_t i = 0; i < n; i++)
+			long_name[i] = pattern(i);
+		out->base = long_name;
+		out->len = n;
+		return 0;
+	}
+	snprintf(name, sizeof(name), "n=%llu", (unsigned long long)n);
 	out->base = name;
 	out->len = strlen(name);
 	return 0;
@@ -140,8 +160,22 @@ static int on_name(tern_req *req, const calc_Count *in, struct tern_iov *out, vo
 static ssize_t on_name_inplace(tern_req *req, const calc_Count *in, void *out, size_t cap,
 			       void *user)
 {
-	(void)req, (void)user;
-	return snprintf(out, cap, "inplace n=%llu", (unsigned long long)calc_Count_get_n(in));
+	uint64_t n = calc_Count_get_n(in);
+	char why[96];
+
+	(void)user;
+	if (n > NAME_LONG) {
+		if (n > cap) {
+			snprintf(why, sizeof(why), "a name of %llu bytes, room for %zu",
+				 (unsigned long long)n, cap);
+			tern_req_set_error(req, why);
+			return -EMSGSIZE;
+		}
+		for (size_t i = 0; i < n; i++)
+			((unsigned char *)out)[i] = pattern(i);
+		return (ssize_t)n;
+	}
+	return snprintf(out, cap, "inplace n=%llu", (unsigned long long)n);
 }
 
 static int on_later(tern_req *req, const calc_Vec *in, void *user)
@@ -483,10 +517,12 @@ static void test_trailing_bytes_both_ways_raw(void **state)
 	assert_int_equal(calc_Blob_get_kind(resp), 7);
 	assert_memory_equal(calc_Blob_get_data(resp, len, &n), "hello", 5);
 	assert_int_equal(n, 5);
-	/* a reply that does not fit the caller's buffer */
+	/* a reply that does not fit the caller's buffer (the reply buffer:
+	 * nothing is written, no length given) */
 	assert_int_equal(shapes_tag_sync(t->fx.cli, req, sizeof(reqbuf), resp, CALC_BLOB_SIZE + 4,
 					 &len, TIMEOUT_MS),
 			 -EMSGSIZE);
+	assert_int_equal(len, 0);
 }
 
 /*
@@ -524,6 +560,133 @@ static void test_a_sync_reply_larger_than_a_slot_lands_in_the_callers_buffer(voi
 	free(reqbuf);
 	free(respbuf);
 	free(pattern);
+}
+
+/*
+ * The _sync proxy of a method with a `bytes` reply takes a struct
+ * tern_sync_reply.  With .direct = 1 its buffer is the call's reply buffer:
+ * a reply larger than a slot lands in it.  With .direct = 0 the reply is
+ * copied out of its slot and must fit one: a larger one is -EMSGSIZE, with
+ * the server's reason in .errmsg and .len 0, never cut short.  So is a
+ * reply that does not fit a direct buffer.
+ */
+static void untyped_sync_reply_larger_than_a_slot(struct t *t, bool inplace, const char *no_buf,
+						  const char *short_buf)
+{
+	size_t n = 100 << 10, cap = 200 << 10;
+	unsigned char *buf = calloc(1, cap);
+	struct tern_sync_reply rep;
+	calc_Count q;
+	int rc;
+
+	assert_non_null(buf);
+	assert_true(n > tern_session_max_payload(t->fx.cli));
+	memset(&q, 0, sizeof(q));
+	calc_Count_set_n(&q, n);
+#define NAME_SYNC()                                                          \
+	(inplace ? shapes_name_inplace_sync(t->fx.cli, &q, &rep, TIMEOUT_MS) \
+		 : shapes_name_sync(t->fx.cli, &q, &rep, TIMEOUT_MS))
+
+	/* Copied from the slot: the reply must fit one. */
+	memset(&rep, 0, sizeof(rep));
+	rep.buf = buf;
+	rep.cap = cap;
+	rc = NAME_SYNC();
+	printf("direct 0: %s: %s\n", tern_strerror(rc), rep.errmsg);
+	assert_int_equal(rc, -EMSGSIZE);
+	assert_non_null(strstr(rep.errmsg, no_buf));
+	assert_int_equal(rep.len, 0);
+
+	/* The caller's buffer is the reply buffer. */
+	memset(&rep, 0, sizeof(rep));
+	rep.buf = buf;
+	rep.cap = cap;
+	rep.direct = 1;
+	assert_int_equal(NAME_SYNC(), 0);
+	assert_int_equal(rep.len, n);
+	for (size_t i = 0; i < n; i++)
+		if (buf[i] != pattern(i))
+			fail_msg("byte %zu of the reply is %#x, not %#x", i, buf[i], pattern(i));
+
+	/* One byte short. */
+	memset(&rep, 0, sizeof(rep));
+	rep.buf = buf;
+	rep.cap = n - 1;
+	rep.direct = 1;
+	rc = NAME_SYNC();
+	printf("direct 1, one byte short: %s: %s\n", tern_strerror(rc), rep.errmsg);
+	assert_int_equal(rc, -EMSGSIZE);
+	assert_non_null(strstr(rep.errmsg, short_buf));
+	assert_int_equal(rep.len, 0);
+
+	/* A reply that fits a slot but not the buffer: copied from the slot,
+	 * its length is known; the reply buffer: refused on arrival. */
+	n = NAME_LONG + 1;
+	calc_Count_set_n(&q, n);
+	memset(&rep, 0, sizeof(rep));
+	rep.buf = buf;
+	rep.cap = n - 1;
+	assert_int_equal(NAME_SYNC(), -EMSGSIZE);
+	assert_int_equal(rep.len, n);
+	assert_string_equal(rep.errmsg, "");
+	rep.direct = 1;
+	assert_int_equal(NAME_SYNC(), -EMSGSIZE);
+	assert_int_equal(rep.len, 0);
+	assert_string_equal(rep.errmsg, "reply larger than the reply buffer");
+#undef NAME_SYNC
+	free(buf);
+}
+
+static void test_an_untyped_sync_reply_larger_than_a_slot_raw(void **state)
+{
+	untyped_sync_reply_larger_than_a_slot(*state, false, "exceeds the slot payload",
+					      "exceeds the caller's 102399-byte buffer");
+}
+
+static void test_an_untyped_sync_reply_larger_than_a_slot_inplace(void **state)
+{
+	struct t *t = *state;
+	char no_buf[64];
+
+	/* An inplace handler sees the room it has: a slot, or the caller's buffer. */
+	snprintf(no_buf, sizeof(no_buf), "a name of %u bytes, room for %zu", 100u << 10,
+		 tern_session_max_payload(t->fx.cli));
+	untyped_sync_reply_larger_than_a_slot(t, true, no_buf,
+					      "a name of 102400 bytes, room for 102399");
+}
+
+/*
+ * A typed _sync proxy whose reply has trailing bytes written in place: the
+ * handler writes more than a slot holds (into staging the server pushes
+ * into the caller's buffer); a buffer one byte short is -EMSGSIZE with
+ * *resp_len 0.
+ */
+static void test_a_typed_inplace_sync_reply_larger_than_a_slot(void **state)
+{
+	struct t *t = *state;
+	size_t tail = 60000, cap = CALC_BLOB_SIZE + tail, len = 1, n;
+	unsigned char reqbuf[CALC_BLOB_SIZE], *respbuf = calloc(1, cap);
+	calc_Blob *req = (calc_Blob *)reqbuf, *resp = (calc_Blob *)respbuf;
+	const unsigned char *data;
+
+	assert_non_null(respbuf);
+	assert_true(tail > tern_session_max_payload(t->fx.cli));
+	calc_Blob_set_id(req, 0x1c5);
+	calc_Blob_set_kind(req, (uint16_t)tail);
+	assert_int_equal(
+		shapes_fill_sync(t->fx.cli, req, sizeof(reqbuf), resp, cap, &len, TIMEOUT_MS), 0);
+	assert_int_equal(len, cap);
+	assert_int_equal(calc_Blob_get_id(resp), 0x1c5);
+	data = calc_Blob_get_data(resp, len, &n);
+	assert_int_equal(n, tail);
+	for (size_t i = 0; i < n; i++)
+		if (data[i] != 0xc5)
+			fail_msg("byte %zu of the reply's tail is %#x", i, data[i]);
+	assert_int_equal(
+		shapes_fill_sync(t->fx.cli, req, sizeof(reqbuf), resp, cap - 1, &len, TIMEOUT_MS),
+		-EMSGSIZE);
+	assert_int_equal(len, 0);
+	free(respbuf);
 }
 
 static void test_trailing_bytes_written_in_place(void **state)
@@ -724,6 +887,9 @@ int main(void)
 		T(test_typed_inplace_both_ways),
 		T(test_trailing_bytes_both_ways_raw),
 		T(test_a_sync_reply_larger_than_a_slot_lands_in_the_callers_buffer),
+		T(test_an_untyped_sync_reply_larger_than_a_slot_raw),
+		T(test_an_untyped_sync_reply_larger_than_a_slot_inplace),
+		T(test_a_typed_inplace_sync_reply_larger_than_a_slot),
 		T(test_trailing_bytes_written_in_place),
 		T(test_a_handler_claiming_more_than_the_slot_is_refused),
 		T(test_typed_and_untyped_ends_mixed),

@@ -70,6 +70,16 @@ const char *fx_listen_uri(void)
 	return uri;
 }
 
+bool fx_runnable(void)
+{
+	if (fx_listen_uri())
+		return true;
+	printf("SKIP: %s\n", fx_is("rdma")
+				     ? "no RDMA device with an IPv4 address (set TERN_RDMA_ADDR)"
+				     : "unknown TERN_TEST_TRANSPORT");
+	return false;
+}
+
 const char *fx_dead_uri(void)
 {
 	static char uri[96];

@@ -40,6 +40,12 @@ bool fx_is(const char *name);
  */
 const char *fx_listen_uri(void);
 
+/*
+ * Can the provider under test run here?  If not, says why on stdout: the
+ * test's main() then returns 77 (skip).
+ */
+bool fx_runnable(void);
+
 /* A URI nobody listens on, for connection-refused tests. */
 const char *fx_dead_uri(void);
 

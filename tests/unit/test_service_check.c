@@ -9,7 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 static tern_ctx *ctx;
 

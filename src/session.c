@@ -40,6 +40,11 @@ static void session_free(tern_session *s)
 	free(s->calls);
 	free(s->free_calls);
 	free(s->queue);
+	free(s->missing);
+	for (uint32_t i = 0; s->reqs && s->owreqs && i < s->n; i++) {
+		free(s->reqs[i].zx); /* tern_req_zero_extend()'s copies */
+		free(s->owreqs[i].zx);
+	}
 	free(s->reqs);
 	free(s->free_reqs);
 	free(s->owreqs);
@@ -525,11 +530,15 @@ static void svc_check_done(tern_session *s, int status, const void *reply, size_
 	char why[TERN_ERRMSG_MAX + 1];
 
 	(void)user;
+	if (status)
+		snprintf(why, sizeof(why), "%.*s", len ? (int)len : 20,
+			 len ? (const char *)reply : "service check failed");
+	else /* which of our methods the server serves */
+		status = tern__services_accept(s, reply, len, why, sizeof(why));
 	free(s->svc_check);
 	s->svc_check = NULL;
 	if (status) {
-		snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reply);
-		tern__session_fail(s, status, len ? why : "service check failed");
+		tern__session_fail(s, status, why);
 		return; /* closed() reports it through the connect callback */
 	}
 	s->binding = false;

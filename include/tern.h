@@ -862,8 +862,11 @@ TERN_EXPORT int tern_call_status_remote(tern_session *s);
  *	(RDMA WRITE on verbs).  Inside a region given to tern_mem_register()
  *	no copy is made; otherwise the reply passes through a registered
  *	staging buffer and is copied once.  The callback's @reply then points
- *	here.  After a timeout the server may still write into it until the
- *	late reply arrives (counted in late_replies) or the session closes.
+ *	here.  When the call times out, the server may write into it no
+ *	more: a server that still tries (its handler outlived the deadline)
+ *	is refused, and that ends the session with TERN_EPEER.  A reply
+ *	buffer outside any registration is not exposed at all (its staging
+ *	takes the late reply, counted in late_replies, and drops it).
  * @reply_cap: its size; a longer reply is an error, never truncated
  */
 struct tern_call_opts {

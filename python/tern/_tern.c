@@ -51,7 +51,6 @@ typedef struct RequestObject RequestObject;
 typedef struct MemObject MemObject;
 typedef struct SlotObject SlotObject;
 struct membind;
-struct parked;
 
 typedef struct {
 	PyObject_HEAD tern_ctx *ctx;
@@ -76,7 +75,6 @@ typedef struct {
 	RequestObject *reqs;	 /* deferred requests not answered yet */
 	struct membind *binds;	 /* Memory objects registered here (tern_mem_register) */
 	struct membind *unbinds; /* ...dropped on another thread, for the loop's thread */
-	struct parked *parked;	 /* timed-out calls whose registered memory the peer may reach */
 	SlotObject *slots;	 /* send slots acquired and not yet committed or aborted */
 } CtxObject;
 
@@ -166,7 +164,7 @@ typedef struct {
 struct MemObject {
 	PyObject_HEAD Py_buffer view; /* the export, held while open */
 	bool open;
-	long uses;		  /* calls in flight (or parked) with memory inside it */
+	long uses;		  /* calls in flight with memory inside it */
 	struct membind *binds;	  /* its registration on each context */
 	MemObject *next, **pprev; /* the open registrations (mems) */
 	PyObject *weakrefs;
@@ -184,18 +182,6 @@ struct membind {
 	Py_buffer pin;
 	struct membind *next_m; /* in m->binds */
 	struct membind *next_c; /* in c->binds, or c->unbinds */
-};
-
-/*
- * A call that timed out while its request or reply buffer lies in a
- * Memory: the peer may still read or write that memory (tern_call_opts:
- * until the late reply arrives or the session closes), so the Memory stays
- * in use until the session is closed.
- */
-struct parked {
-	tern_session *s;
-	MemObject *m; /* a strong reference and a use */
-	struct parked *next;
 };
 
 static MemObject *mems; /* open Memory objects, newest first (under the GIL) */
@@ -596,38 +582,6 @@ static void mem_done(MemObject *m)
 	Py_DECREF(m);
 }
 
-/* The peer may reach @m until session @s closes: keep it in use till then. */
-static void park(CtxObject *c, tern_session *s, MemObject *m)
-{
-	struct parked *p = PyMem_Malloc(sizeof(*p));
-
-	if (!p) {
-		/* cannot remember it: keep it in use for good rather than unsafe */
-		ctx_fail(c, PyExc_MemoryError, "tern: no memory to park a timed-out call");
-		return;
-	}
-	p->s = s;
-	p->m = m;
-	p->next = c->parked;
-	c->parked = p;
-}
-
-/* Session @s is closed (NULL: every session): the peer reaches nothing now. */
-static void parked_release(CtxObject *c, tern_session *s)
-{
-	struct parked **pp = &c->parked, *p;
-
-	while ((p = *pp)) {
-		if (s && p->s != s) {
-			pp = &p->next;
-			continue;
-		}
-		*pp = p->next;
-		mem_done(p->m);
-		PyMem_Free(p);
-	}
-}
-
 static int mem_close_impl(MemObject *m)
 {
 	if (!m->open)
@@ -763,7 +717,7 @@ static PyMethodDef mem_methods[] = {
 static PyGetSetDef mem_getset[] = {
 	{"closed", mem_get_closed, NULL, "True once closed", NULL},
 	{"nbytes", mem_get_nbytes, NULL, "the registered length", NULL},
-	{"uses", mem_get_uses, NULL, "calls using the memory (in flight, or parked)", NULL},
+	{"uses", mem_get_uses, NULL, "calls in flight using the memory", NULL},
 	{"contexts", mem_get_contexts, NULL, "contexts it is registered with", NULL},
 	{"obj", mem_get_obj, NULL, "the registered object", NULL},
 	{NULL},
@@ -2112,7 +2066,6 @@ static int ctx_close_impl(CtxObject *c)
 			c->unbinds = b->next_c;
 		bind_free(b);
 	}
-	parked_release(c, NULL); /* every session is gone */
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(c->regs); i++) {
 		struct reg *g = PyCapsule_GetPointer(PyList_GET_ITEM(c->regs, i), NULL);
 
@@ -2596,34 +2549,13 @@ static void on_session_close(tern_session *s, int reason)
 	}
 	so->s = NULL;
 	so->close_reason = reason ? reason : -ECONNRESET;
-	/* the transport is gone: timed-out calls reach no memory now */
-	if (so->c->parked) {
-		PyThreadState *t = ctx_enter(so->c);
-
-		parked_release(so->c, s);
-		ctx_leave(so->c, t);
-	}
-}
-
-/* A session this side closed is closed: as on_session_close(). */
-static void session_closed(tern_session *s, int status)
-{
-	CtxObject *c = tern_ctx_data(tern_session_ctx(s));
-
-	(void)status;
-	if (c && c->parked) {
-		PyThreadState *t = ctx_enter(c);
-
-		parked_release(c, s);
-		ctx_leave(c, t);
-	}
 }
 
 static void session_detach(SessionObject *so)
 {
 	if (so->s) {
 		tern_session_set_data(so->s, NULL);
-		tern_session_close(so->s, session_closed);
+		tern_session_close(so->s, NULL);
 		so->s = NULL;
 		so->close_reason = -ECANCELED;
 	}
@@ -2716,12 +2648,9 @@ static void on_reply(tern_session *s, int status, const void *reply, size_t len,
 	for (int i = 0; i < 2; i++) {
 		if (!f->mem[i])
 			continue;
-		/* Our deadline passed, but the peer may still read the request or
-		 * write the reply in registered memory until the session closes. */
-		if (status == -ETIMEDOUT && !f->remote)
-			park(c, s, f->mem[i]);
-		else
-			mem_done(f->mem[i]);
+		/* done, or timed out: tern withdrew the call's exports of our
+		 * memory before this callback, so the peer reaches it no more */
+		mem_done(f->mem[i]);
 		f->mem[i] = NULL;
 	}
 	f->s = NULL;

@@ -567,7 +567,11 @@ static int shm_write(const struct tern_bulk_desc *d, const void *buf)
 static void shm_hostile(void)
 {
 	uint8_t op = fz_u8();
-	struct shm_msg m;
+	struct {
+		struct shm_msg m;
+		uint8_t past[8]; /* a message may run past the struct: zeros */
+	} big = {0};
+	struct shm_msg *mp = &big.m;
 	int fds[2], nfds = 0;
 
 	if (W.state != FZ_UP && op % 10 < 8)
@@ -612,14 +616,14 @@ static void shm_hostile(void)
 			(void)!eventfd_write(W.peer_bell, fz_u8() + 1);
 		break;
 	default: /* a socket message of any shape */
-		msg_init(&m, (uint16_t)(fz_u8() % 9));
+		msg_init(mp, (uint16_t)(fz_u8() % 9));
 		if (op & 0x80)
-			fz_take(&m, sizeof(m));
+			fz_take(mp, sizeof(*mp));
 		else
-			fz_take(m.hs, sizeof(struct shm_bulk));
+			fz_take(mp->hs, sizeof(struct shm_bulk));
 		if (op & 0x40)
 			fds[nfds++] = eventfd(0, EFD_CLOEXEC);
-		msg_out(&m, op & 0x20 ? fz_u8() % (sizeof(m) + 8) : sizeof(m), fds, nfds);
+		msg_out(&big, op & 0x20 ? fz_u8() % sizeof(big) : sizeof(*mp), fds, nfds);
 		for (int k = 0; k < nfds; k++)
 			close(fds[k]);
 		break;

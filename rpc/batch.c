@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 void tern__batch_flush(struct tern_batcher *b)
 {
@@ -58,7 +58,7 @@ uint64_t tern__batches_due(tern_ctx *ctx, uint64_t now_ns)
 {
 	uint64_t next = 0;
 
-	for (struct tern_batcher *b = ctx->batchers; b; b = b->next) {
+	for (struct tern_batcher *b = tern__rpc_ctx(ctx)->batchers; b; b = b->next) {
 		uint64_t due;
 
 		if (!b->n)
@@ -75,7 +75,7 @@ uint64_t tern__batches_due(tern_ctx *ctx, uint64_t now_ns)
 /* A session died: its gathered requests leave their batches unanswered. */
 void tern__batch_drop_session(tern_ctx *ctx, tern_session *s)
 {
-	for (struct tern_batcher *b = ctx->batchers; b; b = b->next) {
+	for (struct tern_batcher *b = tern__rpc_ctx(ctx)->batchers; b; b = b->next) {
 		uint32_t k = 0;
 
 		for (uint32_t i = 0; i < b->n; i++) {
@@ -92,9 +92,11 @@ void tern__batch_drop_session(tern_ctx *ctx, tern_session *s)
 
 void tern__batchers_free(tern_ctx *ctx)
 {
-	while (ctx->batchers) {
-		struct tern_batcher *b = ctx->batchers;
-		ctx->batchers = b->next;
+	struct tern_rpc_ctx *rctx = tern__rpc_ctx(ctx);
+
+	while (rctx->batchers) {
+		struct tern_batcher *b = rctx->batchers;
+		rctx->batchers = b->next;
 		free(b->items);
 		free(b);
 	}
@@ -103,6 +105,7 @@ void tern__batchers_free(tern_ctx *ctx)
 int tern_register_batch(tern_ctx *ctx, uint32_t method_id, const struct tern_batch_opts *opts,
 			tern_batch_handler fn, void *user)
 {
+	struct tern_rpc_ctx *rctx;
 	struct tern_batch_opts o = {0};
 	struct tern_method m = {.id = method_id, .kind = TERN_KIND_BATCH};
 	struct tern_batcher *b;
@@ -113,7 +116,8 @@ int tern_register_batch(tern_ctx *ctx, uint32_t method_id, const struct tern_bat
 	memcpy(&o, opts, opts->size && opts->size < sizeof(o) ? opts->size : sizeof(o));
 	if (o.max == 0 || o.max > 65536)
 		return -EINVAL;
-	if (tern__methods_find(&ctx->methods, method_id))
+	rctx = tern__rpc_ctx(ctx);
+	if (tern__methods_find(&rctx->methods, method_id))
 		return -EEXIST;
 	b = calloc(1, sizeof(*b));
 	if (!b || !(b->items = calloc(o.max, sizeof(*b->items)))) {
@@ -128,12 +132,12 @@ int tern_register_batch(tern_ctx *ctx, uint32_t method_id, const struct tern_bat
 	b->user = user;
 	m.fn.batch = b;
 	m.user = user;
-	if ((rc = tern__methods_add(&ctx->methods, &m))) {
+	if ((rc = tern__methods_add(&rctx->methods, &m))) {
 		free(b->items);
 		free(b);
 		return rc;
 	}
-	b->next = ctx->batchers;
-	ctx->batchers = b;
+	b->next = rctx->batchers;
+	rctx->batchers = b;
 	return 0;
 }

@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 static uint64_t deadline_for(tern_session *s, const struct tern_call_opts *opts)
 {
@@ -28,20 +28,22 @@ static uint64_t deadline_for(tern_session *s, const struct tern_call_opts *opts)
 
 static bool can_issue(const tern_session *s)
 {
-	return s->nfree_calls > 0 && tern_credits_can_call(&s->cr);
+	return tern__rpc_const(s)->nfree_calls > 0 && tern_credits_can_call(&s->cr);
 }
 
 /* A one-way message needs a slot and a credit, no reply receive. */
 static bool can_send(const tern_session *s)
 {
-	return s->nfree_calls > 0 && tern_credits_can_send(&s->cr);
+	return tern__rpc_const(s)->nfree_calls > 0 && tern_credits_can_send(&s->cr);
 }
 
 static void release_slot(tern_session *s, tern_callslot *c)
 {
+	struct tern_rpc_session *r = tern__rpc(s);
+
 	c->state = TERN_CALL_FREE;
 	if (!c->send_busy)
-		s->free_calls[s->nfree_calls++] = c->idx;
+		r->free_calls[r->nfree_calls++] = c->idx;
 }
 
 /* Finish call @c: free its slot first, so the callback may call again. */
@@ -80,7 +82,8 @@ static void issue(tern_session *s, tern_callslot *c, uint32_t method, size_t len
 
 static tern_callslot *take_slot(tern_session *s)
 {
-	tern_callslot *c = &s->calls[s->free_calls[--s->nfree_calls]];
+	struct tern_rpc_session *r = tern__rpc(s);
+	tern_callslot *c = &r->calls[r->free_calls[--r->nfree_calls]];
 
 	tern_credits_take_call(&s->cr);
 	c->acq_oneway = false;
@@ -93,11 +96,12 @@ static tern_callslot *take_slot(tern_session *s)
 static int enqueue(tern_session *s, uint32_t method, const void *buf, size_t len, tern_call_cb cb,
 		   tern_send_cb scb, void *user, uint64_t deadline_ns)
 {
+	struct tern_rpc_session *r = tern__rpc(s);
 	struct tern_pending *e;
 
-	if (s->q_len == s->q_cap)
+	if (r->q_len == r->q_cap)
 		return -ENOBUFS;
-	e = &s->queue[(s->q_head + s->q_len) % s->q_cap];
+	e = &r->queue[(r->q_head + r->q_len) % r->q_cap];
 	e->method = method;
 	e->buf = buf;
 	e->len = len;
@@ -105,7 +109,7 @@ static int enqueue(tern_session *s, uint32_t method, const void *buf, size_t len
 	e->scb = scb;
 	e->user = user;
 	e->deadline_ns = deadline_ns;
-	s->q_len++;
+	r->q_len++;
 	tern__deadline_arm(s->ctx, deadline_ns);
 	return 0;
 }
@@ -127,7 +131,8 @@ static void issue_oneway(tern_session *s, tern_callslot *c, uint32_t method, siz
 
 static tern_callslot *take_send_slot(tern_session *s)
 {
-	tern_callslot *c = &s->calls[s->free_calls[--s->nfree_calls]];
+	struct tern_rpc_session *r = tern__rpc(s);
+	tern_callslot *c = &r->calls[r->free_calls[--r->nfree_calls]];
 
 	tern_credits_take_send(&s->cr);
 	c->acq_oneway = true;
@@ -147,7 +152,7 @@ static int acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **out
 		return -EINVAL;
 	if (!tern__session_usable(s))
 		return -ENOTCONN;
-	if (s->q_len || !(oneway ? can_send(s) : can_issue(s))) {
+	if (tern__rpc(s)->q_len || !(oneway ? can_send(s) : can_issue(s))) {
 		s->cnt.credit_stalls++;
 		return -EAGAIN;
 	}
@@ -168,14 +173,14 @@ int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len, 
 		return -EINVAL;
 	if (!tern__session_usable(s))
 		return -ENOTCONN;
-	if (s->nmissing && (rc = tern__services_missing(s, method_id)))
+	if (tern__rpc(s)->nmissing && (rc = tern__services_missing(s, method_id)))
 		return rc;
 	if (len > s->max_payload) {
 		tern__set_error(s->ctx, "%s: message of %zu bytes exceeds the slot payload %u",
 				s->peer, len, s->max_payload);
 		return -EMSGSIZE;
 	}
-	if (s->q_len == 0 && can_send(s)) {
+	if (tern__rpc(s)->q_len == 0 && can_send(s)) {
 		tern_callslot *c = take_send_slot(s);
 
 		if (len)
@@ -203,7 +208,7 @@ static int commit_check(tern_callslot *c, uint32_t method, size_t len)
 
 	if (!tern__session_usable(c->s))
 		rc = -ENOTCONN;
-	else if (c->s->nmissing)
+	else if (tern__rpc(c->s)->nmissing)
 		rc = tern__services_missing(c->s, method);
 	if (!rc && len > c->s->max_payload)
 		rc = -EMSGSIZE;
@@ -226,12 +231,12 @@ int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len)
 
 static bool writable(const tern_session *s)
 {
-	return s->q_len == 0 && can_send(s);
+	return tern__rpc_const(s)->q_len == 0 && can_send(s);
 }
 
 static bool drained(const tern_session *s)
 {
-	return s->q_len == 0 && s->cr.tx == s->n && s->cr.replies_expected == 0;
+	return tern__rpc_const(s)->q_len == 0 && s->cr.tx == s->n && s->cr.replies_expected == 0;
 }
 
 /* Run the loop until @done(s), the session fails, or @timeout_ms passes. */
@@ -327,7 +332,7 @@ static bool orphan_stages(tern_session *s, tern_callslot *c)
 	if (!c->req_stage && !c->rep_stage && !c->nx)
 		return true;
 	for (uint32_t i = 0; i < s->n; i++) {
-		struct tern_orphan *o = &s->orphans[i];
+		struct tern_orphan *o = &tern__rpc(s)->orphans[i];
 		if (o->used)
 			continue;
 		o->used = true;
@@ -347,7 +352,7 @@ static bool orphan_stages(tern_session *s, tern_callslot *c)
 static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
 {
 	for (uint32_t i = 0; i < s->n; i++) {
-		struct tern_orphan *o = &s->orphans[i];
+		struct tern_orphan *o = &tern__rpc(s)->orphans[i];
 		if (o->used && o->slot == slot && o->gen == gen) {
 			tern__bulk_unexport(s, o->xd, o->nx);
 			tern__session_stage_put(s, o->st[0]);
@@ -448,7 +453,7 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 	if (!tern__session_usable(s))
 		return -ENOTCONN;
 	/* A method the server said it lacks: no round trip to hear it again. */
-	if (s->nmissing && (rc = tern__services_missing(s, method_id)))
+	if (tern__rpc(s)->nmissing && (rc = tern__services_missing(s, method_id)))
 		return rc;
 	if (len > s->peer_max_msg) {
 		tern__set_error(
@@ -460,7 +465,7 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 			s->peer, len, s->peer_max_msg);
 		return -EMSGSIZE;
 	}
-	if (s->q_len == 0 && can_issue(s))
+	if (tern__rpc(s)->q_len == 0 && can_issue(s))
 		return issue_any(s, method_id, req, len, reply_buf, reply_cap, cb, user,
 				 deadline_for(s, opts));
 	s->cnt.credit_stalls++;
@@ -468,7 +473,9 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 		return -EAGAIN;
 	rc = enqueue(s, method_id, req, len, cb, NULL, user, deadline_for(s, opts));
 	if (!rc) {
-		struct tern_pending *e = &s->queue[(s->q_head + s->q_len - 1) % s->q_cap];
+		struct tern_rpc_session *r = tern__rpc(s);
+		struct tern_pending *e = &r->queue[(r->q_head + r->q_len - 1) % r->q_cap];
+
 		e->reply_buf = reply_buf;
 		e->reply_cap = reply_cap;
 	}
@@ -488,14 +495,16 @@ int tern__client_call_internal(tern_session *s, uint32_t method, const void *buf
 /* Send queued calls while slots and credits last. */
 void tern__client_kick(tern_session *s)
 {
-	while (s->q_len && tern__session_usable(s)) {
-		struct tern_pending e = s->queue[s->q_head];
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	while (r->q_len && tern__session_usable(s)) {
+		struct tern_pending e = r->queue[r->q_head];
 
 		/* Strict arrival order: a head that cannot go blocks the rest. */
 		if ((e.cb && !can_issue(s)) || (e.scb && !can_send(s)))
 			break;
-		s->q_head = (s->q_head + 1) % s->q_cap;
-		s->q_len--;
+		r->q_head = (r->q_head + 1) % r->q_cap;
+		r->q_len--;
 		if (e.cb) {
 			int rc = issue_any(s, e.method, e.buf, e.len, e.reply_buf, e.reply_cap,
 					   e.cb, e.user, e.deadline_ns);
@@ -550,7 +559,7 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 
 void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *payload)
 {
-	tern_callslot *c = &s->calls[h->call_slot];
+	tern_callslot *c = &tern__rpc(s)->calls[h->call_slot];
 
 	if (c->state != TERN_CALL_INFLIGHT || c->gen != h->call_gen) {
 		/* A reply to a call that timed out (its receive was still
@@ -563,16 +572,17 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 	if (h->kind == TERN_MSG_ERR) {
 		char msg[TERN_ERRMSG_MAX + 1];
 		tern_ctx *ctx = s->ctx;
-		int outer = ctx->remote_depth;
+		struct tern_rpc_ctx *rctx = tern__rpc_ctx(ctx);
+		int outer = rctx->remote_depth;
 
 		memcpy(msg, payload, h->len);
 		msg[h->len] = 0;
 		release_stages(s, c);
 		/* The status is the peer's: tern_call_status_remote() says so to
 		 * this callback, and to no callback nested in it. */
-		ctx->remote_depth = ctx->cb_depth + 1;
+		rctx->remote_depth = ctx->cb_depth + 1;
 		complete(s, c, h->status, msg, h->len);
-		ctx->remote_depth = outer;
+		rctx->remote_depth = outer;
 	} else if (h->flags & TERN_F_BULK) {
 		uint64_t n;
 
@@ -607,24 +617,29 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 
 int tern_call_status_remote(tern_session *s)
 {
-	return s && s->ctx->remote_depth && s->ctx->remote_depth == s->ctx->cb_depth;
+	int depth = s ? tern__rpc_ctx(s->ctx)->remote_depth : 0;
+
+	return depth && depth == s->ctx->cb_depth;
 }
 
 void tern__client_send_done(tern_session *s, uint32_t idx)
 {
-	tern_callslot *c = &s->calls[idx];
+	struct tern_rpc_session *r = tern__rpc(s);
+	tern_callslot *c = &r->calls[idx];
 
 	c->send_busy = false;
 	if (c->state == TERN_CALL_FREE) {
-		s->free_calls[s->nfree_calls++] = idx;
+		r->free_calls[r->nfree_calls++] = idx;
 		tern__client_kick(s);
 	}
 }
 
 void tern__client_fail_all(tern_session *s, int err)
 {
+	struct tern_rpc_session *r = tern__rpc(s);
+
 	for (uint32_t i = 0; i < s->n; i++) {
-		tern_callslot *c = &s->calls[i];
+		tern_callslot *c = &r->calls[i];
 		if (c->state == TERN_CALL_INFLIGHT) {
 			/*
 			 * The connection failed: the peer may reach this
@@ -641,10 +656,10 @@ void tern__client_fail_all(tern_session *s, int err)
 			complete(s, c, err, "", 0);
 		}
 	}
-	while (s->q_len) {
-		struct tern_pending e = s->queue[s->q_head];
-		s->q_head = (s->q_head + 1) % s->q_cap;
-		s->q_len--;
+	while (r->q_len) {
+		struct tern_pending e = r->queue[r->q_head];
+		r->q_head = (r->q_head + 1) % r->q_cap;
+		r->q_len--;
 		if (e.cb) {
 			s->cnt.calls_completed++;
 			s->cnt.errors++;
@@ -657,12 +672,13 @@ void tern__client_fail_all(tern_session *s, int err)
 
 uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
 {
+	struct tern_rpc_session *r = tern__rpc(s);
 	uint64_t next = 0;
 
 	if (s->state != TERN_S_READY)
 		return 0;
 	for (uint32_t i = 0; i < s->n && s->state == TERN_S_READY; i++) {
-		tern_callslot *c = &s->calls[i];
+		tern_callslot *c = &r->calls[i];
 
 		if (c->state != TERN_CALL_INFLIGHT || !c->deadline_ns)
 			continue;
@@ -677,8 +693,8 @@ uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
 			next = c->deadline_ns;
 		}
 	}
-	for (uint32_t k = 0; k < s->q_len && s->state == TERN_S_READY; k++) {
-		struct tern_pending *e = &s->queue[(s->q_head + k) % s->q_cap];
+	for (uint32_t k = 0; k < r->q_len && s->state == TERN_S_READY; k++) {
+		struct tern_pending *e = &r->queue[(r->q_head + k) % r->q_cap];
 
 		if ((!e->cb && !e->scb) || !e->deadline_ns)
 			continue;

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 #define TOMBSTONE_KIND 0xff
 
@@ -109,7 +109,7 @@ static int reg(tern_ctx *ctx, const struct tern_method *m)
 {
 	if (!ctx || m->id == 0 || m->id >= TERN_METHOD_RESERVED_MIN || !m->fn.raw)
 		return -EINVAL;
-	return tern__methods_add(&ctx->methods, m);
+	return tern__methods_add(&tern__rpc_ctx(ctx)->methods, m);
 }
 
 int tern_register_raw(tern_ctx *ctx, uint32_t method_id, tern_raw_handler fn, void *user)
@@ -141,14 +141,16 @@ int tern_register_oneway(tern_ctx *ctx, uint32_t method_id, tern_oneway_handler 
 
 int tern_unregister(tern_ctx *ctx, uint32_t method_id)
 {
+	struct tern_rpc_ctx *rctx;
 	const struct tern_method *m;
 
 	if (!ctx)
 		return -EINVAL;
+	rctx = tern__rpc_ctx(ctx);
 	/* A batch still gathering runs now; its gatherer stays until the
 	 * context goes (nothing routes to it any more). */
-	m = tern__methods_find(&ctx->methods, method_id);
+	m = tern__methods_find(&rctx->methods, method_id);
 	if (m && m->kind == TERN_KIND_BATCH)
 		tern__batch_flush(m->fn.batch);
-	return tern__methods_del(&ctx->methods, method_id);
+	return tern__methods_del(&rctx->methods, method_id);
 }

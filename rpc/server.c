@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 static int clamp_status(int err)
 {
@@ -34,6 +34,7 @@ static int clamp_status(int err)
 static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, uint8_t flags)
 {
 	tern_session *s = req->s;
+	struct tern_rpc_session *r = tern__rpc(s);
 	struct tern_hdr h = {
 		.kind = kind,
 		.flags = flags,
@@ -52,7 +53,7 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	if (s->state != TERN_S_READY) {
 		/* The session died while a deferred handler held the request:
 		 * the reply has nowhere to go. */
-		s->free_reqs[s->nfree_reqs++] = req->idx;
+		r->free_reqs[r->nfree_reqs++] = req->idx;
 		tern__session_unref(s);
 		return;
 	}
@@ -90,6 +91,7 @@ static const char *stage_why(int rc, const char *what)
 static void check_services(tern_req *req, const void *in, uint32_t len)
 {
 	tern_session *s = req->s;
+	struct tern_rpc_session *r = tern__rpc(s);
 	char why[TERN_ERRMSG_MAX];
 	uint32_t answer_len = 0;
 	int rc;
@@ -108,7 +110,7 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 		 * goes down, or it would hold the session forever. */
 		req->state = TERN_REQ_FREE;
 		req->in = NULL;
-		s->free_reqs[s->nfree_reqs++] = req->idx;
+		r->free_reqs[r->nfree_reqs++] = req->idx;
 		tern__session_fail(s, rc, why);
 		return;
 	}
@@ -122,7 +124,7 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 	}
 	finish(req, TERN_MSG_REP, 0, answer_len);
 	if (s->state == TERN_S_READY)
-		tern__session_announce(s);
+		tern__session_bound(s);
 }
 
 /* The slot's room, and no more than the caller's reply buffer holds. */
@@ -350,7 +352,9 @@ static int request_descs(tern_session *s, const struct tern_hdr *h, const uint8_
 
 static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in)
 {
-	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
+	struct tern_rpc_session *r = tern__rpc(s);
+	const struct tern_method *m =
+		tern__methods_find(&tern__rpc_ctx(s->ctx)->methods, h->method);
 	struct tern_bulk_desc rdesc = {0}, q = {0};
 	const uint8_t *p = in;
 	uint32_t plen = h->len;
@@ -362,7 +366,7 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 		tern__session_fail(s, rc, why);
 		return;
 	}
-	req = &s->reqs[s->free_reqs[--s->nfree_reqs]];
+	req = &r->reqs[r->free_reqs[--r->nfree_reqs]];
 	req->state = TERN_REQ_HANDLER;
 	req->token = token;
 	req->call_slot = h->call_slot;
@@ -424,9 +428,10 @@ static const char *bulk_why(int status, bool reading)
 		       : "could not write the reply into the caller's buffer";
 }
 
-void tern__serve_bulk_done(tern_req *req, int status)
+/* Only servers pull requests and push replies: the cookie is the request. */
+void tern__serve_bulk_done(tern_session *s, uint64_t cookie, int status)
 {
-	tern_session *s = req->s;
+	tern_req *req = (tern_req *)(uintptr_t)cookie;
 	const struct tern_method *m;
 	uint64_t n = htole64(req->bulk_len);
 	char why[96];
@@ -442,7 +447,7 @@ void tern__serve_bulk_done(tern_req *req, int status)
 			return;
 		}
 		s->cnt.bulk_bytes_read += req->in_len;
-		m = tern__methods_find(&s->ctx->methods, req->method);
+		m = tern__methods_find(&tern__rpc_ctx(s->ctx)->methods, req->method);
 		if (!m) {
 			snprintf(why, sizeof(why), "no method 0x%08x here", req->method);
 			reply_error(req, TERN_ENOMETHOD, why);
@@ -475,7 +480,8 @@ static void oneway_release(tern_session *s, uint32_t token)
 static tern_req *oneway_take(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			     const void *in)
 {
-	tern_req *req = &s->owreqs[s->free_owreqs[--s->nfree_owreqs]];
+	struct tern_rpc_session *r = tern__rpc(s);
+	tern_req *req = &r->owreqs[r->free_owreqs[--r->nfree_owreqs]];
 
 	req->token = token;
 	req->in = in;
@@ -489,7 +495,8 @@ static tern_req *oneway_take(tern_session *s, uint32_t token, const struct tern_
 static void serve_oneway_now(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			     const void *in)
 {
-	const struct tern_method *m = tern__methods_find(&s->ctx->methods, h->method);
+	const struct tern_method *m =
+		tern__methods_find(&tern__rpc_ctx(s->ctx)->methods, h->method);
 	tern_req *req;
 
 	if (m && m->kind == TERN_KIND_ONEWAY) {
@@ -522,24 +529,27 @@ static void serve_oneway_now(tern_session *s, uint32_t token, const struct tern_
 static void backlog_push(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			 const void *payload)
 {
-	struct tern_backlog_entry *b = s->backlog;
+	struct tern_rpc_session *r = tern__rpc(s);
+	struct tern_backlog_entry *b = r->backlog;
 	uint32_t at;
 
-	if (s->bl_len == s->bl_cap) {
+	if (r->bl_len == r->bl_cap) {
 		tern__session_fail(s, TERN_EPEER, "more requests than receive slots");
 		return;
 	}
-	at = (s->bl_head + s->bl_len) % s->bl_cap;
+	at = (r->bl_head + r->bl_len) % r->bl_cap;
 	b[at].token = token;
 	b[at].payload = payload;
 	b[at].h = *h;
-	s->bl_len++;
+	r->bl_len++;
 }
 
 void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			 const void *payload)
 {
-	if (s->nfree_reqs == 0 || s->bl_len)
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	if (r->nfree_reqs == 0 || r->bl_len)
 		backlog_push(s, token, h, payload); /* no reply slot free yet */
 	else
 		dispatch(s, token, h, payload);
@@ -548,7 +558,7 @@ void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr 
 void tern__serve_oneway(tern_session *s, uint32_t token, const struct tern_hdr *h,
 			const void *payload)
 {
-	if (s->bl_len)
+	if (tern__rpc(s)->bl_len)
 		backlog_push(s, token, h, payload);
 	else
 		serve_oneway_now(s, token, h, payload);
@@ -557,6 +567,7 @@ void tern__serve_oneway(tern_session *s, uint32_t token, const struct tern_hdr *
 void tern__serve_batch_done(tern_req *req, ssize_t status)
 {
 	tern_session *s = req->s;
+	struct tern_rpc_session *r = tern__rpc(s);
 	char why[96];
 
 	if (req->holds) {
@@ -568,7 +579,7 @@ void tern__serve_batch_done(tern_req *req, ssize_t status)
 	if (req->oneway) {
 		req->state = TERN_REQ_FREE;
 		req->in = NULL;
-		s->free_owreqs[s->nfree_owreqs++] = req->idx;
+		r->free_owreqs[r->nfree_owreqs++] = req->idx;
 		if (s->state != TERN_S_READY) {
 			tern__session_unref(s);
 			return;
@@ -589,21 +600,22 @@ void tern__serve_batch_done(tern_req *req, ssize_t status)
 
 void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
 {
-	struct tern_backlog_entry *b = s->backlog;
+	struct tern_rpc_session *r = tern__rpc(s);
+	struct tern_backlog_entry *b = r->backlog;
 
-	s->free_reqs[s->nfree_reqs++] = idx;
+	r->free_reqs[r->nfree_reqs++] = idx;
 	if (s->refused) {
 		/* the refusal is delivered: now close */
 		tern__session_fail(s, s->refused, s->refused_why);
 		return;
 	}
-	while (s->bl_len && s->state == TERN_S_READY) {
-		struct tern_backlog_entry e = b[s->bl_head];
+	while (r->bl_len && s->state == TERN_S_READY) {
+		struct tern_backlog_entry e = b[r->bl_head];
 
-		if (e.h.kind == TERN_MSG_REQ && !s->nfree_reqs)
+		if (e.h.kind == TERN_MSG_REQ && !r->nfree_reqs)
 			break;
-		s->bl_head = (s->bl_head + 1) % s->bl_cap;
-		s->bl_len--;
+		r->bl_head = (r->bl_head + 1) % r->bl_cap;
+		r->bl_len--;
 		if (e.h.kind == TERN_MSG_REQ)
 			dispatch(s, e.token, &e.h, e.payload);
 		else
@@ -613,16 +625,18 @@ void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
 
 void tern__serve_session_down(tern_session *s)
 {
+	struct tern_rpc_session *r = tern__rpc(s);
+
 	/* Requests still in a handler (it may close the session itself) or
 	 * held by a deferred handler keep the session's memory until they
 	 * finish. */
 	for (uint32_t i = 0; i < s->n; i++) {
-		if (s->reqs[i].state != TERN_REQ_FREE)
+		if (r->reqs[i].state != TERN_REQ_FREE)
 			s->refs++;
-		if (s->owreqs[i].state != TERN_REQ_FREE)
+		if (r->owreqs[i].state != TERN_REQ_FREE)
 			s->refs++;
 	}
-	s->bl_len = 0;
+	r->bl_len = 0;
 	/* Gathered requests cannot be answered now: release them. */
 	tern__batch_drop_session(s->ctx, s);
 }

@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 static bool valid_name(const char *name, size_t n)
 {
@@ -49,12 +49,14 @@ static bool valid_name(const char *name, size_t n)
 	return true;
 }
 
-static const struct tern_service_entry *find(const tern_ctx *ctx, const char *name, size_t n)
+static const struct tern_service_entry *find(tern_ctx *ctx, const char *name, size_t n)
 {
-	for (uint32_t i = 0; i < ctx->nservices; i++)
-		if (strlen(ctx->services[i].name) == n &&
-		    memcmp(ctx->services[i].name, name, n) == 0)
-			return &ctx->services[i];
+	struct tern_rpc_ctx *rctx = tern__rpc_ctx(ctx);
+
+	for (uint32_t i = 0; i < rctx->nservices; i++)
+		if (strlen(rctx->services[i].name) == n &&
+		    memcmp(rctx->services[i].name, name, n) == 0)
+			return &rctx->services[i];
 	return NULL;
 }
 
@@ -344,15 +346,15 @@ static void set_bit(uint8_t *out, uint32_t bit, bool on)
 		out[bit / 8] |= (uint8_t)(1u << (bit % 8));
 }
 
-static bool served(const tern_ctx *ctx, uint32_t id)
+static bool served(tern_ctx *ctx, uint32_t id)
 {
-	return tern__methods_find(&ctx->methods, id) != NULL;
+	return tern__methods_find(&tern__rpc_ctx(ctx)->methods, id) != NULL;
 }
 
 /* The registered layout of @e. */
-static void entry_layout(const tern_ctx *ctx, const struct tern_service_entry *e, struct layout *L)
+static void entry_layout(tern_ctx *ctx, const struct tern_service_entry *e, struct layout *L)
 {
-	const uint8_t *base = (const uint8_t *)ctx->services + e->data_off;
+	const uint8_t *base = (const uint8_t *)tern__rpc_ctx(ctx)->services + e->data_off;
 
 	L->msgs = (const struct tern_layout_msg *)(const void *)base;
 	L->p = base + e->nmsgs * sizeof(struct tern_layout_msg);
@@ -367,7 +369,7 @@ static void entry_layout(const tern_ctx *ctx, const struct tern_service_entry *e
  * methods, or refuse the first incompatible one.  Both method lists ascend
  * by id: one merge walk.
  */
-static int compare_service(const tern_ctx *ctx, const struct tern_service_entry *e,
+static int compare_service(tern_ctx *ctx, const struct tern_service_entry *e,
 			   const struct layout *C, uint8_t *out, uint32_t *bit, char *why,
 			   size_t why_len)
 {
@@ -419,7 +421,7 @@ static int compare_service(const tern_ctx *ctx, const struct tern_service_entry 
 }
 
 /* A client method nobody here can answer for: a service not served. */
-static void answer_all(const tern_ctx *ctx, const struct layout *C, bool check_table, uint8_t *out,
+static void answer_all(tern_ctx *ctx, const struct layout *C, bool check_table, uint8_t *out,
 		       uint32_t *bit)
 {
 	struct rd rc = {.p = C->p, .len = C->len, .off = C->methods_off};
@@ -530,7 +532,8 @@ static int service_add(tern_ctx *ctx, const char *name, uint64_t hash, const voi
 		       size_t llen)
 {
 	struct tern_layout_msg msgs[TERN_LAYOUT_MSGS_MAX];
-	struct tern_service_entry *old = ctx->services, *blk, *e;
+	struct tern_rpc_ctx *rctx = tern__rpc_ctx(ctx);
+	struct tern_service_entry *old = rctx->services, *blk, *e;
 	struct layout L = {0};
 	size_t n = name ? strlen(name) : 0, head_old, head_new, data_old = 0, add, total;
 	char why[96];
@@ -546,9 +549,9 @@ static int service_add(tern_ctx *ctx, const char *name, uint64_t hash, const voi
 		return -EINVAL;
 	}
 	/* One block: entries, then each entry's messages and layout. */
-	head_old = ctx->nservices * sizeof(*e);
+	head_old = rctx->nservices * sizeof(*e);
 	head_new = head_old + sizeof(*e);
-	for (uint32_t i = 0; i < ctx->nservices; i++)
+	for (uint32_t i = 0; i < rctx->nservices; i++)
 		data_old +=
 			old[i].nmsgs * sizeof(struct tern_layout_msg) + ALIGN8(old[i].layout_len);
 	add = L.nmsgs * sizeof(struct tern_layout_msg) + ALIGN8(llen);
@@ -562,9 +565,9 @@ static int service_add(tern_ctx *ctx, const char *name, uint64_t hash, const voi
 		memcpy(blk, old, head_old);
 	if (data_old)
 		memcpy((uint8_t *)blk + head_new, (const uint8_t *)old + head_old, data_old);
-	for (uint32_t i = 0; i < ctx->nservices; i++)
+	for (uint32_t i = 0; i < rctx->nservices; i++)
 		blk[i].data_off += (uint32_t)sizeof(*e);
-	e = &blk[ctx->nservices];
+	e = &blk[rctx->nservices];
 	memset(e, 0, sizeof(*e));
 	memcpy(e->name, name, n + 1);
 	e->schema_hash = hash;
@@ -578,8 +581,8 @@ static int service_add(tern_ctx *ctx, const char *name, uint64_t hash, const voi
 	if (llen)
 		memcpy((uint8_t *)blk + e->data_off + L.nmsgs * sizeof(msgs[0]), layout, llen);
 	free(old);
-	ctx->services = blk;
-	ctx->nservices++;
+	rctx->services = blk;
+	rctx->nservices++;
 	return 0;
 }
 
@@ -640,7 +643,8 @@ static void each_checked_method(const tern_session *s,
 				void *arg)
 {
 	struct tern_layout_msg msgs[TERN_LAYOUT_MSGS_MAX];
-	struct rd r = {.p = s->svc_check, .len = s->svc_check_len};
+	const struct tern_rpc_session *rs = tern__rpc_const(s);
+	struct rd r = {.p = rs->svc_check, .len = rs->svc_check_len};
 	uint32_t k = 0;
 	uint8_t n = rd_u8(&r);
 	char why[96];
@@ -732,28 +736,29 @@ int tern__services_accept(tern_session *s, const void *answer, size_t len, char 
 	a.nmissing = 0;
 	each_checked_method(s, accept_one, &a);
 	qsort(a.missing, a.nmissing, sizeof(*a.missing), missing_cmp);
-	free(s->missing);
-	s->missing = a.missing;
-	s->nmissing = a.nmissing;
+	free(tern__rpc(s)->missing);
+	tern__rpc(s)->missing = a.missing;
+	tern__rpc(s)->nmissing = a.nmissing;
 	return 0;
 }
 
 int tern__services_missing(tern_session *s, uint32_t method)
 {
-	uint32_t lo = 0, hi = s->nmissing;
+	const struct tern_missing_method *missing = tern__rpc(s)->missing;
+	uint32_t lo = 0, hi = tern__rpc(s)->nmissing;
 
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
 
-		if (s->missing[mid].id < method) {
+		if (missing[mid].id < method) {
 			lo = mid + 1;
-		} else if (s->missing[mid].id > method) {
+		} else if (missing[mid].id > method) {
 			hi = mid;
 		} else {
 			tern__set_error(
 				s->ctx,
 				"%s: %s is not served there (the server said so at connect)",
-				s->peer, s->missing[mid].name);
+				s->peer, missing[mid].name);
 			return TERN_ENOMETHOD;
 		}
 	}

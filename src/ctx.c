@@ -279,29 +279,19 @@ void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns)
 
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns)
 {
-	uint64_t next = 0, d;
-	struct tern_list *l, *nx;
+	uint64_t next;
 
 	ctx->next_deadline_ns = 0;
 	uv_timer_stop(&ctx->deadline_timer);
-	for (l = ctx->sessions.next; l != &ctx->sessions; l = nx) {
-		tern_session *s = tern_container_of(l, tern_session, link);
-
-		nx = l->next;
-		d = tern__client_expire(s, now_ns);
-		if (d && (!next || d < next))
-			next = d;
-	}
-	/* The same timer runs batches whose wait is over, and returns credits
-	 * owed to peers that went quiet. */
+	/* The floor above times out what is due (calls, batches); the same
+	 * timer returns credits owed to peers that went quiet. */
+	next = ctx->up->timers(ctx, now_ns);
 	tern__session_flush_dirty(ctx);
-	d = tern__batches_due(ctx, now_ns);
-	if (d && (!next || d < next))
-		next = d;
 	tern__deadline_arm(ctx, next);
 }
 
-int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
+int tern__ctx_create(const struct tern_ctx_opts *opts, const struct tern_upcalls *up,
+		     tern_ctx **out)
 {
 	struct tern_ctx_opts o = {0};
 	tern_ctx *ctx;
@@ -319,9 +309,12 @@ int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
 	if (o.progress != TERN_PROGRESS_BUSY && o.progress != TERN_PROGRESS_EVENT &&
 	    o.progress != TERN_PROGRESS_ADAPTIVE)
 		return -EINVAL;
-	ctx = calloc(1, sizeof(*ctx));
+	if (!up || up->ctx_size < sizeof(*ctx) || up->session_size < sizeof(tern_session))
+		return -EINVAL;
+	ctx = calloc(1, up->ctx_size);
 	if (!ctx)
 		return -ENOMEM;
+	ctx->up = up;
 	if (o.loop) {
 		ctx->loop = o.loop;
 	} else {
@@ -401,9 +394,7 @@ int tern_ctx_destroy(tern_ctx *ctx)
 	uv_close((uv_handle_t *)&ctx->deadline_timer, handle_closed);
 	while (ctx->open_handles > 0)
 		uv_run(ctx->loop, UV_RUN_NOWAIT);
-	tern__methods_free(&ctx->methods);
-	tern__batchers_free(ctx);
-	free(ctx->services);
+	ctx->up->ctx_fini(ctx);
 	if (ctx->owns_loop)
 		uv_loop_close(&ctx->own_loop);
 	free(ctx);

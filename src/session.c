@@ -24,33 +24,13 @@
 
 static void session_free(tern_session *s)
 {
-	/* staging kept for calls that timed out: the peer is gone now */
-	for (uint32_t i = 0; s->orphans && i < s->n; i++) {
-		if (s->orphans[i].used) {
-			tern__session_stage_put(s, s->orphans[i].st[0]);
-			tern__session_stage_put(s, s->orphans[i].st[1]);
-		}
-	}
-	free(s->orphans);
+	/* the floor above first: it may give staging back to the session */
+	s->up->session_fini(s);
 	/* the last request pointing into the slots is done: let them go */
 	if (s->rx_release)
 		s->rx_release(s->rx_arg);
 	tern_list_del(&s->link);
 	tern_list_del(&s->dirty);
-	free(s->calls);
-	free(s->free_calls);
-	free(s->queue);
-	free(s->missing);
-	for (uint32_t i = 0; s->reqs && s->owreqs && i < s->n; i++) {
-		free(s->reqs[i].zx); /* tern_req_zero_extend()'s copies */
-		free(s->owreqs[i].zx);
-	}
-	free(s->reqs);
-	free(s->free_reqs);
-	free(s->owreqs);
-	free(s->free_owreqs);
-	free(s->backlog);
-	free(s->svc_check);
 	free(s);
 }
 
@@ -89,11 +69,11 @@ static int opts_copy(const struct tern_session_opts *in, struct tern_session_opt
 }
 
 int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, struct tern_tp *tp,
-			tern_session **out)
+			const char *uri, tern_session **out)
 {
 	struct tern_session_opts o;
 	tern_session *s;
-	uint32_t n, r;
+	uint32_t n;
 	int rc;
 
 	if ((rc = opts_copy(opts, &o))) {
@@ -104,27 +84,14 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 		return rc;
 	}
 	n = o.slot_count;
-	r = 2 * n + TERN_CTRL_SLOTS;
-	s = calloc(1, sizeof(*s));
+	/* the floor above's part follows, zeroed too (struct tern_upcalls) */
+	s = calloc(1, ctx->up->session_size);
 	if (!s)
 		return -ENOMEM;
-	s->calls = calloc(n, sizeof(*s->calls));
-	s->free_calls = calloc(n, sizeof(*s->free_calls));
-	s->queue = calloc(o.queue_depth, sizeof(*s->queue));
-	s->reqs = calloc(n, sizeof(*s->reqs));
-	s->free_reqs = calloc(n, sizeof(*s->free_reqs));
-	s->owreqs = calloc(n, sizeof(*s->owreqs));
-	s->free_owreqs = calloc(n, sizeof(*s->free_owreqs));
-	s->backlog = calloc(r, sizeof(*s->backlog));
-	s->orphans = calloc(n, sizeof(*s->orphans));
 	tern_list_init(&s->link);
 	tern_list_init(&s->dirty);
-	if (!s->calls || !s->free_calls || !s->queue || !s->reqs || !s->free_reqs || !s->owreqs ||
-	    !s->free_owreqs || !s->backlog || !s->orphans) {
-		session_free(s);
-		return -ENOMEM;
-	}
 	s->ctx = ctx;
+	s->up = ctx->up;
 	s->refs = 1;
 	s->state = TERN_S_CONNECTING;
 	s->n = n;
@@ -140,26 +107,15 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 	s->max_staging = o.max_staging;
 	s->on_close = o.on_close;
 	s->data = o.data;
-	s->q_cap = o.queue_depth;
-	s->bl_cap = r;
+	s->is_server = !uri;
+	if (uri)
+		snprintf(s->peer, sizeof(s->peer), "%s", uri);
 	tern_credits_init(&s->cr, n);
-	/* Free stacks pop from the end: push in reverse so slot 0 goes first. */
-	for (uint32_t i = 0; i < n; i++) {
-		s->calls[i].s = s;
-		s->calls[i].idx = i;
-		s->free_calls[i] = n - 1 - i;
-		s->reqs[i].s = s;
-		s->reqs[i].idx = i;
-		s->free_reqs[i] = n - 1 - i;
-		s->owreqs[i].s = s;
-		s->owreqs[i].idx = i;
-		s->owreqs[i].oneway = true;
-		s->free_owreqs[i] = n - 1 - i;
-	}
-	s->nfree_calls = n;
-	s->nfree_reqs = n;
-	s->nfree_owreqs = n;
 	tern_list_add(&ctx->sessions, &s->link);
+	if ((rc = s->up->session_init(s, &o))) {
+		session_free(s);
+		return rc;
+	}
 	*out = s;
 	return 0;
 }
@@ -181,7 +137,7 @@ void tern__session_hello(const tern_session *s, struct tern_hello *h)
 	h->slot_count = s->n;
 	h->schema_hash = s->schema_hash;
 	h->max_msg = s->max_msg;
-	if (s->svc_check_len)
+	if (s->binds)
 		h->flags |= TERN_HELLO_SERVICES;
 }
 
@@ -379,10 +335,8 @@ void tern__session_fail(tern_session *s, int err, const char *why)
 	if (s->state == TERN_S_CLOSING || s->state == TERN_S_CLOSED)
 		return;
 	note_failure(s, err, why);
-	if (was_ready) {
-		tern__client_fail_all(s, err);
-		tern__serve_session_down(s);
-	}
+	if (was_ready)
+		s->up->down(s, err);
 	/* Nothing is in flight while connecting; the provider tears down
 	 * and reports closed() either way. */
 	if (s->conn)
@@ -451,7 +405,7 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	int rc;
 
 	*owner = NULL;
-	rc = tern__session_alloc(ctx, &l->opts, l->tp, &s);
+	rc = tern__session_alloc(ctx, &l->opts, l->tp, NULL, &s);
 	if (rc)
 		return rc;
 	tern__session_hello(s, &ours);
@@ -478,7 +432,6 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	*reply_len = sizeof(struct tern_wire_hello);
 	tern__session_params(s, params);
 	s->peer_max_msg = peer.max_msg ? peer.max_msg : s->max_payload;
-	s->is_server = true;
 	/* The client will check our services before anything else. */
 	s->binding = (peer.flags & TERN_HELLO_SERVICES) != 0;
 	s->listener = l;
@@ -491,15 +444,35 @@ static void session_ready(tern_session *s)
 	s->state = TERN_S_READY;
 }
 
+/*
+ * The upcalls keep the connection's lifecycle for every provider: the
+ * engine knows what it was told (the session's state), so a provider
+ * reports what happens as it happens and remembers nothing of it.  An
+ * upcall on a connection the engine does not know (owner NULL: refused,
+ * or given up before the engine had it) is ignored; so is a report that
+ * comes too late to matter (a failure after the session already failed,
+ * or after the engine asked to disconnect).
+ */
+
 static void ev_accepted(struct tern_conn *c, int status)
 {
 	tern_session *s = c->owner;
-	tern_listener *l = s->listener;
-	int rc = status;
 
+	if (!s)
+		return; /* refused */
+	if (s->state != TERN_S_CONNECTING) {
+		/*
+		 * Closed while the provider was still setting it up
+		 * (tern_ctx_destroy() closes every session): the engine had no
+		 * connection to disconnect then, it has one now.
+		 */
+		if (s->state == TERN_S_CLOSING && !status)
+			c->ops->disconnect(c);
+		return;
+	}
 	s->conn = c;
-	if (rc) {
-		note_failure(s, rc, "accept failed"); /* the provider tears it down */
+	if (status) {
+		note_failure(s, status, "accept failed"); /* the provider tears it down */
 		return;
 	}
 	if (tern__session_attach(s, c)) {
@@ -508,45 +481,47 @@ static void ev_accepted(struct tern_conn *c, int status)
 	}
 	session_ready(s);
 	if (!s->binding)
-		tern__session_announce(s);
-	(void)l;
+		tern__session_bound(s);
 }
 
-/* Server: the session is ready for its user (the service check passed). */
-void tern__session_announce(tern_session *s)
+void tern__session_bound(tern_session *s)
 {
 	tern_listener *l = s->listener;
 
 	s->binding = false;
-	s->announced = true;
-	/* The listener may have been closed meanwhile; the session lives on. */
-	if (l && l->cb)
-		TERN_CALLBACK(s->ctx, l->cb(l, s, 0));
-}
-
-/* Client: the server answered the service check. */
-static void svc_check_done(tern_session *s, int status, const void *reply, size_t len, void *user)
-{
-	char why[TERN_ERRMSG_MAX + 1];
-
-	(void)user;
-	if (status)
-		snprintf(why, sizeof(why), "%.*s", len ? (int)len : 20,
-			 len ? (const char *)reply : "service check failed");
-	else /* which of our methods the server serves */
-		status = tern__services_accept(s, reply, len, why, sizeof(why));
-	free(s->svc_check);
-	s->svc_check = NULL;
-	if (status) {
-		tern__session_fail(s, status, why);
-		return; /* closed() reports it through the connect callback */
-	}
-	s->binding = false;
-	if (s->connect_cb) {
+	if (s->is_server) {
+		s->announced = true;
+		/* The listener may have been closed meanwhile; the session lives on. */
+		if (l && l->cb)
+			TERN_CALLBACK(s->ctx, l->cb(l, s, 0));
+	} else if (s->connect_cb) {
 		tern_connect_cb cb = s->connect_cb;
+
 		s->connect_cb = NULL;
 		TERN_CALLBACK(s->ctx, cb(s, 0));
 	}
+}
+
+/* Client: the connection was not made (@status), or the server refused it (@hs). */
+static int connect_failed(tern_session *s, int status, const void *hs, size_t hs_len)
+{
+	struct tern_hello peer, ours;
+	char why[200];
+
+	/* A tern server's refusal carries its reason and its geometry. */
+	if (hs_len && tern_hello_decode(hs, hs_len, &peer) == 0 && peer.status < 0) {
+		tern__session_hello(s, &ours);
+		if (tern_hello_match(&ours, &peer, why, sizeof(why)) == 0)
+			snprintf(why, sizeof(why), "%s", tern_strerror(peer.status));
+		status = peer.status;
+		note_failure(s, status, why);
+	} else {
+		note_failure(s, status,
+			     status == -ECONNREFUSED ? "connection refused (no listener?)"
+			     : status == -ETIMEDOUT  ? "connect timed out"
+						     : "connect failed");
+	}
+	return status; /* the provider tears it down */
 }
 
 static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t hs_len)
@@ -556,23 +531,10 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 	char why[200];
 	int rc;
 
-	s->conn = c;
-	if (status) {
-		/* A tern server's refusal carries its reason and its geometry. */
-		if (hs_len && tern_hello_decode(hs, hs_len, &peer) == 0 && peer.status < 0) {
-			tern__session_hello(s, &ours);
-			if (tern_hello_match(&ours, &peer, why, sizeof(why)) == 0)
-				snprintf(why, sizeof(why), "%s", tern_strerror(peer.status));
-			status = peer.status;
-			note_failure(s, status, why);
-		} else {
-			note_failure(s, status,
-				     status == -ECONNREFUSED ? "connection refused (no listener?)"
-				     : status == -ETIMEDOUT  ? "connect timed out"
-							     : "connect failed");
-		}
-		return status;
-	}
+	if (!s || s->state != TERN_S_CONNECTING)
+		return status ? status : -ECONNABORTED; /* failed already: disconnect */
+	if (status)
+		return connect_failed(s, status, hs, hs_len);
 	tern__session_hello(s, &ours);
 	rc = tern_hello_decode(hs, hs_len, &peer);
 	if (rc) {
@@ -590,21 +552,13 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 		return rc; /* the provider disconnects */
 	}
 	session_ready(s);
-	if (s->svc_check_len) {
-		/* Check the server's services before the user may call. */
+	if (s->binds) {
+		/* The floor above checks the server before the user may call. */
 		s->binding = true;
-		rc = tern__client_call_internal(s, TERN_METHOD_SVC_CHECK, s->svc_check,
-						s->svc_check_len, svc_check_done,
-						TERN_DEFAULT_CONNECT_TIMEOUT_MS);
-		if (rc)
-			tern__session_fail(s, rc, "cannot send the service check");
+		s->up->bind(s);
 		return 0;
 	}
-	if (s->connect_cb) {
-		tern_connect_cb cb = s->connect_cb;
-		s->connect_cb = NULL;
-		TERN_CALLBACK(s->ctx, cb(s, 0));
-	}
+	tern__session_bound(s);
 	return 0;
 }
 
@@ -646,16 +600,16 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 
 	switch (h.kind) {
 	case TERN_MSG_REQ:
-		tern__serve_request(s, token, &h, payload);
+		s->up->request(s, token, &h, payload);
 		break;
 	case TERN_MSG_REP:
 	case TERN_MSG_ERR:
-		tern__client_reply(s, &h, payload);
+		s->up->reply(s, &h, payload);
 		/* The reply was borrowed for the callback only. */
 		tern__session_repost(s, token);
 		break;
 	case TERN_MSG_ONEWAY:
-		tern__serve_oneway(s, token, &h, payload);
+		s->up->oneway(s, token, &h, payload);
 		break;
 	case TERN_MSG_CREDIT:
 		s->cnt.credit_msgs_received++;
@@ -668,7 +622,7 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 	if (s->state != TERN_S_READY)
 		return;
 	if (h.credits)
-		tern__client_kick(s);
+		s->up->credits(s);
 	if (s->cr.to_return || tern_credits_want_ack(&s->cr))
 		tern__session_mark_dirty(s);
 }
@@ -678,9 +632,9 @@ static void ev_send_done(struct tern_conn *c, uint32_t slot)
 	tern_session *s = c->owner;
 
 	if (slot < s->n) {
-		tern__client_send_done(s, slot);
+		s->up->call_sent(s, slot);
 	} else if (slot < 2 * s->n) {
-		tern__serve_reply_slot_free(s, slot - s->n);
+		s->up->reply_sent(s, slot - s->n);
 	} else if (slot < 2 * s->n + TERN_CTRL_SLOTS) {
 		s->ctrl_busy &= ~(1u << (slot - 2 * s->n));
 		if (s->cr.to_return || tern_credits_want_ack(&s->cr))
@@ -688,9 +642,26 @@ static void ev_send_done(struct tern_conn *c, uint32_t slot)
 	}
 }
 
+/*
+ * A failure, at any stage: the first report counts.  While the connection
+ * is being set up it is the set-up's failure (the connect callback or the
+ * listener's hears of it); later the session's, whose calls fail.
+ */
 static void ev_error(struct tern_conn *c, int err, const char *why)
 {
-	tern__session_fail(c->owner, err, why);
+	tern_session *s = c->owner;
+
+	if (!s || s->state == TERN_S_CLOSING || s->state == TERN_S_CLOSED)
+		return;
+	if (s->state == TERN_S_CONNECTING) {
+		s->conn = c;
+		if (s->is_server)
+			note_failure(s, err, "accept failed");
+		else
+			connect_failed(s, err, NULL, 0);
+		return; /* the provider tears it down */
+	}
+	tern__session_fail(s, err, why ? why : "connection failed");
 }
 
 static void ev_closed(struct tern_conn *c)
@@ -744,9 +715,11 @@ static bool ev_keep_rx(struct tern_conn *c, void (*release)(void *arg), void *ar
 
 static void ev_bulk_done(struct tern_conn *c, uint64_t cookie, int status)
 {
-	(void)c;
-	/* Only servers pull requests and push replies: the cookie is a request. */
-	tern__serve_bulk_done((tern_req *)(uintptr_t)cookie, status);
+	tern_session *s = c->owner;
+
+	/* the cookie is the floor above's, which started the transfer */
+	if (s)
+		s->up->bulk_done(s, cookie, status);
 }
 
 static void ev_activity(tern_ctx *ctx)
@@ -799,25 +772,9 @@ int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts 
 		return rc;
 	if ((rc = tern__transport_get(ctx, &u, &tp)))
 		return rc;
-	if ((rc = tern__session_alloc(ctx, &o, tp, &s)))
+	if ((rc = tern__session_alloc(ctx, &o, tp, uri, &s)))
 		return rc;
 	s->connect_cb = cb;
-	snprintf(s->peer, sizeof(s->peer), "%s", uri);
-	if (o.nservices) {
-		s->svc_check = malloc(s->max_payload);
-		rc = s->svc_check ? tern__services_encode(o.services, o.nservices, s->svc_check,
-							  s->max_payload)
-				  : -ENOMEM;
-		if (rc < 0) {
-			tern__set_error(ctx,
-					"%s: bad service list (names are 1..%d of [A-Za-z0-9_.], "
-					"at most %d services)",
-					uri, TERN_SVC_NAME_MAX, TERN_SVC_MAX);
-			session_free(s);
-			return rc;
-		}
-		s->svc_check_len = (uint32_t)rc;
-	}
 	tern__session_params(s, &p);
 	p.connect_timeout_ms = o.connect_timeout_ms;
 	tern__session_hello(s, &hello);

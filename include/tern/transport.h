@@ -2,7 +2,7 @@
 /*
  * tern/transport.h - the transport provider interface.
  *
- * The rdma-core provider model: the engine (src/, rpc/) talks to a transport
+ * The rdma-core provider model: the engine (src/) talks to a transport
  * only through a const struct tern_transport_ops that the provider fills
  * with designated initialisers, and the provider talks back only through the
  * struct tern_transport_events the engine hands it.  The engine never
@@ -21,6 +21,26 @@
  * has receive slots for, so a provider needs no buffering of its own beyond
  * its slots, and may treat a message that finds no posted receive slot as a
  * protocol violation.
+ *
+ * The connection's lifecycle is the engine's too: it knows what it has
+ * been told (its session's state), so a provider reports what happens when
+ * it happens and keeps no record of what it reported:
+ *   - the engine knows a connection once connect() has returned it, or
+ *     incoming() has accepted it; the provider sets @owner then, and leaves
+ *     it NULL before (a connection being refused, or given up before the
+ *     engine had it).  Upcalls on a connection whose owner is NULL are
+ *     ignored, so the provider need not ask;
+ *   - up: accepted(c, 0) on the server, connected(c, 0, answer) on the
+ *     client, once;
+ *   - any failure, at any stage, set-up or up: error(), then tear down.  A
+ *     report after the first, or after the engine refused the answer or
+ *     asked to disconnect(), is ignored;
+ *   - a client whose server refused it with an answer (the engine's
+ *     handshake, carrying the reason): connected(c, status, answer), then
+ *     tear down;
+ *   - keep_rx() before freeing the slots, and closed() last, on every
+ *     connection (ignored where the engine never knew it).
+ * So the lifecycle is written once, in src/session.c, for every provider.
  */
 #ifndef TERN_TRANSPORT_H
 #define TERN_TRANSPORT_H
@@ -66,7 +86,7 @@ struct tern_conn_params {
 struct tern_conn {
 	const struct tern_transport_ops *ops;
 	struct tern_tctx *tctx;
-	void *owner;	    /* the engine's session */
+	void *owner;	    /* the engine's session, once it knows the connection; else NULL */
 	uint8_t *send_base; /* send_slots * slot_size bytes the engine writes into */
 	size_t send_region; /* their length */
 	uint32_t slot_size;
@@ -119,16 +139,17 @@ struct tern_transport_events {
 			struct tern_conn_params *params, void **owner, void *reply,
 			size_t *reply_len);
 	/*
-	 * Server: the accepted connection @c is up (status 0) or failed to
-	 * come up.  On failure the provider then tears it down and calls
-	 * closed().
+	 * Server: the accepted connection @c is up (status 0).  A non-zero
+	 * status is a failed set-up, as error() reports it; the provider then
+	 * tears it down and calls closed().
 	 */
 	void (*accepted)(struct tern_conn *c, int status);
 	/*
 	 * Client: the connection is up, with the server's handshake answer in
-	 * @hs (status 0), or it failed (the server's refusal, if any, in
-	 * @hs).  The engine may refuse the answer by returning non-zero; the
-	 * provider then disconnects.
+	 * @hs (status 0), or the server refused it (status < 0, its refusal,
+	 * if it sent one, in @hs; any other failure may come here or through
+	 * error()).  The engine may refuse an answer by returning non-zero; the
+	 * provider then tears the connection down, as after a failure.
 	 */
 	int (*connected)(struct tern_conn *c, int status, const void *hs, size_t hs_len);
 	/* A message arrived in receive slot @token. */
@@ -136,12 +157,19 @@ struct tern_transport_events {
 	/* Send slot @slot may be reused. */
 	void (*send_done)(struct tern_conn *c, uint32_t slot);
 	/*
-	 * The connection failed (peer gone, transport error, disconnect).
-	 * No recv or send_done follows.  The engine calls disconnect() to
-	 * release it, if it has not already.
+	 * The connection failed (peer gone, transport error, a peer breaking
+	 * the protocol, a set-up that timed out), at any stage: before it is
+	 * up it is the set-up's failure (@why may be NULL then), later the
+	 * session's.  No recv or send_done follows.  The provider tears the
+	 * connection down after reporting it; the engine may call disconnect()
+	 * from inside this upcall, so tearing down must be idempotent.  Only
+	 * the first report counts (see the top of this file).
 	 */
 	void (*error)(struct tern_conn *c, int err, const char *why);
-	/* Everything is released; @c is freed when this returns. */
+	/*
+	 * Everything is released; @c is freed when this returns.  Called for
+	 * every connection, last (ignored where @owner is NULL).
+	 */
 	void (*closed)(struct tern_conn *c);
 	/* Event mode: the provider saw activity (for adaptive progress). */
 	void (*activity)(tern_ctx *ctx);

@@ -7,15 +7,17 @@
  */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "fixture.h"
-#include "internal.h"
+#include "rpc.h"
 #include "tern/rnr.h"
 
 #define M_RAW	      0x100
@@ -500,17 +502,17 @@ static void test_acquire_commit_sends_from_the_acquired_slot(void **state)
 	assert_int_equal(cli->copy_bytes, copies_before); /* the client copied nothing */
 
 	/* An aborted acquisition gives its slot and credit back. */
-	free_before = cli->nfree_calls;
+	free_before = tern__rpc(cli)->nfree_calls;
 	assert_int_equal(tern_call_acquire(cli, &buf2, &cap, &c2), 0);
-	assert_int_equal(cli->nfree_calls, free_before - 1);
+	assert_int_equal(tern__rpc(cli)->nfree_calls, free_before - 1);
 	tern_call_abort(c2);
-	assert_int_equal(cli->nfree_calls, free_before);
+	assert_int_equal(tern__rpc(cli)->nfree_calls, free_before);
 	assert_int_equal(cli->cr.tx, cli->n);
 	assert_int_equal(cli->cr.replies_expected, 0);
 	/* Commit of more than the slot aborts with a clear error. */
 	assert_int_equal(tern_call_acquire(cli, &buf2, &cap, &c2), 0);
 	assert_int_equal(tern_call_commit(c2, M_RAW, cap + 1, fx_done_cb, &d, NULL), -EMSGSIZE);
-	assert_int_equal(cli->nfree_calls, free_before);
+	assert_int_equal(tern__rpc(cli)->nfree_calls, free_before);
 }
 
 /* ---- flow control ----------------------------------------------------------- */
@@ -657,6 +659,84 @@ static void test_adaptive_progress_echo_across_idle_gaps(void **state)
 	free(f);
 }
 
+/* ---- contexts ------------------------------------------------------------------ */
+
+static void watchdog_fired(int sig)
+{
+	static const char msg[] = "test_engine: a test hung: the watchdog ended it\n";
+
+	(void)sig;
+	if (write(2, msg, sizeof(msg) - 1) < 0)
+		_exit(1);
+	_exit(1);
+}
+
+/* One turn of @ctx: on mem://, a single event (its provider queues them). */
+static void turn(tern_ctx *ctx, bool one)
+{
+	if (one)
+		tern_ctx_poll(ctx, 1);
+	else
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+}
+
+static void note_closed(tern_session *s, int reason)
+{
+	(void)reason;
+	*(bool *)tern_session_data(s) = true;
+}
+
+/*
+ * A context destroyed while a connection to its listener is half made (its
+ * engine took the client's hello; its provider has not yet said the
+ * connection is up) is destroyed: the late "up" closes the connection
+ * instead of leaving a session nobody will close.
+ */
+static void test_destroying_a_context_mid_accept_finishes(void **state)
+{
+	struct tern_ctx_opts o = {.size = sizeof(o), .progress = TERN_PROGRESS_BUSY};
+	bool mem = fx_is("mem"), cli_closed = false;
+	struct tern_session_opts so = {
+		.size = sizeof(so), .on_close = note_closed, .data = &cli_closed};
+	tern_ctx *sctx, *cctx;
+	tern_session *cli, *srv;
+	tern_listener *l;
+	uint64_t end;
+
+	(void)state;
+	signal(SIGALRM, watchdog_fired);
+	alarm(fx_is("rdma") ? 300 : 30);
+	assert_int_equal(tern_ctx_create(&o, &sctx), 0);
+	assert_int_equal(tern_ctx_create(&o, &cctx), 0);
+	assert_int_equal(tern_listen(sctx, fx_listen_uri(), NULL, NULL, &l), 0);
+	assert_int_equal(tern_connect(cctx, tern_listener_uri(l), &so, NULL, &cli), 0);
+	/* Until the server's engine has taken the hello... */
+	end = tern__now_ns() + 20000000000ull;
+	while (tern_list_empty(&sctx->sessions) && tern__now_ns() < end) {
+		turn(cctx, false);
+		turn(sctx, mem);
+	}
+	assert_false(tern_list_empty(&sctx->sessions));
+	/* ...and the client is up, the server's last step of the handshake
+	 * waiting in its provider (mem: queued; shm, tcp: the READY unread;
+	 * rdma: the ESTABLISHED event unread). */
+	while (!cli_closed && !tern_session_is_ready(cli) && tern__now_ns() < end)
+		turn(cctx, false);
+	assert_false(cli_closed);
+	assert_true(tern_session_is_ready(cli));
+	srv = tern_container_of(sctx->sessions.next, tern_session, link);
+	assert_int_equal(srv->state, TERN_S_CONNECTING);
+
+	assert_int_equal(tern_ctx_destroy(sctx), 0);
+
+	/* The client hears the connection go (and the session is freed). */
+	while (!cli_closed && tern__now_ns() < end)
+		turn(cctx, false);
+	assert_true(cli_closed);
+	assert_int_equal(tern_ctx_destroy(cctx), 0);
+	alarm(0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -689,6 +769,7 @@ int main(void)
 		cmocka_unit_test(test_wait_mode_queues_beyond_the_slots),
 		cmocka_unit_test(test_event_progress_echo),
 		cmocka_unit_test(test_adaptive_progress_echo_across_idle_gaps),
+		cmocka_unit_test(test_destroying_a_context_mid_accept_finishes),
 		/* rdma only, from here: it reads the RNR counters of the NIC */
 		cmocka_unit_test_setup_teardown(test_saturating_run_causes_no_rnr, setup_small_nb,
 						teardown),

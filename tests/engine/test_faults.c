@@ -29,7 +29,7 @@
 #include <cmocka.h>
 
 #include "fixture.h"
-#include "internal.h"
+#include "rpc.h"
 #include "verbs_pair.h"
 
 extern char **environ;
@@ -115,14 +115,14 @@ static void test_deadline_times_out_reclaims_the_slot_and_drops_the_late_reply(v
 	 * holds it.  (The request's credit is pinned the same way on every
 	 * provider: the server has not re-posted its receive.)
 	 */
-	assert_int_equal(f->cli->nfree_calls, f->cli->n - (fx_is("shm") ? 1 : 0));
+	assert_int_equal(tern__rpc(f->cli)->nfree_calls, f->cli->n - (fx_is("shm") ? 1 : 0));
 	assert_int_equal(tern_session_counters(f->cli, &c), 0);
 	assert_int_equal(c.timeouts, 1);
 
 	/* ...and a new call takes the very same slot, with a new generation
 	 * (on shm the other slot). */
 	assert_int_equal(tern_call(f->cli, M_HOLD, "new", 3, fx_done_cb, &fresh, NULL), 0);
-	assert_int_equal(f->cli->calls[fx_is("shm") ? 1 : 0].state, TERN_CALL_INFLIGHT);
+	assert_int_equal(tern__rpc(f->cli)->calls[fx_is("shm") ? 1 : 0].state, TERN_CALL_INFLIGHT);
 	run_until_held(f, 2);
 
 	/* The old request is answered now: its reply must not complete the

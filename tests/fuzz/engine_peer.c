@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "rpc.h"
 #include "engine_peer.h"
 #include "wire.h"
 
@@ -1341,7 +1341,8 @@ static void finish(struct run *r)
 		fprintf(stderr, "engine_peer: session state %d refs %d, requests:", s->state,
 			s->refs);
 		for (uint32_t k = 0; k < s->n; k++)
-			fprintf(stderr, " %u/%u", s->reqs[k].state, s->owreqs[k].state);
+			fprintf(stderr, " %u/%u", tern__rpc(s)->reqs[k].state,
+				tern__rpc(s)->owreqs[k].state);
 		fprintf(stderr, "\n");
 		bug("a session outlived its peer by %d polls", i);
 	}

@@ -52,7 +52,8 @@ def clean(argv, **kw):
 class UserProject(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="tern-userproj.")
+        # "_x_": scdoc markup in the prefix, which the man pages must show as is
+        cls.tmp = tempfile.mkdtemp(prefix="tern-userproj._x_")
         cls.prefix = os.path.join(cls.tmp, "prefix")
         cls.build = os.path.join(cls.tmp, "tern-build")
         # Exactly what a user types: the defaults, the whole tree (tests

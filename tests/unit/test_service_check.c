@@ -17,7 +17,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "rpc.h"
 #include "service_layouts.h"
 
 #define NVARIANTS (sizeof(kv_variants) / sizeof(kv_variants[0]))
@@ -461,7 +461,8 @@ static void test_the_client_records_what_the_server_lacks(void **state)
 {
 	const struct kv_variant *grown = variant("grown");
 	tern_ctx *ctx;
-	tern_session s;
+	struct tern_rpc_session rs;
+	tern_session *s = &rs.base;
 	char why[TERN_ERRMSG_MAX];
 	uint8_t answer[2] = {0, 0};
 	uint32_t drop = 0;
@@ -469,33 +470,33 @@ static void test_the_client_records_what_the_server_lacks(void **state)
 	(void)state;
 	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
 	make_good(); /* grown's Kv (7 methods), then Other (1) */
-	memset(&s, 0, sizeof(s));
-	s.ctx = ctx;
-	s.svc_check = good;
-	s.svc_check_len = (uint32_t)good_len;
-	snprintf(s.peer, sizeof(s.peer), "tcp://server");
+	memset(&rs, 0, sizeof(rs));
+	s->ctx = ctx;
+	rs.svc_check = good;
+	rs.svc_check_len = (uint32_t)good_len;
+	snprintf(s->peer, sizeof(s->peer), "tcp://server");
 	/* one bit per method: 8 methods, one byte; not two, not none */
-	assert_int_equal(tern__services_accept(&s, answer, 2, why, sizeof(why)), TERN_EPEER);
-	assert_int_equal(tern__services_accept(&s, answer, 0, why, sizeof(why)), TERN_EPEER);
-	assert_null(s.missing);
+	assert_int_equal(tern__services_accept(s, answer, 2, why, sizeof(why)), TERN_EPEER);
+	assert_int_equal(tern__services_accept(s, answer, 0, why, sizeof(why)), TERN_EPEER);
+	assert_null(rs.missing);
 	/* all of Kv's but drop served, Other not */
 	for (size_t i = 0; i < grown->nids; i++)
 		if (has(variant("base"), grown->ids[i]))
 			answer[0] |= (uint8_t)(1u << i);
 		else
 			drop = grown->ids[i];
-	assert_int_equal(tern__services_accept(&s, answer, 1, why, sizeof(why)), 0);
-	assert_int_equal(s.nmissing, 2);
-	assert_int_equal(tern__services_missing(&s, KV_PUT_ID), 0);
-	assert_int_equal(tern__services_missing(&s, drop), TERN_ENOMETHOD);
+	assert_int_equal(tern__services_accept(s, answer, 1, why, sizeof(why)), 0);
+	assert_int_equal(rs.nmissing, 2);
+	assert_int_equal(tern__services_missing(s, KV_PUT_ID), 0);
+	assert_int_equal(tern__services_missing(s, drop), TERN_ENOMETHOD);
 	assert_string_equal(tern_ctx_last_error(ctx),
 			    "tcp://server: Kv.drop is not served there (the server said so at "
 			    "connect)");
-	assert_int_equal(tern__services_missing(&s, OTHER_F_ID), TERN_ENOMETHOD);
+	assert_int_equal(tern__services_missing(s, OTHER_F_ID), TERN_ENOMETHOD);
 	assert_non_null(strstr(tern_ctx_last_error(ctx), "Other.f"));
-	free(s.missing);
-	s.missing = NULL;
-	s.nmissing = 0;
+	free(rs.missing);
+	rs.missing = NULL;
+	rs.nmissing = 0;
 	/* thirteen methods: two bytes, the three spare bits clear */
 	{
 		struct tern_service_ref refs[2] = {ref_of(variant("grown")),
@@ -503,12 +504,12 @@ static void test_the_client_records_what_the_server_lacks(void **state)
 		uint8_t b[4096], two[2] = {0xff, 0xff};
 		int n = tern__services_encode(refs, 2, b, sizeof(b));
 
-		s.svc_check = b;
-		s.svc_check_len = (uint32_t)n;
-		assert_int_equal(tern__services_accept(&s, two, 2, why, sizeof(why)), TERN_EPEER);
+		rs.svc_check = b;
+		rs.svc_check_len = (uint32_t)n;
+		assert_int_equal(tern__services_accept(s, two, 2, why, sizeof(why)), TERN_EPEER);
 		two[1] = 0x1f;
-		assert_int_equal(tern__services_accept(&s, two, 2, why, sizeof(why)), 0);
-		assert_int_equal(s.nmissing, 0);
+		assert_int_equal(tern__services_accept(s, two, 2, why, sizeof(why)), 0);
+		assert_int_equal(rs.nmissing, 0);
 	}
 	tern_ctx_destroy(ctx);
 }

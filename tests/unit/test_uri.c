@@ -8,7 +8,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "internal.h"
+#include "rpc.h"
 
 static int parse(const char *s, struct tern_uri *u)
 {

@@ -119,11 +119,8 @@ struct mconn {
 	struct mconn *pair;	   /* the other engine's end, or NULL */
 	struct tern_mem_peer *raw; /* ...or the raw peer */
 	bool server;
-	bool up;	   /* established: messages and transfers may flow */
-	bool closing;	   /* torn down: only bulk_done() and closed() follow */
-	bool reported_up;  /* the engine was told it is up */
-	bool notified_end; /* ...or that it failed */
-	bool engine_knows; /* closed() is owed */
+	bool up;      /* established: messages and transfers may flow */
+	bool closing; /* torn down: only bulk_done() and closed() follow */
 	uint32_t nslots, slot_size;
 	struct mslots *slots;
 	uint8_t *recv_base;
@@ -313,14 +310,12 @@ static void conn_free(struct mconn *c)
 	struct mem_tctx *t = c->t;
 
 	for (uint32_t i = 0; i < c->nbulk; i++)
-		if (c->engine_knows)
-			t->ev->bulk_done(&c->base, c->bulk[i].cookie, -ECONNRESET);
+		t->ev->bulk_done(&c->base, c->bulk[i].cookie, -ECONNRESET);
 	c->nbulk = 0;
 	tern_xtab_free(&c->xt);
 	/* The engine may keep the slots for the requests that point into
 	 * them; the rest stays poisoned until it lets them go. */
-	if (c->slots && !(c->engine_knows && t->ev->keep_rx &&
-			  t->ev->keep_rx(&c->base, slots_release, c->slots)))
+	if (c->slots && !t->ev->keep_rx(&c->base, slots_release, c->slots))
 		slots_release(c->slots);
 	c->base.send_base = NULL;
 	free(c->tx_busy);
@@ -329,8 +324,7 @@ static void conn_free(struct mconn *c)
 	free(c->held);
 	tern_link_del(&c->link);
 	purge(c);
-	if (c->engine_knows)
-		t->ev->closed(&c->base);
+	t->ev->closed(&c->base);
 	free(c);
 }
 
@@ -383,34 +377,20 @@ static void incoming(struct mem_tctx *t, struct mlistener *l, struct mconn *clie
 		     struct tern_mem_peer *p);
 static void refuse(struct mconn *client, struct tern_mem_peer *p);
 
+/* Failed, at any stage: the engine sorts out what that means (tern/transport.h). */
 static void on_error(struct mem_tctx *t, struct mconn *c, int err, const char *why)
 {
-	c->notified_end = true;
-	if (!c->reported_up) {
-		/* not up yet for the engine: the set-up failed */
-		if (c->server)
-			t->ev->accepted(&c->base, err);
-		else
-			t->ev->connected(&c->base, err, NULL, 0);
-		conn_close(c);
-		return;
-	}
-	t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
+	t->ev->error(&c->base, err, why);
+	conn_close(c);
 }
 
+/* The answer (a refusal carries the engine's reason, which it decodes). */
 static void on_connected(struct mem_tctx *t, struct mconn *c, int status)
 {
-	if (status) {
-		c->notified_end = true;
-		t->ev->connected(&c->base, status, c->hs, c->hs_len);
+	int refused = t->ev->connected(&c->base, status, c->hs, c->hs_len);
+
+	if (status || refused)
 		conn_close(c);
-		return;
-	}
-	c->reported_up = true;
-	if (t->ev->connected(&c->base, 0, c->hs, c->hs_len)) {
-		c->notified_end = true; /* the engine refused the answer: it knows */
-		conn_close(c);
-	}
 }
 
 static void dispatch(struct mem_tctx *t, const struct mev *e)
@@ -447,7 +427,6 @@ static void dispatch(struct mem_tctx *t, const struct mev *e)
 		on_connected(t, c, e->status);
 		break;
 	case EV_ACCEPTED:
-		c->reported_up = true;
 		t->ev->accepted(&c->base, 0);
 		break;
 	case EV_RECV:
@@ -584,7 +563,6 @@ static void incoming(struct mem_tctx *t, struct mlistener *l, struct mconn *clie
 	if (!s)
 		abort(); /* a test provider: see push() */
 	s->base.owner = owner;
-	s->engine_knows = true;
 	snprintf(s->base.peer, sizeof(s->base.peer), "%.64s%s", l->name, client ? "" : "[raw]");
 	if ((rc = conn_alloc(s, &prm))) {
 		if (client)
@@ -650,7 +628,7 @@ static void mem_ctx_fini(struct tern_tctx *tt)
 	while (!tern_link_empty(&t->conns)) {
 		struct mconn *c = tern_link_entry(t->conns.next, struct mconn, link);
 
-		c->engine_knows = false;
+		c->base.owner = NULL;
 		if (!c->closing)
 			conn_close(c);
 		conn_free(c);
@@ -737,7 +715,6 @@ static int mem_connect(struct tern_tctx *tt, const struct tern_uri *u,
 		return rc;
 	}
 	c->base.owner = owner;
-	c->engine_knows = true;
 	snprintf(c->base.peer, sizeof(c->base.peer), "%.64s", u->host);
 	memcpy(c->hs, hs, hs_len);
 	c->hs_len = (uint32_t)hs_len;
@@ -821,7 +798,6 @@ static void mem_disconnect(struct tern_conn *bc)
 {
 	struct mconn *c = C(bc);
 
-	c->notified_end = true;
 	conn_close(c);
 }
 
@@ -1214,7 +1190,7 @@ void tern_mem_peer_close(struct tern_mem_peer *p)
 	purge(p);
 	if (c) {
 		c->raw = NULL;
-		if (!c->reported_up && !c->closing && !p->answered && !c->server) {
+		if (!c->closing && !p->answered && !c->server) {
 			/* an engine waiting for our answer: no answer is a refusal */
 			c->hs_len = 0;
 			push_ev(c, EV_CONNECTED, 0, 0, 0, -ECONNREFUSED, NULL);

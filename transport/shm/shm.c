@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "tern/transport.h"
+#include "../common/link.h"
 #include "../common/xtab.h"
 #include "shm_layout.h"
 
@@ -65,35 +66,6 @@ extern const struct tern_transport_ops tern_shm_transport;
 #define SLOT_SENT 0x1 /* our send slot i is with the peer (not yet returned) */
 #define SLOT_HELD 0x2 /* the peer's slot i is with our engine (not yet returned) */
 
-/* ---- a tiny intrusive list -------------------------------------------------- */
-
-struct shm_link {
-	struct shm_link *prev, *next;
-};
-
-static void link_init(struct shm_link *l)
-{
-	l->prev = l->next = l;
-}
-
-static void link_add(struct shm_link *head, struct shm_link *n)
-{
-	n->next = head;
-	n->prev = head->prev;
-	head->prev->next = n;
-	head->prev = n;
-}
-
-/* Idempotent: a removed node points at itself. */
-static void link_del(struct shm_link *n)
-{
-	n->prev->next = n->next;
-	n->next->prev = n->prev;
-	n->prev = n->next = n;
-}
-
-#define link_entry(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
-
 /* ---- objects ------------------------------------------------------------------ */
 
 struct shm_tctx {
@@ -106,7 +78,7 @@ struct shm_tctx {
 	 * only when its memory is freed (a uv close callback, never inside
 	 * poll), so upcalls that close connections cannot break the walk.
 	 */
-	struct shm_link up;
+	struct tern_link up;
 	int doorbells_owed; /* up connections with a deferred doorbell check */
 	int in_poll;	    /* inside our own poll loop: returns go out on the way out */
 	int open_handles;
@@ -117,7 +89,7 @@ struct slistener {
 	struct shm_tctx *t;
 	int fd;
 	uv_poll_t poll;
-	struct shm_link pending; /* accepted sockets that have not said HELLO yet */
+	struct tern_link pending; /* accepted sockets that have not said HELLO yet */
 	char name[SHM_NAME_MAX + 1];
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "" for an abstract name */
 };
@@ -133,14 +105,11 @@ enum sstate {
 struct sconn {
 	struct tern_conn base;
 	struct shm_tctx *t;
-	struct slistener *l;  /* server: until the engine has seen the HELLO */
-	struct shm_link link; /* t->up when up, l->pending before HELLO */
+	struct slistener *l;   /* server: until the engine has seen the HELLO */
+	struct tern_link link; /* t->up when up, l->pending before HELLO */
 	enum sstate state;
 	bool server;
-	bool engine_knows; /* the engine has a session on this: closed() is owed */
-	bool reported_up;  /* the engine was told it is up */
-	bool notified_end; /* ...or that it failed: no upcall but closed() follows */
-	int pending_err;   /* a failure the timer reports (connect() cannot upcall) */
+	int pending_err; /* a failure the timer reports (connect() cannot upcall) */
 	int sock;
 	int bell_in;  /* our eventfd: the peer rings it to wake us */
 	int bell_out; /* the peer's */
@@ -469,7 +438,7 @@ static bool seg_keep(struct sconn *c)
 {
 	struct kept_seg *k;
 
-	if (!c->engine_knows || !c->t->ev->keep_rx || !(k = malloc(sizeof(*k))))
+	if (!(k = malloc(sizeof(*k))))
 		return false;
 	k->seg = c->seg;
 	k->size = c->g.size;
@@ -483,10 +452,9 @@ static void conn_free(struct sconn *c)
 {
 	struct shm_tctx *t = c->t;
 
-	if (c->engine_knows)
-		bulk_fail_all(c, -ECONNRESET);
+	bulk_fail_all(c, -ECONNRESET);
 	tern_xtab_free(&c->xt);
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	if (c->sock >= 0)
 		close(c->sock);
 	if (c->bell_in >= 0)
@@ -498,8 +466,7 @@ static void conn_free(struct sconn *c)
 	free(c->slot_state);
 	free(c->rets);
 	c->base.send_base = NULL;
-	if (c->engine_knows)
-		t->ev->closed(&c->base);
+	t->ev->closed(&c->base);
 	free(c);
 }
 
@@ -558,7 +525,7 @@ static void conn_close(struct sconn *c)
 		return;
 	c->state = SC_CLOSING;
 	if (c->l) {
-		link_del(&c->link);
+		tern_link_del(&c->link);
 		c->l = NULL;
 	}
 	if ((c->bops_live || c->xt.live || c->split_given) && c->sock >= 0 && c->sock_poll_init) {
@@ -588,30 +555,10 @@ static void linger_on_socket(struct sconn *c)
 	}
 }
 
-/* Connection set-up failed: tell the engine once (if it knows), then tear down. */
-static void conn_setup_failed(struct sconn *c, int err, const void *hs, size_t hs_len)
-{
-	if (c->engine_knows && !c->notified_end) {
-		c->notified_end = true;
-		if (c->server)
-			c->t->ev->accepted(&c->base, err);
-		else
-			c->t->ev->connected(&c->base, err, hs, hs_len);
-	}
-	conn_close(c);
-}
-
-/* An established connection failed. */
+/* Failed, at any stage: the engine sorts out what that means (tern/transport.h). */
 static void conn_failed(struct sconn *c, int err, const char *why)
 {
-	if (!c->reported_up) {
-		conn_setup_failed(c, err, NULL, 0);
-		return;
-	}
-	if (!c->notified_end) {
-		c->notified_end = true;
-		c->t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
-	}
+	c->t->ev->error(&c->base, err, why);
 	conn_close(c);
 }
 
@@ -620,7 +567,7 @@ static void conn_timer_cb(uv_timer_t *tm)
 	struct sconn *c = tm->data;
 
 	if (c->state < SC_UP)
-		conn_setup_failed(c, c->pending_err ? c->pending_err : -ETIMEDOUT, NULL, 0);
+		conn_failed(c, c->pending_err ? c->pending_err : -ETIMEDOUT, NULL);
 }
 
 static void sock_cb(uv_poll_t *h, int status, int events);
@@ -637,7 +584,7 @@ static struct sconn *conn_new(struct shm_tctx *t, bool server)
 	c->sock = c->bell_in = c->bell_out = -1;
 	c->base.ops = &tern_shm_transport;
 	c->base.tctx = (struct tern_tctx *)t;
-	link_init(&c->link);
+	tern_link_init(&c->link);
 	uv_timer_init(t->loop, &c->timer);
 	c->timer.data = c;
 	c->handles = 1;
@@ -775,8 +722,8 @@ static void settle_doorbells(struct shm_tctx *t)
 		return;
 	/* Orders every release store publish() made before the loads below. */
 	atomic_thread_fence(memory_order_seq_cst);
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (!c->doorbell_owed)
 			continue;
@@ -990,8 +937,8 @@ static void poll_exit(struct shm_tctx *t)
 {
 	if (--t->in_poll || t->mode != TERN_TRANSPORT_EVENTS)
 		return;
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (c->nrets && flush_rets(c))
 			conn_failed(c, TERN_EPEER, "shm: the peer's index says its ring is full");
@@ -1079,8 +1026,7 @@ static void conn_up(struct sconn *c)
 {
 	uv_timer_stop(&c->timer);
 	c->state = SC_UP;
-	c->reported_up = true;
-	link_add(&c->t->up, &c->link);
+	tern_link_add(&c->t->up, &c->link);
 }
 
 /* Up, and the engine told: start watching the doorbell if we sleep. */
@@ -1148,14 +1094,13 @@ static void server_refuse_garbage(struct sconn *c)
 	void *owner = NULL;
 	int rc;
 
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 	rc = c->t->ev->incoming(&l->base, NULL, 0, &p, &owner, reply, &reply_len);
 	if (rc == 0) {
 		/* It cannot accept nothing; if it did, fail the session it made. */
 		c->base.owner = owner;
-		c->engine_knows = true;
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	send_refusal(c->sock, rc, reply, reply_len < sizeof(reply) ? reply_len : sizeof(reply));
@@ -1199,7 +1144,7 @@ static void server_on_hello(struct sconn *c)
 		return;
 	}
 	c->bell_out = fds[0];
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 
 	rc = t->ev->incoming(&l->base, m.hs, m.hs_len, &p, &owner, reply, &reply_len);
@@ -1210,7 +1155,6 @@ static void server_on_hello(struct sconn *c)
 		return;
 	}
 	c->base.owner = owner;
-	c->engine_knows = true;
 	/* The geometry the engine accepted must be the one the client laid
 	 * the rings out for. */
 	if (p.slot_size != m.slot_size || p.send_slots != m.nslots || p.recv_slots != m.nslots) {
@@ -1228,7 +1172,7 @@ static void server_on_hello(struct sconn *c)
 	rc = msg_send(c->sock, &m, fds, 2);
 	close(memfd); /* our mapping keeps the segment alive */
 	if (rc) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	c->state = SC_ACCEPTED;
@@ -1236,7 +1180,7 @@ static void server_on_hello(struct sconn *c)
 	return;
 refuse:
 	send_refusal(c->sock, rc, NULL, 0);
-	conn_setup_failed(c, rc, NULL, 0);
+	conn_failed(c, rc, NULL);
 }
 
 static void server_on_ready(struct sconn *c)
@@ -1248,7 +1192,7 @@ static void server_on_ready(struct sconn *c)
 	if (n == -EAGAIN)
 		return;
 	if (n <= 0 || m.type != SHM_MSG_READY) {
-		conn_setup_failed(c, n == 0 ? -ECONNRESET : TERN_EPEER, NULL, 0);
+		conn_failed(c, n == 0 ? -ECONNRESET : TERN_EPEER, NULL);
 		return;
 	}
 	conn_up(c);
@@ -1299,42 +1243,42 @@ static void client_on_answer(struct sconn *c)
 	if (n == -EAGAIN)
 		return;
 	if (n == 0) {
-		conn_setup_failed(c, -ECONNRESET, NULL, 0);
+		conn_failed(c, -ECONNRESET, NULL);
 		return;
 	}
 	if (n < 0) {
-		conn_setup_failed(c, n == -EBADMSG ? TERN_EPEER : (int)n, NULL, 0);
+		conn_failed(c, n == -EBADMSG ? TERN_EPEER : (int)n, NULL);
 		return;
 	}
 	if (m.type == SHM_MSG_REFUSE) {
 		close_fds(fds, &nfds);
-		if (m.hs_len) /* the engine's refusal: it decodes the reason */
-			conn_setup_failed(c, -ECONNREFUSED, m.hs, m.hs_len);
-		else
-			conn_setup_failed(c, status_is_sane(m.status) ? m.status : -ECONNREFUSED,
-					  NULL, 0);
+		/* The engine's refusal carries its reason (the engine decodes
+		 * it); a bare one, a status. */
+		int st = !m.hs_len && status_is_sane(m.status) ? m.status : -ECONNREFUSED;
+
+		c->t->ev->connected(&c->base, st, m.hs, m.hs_len);
+		conn_close(c);
 		return;
 	}
 	if (m.type != SHM_MSG_ACCEPT || nfds != 2 || m.slot_size != c->g.slot_size ||
 	    m.nslots != c->g.nslots || m.seg_size != c->g.size || !fd_is_eventfd(fds[1])) {
 		close_fds(fds, &nfds);
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	c->bell_out = fds[1];
 	if ((rc = segment_attach(c, fds[0]))) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	msg_init(&ready, SHM_MSG_READY, 0, NULL, NULL, 0);
 	if ((rc = msg_send(c->sock, &ready, NULL, 0))) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	conn_up(c);
 	if (c->t->ev->connected(&c->base, 0, m.hs, m.hs_len)) {
-		c->notified_end = true; /* the engine refused the answer: it knows */
-		conn_close(c);
+		conn_close(c); /* the engine refused the answer */
 		return;
 	}
 	conn_start(c);
@@ -1453,7 +1397,7 @@ static void listener_cb(uv_poll_t *h, int status, int events)
 			continue;
 		}
 		c->l = l;
-		link_add(&l->pending, &c->link);
+		tern_link_add(&l->pending, &c->link);
 		c->state = SC_HELLO;
 		snprintf(c->base.peer, sizeof(c->base.peer), "%s[pid %d]", l->name, (int)pid);
 		conn_watch_socket(c, fd);
@@ -1499,7 +1443,7 @@ static int shm_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owne
 	l->base.owner = owner;
 	l->t = t;
 	l->fd = -1;
-	link_init(&l->pending);
+	tern_link_init(&l->pending);
 	snprintf(l->name, sizeof(l->name), "%.64s", u->host);
 	if ((rc = shm_addr(u->host, &sa, &len, l->path, sizeof(l->path))))
 		goto fail;
@@ -1552,7 +1496,7 @@ static void shm_listener_close(struct tern_tlistener *tl)
 
 	/* Sockets that never said HELLO have no session; drop them. */
 	while (l->pending.next != &l->pending)
-		conn_close(link_entry(l->pending.next, struct sconn, link));
+		conn_close(tern_link_entry(l->pending.next, struct sconn, link));
 	if (l->path[0])
 		unlink(l->path);
 	/* Release the name now, not a loop turn later, so it can be listened
@@ -1589,7 +1533,6 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 		conn_close(c);
 		return rc;
 	}
-	c->base.owner = owner;
 	c->base.slot_size = p->slot_size;
 	c->base.send_slots = p->send_slots;
 	c->base.recv_slots = p->recv_slots;
@@ -1605,7 +1548,7 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 		return rc;
 	}
 	conn_watch_socket(c, fd);
-	/* From here failures are reported through connected(), from the
+	/* From here failures are reported through error(), from the
 	 * timer: this function must not upcall. */
 	if (connect(fd, (struct sockaddr *)&sa, len)) {
 		/* No listener: ENOENT (path), ECONNREFUSED (abstract); a full
@@ -1623,7 +1566,7 @@ static int shm_connect(struct tern_tctx *tt, const struct tern_uri *u,
 			c->pending_err = rc;
 	}
 	uv_timer_start(&c->timer, conn_timer_cb, c->pending_err ? 0 : p->connect_timeout_ms, 0);
-	c->engine_knows = true;
+	c->base.owner = owner; /* the engine knows it from here */
 	*out = &c->base;
 	return 0;
 }
@@ -1632,7 +1575,6 @@ static void shm_disconnect(struct tern_conn *bc)
 {
 	struct sconn *c = C(bc);
 
-	c->notified_end = true; /* the engine asked: no error upcall */
 	conn_close(c);
 }
 
@@ -1663,8 +1605,8 @@ static void shm_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
 {
 	struct shm_tctx *t = T(tt);
 
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next)
-		tern_xtab_drop_mem(&link_entry(l, struct sconn, link)->xt, m);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next)
+		tern_xtab_drop_mem(&tern_link_entry(l, struct sconn, link)->xt, m);
 	m->prov = NULL;
 }
 
@@ -1877,7 +1819,7 @@ static int shm_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transp
 	t->loop = loop;
 	t->ev = ev;
 	t->mode = TERN_TRANSPORT_POLLED;
-	link_init(&t->up);
+	tern_link_init(&t->up);
 	*out = (struct tern_tctx *)t;
 	return 0;
 }
@@ -1895,13 +1837,13 @@ static void shm_ctx_fini(struct tern_tctx *tt)
 static int shm_poll(struct tern_tctx *tt, int budget)
 {
 	struct shm_tctx *t = T(tt);
-	struct shm_link *l;
+	struct tern_link *l;
 	int n = 0;
 
 	t->in_poll++;
 	settle_doorbells(t);
 	for (l = t->up.next; l != &t->up && n < budget; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (c->state == SC_UP)
 			n += conn_poll(c, budget - n);
@@ -1920,7 +1862,7 @@ static int shm_poll(struct tern_tctx *tt, int budget)
 	 * they go out alone, so a peer waiting for slots waits one spin.
 	 */
 	for (l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (!c->nrets || c->state != SC_UP)
 			continue;
@@ -1940,8 +1882,8 @@ static int shm_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 
 	settle_doorbells(t); /* checks owed from polled mode, before leaving it */
 	t->mode = mode;
-	for (struct shm_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = link_entry(l, struct sconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
 		if (c->state != SC_UP)
 			continue;

@@ -37,6 +37,7 @@
 #include <arpa/inet.h>
 
 #include "tern/transport.h"
+#include "../common/link.h"
 #include "../common/xtab.h"
 #include "tcp_proto.h"
 
@@ -51,40 +52,6 @@ extern const struct tern_transport_ops tern_tcp_transport;
 #define TCP_PIECES	 4	     /* bulk pieces written and not yet done, per connection */
 #define TCP_OUTS	 (2 * TCP_BULK_OPS)
 
-/* ---- a tiny intrusive list -------------------------------------------------- */
-
-struct tcp_link {
-	struct tcp_link *prev, *next;
-};
-
-static void link_init(struct tcp_link *l)
-{
-	l->prev = l->next = l;
-}
-
-static void link_add(struct tcp_link *head, struct tcp_link *n)
-{
-	n->next = head;
-	n->prev = head->prev;
-	head->prev->next = n;
-	head->prev = n;
-}
-
-/* Idempotent: a removed node points at itself. */
-static void link_del(struct tcp_link *n)
-{
-	n->prev->next = n->next;
-	n->next->prev = n->prev;
-	n->prev = n->next = n;
-}
-
-static bool link_empty(const struct tcp_link *l)
-{
-	return l->next == l;
-}
-
-#define link_entry(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
-
 /* ---- objects ------------------------------------------------------------------ */
 
 struct tcp_tctx {
@@ -93,9 +60,9 @@ struct tcp_tctx {
 	const struct tern_transport_events *ev;
 	enum tern_transport_mode mode;
 	/* Connections that are up; left only when freed (never inside poll). */
-	struct tcp_link up;
+	struct tern_link up;
 	/* Connections with deferred work: send_done owed, or parsing to resume. */
-	struct tcp_link kick;
+	struct tern_link kick;
 	uv_idle_t kick_idle;
 	bool kick_active;
 	int in_cb; /* inside our read callback: it runs the deferred work itself */
@@ -106,7 +73,7 @@ struct tlistener {
 	struct tern_tlistener base;
 	struct tcp_tctx *t;
 	uv_tcp_t tcp;
-	struct tcp_link pending; /* accepted sockets that have not said HELLO yet */
+	struct tern_link pending; /* accepted sockets that have not said HELLO yet */
 };
 
 /* What the frame being read is. */
@@ -163,14 +130,11 @@ enum tstate {
 struct tconn {
 	struct tern_conn base;
 	struct tcp_tctx *t;
-	struct tlistener *l;  /* server: until the engine has seen the HELLO */
-	struct tcp_link link; /* t->up when up, l->pending before HELLO */
-	struct tcp_link kick; /* t->kick */
+	struct tlistener *l;   /* server: until the engine has seen the HELLO */
+	struct tern_link link; /* t->up when up, l->pending before HELLO */
+	struct tern_link kick; /* t->kick */
 	enum tstate state;
 	bool server;
-	bool engine_knows; /* the engine has a session on this: closed() is owed */
-	bool reported_up;
-	bool notified_end;
 	bool reading; /* uv_read_start() is on */
 	bool paused;  /* a frame waits for a free receive slot */
 	bool parsing; /* inside rx_process(): no nested parse */
@@ -242,16 +206,15 @@ static void bulk_fail_all(struct tconn *c, int err);
 /* The slots (c->mem) go to the engine if a request still points into them. */
 static bool mem_keep(struct tconn *c)
 {
-	return c->engine_knows && c->t->ev->keep_rx && c->t->ev->keep_rx(&c->base, free, c->mem);
+	return c->t->ev->keep_rx(&c->base, free, c->mem);
 }
 
 static void conn_free(struct tconn *c)
 {
-	if (c->engine_knows)
-		bulk_fail_all(c, -ECONNRESET);
+	bulk_fail_all(c, -ECONNRESET);
 	tern_xtab_free(&c->xt);
-	link_del(&c->link);
-	link_del(&c->kick);
+	tern_link_del(&c->link);
+	tern_link_del(&c->kick);
 	if (c->mem && !mem_keep(c))
 		free(c->mem);
 	free(c->prefix);
@@ -262,8 +225,7 @@ static void conn_free(struct tconn *c)
 	free(c->rx_held);
 	free(c->stage);
 	c->base.send_base = NULL;
-	if (c->engine_knows)
-		c->t->ev->closed(&c->base);
+	c->t->ev->closed(&c->base);
 	free(c);
 }
 
@@ -284,37 +246,19 @@ static void conn_close(struct tconn *c)
 		return;
 	c->state = TC_CLOSING;
 	if (c->l) {
-		link_del(&c->link);
+		tern_link_del(&c->link);
 		c->l = NULL;
 	}
-	link_del(&c->kick);
+	tern_link_del(&c->kick);
 	uv_timer_stop(&c->timer);
 	uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
 	uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
 }
 
-static void conn_setup_failed(struct tconn *c, int err, const void *hs, size_t hs_len)
-{
-	if (c->engine_knows && !c->notified_end) {
-		c->notified_end = true;
-		if (c->server)
-			c->t->ev->accepted(&c->base, err);
-		else
-			c->t->ev->connected(&c->base, err, hs, hs_len);
-	}
-	conn_close(c);
-}
-
+/* Failed, at any stage: the engine sorts out what that means (tern/transport.h). */
 static void conn_failed(struct tconn *c, int err, const char *why)
 {
-	if (!c->reported_up) {
-		conn_setup_failed(c, err, NULL, 0);
-		return;
-	}
-	if (!c->notified_end) {
-		c->notified_end = true;
-		c->t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
-	}
+	c->t->ev->error(&c->base, err, why);
 	conn_close(c);
 }
 
@@ -323,7 +267,7 @@ static void conn_timer_cb(uv_timer_t *tm)
 	struct tconn *c = tm->data;
 
 	if (c->state < TC_UP)
-		conn_setup_failed(c, -ETIMEDOUT, NULL, 0);
+		conn_failed(c, -ETIMEDOUT, NULL);
 }
 
 static struct tconn *conn_new(struct tcp_tctx *t, bool server)
@@ -341,8 +285,8 @@ static struct tconn *conn_new(struct tcp_tctx *t, bool server)
 	c->server = server;
 	c->base.ops = &tern_tcp_transport;
 	c->base.tctx = (struct tern_tctx *)t;
-	link_init(&c->link);
-	link_init(&c->kick);
+	tern_link_init(&c->link);
+	tern_link_init(&c->kick);
 	uv_timer_init(t->loop, &c->timer);
 	uv_tcp_init(t->loop, &c->tcp);
 	c->timer.data = c;
@@ -393,8 +337,7 @@ static void conn_up(struct tconn *c)
 {
 	uv_timer_stop(&c->timer);
 	c->state = TC_UP;
-	c->reported_up = true;
-	link_add(&c->t->up, &c->link);
+	tern_link_add(&c->t->up, &c->link);
 }
 
 static int uv_to_conn_err(int rc)
@@ -461,13 +404,12 @@ static void server_refuse_garbage(struct tconn *c)
 	void *owner = NULL;
 	int rc;
 
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 	rc = c->t->ev->incoming(&l->base, NULL, 0, &p, &owner, reply, &reply_len);
 	if (rc == 0) {
 		c->base.owner = owner;
-		c->engine_knows = true;
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	send_refusal(c, rc, reply, reply_len < sizeof(reply) ? reply_len : sizeof(reply));
@@ -483,7 +425,7 @@ static void server_on_hello(struct tconn *c, const struct tcp_hs *f)
 	void *owner = NULL;
 	int rc;
 
-	link_del(&c->link);
+	tern_link_del(&c->link);
 	c->l = NULL;
 	rc = t->ev->incoming(&l->base, f->hs, f->hs_len, &p, &owner, reply, &reply_len);
 	if (rc) {
@@ -491,9 +433,8 @@ static void server_on_hello(struct tconn *c, const struct tcp_hs *f)
 		return;
 	}
 	c->base.owner = owner;
-	c->engine_knows = true;
 	if ((rc = conn_alloc(c, &p)) || (rc = ctl_send(c, 0, TCP_HS_ACCEPT, 0, reply, reply_len))) {
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	c->state = TC_WAIT_READY;
@@ -510,26 +451,25 @@ static void client_on_answer(struct tconn *c, const struct tcp_hs *f)
 	int rc;
 
 	if (f->type == TCP_HS_REFUSE) {
-		if (f->hs_len) /* the engine's refusal: it decodes the reason */
-			conn_setup_failed(c, -ECONNREFUSED, f->hs, f->hs_len);
-		else
-			conn_setup_failed(c, status_is_sane(f->status) ? f->status : -ECONNREFUSED,
-					  NULL, 0);
+		/* The engine's refusal carries its reason (the engine decodes
+		 * it); a bare one, a status. */
+		int st = !f->hs_len && status_is_sane(f->status) ? f->status : -ECONNREFUSED;
+
+		c->t->ev->connected(&c->base, st, f->hs, f->hs_len);
+		conn_close(c);
 		return;
 	}
 	if (f->type != TCP_HS_ACCEPT) {
-		conn_setup_failed(c, TERN_EPEER, NULL, 0);
+		conn_failed(c, TERN_EPEER, NULL);
 		return;
 	}
 	if ((rc = ctl_send(c, 1, TCP_HS_READY, 0, NULL, 0))) {
-		conn_setup_failed(c, uv_to_conn_err(rc), NULL, 0);
+		conn_failed(c, uv_to_conn_err(rc), NULL);
 		return;
 	}
 	conn_up(c);
-	if (c->t->ev->connected(&c->base, 0, f->hs, f->hs_len)) {
-		c->notified_end = true; /* the engine refused the answer: it knows */
-		conn_close(c);
-	}
+	if (c->t->ev->connected(&c->base, 0, f->hs, f->hs_len))
+		conn_close(c); /* the engine refused the answer */
 }
 
 /* A complete handshake frame arrived in hsbuf. */
@@ -547,7 +487,7 @@ static void hs_frame(struct tconn *c)
 		break;
 	case TC_WAIT_READY:
 		if (bad || f.type != TCP_HS_READY) {
-			conn_setup_failed(c, TERN_EPEER, NULL, 0);
+			conn_failed(c, TERN_EPEER, NULL);
 			break;
 		}
 		conn_up(c);
@@ -555,7 +495,7 @@ static void hs_frame(struct tconn *c)
 		break;
 	case TC_WAIT_ANSWER:
 		if (bad)
-			conn_setup_failed(c, TERN_EPEER, NULL, 0);
+			conn_failed(c, TERN_EPEER, NULL);
 		else
 			client_on_answer(c, &f);
 		break;
@@ -584,7 +524,7 @@ static bool frame_start(struct tconn *c, uint32_t len)
 			if (c->state == TC_WAIT_HELLO)
 				server_refuse_garbage(c);
 			else
-				conn_setup_failed(c, TERN_EPEER, NULL, 0);
+				conn_failed(c, TERN_EPEER, NULL);
 			return false;
 		}
 		c->f_dst = c->hsbuf;
@@ -722,7 +662,7 @@ static void rx_eof(struct tconn *c, int err)
 		return;
 	}
 	if (c->state != TC_UP) {
-		conn_setup_failed(c, err == UV_EOF ? -ECONNRESET : uv_to_conn_err(err), NULL, 0);
+		conn_failed(c, err == UV_EOF ? -ECONNRESET : uv_to_conn_err(err), NULL);
 		return;
 	}
 	/* (In a bulk piece, the peer closing mid-transfer is a reset, not a
@@ -761,9 +701,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	 * runs here, on the way out, rather than costing the loop one more
 	 * turn through an idle handle; a few rounds, then the idle takes over.
 	 */
-	for (int i = 0; i < 4 && !link_empty(&t->kick); i++)
+	for (int i = 0; i < 4 && !tern_link_empty(&t->kick); i++)
 		kick_run(t);
-	if (--t->in_cb == 0 && !link_empty(&t->kick))
+	if (--t->in_cb == 0 && !tern_link_empty(&t->kick))
 		kick_idle_start(t);
 	t->ev->activity(t->ctx);
 }
@@ -825,8 +765,8 @@ static void kick(struct tconn *c)
 {
 	struct tcp_tctx *t = c->t;
 
-	if (link_empty(&c->kick))
-		link_add(&t->kick, &c->kick);
+	if (tern_link_empty(&c->kick))
+		tern_link_add(&t->kick, &c->kick);
 	if (!t->in_cb)
 		kick_idle_start(t);
 }
@@ -866,21 +806,21 @@ static int conn_flush(struct tconn *c)
 /* Run the deferred work queued so far (not what it queues in turn). */
 static int kick_run(struct tcp_tctx *t)
 {
-	struct tcp_link batch;
+	struct tern_link batch;
 	int n = 0;
 
-	link_init(&batch);
-	if (!link_empty(&t->kick)) {
+	tern_link_init(&batch);
+	if (!tern_link_empty(&t->kick)) {
 		batch.next = t->kick.next;
 		batch.prev = t->kick.prev;
 		batch.next->prev = &batch;
 		batch.prev->next = &batch;
-		link_init(&t->kick);
+		tern_link_init(&t->kick);
 	}
-	while (!link_empty(&batch)) {
-		struct tconn *c = link_entry(batch.next, struct tconn, kick);
+	while (!tern_link_empty(&batch)) {
+		struct tconn *c = tern_link_entry(batch.next, struct tconn, kick);
 
-		link_del(&c->kick);
+		tern_link_del(&c->kick);
 		n += conn_flush(c);
 	}
 	return n;
@@ -891,7 +831,7 @@ static void kick_cb(uv_idle_t *h)
 	struct tcp_tctx *t = h->data;
 	int n = kick_run(t);
 
-	if (link_empty(&t->kick)) {
+	if (tern_link_empty(&t->kick)) {
 		uv_idle_stop(&t->kick_idle);
 		t->kick_active = false;
 	}
@@ -1025,7 +965,7 @@ static void on_connection(uv_stream_t *server, int status)
 	uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen);
 	fmt_peer(c->base.peer, sizeof(c->base.peer), &ss);
 	c->l = l;
-	link_add(&l->pending, &c->link);
+	tern_link_add(&l->pending, &c->link);
 	c->state = TC_WAIT_HELLO;
 	rx_update_reading(c);
 	uv_timer_start(&c->timer, conn_timer_cb, TCP_HANDSHAKE_MS, 0);
@@ -1073,7 +1013,7 @@ static int tcp_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owne
 	l->base.tctx = tt;
 	l->base.owner = owner;
 	l->t = t;
-	link_init(&l->pending);
+	tern_link_init(&l->pending);
 	uv_tcp_init(t->loop, &l->tcp);
 	l->tcp.data = l;
 	t->open_handles++;
@@ -1093,8 +1033,8 @@ static void tcp_listener_close(struct tern_tlistener *tl)
 {
 	struct tlistener *l = (struct tlistener *)tl;
 
-	while (!link_empty(&l->pending))
-		conn_close(link_entry(l->pending.next, struct tconn, link));
+	while (!tern_link_empty(&l->pending))
+		conn_close(tern_link_entry(l->pending.next, struct tconn, link));
 	uv_close((uv_handle_t *)&l->tcp, listener_closed);
 }
 
@@ -1106,12 +1046,12 @@ static void connect_cb(uv_connect_t *req, int status)
 	if (c->state != TC_CONNECTING)
 		return; /* closed meanwhile */
 	if (status < 0) {
-		conn_setup_failed(c, status, NULL, 0);
+		conn_failed(c, status, NULL);
 	} else {
 		uv_tcp_nodelay(&c->tcp, 1);
 		c->state = TC_WAIT_ANSWER;
 		if ((rc = ctl_send(c, 0, TCP_HS_HELLO, 0, c->hs, c->hs_len)))
-			conn_setup_failed(c, uv_to_conn_err(rc), NULL, 0);
+			conn_failed(c, uv_to_conn_err(rc), NULL);
 		else
 			rx_update_reading(c);
 	}
@@ -1134,7 +1074,6 @@ static int tcp_connect(struct tern_tctx *tt, const struct tern_uri *u,
 	c = conn_new(t, false);
 	if (!c)
 		return -ENOMEM;
-	c->base.owner = owner;
 	snprintf(c->base.peer, sizeof(c->base.peer),
 		 strchr(u->host, ':') ? "[%.60s]:%u" : "%.60s:%u", u->host, u->port);
 	memcpy(c->hs, hs, hs_len);
@@ -1147,7 +1086,7 @@ static int tcp_connect(struct tern_tctx *tt, const struct tern_uri *u,
 	}
 	c->state = TC_CONNECTING;
 	uv_timer_start(&c->timer, conn_timer_cb, p->connect_timeout_ms, 0);
-	c->engine_knows = true;
+	c->base.owner = owner; /* the engine knows it from here */
 	*out = &c->base;
 	return 0;
 }
@@ -1156,7 +1095,6 @@ static void tcp_disconnect(struct tern_conn *bc)
 {
 	struct tconn *c = C(bc);
 
-	c->notified_end = true;
 	conn_close(c);
 }
 
@@ -1427,8 +1365,8 @@ static void tcp_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
 {
 	struct tcp_tctx *t = T(tt);
 
-	for (struct tcp_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct tconn *c = link_entry(l, struct tconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct tconn *c = tern_link_entry(l, struct tconn, link);
 
 		for (uint32_t i = 0; i < TCP_OUTS; i++) {
 			struct tcp_out *o = &c->outs[i];
@@ -1547,8 +1485,8 @@ static int tcp_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transp
 	t->loop = loop;
 	t->ev = ev;
 	t->mode = TERN_TRANSPORT_POLLED;
-	link_init(&t->up);
-	link_init(&t->kick);
+	tern_link_init(&t->up);
+	tern_link_init(&t->kick);
 	uv_idle_init(loop, &t->kick_idle);
 	t->kick_idle.data = t;
 	t->open_handles = 1;
@@ -1578,8 +1516,8 @@ static int tcp_poll(struct tern_tctx *tt, int budget)
 	struct tcp_tctx *t = T(tt);
 	int n = kick_run(t);
 
-	for (struct tcp_link *l = t->up.next; l != &t->up && n < budget; l = l->next) {
-		struct tconn *c = link_entry(l, struct tconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up && n < budget; l = l->next) {
+		struct tconn *c = tern_link_entry(l, struct tconn, link);
 
 		if (c->state == TC_UP)
 			n += conn_poll_socket(c, budget - n);
@@ -1592,8 +1530,8 @@ static int tcp_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 	struct tcp_tctx *t = T(tt);
 
 	t->mode = mode;
-	for (struct tcp_link *l = t->up.next; l != &t->up; l = l->next) {
-		struct tconn *c = link_entry(l, struct tconn, link);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct tconn *c = tern_link_entry(l, struct tconn, link);
 
 		if (c->state == TC_UP)
 			rx_update_reading(c);

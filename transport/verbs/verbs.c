@@ -143,8 +143,6 @@ struct vconn {
 	uint16_t gen;
 	enum vstate state;
 	bool server;
-	bool reported_up;  /* the engine was told the connection is up */
-	bool notified_end; /* ...and was told it failed */
 	struct tern_conn_params params;
 	uint8_t hs[TERN_HANDSHAKE_MAX];
 	uint8_t hs_len;
@@ -602,7 +600,7 @@ static bool mem_keep(struct vconn *c)
 {
 	struct kept_mem *k;
 
-	if (!c->reported_up || !c->t->ev->keep_rx || !(k = malloc(sizeof(*k))))
+	if (!(k = malloc(sizeof(*k))))
 		return false;
 	k->mr = c->mr;
 	k->mem = c->mem;
@@ -687,30 +685,10 @@ static void conn_teardown(struct vconn *c)
 	conn_check_drained(c);
 }
 
-/* Connection set-up failed: tell the engine once, then tear down. */
-static void conn_setup_failed(struct vconn *c, int err, const void *pd, size_t pd_len)
-{
-	if (!c->notified_end) {
-		c->notified_end = true;
-		if (c->server)
-			c->t->ev->accepted(&c->base, err);
-		else
-			c->t->ev->connected(&c->base, err, pd, pd_len);
-	}
-	conn_teardown(c);
-}
-
-/* An established connection failed. */
+/* Failed, at any stage: the engine sorts out what that means (tern/transport.h). */
 static void conn_failed(struct vconn *c, int err, const char *why)
 {
-	if (!c->reported_up) {
-		conn_setup_failed(c, err, NULL, 0);
-		return;
-	}
-	if (!c->notified_end) {
-		c->notified_end = true;
-		c->t->ev->error(&c->base, err, why); /* the engine calls disconnect() */
-	}
+	c->t->ev->error(&c->base, err, why);
 	conn_teardown(c);
 }
 
@@ -718,7 +696,6 @@ static void mark_up(struct vconn *c)
 {
 	uv_timer_stop(&c->timer);
 	c->state = V_UP;
-	c->reported_up = true;
 }
 
 static void connect_timeout(uv_timer_t *tm)
@@ -726,7 +703,7 @@ static void connect_timeout(uv_timer_t *tm)
 	struct vconn *c = tm->data;
 
 	if (c->state < V_UP)
-		conn_setup_failed(c, -ETIMEDOUT, NULL, 0);
+		conn_failed(c, -ETIMEDOUT, NULL);
 }
 
 static void fmt_peer(struct vconn *c, struct sockaddr *sa)
@@ -1046,7 +1023,6 @@ static void on_connect_request(struct verbs_tctx *t, struct vlistener *l, struct
 	if (rc) {
 		/* Refused by the engine (it told its user): reply why, quietly. */
 		rdma_reject(c->id, reply, (uint8_t)reply_len);
-		c->notified_end = true;
 		conn_teardown(c);
 		return;
 	}
@@ -1066,7 +1042,7 @@ static void on_connect_request(struct verbs_tctx *t, struct vlistener *l, struct
 	}
 	if (rc) {
 		rdma_reject(c->id, NULL, 0);
-		conn_setup_failed(c, rc, NULL, 0);
+		conn_failed(c, rc, NULL);
 		return;
 	}
 	uv_timer_start(&c->timer, connect_timeout, p.connect_timeout_ms, 0);
@@ -1089,7 +1065,7 @@ static void on_conn_event(struct verbs_tctx *t, struct vconn *c, struct cm_ev *e
 			break;
 		c->state = V_RESOLVE_ROUTE;
 		if (rdma_resolve_route(c->id, (int)c->params.connect_timeout_ms))
-			conn_setup_failed(c, neg_errno(EHOSTUNREACH), NULL, 0);
+			conn_failed(c, neg_errno(EHOSTUNREACH), NULL);
 		break;
 	case RDMA_CM_EVENT_ROUTE_RESOLVED:
 		if (c->state != V_RESOLVE_ROUTE)
@@ -1102,34 +1078,34 @@ static void on_conn_event(struct verbs_tctx *t, struct vconn *c, struct cm_ev *e
 				rc = neg_errno(ECONNABORTED);
 		}
 		if (rc)
-			conn_setup_failed(c, rc, NULL, 0);
+			conn_failed(c, rc, NULL);
 		break;
 	case RDMA_CM_EVENT_ESTABLISHED:
 		if (c->state == V_CONNECTING) {
 			mark_up(c);
-			if (t->ev->connected(&c->base, 0, e->pd, e->pd_len)) {
-				c->notified_end = true; /* the engine refused: it knows */
-				conn_teardown(c);
-			}
+			if (t->ev->connected(&c->base, 0, e->pd, e->pd_len))
+				conn_teardown(c); /* the engine refused the answer */
 		} else if (c->state == V_ACCEPTING) {
 			mark_up(c);
 			t->ev->accepted(&c->base, 0);
 		}
 		break;
 	case RDMA_CM_EVENT_ADDR_ERROR:
-		conn_setup_failed(c, -EADDRNOTAVAIL, NULL, 0);
+		conn_failed(c, -EADDRNOTAVAIL, NULL);
 		break;
 	case RDMA_CM_EVENT_ROUTE_ERROR:
-		conn_setup_failed(c, -ENETUNREACH, NULL, 0);
+		conn_failed(c, -ENETUNREACH, NULL);
 		break;
 	case RDMA_CM_EVENT_UNREACHABLE:
-		conn_setup_failed(c, -EHOSTUNREACH, NULL, 0);
+		conn_failed(c, -EHOSTUNREACH, NULL);
 		break;
 	case RDMA_CM_EVENT_REJECTED:
-		conn_setup_failed(c, reject_status(e), e->pd, e->pd_len);
+		/* the engine's refusal, if it is one, carries its reason */
+		t->ev->connected(&c->base, reject_status(e), e->pd, e->pd_len);
+		conn_teardown(c);
 		break;
 	case RDMA_CM_EVENT_CONNECT_ERROR:
-		conn_setup_failed(c, -ECONNABORTED, NULL, 0);
+		conn_failed(c, -ECONNABORTED, NULL);
 		break;
 	case RDMA_CM_EVENT_DISCONNECTED:
 		if (c->state == V_UP) {
@@ -1146,7 +1122,7 @@ static void on_conn_event(struct verbs_tctx *t, struct vconn *c, struct cm_ev *e
 			if (t->conns[index] == c && c->gen == gen && c->state == V_UP)
 				conn_failed(c, -ECONNRESET, "the peer disconnected");
 		} else if (c->state < V_UP) {
-			conn_setup_failed(c, -ECONNRESET, NULL, 0);
+			conn_failed(c, -ECONNRESET, NULL);
 		}
 		break;
 	case RDMA_CM_EVENT_DEVICE_REMOVAL:
@@ -1426,7 +1402,6 @@ static void verbs_disconnect(struct tern_conn *bc)
 {
 	struct vconn *c = C(bc);
 
-	c->notified_end = true; /* the engine asked: no error upcall */
 	conn_teardown(c);
 }
 

@@ -248,5 +248,5 @@ def test_an_incompatible_change_is_refused_by_service_method_and_field(serve_thr
     assert e.value.code == tern._tern.ESCHEMA
     assert why in e.value.message
     assert re.search(r"service Store, method \w+: ", e.value.message)
-    srv.on_loop(lambda: None)
+    wait_for(srv, lambda: refused)  # reported once the refused session closes
     assert len(refused) == 1 and why in refused[0].message

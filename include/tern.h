@@ -238,10 +238,21 @@ TERN_EXPORT const char *tern_ctx_last_error(tern_ctx *ctx);
  * struct tern_service_ref - a service, as a client requires it of a server
  * @name: the name declared in the IDL ("Calc"); 1..63 bytes of [A-Za-z0-9_.]
  * @schema_hash: tern-gen's hash of its methods and message layouts
+ * @layout: tern-gen's description of its methods and their message layouts
+ *	(docs/idl.md, "Compatible changes"), or NULL.  With a layout on both
+ *	sides the service check compares method by method, and accepts the
+ *	compatible changes (a method or a service added, fields appended);
+ *	without one on either side it compares @schema_hash, and any
+ *	difference is refused.
+ * @layout_len: its length in bytes
+ *
+ * Generated code provides one per service (CALC_SERVICE_REF, calc_service).
  */
 struct tern_service_ref {
 	const char *name;
 	uint64_t schema_hash;
+	const void *layout;
+	size_t layout_len;
 };
 
 /**
@@ -252,11 +263,31 @@ struct tern_service_ref {
  *
  * Generated skeletons call this next to registering the service's methods,
  * so that clients requiring the service (struct tern_session_opts
- * @services) are checked at connect time.
+ * @services) are checked at connect time.  A service registered this way
+ * has no layout: a client is accepted only with the same @schema_hash.
  *
  * Return: 0, -EINVAL (bad name), -EEXIST (already registered), -ENOMEM.
  */
 TERN_EXPORT int tern_service_register(tern_ctx *ctx, const char *name, uint64_t schema_hash);
+
+/**
+ * tern_service_register_ref - declare that this context serves a service,
+ *	with its layout
+ * @ctx: the context
+ * @ref: the service (generated code: &calc_service); @ref->layout is
+ *	copied
+ *
+ * What generated skeletons call.  With the layout, the service check
+ * accepts a client built from another version of the service as long as
+ * the two versions differ only by compatible changes (docs/idl.md): a
+ * method one side lacks fails at the caller with TERN_ENOMETHOD before
+ * anything is sent, and a method whose kind or message layout changed
+ * refuses the client with TERN_ESCHEMA, naming the method and the field.
+ *
+ * Return: 0, -EINVAL (bad name or a malformed layout), -EEXIST (already
+ * registered), -ENOMEM.
+ */
+TERN_EXPORT int tern_service_register_ref(tern_ctx *ctx, const struct tern_service_ref *ref);
 
 /**
  * struct tern_session_opts - options for a session (and a listener's sessions)
@@ -284,10 +315,14 @@ TERN_EXPORT int tern_service_register(tern_ctx *ctx, const char *name, uint64_t 
  * @services: client side: the services this session will call (generated
  *	code provides a tern_service_ref per service).  Right after the
  *	transport is up the server checks each against its registered
- *	services; a missing one fails the connect with TERN_ENOSERVICE, a
- *	different schema with TERN_ESCHEMA, both with a message naming the
- *	service, on both sides.  The array need only live until tern_connect()
- *	returns.
+ *	services, method by method where both sides have the layout: a
+ *	method or a service the server lacks does not fail the connect, but
+ *	calls to it then fail at once with TERN_ENOMETHOD, before anything is
+ *	sent; a method whose kind or messages changed incompatibly fails it
+ *	with TERN_ESCHEMA, naming the service, the method and the field; a
+ *	server that serves none of the services, or lacks one listed
+ *	without a layout, with TERN_ENOSERVICE.  Refusals reach both sides.
+ *	The array need only live until tern_connect() returns.
  * @nservices: entries in @services (at most 64)
  * @max_msg: the largest message this side accepts (default 1 GiB, at most
  *	4 GiB - 1).  Messages larger than a slot move by RDMA (see
@@ -707,6 +742,23 @@ TERN_EXPORT uint32_t tern_req_method(tern_req *req);
 TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
 
 /**
+ * tern_req_zero_extend - a request's bytes, read as a longer message
+ * @req: a request or one-way message, in its handler, deferred or held
+ * @len: the size of the message type the handler reads them as
+ *
+ * A peer built before fields were appended to a message type sends it
+ * shorter; the fields it does not know read as zero (docs/idl.md,
+ * "Compatible changes").  Generated server code calls this; a batch
+ * handler reads its items through the generated P_M_req_view().
+ *
+ * Return: the request's own bytes when they are at least @len long;
+ * otherwise a copy of them followed by zeros up to @len, owned by @req and
+ * valid as long as its bytes are (until the reply, or the release of a
+ * hold).  NULL on -ENOMEM, or when @len is over 1 MiB.
+ */
+TERN_EXPORT const void *tern_req_zero_extend(tern_req *req, size_t len);
+
+/**
  * tern_req_hold - keep a one-way message's or a batch item's receive slot
  * @req: a one-way message, inside its handler, or a batch item, inside the
  *	batch handler
@@ -857,7 +909,9 @@ struct tern_call_opts {
  * Return: 0; -EMSGSIZE (over the peer's max_msg, or over a slot on a
  * transport without large messages); -EAGAIN (nonblock session with no
  * free slot or credit); -ENOBUFS (wait queue full, or staging the request
- * or reply buffer would exceed the session's max_staging); -ENOTCONN.
+ * or reply buffer would exceed the session's max_staging); -ENOTCONN;
+ * TERN_ENOMETHOD (the server said in the service check that it lacks the
+ * method: nothing is sent).
  */
 TERN_EXPORT int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len,
 			  tern_call_cb cb, void *user, const struct tern_call_opts *opts);
@@ -881,7 +935,8 @@ TERN_EXPORT int tern_call_acquire(tern_session *s, void **buf, size_t *cap, tern
  * tern_call_commit - send an acquired slot as a call of @len bytes
  *
  * Return: 0 (and @cb will run), -EMSGSIZE (@len over the slot; the call is
- * aborted), -ENOTCONN (the session failed meanwhile; the call is aborted).
+ * aborted), -ENOTCONN (the session failed meanwhile; the call is aborted),
+ * TERN_ENOMETHOD (a method the server lacks, see tern_call(); aborted).
  */
 TERN_EXPORT int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call_cb cb,
 				 void *user, const struct tern_call_opts *opts);
@@ -942,7 +997,7 @@ typedef void (*tern_send_cb)(tern_session *s, int status, void *user);
  * without replies, in batched credit messages.
  *
  * Return: 0 (sent), TERN_QUEUED, -EAGAIN, -ENOBUFS (queue full), -EMSGSIZE,
- * -ENOTCONN.
+ * -ENOTCONN, TERN_ENOMETHOD (a method the server lacks, see tern_call()).
  */
 TERN_EXPORT int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len,
 			  tern_send_cb cb, void *user);
@@ -959,7 +1014,8 @@ TERN_EXPORT int tern_send_acquire(tern_session *s, void **buf, size_t *cap, tern
 /**
  * tern_send_commit - send an acquired slot as a one-way message of @len bytes
  *
- * Return: 0, -EMSGSIZE or -ENOTCONN (the slot is then given back), -EINVAL.
+ * Return: 0, -EMSGSIZE, -ENOTCONN or TERN_ENOMETHOD (the slot is then
+ * given back), -EINVAL.
  */
 TERN_EXPORT int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len);
 
@@ -1000,6 +1056,11 @@ TERN_EXPORT int tern_session_drain(tern_session *s, uint32_t timeout_ms);
  * @direct: 1: @buf is the call's reply buffer (struct tern_call_opts
  *	@reply_buf), so a reply larger than a slot lands in it directly.
  *	0: the reply is copied from its slot, and must fit one.
+ * @prefix: 1: a reply longer than @cap is no error: its first @cap bytes
+ *	are copied and @len says how long it was.  For a typed reply from a
+ *	peer whose message type has more fields than ours (docs/idl.md,
+ *	"Compatible changes"); generated _sync proxies set it.  0: a longer
+ *	reply is -EMSGSIZE, never cut short.
  */
 struct tern_sync_reply {
 	void *buf;
@@ -1007,6 +1068,7 @@ struct tern_sync_reply {
 	size_t len;
 	char errmsg[208];
 	int direct;
+	int prefix;
 };
 
 /**
@@ -1018,7 +1080,7 @@ struct tern_sync_reply {
  * Must not be called from a tern callback.
  *
  * Return: the call's status, or -EMSGSIZE when the reply does not fit
- * @rep->buf.
+ * @rep->buf (and @rep->prefix is 0).
  */
 TERN_EXPORT int tern_call_sync(tern_session *s, uint32_t method_id, const void *req, size_t len,
 			       struct tern_sync_reply *rep, uint32_t timeout_ms);

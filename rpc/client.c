@@ -196,6 +196,8 @@ int tern_send(tern_session *s, uint32_t method_id, const void *msg, size_t len, 
 		return -EINVAL;
 	if (!tern__session_usable(s))
 		return -ENOTCONN;
+	if (tern__rpc(s)->nmissing && (rc = tern__services_missing(s, method_id)))
+		return rc;
 	if (len > s->max_payload) {
 		tern__set_error(s->ctx, "%s: message of %zu bytes exceeds the slot payload %u",
 				s->peer, len, s->max_payload);
@@ -223,17 +225,19 @@ int tern_send_acquire(tern_session *s, void **buf, size_t *cap, tern_callslot **
 }
 
 /* An acquired slot about to be committed: still sendable?  Aborts it if not. */
-static int commit_check(tern_callslot *c, size_t len)
+static int commit_check(tern_callslot *c, uint32_t method, size_t len)
 {
-	if (!tern__session_usable(c->s)) {
+	int rc = 0;
+
+	if (!tern__session_usable(c->s))
+		rc = -ENOTCONN;
+	else if (tern__rpc(c->s)->nmissing)
+		rc = tern__services_missing(c->s, method);
+	if (!rc && len > c->s->max_payload)
+		rc = -EMSGSIZE;
+	if (rc)
 		tern_call_abort(c);
-		return -ENOTCONN;
-	}
-	if (len > c->s->max_payload) {
-		tern_call_abort(c);
-		return -EMSGSIZE;
-	}
-	return 0;
+	return rc;
 }
 
 int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len)
@@ -242,7 +246,7 @@ int tern_send_commit(tern_callslot *c, uint32_t method_id, size_t len)
 
 	if (!c || c->state != TERN_CALL_ACQUIRED || !c->acq_oneway || method_id == 0)
 		return -EINVAL;
-	if ((rc = commit_check(c, len)))
+	if ((rc = commit_check(c, method_id, len)))
 		return rc;
 	issue_oneway(c->s, c, method_id, len);
 	return 0;
@@ -471,6 +475,9 @@ int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, 
 		return -EINVAL;
 	if (!tern__session_usable(s))
 		return -ENOTCONN;
+	/* A method the server said it lacks: no round trip to hear it again. */
+	if (tern__rpc(s)->nmissing && (rc = tern__services_missing(s, method_id)))
+		return rc;
 	if (len > s->peer_max_msg) {
 		tern__set_error(
 			s->ctx,
@@ -566,7 +573,7 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 
 	if (!c || c->state != TERN_CALL_ACQUIRED || c->acq_oneway || !cb || method_id == 0)
 		return -EINVAL;
-	if ((rc = commit_check(c, len)))
+	if ((rc = commit_check(c, method_id, len)))
 		return rc;
 	s = c->s;
 	issue(s, c, method_id, len, cb, user, deadline_for(s, opts), 0);
@@ -759,10 +766,11 @@ static void sync_cb(tern_session *s, int status, const void *reply, size_t len, 
 	if (status < 0) {
 		snprintf(rep->errmsg, sizeof(rep->errmsg), "%.*s", (int)len, (const char *)reply);
 		rep->len = 0;
-	} else if (len > rep->cap) {
+	} else if (len > rep->cap && !rep->prefix) {
 		sc->status = -EMSGSIZE;
 	} else if (len && reply != rep->buf) {
-		memcpy(rep->buf, reply, len);
+		/* prefix: a newer peer's longer message, read as far as ours goes */
+		memcpy(rep->buf, reply, len < rep->cap ? len : rep->cap);
 	}
 }
 

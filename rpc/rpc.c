@@ -106,6 +106,11 @@ static void rpc_session_fini(tern_session *s)
 	free(r->calls);
 	free(r->free_calls);
 	free(r->queue);
+	free(r->missing);
+	for (uint32_t i = 0; r->reqs && r->owreqs && i < s->n; i++) {
+		free(r->reqs[i].zx); /* tern_req_zero_extend()'s copies */
+		free(r->owreqs[i].zx);
+	}
 	free(r->reqs);
 	free(r->free_reqs);
 	free(r->owreqs);
@@ -122,11 +127,15 @@ static void svc_check_done(tern_session *s, int status, const void *reply, size_
 	char why[TERN_ERRMSG_MAX + 1];
 
 	(void)user;
+	if (status)
+		snprintf(why, sizeof(why), "%.*s", len ? (int)len : 20,
+			 len ? (const char *)reply : "service check failed");
+	else /* which of our methods the server serves */
+		status = tern__services_accept(s, reply, len, why, sizeof(why));
 	free(r->svc_check);
 	r->svc_check = NULL;
 	if (status) {
-		snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reply);
-		tern__session_fail(s, status, len ? why : "service check failed");
+		tern__session_fail(s, status, why);
 		return; /* closed() reports it through the connect callback */
 	}
 	tern__session_bound(s);

@@ -65,20 +65,62 @@ void tern__methods_free(struct tern_method_table *t);
 
 /* ---- services (services.c) ------------------------------------------------ */
 
+/*
+ * A service this context serves.  The registry (tern_rpc_ctx.services) is
+ * one allocation: the entries, then each entry's messages and layout, found
+ * by offset from the registry's start, so that the context frees it whole.
+ */
 struct tern_service_entry {
 	char name[TERN_SVC_NAME_MAX + 1];
 	uint64_t schema_hash;
+	/* from the registry's start: nmsgs struct tern_layout_msg, then the
+	 * layout (wire.h) of layout_len bytes (0: none) */
+	uint32_t data_off, layout_len;
+	uint32_t methods_off; /* in the layout */
+	uint16_t nmsgs, nmethods;
+};
+
+/* A layout's message: where its fields start, how many, its name's length
+ * (the name ends where the u16 field count starts, 2 bytes before @off). */
+struct tern_layout_msg {
+	uint32_t off;
+	uint16_t nfields;
+	uint8_t name_len;
+};
+
+/* A method of the client's check that the server does not serve. */
+struct tern_missing_method {
+	uint32_t id;
+	char name[2 * TERN_SVC_NAME_MAX + 2]; /* "Service.method" */
 };
 
 /* Encode a client's required services; the length, or -EINVAL/-EMSGSIZE. */
 int tern__services_encode(const struct tern_service_ref *refs, uint32_t n, uint8_t *out,
 			  size_t cap);
 /*
- * Check a client's service list against @ctx's registry.  Untrusted input:
- * every length is checked.  Return 0, TERN_ENOSERVICE, TERN_ESCHEMA or
- * TERN_EPEER (malformed), with a message in @why.
+ * tern__services_verify - the server's side of the service check
+ * @in, @len: the client's check (untrusted: every length is checked)
+ * @out, @out_cap: where the answer goes (the reply's payload)
+ * @out_len: set to the answer's length
+ *
+ * Return: 0 (answer written), TERN_ENOSERVICE, TERN_ESCHEMA or TERN_EPEER
+ * (malformed), with a message in @why.
  */
-int tern__services_verify(tern_ctx *ctx, const void *in, size_t len, char *why, size_t why_len);
+int tern__services_verify(tern_ctx *ctx, const void *in, size_t len, uint8_t *out, size_t out_cap,
+			  uint32_t *out_len, char *why, size_t why_len);
+/*
+ * tern__services_accept - the client's side: the server's answer to its
+ * svc_check, which records the methods it lacks in its missing list.
+ * Return: 0, TERN_EPEER (a malformed answer) or -ENOMEM, with @why.
+ */
+int tern__services_accept(tern_session *s, const void *answer, size_t len, char *why,
+			  size_t why_len);
+/*
+ * tern__services_missing - a call to a method the server said it lacks:
+ * TERN_ENOMETHOD, with tern_ctx_last_error() naming it; 0 otherwise.
+ * Only worth calling when the session's nmissing is not 0.
+ */
+int tern__services_missing(tern_session *s, uint32_t method);
 
 /* ---- the service layer's part of a context ---------------------------------- */
 
@@ -193,6 +235,10 @@ struct tern_req {
 	uint32_t holds;		     /* tern_req_hold() calls not yet released */
 	ssize_t held_status;	     /* a held batch item's status, for its release */
 	char errmsg[TERN_ERRMSG_MAX + 1];
+	/* tern_req_zero_extend(): the request read as a longer message; kept
+	 * for the next request of this index, freed with the session */
+	void *zx;
+	size_t zx_cap;
 };
 
 /* A validated request waiting for a reply slot (see server.c). */
@@ -216,6 +262,9 @@ struct tern_rpc_session {
 	struct tern_orphan *orphans; /* n */
 	uint8_t *svc_check;	     /* the encoded service check, until it is answered */
 	uint32_t svc_check_len;
+	/* the checked methods the server lacks, sorted by id */
+	struct tern_missing_method *missing;
+	uint32_t nmissing;
 
 	/* server side */
 	struct tern_req *owreqs; /* n: one-way messages being served or held */

@@ -119,13 +119,18 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 	tern_session *s = req->s;
 	struct tern_rpc_session *r = tern__rpc(s);
 	char why[TERN_ERRMSG_MAX];
+	uint32_t answer_len = 0;
 	int rc;
 
 	if (!s->binding) {
 		reply_error(req, TERN_ENOMETHOD, "the service check comes first, once");
 		return;
 	}
-	rc = tern__services_verify(s->ctx, in, len, why, sizeof(why));
+	/* The answer (which of the client's methods are served) is written
+	 * straight into the reply slot, which this request owns. */
+	rc = tern__services_verify(s->ctx, in, len,
+				   tern__send_slot(s, s->n + req->idx) + TERN_HDR_SIZE,
+				   s->max_payload, &answer_len, why, sizeof(why));
 	if (rc == TERN_EPEER) {
 		/* Nothing will answer it: free the request before the session
 		 * goes down, or it would hold the session forever. */
@@ -143,7 +148,7 @@ static void check_services(tern_req *req, const void *in, uint32_t len)
 		reply_error(req, rc, why);
 		return;
 	}
-	finish(req, TERN_MSG_REP, 0, 0);
+	finish(req, TERN_MSG_REP, 0, answer_len);
 	if (s->state == TERN_S_READY)
 		tern__session_bound(s);
 }

@@ -194,13 +194,60 @@ static inline void tern_bulk_desc_decode(const void *p, struct tern_bulk_desc *d
 /* Method ids from here up are tern's own; users cannot register them. */
 #define TERN_METHOD_RESERVED_MIN 0xffffff00u
 /*
- * The service check: the client's first request once the transport is up.
- * Payload: u32 count, then count x { u64 schema_hash, u8 name_len, name }.
- * Answered by an empty reply, or an error naming the offending service.
+ * The service check: the client's first request once the transport is up
+ * (docs/idl.md, "At connect time").  Little-endian; a name is u8 len
+ * (1..63) and its bytes.
+ *
+ *   check  = u8 count (1..64), count x { name, u64 schema_hash,
+ *            u32 layout_len, layout (layout_len 0: none) }
+ *   layout = u8 format (1),
+ *            u16 nmsgs (0..256), nmsgs x { name, u16 nfields,
+ *                nfields x { name, u8 type, u32 count } },
+ *            u16 nmethods (1..), nmethods x { u32 id, name, u8 kind,
+ *                u16 request, u16 reply }, ids strictly ascending
+ *
+ * A field's type is TERN_LT_*, its count the array length (0: a scalar;
+ * bytes: 0 and last).  A request or reply is a message's index,
+ * TERN_LAYOUT_BYTES or (the reply of a one-way kind) TERN_LAYOUT_NONE.
+ * tern-gen writes layouts (tools/tern-gen, schema_layout()).
+ *
+ * Answered by a reply whose payload has one bit per method of the check's
+ * layouts, in order (bit i: byte i / 8, bit i % 8): set when the server
+ * serves that method; or by an error naming the service, the method and
+ * the field that refuse the client.
  */
 #define TERN_METHOD_SVC_CHECK 0xffffff01u
 #define TERN_SVC_MAX	      64
 #define TERN_SVC_NAME_MAX     63
+#define TERN_LAYOUT_FORMAT    1
+#define TERN_LAYOUT_MSGS_MAX  256
+#define TERN_LAYOUT_BYTES     0xffffu
+#define TERN_LAYOUT_NONE      0xfffeu
+/* The largest fixed part of a message: a 1 MiB slot less the header. */
+#define TERN_LAYOUT_MSG_MAX ((1u << 20) - TERN_HDR_SIZE)
+
+enum tern_layout_type {
+	TERN_LT_U8 = 1,
+	TERN_LT_U16,
+	TERN_LT_U32,
+	TERN_LT_U64,
+	TERN_LT_I8,
+	TERN_LT_I16,
+	TERN_LT_I32,
+	TERN_LT_I64,
+	TERN_LT_F32,
+	TERN_LT_F64,
+	TERN_LT_BYTES, /* the trailing bytes */
+};
+
+enum tern_layout_kind {
+	TERN_LK_RAW = 1,
+	TERN_LK_INPLACE,
+	TERN_LK_DEFERRED,
+	TERN_LK_ONEWAY,
+	TERN_LK_BATCH,
+	TERN_LK_ONEWAY_BATCH,
+};
 
 struct tern_wire_hello {
 	uint32_t magic;

@@ -31,7 +31,7 @@
 extern "C" {
 #endif
 
-#define TERN_GEN_ABI 1
+#define TERN_GEN_ABI 2
 
 /*
  * f32 and f64 travel as IEEE 754 binary32 and binary64, in the byte order of
@@ -223,17 +223,63 @@ static inline void tern_gen_call_drop(void *rec)
 
 /*
  * A request whose length does not fit the method's request type: refused
- * before the handler sees it, with a message the caller receives.
+ * before the handler sees it, with a message the caller receives.  A type
+ * of fixed size also takes a shorter message that ends at one of its
+ * fields (an older peer's: docs/idl.md, "Compatible changes"), and a
+ * longer one; with trailing bytes (@at_least) any length from @want.
  */
 static inline int tern_gen_bad_request(tern_req *req, const char *method, size_t len, size_t want,
 				       int at_least)
 {
 	char msg[128];
 
-	snprintf(msg, sizeof(msg), "%s: request of %zu bytes, expected %s%zu", method, len,
-		 at_least ? "at least " : "", want);
+	snprintf(msg, sizeof(msg), "%s: request of %zu bytes, expected %s%zu%s", method, len,
+		 at_least ? "at least " : "", want,
+		 at_least ? "" : " (or fewer, ending at a field)");
 	tern_req_set_error(req, msg);
 	return -EBADMSG;
+}
+
+/* No memory to read an older peer's shorter request (tern_req_zero_extend()). */
+static inline int tern_gen_no_memory(tern_req *req, const char *method)
+{
+	char msg[128];
+
+	snprintf(msg, sizeof(msg), "%s: no memory to read an older, shorter request", method);
+	tern_req_set_error(req, msg);
+	return -ENOMEM;
+}
+
+/* ---- older and newer peers ------------------------------------------------------- */
+
+/*
+ * An older peer's shorter message (@len bytes of a type of @size), read as
+ * the whole type: a copy with zeros past @len, for the caller to free(); NULL
+ * without memory.  For replies, which live in their slot only during the
+ * callback; a request's copy comes from tern_req_zero_extend().
+ */
+static inline void *tern_gen_zero_extend(const void *msg, size_t len, size_t size)
+{
+	unsigned char *p = (unsigned char *)malloc(size);
+
+	if (p) {
+		memcpy(p, msg, len);
+		memset(p + len, 0, size - len);
+	}
+	return p;
+}
+
+/*
+ * A _sync proxy's reply of @len bytes in a buffer of @size: zeros past
+ * @len when it is an older peer's shorter message (@at_field: @len ends one
+ * of the type's fields), -EBADMSG when it is not.
+ */
+static inline int tern_gen_zero_fill(void *buf, size_t len, size_t size, int at_field)
+{
+	if (!at_field)
+		return -EBADMSG;
+	memset((unsigned char *)buf + len, 0, size - len);
+	return 0;
 }
 
 /* A reply that does not fit the session's slot. */

@@ -2191,15 +2191,21 @@ static PyObject *ctx_register(PyObject *o, PyObject *args, PyObject *kw)
 static PyObject *ctx_service_register(PyObject *o, PyObject *args)
 {
 	CtxObject *c = (CtxObject *)o;
-	const char *name;
+	struct tern_service_ref ref = {0};
 	unsigned long long hash;
+	const char *layout = NULL;
+	Py_ssize_t layout_len = 0;
 	int rc;
 
-	if (ctx_check(c) || !PyArg_ParseTuple(args, "sK:service_register", &name, &hash))
+	if (ctx_check(c) || !PyArg_ParseTuple(args, "sK|y#:service_register", &ref.name, &hash,
+					      &layout, &layout_len))
 		return NULL;
-	rc = tern_service_register(c->ctx, name, (uint64_t)hash);
+	ref.schema_hash = hash;
+	ref.layout = layout_len ? layout : NULL;
+	ref.layout_len = (size_t)layout_len;
+	rc = tern_service_register_ref(c->ctx, &ref);
 	if (rc)
-		return raise_code(rc, name);
+		return rc == -EINVAL ? raise_ctx(c, rc) : raise_code(rc, ref.name);
 	Py_RETURN_NONE;
 }
 
@@ -2386,7 +2392,7 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 	    session_opts_parse(opts, &so))
 		return NULL;
 	if (services && services != Py_None) {
-		fast = PySequence_Fast(services, "services: a sequence of (name, hash)");
+		fast = PySequence_Fast(services, "services: a sequence of (name, hash[, layout])");
 		if (!fast)
 			return NULL;
 		n = PySequence_Fast_GET_SIZE(fast);
@@ -2397,13 +2403,18 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 		}
 		for (Py_ssize_t i = 0; i < n; i++) {
 			unsigned long long h;
+			const char *layout = NULL;
+			Py_ssize_t layout_len = 0;
 
-			if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sK",
-					      &refs[i].name, &h)) {
+			/* the layout's bytes live in the item, which @fast holds */
+			if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sK|y#",
+					      &refs[i].name, &h, &layout, &layout_len)) {
 				Py_DECREF(fast);
 				return NULL;
 			}
 			refs[i].schema_hash = h;
+			refs[i].layout = layout_len ? layout : NULL;
+			refs[i].layout_len = (size_t)layout_len;
 		}
 		so.services = refs;
 		so.nservices = (uint32_t)n;
@@ -2430,7 +2441,8 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 static PyMethodDef ctx_methods[] = {
 	{"register", (PyCFunction)(void (*)(void))ctx_register, METH_VARARGS | METH_KEYWORDS,
 	 "register(method_id, kind, fn, batch_max=0, wait_us=0)"},
-	{"service_register", ctx_service_register, METH_VARARGS, "service_register(name, hash)"},
+	{"service_register", ctx_service_register, METH_VARARGS,
+	 "service_register(name, hash, layout=b'')"},
 	{"listen", ctx_listen, METH_VARARGS, "listen(uri, opts=None) -> the URI to connect to"},
 	{"connect", (PyCFunction)(void (*)(void))ctx_connect, METH_VARARGS | METH_KEYWORDS,
 	 "connect(uri, services=None, opts=None, timeout_ms=10000) -> Session"},

@@ -54,7 +54,9 @@ class RemoteError(RpcError):
 
 
 class NoSuchMethod(RemoteError):
-    """TERN_ENOMETHOD: the peer serves no such method."""
+    """TERN_ENOMETHOD: the peer serves no such method: its answer to the call,
+    or (raised before anything is sent) what it said in the service check
+    at connect (docs/idl.md, "Compatible changes")."""
     code = _tern.ENOMETHOD
 
 
@@ -203,7 +205,9 @@ ERRORS = LOCAL_ERRORS
 def error_class(code, remote=False):
     """The exception class of ``code``: sent by the peer (``remote``) or made here."""
     code = -abs(int(code))
-    if remote:
+    if remote or code == _tern.ENOMETHOD:
+        # TERN_ENOMETHOD is the peer's word either way: its answer, or what
+        # it said at connect, before this side sent anything
         return REMOTE_ERRORS.get(code, RemoteError)
     return LOCAL_ERRORS.get(code, RpcError)
 

@@ -25,6 +25,7 @@ class Message:
     _size = 0
     _fields = ()
     _tail = None
+    _ends = frozenset()  # where an older, shorter version of it may end
 
     def __init__(self, *args, **fields):
         if args:
@@ -38,34 +39,61 @@ class Message:
 
     @classmethod
     def view(cls, buf):
-        """A message over ``buf`` (any buffer), read (and written) in place."""
-        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-        if mv.format != "B" or mv.ndim != 1:
-            mv = mv.cast("B")
+        """A message over ``buf`` (any buffer), read (and written) in place.
+
+        A longer buffer is read as far as the message goes (a peer whose
+        message type has more fields: docs/idl.md, "Compatible changes"),
+        or, with trailing bytes, to its end.
+        """
+        mv = _bytes_view(buf)
         n = mv.nbytes
-        if n != cls._size and not (cls._tail is not None and n >= cls._size):
-            want = f"at least {cls._size}" if cls._tail is not None else str(cls._size)
-            raise ValueError(f"{cls.__name__}: {n} bytes, expected {want}")
+        if n < cls._size:
+            want = "at least " if cls._tail is not None else ""
+            raise ValueError(f"{cls.__name__}: {n} bytes, expected {want}{cls._size}")
+        # all of it, not a slice: a slice would be one more view of a
+        # request's slot for its handler to release before answering
+        return cls._over(mv)
+
+    @classmethod
+    def from_peer(cls, buf):
+        """A message a peer sent: as view(), and an older peer's shorter one,
+        which ends at one of the fields, reads as zero past its end (then the
+        message is a copy).  Generated C does the same."""
+        mv = _bytes_view(buf)
+        n = mv.nbytes
+        if n < cls._size and n in cls._ends:
+            return cls._over(bytearray(mv) + bytes(cls._size - n))
+        if n < cls._size:
+            want = "at least " if cls._tail is not None else ""
+            more = "" if cls._tail is not None else " (or fewer, ending at a field)"
+            raise ValueError(f"{cls.__name__}: {n} bytes, expected {want}{cls._size}{more}")
+        return cls.view(mv)
+
+    @classmethod
+    def _over(cls, buf):
         m = object.__new__(cls)
-        m._buf = mv
+        m._buf = buf
         m._tail_len = None
         return m
 
     @property
     def buffer(self):
-        """The bytes the message lives in (a bytearray or a memoryview)."""
+        """The bytes the message lives in (a bytearray or a memoryview; from
+        a peer whose message type is longer, all of its message)."""
         return self._buf
 
     def __bytes__(self):
+        if self._tail is None and len(self._buf) > self._size:
+            return bytes(memoryview(self._buf)[:self._size])
         return bytes(self._buf)
 
     def __len__(self):
-        return len(self._buf)
+        return self._size if self._tail is None else len(self._buf)
 
     def __eq__(self, other):
         if type(other) is not type(self):
             return NotImplemented
-        return bytes(self._buf) == bytes(other._buf)
+        return bytes(self) == bytes(other)
 
     __hash__ = None
 
@@ -77,6 +105,13 @@ class Message:
                 v = v.tolist() if f != self._tail else bytes(v)
             parts.append(f"{f}={v!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _bytes_view(buf):
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
 
 
 def _scalar(off, fmt):
@@ -171,6 +206,8 @@ def message_class(msg):
     """A Message subclass for a tern_gen message."""
     ns = {"__slots__": (), "_size": msg.size, "_tail": None,
           "_fields": tuple(f.name for f in msg.fields), "__module__": "tern.idl"}
+    if not msg.tail and msg.size:
+        ns["_ends"] = frozenset([0] + [f.offset + f.size for f in msg.fields][:-1])
     for f in msg.fields:
         if f.is_tail:
             ns["_tail"] = f.name
@@ -205,13 +242,24 @@ class MethodSpec:
 
 
 class ServiceSpec:
-    """A service: name, schema hash and text, methods by name."""
+    """A service: name, schema hash and text, layout, methods by name.
 
-    def __init__(self, name, schema_hash, schema_text, methods):
+    ``layout`` is what the service check compares with the peer's, method
+    by method (tern-gen's schema_layout(); docs/idl.md, "Compatible
+    changes").
+    """
+
+    def __init__(self, name, schema_hash, schema_text, methods, layout=b""):
         self.name = name
         self.schema_hash = schema_hash
         self.schema_text = schema_text
         self.methods = methods
+        self.layout = layout
+
+    @property
+    def ref(self):
+        """(name, schema hash, layout): the service as a session lists it."""
+        return (self.name, self.schema_hash, self.layout)
 
     def __repr__(self):
         return f"<service {self.name} schema {self.schema_hash:016x}>"
@@ -226,7 +274,8 @@ def _spec_from_schema(schema, svc, classes):
         resp = classes.get(m.resp) if m.resp not in (None, "bytes") else None
         methods[m.name] = MethodSpec(svc, m.name, kind, req, resp, batch)
     return ServiceSpec(svc, tern_gen.schema_hash(schema, svc),
-                       tern_gen.schema_text(schema, svc), methods)
+                       tern_gen.schema_text(schema, svc), methods,
+                       tern_gen.schema_layout(schema, svc))
 
 
 class Idl:

@@ -234,10 +234,13 @@ def _request_view(ms):
 
     def view(mv):
         n = mv.nbytes
-        if n < req._size or (n != req._size and not tail):
-            raise BadRequest(-errno.EBADMSG, f"{name}: request of {n} bytes, expected "
-                             f"{'at least ' if tail else ''}{req._size}")
-        return req.view(mv)
+        if n >= req._size:
+            return req.view(mv)  # a newer peer's longer message: read as far as ours goes
+        if n in req._ends:
+            return req.from_peer(mv)  # an older peer's: the fields it lacks read as zero
+        more = "" if tail else " (or fewer, ending at a field)"
+        raise BadRequest(-errno.EBADMSG, f"{name}: request of {n} bytes, expected "
+                         f"{'at least ' if tail else ''}{req._size}{more}")
     return view
 
 
@@ -350,7 +353,7 @@ class Server:
                     fn = _adapter(getattr(obj, attr), kind, ms)
                     self._ctx.register(ms.id, _KIND_CODE[kind], fn,
                                        batch[0] if batch else 0, batch[1] if batch else 0)
-                self._ctx.service_register(spec.name, spec.schema_hash)
+                self._ctx.service_register(*spec.ref)
                 self.services.append(spec)
             self.uri = self._ctx.listen(uri, {"slot_size": slot_size, "slot_count": slot_count})
         except BaseException:
@@ -479,7 +482,7 @@ class _Caller:
         resp = self._m.resp
         if resp is None:
             return None
-        return resp.view
+        return resp.from_peer
 
 
 class SendSlot:
@@ -574,7 +577,7 @@ class Proxy:
         self._ctx = _tern.Context(PROGRESS[progress])
         try:
             self.session = self._ctx.connect(
-                uri, [(self.spec.name, self.spec.schema_hash)] if check else None,
+                uri, [self.spec.ref] if check else None,
                 {"slot_size": slot_size, "slot_count": slot_count},
                 int(connect_timeout * 1000))
         except BaseException:

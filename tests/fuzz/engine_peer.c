@@ -9,6 +9,10 @@
  *   setup byte, then the handshake (engine_peer.c: start_server/start_client)
  *   ops until the input ends, each an op byte and its arguments
  *
+ * Setup bits: 0x01 the handshake role (FZ_HANDSHAKE), 0x02 a service
+ * check, 0x04 nonblock, 0x08 (0x10, 0x20) holds, 0x40 the shm and tcp
+ * targets' role, 0x80 the engine's check carries Fz's layout (client).
+ *
  * Arguments past the end of the input read as zeros, so every input is a
  * valid program.  Messages the peer sends are honest (credits, sequence
  * numbers and call slots as a correct peer would fill them) unless the op
@@ -58,6 +62,7 @@ static const uint32_t served[] = {M_RAW,   M_INPLACE,  M_DEFER, M_ONEWAY,
 struct ecall {
 	uint16_t slot;
 	uint32_t gen;
+	uint32_t method;
 	bool has_rdesc, has_bdesc;
 	struct tern_bulk_desc rdesc, bdesc;
 };
@@ -85,7 +90,8 @@ struct run {
 	struct tern_credits pcr;
 	uint32_t tx_seq, rx_seq;
 	bool tainted;
-	bool pbusy[FZ_N]; /* the peer's calls in flight */
+	uint32_t svc_answer_len; /* client: what answers its service check */
+	bool pbusy[FZ_N];	 /* the peer's calls in flight */
 	uint32_t pgen[FZ_N];
 	struct tern_bulk_desc pd_rw, pd_ro; /* peer memory the engine may reach */
 
@@ -414,7 +420,71 @@ static void on_connect(tern_session *s, int status)
 	}
 }
 
-static const struct tern_service_ref fz_services[] = {{"Fz", FZ_SVC_HASH}};
+/*
+ * Fz's layout (src/wire.h), which the service check compares: one message
+ * P { u32 a; u8 b[2]; } (M_INPLACE's request), and the methods above by
+ * ascending id, M_NONE among them (in the layout, never registered: a
+ * client is told it is not served).  Made once, by layout_make().
+ */
+static uint8_t fz_layout[128];
+#define FZ_LAYOUT_METHODS 7
+
+/* Fz without its layout (compared by hash), and with it. */
+static struct tern_service_ref fz_services[] = {{"Fz", FZ_SVC_HASH, NULL, 0},
+						{"Fz", FZ_SVC_HASH, fz_layout, 0}};
+
+static uint8_t *lay_name(uint8_t *p, const char *name)
+{
+	*p = (uint8_t)strlen(name);
+	memcpy(p + 1, name, *p);
+	return p + 1 + *p;
+}
+
+static uint8_t *lay_le(uint8_t *p, uint32_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		*p++ = (uint8_t)(v >> (8 * i));
+	return p;
+}
+
+static uint8_t *lay_field(uint8_t *p, const char *name, uint8_t type, uint32_t count)
+{
+	p = lay_name(p, name);
+	*p++ = type;
+	return lay_le(p, count, 4);
+}
+
+static uint8_t *lay_method(uint8_t *p, uint32_t id, const char *name, uint8_t kind, uint16_t req,
+			   uint16_t reply)
+{
+	p = lay_le(p, id, 4);
+	p = lay_name(p, name);
+	*p++ = kind;
+	p = lay_le(p, req, 2);
+	return lay_le(p, reply, 2);
+}
+
+static void layout_make(void)
+{
+	uint8_t *p = fz_layout;
+
+	*p++ = TERN_LAYOUT_FORMAT;
+	p = lay_le(p, 1, 2); /* one message */
+	p = lay_name(p, "P");
+	p = lay_le(p, 2, 2);
+	p = lay_field(p, "a", TERN_LT_U32, 0);
+	p = lay_field(p, "b", TERN_LT_U8, 2);
+	p = lay_le(p, FZ_LAYOUT_METHODS, 2);
+	p = lay_method(p, M_RAW, "raw", TERN_LK_RAW, TERN_LAYOUT_BYTES, TERN_LAYOUT_BYTES);
+	p = lay_method(p, M_INPLACE, "inp", TERN_LK_INPLACE, 0, TERN_LAYOUT_BYTES);
+	p = lay_method(p, M_DEFER, "def", TERN_LK_DEFERRED, TERN_LAYOUT_BYTES, TERN_LAYOUT_BYTES);
+	p = lay_method(p, M_ONEWAY, "ow", TERN_LK_ONEWAY, TERN_LAYOUT_BYTES, TERN_LAYOUT_NONE);
+	p = lay_method(p, M_BATCH, "bat", TERN_LK_BATCH, TERN_LAYOUT_BYTES, TERN_LAYOUT_BYTES);
+	p = lay_method(p, M_BATCH_OW, "bow", TERN_LK_ONEWAY_BATCH, TERN_LAYOUT_BYTES,
+		       TERN_LAYOUT_NONE);
+	p = lay_method(p, M_NONE, "none", TERN_LK_RAW, TERN_LAYOUT_BYTES, TERN_LAYOUT_BYTES);
+	fz_services[1].layout_len = (size_t)(p - fz_layout);
+}
 
 static void session_opts(struct tern_session_opts *o)
 {
@@ -442,13 +512,14 @@ static void init_once(const struct fz_wire *w)
 		return;
 	}
 	lis_wire = w;
+	layout_make();
 	if (tern__transport_register(&tern_mem_transport) || tern_ctx_create(&co, &ctx))
 		bug("cannot set up");
 	for (uint32_t i = 0; i < N_TOGGLE + 2; i++)
 		if (method_register(i))
 			bug("cannot register method %u", i);
 	session_opts(&so);
-	if (tern_service_register(ctx, "Fz", FZ_SVC_HASH) ||
+	if (tern_service_register_ref(ctx, &fz_services[1]) ||
 	    tern_listen(ctx, w->listen_uri(), &so, on_accept, &lis) ||
 	    tern_mem_register(ctx, reg, sizeof(reg), &reg_mr))
 		bug("cannot listen");
@@ -467,7 +538,7 @@ static void pump(int n)
 
 static void ecall_add(struct run *r, const struct tern_hdr *h, const uint8_t *payload)
 {
-	struct ecall e = {.slot = h->call_slot, .gen = h->call_gen};
+	struct ecall e = {.slot = h->call_slot, .gen = h->call_gen, .method = h->method};
 	uint32_t off = 0;
 
 	if ((h->flags & TERN_F_REPLY_DESC) && h->len >= TERN_BULK_DESC_SIZE) {
@@ -646,10 +717,17 @@ static void make_desc(struct run *r, struct tern_bulk_desc *d)
 	}
 }
 
-/* The service check's payload: the one this engine serves, or not. */
+/*
+ * The service check's payload: the input's bytes, or the one this engine
+ * serves, with or without the layout (compared method by method, or by
+ * hash), its hash or one byte of its layout changed as the input says.
+ */
 static uint32_t svc_payload(struct run *r, uint8_t *p, uint32_t cap)
 {
-	struct tern_service_ref ref = fz_services[0];
+	uint8_t layout[sizeof(fz_layout)];
+	size_t ll = fz_services[1].layout_len;
+	struct tern_service_ref ref;
+	uint8_t how;
 	int n;
 
 	if (u8(r) & 1) {
@@ -657,9 +735,17 @@ static uint32_t svc_payload(struct run *r, uint8_t *p, uint32_t cap)
 		take(r, p, len);
 		return len;
 	}
-	if (u8(r) & 1)
+	how = u8(r);
+	ref = fz_services[(how >> 1) & 1];
+	if (how & 1)
 		ref.schema_hash ^= 1;
 	n = tern__services_encode(&ref, 1, p, cap);
+	if (n > 0 && (how & 6) == 6) {
+		/* after the encoder's checks: the engine's parser must cope */
+		memcpy(layout, fz_layout, ll);
+		layout[u8(r) % ll] = u8(r);
+		memcpy(p + n - ll, layout, ll);
+	}
 	return n < 0 ? 0 : (uint32_t)n;
 }
 
@@ -758,7 +844,16 @@ static void op_reply(struct run *r)
 		len = 8;
 	} else {
 		len = u8(r) % (FZ_PAYLOAD + 1);
-		take(r, payload, len);
+		if (e.method == TERN_METHOD_SVC_CHECK && !(sel & 4)) {
+			/* the answer a server gives: a bit per method, the spare
+			 * ones clear */
+			len = r->svc_answer_len;
+			take(r, payload, len);
+			if (len)
+				payload[len - 1] &= (1u << (FZ_LAYOUT_METHODS % 8)) - 1;
+		} else {
+			take(r, payload, len);
+		}
 	}
 	if (honest)
 		tern_credits_request_done(&r->pcr); /* the peer reposts the request's receive */
@@ -876,6 +971,7 @@ static void op_engine_call(struct run *r)
 	size_t len = pick_len(r);
 	const void *req = (sel & 1) && len <= sizeof(reg) ? reg : src;
 	struct ucall *c;
+	uint32_t method;
 	int rc;
 
 	if (!r->alive || !(c = ucall_new(r)))
@@ -896,8 +992,16 @@ static void op_engine_call(struct run *r)
 	}
 	if (sel & 0x10)
 		o.timeout_ms = 1 + u8(r);
-	rc = tern_call(r->s, sel & 0x20 ? M_PEER : M_PEER + 1 + u8(r) % 3, req, len, call_done, c,
-		       &o);
+	if (sel & 0x20) {
+		method = M_PEER;
+	} else {
+		/* or M_NONE, which Fz's layout has: when the peer's answer to
+		 * the service check says it lacks it, it fails here, unsent */
+		uint8_t m = u8(r);
+
+		method = m >= 0xf0 ? M_NONE : M_PEER + 1 + m % 3;
+	}
+	rc = tern_call(r->s, method, req, len, call_done, c, &o);
 	c->issued = rc == 0;
 	if (rc)
 		r->ncalls--;
@@ -1086,8 +1190,10 @@ static void start_client(struct run *r, uint8_t setup)
 	so.nonblock = (setup >> 2) & 1;
 	so.queue_depth = 3;
 	if (setup & 2) {
-		so.services = fz_services;
+		/* with the layout, the answer is a bit per method; without, none */
+		so.services = &fz_services[setup >> 7]; /* (0x40: the shm and tcp targets' role) */
 		so.nservices = 1;
+		r->svc_answer_len = setup & 0x80 ? (FZ_LAYOUT_METHODS + 7) / 8 : 0;
 	}
 	if (tern_connect(ctx, uri, &so, on_connect, &r->s))
 		bug("cannot connect to the peer");

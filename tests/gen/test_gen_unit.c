@@ -142,14 +142,37 @@ static void test_views_check_the_length(void **state)
 	(void)state;
 	assert_null(calc_AddReq_view(buf, 15));
 	assert_ptr_equal(calc_AddReq_view(buf, 16), buf);
-	assert_null(calc_AddReq_view(buf, 17));
+	/* longer: a newer peer's AddReq, read as far as this one goes */
+	assert_ptr_equal(calc_AddReq_view(buf, 17), buf);
 	assert_null(calc_AddReq_view(NULL, 16));
 	/* Blob { u32 id; u16 kind; bytes data; }: at least 6 bytes */
 	assert_null(calc_Blob_view(buf, 5));
 	assert_ptr_equal(calc_Blob_view(buf, 6), buf);
 	assert_ptr_equal(calc_Blob_view(buf, 64), buf);
 	assert_ptr_equal(calc_Empty_view(buf, 0), buf);
-	assert_null(calc_Empty_view(buf, 1));
+	assert_ptr_equal(calc_Empty_view(buf, 1), buf);
+}
+
+/* An older peer's message ends at a field: where each field ends, below the size. */
+static void test_prefixes_end_at_fields(void **state)
+{
+	/* Vec { f32 x[4]; f64 factor; u8 flags; i16 small[3]; }: 16, 24, 25, 31 */
+	static const size_t ends[] = {0, 16, 24, 25};
+
+	(void)state;
+	for (size_t len = 0; len <= CALC_VEC_SIZE; len++) {
+		int want = 0;
+
+		for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++)
+			want |= len == ends[i];
+		assert_int_equal(calc_Vec_prefix_(len), want);
+	}
+	assert_int_equal(calc_AddReq_prefix_(8), 1);
+	assert_int_equal(calc_AddReq_prefix_(16), 0); /* the whole: not a shorter version */
+	/* outside a request (no tern_req), only the whole type is read */
+	assert_null(calc_Vec_req_view(NULL, "x", 16));
+	assert_non_null(calc_Vec_req_view(NULL, "0123456789012345678901234567890", 31));
+	assert_null(calc_Blob_req_view(NULL, "abcde", 5));
 }
 
 static void test_trailing_bytes_follow_the_fixed_part(void **state)
@@ -362,6 +385,7 @@ int main(void)
 		cmocka_unit_test(test_array_indexes_out_of_range_are_ignored),
 		cmocka_unit_test(test_whole_arrays_agree_on_both_paths),
 		cmocka_unit_test(test_views_check_the_length),
+		cmocka_unit_test(test_prefixes_end_at_fields),
 		cmocka_unit_test(test_trailing_bytes_follow_the_fixed_part),
 		cmocka_unit_test(test_ids_are_fnv1a_32_of_service_dot_method),
 		cmocka_unit_test(test_schema_hashes_are_fnv1a_64_of_the_schema_text),

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -494,6 +495,80 @@ class Hashes(unittest.TestCase):
         self.assertIn(f"`Calc.add` is `0x{tg.method_id('Calc', 'add'):08x}`", doc)
 
 
+class Layout(unittest.TestCase):
+    """schema_layout(): what the service check compares (src/wire.h, docs/idl.md)."""
+
+    def test_the_layout_of_the_issue_example_byte_by_byte(self):
+        s = tg.parse(ISSUE_CALC)
+        add, echo, stats = (tg.method_id("Calc", m) for m in ("add", "echo", "stats"))
+        want = bytes([1]) + struct.pack("<H", 2)
+        want += b"\x06AddReq" + struct.pack("<H", 2)
+        want += b"\x01a" + struct.pack("<BI", 8, 0) + b"\x01b" + struct.pack("<BI", 8, 0)
+        want += b"\x07AddResp" + struct.pack("<H", 1) + b"\x03sum" + struct.pack("<BI", 8, 0)
+        methods = sorted([(add, b"\x03add", 1, 0, 1), (echo, b"\x04echo", 2, 0xFFFF, 0xFFFF),
+                          (stats, b"\x05stats", 3, 0xFFFF, 0xFFFF)])
+        want += struct.pack("<H", 3)
+        for mid, name, kind, req, resp in methods:
+            want += struct.pack("<I", mid) + name + struct.pack("<BHH", kind, req, resp)
+        self.assertEqual(tg.schema_layout(s, "Calc"), want)
+
+    def test_kinds_tails_arrays_and_one_way_replies(self):
+        s = tg.parse("service S {\n"
+                     "  rpc f(M) oneway;\n"
+                     "  rpc g(M) oneway batch(max=2, wait_us=1);\n"
+                     "  rpc h(bytes) returns (M) batch(max=2, wait_us=1);\n"
+                     "}\nmessage M { u16 x[3]; bytes rest; }\n")
+        lay = tg.schema_layout(s, "S")
+        self.assertEqual(lay[:7], b"\x01\x01\x00\x01M\x02\x00")  # format, 1 message M, 2 fields
+        m = lay.index(b"\x01x")
+        self.assertEqual(lay[m + 2:m + 7], struct.pack("<BI", 2, 3))  # u16[3]
+        r = lay.index(b"\x04rest")
+        self.assertEqual(lay[r + 5:r + 10], struct.pack("<BI", 11, 0))  # bytes
+        kinds = {}
+        for name in ("f", "g", "h"):
+            i = lay.index(b"\x01" + name.encode(), r + 10)
+            kinds[name] = struct.unpack_from("<BHH", lay, i + 2)
+        self.assertEqual(kinds, {"f": (4, 0, 0xFFFE), "g": (6, 0, 0xFFFE),
+                                 "h": (5, 0xFFFF, 0)})
+
+    def test_methods_ascend_by_id_and_only_used_messages_count(self):
+        s = tg.parse(ISSUE_CALC + "message Unused { u8 q; }\n")
+        lay = tg.schema_layout(s, "Calc")
+        self.assertNotIn(b"Unused", lay)
+        at = sorted(lay.index(n) for n in (b"\x03add", b"\x04echo", b"\x05stats"))
+        ids = [struct.unpack_from("<I", lay, i - 4)[0] for i in at]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(ids, sorted(tg.method_id("Calc", m) for m in ("add", "echo", "stats")))
+
+    def test_the_generated_header_carries_it(self):
+        s = tg.parse(ISSUE_CALC, "calc.tern")
+        h = tg.generate(s)[0]
+        lay = tg.schema_layout(s, "Calc")
+        self.assertIn(f"static const unsigned char calc_layout_[{len(lay)}] = {{", h)
+        self.assertIn("CALC_SCHEMA_HASH, calc_layout_, sizeof(calc_layout_)}", h)
+        body = h[h.index("calc_layout_["):h.index("};", h.index("calc_layout_["))]
+        self.assertEqual(bytes(int(x, 16) for x in re.findall(r"0x([0-9a-f]{2}),", body)), lay)
+
+    def test_limits_are_positioned_errors(self):
+        many = "service S {\n" + "".join(f"  rpc m{i}(M{i}) returns (bytes);\n"
+                                          for i in range(257)) + "}\n"
+        many += "".join(f"message M{i} {{ u8 x; }}\n" for i in range(257))
+        with self.assertRaises(tg.IdlError) as e:
+            tg.parse(many, "many.tern")
+        self.assertEqual(str(e.exception), "many.tern:1:9: service S uses 257 messages; "
+                         "a service can use at most 256")
+        wide = "message W {\n" + "".join(f"  u8 v{i};\n" for i in range(65536)) + "}\n"
+        with self.assertRaises(tg.IdlError) as e:
+            tg.parse(wide, "wide.tern")
+        self.assertEqual(str(e.exception), "wide.tern:1:9: message W has 65536 fields; "
+                         "a message can have at most 65535")
+
+    def test_describe_prints_it(self):
+        d = tg.describe(tg.parse(ISSUE_CALC))
+        self.assertEqual(bytes.fromhex(d["services"][0]["layout"]),
+                         tg.schema_layout(tg.parse(ISSUE_CALC), "Calc"))
+
+
 class Stability(unittest.TestCase):
     BASE = ISSUE_CALC + """
 service Other { rpc ping(AddReq) returns (bytes); }
@@ -674,7 +749,7 @@ class GeneratedCode(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="tern-gen-cc.")
-        for f in ("calc.tern", "calc_v2.tern"):
+        for f in ("calc.tern", "compat_v2.tern"):
             subprocess.run([TERN_GEN, "-o", cls.tmp, os.path.join(SRC, "tests", "gen", f)],
                            check=True)
         cls.inc = os.path.join(SRC, "include")
@@ -693,7 +768,7 @@ class GeneratedCode(unittest.TestCase):
         if not cc:
             self.skipTest("no C compiler")
         for std in ("c11", "c2x"):
-            for src in ("calc.tern.c", "calc_v2.tern.c"):
+            for src in ("calc.tern.c", "compat_v2.tern.c"):
                 self.compile(cc, [f"-std={std}", *self.FLAGS, src])
 
     def test_the_header_is_cxx11(self):

@@ -7,6 +7,7 @@ once per transport: shm and tcp on the host, rdma in the Soft-RoCE VM.
 """
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,20 @@ def binary(name):
     return path
 
 
+def run_calc_client(uri):
+    """examples/calc's C client against @uri: its output, checked for what
+    calc_server answers (and any Calc server must)."""
+    r = subprocess.run([binary("calc_client"), uri], capture_output=True, text=True,
+                       env=c_env(), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^add\(40, 2\) = 42$", r.stdout, re.M)
+    assert re.search(r"^add\(INT64_MAX, 1\) failed: .*: a \+ b overflows an i64$", r.stdout,
+                     re.M)
+    assert re.search(r"^stats: adds=9 total=3678 recent=\[808 707 606 505\]$", r.stdout, re.M)
+    assert "calc_client: all answers right" in r.stdout
+    return r.stdout
+
+
 def ticks_while(fn):
     """Run fn() while another thread counts as fast as it can: the count
     is the Python that ran meanwhile (thousands if fn released the GIL)."""
@@ -80,6 +95,19 @@ def ticks_while(fn):
         stop.set()
         t.join()
     return ticks[0]
+
+
+# examples/calc/calc.tern's Calc with AddReq.b an i32: incompatible
+BAD_CALC = """
+service Calc {
+  rpc add(AddReq) returns (AddResp);
+  rpc stats(bytes) returns (Stats) deferred;
+}
+message AddReq { i64 a; i32 b; }
+message AddResp { i64 sum; }
+message Stats { u64 adds; i64 total; i64 recent[4]; }
+"""
+
 
 
 @pytest.fixture

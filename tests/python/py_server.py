@@ -2,11 +2,12 @@
 # SPDX-License-Identifier: MIT
 """Python servers for the C clients and for the killed-peer tests.
 
-usage: py_server.py calc|echo|hang|store URI
+usage: py_server.py calc|calc2|echo|hang|store URI
 
 Prints the URI to connect to, then serves with tern.serve() until Ctrl-C
 (SIGINT), and exits 0.  calc serves examples/calc/calc.tern as
-calc_server does; echo serves examples/echo/echo.tern (copy raw, zerocopy
+calc_server does, calc2 the same from calc_v2.tern, a newer version of it
+(AddReq.c, added to the sum, reads as zero from an older client); echo serves examples/echo/echo.tern (copy raw, zerocopy
 inplace with numpy); hang serves Hang.wait, a deferred method that never
 answers, for the tests that kill it mid-call; store serves store.tern as
 store_server.c does, every method inplace, replies written through typed
@@ -21,6 +22,7 @@ import tern
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
 calc = tern.load_idl(os.path.join(SRC, "examples", "calc", "calc.tern"))
+calc2 = tern.load_idl(os.path.join(HERE, "calc_v2.tern"))
 store = tern.load_idl(os.path.join(HERE, "store.tern"))
 echo = tern.load_idl(os.path.join(SRC, "examples", "echo", "echo.tern"))
 hang = tern.parse_idl("service Hang { rpc wait(bytes) returns (bytes) deferred; }\n",
@@ -28,29 +30,48 @@ hang = tern.parse_idl("service Hang { rpc wait(bytes) returns (bytes) deferred; 
 I64_MAX = 2**63 - 1
 
 
-class Calc(calc.Calc):
+class _Totals:
+    """What both versions of Calc keep, and the stats they answer with."""
+
     def __init__(self):
         self.adds = 0
         self.total = 0
         self.recent = [0, 0, 0, 0]
 
-    @tern.method
-    def add(self, req):
-        s = req.a + req.b
+    def _added(self, s):
         if not -I64_MAX - 1 <= s <= I64_MAX:
             raise tern.RemoteError(errno.ERANGE, "a + b overflows an i64")
         self.adds += 1
         self.total += s
         self.recent = [s] + self.recent[:3]
-        return calc.AddResp(sum=s)
+        return s
 
     @tern.method(deferred=True)
     def stats(self, req, reply):
-        out = reply.acquire()  # a calc.Stats written in the send slot
+        out = reply.acquire()  # a Stats written in the send slot
         out.adds = self.adds
         out.total = self.total
         out.recent = self.recent
         reply.commit()
+
+
+class Calc(_Totals, calc.Calc):
+    @tern.method
+    def add(self, req):
+        return calc.AddResp(sum=self._added(req.a + req.b))
+
+
+class Calc2(_Totals, calc2.Calc):
+    """Calc from calc_v2.tern: an older client's AddReq has no c (zero here),
+    and it does not see AddResp.terms."""
+
+    @tern.method
+    def add(self, req):
+        return calc2.AddResp(sum=self._added(req.a + req.b + req.c), terms=3)
+
+    @tern.method
+    def mul(self, req):
+        return calc2.AddResp(sum=req.a * req.b, terms=2)
 
 
 class Echo(echo.Echo):
@@ -139,10 +160,11 @@ class Store(store.Store):
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("calc", "echo", "hang", "store"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("calc", "calc2", "echo", "hang", "store"):
         print(__doc__, file=sys.stderr)
         return 2
-    svc = {"calc": Calc, "echo": Echo, "hang": Hang, "store": Store}[sys.argv[1]]()
+    svc = {"calc": Calc, "calc2": Calc2, "echo": Echo, "hang": Hang,
+           "store": Store}[sys.argv[1]]()
     tern.serve(sys.argv[2], svc, progress="adaptive",
                ready=lambda uri: print(uri, flush=True))
     return 0

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import tern
-from conftest import HERE, listen_uri
+from conftest import BAD_CALC, HERE, listen_uri
 
 BUILTIN_OS = (OSError, ConnectionError, TimeoutError, BlockingIOError)
 
@@ -167,7 +167,7 @@ def test_the_tables_split_remote_from_local():
 
 
 def test_refused_clients_are_logged_and_counted(serve_thread, calc_idl, caplog):
-    v2 = tern.load_idl(os.path.join(os.path.dirname(HERE), "gen", "calc_v2.tern"))
+    v2 = tern.parse_idl(BAD_CALC)  # incompatible
     other = tern.parse_idl("service Other { rpc f(bytes) returns (bytes); }\n")
     seen = []
 

@@ -11,7 +11,12 @@
  *             and deregistered per call: what tern does on rxe, whose
  *             windows are bounded only by their registration;
  *   register: a registration of just the range with remote write access,
- *             deregistered per call: devices without memory windows.
+ *             deregistered per call: devices without memory windows;
+ *   window-dealloc, exact-dealloc: window and exact as tern does them
+ *             since an invalidation may not wait behind the send queue: a
+ *             window allocated per export, bound (signalled here, and
+ *             waited for: in tern the call's round trip covers the bind),
+ *             and deallocated, which ends it at once.
  *
  * One JSON line per mode and size: p50/p99 microseconds per export.
  * Divide by a large call's latency (bench/tern_bw) for the share.
@@ -19,6 +24,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +34,9 @@
 
 #define MAX_SIZES 8
 
-enum mode { M_WINDOW, M_EXACT, M_REGISTER };
-static const char *const mode_names[] = {"window", "exact", "register"};
+enum mode { M_WINDOW, M_EXACT, M_REGISTER, M_WINDOW_DEALLOC, M_EXACT_DEALLOC };
+static const char *const mode_names[] = {"window", "exact", "register", "window-dealloc",
+					 "exact-dealloc"};
 
 struct pair {
 	struct vp_listener l;
@@ -49,19 +56,42 @@ static void *accept_thread(void *arg)
 static int export_once(struct pair *p, enum mode mode, struct ibv_mr *region_mr, struct ibv_mw *mw,
 		       char *region, size_t len)
 {
+	bool dealloc = mode == M_WINDOW_DEALLOC || mode == M_EXACT_DEALLOC;
+	bool exact = mode == M_EXACT || mode == M_EXACT_DEALLOC;
 	struct ibv_mr *mr = region_mr;
 	struct ibv_wc wc;
 	int rc = 0;
 
-	if (mode != M_WINDOW) {
-		mr = ibv_reg_mr(
-			p->cli.pd, region + 1, len,
-			IBV_ACCESS_LOCAL_WRITE |
-				(mode == M_EXACT ? IBV_ACCESS_MW_BIND : IBV_ACCESS_REMOTE_WRITE));
+	if (mode != M_WINDOW && mode != M_WINDOW_DEALLOC) {
+		mr = ibv_reg_mr(p->cli.pd, region + 1, len,
+				IBV_ACCESS_LOCAL_WRITE |
+					(exact ? IBV_ACCESS_MW_BIND : IBV_ACCESS_REMOTE_WRITE));
 		if (!mr)
 			return -errno;
 	}
-	if (mode != M_REGISTER) {
+	if (dealloc) {
+		struct ibv_mw *w = ibv_alloc_mw(p->cli.pd, IBV_MW_TYPE_2);
+		struct ibv_send_wr bind = {
+			.wr_id = 1, .opcode = IBV_WR_BIND_MW, .send_flags = IBV_SEND_SIGNALED};
+		struct ibv_send_wr *bad;
+
+		if (!w) {
+			rc = -errno;
+		} else {
+			bind.bind_mw.mw = w;
+			bind.bind_mw.rkey = ibv_inc_rkey(w->rkey);
+			bind.bind_mw.bind_info.mr = mr;
+			bind.bind_mw.bind_info.addr = (uintptr_t)region + 1;
+			bind.bind_mw.bind_info.length = len;
+			bind.bind_mw.bind_info.mw_access_flags = IBV_ACCESS_REMOTE_WRITE;
+			if ((rc = ibv_post_send(p->cli.id->qp, &bind, &bad)))
+				rc = -rc;
+			else if (vp_poll_one(&p->cli, &wc, 5000) != 1 ||
+				 wc.status != IBV_WC_SUCCESS)
+				rc = -EIO;
+			ibv_dealloc_mw(w);
+		}
+	} else if (mode != M_REGISTER) {
 		uint32_t key = ibv_inc_rkey(mw->rkey);
 		struct ibv_send_wr bind = {.wr_id = 1, .opcode = IBV_WR_BIND_MW};
 		struct ibv_send_wr inv = {
@@ -83,7 +113,7 @@ static int export_once(struct pair *p, enum mode mode, struct ibv_mr *region_mr,
 		if (!rc && (vp_poll_one(&p->cli, &wc, 5000) != 1 || wc.status != IBV_WC_SUCCESS))
 			rc = -EIO;
 	}
-	if (mode != M_WINDOW)
+	if (mr != region_mr)
 		ibv_dereg_mr(mr);
 	return rc;
 }
@@ -149,7 +179,7 @@ int main(int argc, char **argv)
 		return VP_EXIT_SKIP;
 	}
 	for (int si = 0; si < nsizes; si++) {
-		for (int m = M_WINDOW; m <= M_REGISTER; m++) {
+		for (int m = M_WINDOW; m <= M_EXACT_DEALLOC; m++) {
 			struct bench_stats st;
 			double t_begin = bench_now_us();
 

@@ -307,10 +307,13 @@ static void issue_copy(tern_session *s, uint32_t method, const void *buf, size_t
 	issue(s, c, method, len, cb, user, deadline_ns, 0);
 }
 
-/* Hand a call's staging back, now that the server cannot touch it. */
-static void release_stages(tern_session *s, tern_callslot *c)
+/*
+ * Hand a call's staging back, now that the server cannot touch it.
+ * @flags: TERN_UNEXPORT_ANSWERED once the server has answered the call.
+ */
+static void release_stages(tern_session *s, tern_callslot *c, unsigned flags)
 {
-	tern__bulk_unexport(s, c->xd, c->nx);
+	tern__bulk_unexport(s, c->xd, c->nx, flags);
 	c->nx = 0;
 	tern__session_stage_put(s, c->req_stage);
 	tern__session_stage_put(s, c->rep_stage);
@@ -339,7 +342,7 @@ static void withdraw_user_exports(tern_session *s, tern_callslot *c)
 		if (exports_staging(c, &c->xd[i]))
 			c->xd[keep++] = c->xd[i];
 		else
-			tern__bulk_unexport(s, &c->xd[i], 1);
+			tern__bulk_unexport(s, &c->xd[i], 1, 0);
 	}
 	c->nx = keep;
 }
@@ -377,7 +380,7 @@ static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct tern_orphan *o = &tern__rpc(s)->orphans[i];
 		if (o->used && o->slot == slot && o->gen == gen) {
-			tern__bulk_unexport(s, o->xd, o->nx);
+			tern__bulk_unexport(s, o->xd, o->nx, TERN_UNEXPORT_ANSWERED);
 			tern__session_stage_put(s, o->st[0]);
 			tern__session_stage_put(s, o->st[1]);
 			o->used = false;
@@ -436,7 +439,7 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 	issue(s, c, method, off, cb, user, deadline_ns, flags);
 	return 0;
 fail:
-	release_stages(s, c);
+	release_stages(s, c, 0);
 	tern_credits_untake_call(&s->cr);
 	c->reply_buf = NULL;
 	c->reply_offer = 0;
@@ -600,7 +603,7 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 
 		memcpy(msg, payload, h->len);
 		msg[h->len] = 0;
-		release_stages(s, c);
+		release_stages(s, c, TERN_UNEXPORT_ANSWERED);
 		/* The status is the peer's: tern_call_status_remote() says so to
 		 * this callback, and to no callback nested in it. */
 		rctx->remote_depth = ctx->cb_depth + 1;
@@ -622,10 +625,10 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 			memcpy(c->reply_buf, c->rep_stage->mr.addr, n);
 			s->copy_bytes += n;
 		}
-		release_stages(s, c);
+		release_stages(s, c, TERN_UNEXPORT_ANSWERED);
 		complete(s, c, 0, c->reply_buf, n);
 	} else if (c->reply_buf) {
-		release_stages(s, c);
+		release_stages(s, c, TERN_UNEXPORT_ANSWERED);
 		if (h->len > c->reply_cap) {
 			complete(s, c, -EMSGSIZE, "reply larger than the reply buffer", 34);
 			return;
@@ -633,7 +636,8 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 		memcpy(c->reply_buf, payload, h->len);
 		complete(s, c, 0, c->reply_buf, h->len);
 	} else {
-		release_stages(s, c); /* a large request's staging, if any */
+		/* a large request's staging, if any */
+		release_stages(s, c, TERN_UNEXPORT_ANSWERED);
 		complete(s, c, 0, payload, h->len);
 	}
 }
@@ -672,10 +676,10 @@ void tern__client_fail_all(tern_session *s, int err)
 			 * process), so their staging is kept until the
 			 * session is freed, after the provider's closed().
 			 */
-			tern__bulk_unexport(s, c->xd, c->nx);
+			tern__bulk_unexport(s, c->xd, c->nx, TERN_UNEXPORT_CLOSING);
 			c->nx = 0;
 			if (!orphan_stages(s, c))
-				release_stages(s, c);
+				release_stages(s, c, 0);
 			complete(s, c, err, "", 0);
 		}
 	}

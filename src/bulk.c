@@ -225,10 +225,11 @@ int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable
 	return rc;
 }
 
-void tern__bulk_unexport(tern_session *s, const struct tern_bulk_desc *d, unsigned n)
+void tern__bulk_unexport(tern_session *s, const struct tern_bulk_desc *d, unsigned n,
+			 unsigned flags)
 {
 	if (!s->conn || !s->conn->ops->bulk_unexport)
 		return;
 	for (unsigned i = 0; i < n; i++)
-		s->conn->ops->bulk_unexport(s->conn, &d[i]);
+		s->conn->ops->bulk_unexport(s->conn, &d[i], flags);
 }

@@ -129,8 +129,12 @@ void tern__bulk_free_all(tern_ctx *ctx);
  */
 int tern__bulk_export(tern_session *s, const void *buf, size_t len, int writable,
 		      struct tern_bulk_desc *d, struct tern_stage **stage);
-/* Withdraw exports made for a call that is over (if the provider tracks them). */
-void tern__bulk_unexport(tern_session *s, const struct tern_bulk_desc *d, unsigned n);
+/*
+ * Withdraw exports made for a call that is over (if the provider tracks
+ * them); @flags: TERN_UNEXPORT_* (tern/transport.h), what the engine knows.
+ */
+void tern__bulk_unexport(tern_session *s, const struct tern_bulk_desc *d, unsigned n,
+			 unsigned flags);
 /* @s's transport's slot in each region's tm[] */
 int tern__tp_index(const tern_session *s);
 

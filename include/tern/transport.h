@@ -194,6 +194,16 @@ struct tern_transport_events {
 	bool (*keep_rx)(struct tern_conn *c, void (*release)(void *arg), void *arg);
 };
 
+/*
+ * bulk_unexport() flags.  ANSWERED: the peer answered the message that
+ * carried the descriptor, so that message, and whatever the provider
+ * queued before it (verbs: the window's bind), has reached it.  CLOSING:
+ * the engine fails the connection and calls disconnect() right after, so
+ * nothing the peer still does with the export can matter.
+ */
+#define TERN_UNEXPORT_ANSWERED 0x1u
+#define TERN_UNEXPORT_CLOSING  0x2u
+
 /* post_send() flags */
 #define TERN_SEND_CONFIRM 0x1u /* report send_done() for this slot promptly */
 
@@ -289,9 +299,14 @@ struct tern_transport_ops {
 	 *	peer may no longer reach it once this returns (the engine hands
 	 *	the memory to the next call, or back to its user, right after).
 	 *	shm and tcp drop it from their table of live exports; verbs
-	 *	invalidates its memory window (or deregisters its per-call
-	 *	registration) and waits for that.  A call that timed out keeps
-	 *	its exports until its late reply.  When a connection fails, the
+	 *	deallocates its memory window (or deregisters its per-call
+	 *	registration), which takes effect at once, whatever the
+	 *	connection still has queued (docs/transports-verbs-security.md).
+	 *	@flags (TERN_UNEXPORT_*) tell what the engine knows and the
+	 *	provider cannot: that the peer has seen the descriptor, or that
+	 *	the connection goes right after.  A call that timed out keeps
+	 *	its staging's exports until its late reply.  When a connection
+	 *	fails, the
 	 *	engine withdraws the exports of the calls it fails before their
 	 *	callbacks run, but reuses their staging only after closed(): a
 	 *	provider whose peer may still be inside a copy it started (shm's
@@ -306,7 +321,7 @@ struct tern_transport_ops {
 	int (*bulk_write)(struct tern_conn *c, struct tern_tmem *m, size_t off, size_t len,
 			  const struct tern_bulk_desc *remote, uint64_t cookie);
 	void (*mem_release)(struct tern_tctx *t, struct tern_tmem *m);
-	void (*bulk_unexport)(struct tern_conn *c, const struct tern_bulk_desc *d);
+	void (*bulk_unexport)(struct tern_conn *c, const struct tern_bulk_desc *d, unsigned flags);
 };
 
 #ifdef __cplusplus

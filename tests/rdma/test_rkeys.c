@@ -164,8 +164,13 @@ static int raw_poll(tern_ctx *ctx, struct raw *r, struct ibv_wc *wc, double time
 	return 0;
 }
 
-/* The next message tern sent @r: its header and a copy of its payload. */
-static void raw_recv(tern_ctx *ctx, struct raw *r, struct tern_hdr *h, uint8_t *payload)
+/*
+ * The next message tern sent @r: its header and a copy of its payload.
+ * Its receive is posted again unless @keep: then it is the receive's
+ * wr_id, and @r has one receive fewer.
+ */
+static uint64_t raw_take(tern_ctx *ctx, struct raw *r, struct tern_hdr *h, uint8_t *payload,
+			 bool keep)
 {
 	struct ibv_wc wc;
 
@@ -179,7 +184,14 @@ static void raw_recv(tern_ctx *ctx, struct raw *r, struct tern_hdr *h, uint8_t *
 	tern_hdr_decode(r->ep.buf + wc.wr_id * S, h);
 	assert_true(h->len <= S - TERN_HDR_SIZE);
 	memcpy(payload, r->ep.buf + wc.wr_id * S + TERN_HDR_SIZE, h->len);
-	assert_int_equal(vp_post_recv(&r->ep, wc.wr_id * S, S, wc.wr_id), 0);
+	if (!keep)
+		assert_int_equal(vp_post_recv(&r->ep, wc.wr_id * S, S, wc.wr_id), 0);
+	return wc.wr_id;
+}
+
+static void raw_recv(tern_ctx *ctx, struct raw *r, struct tern_hdr *h, uint8_t *payload)
+{
+	(void)raw_take(ctx, r, h, payload, false);
 }
 
 /* Send @h with @len payload bytes from @payload. */
@@ -258,6 +270,7 @@ struct rig {
 	tern_session *s[2];
 	uint8_t hs[sizeof(struct tern_wire_hello)];
 	int nconn;
+	int prepost; /* receives each raw server posts */
 	int accept_rc;
 };
 
@@ -266,7 +279,7 @@ static void *accept_thread(void *arg)
 	struct rig *g = arg;
 
 	for (int i = 0; i < g->nconn && !g->accept_rc; i++)
-		g->accept_rc = vp_accept(&g->l, &g->raw[i].ep, R, S);
+		g->accept_rc = vp_accept(&g->l, &g->raw[i].ep, g->prepost, S);
 	return NULL;
 }
 
@@ -287,8 +300,8 @@ static void uri_with_port(char *out, size_t len, unsigned port)
 	snprintf(out, len, "%.*s:%u", (int)(strrchr(u, ':') - u), u, port);
 }
 
-/* @nconn tern sessions from one context to a raw server. */
-static struct rig *rig_new_progress(int nconn, enum tern_progress progress)
+/* @nconn tern sessions from one context to a raw server that posts @prepost receives. */
+static struct rig *rig_new_full(int nconn, enum tern_progress progress, int prepost)
 {
 	struct tern_ctx_opts co = {.size = sizeof(co), .progress = progress};
 	struct tern_session_opts so = {
@@ -301,6 +314,7 @@ static struct rig *rig_new_progress(int nconn, enum tern_progress progress)
 	assert_non_null(g);
 	nended = 0;
 	g->nconn = nconn;
+	g->prepost = prepost;
 	hello(g->hs, true);
 	vp_opts_init(&o);
 	o.buf_len = DATA_OFF + BIG + 2 * CANARY;
@@ -322,6 +336,11 @@ static struct rig *rig_new_progress(int nconn, enum tern_progress progress)
 	if (no_mw()) /* the user is told how exports work here */
 		assert_non_null(strstr(tern_ctx_last_error(g->ctx), "may not use memory windows"));
 	return g;
+}
+
+static struct rig *rig_new_progress(int nconn, enum tern_progress progress)
+{
+	return rig_new_full(nconn, progress, R);
 }
 
 static struct rig *rig_new(int nconn)
@@ -349,8 +368,9 @@ struct call {
 	struct tern_bulk_desc rd, q;
 };
 
-static void call_big_within(struct rig *g, int i, const void *req, void *reply_buf,
-			    uint32_t timeout_ms, struct call *c)
+/* As call_big_within(), but the raw server's receive is not posted again (@keep). */
+static void call_big_keep(struct rig *g, int i, const void *req, void *reply_buf,
+			  uint32_t timeout_ms, bool keep, struct call *c)
 {
 	struct tern_call_opts co = {.size = sizeof(co),
 				    .reply_buf = reply_buf,
@@ -360,7 +380,7 @@ static void call_big_within(struct rig *g, int i, const void *req, void *reply_b
 
 	memset(c, 0, sizeof(*c));
 	assert_int_equal(tern_call(g->s[i], M_ECHO, req, BIG, done_cb, &c->d, &co), 0);
-	raw_recv(g->ctx, &g->raw[i], &c->h, p);
+	(void)raw_take(g->ctx, &g->raw[i], &c->h, p, keep);
 	assert_int_equal(c->h.kind, TERN_MSG_REQ);
 	assert_true(c->h.flags & TERN_F_BULK);
 	if (reply_buf) {
@@ -374,6 +394,12 @@ static void call_big_within(struct rig *g, int i, const void *req, void *reply_b
 		tern_bulk_desc_decode(p, &c->q);
 	}
 	assert_int_equal(c->q.len, BIG);
+}
+
+static void call_big_within(struct rig *g, int i, const void *req, void *reply_buf,
+			    uint32_t timeout_ms, struct call *c)
+{
+	call_big_keep(g, i, req, reply_buf, timeout_ms, false, c);
 }
 
 static void call_big(struct rig *g, int i, const void *req, void *reply_buf, struct call *c)
@@ -677,6 +703,108 @@ static void test_another_sessions_key_is_refused(void **state)
 	rig_free(g);
 }
 
+/* ---- ending an export waits for nothing queued ---------------------------------------------- */
+
+/*
+ * A small call that cannot be delivered, now or for a long while: the raw
+ * server has no receive posted, and tern's QP retries the RNR NAKs forever
+ * (rnr_retry 7, the raw server's).  Everything posted after it on the
+ * connection waits behind it, as behind a large transfer to a peer that
+ * has just gone.
+ */
+static void call_stuck(struct rig *g, struct done *d)
+{
+	memset(d, 0, sizeof(*d));
+	assert_int_equal(tern_call(g->s[0], M_ECHO, "stuck", 5, done_cb, d, NULL), 0);
+	for (double end = now_s() + 0.3; now_s() < end;)
+		tern_ctx_run(g->ctx, TERN_RUN_NOWAIT);
+	assert_false(d->done);
+}
+
+/* The raw server takes the stuck call at last, and answers it: the session works. */
+static void call_unstuck(struct rig *g, struct done *d, uint64_t recv_id)
+{
+	struct tern_hdr q, h;
+	uint8_t p[S];
+
+	assert_false(ending_of(g->s[0])->closed);
+	assert_int_equal(vp_post_recv(&g->raw[0].ep, recv_id * S, S, recv_id), 0);
+	raw_recv(g->ctx, &g->raw[0], &q, p);
+	assert_int_equal(q.len, 5);
+	h = (struct tern_hdr){.kind = TERN_MSG_REP,
+			      .call_slot = q.call_slot,
+			      .call_gen = q.call_gen,
+			      .credits = 1,
+			      .len = 5};
+	raw_send(g->ctx, &g->raw[0], &h, "stuck");
+	run_until(g->ctx, &d->done, 10);
+	assert_true(d->done);
+	assert_int_equal(d->status, 0);
+	assert_int_equal(d->len, 5);
+	assert_false(ending_of(g->s[0])->closed);
+}
+
+/*
+ * A large call answered (@answered), or timed out, while a send posted
+ * before its end is stuck: its window ends at once (the callback runs, the
+ * session goes on, and the key is refused), not after everything queued
+ * before an invalidation on the same send queue (docs/chaos.md, open
+ * failure D: the context stood still for 10 s, then the session failed
+ * with -ETIMEDOUT).
+ */
+static void export_ends_behind_a_stuck_send(bool answered)
+{
+	struct rig *g = rig_new_full(1, TERN_PROGRESS_BUSY, 1);
+	uint8_t seed = answered ? 21 : 23;
+	static uint8_t req[BIG];
+	struct guarded m;
+	struct done stuck;
+	struct call c;
+
+	guarded_new(g, &m, seed);
+	fill(req, BIG, 22);
+	call_big_keep(g, 0, req, m.body, answered ? 0 : 500, true, &c);
+	call_stuck(g, &stuck);
+	if (answered) {
+		struct raw *r = &g->raw[0];
+
+		assert_int_equal(raw_rdma(g->ctx, r, IBV_WR_RDMA_READ, BIG, c.q.addr, c.q.key),
+				 IBV_WC_SUCCESS);
+		fill(r->ep.buf + DATA_OFF, BIG, 0x31);
+		assert_int_equal(raw_rdma(g->ctx, r, IBV_WR_RDMA_WRITE, BIG, c.rd.addr, c.rd.key),
+				 IBV_WC_SUCCESS);
+		raw_reply_bulk(g->ctx, r, &c.h, BIG);
+	}
+	run_until(g->ctx, &c.d.done, 20);
+	assert_true(c.d.done);
+	assert_int_equal(c.d.status, answered ? 0 : -ETIMEDOUT);
+	if (answered)
+		assert_memory_equal(m.body, g->raw[0].ep.buf + DATA_OFF, BIG);
+	for (double end = now_s() + 0.5; now_s() < end;)
+		tern_ctx_run(g->ctx, TERN_RUN_NOWAIT);
+	call_unstuck(g, &stuck, 0);
+	fill(g->raw[0].ep.buf + DATA_OFF, 16, 0xee);
+	assert_int_equal(raw_rdma(g->ctx, &g->raw[0], IBV_WR_RDMA_WRITE, 16, c.rd.addr, c.rd.key),
+			 IBV_WC_REM_ACCESS_ERR);
+	expect_epeer(g->ctx, g->s[0]);
+	if (!answered)
+		guarded_check(&m, seed);
+	guarded_free(&m);
+	rig_free(g);
+}
+
+static void test_an_answered_calls_export_ends_without_waiting_for_the_queue(void **state)
+{
+	(void)state;
+	export_ends_behind_a_stuck_send(true);
+}
+
+static void test_a_timed_out_calls_export_ends_without_waiting_for_the_queue(void **state)
+{
+	(void)state;
+	export_ends_behind_a_stuck_send(false);
+}
+
 /*
  * Not about keys, but this is where a raw server lives: a reply the server
  * sent just before it hung up reaches the caller (whose CQ holds it when
@@ -876,6 +1004,45 @@ static void test_server_writing_a_read_only_reply_buffer_fails_that_session(void
 	server_rig_free(g);
 }
 
+/*
+ * An honest caller that goes while the server pulls its request: it
+ * withdrew the export as it closed, so the server's RDMA READ is refused,
+ * and its disconnect follows.  That is a reset (-ECONNRESET), not a
+ * violation (docs/chaos.md, open failure E: it was TERN_EPEER); the same
+ * refusal with no disconnect after it still is one (the two tests above).
+ */
+static void test_a_caller_that_withdrew_its_request_and_went_is_a_reset(void **state)
+{
+	struct server_rig *g = server_rig_new();
+	struct tern_hdr h = {.kind = TERN_MSG_REQ, .flags = TERN_F_BULK, .method = M_ECHO};
+	struct ibv_mr *mr =
+		ibv_reg_mr(g->raw.ep.pd, g->raw.ep.buf + DATA_OFF, BIG, IBV_ACCESS_REMOTE_READ);
+	struct tern_bulk_desc q = {
+		.addr = (uintptr_t)g->raw.ep.buf + DATA_OFF, .len = BIG, .key = mr->rkey};
+	struct ending *e = ending_of(accepted);
+	uint8_t p[TERN_BULK_DESC_SIZE];
+	struct ibv_wc wc;
+
+	(void)state;
+	assert_int_equal(ibv_dereg_mr(mr), 0); /* withdrawn, as the caller closes */
+	tern_bulk_desc_encode(p, &q);
+	h.len = sizeof(p);
+	raw_send(g->ctx, &g->raw, &h, p);
+	/* Our NIC refused tern's READ: that stops our QP, and flushes our receives. */
+	do
+		assert_int_equal(raw_poll(g->ctx, &g->raw, &wc, 20), 1);
+	while (wc.status == IBV_WC_SUCCESS);
+	assert_int_equal(wc.status, IBV_WC_WR_FLUSH_ERR);
+	assert_int_equal(rdma_disconnect(g->raw.ep.id), 0);
+	run_until(g->ctx, &e->closed, 20);
+	assert_true(e->closed);
+	printf("session ended: %s\n", e->why);
+	assert_int_equal(e->reason, -ECONNRESET);
+	assert_int_equal(e->cnt.protocol_errors, 0);
+	the_server_still_serves(g);
+	server_rig_free(g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -889,12 +1056,15 @@ int main(void)
 		cmocka_unit_test(test_another_sessions_key_is_refused),
 		cmocka_unit_test(test_a_user_buffers_key_is_refused_once_its_call_timed_out),
 		cmocka_unit_test(test_a_timed_out_calls_staging_takes_the_late_reply),
+		cmocka_unit_test(test_an_answered_calls_export_ends_without_waiting_for_the_queue),
+		cmocka_unit_test(test_a_timed_out_calls_export_ends_without_waiting_for_the_queue),
 		cmocka_unit_test(test_a_reply_sent_just_before_the_server_hangs_up_is_delivered),
 		cmocka_unit_test(
 			test_a_reply_sent_just_before_the_server_hangs_up_is_delivered_event),
 		cmocka_unit_test(
 			test_server_reading_past_the_callers_registration_fails_that_session),
 		cmocka_unit_test(test_server_writing_a_read_only_reply_buffer_fails_that_session),
+		cmocka_unit_test(test_a_caller_that_withdrew_its_request_and_went_is_a_reset),
 	};
 
 	if (!fx_listen_uri()) {

@@ -1596,8 +1596,9 @@ static int shm_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off
 	return tern_xtab_add(&c->xt, m, off, len, writable, out);
 }
 
-static void shm_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)
+static void shm_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d, unsigned flags)
 {
+	(void)flags;
 	(void)tern_xtab_del(&C(bc)->xt, d); /* gone already with a failed connection: fine */
 }
 

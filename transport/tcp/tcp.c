@@ -1359,8 +1359,9 @@ static int tcp_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off
 	return tern_xtab_add(&c->xt, m, off, len, writable, out);
 }
 
-static void tcp_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)
+static void tcp_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d, unsigned flags)
 {
+	(void)flags;
 	struct tconn *c = C(bc);
 
 	if (tern_xtab_del(&c->xt, d))

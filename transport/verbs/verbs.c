@@ -89,8 +89,16 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
 #define VERBS_WIN_SLOT	  (6u << 20)
 #define VERBS_INV_SLOT	  (7u << 20)
 #define VERBS_WIN_MAX(c)  (2 * (c)->base.send_slots)
-#define VERBS_INV_WAIT_MS 10000	   /* see win_invalidate() */
-#define VERBS_RXE_VENDOR  0xffffff /* rdma_rxe's vendor_id (RXE_VENDOR_ID) */
+#define VERBS_INV_WAIT_MS 10000 /* see win_invalidate() */
+/*
+ * How long a transfer the peer's NIC refused waits for the peer's
+ * disconnect before it counts as a violation (see bulk_refused()).  An
+ * honest peer that closes or dies withdraws its exports just before its
+ * disconnect reaches us; a killed process's rdma_cm sends it as the
+ * process exits.  Seconds, for a loaded host.
+ */
+#define VERBS_VERDICT_MS 3000
+#define VERBS_RXE_VENDOR 0xffffff /* rdma_rxe's vendor_id (RXE_VENDOR_ID) */
 
 enum vstate {
 	V_RESOLVE_ADDR,
@@ -182,6 +190,13 @@ struct vconn {
 	bool report_again;    /* ...and sends posted since want one too */
 	uint32_t report_slot; /* the last send it covers */
 	uint32_t recvs_out;
+	/*
+	 * Sends ever posted, and how many of the first of them are known
+	 * done (released in post order): a window's bind posted after send
+	 * number k has been carried out once more than k are done.
+	 */
+	uint64_t sends_posted;
+	uint64_t sends_released;
 	int cq_reserved;
 	struct vbulk {
 		uint64_t cookie;
@@ -206,7 +221,17 @@ struct vconn {
 	const char *pending_why;
 	bool qp_dead;	    /* a completion failed: the QP is in the error state */
 	uint32_t bulk_busy; /* bitmask of bulk[] in use */
-	uv_timer_t timer;   /* connect deadline, then the drain grace period */
+	/*
+	 * A transfer the peer's NIC refused, waiting for the verdict
+	 * (bulk_refused()): a violation, or a peer that went.  Transfers
+	 * that finish meanwhile are held (bulk_held, still in bulk_busy)
+	 * and reported with it.
+	 */
+	bool verdict_pending;
+	uint32_t bulk_held;
+	int verdict_err;
+	char verdict_why[200];
+	uv_timer_t timer; /* connect deadline, then the drain grace period */
 };
 
 struct vlistener {
@@ -690,7 +715,7 @@ static void drain_timeout(uv_timer_t *tm)
 static void conn_check_drained(struct vconn *c)
 {
 	if (c->state == V_DOWN && c->sends_out <= c->unsignaled && c->recvs_out == 0 &&
-	    !c->bulk_busy && !c->report_out)
+	    !(c->bulk_busy & ~c->bulk_held) && !c->report_out)
 		conn_destroy(c);
 }
 
@@ -707,6 +732,8 @@ static void conn_teardown(struct vconn *c)
 		ibv_modify_qp(c->id->qp, &a, IBV_QP_STATE);
 	}
 	c->state = V_DOWN;
+	/* Transfers held for a verdict stay held: conn_destroy() reports them. */
+	c->verdict_pending = false;
 	uv_timer_stop(&c->timer);
 	uv_timer_start(&c->timer, drain_timeout, VERBS_DRAIN_GRACE_MS, 0);
 	conn_check_drained(c);
@@ -833,11 +860,19 @@ static int conn_wc_error(struct vconn *c, enum ibv_wc_status st, char *why, size
 	return wc_error(st);
 }
 
-/* One of @c's work requests (@what) completed with @st: the connection failed. */
+/*
+ * One of @c's work requests (@what) completed with @st: the connection
+ * failed.  Unless a refused transfer is awaiting its verdict: the QP is in
+ * the error state since, so this is its flush, and the verdict reports.
+ */
 static void conn_failed_wc(struct vconn *c, enum ibv_wc_status st, const char *what)
 {
 	char why[256], cause[200];
-	int err = conn_wc_error(c, st, cause, sizeof(cause));
+	int err;
+
+	if (c->verdict_pending)
+		return;
+	err = conn_wc_error(c, st, cause, sizeof(cause));
 
 	snprintf(why, sizeof(why), "%s completion: %s", what, cause);
 	conn_failed(c, err, why);
@@ -858,6 +893,7 @@ static bool release_sends(struct vconn *c, uint32_t slot, bool report)
 
 		c->posted_head = (c->posted_head + 1) % c->base.send_slots;
 		c->sends_out--;
+		c->sends_released++;
 		if (report)
 			t->ev->send_done(&c->base, s);
 		/* an upcall may have torn the connection down */
@@ -873,6 +909,59 @@ static bool release_sends(struct vconn *c, uint32_t slot, bool report)
 
 static int bulk_post_window(struct vconn *c, uint32_t op);
 static void verbs_report_sends(struct tern_conn *bc);
+
+/*
+ * The verdict on a refused transfer (bulk_refused()): tell the engine why
+ * the connection failed, then report the transfers held meanwhile.
+ */
+static void verdict_settle(struct vconn *c, int err, const char *why)
+{
+	uint32_t held = c->bulk_held;
+
+	c->verdict_pending = false;
+	c->bulk_held = 0; /* counted again: the drain waits for their reports */
+	conn_failed(c, err, why);
+	for (uint32_t i = 0; i < VERBS_BULK_OPS; i++) {
+		if ((held & (1u << i)) && (c->bulk_busy & (1u << i))) {
+			c->bulk_busy &= ~(1u << i);
+			c->t->ev->bulk_done(&c->base, c->bulk[i].cookie, err);
+		}
+	}
+	conn_check_drained(c);
+}
+
+static void verdict_timeout(uv_timer_t *tm)
+{
+	struct vconn *c = tm->data;
+
+	if (c->verdict_pending && c->state == V_UP)
+		verdict_settle(c, c->verdict_err, c->verdict_why);
+}
+
+/*
+ * Transfer @op met a remote access error: the peer's NIC refused what the
+ * peer's descriptor named.  A hostile or broken peer does that (memory it
+ * never exported, or not for this direction); so does an honest peer that
+ * closed or died while we were moving its data: its exports were withdrawn
+ * as it went, and its disconnect is on its way to us behind the refusal
+ * (rdma_cm tells us separately, in its own time).  So the verdict waits,
+ * up to VERBS_VERDICT_MS: the peer's disconnect in that time makes it a
+ * reset (-ECONNRESET, on_conn_event()), otherwise it is a violation
+ * (TERN_EPEER).  Either way the connection is over: the refusal put our QP
+ * in the error state, so nothing more moves meanwhile, and a peer that
+ * breaks the rules and then hangs up gains nothing by it.
+ */
+static void bulk_refused(struct vconn *c, uint32_t op)
+{
+	char cause[sizeof(c->verdict_why) - 20];
+
+	c->verdict_err = conn_wc_error(c, c->bulk[op].wcst, cause, sizeof(cause));
+	snprintf(c->verdict_why, sizeof(c->verdict_why), "bulk transfer: %s", cause);
+	c->verdict_pending = true;
+	c->bulk_held |= 1u << op;
+	uv_timer_stop(&c->timer);
+	uv_timer_start(&c->timer, verdict_timeout, VERBS_VERDICT_MS, 0);
+}
 
 /*
  * report_sends()'s WRITE completed: every send posted before it is done
@@ -926,6 +1015,15 @@ static void bulk_completion(struct vconn *c, uint32_t id, enum ibv_wc_status st)
 		if (rc == 0)
 			return;
 		b->status = rc;
+	}
+	if (c->state == V_UP && c->verdict_pending) {
+		c->bulk_held |= 1u << op; /* reported with the verdict */
+		return;
+	}
+	if (c->state == V_UP && !c->pending_err &&
+	    (b->wcst == IBV_WC_REM_ACCESS_ERR || b->wcst == IBV_WC_REM_INV_REQ_ERR)) {
+		bulk_refused(c, op);
+		return;
 	}
 	c->bulk_busy &= ~(1u << op);
 	status = b->status;
@@ -1185,7 +1283,13 @@ static void on_conn_event(struct verbs_tctx *t, struct vconn *c, struct cm_ev *e
 			while (t->conns[index] == c && c->gen == gen && c->state == V_UP &&
 			       poll_cqs(t, VERBS_POLL_BATCH) > 0)
 				;
-			if (t->conns[index] == c && c->gen == gen && c->state == V_UP)
+			if (t->conns[index] != c || c->gen != gen || c->state != V_UP)
+				break;
+			if (c->verdict_pending)
+				verdict_settle(c, -ECONNRESET,
+					       "the peer disconnected (a transfer into memory it "
+					       "withdrew as it went was refused)");
+			else
 				conn_failed(c, -ECONNRESET, "the peer disconnected");
 		} else if (c->state < V_UP) {
 			conn_failed(c, -ECONNRESET, NULL);
@@ -1450,6 +1554,7 @@ static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, ui
 		return -rc;
 	c->posted[(c->posted_head + c->sends_out) % c->base.send_slots] = slot;
 	c->sends_out++;
+	c->sends_posted++;
 	return 0;
 }
 
@@ -1529,6 +1634,7 @@ struct vwin {
 	struct ibv_mw *mw;	     /* windows: made at first use, bound by each export */
 	struct ibv_mr *mr;	     /* VX_WINDOW_EXACT, VX_REGISTER: this export's range */
 	uint32_t rkey;		     /* the key the peer was given */
+	uint64_t bind_after;	     /* c->sends_posted when it was bound */
 	uint64_t addr, len;	     /* the range */
 	struct vmem *region;	     /* the region it lies in */
 	struct vwin *rnext, **rprev; /* in region->wins */
@@ -1695,6 +1801,7 @@ static int win_bind(struct vconn *c, struct vwin *w, struct ibv_mr *mr, uint64_t
 	 * key); the next bind takes the next one. */
 	w->mw->rkey = rkey;
 	w->rkey = rkey;
+	w->bind_after = c->sends_posted;
 	return 0;
 }
 
@@ -1759,14 +1866,59 @@ static void win_kill(struct vconn *c, struct vwin *w)
 		win_put(c, w);
 }
 
-/* End @w's export: when this returns, the peer can reach none of it. */
-static void win_retire(struct vconn *c, struct vwin *w)
+/*
+ * Has @w's bind been carried out?  A send queue carries out work requests
+ * in order: yes once the peer answered the message that carried its key
+ * (@flags), or once a send posted after the bind is done.
+ */
+static bool win_bind_done(const struct vconn *c, const struct vwin *w, unsigned flags)
 {
+	return (flags & TERN_UNEXPORT_ANSWERED) || c->sends_released > w->bind_after;
+}
+
+/*
+ * End @w's export: when this returns, the peer can reach none of it.
+ *
+ * Deallocating the window ends it at once (ibv_dealloc_mw is synchronous,
+ * like ibv_dereg_mr), whatever the send queue still holds: a local
+ * invalidation would complete only after every work request posted before
+ * it, and a large transfer in flight, or any send to a peer that has just
+ * gone, would hold the whole context until the QP's retries ran out.  The
+ * next export allocates a window again.  That needs the bind carried out
+ * first: a bind of a deallocated window fails, and takes the QP with it.
+ * It is known to be (win_bind_done()) for every call that was answered,
+ * and for a call that timed out once its request was sent; for the rest,
+ * a call that timed out with its request still queued, or an export whose
+ * call could not be sent, the invalidation is posted behind the bind and
+ * waited for (win_invalidate()), as the connection must then carry out the
+ * queue ahead anyway.  When the connection goes right after (CLOSING), its
+ * QP goes into the error state first: nothing queued runs any more, and
+ * the peer, whose transfers now meet silence rather than a refusal, sees
+ * the connection reset rather than a violation.
+ */
+static void win_retire(struct vconn *c, struct vwin *w, unsigned flags)
+{
+	bool dealloc = c->dev->xmode != VX_REGISTER;
+
 	win_unlink(w);
-	/* A window we could not invalidate may still be bound: deallocate it,
-	 * which frees its registration too (rxe refuses to deregister one
-	 * with a window bound). */
-	if (c->dev->xmode != VX_REGISTER && win_invalidate(c, w)) {
+	if (dealloc && c->state == V_UP && (flags & TERN_UNEXPORT_CLOSING) && !c->qp_dead) {
+		struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
+
+		ibv_modify_qp(c->id->qp, &a, IBV_QP_STATE);
+		c->qp_dead = true;
+		if (!c->pending_err) {
+			/* what its flushes report, should the engine not
+			 * disconnect as it said it would */
+			c->pending_err = -ECONNRESET;
+			c->pending_why = "the connection was closed";
+		}
+	}
+	/* A window we could not invalidate may still be bound: deallocate it
+	 * (rxe refuses to deregister a registration with a window bound). */
+	if (dealloc && c->state == V_UP && !c->qp_dead && !c->pending_err &&
+	    !win_bind_done(c, w, flags) && win_invalidate(c, w) == 0)
+		dealloc = false;
+	if (dealloc) {
 		ibv_dealloc_mw(w->mw);
 		w->mw = NULL;
 	}
@@ -1860,7 +2012,8 @@ fail:
 	return rc;
 }
 
-static void verbs_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d)
+static void verbs_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_desc *d,
+				unsigned flags)
 {
 	struct vconn *c = C(bc);
 	struct vwin *w;
@@ -1870,7 +2023,7 @@ static void verbs_bulk_unexport(struct tern_conn *bc, const struct tern_bulk_des
 	if (d->aux >= c->nwins || !(w = c->wins[d->aux])->live || w->rkey != d->key ||
 	    w->addr != d->addr || w->len != d->len)
 		return;
-	win_retire(c, w);
+	win_retire(c, w, flags);
 }
 
 /* The region's state on this connection's device, for local access. */

@@ -12,9 +12,17 @@
  * --inflight 1 times each round trip (compare with shm_ring_pingpong and
  * tcp_pingpong); more keeps that many calls in flight and reports the rate.
  * Output: one JSON object per size, the keys of every tern benchmark.
+ *
+ * --one-cpu pins both processes to CPU 0, where each peer's wake-up
+ * competes with the other's spinning: adaptive progress with a long
+ * --adaptive-spin-us must yield while quiet, or every round trip waits out
+ * the window.  Divide its p50 by event mode's on one CPU, measured in the
+ * same run (docs/performance.md, "Adaptive peers on one CPU"); this was a
+ * unit test's timed assertion, which a loaded machine failed.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -37,6 +45,8 @@ struct cfg {
 	int nsizes;
 	long iters, warmup;
 	int inflight;
+	bool one_cpu;
+	uint32_t adaptive_spin_us; /* 0: the library's default */
 	uint32_t slot_size, slot_count;
 };
 
@@ -57,7 +67,9 @@ static void server_session_closed(tern_session *s, int reason)
 
 static int serve(const struct cfg *c, int wfd)
 {
-	struct tern_ctx_opts co = {.size = sizeof(co), .progress = c->progress};
+	struct tern_ctx_opts co = {.size = sizeof(co),
+				   .progress = c->progress,
+				   .adaptive_spin_us = c->adaptive_spin_us};
 	struct tern_session_opts so = {.size = sizeof(so),
 				       .slot_size = c->slot_size,
 				       .slot_count = c->slot_count,
@@ -157,16 +169,21 @@ static int run_size(struct run *r, uint8_t *buf)
 	bench_stats_compute(&st, r->lat, (size_t)r->c->iters, bench_now_us() - t_begin);
 	printf("{\"bench\":\"tern_local\",\"transport\":\"%s\",\"mode\":\"%s\",\"kind\":\"tern\","
 	       "\"handler\":\"inplace\",\"size\":%zu,\"inflight\":%d,\"iters\":%ld,"
+	       "\"one_cpu\":%s,\"adaptive_spin_us\":%u,"
 	       "\"p50_us\":%.3f,\"p99_us\":%.3f,\"mean_us\":%.3f,\"rate_per_s\":%.0f}\n",
-	       r->c->transport, r->c->mode, r->len, r->c->inflight, r->c->iters, st.p50_us,
-	       st.p99_us, st.mean_us, st.rate_per_s);
+	       r->c->transport, r->c->mode, r->len, r->c->inflight, r->c->iters,
+	       r->c->one_cpu ? "true" : "false", r->c->adaptive_spin_us, st.p50_us, st.p99_us,
+	       st.mean_us, st.rate_per_s);
 	fflush(stdout);
 	return 0;
 }
 
 static int client(const struct cfg *c, const char *uri)
 {
-	struct tern_ctx_opts co = {.size = sizeof(co), .progress = c->progress, .busy_spin_us = 1};
+	struct tern_ctx_opts co = {.size = sizeof(co),
+				   .progress = c->progress,
+				   .busy_spin_us = 1,
+				   .adaptive_spin_us = c->adaptive_spin_us};
 	struct tern_session_opts so = {.size = sizeof(so),
 				       .slot_size = c->slot_size,
 				       .slot_count = c->slot_count,
@@ -202,6 +219,7 @@ static void usage(FILE *f)
 	fprintf(f, "usage: tern_local_bench --transport shm|tcp [--mode busy|event|adaptive]\n"
 		   "                        [--sizes 32,256,...] [--iters N] [--warmup N] "
 		   "[--inflight N]\n"
+		   "                        [--one-cpu] [--adaptive-spin-us US]\n"
 		   "tern's echo between two processes on this host; JSON lines on stdout.\n");
 }
 
@@ -214,6 +232,8 @@ int main(int argc, char **argv)
 		{"iters", required_argument, 0, 'n'},
 		{"warmup", required_argument, 0, 'w'},
 		{"inflight", required_argument, 0, 'i'},
+		{"one-cpu", no_argument, 0, '1'},
+		{"adaptive-spin-us", required_argument, 0, 'a'},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -230,7 +250,7 @@ int main(int argc, char **argv)
 	pid_t pid;
 	FILE *fp;
 
-	while ((ch = getopt_long(argc, argv, "t:m:s:n:w:i:h", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "t:m:s:n:w:i:1a:h", opts, NULL)) != -1) {
 		switch (ch) {
 		case 't':
 			c.transport = optarg;
@@ -252,6 +272,12 @@ int main(int argc, char **argv)
 			break;
 		case 'i':
 			c.inflight = atoi(optarg);
+			break;
+		case '1':
+			c.one_cpu = true;
+			break;
+		case 'a':
+			c.adaptive_spin_us = (uint32_t)atol(optarg);
 			break;
 		case 'h':
 			usage(stdout);
@@ -277,6 +303,17 @@ int main(int argc, char **argv)
 		c.slot_size = 1024;
 	c.slot_count = c.inflight > 32 ? (uint32_t)c.inflight : 32;
 
+	if (c.one_cpu) {
+		cpu_set_t one;
+
+		/* before the fork: the server inherits it */
+		CPU_ZERO(&one);
+		CPU_SET(0, &one);
+		if (sched_setaffinity(0, sizeof(one), &one)) {
+			perror("tern_local_bench: sched_setaffinity");
+			return 1;
+		}
+	}
 	if (pipe(pfd))
 		return 1;
 	pid = fork();

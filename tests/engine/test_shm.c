@@ -1243,20 +1243,6 @@ static void test_refusal_with_a_made_up_status_is_a_plain_refusal(void **state)
 
 /* ---- doorbells across processes: a lost wake-up would hang a call --------------------------- */
 
-/* The co-location test's adaptive window: what a starved peer would wait. */
-#define ADAPTIVE_WINDOW_US 1000
-
-static void pin_to_cpu0(cpu_set_t *old)
-{
-	cpu_set_t one;
-
-	if (old)
-		sched_getaffinity(0, sizeof(*old), old);
-	CPU_ZERO(&one);
-	CPU_SET(0, &one);
-	sched_setaffinity(0, sizeof(one), &one);
-}
-
 static void ptrace_cap(int on);
 
 static int serve_main(const char *mode)
@@ -1269,8 +1255,6 @@ static int serve_main(const char *mode)
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() == 1)
 		return 1;
-	if (getenv("TERN_TEST_PIN0"))
-		pin_to_cpu0(NULL);
 	/* no one without CAP_SYS_PTRACE may reach our memory */
 	if (strcmp(mode, "undumpable") == 0)
 		prctl(PR_SET_DUMPABLE, 0);
@@ -1280,9 +1264,8 @@ static int serve_main(const char *mode)
 	co.progress = strcmp(mode, "event") == 0      ? TERN_PROGRESS_EVENT
 		      : strcmp(mode, "adaptive") == 0 ? TERN_PROGRESS_ADAPTIVE
 						      : TERN_PROGRESS_BUSY;
-	/* sleep as soon as it can: the racy path (the co-location test wants
-	 * a long window instead) */
-	co.adaptive_spin_us = getenv("TERN_TEST_PIN0") ? ADAPTIVE_WINDOW_US : 5;
+	/* sleep as soon as it can: the racy path */
+	co.adaptive_spin_us = 5;
 	if (tern_ctx_create(&co, &ctx) || tern_register_raw(ctx, M_ECHO, echo_raw, NULL) ||
 	    tern_register_inplace(ctx, M_INPLACE, echo_inplace, NULL) ||
 	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
@@ -1392,58 +1375,6 @@ static void test_adaptive_mode_doorbells_lose_no_wakeup(void **state)
 {
 	(void)state;
 	doorbell_stress("adaptive", TERN_PROGRESS_ADAPTIVE);
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-/*
- * Adaptive peers on one CPU.  A doorbell often wakes the peer on the
- * waker's CPU; a side that then spins without yielding keeps its peer from
- * answering until it gives up and sleeps, a whole adaptive_spin_us later.
- * Pinned to one CPU that is every call: with a 1 ms window the median
- * would be over 1 ms; yielding while quiet, it is tens of microseconds.
- */
-static void test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other(void **state)
-{
-	struct tern_ctx_opts co = {.size = sizeof(co),
-				   .progress = TERN_PROGRESS_ADAPTIVE,
-				   .adaptive_spin_us = ADAPTIVE_WINDOW_US};
-	enum { N = 2000 };
-	static double lat[N];
-	cpu_set_t old;
-	char uri[128];
-	tern_session *s;
-	tern_ctx *ctx;
-	uint8_t out[16];
-	pid_t pid;
-
-	(void)state;
-	setenv("TERN_TEST_PIN0", "1", 1);
-	pid = spawn_server("adaptive", uri, sizeof(uri));
-	unsetenv("TERN_TEST_PIN0");
-	pin_to_cpu0(&old);
-	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
-	assert_int_equal(tern_connect_sync(ctx, uri, NULL, 10000, &s), 0);
-	for (int i = 0; i < N; i++) {
-		struct tern_sync_reply rep = {.buf = out, .cap = sizeof(out)};
-		double c0 = now_s();
-
-		assert_int_equal(tern_call_sync(s, M_ECHO, &i, sizeof(i), &rep, 3000), 0);
-		lat[i] = now_s() - c0;
-	}
-	qsort(lat, N, sizeof(lat[0]), cmp_double);
-	printf("adaptive peers on one CPU: median %.1f us, p90 %.1f us\n", lat[N / 2] * 1e6,
-	       lat[N * 9 / 10] * 1e6);
-	sched_setaffinity(0, sizeof(old), &old);
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	assert_int_equal(tern_ctx_destroy(ctx), 0);
-	/* far under the window a starved peer waits out */
-	assert_true(lat[N / 2] < ADAPTIVE_WINDOW_US * 0.3e-6);
 }
 
 /* ---- large messages from a hostile peer -----------------------------------------------------
@@ -1972,7 +1903,6 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_refusal_with_a_made_up_status_is_a_plain_refusal),
 		cmocka_unit_test(test_event_mode_doorbells_lose_no_wakeup),
 		cmocka_unit_test(test_adaptive_mode_doorbells_lose_no_wakeup),
-		cmocka_unit_test(test_adaptive_peers_sharing_a_cpu_do_not_starve_each_other),
 		cmocka_unit_test(test_large_echo_between_two_processes),
 		cmocka_unit_test(test_a_peer_that_cannot_reach_us_gets_its_half_copied_for_it),
 		cmocka_unit_test(test_no_ptrace_access_is_eperm_at_the_caller_saying_why),

@@ -231,7 +231,7 @@ struct vconn {
 	uint32_t bulk_held;
 	int verdict_err;
 	char verdict_why[200];
-	uv_timer_t timer; /* connect deadline, then the drain grace period */
+	uv_timer_t timer; /* connect deadline, a verdict's wait, the drain grace period */
 };
 
 struct vlistener {
@@ -573,10 +573,12 @@ static int conn_setup(struct vconn *c)
 	 * Send queue: a send per send slot (the engine reuses a slot only
 	 * after send_done, which needs the completion of that send or of a
 	 * later one), report_sends()'s one WRITE, the bulk windows, and
-	 * with memory windows one bind per window (unsignaled, each is done
-	 * once a later completion is seen: at the latest the signalled
-	 * invalidation that ends its export, which we wait for) plus that
-	 * one invalidation.
+	 * with memory windows the binds (unsignaled, each done once a later
+	 * completion is seen) plus one waited invalidation (win_retire()).
+	 * Each bind comes before the send that carries its key, at most two
+	 * per send (or is invalidated and waited for, its send never going),
+	 * and sends not yet seen done are at most send_slots, so binds not yet
+	 * seen done are at most VERBS_WIN_MAX.
 	 */
 	qa.cap.max_send_wr =
 		c->base.send_slots + 1 + VERBS_BULK_WR + (windows ? VERBS_WIN_MAX(c) + 1 : 0);
@@ -1631,7 +1633,7 @@ struct vwin {
 	struct vconn *c;
 	uint32_t idx;		     /* in c->wins; the descriptor's aux */
 	bool live;		     /* exported now */
-	struct ibv_mw *mw;	     /* windows: made at first use, bound by each export */
+	struct ibv_mw *mw;	     /* windows: allocated per export, bound, deallocated */
 	struct ibv_mr *mr;	     /* VX_WINDOW_EXACT, VX_REGISTER: this export's range */
 	uint32_t rkey;		     /* the key the peer was given */
 	uint64_t bind_after;	     /* c->sends_posted when it was bound */

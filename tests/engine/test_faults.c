@@ -314,14 +314,19 @@ static void *hostile_thread(void *arg)
 		int got;
 
 		memcpy(h->ep.buf + 8 * H_SLOT, h->msgs[i], h->lens[i]);
-		if ((h->rc = vp_post_send(&h->ep, 8 * H_SLOT, h->lens[i], 0, IBV_SEND_SIGNALED)))
+		if ((h->rc = vp_post_send(&h->ep, 8 * H_SLOT, h->lens[i], 0, IBV_SEND_SIGNALED))) {
+			fprintf(stderr, "hostile peer: posting message %d: %s\n", i,
+				strerror(-h->rc));
 			return NULL;
+		}
 		got = vp_poll_one(&h->ep, &wc, 5000);
 		/* The last message is the violation: the server may close on
 		 * it before its acknowledgement leaves, so our send may then
 		 * fail (or not complete yet).  Whether it arrived is for the
 		 * server's counters to say, not for this completion. */
 		if (i < h->nmsgs - 1 && (got != 1 || wc.status != IBV_WC_SUCCESS)) {
+			fprintf(stderr, "hostile peer: message %d: %s\n", i,
+				got == 1 ? ibv_wc_status_str(wc.status) : "no completion");
 			h->rc = -EIO;
 			return NULL;
 		}

@@ -282,6 +282,13 @@ void vp_listener_close(struct vp_listener *l)
 	memset(l, 0, sizeof(*l));
 }
 
+/* A step of vp_connect_ex() failed: say which (a flake's only witness), return @rc. */
+static int failed(const char *step, int rc)
+{
+	fprintf(stderr, "verbs_pair: connect: %s failed: %s\n", step, strerror(-rc));
+	return rc;
+}
+
 int vp_connect_ex(const struct vp_opts *o, struct vp_endpoint *ep, int prepost_n, size_t recv_len,
 		  void *reject_data, size_t *reject_len)
 {
@@ -301,29 +308,29 @@ int vp_connect_ex(const struct vp_opts *o, struct vp_endpoint *ep, int prepost_n
 		return rc;
 	ep->ch = rdma_create_event_channel();
 	if (!ep->ch)
-		return neg_errno(EIO);
+		return failed("rdma_create_event_channel", neg_errno(EIO));
 	if (rdma_create_id(ep->ch, &ep->id, NULL, RDMA_PS_TCP))
-		return neg_errno(EIO);
+		return failed("rdma_create_id", neg_errno(EIO));
 	if (rdma_resolve_addr(ep->id, NULL, (struct sockaddr *)&sin, tmo))
-		return neg_errno(EIO);
+		return failed("rdma_resolve_addr", neg_errno(EIO));
 	if ((rc = vp_wait_cm_event(ep->ch, RDMA_CM_EVENT_ADDR_RESOLVED, NULL, tmo)))
-		return rc;
+		return failed("waiting for ADDR_RESOLVED", rc);
 	if (rdma_resolve_route(ep->id, tmo))
-		return neg_errno(EIO);
+		return failed("rdma_resolve_route", neg_errno(EIO));
 	if ((rc = vp_wait_cm_event(ep->ch, RDMA_CM_EVENT_ROUTE_RESOLVED, NULL, tmo)))
-		return rc;
+		return failed("waiting for ROUTE_RESOLVED", rc);
 	if ((rc = build_endpoint(ep, ep->id, o)) || (rc = prepost(ep, prepost_n, recv_len)))
-		return rc;
+		return failed("building the endpoint", rc);
 	conn_param_init(&cp, o);
 	if (rdma_connect(ep->id, &cp))
-		return neg_errno(EIO);
+		return failed("rdma_connect", neg_errno(EIO));
 
 	pfd.fd = ep->ch->fd;
 	pfd.events = POLLIN;
 	if (poll(&pfd, 1, tmo) != 1)
-		return -ETIMEDOUT;
+		return failed("waiting for the connect's outcome", -ETIMEDOUT);
 	if (rdma_get_cm_event(ep->ch, &ev))
-		return neg_errno(EIO);
+		return failed("rdma_get_cm_event", neg_errno(EIO));
 	switch (ev->event) {
 	case RDMA_CM_EVENT_ESTABLISHED:
 		rc = 0;
@@ -344,6 +351,8 @@ int vp_connect_ex(const struct vp_opts *o, struct vp_endpoint *ep, int prepost_n
 		break;
 	default:
 		rc = ev->status < 0 ? ev->status : -EPROTO;
+		fprintf(stderr, "verbs_pair: connect: %s (status %d)\n", rdma_event_str(ev->event),
+			ev->status);
 		break;
 	}
 	rdma_ack_cm_event(ev);

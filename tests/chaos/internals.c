@@ -110,3 +110,8 @@ int chaos_ctx_sessions(tern_ctx *ctx)
 		n++;
 	return n;
 }
+
+unsigned chaos_bulk_desc_size(void)
+{
+	return TERN_BULK_DESC_SIZE;
+}

@@ -2284,8 +2284,6 @@ static void step_check(struct agent *a)
 			continue;
 		}
 		live++;
-		if (cfg.features & CF_SLOTS_HOME)
-			chaos_session_report_sends(cs->s);
 		if (!bad && !chaos_session_home(cs->s, (cfg.features & CF_SLOTS_HOME) != 0, why,
 						sizeof(why)))
 			bad = cs;

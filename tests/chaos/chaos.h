@@ -328,13 +328,6 @@ int chaos_register_mem(void);
  * and request slots)?  If not, @why says what is not.
  */
 bool chaos_session_home(tern_session *s, bool slots, char *why, size_t len);
-/*
- * Ask @s's provider to report every send posted so far, as the engine does
- * when a call or a request waits for a slot: a send it reports late (verbs
- * signals every few) then frees its slot in bounded time.  Nothing asks
- * once traffic stops, so the slot check asks first.
- */
-void chaos_session_report_sends(tern_session *s);
 /* tern_session_drain()'s condition, for agents that may not block. */
 bool chaos_session_drained(tern_session *s);
 /* The engine's view of @s, for a stall's report. */

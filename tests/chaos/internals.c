@@ -88,11 +88,6 @@ bool chaos_session_home(tern_session *s, bool slots, char *why, size_t len)
 	return true;
 }
 
-void chaos_session_report_sends(tern_session *s)
-{
-	tern__session_report_sends(s);
-}
-
 void chaos_session_state(tern_session *s, char *out, size_t len)
 {
 	struct tern_rpc_session *r = tern__rpc(s);

@@ -1265,10 +1265,27 @@ static int serve_main(const char *mode)
 	tern_listener *l;
 	tern_ctx *ctx;
 
-	/* Never outlive the test, even one that failed before killing us. */
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() == 1)
-		return 1;
+	/*
+	 * "yama": a server no ancestor of the test's, so that Yama's
+	 * ptrace_scope 1 stands between the two as between unrelated
+	 * processes: the intermediate process exits, we are reparented.  A
+	 * deadline, not the parent's death, bounds our life then.
+	 */
+	if (strcmp(mode, "yama") == 0) {
+		pid_t pid = fork();
+
+		if (pid < 0)
+			return 1;
+		if (pid > 0)
+			return 0;
+		alarm(300);
+		ptrace_cap(0);
+	} else {
+		/* Never outlive the test, even one that failed before killing us. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() == 1)
+			return 1;
+	}
 	if (getenv("TERN_TEST_PIN0"))
 		pin_to_cpu0(NULL);
 	/* no one without CAP_SYS_PTRACE may reach our memory */
@@ -1287,7 +1304,7 @@ static int serve_main(const char *mode)
 	    tern_register_inplace(ctx, M_INPLACE, echo_inplace, NULL) ||
 	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
 		return 1;
-	printf("%s\n", tern_listener_uri(l));
+	printf("%s %d\n", tern_listener_uri(l), (int)getpid());
 	fflush(stdout);
 	tern_ctx_run(ctx, TERN_RUN_DEFAULT);
 	return 0;
@@ -1312,6 +1329,13 @@ static pid_t spawn_server(const char *mode, char *uri, size_t len)
 	assert_non_null(fgets(uri, (int)len, fp));
 	uri[strcspn(uri, "\n")] = 0;
 	fclose(fp);
+	/* "URI PID": the server's own pid, which the yama mode's is not ours */
+	assert_non_null(strchr(uri, ' '));
+	if (strcmp(mode, "yama") == 0) {
+		waitpid(pid, NULL, 0); /* the intermediate */
+		pid = (pid_t)atoi(strchr(uri, ' ') + 1);
+	}
+	*strchr(uri, ' ') = 0;
 	return pid;
 }
 
@@ -2366,8 +2390,96 @@ static void test_no_ptrace_setting_moves_large_calls_without_process_vm(void **s
 	unsetenv("TERN_SHM_NO_PTRACE");
 }
 
+/*
+ * Under Yama ptrace_scope 1 (Ubuntu's default), with a server that is no
+ * descendant of ours and neither side holding CAP_SYS_PTRACE: what two
+ * unrelated processes of one user get.  Needs a kernel with Yama (the
+ * rdma lane's VM has one; this host may not) and root to set it.
+ */
+static char yama_old[8];
+
+static int yama_setup(void **state)
+{
+	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r+");
+
+	(void)state;
+	if (!f)
+		return 0; /* each test skips, which fails the lane that insists */
+	assert_non_null(fgets(yama_old, sizeof(yama_old), f));
+	assert_true(fputs("1\n", f) >= 0);
+	assert_int_equal(fclose(f), 0);
+	return 0;
+}
+
+static int yama_teardown(void **state)
+{
+	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "w");
+
+	(void)state;
+	if (f) {
+		fputs(yama_old, f);
+		fclose(f);
+	}
+	return 0;
+}
+
+static void yama_large_echo(enum echo_mem mem, const char *mapped)
+{
+	char why[256];
+	int rc;
+
+	if (access("/proc/sys/kernel/yama/ptrace_scope", F_OK))
+		skip();
+	ptrace_cap(0);
+	rc = large_echo_with_mem("yama", mem, why, sizeof(why), mapped);
+	ptrace_cap(1);
+	if (rc)
+		printf("call failed: %s (%s)\n", tern_strerror(rc), why);
+	assert_int_equal(rc, 0);
+}
+
+/* First, that Yama does stand between the test and such a server. */
+static void test_yama_ptrace_scope_1_denies_process_vm_to_an_unrelated_server(void **state)
+{
+	char uri[128], byte;
+	struct iovec l = {.iov_base = &byte, .iov_len = 1};
+	struct iovec r = {.iov_base = &byte, .iov_len = 1}; /* some address of its: same binary */
+	ssize_t n;
+	pid_t pid;
+	int err;
+
+	(void)state;
+	if (access("/proc/sys/kernel/yama/ptrace_scope", F_OK))
+		skip();
+	pid = spawn_server("yama", uri, sizeof(uri));
+	ptrace_cap(0);
+	n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+	err = errno;
+	ptrace_cap(1);
+	kill(pid, SIGKILL);
+	assert_int_equal(n, -1);
+	assert_int_equal(err, EPERM);
+}
+
+static void test_yama_ptrace_scope_1_large_calls_go_through_a_staging_memfd(void **state)
+{
+	(void)state;
+	yama_large_echo(ECHO_MALLOC, "tern-shm-stage");
+}
+
+static void test_yama_ptrace_scope_1_large_calls_map_tern_mem_alloc_memory(void **state)
+{
+	(void)state;
+	yama_large_echo(ECHO_ALLOC, "tern-mem");
+}
+
 int main(int argc, char **argv)
 {
+	const struct CMUnitTest yama_tests[] = {
+		cmocka_unit_test(test_yama_ptrace_scope_1_denies_process_vm_to_an_unrelated_server),
+		cmocka_unit_test(test_yama_ptrace_scope_1_large_calls_go_through_a_staging_memfd),
+		cmocka_unit_test(test_yama_ptrace_scope_1_large_calls_map_tern_mem_alloc_memory),
+	};
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_inplace_reply_is_read_in_place_from_the_same_memfd_page),
 		cmocka_unit_test(test_default_name_is_abstract_and_leaves_no_file),
@@ -2440,5 +2552,13 @@ int main(int argc, char **argv)
 	setenv("TERN_TEST_TRANSPORT", "shm", 1);
 	if (argc > 2 && strcmp(argv[1], "--serve") == 0)
 		return serve_main(argv[2]);
+	/* the rdma lane runs these in the VM, whose kernel has Yama (tests/meson.build) */
+	if (argc > 1 && strcmp(argv[1], "--yama") == 0) {
+		if (access("/proc/sys/kernel/yama/ptrace_scope", W_OK)) {
+			fprintf(stderr, "no Yama ptrace_scope to set here\n");
+			return 77; /* a skip: the rdma lane fails on it */
+		}
+		return cmocka_run_group_tests(yama_tests, yama_setup, yama_teardown);
+	}
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

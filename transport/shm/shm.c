@@ -1847,11 +1847,9 @@ static void stage_put(struct sconn *c, uint32_t id)
 	struct shm_lent *a = &c->lent[id];
 
 	a->busy = false;
-	if (c->stage_idle + a->size > SHM_STAGE_IDLE_MAX) {
-		lent_retire(c, id, true);
-		return;
-	}
 	c->stage_idle += a->size;
+	if (c->stage_idle > SHM_STAGE_IDLE_MAX)
+		lent_retire(c, id, true);
 }
 
 /* Answer the checked request @b with a BULK_MAP: area @id, at @off. */

@@ -1988,6 +1988,70 @@ static void test_hostile_filled_for_an_area_lent_for_a_read(void **state)
 	area_give_back_refused(true, SHM_MSG_BULK_FILLED);
 }
 
+/* Ask the server for [off, off + len) of its export @q; it answers with a
+ * staged area, which we give back at once.  The area's id; *@fd: its
+ * memfd if it came along (else -1). */
+static uint32_t staged_read(struct hostile *h, const struct tern_bulk_desc *q, uint64_t off,
+			    uint64_t len, void *into, int *fd)
+{
+	struct shm_bulk b = {.xaddr = q->addr + off,
+			     .len = len,
+			     .laddr = (uintptr_t)into,
+			     .key = q->key,
+			     .token = 0x500 + (uint32_t)off,
+			     .op = SHM_BULK_READ},
+			mp;
+
+	send_bulk(h, SHM_MSG_BULK_REQ, &b);
+	expect_bulk(h, SHM_MSG_BULK_MAP, &mp, fd);
+	assert_int_equal(mp.op, SHM_BULK_READ | SHM_MAP_STAGED);
+	assert_int_equal(mp.len, len);
+	send_bulk(h, SHM_MSG_BULK_FREE, &(struct shm_bulk){.key = mp.key, .token = mp.token});
+	return mp.key;
+}
+
+/*
+ * Idle staging is kept for reuse up to 64 MiB a connection; past that, an
+ * area given back is retired and the peer told to unmap it, every time.
+ */
+static void test_idle_staging_past_64_mib_is_unmapped(void **state)
+{
+	size_t big = 40 << 20;
+	uint8_t *req = malloc(big), got[1000];
+	struct hostile h;
+	struct tern_bulk_desc q;
+	struct shm_bulk um;
+	uint32_t id;
+	int fd;
+
+	(void)state;
+	assert_non_null(req);
+	setenv("TERN_SHM_NO_PTRACE", "1", 1);
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hostile_handshake(&h);
+	unsetenv("TERN_SHM_NO_PTRACE");
+	memset(req, 0x42, big);
+	assert_int_equal(tern_call(h.srv, M_ECHO, req, big, ignore_call, NULL, NULL), 0);
+	server_call_desc(&h, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE, TERN_F_BULK, &q);
+	/* 33 MiB: a 64 MiB area, kept idle once given back */
+	assert_int_equal(staged_read(&h, &q, 0, 33 << 20, NULL, &fd), 0);
+	close(fd);
+	/* now each small one goes over the limit: retired when given back */
+	for (int i = 0; i < 3; i++) {
+		id = staged_read(&h, &q, 64 + (uint64_t)i, sizeof(got), NULL, &fd);
+		assert_int_not_equal(id, 0);
+		assert_true(fd >= 0); /* new each time: the last one was retired */
+		close(fd);
+		expect_bulk(&h, SHM_MSG_BULK_UNMAP, &um, NULL);
+		assert_int_equal(um.key, id);
+	}
+	for (int i = 0; i < 100; i++)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	assert_false(h.closed);
+	hostile_teardown(&h);
+	free(req);
+}
+
 /* tern_mem_alloc() memory is lent as it is, whatever ptrace allows: the
  * region's own memfd, the offset of the piece asked for inside it. */
 static void test_tern_mem_alloc_memory_is_lent_as_its_own_memfd(void **state)
@@ -2248,16 +2312,18 @@ enum echo_mem {
 };
 
 /*
- * Large echoes of 8 MiB, the request one way and the reply the other, with
+ * Large echoes of echo_size bytes (8 MiB), the request one way and the reply the other, with
  * a server in another process (@server_mode); the first failed call's
  * status and message.  @mapped, when not NULL: a memfd the server must map
  * once the calls are done ("tern-shm-stage", "tern-mem"), and, for
  * tern-mem, unmap once we deregistered it.
  */
+static size_t echo_size = 8 << 20;
+
 static int large_echo_with_mem(const char *server_mode, enum echo_mem mem, char *errmsg,
 			       size_t errlen, const char *mapped)
 {
-	size_t size = 8 << 20;
+	size_t size = echo_size;
 	uint8_t *req, *back, small[8];
 	tern_mr *mr_req = NULL, *mr_back = NULL;
 	struct tern_sync_reply srep = {.buf = small, .cap = sizeof(small)};
@@ -2398,28 +2464,40 @@ static void test_no_ptrace_setting_moves_large_calls_without_process_vm(void **s
  */
 static char yama_old[8];
 
+static int yama_set(const char *v)
+{
+	/* a file of its own: a sysctl ignores writes past offset 0 */
+	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "w");
+
+	if (!f || fputs(v, f) < 0)
+		return -1;
+	return fclose(f);
+}
+
 static int yama_setup(void **state)
 {
-	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r+");
+	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
+	char now[8] = "";
 
 	(void)state;
 	if (!f)
 		return 0; /* each test skips, which fails the lane that insists */
 	assert_non_null(fgets(yama_old, sizeof(yama_old), f));
-	assert_true(fputs("1\n", f) >= 0);
-	assert_int_equal(fclose(f), 0);
+	fclose(f);
+	assert_int_equal(yama_set("1\n"), 0);
+	assert_non_null(f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r"));
+	assert_non_null(fgets(now, sizeof(now), f));
+	fclose(f);
+	assert_string_equal(now, "1\n");
+	echo_size = 2 << 20; /* the VM's emulated CPU is slow */
 	return 0;
 }
 
 static int yama_teardown(void **state)
 {
-	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "w");
-
 	(void)state;
-	if (f) {
-		fputs(yama_old, f);
-		fclose(f);
-	}
+	if (yama_old[0])
+		(void)yama_set(yama_old);
 	return 0;
 }
 
@@ -2522,6 +2600,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_free_of_an_area_never_lent),
 		cmocka_unit_test(test_hostile_filled_for_an_area_lent_for_a_read),
 		cmocka_unit_test(test_tern_mem_alloc_memory_is_lent_as_its_own_memfd),
+		cmocka_unit_test(test_idle_staging_past_64_mib_is_unmapped),
 		cmocka_unit_test(test_close_waits_for_a_peer_that_may_be_inside_a_copy),
 		cmocka_unit_test(test_close_waits_for_the_peers_half_of_a_split_push),
 		cmocka_unit_test(test_hostile_hello_bad_magic),

@@ -2011,17 +2011,18 @@ static uint32_t staged_read(struct hostile *h, const struct tern_bulk_desc *q, u
 }
 
 /*
- * Idle staging is kept for reuse up to 64 MiB a connection; past that, an
- * area given back is retired and the peer told to unmap it, every time.
+ * Idle staging is kept for reuse up to 64 MiB a connection; past that, the
+ * other idle areas are retired (the peer told to unmap them) before the
+ * one just given back, which the next transfer of its size reuses.
  */
 static void test_idle_staging_past_64_mib_is_unmapped(void **state)
 {
 	size_t big = 40 << 20;
-	uint8_t *req = malloc(big), got[1000];
+	uint8_t *req = malloc(big);
 	struct hostile h;
 	struct tern_bulk_desc q;
 	struct shm_bulk um;
-	uint32_t id;
+	uint32_t id, small;
 	int fd;
 
 	(void)state;
@@ -2034,17 +2035,27 @@ static void test_idle_staging_past_64_mib_is_unmapped(void **state)
 	assert_int_equal(tern_call(h.srv, M_ECHO, req, big, ignore_call, NULL, NULL), 0);
 	server_call_desc(&h, TERN_HDR_SIZE + TERN_BULK_DESC_SIZE, TERN_F_BULK, &q);
 	/* 33 MiB: a 64 MiB area, kept idle once given back */
-	assert_int_equal(staged_read(&h, &q, 0, 33 << 20, NULL, &fd), 0);
+	id = staged_read(&h, &q, 0, 33 << 20, NULL, &fd);
+	assert_true(fd >= 0);
 	close(fd);
-	/* now each small one goes over the limit: retired when given back */
+	/* a small one takes a 64 KiB area: 64 MiB + 64 KiB idle, the big one goes */
+	small = staged_read(&h, &q, 64, 1000, NULL, &fd);
+	assert_int_not_equal(small, id);
+	assert_true(fd >= 0);
+	close(fd);
+	expect_bulk(&h, SHM_MSG_BULK_UNMAP, &um, NULL);
+	assert_int_equal(um.key, id);
+	/* the small one stays: reused, not sent again, nothing unmapped */
 	for (int i = 0; i < 3; i++) {
-		id = staged_read(&h, &q, 64 + (uint64_t)i, sizeof(got), NULL, &fd);
-		assert_int_not_equal(id, 0);
-		assert_true(fd >= 0); /* new each time: the last one was retired */
-		close(fd);
-		expect_bulk(&h, SHM_MSG_BULK_UNMAP, &um, NULL);
-		assert_int_equal(um.key, id);
+		assert_int_equal(staged_read(&h, &q, 65 + (uint64_t)i, 1000, NULL, &fd), small);
+		assert_int_equal(fd, -1);
 	}
+	/* the big size again: a new area, and still nothing over the limit */
+	id = staged_read(&h, &q, 0, 33 << 20, NULL, &fd);
+	assert_true(fd >= 0);
+	close(fd);
+	expect_bulk(&h, SHM_MSG_BULK_UNMAP, &um, NULL); /* ...but the small one */
+	assert_int_equal(um.key, small);
 	for (int i = 0; i < 100; i++)
 		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
 	assert_false(h.closed);

@@ -1841,13 +1841,22 @@ static int stage_take(struct sconn *c, uint64_t len, uint32_t *id, int *fd)
 	return 0;
 }
 
-/* A staged transfer is over: keep the area for the next, within SHM_STAGE_IDLE_MAX. */
+/*
+ * A staged transfer is over: keep the area for the next.  Past
+ * SHM_STAGE_IDLE_MAX of idle staging, the other idle areas go first: the
+ * one just used is the likeliest to be wanted again (a run of transfers of
+ * one size), and making a fresh one costs its every page twice (zeroed
+ * here, faulted in by both processes).
+ */
 static void stage_put(struct sconn *c, uint32_t id)
 {
 	struct shm_lent *a = &c->lent[id];
 
 	a->busy = false;
 	c->stage_idle += a->size;
+	for (uint32_t i = 0; i < SHM_MAX_AREAS && c->stage_idle > SHM_STAGE_IDLE_MAX; i++)
+		if (i != id && c->lent[i].used && !c->lent[i].m && !c->lent[i].busy)
+			lent_retire(c, i, true);
 	if (c->stage_idle > SHM_STAGE_IDLE_MAX)
 		lent_retire(c, id, true);
 }

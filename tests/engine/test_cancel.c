@@ -216,9 +216,18 @@ static void unanswered(uint32_t n)
 			break; /* it works, or the session gave up (below) */
 		assert_int_equal(p.status, -ETIMEDOUT);
 	}
-	if (!ends.cli_closed && p.status != 0)
+	if (p.status == -ECONNABORTED) /* closing: on_close follows */
+		assert_int_equal(fx_run_until(f, &ends.cli_closed, STUCK_MS), 0);
+	if (!ends.cli_closed && p.status != 0) {
+		struct tern_session_counters c;
+
+		tern_session_counters(f->cli, &c);
 		fail_msg("silently dead: no call went through for 100 deadlines, and the "
-			 "session is still open");
+			 "session is still open (calls sent %llu, timeouts %llu, late replies "
+			 "%llu; %u held by the server; last error: %s)",
+			 (unsigned long long)c.calls_sent, (unsigned long long)c.timeouts,
+			 (unsigned long long)c.late_replies, nheld, tern_ctx_last_error(f->ctx));
+	}
 	if (ends.cli_closed) {
 		assert_int_equal(ends.cli_reason, -ECONNABORTED);
 		if (!strstr(ends.why, "cancel"))

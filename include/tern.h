@@ -149,8 +149,11 @@ TERN_EXPORT int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out
  *
  * Closes every listener and session (pending calls complete with
  * -ECANCELED), runs the loop until their handles are closed and frees the
- * context.  If the context owns its loop, the loop is closed too.  Must not
- * be called from inside a tern callback.
+ * context.  If the context owns its loop, the loop is closed too.  The
+ * sessions' @on_close does not run for the sessions it closes (a close
+ * callback given to tern_session_close() earlier does): free what you
+ * attached to them once this returns.  Must not be called from inside a
+ * tern callback.
  *
  * Return: 0, or -EBUSY when called from a callback.
  */
@@ -307,10 +310,13 @@ TERN_EXPORT int tern_service_register_ref(tern_ctx *ctx, const struct tern_servi
  *	peers set one and they differ, the handshake is refused with
  *	TERN_ESCHEMA (0: don't check)
  * @on_close: called once when the session ends for any reason other than a
- *	failed connect: the peer went away, the peer broke the protocol, or
- *	tern_session_close() (whose own callback then runs instead).  A
- *	session that fails is closed by tern itself; the handle is freed when
- *	this callback returns, so keep no pointer to it past that.
+ *	failed connect: the peer went away (-ECONNRESET), the peer broke the
+ *	protocol (TERN_EPEER), or tern_session_close() with a NULL callback
+ *	(0, as the close callback would have had); a close with a callback
+ *	of its own runs that one instead, and tern_ctx_destroy() runs
+ *	neither.  A session that fails is closed by tern itself; the handle
+ *	is freed when this callback returns, so keep no pointer to it past
+ *	that.
  * @data: the caller's pointer, returned by tern_session_data()
  * @services: client side: the services this session will call (generated
  *	code provides a tern_service_ref per service).  Right after the
@@ -509,7 +515,8 @@ TERN_EXPORT void tern_listener_close(tern_listener *l, tern_listener_close_cb cb
  * tern_session_close - close a session asynchronously
  * @s: the session
  * @cb: called once the transport is torn down (may be NULL: then the
- *	session's @on_close, if any, runs)
+ *	session's @on_close, if any, runs, with the same reason: 0, or why
+ *	the session had failed already)
  *
  * Calls still pending complete with -ECANCELED before @cb runs.  Requests
  * held by deferred handlers stay valid until they are replied to (the reply

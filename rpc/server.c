@@ -773,13 +773,26 @@ tern_req *tern_req_hold(tern_req *req)
 
 int tern_req_release(tern_req *req)
 {
+	tern_ctx *ctx;
+
 	if (!req || !req->holds)
 		return -EINVAL;
 	if (--req->holds || req->state != TERN_REQ_HELD)
-		return 0; /* still held, or its handler has not returned yet */
+		return 0;  /* still held, or its handler has not returned yet */
+	ctx = req->s->ctx; /* (the session may be freed below) */
 	/* Give the slot back (a batch call: send its reply) as the handler's
 	 * return would have; after the session went down, just let go. */
 	tern__serve_batch_done(req, req->held_status);
+	/*
+	 * A one-way message's credit is owed now, and owed credits leave from
+	 * the loop (tern__session_flush_dirty()), after a batch of completions
+	 * or a timer.  Inside a tern callback one of those follows; from the
+	 * application's own code, in event progress, nothing may come: the
+	 * peer, its credits all held, has nothing left to send.  So wake the
+	 * loop, as fail_soon() does.
+	 */
+	if (!ctx->cb_depth && !tern_list_empty(&ctx->dirty))
+		tern__wake_soon(ctx);
 	return 0;
 }
 

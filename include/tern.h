@@ -940,10 +940,18 @@ TERN_EXPORT int tern_call_acquire(tern_session *s, void **buf, size_t *cap, tern
 
 /**
  * tern_call_commit - send an acquired slot as a call of @len bytes
+ * @opts: NULL, or per-call options, as for tern_call(): a reply buffer
+ *	takes the reply as it does there, whatever its size.  One larger
+ *	than a slot is named to the server by a descriptor that goes before
+ *	the request, so the request moves up in the slot; a request too long
+ *	to leave room for it goes as a large request, through staging (one
+ *	copy).
  *
  * Return: 0 (and @cb will run), -EMSGSIZE (@len over the slot; the call is
  * aborted), -ENOTCONN (the session failed meanwhile; the call is aborted),
- * TERN_ENOMETHOD (a method the server lacks, see tern_call(); aborted).
+ * TERN_ENOMETHOD (a method the server lacks, see tern_call(); aborted),
+ * -ENOBUFS or -ENOMEM (no staging for the reply buffer or the moved
+ * request, see tern_call(); aborted).
  */
 TERN_EXPORT int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call_cb cb,
 				 void *user, const struct tern_call_opts *opts);

@@ -516,6 +516,83 @@ static void test_deferred_handler_replies_large_later(void **state)
 	fx_free(f);
 }
 
+/* tern_call_acquire(), @len bytes of @req written into the slot, then commit with @o. */
+static int commit_wait(struct fx *f, uint32_t method, const void *req, size_t len,
+		       const struct tern_call_opts *o, struct fx_done *d)
+{
+	tern_callslot *c;
+	void *buf;
+	size_t cap;
+	int rc;
+
+	memset(d, 0, sizeof(*d));
+	assert_int_equal(tern_call_acquire(f->cli, &buf, &cap, &c), 0);
+	assert_true(len <= cap);
+	memcpy(buf, req, len);
+	rc = tern_call_commit(c, method, len, fx_done_cb, d, o);
+	if (rc)
+		return rc;
+	assert_int_equal(fx_run_until(f, &d->done, 180000), 0);
+	return d->status;
+}
+
+/*
+ * tern_call_commit() takes the reply buffer of its options as tern_call()
+ * does: a short reply lands in it, a longer one than it holds is
+ * -EMSGSIZE, and one larger than a slot is pushed into it, whether the
+ * request leaves room in the slot for the buffer's descriptor or fills it.
+ */
+static void test_acquire_commit_honours_the_reply_buffer(void **state)
+{
+	struct fx *f = fx_new(NULL);
+	size_t mp = tern_session_max_payload(f->cli), big = 3 << 20;
+	uint8_t *rep = malloc(big), *expect = malloc(big), *req = malloc(mp);
+	struct tern_call_opts o = {.size = sizeof(o), .reply_buf = rep, .reply_cap = 200};
+	uint64_t want = 100;
+	struct fx_done d;
+
+	(void)state;
+	/* a short reply: in the buffer, and the callback points there */
+	memset(rep, 0xab, big);
+	pattern(expect, want, 7);
+	assert_int_equal(commit_wait(f, M_MAKE, &want, 8, &o, &d), 0);
+	assert_int_equal(d.len, want);
+	assert_memory_equal(rep, expect, want);
+	assert_int_equal(rep[want], 0xab);
+	/* longer than the buffer: an error, the buffer as it was */
+	memset(rep, 0xab, big);
+	o.reply_cap = 50;
+	assert_int_equal(commit_wait(f, M_MAKE, &want, 8, &o, &d), -EMSGSIZE);
+	assert_int_equal(tern_call_status_remote(f->cli), 0);
+	assert_int_equal(rep[0], 0xab);
+	/* larger than a slot: pushed into the buffer */
+	want = 2 << 20;
+	o.reply_cap = big;
+	pattern(expect, want, 7);
+	assert_int_equal(commit_wait(f, M_MAKE, &want, 8, &o, &d), 0);
+	assert_int_equal(d.len, want);
+	assert_memory_equal(rep, expect, want);
+	/* a request that leaves no room for the buffer's descriptor: it goes
+	 * as a large one, and its echo comes back whole */
+	pattern(req, mp, 3);
+	memset(rep, 0, big);
+	assert_int_equal(commit_wait(f, M_ECHO, req, mp, &o, &d), 0);
+	assert_int_equal(d.len, mp);
+	assert_memory_equal(rep, req, mp);
+	/* ...and one that leaves room */
+	memset(rep, 0, big);
+	assert_int_equal(commit_wait(f, M_ECHO, req, mp - 100, &o, &d), 0);
+	assert_int_equal(d.len, mp - 100);
+	assert_memory_equal(rep, req, mp - 100);
+	/* nothing left behind */
+	assert_int_equal(f->cli->staged, 0);
+	assert_int_equal(f->srv->staged, 0);
+	free(req);
+	free(rep);
+	free(expect);
+	fx_free(f);
+}
+
 static void test_limits_are_clear_errors_never_truncation(void **state)
 {
 	struct tern_session_opts o = {.size = sizeof(o), .max_msg = 1 << 20};
@@ -584,6 +661,7 @@ int main(void)
 		cmocka_unit_test(test_raw_handler_replies_large_from_its_own_memory),
 		cmocka_unit_test(test_inplace_handler_writes_a_large_reply_once),
 		cmocka_unit_test(test_deferred_handler_replies_large_later),
+		cmocka_unit_test(test_acquire_commit_honours_the_reply_buffer),
 		cmocka_unit_test(test_limits_are_clear_errors_never_truncation),
 		cmocka_unit_test(test_registration_cache_reuses_covering_regions),
 	};

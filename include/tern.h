@@ -570,13 +570,50 @@ TERN_EXPORT const char *tern_session_peer(tern_session *s);
 /**
  * struct tern_iov - bytes a raw handler replies with
  *
- * They need to stay valid only until the handler returns: the runtime copies
- * them once into a registered send slot.
+ * They need to stay valid only until the handler returns: the runtime
+ * copies them once, into a registered send slot, or, for a reply larger
+ * than a slot (which goes into the caller's reply buffer), into registered
+ * staging.  The one exception is a large reply the handler chose to send
+ * with no copy, from a region given to tern_mem_register(): see
+ * tern_req_on_reply_sent().
  */
 struct tern_iov {
 	const void *base;
 	size_t len;
 };
+
+/**
+ * tern_reply_sent_cb - the runtime reads a raw reply's bytes no more
+ * @s: the session the request came on (it may be closing)
+ * @status: 0 once the reply has left, or why it did not (a negative errno:
+ *	the transfer failed or the handler failed the call, and the caller
+ *	got that error; -ECONNRESET: the session went down; -ECANCELED: its
+ *	context was destroyed)
+ * @user: the pointer given to tern_req_on_reply_sent()
+ */
+typedef void (*tern_reply_sent_cb)(tern_session *s, int status, void *user);
+
+/**
+ * tern_req_on_reply_sent - reply large from registered memory with no copy,
+ *	and be told when it is sent
+ * @req: a call, inside its raw handler
+ * @cb: called once, from the context's thread, when the runtime no longer
+ *	reads the reply's bytes
+ * @user: passed to @cb
+ *
+ * A raw handler's reply larger than a slot is normally copied into staging
+ * before the handler's memory is let go (struct tern_iov).  After this
+ * call, if its bytes lie in a region given to tern_mem_register(), it is
+ * pushed from there instead (RDMA WRITE on verbs), after the handler has
+ * returned: the bytes must then stay valid and unchanged, and the region
+ * registered, until @cb runs.  @cb runs for whatever reply the handler
+ * gives, large or not (one that fits a slot has been copied already when
+ * the handler returns, and @cb runs then), and for a failed call too.
+ *
+ * Context: inside the raw handler only.
+ * Return: 0, or -EINVAL (not in a raw handler, or @cb NULL).
+ */
+TERN_EXPORT int tern_req_on_reply_sent(tern_req *req, tern_reply_sent_cb cb, void *user);
 
 /**
  * tern_raw_handler - a raw method
@@ -969,10 +1006,12 @@ TERN_EXPORT void tern_call_abort(tern_callslot *c);
  * @out: the registration
  *
  * Large requests and reply buffers inside a registered region move with no
- * copy.  The context keeps a registration cache: registering a range that
- * an existing registration covers returns that registration (counted, so
- * each tern_mem_register() needs its tern_mem_deregister()), and the
- * transports register it with a device lazily, at first use on it.
+ * copy; so do a raw handler's large replies from one, when the handler
+ * asks to be told when they are sent (tern_req_on_reply_sent()).  The
+ * context keeps a registration cache: registering a range that an existing
+ * registration covers returns that registration (counted, so each
+ * tern_mem_register() needs its tern_mem_deregister()), and the transports
+ * register it with a device lazily, at first use on it.
  *
  * Return: 0, -EINVAL, -ENOMEM.
  */

@@ -285,7 +285,7 @@ static void parse_args(int argc, char **argv, struct role *role)
 		/* mixed sizes and checksums, long-lived processes, nothing that fails
 		 * today (docs/chaos.md, open failures) */
 		without |= CF_KILL | CF_CLOSE | CF_LONGPOLL | CF_LARGE_WINDOW | CF_LATE_LARGE |
-			   CF_ABANDON | CF_COMMIT_RBUF | CF_CLOSE_NULL | CF_RAW_REG | CF_HOLD_OW;
+			   CF_ABANDON;
 		if (!strcmp(cfg.transport, "rdma"))
 			without |= CF_SLOTS_HOME;
 	}

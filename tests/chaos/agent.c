@@ -811,21 +811,36 @@ struct plan {
 	uint8_t role;
 };
 
+/*
+ * Whether a call's reply buffer is offered to the server (a descriptor in
+ * the request), and whether its request then travels by descriptor too:
+ * the reply buffer's descriptor takes TERN_BULK_DESC_SIZE bytes of the
+ * slot, so a request that fits a slot alone may not fit beside it
+ * (rpc/client.c, issue_bulk()).
+ */
+static bool plan_rdesc(const struct agent *a, const struct csess *cs, const struct plan *p)
+{
+	return p->rbuf && mn64(p->reply_cap, a->max_msg) > cs->max_payload;
+}
+
+static bool plan_req_large(const struct agent *a, const struct csess *cs, const struct plan *p)
+{
+	return p->req_len > cs->max_payload - (plan_rdesc(a, cs, p) ? chaos_bulk_desc_size() : 0);
+}
+
 /* The one right outcome of a call, from what its handler is told. */
 static void plan_expect(struct agent *a, struct ccall *c, const struct plan *p)
 {
 	struct csess *cs = c->cs;
 	uint64_t rlen = p->action == ACT_ECHO ? p->req_len : p->reply_len;
 	uint64_t offer = p->rbuf ? mn64(p->reply_cap, a->max_msg) : 0;
-	bool rdesc = p->rbuf && offer > cs->max_payload;
+	bool rdesc = plan_rdesc(a, cs, p), req_large = plan_req_large(a, cs, p);
 	uint64_t server_cap;
 
 	c->exp_len = rlen;
-	c->nobufs_remote = p->req_len > cs->max_payload || rdesc;
-	c->nobufs_local =
-		(p->req_len > cs->max_payload && c->req_cls < 0) || (rdesc && c->rbuf_cls < 0);
-	c->user_mem =
-		(p->req_len > cs->max_payload && c->req_cls >= 0) || (rdesc && c->rbuf_cls >= 0);
+	c->nobufs_remote = req_large || rdesc;
+	c->nobufs_local = (req_large && c->req_cls < 0) || (rdesc && c->rbuf_cls < 0);
+	c->user_mem = (req_large && c->req_cls >= 0) || (rdesc && c->rbuf_cls >= 0);
 	if (p->method == M_CLOSEME) {
 		c->exp = EXP_RESET;
 		return;
@@ -888,7 +903,7 @@ static void make_call(struct agent *a, struct csess *cs, const struct plan *p)
 		.err = p->err,
 		.hold_us = p->hold_us,
 	};
-	if (p->req_len > cs->max_payload)
+	if (plan_req_large(a, cs, p))
 		large += p->req_len;
 	if (p->rbuf) {
 		c->rbuf = buf_get(a, p->reply_cap, p->rbuf == 2, &c->rbuf_cls);
@@ -928,8 +943,8 @@ static void make_call(struct agent *a, struct csess *cs, const struct plan *p)
 			}
 		}
 	} else {
-		c->req = buf_get(a, p->req_len, p->req_reg && p->req_len > cs->max_payload,
-				 &c->req_cls);
+		c->req =
+			buf_get(a, p->req_len, p->req_reg && plan_req_large(a, cs, p), &c->req_cls);
 		plan_expect(a, c, p);
 		if (c->user_mem && !(cfg.features & CF_LATE_LARGE)) {
 			/*

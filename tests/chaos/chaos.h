@@ -337,5 +337,7 @@ bool chaos_session_drained(tern_session *s);
 void chaos_session_state(tern_session *s, char *out, size_t len);
 /* Sessions @ctx still has (freed ones are gone). */
 int chaos_ctx_sessions(tern_ctx *ctx);
+/* The bytes a bulk descriptor takes in a slot (src/wire.h). */
+unsigned chaos_bulk_desc_size(void);
 
 #endif

@@ -328,39 +328,48 @@ static bool exports_staging(const tern_callslot *c, const struct tern_bulk_desc 
 }
 
 /*
- * A call timed out: its user has its memory back, so the peer may reach
- * that no more.  Staging is the call's alone: it stays exported until the
- * late reply (below), so that an honest but slow server's transfer lands
- * there, harmlessly.  A transfer into or out of the user's memory after
- * the deadline is refused, and ends the session.
+ * Deadlines.  A call whose deadline passes may still be in the server's
+ * hands: waiting for a reply slot, its request being pulled, in a handler,
+ * its reply being pushed.  Withdrawing its exports then would make an
+ * honest server's transfer fail (on verbs a remote access error, which
+ * ends the connection), and forgetting its reply's reservation would leak
+ * it for good.  So a timed-out call becomes an orphan: it keeps its
+ * exports, its staging and its reservation, and a cancel (wire.h) asks the
+ * server to let go of it.  The server answers with the call's one reply
+ * (its handler's, or -ECANCELED when none ran), and only then does the
+ * orphan give everything back.  The server never touches the caller's
+ * memory after it saw the cancel, but it may before: so the callback of a
+ * call that lent the server the user's own memory (a large request or a
+ * reply buffer in a tern_mem_register()ed region) waits for the answer;
+ * any other call's runs at the deadline (its staging is the engine's).
+ * Either way a server that does not answer within cancel_timeout_ms of
+ * the deadline closes the session: a reservation never leaks silently.
  */
-static void withdraw_user_exports(tern_session *s, tern_callslot *c)
-{
-	uint8_t keep = 0;
 
-	for (uint8_t i = 0; i < c->nx; i++) {
-		if (exports_staging(c, &c->xd[i]))
-			c->xd[keep++] = c->xd[i];
-		else
-			tern__bulk_unexport(s, &c->xd[i], 1, 0);
-	}
-	c->nx = keep;
+/* Does call @c expose memory of the user's own (not staging) to the peer? */
+static bool lends_user_memory(const tern_callslot *c)
+{
+	for (uint8_t i = 0; i < c->nx; i++)
+		if (!exports_staging(c, &c->xd[i]))
+			return true;
+	return false;
 }
 
 /*
- * A timed-out call's staging may still be read or written by the server
- * until its late reply arrives: keep it till then.  Late replies are at most
- * n (each holds a reserved receive), so there is always room: calls in
- * flight and calls awaiting a late reply are n at most together.
+ * Move @c's exports and staging into an orphan record.  There is always
+ * one free: calls in flight and orphans each hold a reply's reservation,
+ * and there are at most n of those (credit.h).
  */
-static bool orphan_stages(tern_session *s, tern_callslot *c)
+static struct tern_orphan *orphan_take(tern_session *s, tern_callslot *c)
 {
-	if (!c->req_stage && !c->rep_stage && !c->nx)
-		return true;
+	struct tern_rpc_session *r = tern__rpc(s);
+
 	for (uint32_t i = 0; i < s->n; i++) {
-		struct tern_orphan *o = &tern__rpc(s)->orphans[i];
+		struct tern_orphan *o = &r->orphans[i];
+
 		if (o->used)
 			continue;
+		memset(o, 0, sizeof(*o));
 		o->used = true;
 		o->slot = (uint16_t)c->idx;
 		o->gen = c->gen;
@@ -370,31 +379,230 @@ static bool orphan_stages(tern_session *s, tern_callslot *c)
 		memcpy(o->xd, c->xd, sizeof(o->xd));
 		o->nx = c->nx;
 		c->nx = 0;
-		return true;
+		r->norphans++;
+		return o;
 	}
-	return false;
+	return NULL; /* not reached: see above */
 }
 
-static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
+/* The server let go of orphan @o: give everything back, run a waiting callback. */
+static void orphan_release(tern_session *s, struct tern_orphan *o)
 {
-	for (uint32_t i = 0; i < s->n; i++) {
-		struct tern_orphan *o = &tern__rpc(s)->orphans[i];
-		if (o->used && o->slot == slot && o->gen == gen) {
-			tern__bulk_unexport(s, o->xd, o->nx, TERN_UNEXPORT_ANSWERED);
-			tern__session_stage_put(s, o->st[0]);
-			tern__session_stage_put(s, o->st[1]);
-			o->used = false;
-			return;
+	struct tern_rpc_session *r = tern__rpc(s);
+	tern_call_cb cb = o->cb;
+	void *user = o->user;
+
+	/* the server answered the call, or its cancel: it saw the request */
+	tern__bulk_unexport(s, o->xd, o->nx, TERN_UNEXPORT_ANSWERED);
+	tern__session_stage_put(s, o->st[0]);
+	tern__session_stage_put(s, o->st[1]);
+	if (o->cancel_due)
+		r->ncancel_due--;
+	o->used = false;
+	r->norphans--;
+	if (cb) {
+		s->cnt.calls_completed++;
+		s->cnt.errors++;
+		TERN_CALLBACK(s->ctx, cb(s, -ETIMEDOUT, "", 0, user));
+	}
+}
+
+static struct tern_orphan *orphan_find(tern_session *s, uint16_t slot, uint32_t gen)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	for (uint32_t i = 0; r->norphans && i < s->n; i++) {
+		struct tern_orphan *o = &r->orphans[i];
+
+		if (o->used && o->slot == slot && o->gen == gen)
+			return o;
+	}
+	return NULL;
+}
+
+/* Call @c's deadline passed at @now_ns: orphan it, cancel it, tell its user. */
+static void time_out(tern_session *s, tern_callslot *c, uint64_t now_ns)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+	bool lent = lends_user_memory(c);
+	struct tern_orphan *o = orphan_take(s, c);
+
+	s->cnt.timeouts++;
+	o->cancel_due = true;
+	r->ncancel_due++;
+	o->give_up_ns = now_ns + (uint64_t)r->cancel_timeout_ms * 1000000ull;
+	if (lent) {
+		/* the user's memory stays the server's until it answers */
+		o->cb = c->cb;
+		o->user = c->user;
+		release_slot(s, c);
+	} else {
+		complete(s, c, -ETIMEDOUT, "", 0);
+	}
+}
+
+void tern__client_send_cancels(tern_session *s)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	while (r->ncancel_due && tern__session_usable(s)) {
+		uint32_t cap, idx, len = 0;
+		uint8_t *p = tern__session_ctrl_acquire(s, &cap, &idx);
+
+		if (!p)
+			return; /* no control credit or slot: the credits upcall calls again */
+		for (uint32_t i = 0; i < s->n && r->ncancel_due; i++) {
+			struct tern_orphan *o = &r->orphans[i];
+
+			if (!o->used || !o->cancel_due)
+				continue;
+			if (len + TERN_CANCEL_ENTRY_SIZE > cap)
+				break;
+			tern_cancel_entry_encode(p + len, o->slot, o->gen);
+			len += TERN_CANCEL_ENTRY_SIZE;
+			o->cancel_due = false;
+			r->ncancel_due--;
+		}
+		tern__session_ctrl_commit(s, idx, TERN_MSG_CANCEL, len);
+	}
+}
+
+/*
+ * Orphans the server has held past cancel_timeout_ms end the session.
+ * Return: the earliest give-up time left (0: none), or UINT64_MAX when the
+ * session failed.
+ */
+static uint64_t orphans_due(tern_session *s, uint64_t now_ns)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+	uint64_t next = 0;
+	char why[160];
+
+	for (uint32_t i = 0; r->norphans && i < s->n; i++) {
+		struct tern_orphan *o = &r->orphans[i];
+
+		if (!o->used)
+			continue;
+		if (o->give_up_ns <= now_ns) {
+			snprintf(why, sizeof(why),
+				 "the peer answered neither call %u.%u, which timed out, nor its "
+				 "cancel within %u ms (cancel_timeout_ms)",
+				 o->slot, o->gen, r->cancel_timeout_ms);
+			tern__session_fail(s, -ECONNABORTED, why);
+			return UINT64_MAX;
+		}
+		if (!next || o->give_up_ns < next)
+			next = o->give_up_ns;
+	}
+	return next;
+}
+
+/*
+ * The session went down: the peer may reach no orphan's exports now.
+ * Their staging stays until the session is freed (see
+ * tern__client_fail_all()); callbacks that waited run now.
+ */
+static void orphans_down(tern_session *s)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	r->ncancel_due = 0;
+	for (uint32_t i = 0; r->norphans && i < s->n; i++) {
+		struct tern_orphan *o = &r->orphans[i];
+		tern_call_cb cb = o->cb;
+
+		if (!o->used)
+			continue;
+		tern__bulk_unexport(s, o->xd, o->nx, TERN_UNEXPORT_CLOSING);
+		o->nx = 0;
+		o->cancel_due = false;
+		o->cb = NULL;
+		if (cb) {
+			s->cnt.calls_completed++;
+			s->cnt.errors++;
+			TERN_CALLBACK(s->ctx, cb(s, -ETIMEDOUT, "", 0, o->user));
 		}
 	}
+}
+
+static uint64_t reply_offer(const tern_session *s, size_t reply_cap)
+{
+	return reply_cap < tern__reply_max(s) ? reply_cap : tern__reply_max(s);
+}
+
+/* Does a reply buffer of @reply_cap bytes go to the server as a descriptor? */
+static bool offers_desc(const tern_session *s, const void *reply_buf, size_t reply_cap)
+{
+	return reply_buf && reply_offer(s, reply_cap) > s->max_payload && s->conn->ops->bulk_export;
+}
+
+/*
+ * Offer the caller's reply buffer to the server: the reply lands there
+ * (tern__client_reply() copies a short one, and refuses one over
+ * @reply_cap).  A reply that may be larger than a slot needs the buffer
+ * exported, up to tern__reply_max() only (the server refuses a request
+ * that names more, and no reply can be longer): its descriptor goes first
+ * in the payload, at @p.  Return the bytes that takes (0 or
+ * TERN_BULK_DESC_SIZE), or a negative errno.
+ */
+static int offer_reply(tern_session *s, tern_callslot *c, void *reply_buf, size_t reply_cap,
+		       uint8_t *p, uint8_t *flags)
+{
+	uint64_t offer = reply_offer(s, reply_cap);
+	struct tern_bulk_desc d;
+	int rc;
+
+	c->reply_buf = reply_buf;
+	c->reply_cap = reply_cap;
+	if (!offers_desc(s, reply_buf, reply_cap))
+		return 0;
+	rc = tern__bulk_export(s, reply_buf, (size_t)offer, 1, &d, &c->rep_stage);
+	if (rc)
+		return rc;
+	c->xd[c->nx++] = d;
+	c->reply_offer = offer;
+	tern_bulk_desc_encode(p, &d);
+	*flags |= TERN_F_REPLY_DESC;
+	return TERN_BULK_DESC_SIZE;
+}
+
+/* Export a request larger than what its slot has left; its descriptor goes at @p. */
+static int offer_request(tern_session *s, tern_callslot *c, const void *req, size_t len, uint8_t *p,
+			 uint8_t *flags)
+{
+	struct tern_bulk_desc d;
+	int rc;
+
+	rc = tern__bulk_export(s, req, len, 0, &d, &c->req_stage);
+	if (rc)
+		return rc;
+	c->xd[c->nx++] = d;
+	tern_bulk_desc_encode(p, &d);
+	*flags |= TERN_F_BULK;
+	return TERN_BULK_DESC_SIZE;
+}
+
+/* A call could not be offered: undo what was, and say why. */
+static void offer_failed(tern_session *s, tern_callslot *c, int rc, size_t exposing)
+{
+	release_stages(s, c, 0);
+	c->reply_buf = NULL;
+	c->reply_offer = 0;
+	if (rc == -ENOBUFS)
+		tern__set_error(s->ctx,
+				"%s: staging %zu bytes for the peer would exceed the session's "
+				"max_staging (%" PRIu64 " bytes, %" PRIu64 " held)",
+				s->peer, exposing, s->max_staging, s->staged);
+	else
+		tern__set_error(s->ctx, "%s: cannot expose a %zu-byte buffer to the peer: %s",
+				s->peer, exposing, tern_strerror(rc));
 }
 
 /*
  * A call with a reply buffer, or a request larger than a slot: the payload
  * starts with the reply buffer's descriptor (if the reply may not fit a
  * slot), then carries the request, or the descriptor the server pulls it
- * through.  The reply buffer is offered up to tern__reply_max() only: the
- * server refuses a request that names more, and no reply can be longer.
+ * through.
  */
 static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t len,
 		      void *reply_buf, size_t reply_cap, tern_call_cb cb, void *user,
@@ -402,34 +610,18 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 {
 	tern_callslot *c = take_slot(s);
 	uint8_t *p = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
-	uint64_t offer = reply_cap < tern__reply_max(s) ? reply_cap : tern__reply_max(s);
-	struct tern_bulk_desc d;
 	uint8_t flags = 0;
-	size_t off = 0, exposing = 0;
-	int rc = 0;
+	size_t off, exposing = (size_t)reply_offer(s, reply_cap);
+	int rc;
 
-	c->reply_buf = reply_buf;
-	c->reply_cap = reply_cap;
-	if (reply_buf && offer > s->max_payload && s->conn->ops->bulk_export) {
-		exposing = (size_t)offer;
-		rc = tern__bulk_export(s, reply_buf, exposing, 1, &d, &c->rep_stage);
-		if (rc)
-			goto fail;
-		c->xd[c->nx++] = d;
-		c->reply_offer = offer;
-		tern_bulk_desc_encode(p, &d);
-		off = TERN_BULK_DESC_SIZE;
-		flags |= TERN_F_REPLY_DESC;
-	}
+	if ((rc = offer_reply(s, c, reply_buf, reply_cap, p, &flags)) < 0)
+		goto fail;
+	off = (size_t)rc;
 	if (len > s->max_payload - off) {
 		exposing = len;
-		rc = tern__bulk_export(s, req, len, 0, &d, &c->req_stage);
-		if (rc)
+		if ((rc = offer_request(s, c, req, len, p + off, &flags)) < 0)
 			goto fail;
-		c->xd[c->nx++] = d;
-		tern_bulk_desc_encode(p + off, &d);
-		off += TERN_BULK_DESC_SIZE;
-		flags |= TERN_F_BULK;
+		off += (size_t)rc;
 	} else {
 		if (len)
 			memcpy(p + off, req, len);
@@ -439,19 +631,9 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 	issue(s, c, method, off, cb, user, deadline_ns, flags);
 	return 0;
 fail:
-	release_stages(s, c, 0);
+	offer_failed(s, c, rc, exposing);
 	tern_credits_untake_call(&s->cr);
-	c->reply_buf = NULL;
-	c->reply_offer = 0;
 	release_slot(s, c);
-	if (rc == -ENOBUFS)
-		tern__set_error(s->ctx,
-				"%s: staging %zu bytes for the peer would exceed the session's "
-				"max_staging (%" PRIu64 " bytes, %" PRIu64 " held)",
-				s->peer, exposing, s->max_staging, s->staged);
-	else
-		tern__set_error(s->ctx, "%s: cannot expose a %zu-byte buffer to the peer: %s",
-				s->peer, exposing, tern_strerror(rc));
 	return rc;
 }
 
@@ -465,13 +647,21 @@ static int issue_any(tern_session *s, uint32_t method, const void *req, size_t l
 	return 0;
 }
 
+/* The reply buffer of @opts, if any (and its size in *@cap). */
+static void *opts_reply_buf(const struct tern_call_opts *opts, size_t *cap)
+{
+	/* callers built against the first tern_call_opts pass a smaller size */
+	void *buf = opts && (!opts->size || opts->size >= sizeof(*opts)) ? opts->reply_buf : NULL;
+
+	*cap = buf ? opts->reply_cap : 0;
+	return buf;
+}
+
 int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, tern_call_cb cb,
 	      void *user, const struct tern_call_opts *opts)
 {
-	/* callers built against the first tern_call_opts pass a smaller size */
-	void *reply_buf =
-		opts && (!opts->size || opts->size >= sizeof(*opts)) ? opts->reply_buf : NULL;
-	size_t reply_cap = reply_buf ? opts->reply_cap : 0;
+	size_t reply_cap;
+	void *reply_buf = opts_reply_buf(opts, &reply_cap);
 	int rc;
 
 	if (!s || !cb || method_id == 0 || (len && !req))
@@ -568,10 +758,48 @@ void tern_call_abort(tern_callslot *c)
 	tern__client_kick(c->s);
 }
 
+/*
+ * An acquired call's reply buffer, offered as tern_call() offers one.  The
+ * request is in the slot already, and a reply buffer larger than a slot
+ * puts its descriptor first: the request moves up behind it, or, when the
+ * slot has no room left for both, goes as a large request, through staging
+ * (copied out before the slot is rewritten).  *@plen becomes the payload's
+ * length.  On failure the caller aborts the call.
+ */
+static int commit_offer(tern_session *s, tern_callslot *c, void *reply_buf, size_t reply_cap,
+			size_t *plen, uint8_t *flags)
+{
+	uint8_t *p = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
+	size_t len = *plen;
+	int rc;
+
+	if (!offers_desc(s, reply_buf, reply_cap))
+		return offer_reply(s, c, reply_buf, reply_cap, p, flags); /* 0: no descriptor */
+	if (len > s->max_payload - TERN_BULK_DESC_SIZE) {
+		if ((rc = offer_request(s, c, p, len, p + TERN_BULK_DESC_SIZE, flags)) < 0) {
+			offer_failed(s, c, rc, len);
+			return rc;
+		}
+		*plen = 2 * TERN_BULK_DESC_SIZE;
+	} else {
+		memmove(p + TERN_BULK_DESC_SIZE, p, len);
+		s->copy_bytes += len;
+		*plen = TERN_BULK_DESC_SIZE + len;
+	}
+	if ((rc = offer_reply(s, c, reply_buf, reply_cap, p, flags)) < 0) {
+		offer_failed(s, c, rc, (size_t)reply_offer(s, reply_cap));
+		return rc;
+	}
+	return 0;
+}
+
 int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call_cb cb, void *user,
 		     const struct tern_call_opts *opts)
 {
 	tern_session *s;
+	void *reply_buf;
+	size_t reply_cap;
+	uint8_t flags = 0;
 	int rc;
 
 	if (!c || c->state != TERN_CALL_ACQUIRED || c->acq_oneway || !cb || method_id == 0)
@@ -579,7 +807,12 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 	if ((rc = commit_check(c, method_id, len)))
 		return rc;
 	s = c->s;
-	issue(s, c, method_id, len, cb, user, deadline_for(s, opts), 0);
+	reply_buf = opts_reply_buf(opts, &reply_cap);
+	if (reply_buf && (rc = commit_offer(s, c, reply_buf, reply_cap, &len, &flags))) {
+		tern_call_abort(c);
+		return rc;
+	}
+	issue(s, c, method_id, len, cb, user, deadline_for(s, opts), flags);
 	return 0;
 }
 
@@ -588,11 +821,19 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 	tern_callslot *c = &tern__rpc(s)->calls[h->call_slot];
 
 	if (c->state != TERN_CALL_INFLIGHT || c->gen != h->call_gen) {
-		/* A reply to a call that timed out (its receive was still
-		 * reserved, see credit.h): count it, never deliver it; its
-		 * staging is free now. */
+		/* The answer to a call that timed out (its receive was still
+		 * reserved, see credit.h): count it, never deliver it; the
+		 * server has let go of the call's memory now. */
+		struct tern_orphan *o = orphan_find(s, h->call_slot, h->call_gen);
+
+		if (!o) {
+			tern__session_fail(
+				s, TERN_EPEER,
+				"reply to a call that is neither in flight nor cancelled");
+			return;
+		}
 		s->cnt.late_replies++;
-		orphan_release(s, h->call_slot, h->call_gen);
+		orphan_release(s, o);
 		return;
 	}
 	if (h->kind == TERN_MSG_ERR) {
@@ -678,11 +919,12 @@ void tern__client_fail_all(tern_session *s, int err)
 			 */
 			tern__bulk_unexport(s, c->xd, c->nx, TERN_UNEXPORT_CLOSING);
 			c->nx = 0;
-			if (!orphan_stages(s, c))
-				release_stages(s, c, 0);
+			if (c->req_stage || c->rep_stage)
+				orphan_take(s, c);
 			complete(s, c, err, "", 0);
 		}
 	}
+	orphans_down(s);
 	while (r->q_len) {
 		struct tern_pending e = r->queue[r->q_head];
 		r->q_head = (r->q_head + 1) % r->q_cap;
@@ -704,22 +946,25 @@ uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
 
 	if (s->state != TERN_S_READY)
 		return 0;
+	if (r->norphans && (next = orphans_due(s, now_ns)) == UINT64_MAX)
+		return 0; /* the session failed */
 	for (uint32_t i = 0; i < s->n && s->state == TERN_S_READY; i++) {
 		tern_callslot *c = &r->calls[i];
+		uint64_t give_up = now_ns + (uint64_t)r->cancel_timeout_ms * 1000000ull;
 
 		if (c->state != TERN_CALL_INFLIGHT || !c->deadline_ns)
 			continue;
 		if (c->deadline_ns <= now_ns) {
 			/* The reply may still come: its receive stays reserved
 			 * (replies_expected) and the generation catches it. */
-			s->cnt.timeouts++;
-			withdraw_user_exports(s, c);
-			orphan_stages(s, c);
-			complete(s, c, -ETIMEDOUT, "", 0);
+			time_out(s, c, now_ns);
+			if (!next || give_up < next)
+				next = give_up;
 		} else if (!next || c->deadline_ns < next) {
 			next = c->deadline_ns;
 		}
 	}
+	tern__client_send_cancels(s);
 	for (uint32_t k = 0; k < r->q_len && s->state == TERN_S_READY; k++) {
 		struct tern_pending *e = &r->queue[(r->q_head + k) % r->q_cap];
 

@@ -50,6 +50,13 @@ static int clamp_status(int err)
 	return tern_wire_status_ok(err) ? err : TERN_EREMOTE;
 }
 
+/* tern_req_on_reply_sent(): the runtime reads the raw reply's bytes no more. */
+static void reply_sent(tern_session *s, tern_reply_sent_cb cb, void *user, int status)
+{
+	if (cb)
+		TERN_CALLBACK(s->ctx, cb(s, status, user));
+}
+
 /*
  * Finish a request: give its receive back first (so the credit the reply
  * carries is for a receive that really is posted), then post the reply.
@@ -66,7 +73,9 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 		.status = status,
 		.len = len,
 	};
+	tern_reply_sent_cb sent = req->sent_cb;
 
+	req->sent_cb = NULL;
 	req->state = TERN_REQ_FREE;
 	req->in = NULL;
 	req->out = NULL;
@@ -74,9 +83,10 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	tern__session_stage_put(s, req->out_stage);
 	req->in_stage = req->out_stage = NULL;
 	if (s->state != TERN_S_READY) {
-		/* The session died while a deferred handler held the request:
-		 * the reply has nowhere to go. */
+		/* The session died while a deferred handler held the request
+		 * (or a transfer moved its reply): the reply has nowhere to go. */
 		r->free_reqs[r->nfree_reqs++] = req->idx;
+		reply_sent(s, sent, req->sent_user, -ECONNRESET);
 		tern__session_unref(s);
 		return;
 	}
@@ -87,6 +97,7 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	/* A request waits for a reply slot: this one must come back. */
 	if (r->bl_len)
 		tern__session_report_sends(s);
+	reply_sent(s, sent, req->sent_user, kind == TERN_MSG_REP ? 0 : status);
 }
 
 static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
@@ -192,6 +203,8 @@ static const char *bulk_why(int status, bool reading)
 #define NO_PTRACE                                                                        \
 	": no ptrace access between the two processes (shm needs the same uid and yama " \
 	"ptrace_scope 0, or CAP_SYS_PTRACE)"
+	if (status == -ECANCELED)
+		return "the caller cancelled the call";
 	if (status == -EPERM)
 		return reading ? "could not read the request from the caller" NO_PTRACE
 			       : "could not write the reply into the caller's buffer" NO_PTRACE;
@@ -206,6 +219,9 @@ static int bulk_start(tern_req *req)
 	tern_session *s = req->s;
 	int ti = tern__tp_index(s);
 
+	/* The caller cancelled the call: its memory is not ours to touch. */
+	if (req->cancelled)
+		return -ECANCELED;
 	if (req->state == TERN_REQ_FETCHING)
 		return s->conn->ops->bulk_read(s->conn, &req->qdesc, &req->in_stage->mr.tm[ti], 0,
 					       req->in_len, (uintptr_t)req);
@@ -326,12 +342,17 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		reply_error(req, -EMSGSIZE, why);
 		return;
 	}
-	/* Zero copy where the bytes are registered: the pulled request itself
-	 * (an echo), or a region of the user's; otherwise stage them, at the
-	 * start of the staging. */
+	/*
+	 * Zero copy where the bytes are registered and stay as they are until
+	 * the transfer is done: the pulled request itself (an echo), or a
+	 * region of the user's whose handler will be told when the reply went
+	 * (tern_req_on_reply_sent()).  Otherwise the bytes are the handler's
+	 * only until it returned (struct tern_iov): stage them, at the start
+	 * of the staging.
+	 */
 	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
 		mr = &req->in_stage->mr;
-	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
+	} else if (!req->sent_cb || !(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
 		int rc = tern__session_stage_get(s, iov->len, &req->out_stage);
 
 		if (rc) {
@@ -361,7 +382,9 @@ static void invoke(tern_session *s, tern_req *req, const struct tern_method *m)
 	case TERN_KIND_RAW: {
 		struct tern_iov iov = {0};
 
+		req->in_raw = true;
 		TERN_CALLBACK(s->ctx, rc = m->fn.raw(req, in, in_len, &iov, m->user));
+		req->in_raw = false;
 		if (rc < 0)
 			reply_error(req, rc, NULL);
 		else
@@ -447,7 +470,8 @@ static int request_descs(tern_session *s, const struct tern_hdr *h, const uint8_
 	return 0;
 }
 
-static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in)
+static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in,
+		     bool cancelled)
 {
 	struct tern_rpc_session *r = tern__rpc(s);
 	const struct tern_method *m =
@@ -465,11 +489,13 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 	req = &r->reqs[r->free_reqs[--r->nfree_reqs]];
 	req->state = TERN_REQ_HANDLER;
+	req->sent_cb = NULL;
 	req->token = token;
 	req->call_slot = h->call_slot;
 	req->call_gen = h->call_gen;
 	req->method = h->method;
 	req->errmsg[0] = 0;
+	req->cancelled = cancelled;
 	req->has_rdesc = (h->flags & TERN_F_REPLY_DESC) != 0;
 	req->rdesc = rdesc;
 	req->out = NULL;
@@ -480,6 +506,11 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	req->in = p;
 	req->in_len = plen;
 
+	if (cancelled) {
+		/* cancelled while it waited for a reply slot: answer, run nothing */
+		reply_error(req, -ECANCELED, bulk_why(-ECANCELED, true));
+		return;
+	}
 	if (h->method == TERN_METHOD_SVC_CHECK) {
 		check_services(req, p, plen);
 		return;
@@ -528,6 +559,11 @@ void tern__serve_bulk_done(tern_session *s, uint64_t cookie, int status)
 			return;
 		}
 		s->cnt.bulk_bytes_read += req->in_len;
+		if (req->cancelled) {
+			/* cancelled while we pulled: the handler never runs */
+			reply_error(req, -ECANCELED, bulk_why(-ECANCELED, true));
+			return;
+		}
 		m = tern__methods_find(&tern__rpc_ctx(s->ctx)->methods, req->method);
 		if (!m) {
 			snprintf(why, sizeof(why), "no method 0x%08x here", req->method);
@@ -622,6 +658,7 @@ static void backlog_push(tern_session *s, uint32_t token, const struct tern_hdr 
 	b[at].token = token;
 	b[at].payload = payload;
 	b[at].h = *h;
+	b[at].cancelled = false;
 	r->bl_len++;
 	/* the replies already sent must come back (see the top of the file) */
 	tern__session_report_sends(s);
@@ -635,7 +672,7 @@ void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr 
 	if (r->nfree_reqs == 0 || r->bl_len)
 		backlog_push(s, token, h, payload); /* no reply slot free yet */
 	else
-		dispatch(s, token, h, payload);
+		dispatch(s, token, h, payload, false);
 }
 
 void tern__serve_oneway(tern_session *s, uint32_t token, const struct tern_hdr *h,
@@ -700,7 +737,7 @@ void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
 		r->bl_head = (r->bl_head + 1) % r->bl_cap;
 		r->bl_len--;
 		if (e.h.kind == TERN_MSG_REQ)
-			dispatch(s, e.token, &e.h, e.payload);
+			dispatch(s, e.token, &e.h, e.payload, e.cancelled);
 		else
 			serve_oneway_now(s, e.token, &e.h, e.payload);
 	}
@@ -733,7 +770,62 @@ void tern__serve_session_down(tern_session *s)
 	tern__batch_drop_session(s->ctx, s);
 }
 
+/*
+ * The caller cancelled call (@slot, @gen), which timed out (wire.h): from
+ * now on its memory is not ours to touch.  A request still waiting for a
+ * reply slot, or for its pull, is answered with -ECANCELED and its handler
+ * never runs; one being pulled is answered so once the pull is done; a
+ * handler that has it (deferred, batched) answers in its own time and can
+ * see it in tern_req_cancelled(), and its reply is not pushed into the
+ * caller's buffer.  One reply per call either way.
+ */
+static void cancel_one(tern_session *s, uint16_t slot, uint32_t gen)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	for (uint32_t i = 0; i < s->n; i++) {
+		tern_req *req = &r->reqs[i];
+
+		if (req->state != TERN_REQ_FREE && req->call_slot == slot && req->call_gen == gen) {
+			req->cancelled = true;
+			return;
+		}
+	}
+	for (uint32_t k = 0; k < r->bl_len; k++) {
+		struct tern_backlog_entry *e = &r->backlog[(r->bl_head + k) % r->bl_cap];
+
+		if (e->h.kind == TERN_MSG_REQ && e->h.call_slot == slot && e->h.call_gen == gen) {
+			e->cancelled = true;
+			return;
+		}
+	}
+	/* not here: answered already, the reply crossed the cancel */
+}
+
+void tern__serve_cancel(tern_session *s, const void *entries, uint32_t len)
+{
+	const uint8_t *p = entries;
+
+	/* copied out entry by entry: on shm the peer can still write the slot */
+	for (uint32_t off = 0; off + TERN_CANCEL_ENTRY_SIZE <= len && s->state == TERN_S_READY;
+	     off += TERN_CANCEL_ENTRY_SIZE) {
+		uint16_t slot;
+		uint32_t gen;
+
+		if (!tern_cancel_entry_decode(p + off, &slot, &gen) || slot >= s->n) {
+			tern__session_fail(s, TERN_EPEER, "cancel of a call slot out of range");
+			return;
+		}
+		cancel_one(s, slot, gen);
+	}
+}
+
 /* ---- the request API ------------------------------------------------------- */
+
+int tern_req_cancelled(tern_req *req)
+{
+	return req && req->cancelled;
+}
 
 tern_session *tern_req_session(tern_req *req)
 {
@@ -743,6 +835,34 @@ tern_session *tern_req_session(tern_req *req)
 uint32_t tern_req_method(tern_req *req)
 {
 	return req ? req->method : 0;
+}
+
+int tern_req_on_reply_sent(tern_req *req, tern_reply_sent_cb cb, void *user)
+{
+	if (!req || !cb || !req->in_raw)
+		return -EINVAL;
+	req->sent_cb = cb;
+	req->sent_user = user;
+	return 0;
+}
+
+void tern__serve_session_fini(tern_session *s)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	for (uint32_t i = 0; r->reqs && i < s->n; i++) {
+		tern_req *req = &r->reqs[i];
+		tern_reply_sent_cb sent = req->sent_cb;
+
+		/* requests nobody will finish now (a deferred handler's, when
+		 * tern_ctx_destroy() frees the session): their staging, and a
+		 * raw reply still counted on, which will not go */
+		req->sent_cb = NULL;
+		reply_sent(s, sent, req->sent_user, -ECANCELED);
+		tern__session_stage_put(s, req->in_stage);
+		tern__session_stage_put(s, req->out_stage);
+		req->in_stage = req->out_stage = NULL;
+	}
 }
 
 void tern_req_set_error(tern_req *req, const char *msg)
@@ -773,13 +893,26 @@ tern_req *tern_req_hold(tern_req *req)
 
 int tern_req_release(tern_req *req)
 {
+	tern_ctx *ctx;
+
 	if (!req || !req->holds)
 		return -EINVAL;
 	if (--req->holds || req->state != TERN_REQ_HELD)
-		return 0; /* still held, or its handler has not returned yet */
+		return 0;  /* still held, or its handler has not returned yet */
+	ctx = req->s->ctx; /* (the session may be freed below) */
 	/* Give the slot back (a batch call: send its reply) as the handler's
 	 * return would have; after the session went down, just let go. */
 	tern__serve_batch_done(req, req->held_status);
+	/*
+	 * A one-way message's credit is owed now, and owed credits leave from
+	 * the loop (tern__session_flush_dirty()), after a batch of completions
+	 * or a timer.  Inside a tern callback one of those follows; from the
+	 * application's own code, in event progress, nothing may come: the
+	 * peer, its credits all held, has nothing left to send.  So wake the
+	 * loop, as fail_soon() does.
+	 */
+	if (!ctx->cb_depth && !tern_list_empty(&ctx->dirty))
+		tern__wake_soon(ctx);
 	return 0;
 }
 

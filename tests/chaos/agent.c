@@ -198,7 +198,7 @@ struct agent {
 	uint32_t nheld, held_cap;
 	struct rstream *rs;
 	uint32_t nrs, rs_cap;
-	/* reply bytes of raw handlers: plain, and registered (sent with no copy) */
+	/* reply bytes of raw handlers: plain, and registered (copied all the same) */
 	uint8_t *scratch, *rscratch;
 	size_t scratch_len, rscratch_len;
 	tern_mr *rscratch_mr;
@@ -452,6 +452,14 @@ static void on_connect(tern_session *s, int status)
 		 cs->n, chaos_geoms[cs->geom].slot_size, cs->nonblock ? ", nonblock" : "");
 }
 
+/*
+ * How long a peer may keep a call past its deadline (and its cancel)
+ * before the caller gives the session up.  Every hold here is short, but an
+ * agent inside tern_call_sync() (up to its 10 s deadline) releases nothing
+ * meanwhile: honest, slow, and not what the run is about.
+ */
+#define CHAOS_CANCEL_TIMEOUT_MS 60000
+
 static void connect_one(struct agent *a)
 {
 	struct tern_service_ref svc = {.name = "Chaos", .schema_hash = 0x6368616f73ull};
@@ -466,6 +474,7 @@ static void connect_one(struct agent *a)
 		.max_msg = (uint32_t)a->max_msg,
 		/* set-up under a full load, in an emulated VM: not what is tested */
 		.connect_timeout_ms = 30000,
+		.cancel_timeout_ms = CHAOS_CANCEL_TIMEOUT_MS,
 	};
 	tern_session *s;
 	int rc;
@@ -946,16 +955,6 @@ static void make_call(struct agent *a, struct csess *cs, const struct plan *p)
 		c->req =
 			buf_get(a, p->req_len, p->req_reg && plan_req_large(a, cs, p), &c->req_cls);
 		plan_expect(a, c, p);
-		if (c->user_mem && !(cfg.features & CF_LATE_LARGE)) {
-			/*
-			 * Without the late-large pattern, no large call in our own
-			 * memory may time out (a session default would apply too):
-			 * the server touching it late ends the session (known
-			 * defect 3, issue 13).
-			 */
-			o.timeout_ms = 600000;
-			c->timeout_ms = o.timeout_ms;
-		}
 		fill_request(c->req, &c->h);
 		c->issuing = true;
 		call_track(a, c);
@@ -1204,10 +1203,64 @@ static void set_errmsg(tern_req *req, const struct chaos_hdr *h)
 	tern_req_set_error(req, msg);
 }
 
-/* Reply bytes for a raw handler: valid until it returns. */
-static const uint8_t *raw_reply(struct agent *a, const struct chaos_hdr *h)
+/*
+ * A raw reply sent with no copy (tern_req_on_reply_sent()): its arena block
+ * stays as it is until the runtime says it is done with it, then goes back
+ * to the arena, whose next user rewrites it: a read after that reaches the
+ * caller as wrong bytes.
+ */
+#define REG_REPLY_MAGIC 0x5245475245504cull
+struct reg_reply {
+	uint64_t magic;
+	struct agent *a;
+	uint8_t *p;
+	int cls;
+};
+
+static void reg_reply_sent(tern_session *s, int status, void *user)
+{
+	struct reg_reply *rr = user;
+
+	(void)s;
+	if (rr->magic != REG_REPLY_MAGIC) /* (a second call reads freed memory: ASan) */
+		abort();
+	/* 0, or the documented reasons it did not go */
+	if (status > 0)
+		chaos_fail(rr->a->tr, "a raw reply's sent callback with status %d", status);
+	rr->magic = 0;
+	arena_put(&rr->a->arena, rr->p, rr->cls);
+	free(rr);
+}
+
+/* A registered block for a large raw reply, kept until it is sent; NULL: none free. */
+static const uint8_t *raw_reply_nocopy(struct agent *a, tern_req *req, const struct chaos_hdr *h)
+{
+	struct reg_reply *rr;
+	int cls;
+	uint8_t *p = arena_get(&a->arena, (size_t)h->reply_len, &cls);
+
+	if (!p)
+		return NULL;
+	rr = xmalloc(sizeof(*rr));
+	*rr = (struct reg_reply){.magic = REG_REPLY_MAGIC, .a = a, .p = p, .cls = cls};
+	if (tern_req_on_reply_sent(req, reg_reply_sent, rr))
+		chaos_fail(a->tr, "tern_req_on_reply_sent refused a raw handler's request");
+	chaos_fill(p, h->reply_len, h->reply_seed, 0);
+	return p;
+}
+
+/*
+ * Reply bytes for a raw handler: valid until it returns (struct tern_iov),
+ * registered or not; the next handler rewrites them.  Half the registered
+ * ones (CH_REG_REPLY) go with no copy instead, from a block of their own.
+ */
+static const uint8_t *raw_reply(struct agent *a, tern_req *req, const struct chaos_hdr *h)
 {
 	bool reg = (h->flags & CH_REG_REPLY) != 0;
+	const uint8_t *nocopy = reg && (h->reply_seed & 1) ? raw_reply_nocopy(a, req, h) : NULL;
+
+	if (nocopy)
+		return nocopy;
 	uint8_t **buf = reg ? &a->rscratch : &a->scratch;
 	size_t *have = reg ? &a->rscratch_len : &a->scratch_len;
 
@@ -1242,7 +1295,7 @@ static int h_raw(tern_req *req, const void *in, size_t len, struct tern_iov *out
 		set_errmsg(req, &h);
 		return h.err;
 	}
-	out->base = raw_reply(a, &h);
+	out->base = raw_reply(a, req, &h);
 	out->len = h.reply_len;
 	return 0;
 }
@@ -1501,6 +1554,16 @@ static void release_due(struct agent *a)
 
 	if (!n)
 		return;
+	/* an abandoned call its caller cancelled (its deadline passed) is
+	 * answered now, as a long-poll server should: the caller gets its
+	 * window back (tern_req_cancelled()) */
+	for (uint32_t i = 0; i < n; i++) {
+		struct held *e = &a->held[i];
+
+		if (e->kind == H_DEFERRED && e->h.action == ACT_ABANDON &&
+		    e->due_ns == UINT64_MAX && tern_req_cancelled(e->req))
+			e->due_ns = 0;
+	}
 	start = (uint32_t)rng_below(&a->crng, n);
 	for (uint32_t k = 0; k < n && a->nheld; k++) {
 		uint32_t i = (start + k) % a->nheld;
@@ -2463,6 +2526,7 @@ struct agent *agent_new(int id, const char *const *uris, bool single)
 					i == 1 && (cfg.features & CF_DEADLINES) ? 3000 : 0,
 				.nonblock = i == 2,
 				.connect_timeout_ms = 30000, /* as the clients' */
+				.cancel_timeout_ms = CHAOS_CANCEL_TIMEOUT_MS,
 			};
 			char uri[128];
 

@@ -6,6 +6,15 @@
  * process_vm copy between the two processes; on tcp a stream of pieces.
  * Their baselines (bench/local_bw) are one memcpy and raw loopback TCP.
  *
+ * --shm-paths (shm): every size and direction three ways, back to back in
+ * the same two processes, so their ratios come from one run:
+ *   vm     a tern_mem_register()ed malloc buffer: process_vm_readv/writev
+ *   map    a tern_mem_alloc() buffer: the server maps its memfd, one memcpy
+ *   stage  the malloc buffer on a session made with TERN_SHM_NO_PTRACE=1
+ *          (what ptrace_scope 1 leaves): two memcpys through a staging memfd
+ * Each line then also carries vm_gb_per_s and vm_ratio, the vm path's
+ * bandwidth at the same size and direction in the same round.
+ *
  * The parent serves, a forked child calls (fork first, verbs after).
  *   reply: the client names a registered reply buffer and asks for SIZE
  *          bytes; the server's raw handler points at a registered buffer of
@@ -20,6 +29,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,13 +156,42 @@ static const char *base_name(int request)
 	return request ? "\"verbs_read_bw\"" : "\"verbs_write_bw\"";
 }
 
-static const char *kind_name(int request)
+enum shm_path { PATH_VM, PATH_MAP, PATH_STAGE, PATHS };
+static bool shm_paths;
+
+static const char *kind_name(int request, enum shm_path path)
 {
+	static const char *const shm[PATHS][2] = {
+		{"reply (process_vm push)", "request (process_vm pull)"},
+		{"reply (memfd map)", "request (memfd map)"},
+		{"reply (staging memfd)", "request (staging memfd)"},
+	};
+
 	if (!strcmp(transport, "shm"))
-		return request ? "request (process_vm pull)" : "reply (process_vm push)";
+		return shm[path][request];
 	if (!strcmp(transport, "tcp"))
 		return request ? "request (streamed)" : "reply (streamed)";
 	return request ? "request (RDMA READ)" : "reply (RDMA WRITE)";
+}
+
+/* One call of @len bytes (@dir 0: a reply into @buf, 1: a request from it): its time in us, or < 0.
+ */
+static double one_call(tern_session *s, uint8_t *buf, int dir, size_t len)
+{
+	uint64_t want = len;
+	char ack[8];
+	struct tern_sync_reply rep = {
+		.buf = dir ? (void *)ack : buf, .cap = dir ? sizeof(ack) : len, .direct = !dir};
+	double t0 = bench_now_us();
+	int rc = dir ? tern_call_sync(s, M_PUT, buf, len, &rep, 600000)
+		     : tern_call_sync(s, M_GET, &want, 8, &rep, 600000);
+
+	if (rc || (!dir && rep.len != len)) {
+		fprintf(stderr, "tern_bw: %s %zu: %s %s\n", dir ? "put" : "get", len,
+			tern_err_name(rc), rep.errmsg);
+		return -1;
+	}
+	return bench_now_us() - t0;
 }
 
 static int run_client(const char *uri, const size_t *sizes, int nsizes, int iters,
@@ -161,10 +200,11 @@ static int run_client(const char *uri, const size_t *sizes, int nsizes, int iter
 	struct tern_ctx_opts co = {.size = sizeof(co), .progress = TERN_PROGRESS_BUSY};
 	struct tern_session_opts so = session_opts();
 	size_t max = 0;
-	uint8_t *buf;
-	tern_session *s;
+	uint8_t *buf, *abuf = NULL;
+	tern_session *s, *s_stage = NULL;
 	tern_ctx *ctx;
-	tern_mr *mr;
+	tern_mr *mr, *amr;
+	int npaths = shm_paths ? PATHS : 1;
 
 	for (int i = 0; i < nsizes; i++)
 		if (sizes[i] > max)
@@ -177,46 +217,72 @@ static int run_client(const char *uri, const size_t *sizes, int nsizes, int iter
 		fprintf(stderr, "tern_bw client: %s\n", tern_ctx_last_error(ctx));
 		return 1;
 	}
+	if (shm_paths) {
+		/* the setting is read when a connection is made: this one only */
+		setenv("TERN_SHM_NO_PTRACE", "1", 1);
+		if (tern_connect_sync(ctx, uri, &so, 10000, &s_stage) ||
+		    tern_mem_alloc(ctx, max, (void **)&abuf, &amr)) {
+			fprintf(stderr, "tern_bw client: %s\n", tern_ctx_last_error(ctx));
+			return 1;
+		}
+		unsetenv("TERN_SHM_NO_PTRACE");
+		memset(abuf, 0x11, max);
+	}
 	for (int dir = 0; dir < 2; dir++) {
 		for (int si = 0; si < nsizes; si++) {
 			size_t len = sizes[si];
-			double *lat = calloc((size_t)iters, sizeof(double)), t_begin = 0, base;
-			struct bench_stats st;
+			double base = baseline(base_file, base_name(dir), len), vm = 0;
 
-			for (int i = -1; i < iters; i++) {
-				uint64_t want = len;
-				char ack[8];
-				struct tern_sync_reply rep = {.buf = dir ? (void *)ack : buf,
-							      .cap = dir ? sizeof(ack) : len,
-							      .direct = !dir};
-				double t0 = bench_now_us();
-				int rc = dir ? tern_call_sync(s, M_PUT, buf, len, &rep, 600000)
-					     : tern_call_sync(s, M_GET, &want, 8, &rep, 600000);
+			double *lat[PATHS] = {0}, t_begin = bench_now_us();
+			struct bench_stats st[PATHS];
 
-				if (rc || (!dir && rep.len != len)) {
-					fprintf(stderr, "tern_bw: %s %zu: %s %s\n",
-						dir ? "put" : "get", len, tern_err_name(rc),
-						rep.errmsg);
+			for (int path = 0; path < npaths; path++)
+				if (!(lat[path] = calloc((size_t)iters, sizeof(double))))
 					return 1;
+			/*
+			 * The paths take turns call by call, so that whatever else
+			 * the machine does weighs on each alike: their ratios are
+			 * what this run is for.  Call -1 of each warms it up.
+			 */
+			for (int i = -1; i < iters; i++) {
+				for (int path = 0; path < npaths; path++) {
+					tern_session *ps = path == PATH_STAGE ? s_stage : s;
+					uint8_t *pb = path == PATH_MAP ? abuf : buf;
+					double us = one_call(ps, pb, dir, len);
+
+					if (us < 0)
+						return 1;
+					if (i >= 0)
+						lat[path][i] = us;
 				}
-				if (i == 0)
-					t_begin = t0;
-				if (i >= 0)
-					lat[i] = bench_now_us() - t0;
 			}
-			bench_stats_compute(&st, lat, (size_t)iters, bench_now_us() - t_begin);
-			base = baseline(base_file, base_name(dir), len);
-			printf("{\"bench\":\"tern_bw\",\"transport\":\"%s\",\"mode\":\"busy\","
-			       "\"kind\":\"%s\",\"size\":%zu,\"inflight\":1,\"iters\":%d,"
-			       "\"p50_us\":%.1f,\"p99_us\":%.1f,\"gb_per_s\":%.3f,"
-			       "\"baseline\":%s,\"baseline_gb_per_s\":%.3f,\"ratio\":%.3f}\n",
-			       transport, kind_name(dir), len, iters, st.p50_us, st.p99_us,
-			       (double)len / st.p50_us / 1e3, base_name(dir), base,
-			       base > 0 ? (double)len / st.p50_us / 1e3 / base : 0);
-			fflush(stdout);
-			free(lat);
+			for (int path = 0; path < npaths; path++) {
+				double gb;
+
+				bench_stats_compute(&st[path], lat[path], (size_t)iters,
+						    bench_now_us() - t_begin);
+				free(lat[path]);
+				gb = (double)len / st[path].p50_us / 1e3;
+				if (path == PATH_VM)
+					vm = gb;
+				printf("{\"bench\":\"tern_bw\",\"transport\":\"%s\","
+				       "\"mode\":\"busy\",\"kind\":\"%s\",\"size\":%zu,"
+				       "\"inflight\":1,\"iters\":%d,\"p50_us\":%.1f,"
+				       "\"p99_us\":%.1f,\"gb_per_s\":%.3f,\"baseline\":%s,"
+				       "\"baseline_gb_per_s\":%.3f,\"ratio\":%.3f",
+				       transport, kind_name(dir, (enum shm_path)path), len, iters,
+				       st[path].p50_us, st[path].p99_us, gb, base_name(dir), base,
+				       base > 0 ? gb / base : 0);
+				if (shm_paths)
+					printf(",\"vm_gb_per_s\":%.3f,\"vm_ratio\":%.3f", vm,
+					       gb / vm);
+				printf("}\n");
+				fflush(stdout);
+			}
 		}
 	}
+	if (s_stage)
+		tern_session_close(s_stage, NULL);
 	tern_session_close(s, NULL);
 	tern_ctx_destroy(ctx);
 	free(buf);
@@ -226,9 +292,13 @@ static int run_client(const char *uri, const size_t *sizes, int nsizes, int iter
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"sizes", required_argument, 0, 's'},	 {"iters", required_argument, 0, 'n'},
-		{"baseline", required_argument, 0, 'b'}, {"transport", required_argument, 0, 't'},
-		{"help", no_argument, 0, 'h'},		 {0, 0, 0, 0},
+		{"sizes", required_argument, 0, 's'},
+		{"iters", required_argument, 0, 'n'},
+		{"baseline", required_argument, 0, 'b'},
+		{"transport", required_argument, 0, 't'},
+		{"shm-paths", no_argument, 0, 'p'},
+		{"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
 	};
 	size_t sizes[MAX_SIZES] = {64 << 10, 1 << 20, 16 << 20, 256 << 20}, max = 0;
 	int nsizes = 4, iters = 5, ch, pfd[2], st, rc;
@@ -236,8 +306,11 @@ int main(int argc, char **argv)
 	char addr[64], uri[128];
 	pid_t pid;
 
-	while ((ch = getopt_long(argc, argv, "s:n:b:t:h", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "s:n:b:t:ph", opts, NULL)) != -1) {
 		switch (ch) {
+		case 'p':
+			shm_paths = true;
+			break;
 		case 's':
 			if (bench_parse_sizes(optarg, sizes, MAX_SIZES, &nsizes))
 				return 2;
@@ -257,10 +330,14 @@ int main(int argc, char **argv)
 			}
 			break;
 		default:
-			fprintf(stderr, "usage: tern_bw [--transport rdma|shm|tcp] "
+			fprintf(stderr, "usage: tern_bw [--transport rdma|shm|tcp] [--shm-paths] "
 					"[--sizes 64K,1M,16M] [--iters N] [--baseline FILE]\n");
 			return ch == 'h' ? 0 : 2;
 		}
+	}
+	if (shm_paths && strcmp(transport, "shm")) {
+		fprintf(stderr, "tern_bw: --shm-paths is for --transport shm\n");
+		return 2;
 	}
 	for (int i = 0; i < nsizes; i++)
 		if (sizes[i] > max)

@@ -964,9 +964,34 @@ TERN_EXPORT void tern_call_abort(tern_callslot *c);
 TERN_EXPORT int tern_mem_register(tern_ctx *ctx, void *addr, size_t len, tern_mr **out);
 
 /**
- * tern_mem_deregister - drop a registration made by tern_mem_register()
+ * tern_mem_alloc - allocate memory for large messages that a same-host peer may map
+ * @ctx: the context
+ * @len: how many bytes (rounded up to whole pages)
+ * @addr: where the memory starts, page aligned and zeroed
+ * @out: its registration, as tern_mem_register() would make it
  *
- * The region must not be in use by a call in flight.
+ * The memory is a sealed memfd, mapped shared.  Over shm:// a large request
+ * or reply buffer in it moves with no ptrace access between the processes
+ * and no copy on this side: the first transfer that names the region hands
+ * the memfd to the peer, which maps it and copies straight in or out.  The
+ * peer then holds a mapping of the *whole* region for as long as it likes
+ * (an honest peer unmaps it when the connection or the registration ends;
+ * a hostile one may keep reading and writing it), so put in it only data
+ * that every peer it is used with may see and change.  Other transports
+ * treat it like any registered region.
+ *
+ * Release it with tern_mem_deregister(), which unmaps it (only this
+ * process's mapping: a peer's stays valid, and harmless, until it unmaps).
+ *
+ * Return: 0, -EINVAL, -ENOMEM, or the -errno of memfd_create() or mmap().
+ */
+TERN_EXPORT int tern_mem_alloc(tern_ctx *ctx, size_t len, void **addr, tern_mr **out);
+
+/**
+ * tern_mem_deregister - drop a registration made by tern_mem_register() or tern_mem_alloc()
+ *
+ * The region must not be in use by a call in flight.  The last reference
+ * to a tern_mem_alloc() region unmaps it.
  *
  * Return: 0, -EINVAL.
  */

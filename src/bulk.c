@@ -9,8 +9,11 @@
  * keeps what it made for it (verbs: an ibv_mr per device, at first use).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -24,6 +27,7 @@ static void mr_init(tern_ctx *ctx, struct tern_mr *mr, void *addr, size_t len)
 	mr->addr = addr;
 	mr->len = len;
 	mr->refs = 1;
+	mr->memfd = -1;
 	tern_list_init(&mr->link);
 	for (int i = 0; i < TERN_MAX_TRANSPORTS; i++) {
 		mr->tm[i].addr = addr;
@@ -73,15 +77,77 @@ int tern_mem_register(tern_ctx *ctx, void *addr, size_t len, tern_mr **out)
 	return 0;
 }
 
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U /* Linux 6.3; older kernels refuse it and we retry */
+#endif
+
+/* A registration's end: the transports let go, then tern_mem_alloc() memory goes. */
+static void mr_free(struct tern_mr *mr)
+{
+	mr_release(mr);
+	tern_list_del(&mr->link);
+	if (mr->memfd >= 0) {
+		munmap(mr->addr, mr->len);
+		close(mr->memfd);
+	}
+	free(mr);
+}
+
+int tern_mem_alloc(tern_ctx *ctx, size_t len, void **addr, tern_mr **out)
+{
+	struct tern_mr *mr;
+	size_t size;
+	void *mem;
+	int fd, rc;
+
+	if (!ctx || !len || !addr || !out || len > SIZE_MAX - 4095)
+		return -EINVAL;
+	size = (len + 4095) & ~(size_t)4095;
+	if (!(mr = malloc(sizeof(*mr))))
+		return -ENOMEM;
+	fd = memfd_create("tern-mem", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+	if (fd < 0 && errno == EINVAL)
+		fd = memfd_create("tern-mem", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		goto fail;
+	/*
+	 * Backed now, so running out of memory is this call's -ENOMEM rather
+	 * than a SIGBUS in whichever process touches a page first.  Sealed
+	 * against shrinking: a peer that maps it must never see it truncated
+	 * under its copy (SIGBUS); against growing, so its size is a fact.
+	 */
+	if (ftruncate(fd, (off_t)size) ||
+	    (fallocate(fd, 0, 0, (off_t)size) && errno != EOPNOTSUPP) ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL))
+		goto fail;
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (mem == MAP_FAILED)
+		goto fail;
+	mr_init(ctx, mr, mem, size);
+	mr->memfd = fd;
+	for (int i = 0; i < TERN_MAX_TRANSPORTS; i++) {
+		mr->tm[i].memfd = true;
+		mr->tm[i].fd = fd;
+	}
+	tern_list_add(&ctx->mrs, &mr->link);
+	*addr = mem;
+	*out = mr;
+	return 0;
+fail:
+	rc = errno == ENOSPC || errno == EFBIG ? -ENOMEM : -errno;
+	if (fd >= 0)
+		close(fd);
+	free(mr);
+	return rc;
+}
+
 int tern_mem_deregister(tern_mr *mr)
 {
 	if (!mr || mr->refs <= 0)
 		return -EINVAL;
 	if (--mr->refs)
 		return 0;
-	mr_release(mr);
-	tern_list_del(&mr->link);
-	free(mr);
+	mr_free(mr);
 	return 0;
 }
 
@@ -181,12 +247,8 @@ void tern__bulk_free_all(tern_ctx *ctx)
 	}
 	ctx->stage_idle_bytes = 0;
 	/* registrations the user forgot: release them with the context */
-	while (!tern_list_empty(&ctx->mrs)) {
-		struct tern_mr *mr = tern_container_of(ctx->mrs.next, struct tern_mr, link);
-		mr_release(mr);
-		tern_list_del(&mr->link);
-		free(mr);
-	}
+	while (!tern_list_empty(&ctx->mrs))
+		mr_free(tern_container_of(ctx->mrs.next, struct tern_mr, link));
 }
 
 int tern__tp_index(const tern_session *s)

@@ -93,6 +93,8 @@ struct tern_mr {
 	void *addr;
 	size_t len;
 	int refs;
+	int memfd; /* tern_mem_alloc(): the memfd behind @addr, which we unmap at the end; else -1
+		    */
 	struct tern_tmem tm[TERN_MAX_TRANSPORTS];
 };
 

@@ -104,6 +104,15 @@ struct tern_tmem {
 	void *addr; /* a region the engine registered (tern_mem_register, or its staging) */
 	size_t len;
 	void *prov; /* the provider's own state for it (e.g. one ibv_mr per device); starts NULL */
+	/*
+	 * tern_mem_alloc() memory: @fd is a sealed memfd (F_SEAL_SHRINK,
+	 * F_SEAL_GROW, F_SEAL_SEAL) whose bytes from offset 0 are @addr's, so
+	 * a same-host provider may hand it to the peer (shm does).  The user
+	 * agreed to share the whole region with any peer a transfer names it
+	 * to.  @memfd false (zero-initialised): ordinary memory, @fd unused.
+	 */
+	bool memfd;
+	int fd;
 };
 
 /* What a peer needs to reach exported memory; its meaning is the provider's. */

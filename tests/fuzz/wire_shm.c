@@ -21,6 +21,14 @@
  * transfers it has checked, so that a hostile input cannot make the
  * engine scribble over the harness (it could only hurt itself, were it a
  * process of its own).
+ *
+ * Without ptrace (shm_layout.h, BULK_MAP): the peer answers the engine's
+ * requests in turn with a BULK_DONE (as process_vm would), a staged area
+ * (then waits for FREE or FILLED) or a direct one; and it copies through
+ * the areas the engine answers its own requests with, which the engine
+ * does with the setup byte's 0x01 bit (fuzz_shm.c sets TERN_SHM_NO_PTRACE).
+ * The hostile op sends areas too: sealed memfds, unsealed ones, any
+ * offsets and ids.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +39,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -41,6 +50,9 @@
 #include "wire.h"
 
 #define BULK_HELD 64
+#define AREA_IDS  8	      /* the ids the peer lends areas under */
+#define AREA_SIZE (64u << 10) /* ...each this big: FZ_MAX_MSG fits */
+#define ASKS	  64	      /* our own requests remembered, by token */
 
 struct bulk_req {
 	struct shm_bulk b;
@@ -67,11 +79,20 @@ static struct {
 	uint32_t nbreq;
 	struct tern_xtab xt; /* our exports */
 	struct tern_tmem pmem_tm;
-	uint32_t token; /* our bulk requests' names */
+	uint32_t token;			  /* our bulk requests' names */
+	struct shm_bulk asks[ASKS];	  /* ...and what they asked, by token % ASKS */
+	uint8_t *lent[AREA_IDS];	  /* areas we lent the engine (mapped here too) */
+	struct shm_bulk staged[AREA_IDS]; /* the request a staged area serves (len 0: none) */
+	struct {
+		uint8_t *map;
+		uint64_t size;
+	} areas[SHM_MAX_AREAS]; /* areas the engine lent us */
+	uint32_t served;	/* requests answered, to take turns between the ways */
 	char name[64];
 	char peer_name[64];
 	char uri[96];
-	bool scribbled; /* a hostile op wrote over the engine's half */
+	bool scribbled;	   /* a hostile op wrote over the engine's half */
+	bool sock_hostile; /* a hostile op sent a socket message */
 } W;
 
 static uint8_t landing[FZ_MAX_MSG + 64]; /* where the engine copies what we read */
@@ -210,6 +231,71 @@ static void bulk_done(uint32_t token, int32_t status)
 	msg_out(&m, sizeof(m), NULL, 0);
 }
 
+static int msg_bulk(uint16_t type, const struct shm_bulk *b, int fd)
+{
+	struct shm_msg m;
+
+	msg_init(&m, type);
+	memcpy(m.hs, b, sizeof(*b));
+	return msg_out(&m, sizeof(m), &fd, fd >= 0 ? 1 : 0);
+}
+
+/* A sealed memfd of @size bytes, as shm.c makes them, mapped at *@map. */
+static int area_make(size_t size, bool seal, uint8_t **map)
+{
+	int fd = memfd_create("fz-area", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+	if (fd < 0 || ftruncate(fd, (off_t)size) ||
+	    (seal && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)))
+		bug("could not be given a memfd (the harness's fault)");
+	*map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (*map == MAP_FAILED)
+		bug("could not be given a memfd mapping (the harness's fault)");
+	return fd;
+}
+
+/*
+ * Answer the engine's request @b (checked) with an area: @staged, one of
+ * ours holding a copy (READ) or to be filled (WRITE); else (READ only) id
+ * 0, a mirror of fz_pmem as it is now, which the engine copies from alone,
+ * the way it would from a tern_mem_alloc() region.
+ */
+static void bulk_lend(const struct shm_bulk *b, uint32_t op, bool staged)
+{
+	struct shm_bulk mp = {.len = b->len, .laddr = b->laddr, .token = b->token, .op = op};
+	uint32_t id = 0;
+	int fd = -1;
+
+	if (staged || op == SHM_BULK_WRITE) {
+		for (id = 1; id < AREA_IDS && W.staged[id].len; id++)
+			;
+		if (id == AREA_IDS) { /* all busy: copy as process_vm would */
+			if (op == SHM_BULK_READ)
+				memcpy((void *)(uintptr_t)b->laddr, (void *)(uintptr_t)b->xaddr,
+				       b->len);
+			else
+				memcpy((void *)(uintptr_t)b->xaddr, (void *)(uintptr_t)b->laddr,
+				       b->len);
+			bulk_done(b->token, 0);
+			return;
+		}
+		W.staged[id] = *b;
+		mp.op |= SHM_MAP_STAGED;
+	} else {
+		mp.xaddr = b->xaddr - (uint64_t)(uintptr_t)fz_pmem; /* exports lie in fz_pmem */
+	}
+	if (!W.lent[id])
+		fd = area_make(AREA_SIZE, true, &W.lent[id]);
+	if (id == 0)
+		memcpy(W.lent[0], fz_pmem, sizeof(fz_pmem));
+	else if (op == SHM_BULK_READ)
+		memcpy(W.lent[id], (void *)(uintptr_t)b->xaddr, b->len);
+	mp.key = id;
+	msg_bulk(SHM_MSG_BULK_MAP, &mp, fd);
+	if (fd >= 0)
+		close(fd);
+}
+
 /* Answer the engine's request for our memory, as shm.c's exporter would. */
 static void bulk_serve(const struct shm_bulk *b, int status)
 {
@@ -224,6 +310,11 @@ static void bulk_serve(const struct shm_bulk *b, int status)
 		shutdown(W.sock, SHUT_RDWR);
 		return;
 	}
+	/* every other request, and any split half, goes through an area */
+	if (status == 0 && !(b->op & SHM_BULK_NOSPLIT) && W.served++ % 3 && b->len <= AREA_SIZE) {
+		bulk_lend(b, op, W.served % 3 == 1);
+		return;
+	}
 	if (status == 0) {
 		/* the engine's laddr is its own staging: copy as process_vm would */
 		if (op == SHM_BULK_READ)
@@ -234,12 +325,82 @@ static void bulk_serve(const struct shm_bulk *b, int status)
 	bulk_done(b->token, status);
 }
 
+/* The engine gave back staged area @id: FREE after a read, FILLED after a write. */
+static void bulk_given_back(const struct shm_bulk *b, bool filled)
+{
+	struct shm_bulk *q = b->key < AREA_IDS ? &W.staged[b->key] : NULL;
+
+	if (!q || !q->len || q->token != b->token ||
+	    (q->op & SHM_BULK_OP_MASK) != (filled ? SHM_BULK_WRITE : SHM_BULK_READ)) {
+		if (!W.sock_hostile) /* else our own forged MAP may have led it on */
+			bug("gave back an area it was not lent");
+		return;
+	}
+	if (filled)
+		memcpy((void *)(uintptr_t)q->xaddr, W.lent[b->key], q->len);
+	if (filled)
+		bulk_done(b->token, 0);
+	q->len = 0;
+}
+
+/* The engine answered our request with an area: copy through it as shm.c does. */
+static void bulk_mapped(const struct shm_bulk *b, int fd)
+{
+	struct shm_bulk *q = &W.asks[b->token % ASKS];
+	uint32_t dir = b->op & SHM_BULK_OP_MASK;
+	struct shm_bulk back = {.key = b->key, .token = b->token};
+	struct stat st;
+	uint8_t *p;
+
+	if (!q->len || q->token != b->token || b->key >= SHM_MAX_AREAS || b->len != q->len ||
+	    b->laddr != q->laddr || dir != (q->op & SHM_BULK_OP_MASK)) {
+		if (fd >= 0)
+			close(fd);
+		if (!W.sock_hostile) /* else it may answer our forged requests */
+			bug("mapped a transfer nobody asked for");
+		return;
+	}
+	if (fd >= 0) {
+		if (fstat(fd, &st) || st.st_size <= 0)
+			bug("lent an area that is no file");
+		p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		close(fd);
+		if (p == MAP_FAILED)
+			bug("lent an area we cannot map");
+		if (W.areas[b->key].map)
+			munmap(W.areas[b->key].map, W.areas[b->key].size);
+		W.areas[b->key].map = p;
+		W.areas[b->key].size = (uint64_t)st.st_size;
+	}
+	if (!W.areas[b->key].map || b->xaddr > W.areas[b->key].size ||
+	    b->len > W.areas[b->key].size - b->xaddr)
+		bug("mapped an area out of bounds");
+	p = W.areas[b->key].map + b->xaddr;
+	if (dir == SHM_BULK_READ)
+		memcpy((void *)(uintptr_t)q->laddr, p, b->len);
+	else
+		memcpy(p, (void *)(uintptr_t)q->laddr, b->len);
+	q->len = 0;
+	if (b->op & SHM_MAP_STAGED)
+		msg_bulk(dir == SHM_BULK_READ ? SHM_MSG_BULK_FREE : SHM_MSG_BULK_FILLED, &back, -1);
+}
+
+static void bulk_unmapped(const struct shm_bulk *b)
+{
+	if (b->key >= SHM_MAX_AREAS)
+		bug("unmapped an area out of range");
+	if (W.areas[b->key].map)
+		munmap(W.areas[b->key].map, W.areas[b->key].size);
+	W.areas[b->key].map = NULL;
+}
+
 static void sock_in(void)
 {
 	for (int i = 0; i < 16 && W.sock >= 0 && W.state == FZ_UP; i++) {
 		struct shm_msg m;
 		struct shm_bulk b;
-		ssize_t n = msg_in(W.sock, &m, NULL, NULL);
+		int fds[2], nfds = 0;
+		ssize_t n = msg_in(W.sock, &m, fds, &nfds);
 
 		if (n == -EAGAIN)
 			return;
@@ -248,11 +409,19 @@ static void sock_in(void)
 			return;
 		}
 		memcpy(&b, m.hs, sizeof(b));
+		if (nfds && (m.type != SHM_MSG_BULK_MAP || nfds > 1))
+			bug("sent a descriptor with a message that takes none");
 		if (m.type == SHM_MSG_BULK_REQ) {
 			if (W.hold_bulk && W.nbreq < BULK_HELD)
 				W.breq[W.nbreq++] = b;
 			else
 				bulk_serve(&b, 0);
+		} else if (m.type == SHM_MSG_BULK_MAP) {
+			bulk_mapped(&b, nfds ? fds[0] : -1);
+		} else if (m.type == SHM_MSG_BULK_FREE || m.type == SHM_MSG_BULK_FILLED) {
+			bulk_given_back(&b, m.type == SHM_MSG_BULK_FILLED);
+		} else if (m.type == SHM_MSG_BULK_UNMAP) {
+			bulk_unmapped(&b);
 		}
 		/* DONE for our own requests: nothing waits for them */
 	}
@@ -277,8 +446,20 @@ static void reset(void)
 	memset(W.sent, 0, sizeof(W.sent));
 	W.nrets = W.nheld = W.nbreq = 0;
 	W.hold_sends = W.hold_bulk = false;
-	W.scribbled = false;
+	W.scribbled = W.sock_hostile = false;
 	tern_xtab_free(&W.xt);
+	/* areas both ways go with the connection, as in shm.c */
+	for (int i = 0; i < AREA_IDS; i++) {
+		if (W.lent[i])
+			munmap(W.lent[i], AREA_SIZE);
+		W.lent[i] = NULL;
+	}
+	for (int i = 0; i < SHM_MAX_AREAS; i++)
+		if (W.areas[i].map)
+			munmap(W.areas[i].map, W.areas[i].size);
+	memset(W.areas, 0, sizeof(W.areas));
+	memset(W.staged, 0, sizeof(W.staged));
+	memset(W.asks, 0, sizeof(W.asks));
 }
 
 static int shm_connect(const char *uri, const void *hs, size_t len)
@@ -545,7 +726,8 @@ static int bulk_ask(const struct tern_bulk_desc *d, const void *buf, bool write)
 	if (W.state != FZ_UP)
 		return -ENOTCONN;
 	if (d->len > sizeof(landing))
-		return -EINVAL; /* the engine would copy past our buffer */
+		return -EINVAL;	    /* the engine would copy past our buffer */
+	W.asks[b.token % ASKS] = b; /* for its BULK_MAP, if it answers with one */
 	msg_init(&m, SHM_MSG_BULK_REQ);
 	memcpy(m.hs, &b, sizeof(b));
 	return msg_out(&m, sizeof(m), NULL, 0);
@@ -616,13 +798,25 @@ static void shm_hostile(void)
 			(void)!eventfd_write(W.peer_bell, fz_u8() + 1);
 		break;
 	default: /* a socket message of any shape */
-		msg_init(mp, (uint16_t)(fz_u8() % 9));
+		msg_init(mp, (uint16_t)(fz_u8() % (SHM_MSG_TYPES + 1)));
 		if (op & 0x80)
 			fz_take(mp, sizeof(*mp));
 		else
 			fz_take(mp->hs, sizeof(struct shm_bulk));
-		if (op & 0x40)
-			fds[nfds++] = eventfd(0, EFD_CLOEXEC);
+		W.sock_hostile = true;
+		if (op & 0x40) {
+			uint8_t kind = fz_u8(), *map;
+
+			/* an area: sealed or not, any size up to 128 KiB; or a doorbell */
+			if (kind & 1) {
+				size_t size = ((size_t)(kind >> 1) + 1) << 10;
+
+				fds[nfds++] = area_make(size, kind & 0x80, &map);
+				munmap(map, size);
+			} else {
+				fds[nfds++] = eventfd(0, EFD_CLOEXEC);
+			}
+		}
 		msg_out(&big, op & 0x20 ? fz_u8() % sizeof(big) : sizeof(*mp), fds, nfds);
 		for (int k = 0; k < nfds; k++)
 			close(fds[k]);

@@ -102,6 +102,22 @@ enum sstate {
 	SC_CLOSING, /* handles closing; freed (and closed() called) when they are */
 };
 
+/* An area we lent the peer (see BULK_MAP in shm_layout.h). */
+struct shm_lent {
+	struct tern_tmem *m; /* a tern_mem_alloc() region, or NULL: staging */
+	uint8_t *map;	     /* staging: our mapping */
+	uint64_t size;	     /* staging: its size */
+	bool used;	     /* the id is the peer's name for this area */
+	bool busy;	     /* staging: a transfer is in it until FREE or FILLED */
+	struct shm_bulk req; /* ...that one's request, checked when it came */
+};
+
+/* An area the peer lent us, mapped. */
+struct shm_area {
+	uint8_t *map;
+	uint64_t size;
+};
+
 struct sconn {
 	struct tern_conn base;
 	struct shm_tctx *t;
@@ -158,14 +174,20 @@ struct sconn {
 		uint32_t gen; /* in the token: a stale or forged DONE misses */
 		bool busy;
 		bool split;	     /* the exporter split it: our half is done or asked for */
+		bool mapped;	     /* it answered with a BULK_MAP (at most one per transfer) */
 		uint8_t dones;	     /* DONEs still owed */
 		int status;	     /* the first failure */
 		struct shm_bulk req; /* what we asked */
 	} bops[SHM_BULK_OPS];
 	uint32_t bops_live; /* how many are busy */
-	bool no_split;	    /* we cannot reach the peer: it copies everything */
 	bool split_given;   /* the peer copied half of a transfer of our exports */
 	bool lingering;	    /* closing, waiting for the peer to finish copying */
+
+	/* Without ptrace: memfd areas (shm_layout.h, BULK_MAP). */
+	enum { VM_UNKNOWN, VM_OK, VM_DENIED } vm; /* may we process_vm_* the peer? */
+	struct shm_lent *lent;			  /* areas we lent the peer, by id */
+	struct shm_area *areas;			  /* areas the peer lent us, by id */
+	uint64_t stage_idle;			  /* bytes of idle staging we keep lent */
 };
 
 #define T(x) ((struct shm_tctx *)(x))
@@ -396,7 +418,7 @@ static bool fd_is_eventfd(int fd)
  * means that stays so.  Plain shmem only: hugetlbfs pages can run out at
  * fault time, which is SIGBUS again.
  */
-static int segment_check(int fd, size_t size)
+static int memfd_check(int fd, uint64_t *size)
 {
 	struct statfs sf;
 	struct stat st;
@@ -408,16 +430,27 @@ static int segment_check(int fd, size_t size)
 		return TERN_EPEER; /* its size could still change */
 	if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
 		return TERN_EPEER; /* we could not write our half */
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != size)
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_size <= 0)
 		return TERN_EPEER;
 	if (fstatfs(fd, &sf) || sf.f_type != TMPFS_MAGIC)
 		return TERN_EPEER;
+	*size = (uint64_t)st.st_size;
 	return 0;
+}
+
+static int segment_check(int fd, size_t size)
+{
+	uint64_t have;
+	int rc = memfd_check(fd, &have);
+
+	return rc ? rc : have == size ? 0 : TERN_EPEER;
 }
 
 /* ---- connection objects ----------------------------------------------------------------- */
 
 static void bulk_fail_all(struct sconn *c, int err);
+static void areas_free(struct sconn *c);
+static void lent_retire(struct sconn *c, uint32_t id, bool tell);
 
 /* A segment the engine kept after its connection (keep_rx). */
 struct kept_seg {
@@ -453,6 +486,7 @@ static void conn_free(struct sconn *c)
 	struct shm_tctx *t = c->t;
 
 	bulk_fail_all(c, -ECONNRESET);
+	areas_free(c);
 	tern_xtab_free(&c->xt);
 	tern_link_del(&c->link);
 	if (c->sock >= 0)
@@ -573,6 +607,14 @@ static void conn_timer_cb(uv_timer_t *tm)
 static void sock_cb(uv_poll_t *h, int status, int events);
 static void bell_cb(uv_poll_t *h, int status, int events);
 
+/* TERN_SHM_NO_PTRACE=1: never process_vm_*; every large transfer goes through memfd areas. */
+static bool no_ptrace(void)
+{
+	const char *v = getenv("TERN_SHM_NO_PTRACE");
+
+	return v && *v && strcmp(v, "0") != 0;
+}
+
 static struct sconn *conn_new(struct shm_tctx *t, bool server)
 {
 	struct sconn *c = calloc(1, sizeof(*c));
@@ -582,6 +624,7 @@ static struct sconn *conn_new(struct shm_tctx *t, bool server)
 	c->t = t;
 	c->server = server;
 	c->sock = c->bell_in = c->bell_out = -1;
+	c->vm = no_ptrace() ? VM_DENIED : VM_UNKNOWN;
 	c->base.ops = &tern_shm_transport;
 	c->base.tctx = (struct tern_tctx *)t;
 	tern_link_init(&c->link);
@@ -1038,29 +1081,22 @@ static void conn_start(struct sconn *c)
 
 /* ---- the handshake, server side --------------------------------------------------------- */
 
+static int memfd_sealed(const char *name, uint64_t size);
+
 /* Make, size, seal and map the segment.  Return: the memfd, or -errno. */
 static int segment_create(struct sconn *c)
 {
 	struct shm_seg_hdr *h;
 	int fd, rc;
 
-	fd = memfd_create("tern-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
-	if (fd < 0 && errno == EINVAL)
-		fd = memfd_create("tern-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (fd < 0)
-		return -errno;
-	if (ftruncate(fd, (off_t)c->g.size))
-		goto fail;
-	/* Back it now, so running out of memory is an error here rather than
-	 * a fault later. */
-	if (fallocate(fd, 0, 0, (off_t)c->g.size) && errno != EOPNOTSUPP)
-		goto fail;
-	if (fcntl(fd, F_ADD_SEALS, SHM_REQUIRED_SEALS))
-		goto fail;
+	if ((fd = memfd_sealed("tern-shm", c->g.size)) < 0)
+		return fd;
 	c->seg = mmap(NULL, c->g.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (c->seg == MAP_FAILED) {
 		c->seg = NULL;
-		goto fail;
+		rc = -errno;
+		close(fd);
+		return rc;
 	}
 	h = (struct shm_seg_hdr *)c->seg;
 	h->magic = SHM_SEG_MAGIC;
@@ -1074,10 +1110,6 @@ static int segment_create(struct sconn *c)
 		return rc;
 	}
 	return fd;
-fail:
-	rc = -errno;
-	close(fd);
-	return rc;
 }
 
 /*
@@ -1301,9 +1333,7 @@ static void conn_drain_dead(struct sconn *c)
 	}
 }
 
-static void bulk_on_req(struct sconn *c, const struct shm_bulk *b);
-static void bulk_on_done(struct sconn *c, const struct shm_bulk *b);
-static void bulk_on_split(struct sconn *c, const struct shm_bulk *b);
+static void bulk_on_msg(struct sconn *c, uint16_t type, const struct shm_bulk *b, int fd);
 
 /* Socket messages once up: bulk traffic, or the hang-up.  Return: how many. */
 static int up_on_socket(struct sconn *c)
@@ -1314,22 +1344,18 @@ static int up_on_socket(struct sconn *c)
 		struct shm_msg m;
 		struct shm_bulk b;
 		int fds[SHM_MAX_FDS], nfds;
-		ssize_t n = msg_recv(c->sock, &m, fds, 0, &nfds);
+		/* one descriptor at most: a BULK_MAP's area */
+		ssize_t n = msg_recv(c->sock, &m, fds, 1, &nfds);
 
 		if (n == -EAGAIN)
 			return i;
-		if (n > 0 && m.hs_len == 0 &&
-		    (m.type == SHM_MSG_BULK_REQ || m.type == SHM_MSG_BULK_DONE ||
-		     m.type == SHM_MSG_BULK_SPLIT)) {
+		if (n > 0 && m.hs_len == 0 && m.type >= SHM_MSG_BULK_REQ &&
+		    m.type < SHM_MSG_TYPES && (nfds == 0 || m.type == SHM_MSG_BULK_MAP)) {
 			memcpy(&b, m.hs, sizeof(b)); /* a local copy: judged, then used */
-			if (m.type == SHM_MSG_BULK_REQ)
-				bulk_on_req(c, &b);
-			else if (m.type == SHM_MSG_BULK_DONE)
-				bulk_on_done(c, &b);
-			else
-				bulk_on_split(c, &b);
+			bulk_on_msg(c, m.type, &b, nfds ? fds[0] : -1);
 			continue;
 		}
+		close_fds(fds, &nfds);
 		if (n > 0 || n == -EBADMSG) {
 			/* Anything else breaks the protocol. */
 			conn_failed(c, TERN_EPEER, "shm: unexpected message on the socket");
@@ -1605,8 +1631,15 @@ static void shm_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
 {
 	struct shm_tctx *t = T(tt);
 
-	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next)
-		tern_xtab_drop_mem(&tern_link_entry(l, struct sconn, link)->xt, m);
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
+		struct sconn *c = tern_link_entry(l, struct sconn, link);
+
+		tern_xtab_drop_mem(&c->xt, m);
+		/* a peer that mapped the region is told to let go of it */
+		for (uint32_t i = 0; c->lent && i < SHM_MAX_AREAS; i++)
+			if (c->lent[i].used && c->lent[i].m == m)
+				lent_retire(c, i, true);
+	}
 	m->prov = NULL;
 }
 
@@ -1639,14 +1672,241 @@ static int vm_copy(pid_t pid, bool to_peer, void *local, uint64_t remote, uint64
 	return 0;
 }
 
-static int bulk_msg_send(struct sconn *c, uint16_t type, const struct shm_bulk *b)
+static int bulk_msg_send(struct sconn *c, uint16_t type, const struct shm_bulk *b, int fd)
 {
 	struct shm_msg m;
 
 	/* the descriptor rides in hs, with hs_len 0: the receiver insists */
 	msg_init(&m, type, 0, NULL, NULL, 0);
 	memcpy(m.hs, b, sizeof(*b));
-	return msg_send(c->sock, &m, NULL, 0);
+	return msg_send(c->sock, &m, &fd, fd >= 0 ? 1 : 0);
+}
+
+static void bulk_send_failed(struct sconn *c, int rc)
+{
+	conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc, "shm: could not answer a bulk transfer");
+}
+
+/*
+ * May we process_vm_* the peer?  Asked once per connection, by reading one
+ * byte at @addr (the peer's own buffer of the request at hand): under Yama
+ * ptrace_scope 1, or with a non-dumpable peer, the kernel says EPERM.
+ */
+static bool vm_allowed(struct sconn *c, uint64_t addr)
+{
+	if (c->vm == VM_UNKNOWN) {
+		char byte;
+		struct iovec l = {.iov_base = &byte, .iov_len = 1};
+		struct iovec r = {.iov_base = (void *)(uintptr_t)addr, .iov_len = 1};
+		ssize_t n = process_vm_readv(c->peer_pid, &l, 1, &r, 1, 0);
+
+		if (n == 1)
+			c->vm = VM_OK;
+		else if (n < 0 && errno == EPERM)
+			c->vm = VM_DENIED;
+	}
+	return c->vm != VM_DENIED;
+}
+
+/* ---- memfd areas: what we lend the peer (exporter side) ---- */
+
+/* A sealed memfd of @size bytes (shm_layout.h says why each seal).  Return: the fd or -errno. */
+static int memfd_sealed(const char *name, uint64_t size)
+{
+	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+	int rc;
+
+	if (fd < 0 && errno == EINVAL)
+		fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size))
+		goto fail;
+	/* Back it now, so running out of memory is an error here rather than
+	 * a fault later, in either process. */
+	if (fallocate(fd, 0, 0, (off_t)size) && errno != EOPNOTSUPP)
+		goto fail;
+	if (fcntl(fd, F_ADD_SEALS, SHM_REQUIRED_SEALS))
+		goto fail;
+	return fd;
+fail:
+	rc = errno == ENOSPC ? -ENOMEM : -errno;
+	close(fd);
+	return rc;
+}
+
+/* Take area @id back; @tell the peer to unmap it (else it is our end anyway). */
+static void lent_retire(struct sconn *c, uint32_t id, bool tell)
+{
+	struct shm_lent *a = &c->lent[id];
+	struct shm_bulk b = {.key = id};
+
+	if (!a->m) {
+		munmap(a->map, a->size);
+		if (!a->busy)
+			c->stage_idle -= a->size;
+	}
+	memset(a, 0, sizeof(*a));
+	/* Best effort: a socket that cannot take it fails the next message. */
+	if (tell && c->state == SC_UP)
+		(void)bulk_msg_send(c, SHM_MSG_BULK_UNMAP, &b, -1);
+}
+
+/* A free area id, retiring an idle area when all are taken.  Return: 0 or an error. */
+static int lent_id(struct sconn *c, uint32_t *id)
+{
+	uint32_t idle = UINT32_MAX;
+
+	if (!c->lent && !(c->lent = calloc(SHM_MAX_AREAS, sizeof(*c->lent))))
+		return -ENOMEM;
+	for (uint32_t i = 0; i < SHM_MAX_AREAS; i++) {
+		if (!c->lent[i].used) {
+			*id = i;
+			return 0;
+		}
+		if (!c->lent[i].busy && idle == UINT32_MAX)
+			idle = i;
+	}
+	/* An honest peer keeps at most 2 * SHM_BULK_OPS staging areas busy. */
+	if (idle == UINT32_MAX)
+		return TERN_EPEER;
+	lent_retire(c, idle, true);
+	*id = idle;
+	return 0;
+}
+
+/* The id the peer knows region @m by; *@fd: the memfd to send along when it is new, else -1. */
+static int lend_region(struct sconn *c, struct tern_tmem *m, uint32_t *id, int *fd)
+{
+	int rc;
+
+	*fd = -1;
+	for (uint32_t i = 0; c->lent && i < SHM_MAX_AREAS; i++) {
+		if (c->lent[i].used && c->lent[i].m == m) {
+			*id = i;
+			return 0;
+		}
+	}
+	if ((rc = lent_id(c, id)))
+		return rc;
+	c->lent[*id].used = true;
+	c->lent[*id].m = m;
+	*fd = m->fd;
+	return 0;
+}
+
+/*
+ * A staging area of at least @len bytes for one transfer, busy until the
+ * peer frees or fills it: an idle one of this connection's, or a new one
+ * (*@fd: its memfd, to send along and then close; else -1).  Staging is
+ * per connection, so it only ever holds bytes this peer may see.
+ */
+static int stage_take(struct sconn *c, uint64_t len, uint32_t *id, int *fd)
+{
+	uint64_t size = SHM_STAGE_MIN;
+	struct shm_lent *a;
+	void *map;
+	int rc;
+
+	*fd = -1;
+	while (size < len)
+		size <<= 1; /* len is inside an export: far below 2^63 */
+	for (uint32_t i = 0; c->lent && i < SHM_MAX_AREAS; i++) {
+		a = &c->lent[i];
+		if (a->used && !a->m && !a->busy && a->size == size) {
+			a->busy = true;
+			c->stage_idle -= size;
+			*id = i;
+			return 0;
+		}
+	}
+	if ((rc = lent_id(c, id)))
+		return rc;
+	if ((*fd = memfd_sealed("tern-shm-stage", size)) < 0) {
+		rc = *fd;
+		*fd = -1;
+		return rc;
+	}
+	map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+	if (map == MAP_FAILED) {
+		rc = -errno;
+		close(*fd);
+		*fd = -1;
+		return rc;
+	}
+	a = &c->lent[*id];
+	a->used = a->busy = true;
+	a->map = map;
+	a->size = size;
+	return 0;
+}
+
+/*
+ * A staged transfer is over: keep the area for the next.  Past
+ * SHM_STAGE_IDLE_MAX of idle staging, the other idle areas go first: the
+ * one just used is the likeliest to be wanted again (a run of transfers of
+ * one size), and making a fresh one costs its every page twice (zeroed
+ * here, faulted in by both processes).
+ */
+static void stage_put(struct sconn *c, uint32_t id)
+{
+	struct shm_lent *a = &c->lent[id];
+
+	a->busy = false;
+	c->stage_idle += a->size;
+	for (uint32_t i = 0; i < SHM_MAX_AREAS && c->stage_idle > SHM_STAGE_IDLE_MAX; i++)
+		if (i != id && c->lent[i].used && !c->lent[i].m && !c->lent[i].busy)
+			lent_retire(c, i, true);
+	if (c->stage_idle > SHM_STAGE_IDLE_MAX)
+		lent_retire(c, id, true);
+}
+
+/* Answer the checked request @b with a BULK_MAP: area @id, at @off. */
+static int map_send(struct sconn *c, const struct shm_bulk *b, uint32_t id, uint64_t off,
+		    uint32_t flags, int fd)
+{
+	struct shm_bulk mp = {.xaddr = off,
+			      .len = b->len,
+			      .laddr = b->laddr,
+			      .key = id,
+			      .token = b->token,
+			      .op = (b->op & SHM_BULK_OP_MASK) | flags};
+
+	return bulk_msg_send(c, SHM_MSG_BULK_MAP, &mp, fd);
+}
+
+/*
+ * The checked request @b for export @e, when the peer's memory is out of
+ * our reach or the export is a tern_mem_alloc() region: the peer copies
+ * through a mapping, of the region itself (one copy) or of a staging
+ * area (two).
+ */
+static void bulk_map(struct sconn *c, const struct shm_bulk *b, const struct tern_xent *e)
+{
+	struct shm_bulk d = {.token = b->token};
+	uint32_t id;
+	int fd, rc;
+
+	if (e->m->memfd) {
+		if (!(rc = lend_region(c, e->m, &id, &fd)))
+			rc = map_send(c, b, id, b->xaddr - (uint64_t)(uintptr_t)e->m->addr, 0, fd);
+	} else if (!(rc = stage_take(c, b->len, &id, &fd))) {
+		c->lent[id].req = *b;
+		/* checked: [xaddr, +len) lies inside a live export of ours */
+		if ((b->op & SHM_BULK_OP_MASK) == SHM_BULK_READ)
+			memcpy(c->lent[id].map, (void *)(uintptr_t)b->xaddr, b->len);
+		rc = map_send(c, b, id, 0, SHM_MAP_STAGED, fd);
+		if (fd >= 0)
+			close(fd); /* our mapping, and soon the peer's, keep it */
+	} else if (rc != TERN_EPEER) {
+		/* no memory for staging: this transfer fails, the connection goes on */
+		d.status = rc;
+		rc = bulk_msg_send(c, SHM_MSG_BULK_DONE, &d, -1);
+	}
+	if (rc == TERN_EPEER)
+		conn_failed(c, rc, "shm: the peer holds every staging area");
+	else if (rc)
+		bulk_send_failed(c, rc);
 }
 
 /* The peer asks us to move bytes of something we exported. */
@@ -1664,17 +1924,21 @@ static void bulk_on_req(struct sconn *c, const struct shm_bulk *b)
 		conn_failed(c, TERN_EPEER, "shm: the peer named memory it was not given");
 		return;
 	}
+	/* Checked: [xaddr, xaddr + len) is inside a live export of ours. */
+	if (e->m->memfd || !vm_allowed(c, b->laddr)) {
+		bulk_map(c, b, e);
+		return;
+	}
 	/*
-	 * Checked: [xaddr, xaddr + len) is inside a live export of ours.  A
-	 * large one is split: the user copies the second half itself while
-	 * we copy the first, two processes at once.
+	 * A large one is split, once we know we reach the peer: the user
+	 * copies the second half itself while we copy the first, two
+	 * processes at once.
 	 */
-	if (len >= SHM_SPLIT_MIN && !(b->op & SHM_BULK_NOSPLIT)) {
+	if (len >= SHM_SPLIT_MIN && !(b->op & SHM_BULK_NOSPLIT) && c->vm == VM_OK) {
 		struct shm_bulk sp = {.token = b->token, .len = (len / 2) & ~(uint64_t)4095};
 
-		if ((rc = bulk_msg_send(c, SHM_MSG_BULK_SPLIT, &sp))) {
-			conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc,
-				    "shm: could not answer a bulk transfer");
+		if ((rc = bulk_msg_send(c, SHM_MSG_BULK_SPLIT, &sp, -1))) {
+			bulk_send_failed(c, rc);
 			return;
 		}
 		c->split_given = true;
@@ -1682,22 +1946,56 @@ static void bulk_on_req(struct sconn *c, const struct shm_bulk *b)
 	}
 	d.status = vm_copy(c->peer_pid, op == SHM_BULK_READ, (void *)(uintptr_t)b->xaddr, b->laddr,
 			   len);
-	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_DONE, &d)))
-		conn_failed(c, rc == -EPIPE ? -ECONNRESET : rc,
-			    "shm: could not answer a bulk transfer");
-}
-
-/* The peer finished (or refused) a transfer we asked for. */
-static void bulk_on_done(struct sconn *c, const struct shm_bulk *b)
-{
-	uint32_t i = b->token & 0xffu;
-	struct shm_bop *op = &c->bops[i % SHM_BULK_OPS];
-	int st = b->status;
-
-	if (i >= SHM_BULK_OPS || !op->busy || op->gen != b->token >> 8 || !op->dones) {
-		conn_failed(c, TERN_EPEER, "shm: the peer finished a transfer nobody asked for");
+	if (d.status == -EPERM && len == b->len) {
+		/* refused after all (the peer just became non-dumpable?) */
+		c->vm = VM_DENIED;
+		bulk_map(c, b, e);
 		return;
 	}
+	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_DONE, &d, -1)))
+		bulk_send_failed(c, rc);
+}
+
+/* The peer is done with staging area b->key: copied out (FREE) or filled (FILLED). */
+static void bulk_on_staged(struct sconn *c, const struct shm_bulk *b, bool filled)
+{
+	struct shm_lent *a = c->lent && b->key < SHM_MAX_AREAS ? &c->lent[b->key] : NULL;
+	struct shm_bulk d = {.token = b->token};
+	const struct shm_bulk *q;
+	int rc;
+
+	if (!a || !a->busy || a->req.token != b->token ||
+	    (a->req.op & SHM_BULK_OP_MASK) != (filled ? SHM_BULK_WRITE : SHM_BULK_READ)) {
+		conn_failed(c, TERN_EPEER, "shm: the peer gave back an area it was not lent");
+		return;
+	}
+	q = &a->req;
+	if (filled) {
+		/* Checked again: the call may have ended meanwhile. */
+		if (tern_xtab_check(&c->xt, q->key, q->xaddr, q->len, true))
+			memcpy((void *)(uintptr_t)q->xaddr, a->map, q->len);
+		else
+			d.status = -ECANCELED;
+	}
+	stage_put(c, b->key);
+	if (filled && (rc = bulk_msg_send(c, SHM_MSG_BULK_DONE, &d, -1)))
+		bulk_send_failed(c, rc);
+}
+
+/* ---- transfers we asked for (user side) ---- */
+
+/* The pending transfer @token names, or NULL. */
+static struct shm_bop *bop_of(struct sconn *c, uint32_t token)
+{
+	uint32_t i = token & 0xffu;
+	struct shm_bop *op = &c->bops[i % SHM_BULK_OPS];
+
+	return i < SHM_BULK_OPS && op->busy && op->gen == token >> 8 && op->dones ? op : NULL;
+}
+
+/* One part of @op is over, with status @st (the peer's: judged here). */
+static void bop_part_done(struct sconn *c, struct shm_bop *op, int st)
+{
 	if (st > 0 || st < -4095)
 		st = -EIO; /* not an errno: say so rather than pass it on */
 	if (!op->status)
@@ -1709,41 +2007,194 @@ static void bulk_on_done(struct sconn *c, const struct shm_bulk *b)
 	c->t->ev->bulk_done(&c->base, op->cookie, op->status);
 }
 
+/* The peer finished (or refused) a transfer we asked for. */
+static void bulk_on_done(struct sconn *c, const struct shm_bulk *b)
+{
+	struct shm_bop *op = bop_of(c, b->token);
+
+	if (!op) {
+		conn_failed(c, TERN_EPEER, "shm: the peer finished a transfer nobody asked for");
+		return;
+	}
+	bop_part_done(c, op, b->status);
+}
+
 /* The exporter copies the first half of a large transfer: we copy the rest. */
 static void bulk_on_split(struct sconn *c, const struct shm_bulk *b)
 {
-	uint32_t i = b->token & 0xffu;
-	struct shm_bop *op = &c->bops[i % SHM_BULK_OPS];
-	struct shm_bulk *q = &op->req;
+	struct shm_bop *op = bop_of(c, b->token);
+	struct shm_bulk *q = op ? &op->req : NULL;
 	uint64_t mid = b->len;
 	int rc;
 
-	if (i >= SHM_BULK_OPS || !op->busy || op->gen != b->token >> 8 || op->split ||
-	    mid >= q->len) {
+	if (!op || op->split || mid >= q->len) {
 		conn_failed(c, TERN_EPEER, "shm: the peer split a transfer it was not asked for");
 		return;
 	}
 	op->split = true;
 	/* the exporter's own memory, at the address its descriptor gave */
-	rc = vm_copy(c->peer_pid, (q->op & SHM_BULK_OP_MASK) == SHM_BULK_WRITE,
-		     (void *)(uintptr_t)(q->laddr + mid), q->xaddr + mid, q->len - mid);
+	rc = c->vm == VM_DENIED
+		     ? -EPERM
+		     : vm_copy(c->peer_pid, (q->op & SHM_BULK_OP_MASK) == SHM_BULK_WRITE,
+			       (void *)(uintptr_t)(q->laddr + mid), q->xaddr + mid, q->len - mid);
 	if (rc != -EPERM) {
 		if (rc && !op->status)
 			op->status = rc;
 		return;
 	}
 	/* We cannot reach it: let the exporter copy our half, and all from now on. */
-	c->no_split = true;
+	c->vm = VM_DENIED;
 	q->xaddr += mid;
 	q->laddr += mid;
 	q->len -= mid;
 	q->op |= SHM_BULK_NOSPLIT;
-	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, q))) {
+	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, q, -1))) {
 		if (!op->status)
 			op->status = rc == -EPIPE ? -ECONNRESET : rc;
 		return;
 	}
 	op->dones++;
+}
+
+/* Map the peer's area @fd as @a, checked like the segment.  Closes @fd.  Return: 0 or an error. */
+static int area_map(struct shm_area *a, int fd)
+{
+	uint64_t size = 0;
+	void *p = MAP_FAILED;
+	int rc = memfd_check(fd, &size);
+
+	if (!rc && size > SIZE_MAX)
+		rc = TERN_EPEER;
+	if (!rc && (p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+		rc = -errno;
+	close(fd);
+	if (rc)
+		return rc;
+	if (a->map)
+		munmap(a->map, a->size);
+	a->map = p;
+	a->size = size;
+	return 0;
+}
+
+/*
+ * The exporter answers our request with an area to copy through.  Every
+ * field is held against what we asked (token, direction, our own buffer
+ * and length) and the area's size as fstat gives it, so a hostile
+ * exporter makes us copy only between our own buffer and its memory.
+ */
+static void bulk_on_map(struct sconn *c, const struct shm_bulk *b, int fd)
+{
+	struct shm_bop *op = bop_of(c, b->token);
+	uint32_t dir = b->op & SHM_BULK_OP_MASK;
+	bool staged = b->op & SHM_MAP_STAGED;
+	const char *why = "shm: the peer answered with an area out of bounds";
+	struct shm_bulk back = {.key = b->key, .token = b->token};
+	struct shm_area *a;
+	uint8_t *mine, *area;
+	int rc = TERN_EPEER;
+
+	if (!op || op->mapped || (op->split && !(op->req.op & SHM_BULK_NOSPLIT)) ||
+	    b->laddr != op->req.laddr || b->len != op->req.len ||
+	    dir != (op->req.op & SHM_BULK_OP_MASK) ||
+	    (b->op & ~(uint32_t)(SHM_BULK_OP_MASK | SHM_MAP_STAGED)) || b->key >= SHM_MAX_AREAS) {
+		why = "shm: the peer mapped a transfer it was not asked for";
+		goto bad;
+	}
+	if (!c->areas && !(c->areas = calloc(SHM_MAX_AREAS, sizeof(*c->areas)))) {
+		rc = -ENOMEM;
+		goto bad;
+	}
+	a = &c->areas[b->key];
+	if (fd >= 0) {
+		rc = area_map(a, fd);
+		fd = -1;
+		if (rc) {
+			why = "shm: the peer's area is not a sealed memfd we can map";
+			goto bad;
+		}
+		rc = TERN_EPEER;
+	}
+	if (!a->map || b->xaddr > a->size || b->len > a->size - b->xaddr)
+		goto bad;
+	op->mapped = true;
+	mine = (uint8_t *)(uintptr_t)b->laddr;
+	area = a->map + b->xaddr;
+	if (dir == SHM_BULK_READ)
+		memcpy(mine, area, b->len);
+	else
+		memcpy(area, mine, b->len);
+	if (staged &&
+	    (rc = bulk_msg_send(c, dir == SHM_BULK_READ ? SHM_MSG_BULK_FREE : SHM_MSG_BULK_FILLED,
+				&back, -1))) {
+		bulk_send_failed(c, rc);
+		return;
+	}
+	/* A staged write is over when the exporter says so (BULK_DONE). */
+	if (dir == SHM_BULK_READ || !staged)
+		bop_part_done(c, op, 0);
+	return;
+bad:
+	if (fd >= 0)
+		close(fd);
+	conn_failed(c, rc, why);
+}
+
+/* The exporter takes area b->key back. */
+static void bulk_on_unmap(struct sconn *c, const struct shm_bulk *b)
+{
+	struct shm_area *a;
+
+	if (b->key >= SHM_MAX_AREAS) {
+		conn_failed(c, TERN_EPEER, "shm: the peer unmapped an area out of range");
+		return;
+	}
+	if (!c->areas || !(a = &c->areas[b->key])->map)
+		return; /* never mapped (its BULK_MAP failed to go out): nothing to do */
+	munmap(a->map, a->size);
+	a->map = NULL;
+	a->size = 0;
+}
+
+/* A bulk message, judged by its type; @fd: a descriptor it brought (BULK_MAP only), or -1. */
+static void bulk_on_msg(struct sconn *c, uint16_t type, const struct shm_bulk *b, int fd)
+{
+	switch (type) {
+	case SHM_MSG_BULK_REQ:
+		bulk_on_req(c, b);
+		break;
+	case SHM_MSG_BULK_DONE:
+		bulk_on_done(c, b);
+		break;
+	case SHM_MSG_BULK_SPLIT:
+		bulk_on_split(c, b);
+		break;
+	case SHM_MSG_BULK_MAP:
+		bulk_on_map(c, b, fd);
+		break;
+	case SHM_MSG_BULK_FREE:
+	case SHM_MSG_BULK_FILLED:
+		bulk_on_staged(c, b, type == SHM_MSG_BULK_FILLED);
+		break;
+	default:
+		bulk_on_unmap(c, b);
+		break;
+	}
+}
+
+/* Every area, both ways, goes with the connection. */
+static void areas_free(struct sconn *c)
+{
+	for (uint32_t i = 0; c->lent && i < SHM_MAX_AREAS; i++)
+		if (c->lent[i].used)
+			lent_retire(c, i, false);
+	for (uint32_t i = 0; c->areas && i < SHM_MAX_AREAS; i++)
+		if (c->areas[i].map)
+			munmap(c->areas[i].map, c->areas[i].size);
+	free(c->lent);
+	free(c->areas);
+	c->lent = NULL;
+	c->areas = NULL;
 }
 
 static void bulk_fail_all(struct sconn *c, int err)
@@ -1779,13 +2230,14 @@ static int bulk_ask(struct sconn *c, uint32_t op, const struct tern_bulk_desc *r
 	o->gen = (o->gen + 1) & 0xffffffu;
 	b.laddr = (uint64_t)(uintptr_t)m->addr + off;
 	b.token = o->gen << 8 | i;
-	if (c->no_split)
+	if (c->vm == VM_DENIED)
 		b.op |= SHM_BULK_NOSPLIT;
-	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, &b)))
+	if ((rc = bulk_msg_send(c, SHM_MSG_BULK_REQ, &b, -1)))
 		return rc == -EPIPE ? -ECONNRESET : rc;
 	o->busy = true;
 	o->cookie = cookie;
 	o->split = false;
+	o->mapped = false;
 	o->dones = 1;
 	o->status = 0;
 	o->req = b;

@@ -51,7 +51,7 @@
 
 #define SHM_SEG_MAGIC	  0x474553544e524554ull /* "TERNTSEG" */
 #define SHM_MSG_MAGIC	  0x4d485354u		/* "TSHM" */
-#define SHM_PROTO_VERSION 1
+#define SHM_PROTO_VERSION 2
 /*
  * 128, not 64: Intel's adjacent-line prefetcher pulls lines in pairs, so
  * words two sides write must be 128 bytes apart to never share traffic.
@@ -215,6 +215,42 @@ static inline uint8_t *shm_slots(uint8_t *seg, const struct shm_geom *g, int d)
  * exported, or a BULK_DONE for a token not pending, closes the connection
  * with TERN_EPEER.  Because the user's bulk_done() follows the BULK_DONE,
  * anything it posts afterwards reaches the peer after the data.
+ *
+ * Without ptrace (Yama ptrace_scope 1, a non-dumpable peer, or
+ * TERN_SHM_NO_PTRACE=1) process_vm_* fails with EPERM; so does nothing
+ * else.  The exporter then answers a checked BULK_REQ with a memfd *area*
+ * the user maps and copies through itself, by memcpy:
+ *
+ *   exporter -> user  BULK_MAP    key = area id, xaddr = offset in the area,
+ *                                 laddr and len echo the request (the
+ *                                 user's half, after a split).  The area's
+ *                                 memfd rides along the first time the id is
+ *                                 used (or after UNMAP), sealed like the
+ *                                 segment.  Two kinds:
+ *                                 - a tern_mem_alloc() region the export
+ *                                   lies in: one copy, the user's, straight
+ *                                   between its buffer and the export; the
+ *                                   transfer is over when the copy is;
+ *                                 - SHM_MAP_STAGED: a staging memfd of this
+ *                                   connection's (never shared with another
+ *                                   peer).  READ: the exporter copied the
+ *                                   export into it; the user copies it out
+ *                                   and says BULK_FREE.  WRITE: the user
+ *                                   copies its bytes in and says
+ *                                   BULK_FILLED; the exporter checks the
+ *                                   export is still live, copies them into
+ *                                   it and says BULK_DONE.
+ *   user -> exporter  BULK_FREE   key = area, token: a READ's area is free
+ *   user -> exporter  BULK_FILLED key = area, token: a WRITE's bytes are in
+ *   exporter -> user  BULK_UNMAP  key = area: forget it (the region was
+ *                                 released, or idle staging retired)
+ *
+ * What the user maps stays mapped until UNMAP or the connection's end: a
+ * hostile user may keep it, so areas hold only what the peer may see anyway
+ * (docs/threat-model.md).  The user checks a MAP against its own request
+ * (token, direction, laddr, len) and the area's size from fstat; anything
+ * else, a FREE or FILLED for an area not lent for that token, or an fd on
+ * any other message, closes the connection with TERN_EPEER.
  */
 enum shm_msg_type {
 	SHM_MSG_HELLO = 1,
@@ -224,6 +260,11 @@ enum shm_msg_type {
 	SHM_MSG_BULK_REQ = 5,
 	SHM_MSG_BULK_DONE = 6,
 	SHM_MSG_BULK_SPLIT = 7,
+	SHM_MSG_BULK_MAP = 8,
+	SHM_MSG_BULK_FREE = 9,
+	SHM_MSG_BULK_FILLED = 10,
+	SHM_MSG_BULK_UNMAP = 11,
+	SHM_MSG_TYPES, /* one past the last */
 };
 
 enum shm_bulk_op {
@@ -231,16 +272,21 @@ enum shm_bulk_op {
 	SHM_BULK_WRITE = 2,
 	SHM_BULK_OP_MASK = 0xff,
 	SHM_BULK_NOSPLIT = 0x100, /* flag: copy it all yourself */
+	SHM_MAP_STAGED = 0x200,	  /* BULK_MAP flag: a staging area, to FREE or FILL */
 };
+
+#define SHM_MAX_AREAS	   256		 /* areas one side lends a connection's peer, at most */
+#define SHM_STAGE_MIN	   (64u << 10)	 /* staging areas come in powers of two from here */
+#define SHM_STAGE_IDLE_MAX (64ull << 20) /* idle staging kept per connection, at most */
 
 #define SHM_SPLIT_MIN (4u << 20) /* transfers from here on are split in two */
 
 /* A bulk message's body, in struct shm_msg's hs[] (hs_len stays 0). */
 struct shm_bulk {
-	uint64_t xaddr; /* REQ: the exporter's first byte (the descriptor's addr) */
-	uint64_t len;	/* REQ: how many bytes; SPLIT: where the user's half starts */
-	uint64_t laddr; /* REQ: the user's buffer, in the user's address space */
-	uint32_t key;	/* REQ: the descriptor's key */
+	uint64_t xaddr; /* REQ: the exporter's first byte (the descriptor's addr); MAP: offset */
+	uint64_t len;	/* REQ, MAP: how many bytes; SPLIT: where the user's half starts */
+	uint64_t laddr; /* REQ, MAP: the user's buffer, in the user's address space */
+	uint32_t key;	/* REQ: the descriptor's key; MAP, FREE, FILLED, UNMAP: the area */
 	uint32_t token; /* the user's name for the transfer, echoed in DONE */
 	uint32_t op;	/* REQ: enum shm_bulk_op */
 	int32_t status; /* DONE: 0 or -errno */

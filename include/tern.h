@@ -149,8 +149,11 @@ TERN_EXPORT int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out
  *
  * Closes every listener and session (pending calls complete with
  * -ECANCELED), runs the loop until their handles are closed and frees the
- * context.  If the context owns its loop, the loop is closed too.  Must not
- * be called from inside a tern callback.
+ * context.  If the context owns its loop, the loop is closed too.  The
+ * sessions' @on_close does not run for the sessions it closes (a close
+ * callback given to tern_session_close() earlier does): free what you
+ * attached to them once this returns.  Must not be called from inside a
+ * tern callback.
  *
  * Return: 0, or -EBUSY when called from a callback.
  */
@@ -307,10 +310,13 @@ TERN_EXPORT int tern_service_register_ref(tern_ctx *ctx, const struct tern_servi
  *	peers set one and they differ, the handshake is refused with
  *	TERN_ESCHEMA (0: don't check)
  * @on_close: called once when the session ends for any reason other than a
- *	failed connect: the peer went away, the peer broke the protocol, or
- *	tern_session_close() (whose own callback then runs instead).  A
- *	session that fails is closed by tern itself; the handle is freed when
- *	this callback returns, so keep no pointer to it past that.
+ *	failed connect: the peer went away (-ECONNRESET), the peer broke the
+ *	protocol (TERN_EPEER), or tern_session_close() with a NULL callback
+ *	(0, as the close callback would have had); a close with a callback
+ *	of its own runs that one instead, and tern_ctx_destroy() runs
+ *	neither.  A session that fails is closed by tern itself; the handle
+ *	is freed when this callback returns, so keep no pointer to it past
+ *	that.
  * @data: the caller's pointer, returned by tern_session_data()
  * @services: client side: the services this session will call (generated
  *	code provides a tern_service_ref per service).  Right after the
@@ -509,7 +515,8 @@ TERN_EXPORT void tern_listener_close(tern_listener *l, tern_listener_close_cb cb
  * tern_session_close - close a session asynchronously
  * @s: the session
  * @cb: called once the transport is torn down (may be NULL: then the
- *	session's @on_close, if any, runs)
+ *	session's @on_close, if any, runs, with the same reason: 0, or why
+ *	the session had failed already)
  *
  * Calls still pending complete with -ECANCELED before @cb runs.  Requests
  * held by deferred handlers stay valid until they are replied to (the reply
@@ -563,13 +570,50 @@ TERN_EXPORT const char *tern_session_peer(tern_session *s);
 /**
  * struct tern_iov - bytes a raw handler replies with
  *
- * They need to stay valid only until the handler returns: the runtime copies
- * them once into a registered send slot.
+ * They need to stay valid only until the handler returns: the runtime
+ * copies them once, into a registered send slot, or, for a reply larger
+ * than a slot (which goes into the caller's reply buffer), into registered
+ * staging.  The one exception is a large reply the handler chose to send
+ * with no copy, from a region given to tern_mem_register(): see
+ * tern_req_on_reply_sent().
  */
 struct tern_iov {
 	const void *base;
 	size_t len;
 };
+
+/**
+ * tern_reply_sent_cb - the runtime reads a raw reply's bytes no more
+ * @s: the session the request came on (it may be closing)
+ * @status: 0 once the reply has left, or why it did not (a negative errno:
+ *	the transfer failed or the handler failed the call, and the caller
+ *	got that error; -ECONNRESET: the session went down; -ECANCELED: its
+ *	context was destroyed)
+ * @user: the pointer given to tern_req_on_reply_sent()
+ */
+typedef void (*tern_reply_sent_cb)(tern_session *s, int status, void *user);
+
+/**
+ * tern_req_on_reply_sent - reply large from registered memory with no copy,
+ *	and be told when it is sent
+ * @req: a call, inside its raw handler
+ * @cb: called once, from the context's thread, when the runtime no longer
+ *	reads the reply's bytes
+ * @user: passed to @cb
+ *
+ * A raw handler's reply larger than a slot is normally copied into staging
+ * before the handler's memory is let go (struct tern_iov).  After this
+ * call, if its bytes lie in a region given to tern_mem_register(), it is
+ * pushed from there instead (RDMA WRITE on verbs), after the handler has
+ * returned: the bytes must then stay valid and unchanged, and the region
+ * registered, until @cb runs.  @cb runs for whatever reply the handler
+ * gives, large or not (one that fits a slot has been copied already when
+ * the handler returns, and @cb runs then), and for a failed call too.
+ *
+ * Context: inside the raw handler only.
+ * Return: 0, or -EINVAL (not in a raw handler, or @cb NULL).
+ */
+TERN_EXPORT int tern_req_on_reply_sent(tern_req *req, tern_reply_sent_cb cb, void *user);
 
 /**
  * tern_raw_handler - a raw method
@@ -933,10 +977,18 @@ TERN_EXPORT int tern_call_acquire(tern_session *s, void **buf, size_t *cap, tern
 
 /**
  * tern_call_commit - send an acquired slot as a call of @len bytes
+ * @opts: NULL, or per-call options, as for tern_call(): a reply buffer
+ *	takes the reply as it does there, whatever its size.  One larger
+ *	than a slot is named to the server by a descriptor that goes before
+ *	the request, so the request moves up in the slot; a request too long
+ *	to leave room for it goes as a large request, through staging (one
+ *	copy).
  *
  * Return: 0 (and @cb will run), -EMSGSIZE (@len over the slot; the call is
  * aborted), -ENOTCONN (the session failed meanwhile; the call is aborted),
- * TERN_ENOMETHOD (a method the server lacks, see tern_call(); aborted).
+ * TERN_ENOMETHOD (a method the server lacks, see tern_call(); aborted),
+ * -ENOBUFS or -ENOMEM (no staging for the reply buffer or the moved
+ * request, see tern_call(); aborted).
  */
 TERN_EXPORT int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call_cb cb,
 				 void *user, const struct tern_call_opts *opts);
@@ -954,10 +1006,12 @@ TERN_EXPORT void tern_call_abort(tern_callslot *c);
  * @out: the registration
  *
  * Large requests and reply buffers inside a registered region move with no
- * copy.  The context keeps a registration cache: registering a range that
- * an existing registration covers returns that registration (counted, so
- * each tern_mem_register() needs its tern_mem_deregister()), and the
- * transports register it with a device lazily, at first use on it.
+ * copy; so do a raw handler's large replies from one, when the handler
+ * asks to be told when they are sent (tern_req_on_reply_sent()).  The
+ * context keeps a registration cache: registering a range that an existing
+ * registration covers returns that registration (counted, so each
+ * tern_mem_register() needs its tern_mem_deregister()), and the transports
+ * register it with a device lazily, at first use on it.
  *
  * Return: 0, -EINVAL, -ENOMEM.
  */

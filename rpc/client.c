@@ -386,12 +386,84 @@ static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
 	}
 }
 
+static uint64_t reply_offer(const tern_session *s, size_t reply_cap)
+{
+	return reply_cap < tern__reply_max(s) ? reply_cap : tern__reply_max(s);
+}
+
+/* Does a reply buffer of @reply_cap bytes go to the server as a descriptor? */
+static bool offers_desc(const tern_session *s, const void *reply_buf, size_t reply_cap)
+{
+	return reply_buf && reply_offer(s, reply_cap) > s->max_payload && s->conn->ops->bulk_export;
+}
+
+/*
+ * Offer the caller's reply buffer to the server: the reply lands there
+ * (tern__client_reply() copies a short one, and refuses one over
+ * @reply_cap).  A reply that may be larger than a slot needs the buffer
+ * exported, up to tern__reply_max() only (the server refuses a request
+ * that names more, and no reply can be longer): its descriptor goes first
+ * in the payload, at @p.  Return the bytes that takes (0 or
+ * TERN_BULK_DESC_SIZE), or a negative errno.
+ */
+static int offer_reply(tern_session *s, tern_callslot *c, void *reply_buf, size_t reply_cap,
+		       uint8_t *p, uint8_t *flags)
+{
+	uint64_t offer = reply_offer(s, reply_cap);
+	struct tern_bulk_desc d;
+	int rc;
+
+	c->reply_buf = reply_buf;
+	c->reply_cap = reply_cap;
+	if (!offers_desc(s, reply_buf, reply_cap))
+		return 0;
+	rc = tern__bulk_export(s, reply_buf, (size_t)offer, 1, &d, &c->rep_stage);
+	if (rc)
+		return rc;
+	c->xd[c->nx++] = d;
+	c->reply_offer = offer;
+	tern_bulk_desc_encode(p, &d);
+	*flags |= TERN_F_REPLY_DESC;
+	return TERN_BULK_DESC_SIZE;
+}
+
+/* Export a request larger than what its slot has left; its descriptor goes at @p. */
+static int offer_request(tern_session *s, tern_callslot *c, const void *req, size_t len, uint8_t *p,
+			 uint8_t *flags)
+{
+	struct tern_bulk_desc d;
+	int rc;
+
+	rc = tern__bulk_export(s, req, len, 0, &d, &c->req_stage);
+	if (rc)
+		return rc;
+	c->xd[c->nx++] = d;
+	tern_bulk_desc_encode(p, &d);
+	*flags |= TERN_F_BULK;
+	return TERN_BULK_DESC_SIZE;
+}
+
+/* A call could not be offered: undo what was, and say why. */
+static void offer_failed(tern_session *s, tern_callslot *c, int rc, size_t exposing)
+{
+	release_stages(s, c);
+	c->reply_buf = NULL;
+	c->reply_offer = 0;
+	if (rc == -ENOBUFS)
+		tern__set_error(s->ctx,
+				"%s: staging %zu bytes for the peer would exceed the session's "
+				"max_staging (%" PRIu64 " bytes, %" PRIu64 " held)",
+				s->peer, exposing, s->max_staging, s->staged);
+	else
+		tern__set_error(s->ctx, "%s: cannot expose a %zu-byte buffer to the peer: %s",
+				s->peer, exposing, tern_strerror(rc));
+}
+
 /*
  * A call with a reply buffer, or a request larger than a slot: the payload
  * starts with the reply buffer's descriptor (if the reply may not fit a
  * slot), then carries the request, or the descriptor the server pulls it
- * through.  The reply buffer is offered up to tern__reply_max() only: the
- * server refuses a request that names more, and no reply can be longer.
+ * through.
  */
 static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t len,
 		      void *reply_buf, size_t reply_cap, tern_call_cb cb, void *user,
@@ -399,34 +471,18 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 {
 	tern_callslot *c = take_slot(s);
 	uint8_t *p = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
-	uint64_t offer = reply_cap < tern__reply_max(s) ? reply_cap : tern__reply_max(s);
-	struct tern_bulk_desc d;
 	uint8_t flags = 0;
-	size_t off = 0, exposing = 0;
-	int rc = 0;
+	size_t off, exposing = (size_t)reply_offer(s, reply_cap);
+	int rc;
 
-	c->reply_buf = reply_buf;
-	c->reply_cap = reply_cap;
-	if (reply_buf && offer > s->max_payload && s->conn->ops->bulk_export) {
-		exposing = (size_t)offer;
-		rc = tern__bulk_export(s, reply_buf, exposing, 1, &d, &c->rep_stage);
-		if (rc)
-			goto fail;
-		c->xd[c->nx++] = d;
-		c->reply_offer = offer;
-		tern_bulk_desc_encode(p, &d);
-		off = TERN_BULK_DESC_SIZE;
-		flags |= TERN_F_REPLY_DESC;
-	}
+	if ((rc = offer_reply(s, c, reply_buf, reply_cap, p, &flags)) < 0)
+		goto fail;
+	off = (size_t)rc;
 	if (len > s->max_payload - off) {
 		exposing = len;
-		rc = tern__bulk_export(s, req, len, 0, &d, &c->req_stage);
-		if (rc)
+		if ((rc = offer_request(s, c, req, len, p + off, &flags)) < 0)
 			goto fail;
-		c->xd[c->nx++] = d;
-		tern_bulk_desc_encode(p + off, &d);
-		off += TERN_BULK_DESC_SIZE;
-		flags |= TERN_F_BULK;
+		off += (size_t)rc;
 	} else {
 		if (len)
 			memcpy(p + off, req, len);
@@ -436,19 +492,9 @@ static int issue_bulk(tern_session *s, uint32_t method, const void *req, size_t 
 	issue(s, c, method, off, cb, user, deadline_ns, flags);
 	return 0;
 fail:
-	release_stages(s, c);
+	offer_failed(s, c, rc, exposing);
 	tern_credits_untake_call(&s->cr);
-	c->reply_buf = NULL;
-	c->reply_offer = 0;
 	release_slot(s, c);
-	if (rc == -ENOBUFS)
-		tern__set_error(s->ctx,
-				"%s: staging %zu bytes for the peer would exceed the session's "
-				"max_staging (%" PRIu64 " bytes, %" PRIu64 " held)",
-				s->peer, exposing, s->max_staging, s->staged);
-	else
-		tern__set_error(s->ctx, "%s: cannot expose a %zu-byte buffer to the peer: %s",
-				s->peer, exposing, tern_strerror(rc));
 	return rc;
 }
 
@@ -462,13 +508,21 @@ static int issue_any(tern_session *s, uint32_t method, const void *req, size_t l
 	return 0;
 }
 
+/* The reply buffer of @opts, if any (and its size in *@cap). */
+static void *opts_reply_buf(const struct tern_call_opts *opts, size_t *cap)
+{
+	/* callers built against the first tern_call_opts pass a smaller size */
+	void *buf = opts && (!opts->size || opts->size >= sizeof(*opts)) ? opts->reply_buf : NULL;
+
+	*cap = buf ? opts->reply_cap : 0;
+	return buf;
+}
+
 int tern_call(tern_session *s, uint32_t method_id, const void *req, size_t len, tern_call_cb cb,
 	      void *user, const struct tern_call_opts *opts)
 {
-	/* callers built against the first tern_call_opts pass a smaller size */
-	void *reply_buf =
-		opts && (!opts->size || opts->size >= sizeof(*opts)) ? opts->reply_buf : NULL;
-	size_t reply_cap = reply_buf ? opts->reply_cap : 0;
+	size_t reply_cap;
+	void *reply_buf = opts_reply_buf(opts, &reply_cap);
 	int rc;
 
 	if (!s || !cb || method_id == 0 || (len && !req))
@@ -565,10 +619,48 @@ void tern_call_abort(tern_callslot *c)
 	tern__client_kick(c->s);
 }
 
+/*
+ * An acquired call's reply buffer, offered as tern_call() offers one.  The
+ * request is in the slot already, and a reply buffer larger than a slot
+ * puts its descriptor first: the request moves up behind it, or, when the
+ * slot has no room left for both, goes as a large request, through staging
+ * (copied out before the slot is rewritten).  *@plen becomes the payload's
+ * length.  On failure the caller aborts the call.
+ */
+static int commit_offer(tern_session *s, tern_callslot *c, void *reply_buf, size_t reply_cap,
+			size_t *plen, uint8_t *flags)
+{
+	uint8_t *p = tern__send_slot(s, c->idx) + TERN_HDR_SIZE;
+	size_t len = *plen;
+	int rc;
+
+	if (!offers_desc(s, reply_buf, reply_cap))
+		return offer_reply(s, c, reply_buf, reply_cap, p, flags); /* 0: no descriptor */
+	if (len > s->max_payload - TERN_BULK_DESC_SIZE) {
+		if ((rc = offer_request(s, c, p, len, p + TERN_BULK_DESC_SIZE, flags)) < 0) {
+			offer_failed(s, c, rc, len);
+			return rc;
+		}
+		*plen = 2 * TERN_BULK_DESC_SIZE;
+	} else {
+		memmove(p + TERN_BULK_DESC_SIZE, p, len);
+		s->copy_bytes += len;
+		*plen = TERN_BULK_DESC_SIZE + len;
+	}
+	if ((rc = offer_reply(s, c, reply_buf, reply_cap, p, flags)) < 0) {
+		offer_failed(s, c, rc, (size_t)reply_offer(s, reply_cap));
+		return rc;
+	}
+	return 0;
+}
+
 int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call_cb cb, void *user,
 		     const struct tern_call_opts *opts)
 {
 	tern_session *s;
+	void *reply_buf;
+	size_t reply_cap;
+	uint8_t flags = 0;
 	int rc;
 
 	if (!c || c->state != TERN_CALL_ACQUIRED || c->acq_oneway || !cb || method_id == 0)
@@ -576,7 +668,12 @@ int tern_call_commit(tern_callslot *c, uint32_t method_id, size_t len, tern_call
 	if ((rc = commit_check(c, method_id, len)))
 		return rc;
 	s = c->s;
-	issue(s, c, method_id, len, cb, user, deadline_for(s, opts), 0);
+	reply_buf = opts_reply_buf(opts, &reply_cap);
+	if (reply_buf && (rc = commit_offer(s, c, reply_buf, reply_cap, &len, &flags))) {
+		tern_call_abort(c);
+		return rc;
+	}
+	issue(s, c, method_id, len, cb, user, deadline_for(s, opts), flags);
 	return 0;
 }
 

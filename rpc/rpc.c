@@ -103,6 +103,7 @@ static void rpc_session_fini(tern_session *s)
 		}
 	}
 	free(r->orphans);
+	tern__serve_session_fini(s);
 	free(r->calls);
 	free(r->free_calls);
 	free(r->queue);

@@ -233,7 +233,10 @@ struct tern_req {
 	size_t bulk_off;	     /* ...at this offset */
 	struct tern_bulk_desc qdesc; /* the large request being pulled */
 	uint32_t holds;		     /* tern_req_hold() calls not yet released */
-	ssize_t held_status;	     /* a held batch item's status, for its release */
+	bool in_raw;		     /* inside its raw handler */
+	tern_reply_sent_cb sent_cb;  /* tern_req_on_reply_sent(), until the reply went */
+	void *sent_user;
+	ssize_t held_status; /* a held batch item's status, for its release */
 	char errmsg[TERN_ERRMSG_MAX + 1];
 	/* tern_req_zero_extend(): the request read as a longer message; kept
 	 * for the next request of this index, freed with the session */
@@ -311,6 +314,8 @@ void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr 
 			 const void *payload);
 void tern__serve_reply_slot_free(tern_session *s, uint32_t req_idx);
 void tern__serve_session_down(tern_session *s);
+/* The session is being freed: tell raw handlers their replies will not go. */
+void tern__serve_session_fini(tern_session *s);
 
 /* client.c */
 void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *payload);

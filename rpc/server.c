@@ -50,6 +50,13 @@ static int clamp_status(int err)
 	return tern_wire_status_ok(err) ? err : TERN_EREMOTE;
 }
 
+/* tern_req_on_reply_sent(): the runtime reads the raw reply's bytes no more. */
+static void reply_sent(tern_session *s, tern_reply_sent_cb cb, void *user, int status)
+{
+	if (cb)
+		TERN_CALLBACK(s->ctx, cb(s, status, user));
+}
+
 /*
  * Finish a request: give its receive back first (so the credit the reply
  * carries is for a receive that really is posted), then post the reply.
@@ -66,7 +73,9 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 		.status = status,
 		.len = len,
 	};
+	tern_reply_sent_cb sent = req->sent_cb;
 
+	req->sent_cb = NULL;
 	req->state = TERN_REQ_FREE;
 	req->in = NULL;
 	req->out = NULL;
@@ -74,9 +83,10 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	tern__session_stage_put(s, req->out_stage);
 	req->in_stage = req->out_stage = NULL;
 	if (s->state != TERN_S_READY) {
-		/* The session died while a deferred handler held the request:
-		 * the reply has nowhere to go. */
+		/* The session died while a deferred handler held the request
+		 * (or a transfer moved its reply): the reply has nowhere to go. */
 		r->free_reqs[r->nfree_reqs++] = req->idx;
+		reply_sent(s, sent, req->sent_user, -ECONNRESET);
 		tern__session_unref(s);
 		return;
 	}
@@ -87,6 +97,7 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	/* A request waits for a reply slot: this one must come back. */
 	if (r->bl_len)
 		tern__session_report_sends(s);
+	reply_sent(s, sent, req->sent_user, kind == TERN_MSG_REP ? 0 : status);
 }
 
 static void finish(tern_req *req, uint8_t kind, int status, uint32_t len)
@@ -326,12 +337,17 @@ static void reply_iov(tern_req *req, const struct tern_iov *iov)
 		reply_error(req, -EMSGSIZE, why);
 		return;
 	}
-	/* Zero copy where the bytes are registered: the pulled request itself
-	 * (an echo), or a region of the user's; otherwise stage them, at the
-	 * start of the staging. */
+	/*
+	 * Zero copy where the bytes are registered and stay as they are until
+	 * the transfer is done: the pulled request itself (an echo), or a
+	 * region of the user's whose handler will be told when the reply went
+	 * (tern_req_on_reply_sent()).  Otherwise the bytes are the handler's
+	 * only until it returned (struct tern_iov): stage them, at the start
+	 * of the staging.
+	 */
 	if (req->in_stage && tern__mr_contains(&req->in_stage->mr, iov->base, iov->len)) {
 		mr = &req->in_stage->mr;
-	} else if (!(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
+	} else if (!req->sent_cb || !(mr = tern__mr_find(s->ctx, iov->base, iov->len))) {
 		int rc = tern__session_stage_get(s, iov->len, &req->out_stage);
 
 		if (rc) {
@@ -361,7 +377,9 @@ static void invoke(tern_session *s, tern_req *req, const struct tern_method *m)
 	case TERN_KIND_RAW: {
 		struct tern_iov iov = {0};
 
+		req->in_raw = true;
 		TERN_CALLBACK(s->ctx, rc = m->fn.raw(req, in, in_len, &iov, m->user));
+		req->in_raw = false;
 		if (rc < 0)
 			reply_error(req, rc, NULL);
 		else
@@ -465,6 +483,7 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 	req = &r->reqs[r->free_reqs[--r->nfree_reqs]];
 	req->state = TERN_REQ_HANDLER;
+	req->sent_cb = NULL;
 	req->token = token;
 	req->call_slot = h->call_slot;
 	req->call_gen = h->call_gen;
@@ -745,6 +764,34 @@ uint32_t tern_req_method(tern_req *req)
 	return req ? req->method : 0;
 }
 
+int tern_req_on_reply_sent(tern_req *req, tern_reply_sent_cb cb, void *user)
+{
+	if (!req || !cb || !req->in_raw)
+		return -EINVAL;
+	req->sent_cb = cb;
+	req->sent_user = user;
+	return 0;
+}
+
+void tern__serve_session_fini(tern_session *s)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	for (uint32_t i = 0; r->reqs && i < s->n; i++) {
+		tern_req *req = &r->reqs[i];
+		tern_reply_sent_cb sent = req->sent_cb;
+
+		/* requests nobody will finish now (a deferred handler's, when
+		 * tern_ctx_destroy() frees the session): their staging, and a
+		 * raw reply still counted on, which will not go */
+		req->sent_cb = NULL;
+		reply_sent(s, sent, req->sent_user, -ECANCELED);
+		tern__session_stage_put(s, req->in_stage);
+		tern__session_stage_put(s, req->out_stage);
+		req->in_stage = req->out_stage = NULL;
+	}
+}
+
 void tern_req_set_error(tern_req *req, const char *msg)
 {
 	if (!req)
@@ -773,13 +820,26 @@ tern_req *tern_req_hold(tern_req *req)
 
 int tern_req_release(tern_req *req)
 {
+	tern_ctx *ctx;
+
 	if (!req || !req->holds)
 		return -EINVAL;
 	if (--req->holds || req->state != TERN_REQ_HELD)
-		return 0; /* still held, or its handler has not returned yet */
+		return 0;  /* still held, or its handler has not returned yet */
+	ctx = req->s->ctx; /* (the session may be freed below) */
 	/* Give the slot back (a batch call: send its reply) as the handler's
 	 * return would have; after the session went down, just let go. */
 	tern__serve_batch_done(req, req->held_status);
+	/*
+	 * A one-way message's credit is owed now, and owed credits leave from
+	 * the loop (tern__session_flush_dirty()), after a batch of completions
+	 * or a timer.  Inside a tern callback one of those follows; from the
+	 * application's own code, in event progress, nothing may come: the
+	 * peer, its credits all held, has nothing left to send.  So wake the
+	 * loop, as fail_soon() does.
+	 */
+	if (!ctx->cb_depth && !tern_list_empty(&ctx->dirty))
+		tern__wake_soon(ctx);
 	return 0;
 }
 

@@ -285,7 +285,22 @@ void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns)
 	now = tern__now_ns();
 	/* libuv timers have millisecond resolution: round up, never fire early. */
 	ms = deadline_ns > now ? (deadline_ns - now + 999999) / 1000000 : 0;
+	/* a deadline does not keep the loop alive (a wake-up may have) */
+	uv_unref((uv_handle_t *)&ctx->deadline_timer);
 	uv_timer_start(&ctx->deadline_timer, deadline_cb, ms, 0);
+}
+
+void tern__wake_soon(tern_ctx *ctx)
+{
+	tern__deadline_arm(ctx, tern__now_ns());
+	/*
+	 * The timer is due now (or was already): it keeps the loop alive until
+	 * it fires, unlike a deadline (see tern__ctx_create()), so that work
+	 * owed now runs even on a loop with nothing else to do (mem://'s in
+	 * event progress has no fd).  Fired, the timer is inactive again, and
+	 * the next tern__deadline_arm() unrefs it.
+	 */
+	uv_ref((uv_handle_t *)&ctx->deadline_timer);
 }
 
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns)

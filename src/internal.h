@@ -387,6 +387,12 @@ int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h,
 /* Have every send posted so far reported soon (a send slot is awaited). */
 void tern__session_report_sends(tern_session *s);
 void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns);
+/*
+ * Run the deadline timer (and the flush of dirty sessions after it) on the
+ * loop's next turn: for work a user's call left owed outside a callback,
+ * which nothing else may come to do in event progress.
+ */
+void tern__wake_soon(tern_ctx *ctx);
 void tern__deadlines_run(tern_ctx *ctx, uint64_t now_ns);
 void tern__session_mark_dirty(tern_session *s);
 void tern__session_repost(tern_session *s, uint32_t token);

@@ -185,7 +185,7 @@ static void fail_soon(tern_session *s, int err, const char *why)
 	s->fail_soon = err;
 	s->fail_soon_why = why;
 	tern__session_mark_dirty(s);
-	tern__deadline_arm(s->ctx, tern__now_ns());
+	tern__wake_soon(s->ctx);
 }
 
 int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags)
@@ -700,11 +700,17 @@ static void ev_closed(struct tern_conn *c)
 		if (s->listener && s->listener->cb)
 			TERN_CALLBACK(s->ctx, s->listener->cb(s->listener, NULL,
 							      reason ? reason : -ECONNABORTED));
-	} else if (s->user_closed) {
-		if (s->close_cb)
-			TERN_CALLBACK(s->ctx, s->close_cb(s, reason == -ECANCELED ? 0 : reason));
-	} else if (s->on_close) {
-		TERN_CALLBACK(s->ctx, s->on_close(s, reason));
+	} else if (s->user_closed && s->close_cb) {
+		TERN_CALLBACK(s->ctx, s->close_cb(s, reason == -ECANCELED ? 0 : reason));
+	} else if (s->on_close && !s->ctx->destroying) {
+		/*
+		 * The peer went, the session failed, or the user closed it with
+		 * no callback of its own (tern.h: then on_close runs, with the
+		 * close callback's reason).  Not for the sessions
+		 * tern_ctx_destroy() closes: the application is tearing down.
+		 */
+		TERN_CALLBACK(s->ctx,
+			      s->on_close(s, s->user_closed && reason == -ECANCELED ? 0 : reason));
 	}
 	tern__session_unref(s);
 }

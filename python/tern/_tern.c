@@ -2240,6 +2240,7 @@ static int session_opts_parse(PyObject *d, struct tern_session_opts *so)
 }
 
 static void on_session_close(tern_session *s, int reason);
+static void session_closed_quietly(tern_session *s, int reason);
 
 /*
  * A listener accepted a session (nothing to do: requests find their
@@ -2434,7 +2435,7 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 		return raise_ctx(c, rc);
 	r = session_make(c, s);
 	if (!r)
-		tern_session_close(s, NULL);
+		tern_session_close(s, session_closed_quietly);
 	return r;
 }
 
@@ -2551,11 +2552,18 @@ static void on_session_close(tern_session *s, int reason)
 	so->close_reason = reason ? reason : -ECONNRESET;
 }
 
+/* A session the Python side let go of: nobody to tell that it closed
+ * (with no callback, on_session_close would count it as a peer's). */
+static void session_closed_quietly(tern_session *s, int reason)
+{
+	(void)s, (void)reason;
+}
+
 static void session_detach(SessionObject *so)
 {
 	if (so->s) {
 		tern_session_set_data(so->s, NULL);
-		tern_session_close(so->s, NULL);
+		tern_session_close(so->s, session_closed_quietly);
 		so->s = NULL;
 		so->close_reason = -ECANCELED;
 	}

@@ -198,7 +198,7 @@ struct agent {
 	uint32_t nheld, held_cap;
 	struct rstream *rs;
 	uint32_t nrs, rs_cap;
-	/* reply bytes of raw handlers: plain, and registered (sent with no copy) */
+	/* reply bytes of raw handlers: plain, and registered (copied all the same) */
 	uint8_t *scratch, *rscratch;
 	size_t scratch_len, rscratch_len;
 	tern_mr *rscratch_mr;
@@ -1204,10 +1204,64 @@ static void set_errmsg(tern_req *req, const struct chaos_hdr *h)
 	tern_req_set_error(req, msg);
 }
 
-/* Reply bytes for a raw handler: valid until it returns. */
-static const uint8_t *raw_reply(struct agent *a, const struct chaos_hdr *h)
+/*
+ * A raw reply sent with no copy (tern_req_on_reply_sent()): its arena block
+ * stays as it is until the runtime says it is done with it, then goes back
+ * to the arena, whose next user rewrites it: a read after that reaches the
+ * caller as wrong bytes.
+ */
+#define REG_REPLY_MAGIC 0x5245475245504cull
+struct reg_reply {
+	uint64_t magic;
+	struct agent *a;
+	uint8_t *p;
+	int cls;
+};
+
+static void reg_reply_sent(tern_session *s, int status, void *user)
+{
+	struct reg_reply *rr = user;
+
+	(void)s;
+	if (rr->magic != REG_REPLY_MAGIC) /* (a second call reads freed memory: ASan) */
+		abort();
+	/* 0, or the documented reasons it did not go */
+	if (status > 0)
+		chaos_fail(rr->a->tr, "a raw reply's sent callback with status %d", status);
+	rr->magic = 0;
+	arena_put(&rr->a->arena, rr->p, rr->cls);
+	free(rr);
+}
+
+/* A registered block for a large raw reply, kept until it is sent; NULL: none free. */
+static const uint8_t *raw_reply_nocopy(struct agent *a, tern_req *req, const struct chaos_hdr *h)
+{
+	struct reg_reply *rr;
+	int cls;
+	uint8_t *p = arena_get(&a->arena, (size_t)h->reply_len, &cls);
+
+	if (!p)
+		return NULL;
+	rr = xmalloc(sizeof(*rr));
+	*rr = (struct reg_reply){.magic = REG_REPLY_MAGIC, .a = a, .p = p, .cls = cls};
+	if (tern_req_on_reply_sent(req, reg_reply_sent, rr))
+		chaos_fail(a->tr, "tern_req_on_reply_sent refused a raw handler's request");
+	chaos_fill(p, h->reply_len, h->reply_seed, 0);
+	return p;
+}
+
+/*
+ * Reply bytes for a raw handler: valid until it returns (struct tern_iov),
+ * registered or not; the next handler rewrites them.  Half the registered
+ * ones (CH_REG_REPLY) go with no copy instead, from a block of their own.
+ */
+static const uint8_t *raw_reply(struct agent *a, tern_req *req, const struct chaos_hdr *h)
 {
 	bool reg = (h->flags & CH_REG_REPLY) != 0;
+	const uint8_t *nocopy = reg && (h->reply_seed & 1) ? raw_reply_nocopy(a, req, h) : NULL;
+
+	if (nocopy)
+		return nocopy;
 	uint8_t **buf = reg ? &a->rscratch : &a->scratch;
 	size_t *have = reg ? &a->rscratch_len : &a->scratch_len;
 
@@ -1242,7 +1296,7 @@ static int h_raw(tern_req *req, const void *in, size_t len, struct tern_iov *out
 		set_errmsg(req, &h);
 		return h.err;
 	}
-	out->base = raw_reply(a, &h);
+	out->base = raw_reply(a, req, &h);
 	out->len = h.reply_len;
 	return 0;
 }

@@ -284,8 +284,7 @@ static void parse_args(int argc, char **argv, struct role *role)
 	if (cfg.soak) {
 		/* mixed sizes and checksums, long-lived processes, nothing that fails
 		 * today (docs/chaos.md, open failures) */
-		without |= CF_KILL | CF_CLOSE | CF_LATE_LARGE | CF_ABANDON | CF_COMMIT_RBUF |
-			   CF_CLOSE_NULL | CF_RAW_REG | CF_HOLD_OW;
+		without |= CF_KILL | CF_CLOSE | CF_LATE_LARGE | CF_ABANDON;
 	}
 	cfg.features &= ~without;
 	if (!cfg.large_budget)

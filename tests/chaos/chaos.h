@@ -50,14 +50,16 @@ enum chaos_feature {
 	CF_LATE_LARGE = 1u << 13,   /* defect 3: large calls in user memory that time out */
 	CF_ABANDON = 1u << 14,	    /* defect 3: calls the server never answers */
 	/*
-	 * Found by this run (docs/chaos.md, open failures): tern_call_commit()
-	 * takes a struct tern_call_opts but ignores its reply buffer.
+	 * Found by this run (fixed since): tern_call_commit() took a struct
+	 * tern_call_opts but ignored its reply buffer...
 	 */
 	CF_COMMIT_RBUF = 1u << 15,
-	/* ...and tern_session_close() with a NULL callback never runs on_close */
+	/* ...and tern_session_close() with a NULL callback never ran on_close */
 	CF_CLOSE_NULL = 1u << 16,
-	/* ...and a raw handler's large reply from registered memory is read
-	 * after the handler returned (struct tern_iov says it need not be) */
+	/* ...and a raw handler's large reply from registered memory was read
+	 * after the handler returned (struct tern_iov says it need not be):
+	 * replies from a registered scratch the next handler rewrites, and
+	 * from blocks kept until tern_req_on_reply_sent() says they went */
 	CF_RAW_REG = 1u << 17,
 	/*
 	 * Not a pattern but a check: once traffic stops, every call slot and
@@ -68,9 +70,10 @@ enum chaos_feature {
 	CF_SLOTS_HOME = 1u << 18,
 	/*
 	 * tern_req_hold() on one-way messages and one-way batch items (CF_HOLD
-	 * covers call batch items).  Found by this run: released outside a
-	 * callback, in event progress, their credits are not returned until
-	 * some other event comes, and a peer waiting for them waits forever.
+	 * covers call batch items).  Found by this run (fixed since): released
+	 * outside a callback, in event progress, their credits were not
+	 * returned until some other event came, and a peer waiting for them
+	 * waited forever.
 	 */
 	CF_HOLD_OW = 1u << 19,
 };
@@ -205,7 +208,7 @@ enum chaos_action {
 };
 
 enum chaos_hdr_flags {
-	CH_REG_REPLY = 1u << 0,	   /* raw: a large reply from registered memory (no copy) */
+	CH_REG_REPLY = 1u << 0,	   /* raw: a large reply from registered memory */
 	CH_EARLY_ACQ = 1u << 1,	   /* deferred: tern_reply_acquire() at once, commit later */
 	CH_HOLD = 1u << 2,	   /* one-way or batch item: tern_req_hold() it for hold_us */
 	CH_ERRMSG = 1u << 3,	   /* ACT_ERR: with a message naming the call */

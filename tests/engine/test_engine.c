@@ -749,6 +749,54 @@ static void test_destroying_a_context_mid_accept_finishes(void **state)
 	alarm(0);
 }
 
+/* on_close, seen from both ends of one fixture */
+struct ends_closed {
+	tern_session *cli, *srv;
+	int cli_reason, srv_reason;
+	int cli_calls, srv_calls;
+};
+
+static void note_end_closed(tern_session *s, int reason)
+{
+	struct ends_closed *e = tern_session_data(s);
+
+	if (s == e->cli) {
+		e->cli_calls++;
+		e->cli_reason = reason;
+	} else if (s == e->srv) {
+		e->srv_calls++;
+		e->srv_reason = reason;
+	}
+}
+
+/*
+ * tern_session_close(s, NULL) runs the session's on_close (tern.h), with
+ * the reason a close callback would have had (0); the peer's on_close
+ * hears -ECONNRESET.  Both run once.
+ */
+static void test_close_with_no_callback_runs_on_close(void **state)
+{
+	struct ends_closed e = {0};
+	struct tern_session_opts so = {.size = sizeof(so), .on_close = note_end_closed, .data = &e};
+	struct fx f;
+
+	(void)state;
+	assert_int_equal(fx_setup(&f, &so, TERN_PROGRESS_BUSY), 0);
+	register_all(f.ctx);
+	e.cli = f.cli;
+	e.srv = f.srv;
+	echo_once(&f, M_RAW, 10);
+	assert_int_equal(tern_session_close(f.cli, NULL), 0);
+	assert_int_equal(fx_run_until_count(&f, &e.cli_calls, 1, 20000), 0);
+	assert_int_equal(e.cli_reason, 0);
+	assert_int_equal(fx_run_until_count(&f, &e.srv_calls, 1, 20000), 0);
+	assert_int_equal(e.srv_reason, -ECONNRESET);
+	/* (both handles are freed now; destroying the context runs neither again) */
+	fx_teardown(&f);
+	assert_int_equal(e.cli_calls, 1);
+	assert_int_equal(e.srv_calls, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -782,6 +830,7 @@ int main(void)
 		cmocka_unit_test(test_event_progress_echo),
 		cmocka_unit_test(test_adaptive_progress_echo_across_idle_gaps),
 		cmocka_unit_test(test_destroying_a_context_mid_accept_finishes),
+		cmocka_unit_test(test_close_with_no_callback_runs_on_close),
 		/* rdma only, from here: it reads the RNR counters of the NIC */
 		cmocka_unit_test_setup_teardown(test_saturating_run_causes_no_rnr, setup_small_nb,
 						teardown),

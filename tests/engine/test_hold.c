@@ -93,14 +93,14 @@ static int on_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, v
 	return 0;
 }
 
-static struct fx *start(void)
+static struct fx *start_in(enum tern_progress progress)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	struct tern_session_opts o = {.size = sizeof(o), .slot_count = SLOTS, .nonblock = 1};
 	struct tern_batch_opts bo = {.size = sizeof(bo), .max = 2, .wait_us = 1000, .oneway = 1};
 
 	assert_non_null(f);
-	assert_int_equal(fx_setup(f, &o, TERN_PROGRESS_BUSY), 0);
+	assert_int_equal(fx_setup(f, &o, progress), 0);
 	assert_int_equal(tern_register_oneway(f->ctx, M_ONEWAY, on_oneway, NULL), 0);
 	assert_int_equal(tern_register_batch(f->ctx, M_OWBATCH, &bo, on_owbatch, NULL), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_RAW, on_raw, NULL), 0);
@@ -108,6 +108,11 @@ static struct fx *start(void)
 	next_seq = 0;
 	hold_on = true;
 	return f;
+}
+
+static struct fx *start(void)
+{
+	return start_in(TERN_PROGRESS_BUSY);
 }
 
 /* Run the loop for @ms. */
@@ -227,6 +232,47 @@ static void test_a_call_cannot_be_held(void **state)
 	free(f);
 }
 
+/*
+ * Event progress, every credit held, the loop quiet: messages released
+ * from the application's own code (not a tern callback: a worker's
+ * result, say) give their credits back by themselves.  Nothing else will
+ * come to carry them: the sender has no credit left to send with.
+ */
+static void released_outside_a_callback(uint32_t method)
+{
+	struct fx *f = start_in(TERN_PROGRESS_EVENT);
+	uint32_t sent;
+
+	sent = fill_all_credits(f, method);
+	idle(f, 50); /* nothing pending: no timer left to flush anything */
+	assert_int_equal(f->cli->cr.tx, 0);
+	hold_on = false;
+	for (int i = 0; i < nheld; i++)
+		assert_int_equal(tern_req_release(held[i]), 0);
+	for (int i = 0; i < 2000 && f->cli->cr.tx < SLOTS; i++)
+		idle(f, 1);
+	assert_int_equal(f->cli->cr.tx, SLOTS);
+	/* and the window works again */
+	for (int i = 0; i < 20; i++)
+		send_wait(f, method, sent++);
+	assert_int_equal(fx_run_until_count(f, &nrecv, (int)sent, 10000), 0);
+	assert_int_equal(bad, 0);
+	fx_teardown(f);
+	free(f);
+}
+
+static void test_oneway_released_outside_a_callback_returns_its_credit(void **state)
+{
+	(void)state;
+	released_outside_a_callback(M_ONEWAY);
+}
+
+static void test_batch_item_released_outside_a_callback_returns_its_credit(void **state)
+{
+	(void)state;
+	released_outside_a_callback(M_OWBATCH);
+}
+
 /* Hold every credit, then let the session go down under them. */
 static void held_across_close(uint32_t method, bool release_all)
 {
@@ -275,6 +321,8 @@ int main(void)
 		cmocka_unit_test(test_held_oneway_messages_keep_their_bytes_and_credits),
 		cmocka_unit_test(test_held_oneway_batch_items_keep_their_bytes_and_credits),
 		cmocka_unit_test(test_a_call_cannot_be_held),
+		cmocka_unit_test(test_oneway_released_outside_a_callback_returns_its_credit),
+		cmocka_unit_test(test_batch_item_released_outside_a_callback_returns_its_credit),
 		cmocka_unit_test(test_held_oneway_messages_outlive_their_session),
 		cmocka_unit_test(
 			test_held_batch_items_outlive_their_session_until_the_context_ends),

@@ -26,6 +26,7 @@
 #define M_LATER	       0x402 /* deferred: the same, replied later */
 #define M_ECHO_INPLACE 0x403 /* inplace: the request back, written once into the reply */
 #define M_RAW_MAKE     0x404 /* raw: N bytes from the handler's own memory (N in the request) */
+#define M_RAW_REG      0x405 /* raw: N bytes from registered memory of its own (struct reg_ask) */
 
 static double now_s(void)
 {
@@ -108,6 +109,50 @@ static int raw_make(tern_req *r, const void *in, size_t n, struct tern_iov *out,
 	return 0;
 }
 
+/*
+ * A raw handler's reply from registered memory of its own.  The request:
+ * the length wanted, and whether to ask to be told when the reply went
+ * (tern_req_on_reply_sent(): no copy) or not (the runtime copies).
+ */
+struct reg_ask {
+	uint64_t want;
+	uint32_t notify; /* 0: no callback; 1: the callback; 2: the callback, then fail */
+	uint32_t seed;
+};
+static uint8_t *reg_made; /* inside a tern_mem_register()ed region */
+static size_t reg_made_cap;
+static bool reg_handled;
+static int reg_sent_calls, reg_sent_status;
+
+static void reg_sent(tern_session *s, int status, void *user)
+{
+	(void)s;
+	assert_ptr_equal(user, reg_made);
+	reg_sent_calls++;
+	reg_sent_status = status;
+}
+
+static int raw_reg(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
+{
+	struct reg_ask a;
+
+	(void)u;
+	if (n != sizeof(a))
+		return -EINVAL;
+	memcpy(&a, in, sizeof(a));
+	if (a.want > reg_made_cap)
+		return -EMSGSIZE;
+	reg_handled = true;
+	pattern(reg_made, a.want, a.seed);
+	if (a.notify)
+		assert_int_equal(tern_req_on_reply_sent(r, reg_sent, reg_made), 0);
+	if (a.notify == 2)
+		return -EIO;
+	out->base = reg_made;
+	out->len = a.want;
+	return 0;
+}
+
 static tern_req *held;
 static uint64_t held_want;
 
@@ -131,6 +176,7 @@ static struct fx *fx_new_progress(const struct tern_session_opts *o, enum tern_p
 	assert_int_equal(tern_register_deferred(f->ctx, M_LATER, later, NULL), 0);
 	assert_int_equal(tern_register_inplace(f->ctx, M_ECHO_INPLACE, echo_inplace, NULL), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_RAW_MAKE, raw_make, NULL), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_RAW_REG, raw_reg, NULL), 0);
 	return f;
 }
 
@@ -456,6 +502,82 @@ static void test_raw_handler_replies_large_from_its_own_memory(void **state)
 	fx_free(f);
 }
 
+/*
+ * struct tern_iov: a raw handler's bytes need stay valid only until it
+ * returns, registered or not, so a large reply from registered memory is
+ * copied before the handler's memory is let go: bytes rewritten right
+ * after the handler returned do not reach the caller.  With
+ * tern_req_on_reply_sent() it goes with no copy, and the callback says
+ * once when the bytes are free again, for any reply.
+ */
+static void test_raw_reply_from_registered_memory_is_sent_as_documented(void **state)
+{
+	struct fx *f = fx_new(NULL);
+	size_t want = 3 << 20;
+	uint8_t *rep = calloc(1, want), *expect = malloc(want);
+	struct tern_call_opts o = {.size = sizeof(o), .reply_buf = rep, .reply_cap = want};
+	struct reg_ask a = {.want = want, .seed = 21};
+	uint64_t srv_copies;
+	struct fx_done d = {0};
+	tern_mr *mr;
+
+	(void)state;
+	reg_made_cap = 4 << 20;
+	reg_made = malloc(reg_made_cap);
+	assert_int_equal(tern_mem_register(f->ctx, reg_made, reg_made_cap, &mr), 0);
+	pattern(expect, want, 21);
+
+	/* no callback: copied once, and what the handler does next is its own */
+	srv_copies = f->srv->copy_bytes;
+	reg_handled = false;
+	assert_int_equal(tern_call(f->cli, M_RAW_REG, &a, sizeof(a), fx_done_cb, &d, &o), 0);
+	for (int i = 0; i < 2000000 && !reg_handled; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	assert_true(reg_handled);
+	memset(reg_made, 0xee, want); /* the handler has returned: its bytes are free */
+	assert_int_equal(fx_run_until(f, &d.done, 60000), 0);
+	assert_int_equal(d.status, 0);
+	assert_int_equal(d.len, want);
+	assert_memory_equal(rep, expect, want);
+	assert_int_equal(f->srv->copy_bytes - srv_copies, want);
+
+	/* with the callback: no copy, and told once, by the time the caller is */
+	memset(rep, 0, want);
+	a.notify = 1;
+	reg_sent_calls = 0;
+	reg_sent_status = 1;
+	srv_copies = f->srv->copy_bytes;
+	assert_int_equal(call_wait(f, M_RAW_REG, &a, sizeof(a), rep, want, &d), 0);
+	assert_int_equal(d.len, want);
+	assert_memory_equal(rep, expect, want);
+	assert_int_equal(f->srv->copy_bytes, srv_copies);
+	assert_int_equal(reg_sent_calls, 1);
+	assert_int_equal(reg_sent_status, 0);
+
+	/* a reply that fits a slot: copied, and told at once */
+	a.want = 100;
+	reg_sent_calls = 0;
+	assert_int_equal(call_wait(f, M_RAW_REG, &a, sizeof(a), rep, want, &d), 0);
+	assert_int_equal(d.len, 100);
+	assert_int_equal(reg_sent_calls, 1);
+	assert_int_equal(reg_sent_status, 0);
+	/* a failed call: told with its error */
+	a.notify = 2;
+	reg_sent_calls = 0;
+	assert_int_equal(call_wait(f, M_RAW_REG, &a, sizeof(a), rep, want, &d), -EIO);
+	assert_int_equal(reg_sent_calls, 1);
+	assert_int_equal(reg_sent_status, -EIO);
+	/* outside a raw handler there is nothing to be told of */
+	assert_int_equal(tern_req_on_reply_sent(NULL, reg_sent, NULL), -EINVAL);
+
+	assert_int_equal(tern_mem_deregister(mr), 0);
+	free(reg_made);
+	reg_made = NULL;
+	free(rep);
+	free(expect);
+	fx_free(f);
+}
+
 static void test_inplace_handler_writes_a_large_reply_once(void **state)
 {
 	struct fx *f = fx_new(NULL);
@@ -511,6 +633,83 @@ static void test_deferred_handler_replies_large_later(void **state)
 	assert_int_equal(d.status, 0);
 	assert_int_equal(d.len, want);
 	assert_memory_equal(rep, expect, want);
+	free(rep);
+	free(expect);
+	fx_free(f);
+}
+
+/* tern_call_acquire(), @len bytes of @req written into the slot, then commit with @o. */
+static int commit_wait(struct fx *f, uint32_t method, const void *req, size_t len,
+		       const struct tern_call_opts *o, struct fx_done *d)
+{
+	tern_callslot *c;
+	void *buf;
+	size_t cap;
+	int rc;
+
+	memset(d, 0, sizeof(*d));
+	assert_int_equal(tern_call_acquire(f->cli, &buf, &cap, &c), 0);
+	assert_true(len <= cap);
+	memcpy(buf, req, len);
+	rc = tern_call_commit(c, method, len, fx_done_cb, d, o);
+	if (rc)
+		return rc;
+	assert_int_equal(fx_run_until(f, &d->done, 180000), 0);
+	return d->status;
+}
+
+/*
+ * tern_call_commit() takes the reply buffer of its options as tern_call()
+ * does: a short reply lands in it, a longer one than it holds is
+ * -EMSGSIZE, and one larger than a slot is pushed into it, whether the
+ * request leaves room in the slot for the buffer's descriptor or fills it.
+ */
+static void test_acquire_commit_honours_the_reply_buffer(void **state)
+{
+	struct fx *f = fx_new(NULL);
+	size_t mp = tern_session_max_payload(f->cli), big = 3 << 20;
+	uint8_t *rep = malloc(big), *expect = malloc(big), *req = malloc(mp);
+	struct tern_call_opts o = {.size = sizeof(o), .reply_buf = rep, .reply_cap = 200};
+	uint64_t want = 100;
+	struct fx_done d;
+
+	(void)state;
+	/* a short reply: in the buffer, and the callback points there */
+	memset(rep, 0xab, big);
+	pattern(expect, want, 7);
+	assert_int_equal(commit_wait(f, M_MAKE, &want, 8, &o, &d), 0);
+	assert_int_equal(d.len, want);
+	assert_memory_equal(rep, expect, want);
+	assert_int_equal(rep[want], 0xab);
+	/* longer than the buffer: an error, the buffer as it was */
+	memset(rep, 0xab, big);
+	o.reply_cap = 50;
+	assert_int_equal(commit_wait(f, M_MAKE, &want, 8, &o, &d), -EMSGSIZE);
+	assert_int_equal(tern_call_status_remote(f->cli), 0);
+	assert_int_equal(rep[0], 0xab);
+	/* larger than a slot: pushed into the buffer */
+	want = 2 << 20;
+	o.reply_cap = big;
+	pattern(expect, want, 7);
+	assert_int_equal(commit_wait(f, M_MAKE, &want, 8, &o, &d), 0);
+	assert_int_equal(d.len, want);
+	assert_memory_equal(rep, expect, want);
+	/* a request that leaves no room for the buffer's descriptor: it goes
+	 * as a large one, and its echo comes back whole */
+	pattern(req, mp, 3);
+	memset(rep, 0, big);
+	assert_int_equal(commit_wait(f, M_ECHO, req, mp, &o, &d), 0);
+	assert_int_equal(d.len, mp);
+	assert_memory_equal(rep, req, mp);
+	/* ...and one that leaves room */
+	memset(rep, 0, big);
+	assert_int_equal(commit_wait(f, M_ECHO, req, mp - 100, &o, &d), 0);
+	assert_int_equal(d.len, mp - 100);
+	assert_memory_equal(rep, req, mp - 100);
+	/* nothing left behind */
+	assert_int_equal(f->cli->staged, 0);
+	assert_int_equal(f->srv->staged, 0);
+	free(req);
 	free(rep);
 	free(expect);
 	fx_free(f);
@@ -582,8 +781,10 @@ int main(void)
 		cmocka_unit_test(test_peer_closing_while_pushing_the_reply_fails_the_call),
 		cmocka_unit_test(test_unregistered_memory_goes_through_staging),
 		cmocka_unit_test(test_raw_handler_replies_large_from_its_own_memory),
+		cmocka_unit_test(test_raw_reply_from_registered_memory_is_sent_as_documented),
 		cmocka_unit_test(test_inplace_handler_writes_a_large_reply_once),
 		cmocka_unit_test(test_deferred_handler_replies_large_later),
+		cmocka_unit_test(test_acquire_commit_honours_the_reply_buffer),
 		cmocka_unit_test(test_limits_are_clear_errors_never_truncation),
 		cmocka_unit_test(test_registration_cache_reuses_covering_regions),
 	};

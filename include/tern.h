@@ -347,6 +347,13 @@ TERN_EXPORT int tern_service_register_ref(tern_ctx *ctx, const struct tern_servi
  *	that would take the session over this fails with -ENOBUFS, counted in
  *	@staging_refused: tern_call() returns it, or the server answers the
  *	call with it.  The session itself goes on.
+ * @cancel_timeout_ms: how long after a call's deadline the server may
+ *	still hold it (default 10000).  A call that times out is cancelled:
+ *	the server answers it once it has let go of the caller's memory
+ *	(see tern_call(), "Deadlines").  A server that answers neither the
+ *	call nor its cancel within this costs the session: it closes, its
+ *	calls fail and @on_close hears -ECONNABORTED, tern_ctx_last_error()
+ *	naming the call.  Until then the call keeps its place in the window.
  *
  * Both peers must use the same slot size and count; a mismatch is refused
  * with TERN_EGEOMETRY on both sides.  A session registers
@@ -370,6 +377,7 @@ struct tern_session_opts {
 	uint32_t nservices;
 	uint32_t max_msg;
 	uint64_t max_staging;
+	uint32_t cancel_timeout_ms;
 };
 
 /**
@@ -786,6 +794,27 @@ TERN_EXPORT uint32_t tern_req_method(tern_req *req);
 TERN_EXPORT void tern_req_set_error(tern_req *req, const char *msg);
 
 /**
+ * tern_req_cancelled - whether the caller gave up on this call
+ * @req: a request a handler holds (a deferred one, typically)
+ *
+ * A call whose deadline passes at the caller is cancelled there, and the
+ * caller keeps the call's place in its window (a receive for the reply,
+ * and the credit this request holds here) until this side answers it.  A
+ * handler that holds requests for long (a long-poll) should look here and
+ * answer a cancelled one soon, with anything (tern_reply_error() with
+ * -ECANCELED is the custom): the reply is dropped at the caller, but it
+ * gives the window back.  A handler that does not answer within the
+ * caller's cancel_timeout_ms (struct tern_session_opts) costs the session:
+ * the caller closes it.  A cancelled call's reply is never pushed into
+ * the caller's reply buffer (it is answered with -ECANCELED instead), and
+ * a large request not yet pulled when the cancel came is not pulled: its
+ * handler never runs.
+ *
+ * Return: 1 when cancelled, else 0.
+ */
+TERN_EXPORT int tern_req_cancelled(tern_req *req);
+
+/**
  * tern_req_zero_extend - a request's bytes, read as a longer message
  * @req: a request or one-way message, in its handler, deferred or held
  * @len: the size of the message type the handler reads them as
@@ -879,7 +908,9 @@ TERN_EXPORT int tern_reply_error(tern_req *req, int err, const char *msg);
  * tern_call_cb - a call finished
  * @s: the session
  * @status: 0, or a negative errno / TERN_E* code: the handler's own code,
- *	TERN_ENOMETHOD, -ETIMEDOUT (deadline), -ECONNRESET (peer gone),
+ *	TERN_ENOMETHOD, -ETIMEDOUT (deadline, see tern_call()), -ECONNRESET
+ *	(peer gone), -ECONNABORTED (this side gave the session up: the peer
+ *	held a call past its deadline and cancel_timeout_ms),
  *	-ECANCELED (session closed locally), -EMSGSIZE (reply too large),
  *	-ENOBUFS (the server's staging for the session is full), TERN_EPEER
  *	(the peer broke the protocol; the session fails too)...  A remote
@@ -921,11 +952,11 @@ TERN_EXPORT int tern_call_status_remote(tern_session *s);
  *	(RDMA WRITE on verbs).  Inside a region given to tern_mem_register()
  *	no copy is made; otherwise the reply passes through a registered
  *	staging buffer and is copied once.  The callback's @reply then points
- *	here.  When the call times out, the server may write into it no
- *	more: a server that still tries (its handler outlived the deadline)
- *	is refused, and that ends the session with TERN_EPEER.  A reply
- *	buffer outside any registration is not exposed at all (its staging
- *	takes the late reply, counted in late_replies, and drops it).
+ *	here.  When the call times out, see tern_call(), "Deadlines": a
+ *	reply buffer inside a registration stays the server's until the
+ *	callback runs; one outside any registration is not exposed at all
+ *	(its staging takes the late reply, counted in late_replies, and drops
+ *	it), and is the caller's again at the deadline.
  * @reply_cap: its size; a longer reply is an error, never truncated
  */
 struct tern_call_opts {
@@ -949,6 +980,27 @@ struct tern_call_opts {
  * @cb: completion callback, called exactly once when this returns 0
  * @user: passed to @cb
  * @opts: NULL, or per-call options
+ *
+ * Deadlines: a call whose deadline (@opts' timeout_ms, or the session's
+ * call_timeout_ms) passes completes with -ETIMEDOUT, and is cancelled at
+ * the server: a cancel message asks it to let go, and it answers with the
+ * call's one reply, which this side drops (late_replies).  The server
+ * does not pull a request or push a reply once it has the cancel, and a
+ * request still waiting there never reaches its handler.  Until the
+ * answer, the call keeps its place in the window (credit.h), so calls
+ * after it may wait or get -EAGAIN; a server that answers neither call
+ * nor cancel within the session's cancel_timeout_ms closes the session
+ * (-ECONNABORTED, see struct tern_session_opts).  When @cb runs:
+ *
+ * - the call's memory is all the engine's (a request that fit a slot or
+ *   was staged, no reply buffer or one outside any registration): at the
+ *   deadline; @req and @reply_buf are the caller's again then.
+ * - the call lent the server memory of the caller's own (a request
+ *   larger than a slot, or a reply buffer, inside a tern_mem_register()ed
+ *   region): when the server has let go of it (its answer), at the latest
+ *   cancel_timeout_ms after the deadline (the session then closes), with
+ *   -ETIMEDOUT all the same.  The server may read the request or write
+ *   the reply buffer until then, but never after @cb: reuse them in @cb.
  *
  * Return: 0; -EMSGSIZE (over the peer's max_msg, or over a slot on a
  * transport without large messages); -EAGAIN (nonblock session with no

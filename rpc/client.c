@@ -325,39 +325,48 @@ static bool exports_staging(const tern_callslot *c, const struct tern_bulk_desc 
 }
 
 /*
- * A call timed out: its user has its memory back, so the peer may reach
- * that no more.  Staging is the call's alone: it stays exported until the
- * late reply (below), so that an honest but slow server's transfer lands
- * there, harmlessly.  A transfer into or out of the user's memory after
- * the deadline is refused, and ends the session.
+ * Deadlines.  A call whose deadline passes may still be in the server's
+ * hands: waiting for a reply slot, its request being pulled, in a handler,
+ * its reply being pushed.  Withdrawing its exports then would make an
+ * honest server's transfer fail (on verbs a remote access error, which
+ * ends the connection), and forgetting its reply's reservation would leak
+ * it for good.  So a timed-out call becomes an orphan: it keeps its
+ * exports, its staging and its reservation, and a cancel (wire.h) asks the
+ * server to let go of it.  The server answers with the call's one reply
+ * (its handler's, or -ECANCELED when none ran), and only then does the
+ * orphan give everything back.  The server never touches the caller's
+ * memory after it saw the cancel, but it may before: so the callback of a
+ * call that lent the server the user's own memory (a large request or a
+ * reply buffer in a tern_mem_register()ed region) waits for the answer;
+ * any other call's runs at the deadline (its staging is the engine's).
+ * Either way a server that does not answer within cancel_timeout_ms of
+ * the deadline closes the session: a reservation never leaks silently.
  */
-static void withdraw_user_exports(tern_session *s, tern_callslot *c)
-{
-	uint8_t keep = 0;
 
-	for (uint8_t i = 0; i < c->nx; i++) {
-		if (exports_staging(c, &c->xd[i]))
-			c->xd[keep++] = c->xd[i];
-		else
-			tern__bulk_unexport(s, &c->xd[i], 1);
-	}
-	c->nx = keep;
+/* Does call @c expose memory of the user's own (not staging) to the peer? */
+static bool lends_user_memory(const tern_callslot *c)
+{
+	for (uint8_t i = 0; i < c->nx; i++)
+		if (!exports_staging(c, &c->xd[i]))
+			return true;
+	return false;
 }
 
 /*
- * A timed-out call's staging may still be read or written by the server
- * until its late reply arrives: keep it till then.  Late replies are at most
- * n (each holds a reserved receive), so there is always room: calls in
- * flight and calls awaiting a late reply are n at most together.
+ * Move @c's exports and staging into an orphan record.  There is always
+ * one free: calls in flight and orphans each hold a reply's reservation,
+ * and there are at most n of those (credit.h).
  */
-static bool orphan_stages(tern_session *s, tern_callslot *c)
+static struct tern_orphan *orphan_take(tern_session *s, tern_callslot *c)
 {
-	if (!c->req_stage && !c->rep_stage && !c->nx)
-		return true;
+	struct tern_rpc_session *r = tern__rpc(s);
+
 	for (uint32_t i = 0; i < s->n; i++) {
-		struct tern_orphan *o = &tern__rpc(s)->orphans[i];
+		struct tern_orphan *o = &r->orphans[i];
+
 		if (o->used)
 			continue;
+		memset(o, 0, sizeof(*o));
 		o->used = true;
 		o->slot = (uint16_t)c->idx;
 		o->gen = c->gen;
@@ -367,21 +376,147 @@ static bool orphan_stages(tern_session *s, tern_callslot *c)
 		memcpy(o->xd, c->xd, sizeof(o->xd));
 		o->nx = c->nx;
 		c->nx = 0;
-		return true;
+		r->norphans++;
+		return o;
 	}
-	return false;
+	return NULL; /* not reached: see above */
 }
 
-static void orphan_release(tern_session *s, uint16_t slot, uint32_t gen)
+/* The server let go of orphan @o: give everything back, run a waiting callback. */
+static void orphan_release(tern_session *s, struct tern_orphan *o)
 {
-	for (uint32_t i = 0; i < s->n; i++) {
-		struct tern_orphan *o = &tern__rpc(s)->orphans[i];
-		if (o->used && o->slot == slot && o->gen == gen) {
-			tern__bulk_unexport(s, o->xd, o->nx);
-			tern__session_stage_put(s, o->st[0]);
-			tern__session_stage_put(s, o->st[1]);
-			o->used = false;
-			return;
+	struct tern_rpc_session *r = tern__rpc(s);
+	tern_call_cb cb = o->cb;
+	void *user = o->user;
+
+	tern__bulk_unexport(s, o->xd, o->nx);
+	tern__session_stage_put(s, o->st[0]);
+	tern__session_stage_put(s, o->st[1]);
+	if (o->cancel_due)
+		r->ncancel_due--;
+	o->used = false;
+	r->norphans--;
+	if (cb) {
+		s->cnt.calls_completed++;
+		s->cnt.errors++;
+		TERN_CALLBACK(s->ctx, cb(s, -ETIMEDOUT, "", 0, user));
+	}
+}
+
+static struct tern_orphan *orphan_find(tern_session *s, uint16_t slot, uint32_t gen)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	for (uint32_t i = 0; r->norphans && i < s->n; i++) {
+		struct tern_orphan *o = &r->orphans[i];
+
+		if (o->used && o->slot == slot && o->gen == gen)
+			return o;
+	}
+	return NULL;
+}
+
+/* Call @c's deadline passed at @now_ns: orphan it, cancel it, tell its user. */
+static void time_out(tern_session *s, tern_callslot *c, uint64_t now_ns)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+	bool lent = lends_user_memory(c);
+	struct tern_orphan *o = orphan_take(s, c);
+
+	s->cnt.timeouts++;
+	o->cancel_due = true;
+	r->ncancel_due++;
+	o->give_up_ns = now_ns + (uint64_t)r->cancel_timeout_ms * 1000000ull;
+	if (lent) {
+		/* the user's memory stays the server's until it answers */
+		o->cb = c->cb;
+		o->user = c->user;
+		release_slot(s, c);
+	} else {
+		complete(s, c, -ETIMEDOUT, "", 0);
+	}
+}
+
+void tern__client_send_cancels(tern_session *s)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	while (r->ncancel_due && tern__session_usable(s)) {
+		uint32_t cap, idx, len = 0;
+		uint8_t *p = tern__session_ctrl_acquire(s, &cap, &idx);
+
+		if (!p)
+			return; /* no control credit or slot: the credits upcall calls again */
+		for (uint32_t i = 0; i < s->n && r->ncancel_due; i++) {
+			struct tern_orphan *o = &r->orphans[i];
+
+			if (!o->used || !o->cancel_due)
+				continue;
+			if (len + TERN_CANCEL_ENTRY_SIZE > cap)
+				break;
+			tern_cancel_entry_encode(p + len, o->slot, o->gen);
+			len += TERN_CANCEL_ENTRY_SIZE;
+			o->cancel_due = false;
+			r->ncancel_due--;
+		}
+		tern__session_ctrl_commit(s, idx, TERN_MSG_CANCEL, len);
+	}
+}
+
+/*
+ * Orphans the server has held past cancel_timeout_ms end the session.
+ * Return: the earliest give-up time left (0: none), or UINT64_MAX when the
+ * session failed.
+ */
+static uint64_t orphans_due(tern_session *s, uint64_t now_ns)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+	uint64_t next = 0;
+	char why[160];
+
+	for (uint32_t i = 0; r->norphans && i < s->n; i++) {
+		struct tern_orphan *o = &r->orphans[i];
+
+		if (!o->used)
+			continue;
+		if (o->give_up_ns <= now_ns) {
+			snprintf(why, sizeof(why),
+				 "the peer answered neither call %u.%u, which timed out, nor its "
+				 "cancel within %u ms (cancel_timeout_ms)",
+				 o->slot, o->gen, r->cancel_timeout_ms);
+			tern__session_fail(s, -ECONNABORTED, why);
+			return UINT64_MAX;
+		}
+		if (!next || o->give_up_ns < next)
+			next = o->give_up_ns;
+	}
+	return next;
+}
+
+/*
+ * The session went down: the peer may reach no orphan's exports now.
+ * Their staging stays until the session is freed (see
+ * tern__client_fail_all()); callbacks that waited run now.
+ */
+static void orphans_down(tern_session *s)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	r->ncancel_due = 0;
+	for (uint32_t i = 0; r->norphans && i < s->n; i++) {
+		struct tern_orphan *o = &r->orphans[i];
+		tern_call_cb cb = o->cb;
+
+		if (!o->used)
+			continue;
+		tern__bulk_unexport(s, o->xd, o->nx);
+		o->nx = 0;
+		o->cancel_due = false;
+		o->cb = NULL;
+		if (cb) {
+			s->cnt.calls_completed++;
+			s->cnt.errors++;
+			TERN_CALLBACK(s->ctx, cb(s, -ETIMEDOUT, "", 0, o->user));
 		}
 	}
 }
@@ -682,11 +817,19 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 	tern_callslot *c = &tern__rpc(s)->calls[h->call_slot];
 
 	if (c->state != TERN_CALL_INFLIGHT || c->gen != h->call_gen) {
-		/* A reply to a call that timed out (its receive was still
-		 * reserved, see credit.h): count it, never deliver it; its
-		 * staging is free now. */
+		/* The answer to a call that timed out (its receive was still
+		 * reserved, see credit.h): count it, never deliver it; the
+		 * server has let go of the call's memory now. */
+		struct tern_orphan *o = orphan_find(s, h->call_slot, h->call_gen);
+
+		if (!o) {
+			tern__session_fail(
+				s, TERN_EPEER,
+				"reply to a call that is neither in flight nor cancelled");
+			return;
+		}
 		s->cnt.late_replies++;
-		orphan_release(s, h->call_slot, h->call_gen);
+		orphan_release(s, o);
 		return;
 	}
 	if (h->kind == TERN_MSG_ERR) {
@@ -771,11 +914,12 @@ void tern__client_fail_all(tern_session *s, int err)
 			 */
 			tern__bulk_unexport(s, c->xd, c->nx);
 			c->nx = 0;
-			if (!orphan_stages(s, c))
-				release_stages(s, c);
+			if (c->req_stage || c->rep_stage)
+				orphan_take(s, c);
 			complete(s, c, err, "", 0);
 		}
 	}
+	orphans_down(s);
 	while (r->q_len) {
 		struct tern_pending e = r->queue[r->q_head];
 		r->q_head = (r->q_head + 1) % r->q_cap;
@@ -797,22 +941,25 @@ uint64_t tern__client_expire(tern_session *s, uint64_t now_ns)
 
 	if (s->state != TERN_S_READY)
 		return 0;
+	if (r->norphans && (next = orphans_due(s, now_ns)) == UINT64_MAX)
+		return 0; /* the session failed */
 	for (uint32_t i = 0; i < s->n && s->state == TERN_S_READY; i++) {
 		tern_callslot *c = &r->calls[i];
+		uint64_t give_up = now_ns + (uint64_t)r->cancel_timeout_ms * 1000000ull;
 
 		if (c->state != TERN_CALL_INFLIGHT || !c->deadline_ns)
 			continue;
 		if (c->deadline_ns <= now_ns) {
 			/* The reply may still come: its receive stays reserved
 			 * (replies_expected) and the generation catches it. */
-			s->cnt.timeouts++;
-			withdraw_user_exports(s, c);
-			orphan_stages(s, c);
-			complete(s, c, -ETIMEDOUT, "", 0);
+			time_out(s, c, now_ns);
+			if (!next || give_up < next)
+				next = give_up;
 		} else if (!next || c->deadline_ns < next) {
 			next = c->deadline_ns;
 		}
 	}
+	tern__client_send_cancels(s);
 	for (uint32_t k = 0; k < r->q_len && s->state == TERN_S_READY; k++) {
 		struct tern_pending *e = &r->queue[(r->q_head + k) % r->q_cap];
 

@@ -70,6 +70,7 @@ static int rpc_session_init(tern_session *s, const struct tern_session_opts *o)
 	    !r->owreqs || !r->free_owreqs || !r->backlog || !r->bulk_wait)
 		return -ENOMEM;
 	r->q_cap = o->queue_depth;
+	r->cancel_timeout_ms = o->cancel_timeout_ms;
 	/* Free stacks pop from the end: push in reverse so slot 0 goes first. */
 	for (uint32_t i = 0; i < n; i++) {
 		r->calls[i].s = s;
@@ -178,6 +179,13 @@ static uint64_t rpc_timers(tern_ctx *ctx, uint64_t now_ns)
 	return next;
 }
 
+/* Credits came back: queued calls may go, and cancels. */
+static void rpc_credits(tern_session *s)
+{
+	tern__client_send_cancels(s);
+	tern__client_kick(s);
+}
+
 const struct tern_upcalls tern__rpc_upcalls = {
 	.ctx_size = sizeof(struct tern_rpc_ctx),
 	.session_size = sizeof(struct tern_rpc_session),
@@ -191,7 +199,8 @@ const struct tern_upcalls tern__rpc_upcalls = {
 	.reply = tern__client_reply,
 	.call_sent = tern__client_send_done,
 	.reply_sent = tern__serve_reply_slot_free,
-	.credits = tern__client_kick,
+	.credits = rpc_credits,
+	.cancel = tern__serve_cancel,
 	.bulk_done = tern__serve_bulk_done,
 	.timers = rpc_timers,
 };

@@ -181,16 +181,22 @@ struct tern_pending {
 };
 
 /*
- * Staging of a call that timed out: the server may still read or write it
- * until the late reply comes, so it is kept until then (or the session ends).
+ * A call that timed out, until the server answers it (client.c): the
+ * server may still read its request or write its reply, so its exports
+ * and staging stay, and so does its reply's reservation (credit.h).
  */
 struct tern_orphan {
 	bool used;
+	bool cancel_due; /* its cancel is not sent yet */
 	uint16_t slot;
 	uint32_t gen;
 	struct tern_stage *st[2];
-	struct tern_bulk_desc xd[2]; /* its exports, withdrawn with the late reply */
+	struct tern_bulk_desc xd[2]; /* its exports, withdrawn with the answer */
 	uint8_t nx;
+	uint64_t give_up_ns; /* no answer by then: the session closes */
+	/* the call lent the user's own memory: its callback waits for the answer */
+	tern_call_cb cb;
+	void *user;
 };
 
 /* ---- requests (server.c) ---------------------------------------------------- */
@@ -233,6 +239,7 @@ struct tern_req {
 	size_t bulk_off;	     /* ...at this offset */
 	struct tern_bulk_desc qdesc; /* the large request being pulled */
 	uint32_t holds;		     /* tern_req_hold() calls not yet released */
+	bool cancelled;		     /* the caller cancelled the call (tern_req_cancelled()) */
 	bool in_raw;		     /* inside its raw handler */
 	tern_reply_sent_cb sent_cb;  /* tern_req_on_reply_sent(), until the reply went */
 	void *sent_user;
@@ -249,6 +256,7 @@ struct tern_backlog_entry {
 	uint32_t token;
 	const void *payload;
 	struct tern_hdr h;
+	bool cancelled; /* the caller cancelled it: answer -ECANCELED, run nothing */
 };
 
 /* ---- the service layer's part of a session ---------------------------------- */
@@ -262,8 +270,11 @@ struct tern_rpc_session {
 	uint32_t nfree_calls;
 	struct tern_pending *queue; /* ring, q_cap entries */
 	uint32_t q_head, q_len, q_cap;
-	struct tern_orphan *orphans; /* n */
-	uint8_t *svc_check;	     /* the encoded service check, until it is answered */
+	struct tern_orphan *orphans; /* n: calls and orphans together hold at most n replies */
+	uint32_t norphans;
+	uint32_t ncancel_due;	    /* orphans whose cancel is not sent yet */
+	uint32_t cancel_timeout_ms; /* struct tern_session_opts */
+	uint8_t *svc_check;	    /* the encoded service check, until it is answered */
 	uint32_t svc_check_len;
 	/* the checked methods the server lacks, sorted by id */
 	struct tern_missing_method *missing;
@@ -314,6 +325,7 @@ void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr 
 			 const void *payload);
 void tern__serve_reply_slot_free(tern_session *s, uint32_t req_idx);
 void tern__serve_session_down(tern_session *s);
+void tern__serve_cancel(tern_session *s, const void *entries, uint32_t len);
 /* The session is being freed: tell raw handlers their replies will not go. */
 void tern__serve_session_fini(tern_session *s);
 
@@ -321,6 +333,8 @@ void tern__serve_session_fini(tern_session *s);
 void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *payload);
 void tern__client_send_done(tern_session *s, uint32_t call_idx);
 void tern__client_kick(tern_session *s);
+/* Send the cancels of calls that timed out, as control credits allow. */
+void tern__client_send_cancels(tern_session *s);
 /* Issue a call while binding (bypasses the readiness check). */
 int tern__client_call_internal(tern_session *s, uint32_t method, const void *buf, size_t len,
 			       tern_call_cb cb, uint32_t timeout_ms);

@@ -203,6 +203,8 @@ static const char *bulk_why(int status, bool reading)
 #define NO_PTRACE                                                                        \
 	": no ptrace access between the two processes (shm needs the same uid and yama " \
 	"ptrace_scope 0, or CAP_SYS_PTRACE)"
+	if (status == -ECANCELED)
+		return "the caller cancelled the call";
 	if (status == -EPERM)
 		return reading ? "could not read the request from the caller" NO_PTRACE
 			       : "could not write the reply into the caller's buffer" NO_PTRACE;
@@ -217,6 +219,9 @@ static int bulk_start(tern_req *req)
 	tern_session *s = req->s;
 	int ti = tern__tp_index(s);
 
+	/* The caller cancelled the call: its memory is not ours to touch. */
+	if (req->cancelled)
+		return -ECANCELED;
 	if (req->state == TERN_REQ_FETCHING)
 		return s->conn->ops->bulk_read(s->conn, &req->qdesc, &req->in_stage->mr.tm[ti], 0,
 					       req->in_len, (uintptr_t)req);
@@ -465,7 +470,8 @@ static int request_descs(tern_session *s, const struct tern_hdr *h, const uint8_
 	return 0;
 }
 
-static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in)
+static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, const void *in,
+		     bool cancelled)
 {
 	struct tern_rpc_session *r = tern__rpc(s);
 	const struct tern_method *m =
@@ -489,6 +495,7 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	req->call_gen = h->call_gen;
 	req->method = h->method;
 	req->errmsg[0] = 0;
+	req->cancelled = cancelled;
 	req->has_rdesc = (h->flags & TERN_F_REPLY_DESC) != 0;
 	req->rdesc = rdesc;
 	req->out = NULL;
@@ -499,6 +506,11 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	req->in = p;
 	req->in_len = plen;
 
+	if (cancelled) {
+		/* cancelled while it waited for a reply slot: answer, run nothing */
+		reply_error(req, -ECANCELED, bulk_why(-ECANCELED, true));
+		return;
+	}
 	if (h->method == TERN_METHOD_SVC_CHECK) {
 		check_services(req, p, plen);
 		return;
@@ -547,6 +559,11 @@ void tern__serve_bulk_done(tern_session *s, uint64_t cookie, int status)
 			return;
 		}
 		s->cnt.bulk_bytes_read += req->in_len;
+		if (req->cancelled) {
+			/* cancelled while we pulled: the handler never runs */
+			reply_error(req, -ECANCELED, bulk_why(-ECANCELED, true));
+			return;
+		}
 		m = tern__methods_find(&tern__rpc_ctx(s->ctx)->methods, req->method);
 		if (!m) {
 			snprintf(why, sizeof(why), "no method 0x%08x here", req->method);
@@ -641,6 +658,7 @@ static void backlog_push(tern_session *s, uint32_t token, const struct tern_hdr 
 	b[at].token = token;
 	b[at].payload = payload;
 	b[at].h = *h;
+	b[at].cancelled = false;
 	r->bl_len++;
 	/* the replies already sent must come back (see the top of the file) */
 	tern__session_report_sends(s);
@@ -654,7 +672,7 @@ void tern__serve_request(tern_session *s, uint32_t token, const struct tern_hdr 
 	if (r->nfree_reqs == 0 || r->bl_len)
 		backlog_push(s, token, h, payload); /* no reply slot free yet */
 	else
-		dispatch(s, token, h, payload);
+		dispatch(s, token, h, payload, false);
 }
 
 void tern__serve_oneway(tern_session *s, uint32_t token, const struct tern_hdr *h,
@@ -719,7 +737,7 @@ void tern__serve_reply_slot_free(tern_session *s, uint32_t idx)
 		r->bl_head = (r->bl_head + 1) % r->bl_cap;
 		r->bl_len--;
 		if (e.h.kind == TERN_MSG_REQ)
-			dispatch(s, e.token, &e.h, e.payload);
+			dispatch(s, e.token, &e.h, e.payload, e.cancelled);
 		else
 			serve_oneway_now(s, e.token, &e.h, e.payload);
 	}
@@ -752,7 +770,62 @@ void tern__serve_session_down(tern_session *s)
 	tern__batch_drop_session(s->ctx, s);
 }
 
+/*
+ * The caller cancelled call (@slot, @gen), which timed out (wire.h): from
+ * now on its memory is not ours to touch.  A request still waiting for a
+ * reply slot, or for its pull, is answered with -ECANCELED and its handler
+ * never runs; one being pulled is answered so once the pull is done; a
+ * handler that has it (deferred, batched) answers in its own time and can
+ * see it in tern_req_cancelled(), and its reply is not pushed into the
+ * caller's buffer.  One reply per call either way.
+ */
+static void cancel_one(tern_session *s, uint16_t slot, uint32_t gen)
+{
+	struct tern_rpc_session *r = tern__rpc(s);
+
+	for (uint32_t i = 0; i < s->n; i++) {
+		tern_req *req = &r->reqs[i];
+
+		if (req->state != TERN_REQ_FREE && req->call_slot == slot && req->call_gen == gen) {
+			req->cancelled = true;
+			return;
+		}
+	}
+	for (uint32_t k = 0; k < r->bl_len; k++) {
+		struct tern_backlog_entry *e = &r->backlog[(r->bl_head + k) % r->bl_cap];
+
+		if (e->h.kind == TERN_MSG_REQ && e->h.call_slot == slot && e->h.call_gen == gen) {
+			e->cancelled = true;
+			return;
+		}
+	}
+	/* not here: answered already, the reply crossed the cancel */
+}
+
+void tern__serve_cancel(tern_session *s, const void *entries, uint32_t len)
+{
+	const uint8_t *p = entries;
+
+	/* copied out entry by entry: on shm the peer can still write the slot */
+	for (uint32_t off = 0; off + TERN_CANCEL_ENTRY_SIZE <= len && s->state == TERN_S_READY;
+	     off += TERN_CANCEL_ENTRY_SIZE) {
+		uint16_t slot;
+		uint32_t gen;
+
+		if (!tern_cancel_entry_decode(p + off, &slot, &gen) || slot >= s->n) {
+			tern__session_fail(s, TERN_EPEER, "cancel of a call slot out of range");
+			return;
+		}
+		cancel_one(s, slot, gen);
+	}
+}
+
 /* ---- the request API ------------------------------------------------------- */
+
+int tern_req_cancelled(tern_req *req)
+{
+	return req && req->cancelled;
+}
 
 tern_session *tern_req_session(tern_req *req)
 {

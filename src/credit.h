@@ -12,7 +12,8 @@
  *   - replies:   need no credit.  The caller reserved one of its own posted
  *                receives for the reply when it made the call
  *                (replies_expected), so a reply can never find the ring dry.
- *   - credit messages: at most C in flight, with credits of their own
+ *   - control messages (credit messages, and cancels): at most C in
+ *                flight, with credits of their own
  *                (ctrl_tx).  Those come back piggybacked on the peer's next
  *                message.  A peer with nothing to send (a one-way stream's
  *                sender, waiting in tern_session_drain) has no next
@@ -24,8 +25,22 @@
  *                follow C credit messages that spent what this one returned.
  *
  *   N (peer's requests and one-way messages) + N (replies to our calls)
- *   + C (credit messages) + 1 (an ACK)
+ *   + C (control messages) + 1 (an ACK)
  *   = R receives: the peer can never send into an empty ring.
+ *
+ * A call that times out keeps its reservation (replies_expected) until
+ * the peer answers it: the peer may still be reading its request or
+ * writing its reply, and its one reply must find a receive.  So the caller
+ * sends a TERN_MSG_CANCEL (on a control credit, like a credit message:
+ * the receiver reads it and re-posts at once), and the peer answers every
+ * call it still holds with that call's one reply (an error reply,
+ * -ECANCELED, when no handler ran; wire.h).  Every reservation thus comes
+ * back with a reply, timed out or not.  A peer that holds a cancelled call
+ * past the caller's cancel_timeout_ms (a deferred handler that never
+ * replies) costs the session: the caller closes it (-ECONNABORTED) rather
+ * than keep a reservation, and the credit the peer holds with it, for
+ * good (rpc/client.c).  A reply that answers neither a call in flight nor
+ * a cancelled one is a protocol error.
  *
  * Everything a peer says about credits is checked: a message it had no
  * credit for, or credits it never owed, is a protocol error.
@@ -39,7 +54,8 @@
 #include "tern.h"
 #include "wire.h"
 
-/* Control credits (credit messages in flight), and control slots: one more, for the ACK. */
+/* Control credits (credit messages and cancels in flight), and control slots: one more, for
+ * the ACK. */
 #define TERN_CTRL_CREDITS 2
 #define TERN_CTRL_SLOTS	  (TERN_CTRL_CREDITS + 1)
 #define TERN_ACK_SLOT	  TERN_CTRL_CREDITS /* its index among the control slots */
@@ -129,6 +145,7 @@ static inline bool tern_credits_want_credit_msg(const struct tern_credits *c)
 	       (c->to_return >= quarter || c->peer_tx <= quarter);
 }
 
+/* A credit message or a cancel goes: one control credit. */
 static inline void tern_credits_take_credit_msg(struct tern_credits *c)
 {
 	c->ctrl_tx--;
@@ -183,6 +200,7 @@ static inline int tern_credits_on_recv(struct tern_credits *c, const struct tern
 		c->replies_expected--;
 		break;
 	case TERN_MSG_CREDIT:
+	case TERN_MSG_CANCEL:
 		if (c->peer_ctrl_tx == 0) {
 			*why = "peer sent a credit message without a control credit";
 			return TERN_EPEER;

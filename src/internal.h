@@ -27,6 +27,7 @@
 #define TERN_MAX_SLOT_SIZE		(1u << 20)
 #define TERN_MAX_SLOT_COUNT		4096u
 #define TERN_DEFAULT_CONNECT_TIMEOUT_MS 10000u
+#define TERN_DEFAULT_CANCEL_TIMEOUT_MS	10000u
 
 /* The providers built into this library (transport/<name>/). */
 extern const struct tern_transport_ops tern_verbs_transport;
@@ -196,8 +197,14 @@ struct tern_upcalls {
 	/* Send slot @idx (a call's, idx < n) or n + @idx (a reply's) is free again. */
 	void (*call_sent)(tern_session *s, uint32_t idx);
 	void (*reply_sent)(tern_session *s, uint32_t idx);
-	/* The peer returned credits: calls waiting for one may go. */
+	/*
+	 * The peer returned request or control credits, or a control slot
+	 * is free again: calls waiting for a credit, and cancels waiting for
+	 * a control credit and slot, may go.
+	 */
 	void (*credits)(tern_session *s);
+	/* A cancel (wire.h) arrived: @len bytes of entries, not yet checked. */
+	void (*cancel)(tern_session *s, const void *entries, uint32_t len);
 	/* A bulk transfer the floor above started (cookie its own) finished. */
 	void (*bulk_done)(tern_session *s, uint64_t cookie, int status);
 	/*
@@ -384,6 +391,14 @@ bool tern__sessions_all_closed(tern_ctx *ctx);
 void tern__session_reap_all(tern_ctx *ctx);
 int tern__session_send(tern_session *s, uint32_t slot, struct tern_hdr *h);
 int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags);
+/*
+ * A control message with a payload (a cancel): a control slot's payload
+ * area (and its room in *@cap) when a control credit and a slot are free,
+ * else NULL (the credits upcall says when to try again).  Commit posts
+ * it, taking the credit.
+ */
+void *tern__session_ctrl_acquire(tern_session *s, uint32_t *cap, uint32_t *idx);
+void tern__session_ctrl_commit(tern_session *s, uint32_t idx, uint8_t kind, uint32_t len);
 /* Have every send posted so far reported soon (a send slot is awaited). */
 void tern__session_report_sends(tern_session *s);
 void tern__deadline_arm(tern_ctx *ctx, uint64_t deadline_ns);

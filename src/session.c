@@ -65,6 +65,8 @@ static int opts_copy(const struct tern_session_opts *in, struct tern_session_opt
 		o->max_msg = 1u << 30;
 	if (!o->max_staging)
 		o->max_staging = 4 * (uint64_t)o->max_msg;
+	if (!o->cancel_timeout_ms)
+		o->cancel_timeout_ms = TERN_DEFAULT_CANCEL_TIMEOUT_MS;
 	return 0;
 }
 
@@ -229,27 +231,54 @@ void tern__session_report_sends(tern_session *s)
 		s->conn->ops->report_sends(s->conn);
 }
 
-/* Post control slot @i (a credit message, or the ACK), confirmed: there are few. */
-static void send_ctrl(tern_session *s, uint32_t i, uint8_t kind)
+/* Post control slot @i (a credit message, a cancel, or the ACK), confirmed: there are few. */
+static void send_ctrl(tern_session *s, uint32_t i, uint8_t kind, uint32_t len)
 {
-	struct tern_hdr h = {.kind = kind};
+	struct tern_hdr h = {.kind = kind, .len = len};
 
 	s->ctrl_busy |= 1u << i;
 	tern__session_send_flags(s, 2 * s->n + i, &h, TERN_SEND_CONFIRM);
 }
 
-static void send_credit_msg(tern_session *s)
+/* A control slot for a credit message or a cancel (not the ACK's), or C. */
+static uint32_t free_ctrl_slot(const tern_session *s)
 {
 	uint32_t i;
 
 	for (i = 0; i < TERN_CTRL_CREDITS; i++)
 		if (!(s->ctrl_busy & (1u << i)))
 			break;
+	return i;
+}
+
+static void send_credit_msg(tern_session *s)
+{
+	uint32_t i = free_ctrl_slot(s);
+
 	if (i == TERN_CTRL_CREDITS)
 		return; /* both in flight; send_done will try again */
 	tern_credits_take_credit_msg(&s->cr);
 	s->cnt.credit_msgs_sent++;
-	send_ctrl(s, i, TERN_MSG_CREDIT);
+	send_ctrl(s, i, TERN_MSG_CREDIT, 0);
+}
+
+void *tern__session_ctrl_acquire(tern_session *s, uint32_t *cap, uint32_t *idx)
+{
+	uint32_t i;
+
+	if (s->state != TERN_S_READY || !s->cr.ctrl_tx)
+		return NULL;
+	if ((i = free_ctrl_slot(s)) == TERN_CTRL_CREDITS)
+		return NULL;
+	*idx = i;
+	*cap = s->max_payload;
+	return tern__send_slot(s, 2 * s->n + i) + TERN_HDR_SIZE;
+}
+
+void tern__session_ctrl_commit(tern_session *s, uint32_t idx, uint8_t kind, uint32_t len)
+{
+	tern_credits_take_credit_msg(&s->cr);
+	send_ctrl(s, idx, kind, len);
 }
 
 /* Credits owed to a peer that has gone quiet this long go back anyway. */
@@ -282,7 +311,7 @@ void tern__session_flush_dirty(tern_ctx *ctx)
 			/* The peer spent its control credits: give them back
 			 * (with whatever else is owed), or once the slot is free. */
 			if (!(s->ctrl_busy & (1u << TERN_ACK_SLOT)))
-				send_ctrl(s, TERN_ACK_SLOT, TERN_MSG_CTRL_ACK);
+				send_ctrl(s, TERN_ACK_SLOT, TERN_MSG_CTRL_ACK, 0);
 			continue;
 		}
 		/* No control credit: the peer's ACK or next message brings one. */
@@ -629,10 +658,16 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 	case TERN_MSG_CTRL_ACK:
 		tern__session_repost(s, token);
 		break;
+	case TERN_MSG_CANCEL:
+		/* read at once, so its receive goes back at once (credit.h) */
+		s->up->cancel(s, payload, h.len);
+		tern__session_repost(s, token);
+		break;
 	}
 	if (s->state != TERN_S_READY)
 		return;
-	if (h.credits)
+	/* request credits for calls, control credits for cancels */
+	if (h.credits || h.ctrl_credits)
 		s->up->credits(s);
 	if (s->cr.to_return || tern_credits_want_ack(&s->cr))
 		tern__session_mark_dirty(s);
@@ -650,6 +685,9 @@ static void ev_send_done(struct tern_conn *c, uint32_t slot)
 		s->ctrl_busy &= ~(1u << (slot - 2 * s->n));
 		if (s->cr.to_return || tern_credits_want_ack(&s->cr))
 			tern__session_mark_dirty(s);
+		/* a control slot is free: a cancel waiting for one may go */
+		if (slot - 2 * s->n < TERN_CTRL_CREDITS && s->state == TERN_S_READY)
+			s->up->credits(s);
 	}
 }
 

@@ -85,6 +85,14 @@ int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_cou
 			return TERN_EPEER;
 		}
 		break;
+	case TERN_MSG_CANCEL:
+		/* the calls are in the payload (wire.h); the header names none */
+		if (h->len == 0 || h->len % TERN_CANCEL_ENTRY_SIZE || h->call_slot || h->call_gen ||
+		    h->method) {
+			*why = "malformed cancel";
+			return TERN_EPEER;
+		}
+		break;
 	}
 	/* Only an error reply carries a status, and only an error code. */
 	if (h->kind == TERN_MSG_ERR && !tern_wire_status_ok(h->status)) {

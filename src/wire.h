@@ -30,8 +30,48 @@ enum tern_msg_kind {
 	TERN_MSG_CREDIT = 4,   /* returns credits when there is no reply to carry them */
 	TERN_MSG_ONEWAY = 5,   /* a message with no reply; consumes one of the sender's credits */
 	TERN_MSG_CTRL_ACK = 6, /* returns all control credits to a peer that spent them */
-	TERN_MSG_KIND_MAX = 6,
+	TERN_MSG_CANCEL = 7,   /* calls that timed out: let go of the caller's memory, answer */
+	TERN_MSG_KIND_MAX = 7,
 };
+
+/*
+ * A cancel (TERN_MSG_CANCEL) travels like a credit message, on a control
+ * credit (credit.h), and names the calls it cancels in its payload, one
+ * 8-byte entry each (u16 call_slot, u16 zero, u32 call_gen, LE); its
+ * header names no call.  The server answers each call it still holds with
+ * that call's one reply: the reply its handler makes in the end, or, when
+ * no handler has run yet (waiting for a reply slot or for its request to
+ * be pulled), an error reply with -ECANCELED.  From the cancel on it never
+ * touches the caller's memory again (no pull, no push).  A cancel for a
+ * call it does not hold (answered already: the reply crossed the cancel)
+ * is ignored; an entry naming a slot past slot_count, or with its zero
+ * field set, is a protocol error.
+ */
+#define TERN_CANCEL_ENTRY_SIZE 8
+
+static inline void tern_cancel_entry_encode(void *p, uint16_t slot, uint32_t gen)
+{
+	uint16_t s = htole16(slot), z = 0;
+	uint32_t g = htole32(gen);
+
+	memcpy((uint8_t *)p, &s, 2);
+	memcpy((uint8_t *)p + 2, &z, 2);
+	memcpy((uint8_t *)p + 4, &g, 4);
+}
+
+/* Return: false when the entry's zero field is not zero. */
+static inline bool tern_cancel_entry_decode(const void *p, uint16_t *slot, uint32_t *gen)
+{
+	uint16_t s, z;
+	uint32_t g;
+
+	memcpy(&s, (const uint8_t *)p, 2);
+	memcpy(&z, (const uint8_t *)p + 2, 2);
+	memcpy(&g, (const uint8_t *)p + 4, 4);
+	*slot = le16toh(s);
+	*gen = le32toh(g);
+	return z == 0;
+}
 
 /*
  * The statuses an error reply may carry: a negative errno or a TERN_E* code,

@@ -452,6 +452,14 @@ static void on_connect(tern_session *s, int status)
 		 cs->n, chaos_geoms[cs->geom].slot_size, cs->nonblock ? ", nonblock" : "");
 }
 
+/*
+ * How long a peer may keep a call past its deadline (and its cancel)
+ * before the caller gives the session up.  Every hold here is short, but an
+ * agent inside tern_call_sync() (up to its 10 s deadline) releases nothing
+ * meanwhile: honest, slow, and not what the run is about.
+ */
+#define CHAOS_CANCEL_TIMEOUT_MS 60000
+
 static void connect_one(struct agent *a)
 {
 	struct tern_service_ref svc = {.name = "Chaos", .schema_hash = 0x6368616f73ull};
@@ -466,6 +474,7 @@ static void connect_one(struct agent *a)
 		.max_msg = (uint32_t)a->max_msg,
 		/* set-up under a full load, in an emulated VM: not what is tested */
 		.connect_timeout_ms = 30000,
+		.cancel_timeout_ms = CHAOS_CANCEL_TIMEOUT_MS,
 	};
 	tern_session *s;
 	int rc;
@@ -946,16 +955,6 @@ static void make_call(struct agent *a, struct csess *cs, const struct plan *p)
 		c->req =
 			buf_get(a, p->req_len, p->req_reg && plan_req_large(a, cs, p), &c->req_cls);
 		plan_expect(a, c, p);
-		if (c->user_mem && !(cfg.features & CF_LATE_LARGE)) {
-			/*
-			 * Without the late-large pattern, no large call in our own
-			 * memory may time out (a session default would apply too):
-			 * the server touching it late ends the session (known
-			 * defect 3, issue 13).
-			 */
-			o.timeout_ms = 600000;
-			c->timeout_ms = o.timeout_ms;
-		}
 		fill_request(c->req, &c->h);
 		c->issuing = true;
 		call_track(a, c);
@@ -1555,6 +1554,16 @@ static void release_due(struct agent *a)
 
 	if (!n)
 		return;
+	/* an abandoned call its caller cancelled (its deadline passed) is
+	 * answered now, as a long-poll server should: the caller gets its
+	 * window back (tern_req_cancelled()) */
+	for (uint32_t i = 0; i < n; i++) {
+		struct held *e = &a->held[i];
+
+		if (e->kind == H_DEFERRED && e->h.action == ACT_ABANDON &&
+		    e->due_ns == UINT64_MAX && tern_req_cancelled(e->req))
+			e->due_ns = 0;
+	}
 	start = (uint32_t)rng_below(&a->crng, n);
 	for (uint32_t k = 0; k < n && a->nheld; k++) {
 		uint32_t i = (start + k) % a->nheld;
@@ -2517,6 +2526,7 @@ struct agent *agent_new(int id, const char *const *uris, bool single)
 					i == 1 && (cfg.features & CF_DEADLINES) ? 3000 : 0,
 				.nonblock = i == 2,
 				.connect_timeout_ms = 30000, /* as the clients' */
+				.cancel_timeout_ms = CHAOS_CANCEL_TIMEOUT_MS,
 			};
 			char uri[128];
 

@@ -860,16 +860,35 @@ static void op_reply(struct run *r)
 	peer_send(r, &h, payload, len, honest);
 }
 
+/*
+ * A credit message, an ACK, or (a credit message's op with bit 0x40) a
+ * cancel of 1 to 4 of the peer's calls: honest ones name a slot and its
+ * last generation (a call answered already is honest too: the engine
+ * ignores it), others any slot and generation.
+ */
 static void op_credit(struct run *r, uint8_t kind)
 {
 	struct tern_hdr h = {.kind = kind};
+	uint8_t sel = u8(r), payload[4 * TERN_CANCEL_ENTRY_SIZE];
 	bool honest = kind == TERN_MSG_CREDIT ? r->pcr.ctrl_tx > 0 : tern_credits_want_ack(&r->pcr);
+	uint32_t len = 0;
 
-	if (u8(r) & 0x80)
+	if (sel & 0x80)
 		honest = false;
+	if (kind == TERN_MSG_CREDIT && (sel & 0x40)) {
+		h.kind = TERN_MSG_CANCEL;
+		for (uint32_t i = 0; i <= (sel & 3u); i++, len += TERN_CANCEL_ENTRY_SIZE) {
+			uint16_t slot = (sel & 0x20) ? u16(r) : (uint16_t)(u8(r) % FZ_N);
+			uint32_t gen = (sel & 0x20) || slot >= FZ_N ? u32(r) : r->pgen[slot];
+
+			if (slot >= FZ_N)
+				honest = false;
+			tern_cancel_entry_encode(payload + len, slot, gen);
+		}
+	}
 	if (honest && kind == TERN_MSG_CREDIT)
 		tern_credits_take_credit_msg(&r->pcr);
-	peer_send(r, &h, NULL, 0, honest);
+	peer_send(r, &h, len ? payload : NULL, len, honest);
 }
 
 /* Anything at all, up to a little more than a slot. */

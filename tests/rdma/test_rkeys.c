@@ -576,22 +576,42 @@ static void test_a_read_through_a_write_export_is_refused(void **state)
 }
 
 /*
- * A call that timed out gives its user the reply buffer back: its key is
- * refused from then on (an honest but slow server's write too; it ends
- * the session).
+ * A call that timed out lent the server its user's reply buffer: its
+ * callback waits for the server's answer to the cancel (the buffer is the
+ * server's until then), and once it has run the key is refused (a write
+ * after the answer is a violation, and ends the session).
  */
 static void test_a_user_buffers_key_is_refused_once_its_call_timed_out(void **state)
 {
 	struct rig *g = rig_new(1);
 	static uint8_t req[BIG];
+	uint8_t p[S];
 	struct guarded m;
+	struct tern_hdr h,
+		ans = {.kind = TERN_MSG_ERR, .status = -ECANCELED, .credits = 1, .ctrl_credits = 1};
+	uint16_t slot;
+	uint32_t gen;
 	struct call c;
 
 	(void)state;
 	guarded_new(g, &m, 11);
 	fill(req, BIG, 12);
 	call_big_within(g, 0, req, m.body, 300, &c);
+	for (double end = now_s() + 1; now_s() < end;)
+		tern_ctx_run(g->ctx, TERN_RUN_NOWAIT);
+	assert_false(c.d.done); /* past its deadline, but its buffer is lent */
+	/* the cancel names the call */
+	raw_recv(g->ctx, &g->raw[0], &h, p);
+	assert_int_equal(h.kind, TERN_MSG_CANCEL);
+	assert_int_equal(h.len, TERN_CANCEL_ENTRY_SIZE);
+	assert_true(tern_cancel_entry_decode(p, &slot, &gen));
+	assert_int_equal(slot, c.h.call_slot);
+	assert_int_equal(gen, c.h.call_gen);
+	ans.call_slot = slot;
+	ans.call_gen = gen;
+	raw_send(g->ctx, &g->raw[0], &ans, "");
 	run_until(g->ctx, &c.d.done, 10);
+	assert_true(c.d.done);
 	assert_int_equal(c.d.status, -ETIMEDOUT);
 	fill(g->raw[0].ep.buf + DATA_OFF, BIG, 0xee);
 	assert_int_equal(raw_rdma(g->ctx, &g->raw[0], IBV_WR_RDMA_WRITE, BIG, c.rd.addr, c.rd.key),

@@ -1185,9 +1185,10 @@ static void start_server(struct run *r, uint8_t setup)
 {
 	uint8_t hs[FZ_PD_MAX];
 	size_t len = handshake_bytes(r, setup, hs, false);
+	int rc = r->w->connect(tern_listener_uri(lis), hs, len);
 
-	if (r->w->connect(tern_listener_uri(lis), hs, len))
-		bug("cannot reach the listener");
+	if (rc)
+		bug("cannot reach the listener %s: %s", tern_listener_uri(lis), strerror(-rc));
 	r->peer = true;
 	for (int i = 0; i < 64 && r->w->state() == FZ_WAITING; i++)
 		pump(1);

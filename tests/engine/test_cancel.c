@@ -85,6 +85,7 @@ struct ends {
 	bool cli_closed, srv_closed;
 	int cli_reason, srv_reason;
 	char why[256];
+	bool why_at_abort; /* read when a call failed with -ECONNABORTED */
 };
 static struct ends ends;
 
@@ -119,9 +120,11 @@ static void probe_cb(tern_session *s, int status, const void *reply, size_t len,
 {
 	fx_done_cb(s, status, reply, len, user);
 	/* both ends share the context: read it before the server's end adds its own */
-	if (status == -ECONNABORTED)
+	if (status == -ECONNABORTED) {
 		snprintf(ends.why, sizeof(ends.why), "%s",
 			 tern_ctx_last_error(tern_session_ctx(s)));
+		ends.why_at_abort = true;
+	}
 }
 
 static struct fx *fx_new(uint32_t slots, uint32_t cancel_timeout_ms)
@@ -185,7 +188,10 @@ static void time_out_two_windows(struct fx *f, uint32_t n, struct fx_done *d)
 	for (uint32_t i = 0; i < 2 * n; i++) {
 		if (fx_run_until(f, &d[i].done, STUCK_MS))
 			fail_msg("call %u of %u never completed", i, 2 * n);
-		assert_int_equal(d[i].status, -ETIMEDOUT);
+		/* -ECONNABORTED: the session already gave up on the first
+		 * window's cancels (cancel_timeout_ms passed: a loaded machine) */
+		if (d[i].status != -ETIMEDOUT && d[i].status != -ECONNABORTED)
+			fail_msg("call %u of %u: %s", i, 2 * n, tern_strerror(d[i].status));
 	}
 	assert_int_equal(nheld, n); /* the first window reached the handler */
 }
@@ -230,7 +236,15 @@ static void unanswered(uint32_t n)
 	}
 	if (ends.cli_closed) {
 		assert_int_equal(ends.cli_reason, -ECONNABORTED);
-		if (!strstr(ends.why, "cancel"))
+		/*
+		 * The message is checked where it was read at the abort itself
+		 * (a probe in flight failed with it).  When the session had
+		 * already closed before any probe went (a loaded machine: the
+		 * abort fell inside time_out_two_windows()), on_close read the
+		 * context's last error, which the server's end of the same
+		 * context may have replaced by then ("the peer hung up").
+		 */
+		if (ends.why_at_abort && !strstr(ends.why, "cancel"))
 			fail_msg("the reason does not say what happened: \"%s\"", ends.why);
 		printf("%s: closed, as it should: %s\n", tern_strerror(ends.cli_reason), ends.why);
 		/* the server heard of it too */

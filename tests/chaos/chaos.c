@@ -549,18 +549,30 @@ static void child_line(void *arg, char *line)
 #define F(k, f)              \
 	if (!strcmp(tok, k)) \
 		st->f = v;
+			/* clang-format off: it cannot settle this table */
 			F("ops", ops)
 			F("calls", calls)
 			F("ok", ok)
 			F("rerr", remote_err)
 			F("tmo", timeouts)
-			F("reset", resets) F("canc", canceled) F("nobufs", nobufs) F(
-				"refused", refused) F("owsent", oneway_sent)
-				F("owrecv", oneway_recv) F("served", served) F("large", large_bytes)
-					F("sessions", sessions) F("closes", closes) F("lost", lost)
-						F("dup", dup) F("wrong", wrong) F("rss0", rss_start)
-							F("rssw", rss_warm) F("rss1", rss_end)
-								F("late", late_replies)
+			F("reset", resets)
+			F("canc", canceled)
+			F("nobufs", nobufs)
+			F("refused", refused)
+			F("owsent", oneway_sent)
+			F("owrecv", oneway_recv)
+			F("served", served)
+			F("large", large_bytes)
+			F("sessions", sessions)
+			F("closes", closes)
+			F("lost", lost)
+			F("dup", dup)
+			F("wrong", wrong)
+			F("rss0", rss_start)
+			F("rssw", rss_warm)
+			F("rss1", rss_end)
+			F("late", late_replies)
+			/* clang-format on */
 #undef F
 		}
 		c->has_st = true;

@@ -433,6 +433,17 @@ void tern__session_reap_all(tern_ctx *ctx)
 
 /* ---- transport upcalls ----------------------------------------------------- */
 
+/* Why a hello tern_hello_decode() refused was refused, for the error. */
+static void hello_mismatch(const struct tern_hello *peer, const char *who, char *why,
+			   size_t why_len)
+{
+	if (!peer->version)
+		snprintf(why, why_len, "the %s's handshake is not tern's", who);
+	else
+		snprintf(why, why_len, "the %s speaks wire version %u, ours is %u", who,
+			 (unsigned)peer->version, TERN_WIRE_VERSION);
+}
+
 static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 		       struct tern_conn_params *params, void **owner, void *reply,
 		       size_t *reply_len)
@@ -452,8 +463,7 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	ours.flags = TERN_HELLO_REPLY;
 	rc = tern_hello_decode(hs, hs_len, &peer);
 	if (rc) {
-		snprintf(why, sizeof(why), "not a tern client, or wire version %u (ours %u)",
-			 (unsigned)peer.version, TERN_WIRE_VERSION);
+		hello_mismatch(&peer, "client", why, sizeof(why));
 	} else {
 		rc = tern_hello_match(&ours, &peer, why, sizeof(why));
 	}
@@ -547,13 +557,19 @@ static int connect_failed(tern_session *s, int status, const void *hs, size_t hs
 {
 	struct tern_hello peer, ours;
 	char why[200];
+	int rc = tern_hello_decode(hs, hs_len, &peer); /* none: all zero */
 
-	/* A tern server's refusal carries its reason and its geometry. */
-	if (hs_len && tern_hello_decode(hs, hs_len, &peer) == 0 && peer.status < 0) {
+	/* A tern server's refusal carries its reason and its geometry; one of
+	 * another wire version (it refused ours) says so in its version. */
+	if (rc == 0 && peer.status < 0) {
 		tern__session_hello(s, &ours);
 		if (tern_hello_match(&ours, &peer, why, sizeof(why)) == 0)
 			snprintf(why, sizeof(why), "%s", tern_strerror(peer.status));
 		status = peer.status;
+		note_failure(s, status, why);
+	} else if (rc && peer.version && peer.status < 0) {
+		hello_mismatch(&peer, "server", why, sizeof(why));
+		status = TERN_EVERSION;
 		note_failure(s, status, why);
 	} else {
 		note_failure(s, status,
@@ -578,7 +594,8 @@ static int ev_connected(struct tern_conn *c, int status, const void *hs, size_t 
 	tern__session_hello(s, &ours);
 	rc = tern_hello_decode(hs, hs_len, &peer);
 	if (rc) {
-		note_failure(s, rc, "the server's handshake is not tern's");
+		hello_mismatch(&peer, "server", why, sizeof(why));
+		note_failure(s, rc, why);
 		return rc;
 	}
 	rc = tern_hello_match(&ours, &peer, why, sizeof(why));

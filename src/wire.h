@@ -18,8 +18,14 @@
 #include "tern.h"
 #include "tern/transport.h"
 
+/*
+ * TERN_WIRE_VERSION is raised whenever the messages change meaning: 3 added
+ * TERN_MSG_CANCEL (a version 2 peer would take a cancel for a protocol
+ * error).  Peers of different versions are refused at the handshake,
+ * never later.
+ */
 #define TERN_WIRE_MAGIC	  0x4e524554u /* "TERN" read as a little-endian u32 */
-#define TERN_WIRE_VERSION 2
+#define TERN_WIRE_VERSION 3
 #define TERN_HDR_SIZE	  32
 #define TERN_ERRMSG_MAX	  200 /* bytes of message an error reply carries */
 
@@ -318,8 +324,18 @@ struct tern_hello {
 void tern_hello_encode(void *buf, const struct tern_hello *h);
 
 /*
+ * The hello's magic, version and status keep their offsets in every
+ * version, so that a refusal reads across versions: a peer of another
+ * version learns why it was refused (tern_hello_decode() still fills @h).
+ */
+_Static_assert(offsetof(struct tern_wire_hello, version) == 4, "version at 4");
+
+/*
  * tern_hello_decode - parse a peer's handshake
- * Return: 0, or TERN_EVERSION (short, bad magic, other version).
+ * Return: 0, or TERN_EVERSION (short, bad magic, other version).  On a
+ * short hello or a bad magic @h is all zero (version 0 is never valid);
+ * on another version @h holds what it said, for the error message and for
+ * a refusal's status.
  */
 int tern_hello_decode(const void *buf, size_t len, struct tern_hello *h);
 

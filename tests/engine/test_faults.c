@@ -806,6 +806,129 @@ static void test_server_closing_resets_the_clients_calls(void **state)
 	fx_free(f);
 }
 
+/* ---- a peer of the previous wire version (hand-built hellos, raw verbs) ---- */
+
+struct old_peer {
+	struct vp_opts o;
+	struct vp_endpoint ep;
+	struct vp_listener l;
+	uint8_t hs[sizeof(struct tern_wire_hello)];
+	uint8_t reject[256];
+	size_t reject_len;
+	int rc;
+	bool done;
+};
+
+static void *old_client_thread(void *arg)
+{
+	struct old_peer *p = arg;
+
+	p->reject_len = sizeof(p->reject);
+	p->rc = vp_connect_ex(&p->o, &p->ep, 0, 0, p->reject, &p->reject_len);
+	p->done = true;
+	return NULL;
+}
+
+/*
+ * A client of the previous version: the listener refuses it at the
+ * handshake with TERN_EVERSION and says which version it spoke, and the
+ * refusal it sends back says so too (status, and our version).
+ */
+static void test_a_client_of_the_previous_wire_version_is_refused_at_the_handshake(void **state)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	struct tern_session_opts so = {
+		.size = sizeof(so), .slot_size = H_SLOT, .slot_count = H_COUNT};
+	struct old_peer *p = calloc(1, sizeof(*p));
+	struct tern_hello back;
+	tern_listener *l;
+	tern_ctx *ctx;
+	pthread_t t;
+	double t0;
+
+	(void)state;
+	server_refusals = 0;
+	refusal_why[0] = 0;
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	assert_int_equal(tern_listen(ctx, fx_listen_uri(), &so, note_refusal, &l), 0);
+	tern_listener_set_data(l, ctx);
+	fx_old_hello(p->hs, false, H_SLOT, H_COUNT, 0);
+	vp_opts_init(&p->o);
+	p->o.port = (uint16_t)tern_listener_port(l);
+	p->o.private_data = p->hs;
+	p->o.private_data_len = sizeof(p->hs);
+	pthread_create(&t, NULL, old_client_thread, p);
+	for (t0 = now_s(); (!p->done || !server_refusals) && now_s() - t0 < 20;)
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	pthread_join(t, NULL);
+	printf("listener: %s: %s\n", tern_err_name(server_refusal_status), refusal_why);
+	assert_int_equal(p->rc, -ECONNREFUSED);
+	assert_int_equal(server_refusals, 1);
+	assert_int_equal(server_refusal_status, TERN_EVERSION);
+	assert_non_null(strstr(refusal_why, fx_old_version_words()));
+	/* the refusal: our hello, with the status */
+	assert_int_equal(p->reject_len >= sizeof(struct tern_wire_hello), true);
+	assert_int_equal(tern_hello_decode(p->reject, p->reject_len, &back), 0);
+	assert_int_equal(back.status, TERN_EVERSION);
+	vp_endpoint_close(&p->ep);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+	free(p);
+}
+
+/* A listener of the previous version: refuses our hello, as it would. */
+static void *old_server_thread(void *arg)
+{
+	struct old_peer *p = arg;
+	struct rdma_cm_id *id;
+
+	p->rc = vp_wait_cm_event(p->l.ch, RDMA_CM_EVENT_CONNECT_REQUEST, &id, 20000);
+	if (!p->rc) {
+		if (rdma_reject(id, p->hs, sizeof(p->hs)))
+			p->rc = -errno;
+		rdma_destroy_id(id);
+	}
+	p->done = true;
+	return NULL;
+}
+
+/*
+ * A server of the previous version refuses our hello (it cannot read it):
+ * the client's connect fails with TERN_EVERSION and says which version the
+ * server speaks, not "connection refused" as if nobody listened.
+ */
+static void test_a_server_of_the_previous_wire_version_is_a_version_error(void **state)
+{
+	struct tern_ctx_opts co = {.size = sizeof(co)};
+	struct tern_session_opts so = {
+		.size = sizeof(so), .slot_size = H_SLOT, .slot_count = H_COUNT};
+	struct old_peer *p = calloc(1, sizeof(*p));
+	tern_session *s = NULL;
+	char uri[128];
+	const char *u = fx_listen_uri();
+	tern_ctx *ctx;
+	pthread_t t;
+	int rc;
+
+	(void)state;
+	fx_old_hello(p->hs, true, H_SLOT, H_COUNT, TERN_EVERSION);
+	vp_opts_init(&p->o);
+	assert_int_equal(vp_listen(&p->o, &p->l), 0);
+	snprintf(uri, sizeof(uri), "%.*s:%u", (int)(strrchr(u, ':') - u), u, p->l.port);
+	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
+	pthread_create(&t, NULL, old_server_thread, p);
+	rc = tern_connect_sync(ctx, uri, &so, 20000, &s);
+	pthread_join(t, NULL);
+	printf("client: %s: %s\n", tern_err_name(rc), tern_ctx_last_error(ctx));
+	assert_int_equal(p->rc, 0);
+	assert_int_equal(rc, TERN_EVERSION);
+	assert_null(s);
+	assert_non_null(strstr(tern_ctx_last_error(ctx), "server speaks"));
+	assert_non_null(strstr(tern_ctx_last_error(ctx), fx_old_version_words()));
+	vp_listener_close(&p->l);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+	free(p);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -830,9 +953,12 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_peer_credits_it_never_owed),
 		cmocka_unit_test(test_hostile_peer_control_ack_out_of_turn),
 		cmocka_unit_test(test_a_silent_producer_sends_the_control_ack),
+		cmocka_unit_test(
+			test_a_client_of_the_previous_wire_version_is_refused_at_the_handshake),
+		cmocka_unit_test(test_a_server_of_the_previous_wire_version_is_a_version_error),
 	};
 	/* the hostile peers at the end: raw verbs, rdma only */
-	size_t n = sizeof(tests) / sizeof(tests[0]) - (fx_is("rdma") ? 0 : 10);
+	size_t n = sizeof(tests) / sizeof(tests[0]) - (fx_is("rdma") ? 0 : 12);
 
 	if (!fx_listen_uri()) {
 		printf("SKIP: %s\n",

@@ -956,6 +956,95 @@ static void test_hostile_hello_with_an_absurd_geometry(void **state)
 	close(fd);
 }
 
+/* ---- a peer of the previous wire version ---------------------------------------------------- */
+
+/*
+ * A client of the previous version: refused at the handshake with
+ * TERN_EVERSION, the listener told which version it spoke, and the REFUSE
+ * carries our hello with the status.
+ */
+static void test_a_client_of_the_previous_wire_version_is_refused_at_the_handshake(void **state)
+{
+	int fd = eventfd(0, EFD_CLOEXEC), got[4], ngot;
+	struct tern_hello back;
+	struct hostile h;
+	struct shm_msg m;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	hello_msg(&m);
+	fx_old_hello(m.hs, false, H_SLOT, H_COUNT, 0);
+	assert_int_equal(h_send(h.sock, &m, sizeof(m), &fd, 1), 0);
+	assert_int_equal(run_until_readable(h.ctx, h.sock, 5), 0);
+	assert_int_equal(h_recv(h.sock, &m, got, &ngot), (ssize_t)sizeof(m));
+	assert_int_equal(m.type, SHM_MSG_REFUSE);
+	assert_int_equal(ngot, 0);
+	assert_int_equal(tern_hello_decode(m.hs, m.hs_len, &back), 0);
+	assert_int_equal(back.status, TERN_EVERSION);
+	printf("listener: %s\n", tern_ctx_last_error(h.ctx));
+	assert_int_equal(refusals, 1);
+	assert_int_equal(refusal_status, TERN_EVERSION);
+	assert_non_null(strstr(tern_ctx_last_error(h.ctx), fx_old_version_words()));
+	assert_null(h.srv);
+	close(fd);
+	hostile_teardown(&h);
+}
+
+/*
+ * A server of the previous version refuses our hello, as it cannot read
+ * it: the connect fails with TERN_EVERSION and says which version the
+ * server speaks, not "connection refused" as if nobody listened.
+ */
+static void test_a_server_of_the_previous_wire_version_is_a_version_error(void **state)
+{
+	struct tern_session_opts so = {
+		.size = sizeof(so), .slot_size = H_SLOT, .slot_count = H_COUNT};
+	int lfd, sock, got[4], ngot;
+	struct sockaddr_un sa;
+	char name[64], uri[96];
+	struct shm_msg m;
+	tern_session *s;
+	socklen_t len;
+	tern_ctx *ctx;
+
+	(void)state;
+	snprintf(name, sizeof(name), "%s", fx_listen_uri() + strlen("shm://"));
+	snprintf(uri, sizeof(uri), "shm://%s", name);
+	abstract_addr(name, &sa, &len);
+	lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, len), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	fx_connected_reset();
+	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
+	assert_int_equal(tern_connect(ctx, uri, &so, fx_connected_cb, &s), 0);
+	assert_int_equal(run_until_readable(ctx, lfd, 5), 0);
+	sock = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(sock >= 0);
+	assert_int_equal(run_until_readable(ctx, sock, 5), 0);
+	assert_int_equal(h_recv(sock, &m, got, &ngot), (ssize_t)sizeof(m));
+	assert_int_equal(m.type, SHM_MSG_HELLO);
+	for (int i = 0; i < ngot; i++)
+		close(got[i]);
+	/* what the older server answers: its refusal, in its own version */
+	memset(&m, 0, sizeof(m));
+	m.magic = SHM_MSG_MAGIC;
+	m.version = SHM_PROTO_VERSION;
+	m.type = SHM_MSG_REFUSE;
+	m.status = TERN_EVERSION;
+	m.hs_len = sizeof(struct tern_wire_hello);
+	fx_old_hello(m.hs, true, H_SLOT, H_COUNT, TERN_EVERSION);
+	assert_int_equal(h_send(sock, &m, sizeof(m), NULL, 0), 0);
+	run_until(ctx, &fx_connected_done, 5);
+	printf("client: %s: %s\n", tern_err_name(fx_connected_status), tern_ctx_last_error(ctx));
+	assert_true(fx_connected_done);
+	assert_int_equal(fx_connected_status, TERN_EVERSION);
+	assert_non_null(strstr(tern_ctx_last_error(ctx), "server speaks"));
+	assert_non_null(strstr(tern_ctx_last_error(ctx), fx_old_version_words()));
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+	close(sock);
+	close(lfd);
+}
+
 /* ---- a hostile server -------------------------------------------------------------------------
  */
 
@@ -2551,6 +2640,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_hostile_hello_with_a_pipe_for_a_doorbell),
 		cmocka_unit_test(test_hostile_hello_with_too_many_descriptors),
 		cmocka_unit_test(test_hostile_hello_with_an_absurd_geometry),
+		cmocka_unit_test(
+			test_a_client_of_the_previous_wire_version_is_refused_at_the_handshake),
+		cmocka_unit_test(test_a_server_of_the_previous_wire_version_is_a_version_error),
 		cmocka_unit_test(test_hostile_server_unsealed_segment),
 		cmocka_unit_test(test_hostile_server_segment_of_the_wrong_size),
 		cmocka_unit_test(test_hostile_server_segment_sealed_against_writing),

@@ -447,6 +447,97 @@ static void test_hostile_handshake_cut_short(void **state)
 	expect_handshake_refused(frame, 20, true);
 }
 
+/* ---- a peer of the previous wire version ---------------------------------------------------- */
+
+/*
+ * A client of the previous version: refused at the handshake with
+ * TERN_EVERSION, the listener told which version it spoke, and the REFUSE
+ * carries our hello with the status.
+ */
+static void test_a_client_of_the_previous_wire_version_is_refused_at_the_handshake(void **state)
+{
+	uint8_t frame[TCP_PREFIX + TCP_HS_SIZE], hs[sizeof(struct tern_wire_hello)];
+	struct tern_hello back;
+	struct hostile h;
+	struct tcp_hs f;
+
+	(void)state;
+	hostile_setup(&h, TERN_PROGRESS_BUSY);
+	fx_old_hello(hs, false, H_SLOT, H_COUNT, 0);
+	tcp_hs_encode(frame, TCP_HS_HELLO, 0, hs, sizeof(hs));
+	send_all(h.fd, frame, sizeof(frame));
+	assert_int_equal(read_full(h.ctx, h.fd, frame, sizeof(frame), 5), 0);
+	assert_int_equal(tcp_hs_decode(frame + TCP_PREFIX, &f), 0);
+	assert_int_equal(f.type, TCP_HS_REFUSE);
+	assert_int_equal(tern_hello_decode(f.hs, f.hs_len, &back), 0);
+	assert_int_equal(back.status, TERN_EVERSION);
+	for (double end = now_s() + 5; !h.refusals && now_s() < end;)
+		tern_ctx_run(h.ctx, TERN_RUN_NOWAIT);
+	printf("listener: %s\n", tern_ctx_last_error(h.ctx));
+	assert_int_equal(h.refusals, 1);
+	assert_int_equal(h.refusal_status, TERN_EVERSION);
+	assert_non_null(strstr(tern_ctx_last_error(h.ctx), fx_old_version_words()));
+	assert_null(h.srv);
+	assert_true(closed_by_peer(h.ctx, h.fd, 5));
+	hostile_teardown(&h);
+}
+
+/*
+ * A server of the previous version refuses our hello, as it cannot read
+ * it: the connect fails with TERN_EVERSION and says which version the
+ * server speaks, not "connection refused" as if nobody listened.
+ */
+static void test_a_server_of_the_previous_wire_version_is_a_version_error(void **state)
+{
+	struct tern_session_opts so = {
+		.size = sizeof(so), .slot_size = H_SLOT, .slot_count = H_COUNT};
+	uint8_t frame[TCP_PREFIX + TCP_HS_SIZE], hs[sizeof(struct tern_wire_hello)];
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sa);
+	tern_session *s;
+	struct tcp_hs f;
+	char uri[64];
+	tern_ctx *ctx;
+	int lfd, fd;
+
+	(void)state;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(lfd, 1), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+	snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+	fx_connected_reset();
+	assert_int_equal(tern_ctx_create(NULL, &ctx), 0);
+	assert_int_equal(tern_connect(ctx, uri, &so, fx_connected_cb, &s), 0);
+	for (double end = now_s() + 5; now_s() < end;) {
+		struct pollfd p = {.fd = lfd, .events = POLLIN};
+
+		if (poll(&p, 1, 0) == 1)
+			break;
+		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
+	}
+	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(read_full(ctx, fd, frame, sizeof(frame), 5), 0);
+	assert_int_equal(tcp_hs_decode(frame + TCP_PREFIX, &f), 0);
+	assert_int_equal(f.type, TCP_HS_HELLO);
+	/* what the older server answers: its refusal, in its own version */
+	fx_old_hello(hs, true, H_SLOT, H_COUNT, TERN_EVERSION);
+	tcp_hs_encode(frame, TCP_HS_REFUSE, TERN_EVERSION, hs, sizeof(hs));
+	send_all(fd, frame, sizeof(frame));
+	run_until(ctx, &fx_connected_done, 5);
+	printf("client: %s: %s\n", tern_err_name(fx_connected_status), tern_ctx_last_error(ctx));
+	assert_true(fx_connected_done);
+	assert_int_equal(fx_connected_status, TERN_EVERSION);
+	assert_non_null(strstr(tern_ctx_last_error(ctx), "server speaks"));
+	assert_non_null(strstr(tern_ctx_last_error(ctx), fx_old_version_words()));
+	close(fd);
+	close(lfd);
+	assert_int_equal(tern_ctx_destroy(ctx), 0);
+}
+
 /* ---- a peer that stops reading ------------------------------------------------------------ */
 
 struct calls {
@@ -899,6 +990,9 @@ int main(void)
 		cmocka_unit_test(test_hostile_huge_handshake_length),
 		cmocka_unit_test(test_hostile_handshake_with_bad_magic),
 		cmocka_unit_test(test_hostile_handshake_cut_short),
+		cmocka_unit_test(
+			test_a_client_of_the_previous_wire_version_is_refused_at_the_handshake),
+		cmocka_unit_test(test_a_server_of_the_previous_wire_version_is_a_version_error),
 		cmocka_unit_test(test_a_peer_that_stops_reading_pins_only_the_slots),
 		cmocka_unit_test(test_megabyte_messages_survive_partial_writes_and_reads_busy),
 		cmocka_unit_test(test_megabyte_messages_survive_partial_writes_and_reads_event),

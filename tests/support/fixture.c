@@ -174,3 +174,39 @@ void fx_teardown(struct fx *f)
 		tern_ctx_destroy(f->ctx);
 	memset(f, 0, sizeof(*f));
 }
+
+void fx_old_hello(uint8_t *hs, bool reply, uint32_t slot_size, uint32_t slot_count, int status)
+{
+	struct tern_hello h = {.version = TERN_WIRE_VERSION - 1,
+			       .flags = reply ? TERN_HELLO_REPLY : 0,
+			       .slot_size = slot_size,
+			       .slot_count = slot_count,
+			       .status = status};
+
+	tern_hello_encode(hs, &h);
+}
+
+const char *fx_old_version_words(void)
+{
+	static char w[64];
+
+	snprintf(w, sizeof(w), "wire version %u, ours is %u", TERN_WIRE_VERSION - 1,
+		 TERN_WIRE_VERSION);
+	return w;
+}
+
+bool fx_connected_done;
+int fx_connected_status;
+
+void fx_connected_reset(void)
+{
+	fx_connected_done = false;
+	fx_connected_status = 0;
+}
+
+void fx_connected_cb(tern_session *s, int status)
+{
+	(void)s;
+	fx_connected_done = true;
+	fx_connected_status = status;
+}

@@ -13,6 +13,7 @@
 #define TERN_TESTS_FIXTURE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <tern.h>
 
 struct fx {
@@ -71,5 +72,19 @@ void fx_done_cb(tern_session *s, int status, const void *reply, size_t len, void
 /* Run the loop until *@flag is true or @timeout_ms passes; 0 or -ETIMEDOUT. */
 int fx_run_until(struct fx *f, const bool *flag, int timeout_ms);
 int fx_run_until_count(struct fx *f, const int *counter, int target, int timeout_ms);
+
+/* A tern_connect() callback that records its outcome here. */
+extern bool fx_connected_done;
+extern int fx_connected_status;
+void fx_connected_reset(void);
+void fx_connected_cb(tern_session *s, int status);
+
+/*
+ * A peer of the previous wire version (the hostile peers' hand-built
+ * hellos): its 40-byte hello, as it was, into @hs; and the words our
+ * errors name it with ("wire version 2, ours is 3").
+ */
+void fx_old_hello(uint8_t *hs, bool reply, uint32_t slot_size, uint32_t slot_count, int status);
+const char *fx_old_version_words(void);
 
 #endif

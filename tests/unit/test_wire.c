@@ -205,9 +205,19 @@ static void test_hello_refuses_bad_magic_version_and_short_input(void **state)
 	assert_int_equal(tern_hello_decode(NULL, 0, &b), TERN_EVERSION);
 	buf[0] ^= 0xff;
 	assert_int_equal(tern_hello_decode(buf, sizeof(buf), &b), TERN_EVERSION);
+	assert_int_equal(b.version, 0); /* not tern's: nothing read */
 	a.version = TERN_WIRE_VERSION + 1;
 	tern_hello_encode(buf, &a);
 	assert_int_equal(tern_hello_decode(buf, sizeof(buf), &b), TERN_EVERSION);
+	/* The previous version (2: before TERN_MSG_CANCEL) too; what it said
+	 * is still read, for the error message and a refusal's status. */
+	a.version = TERN_WIRE_VERSION - 1;
+	a.status = TERN_EVERSION;
+	tern_hello_encode(buf, &a);
+	assert_int_equal(tern_hello_decode(buf, sizeof(buf), &b), TERN_EVERSION);
+	assert_int_equal(b.version, TERN_WIRE_VERSION - 1);
+	assert_int_equal(b.status, TERN_EVERSION);
+	assert_true(TERN_WIRE_VERSION >= 3);
 }
 
 static void test_hello_mismatch_names_the_difference(void **state)

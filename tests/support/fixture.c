@@ -175,6 +175,14 @@ void fx_teardown(struct fx *f)
 	memset(f, 0, sizeof(*f));
 }
 
+int fx_echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *user)
+{
+	(void)r, (void)user;
+	out->base = in;
+	out->len = n;
+	return 0;
+}
+
 void fx_old_hello(uint8_t *hs, bool reply, uint32_t slot_size, uint32_t slot_count, int status)
 {
 	struct tern_hello h = {.version = TERN_WIRE_VERSION - 1,

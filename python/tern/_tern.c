@@ -2235,6 +2235,7 @@ static int session_opts_parse(PyObject *d, struct tern_session_opts *so)
 	OPT(call_timeout_ms)
 	OPT(connect_timeout_ms)
 	OPT(queue_depth)
+	OPT(cancel_timeout_ms)
 #undef OPT
 	return 0;
 }

@@ -429,6 +429,17 @@ def serve(uri, service, *, progress="busy", ready=None, slot_size=None, slot_cou
 
 # ---- calling ------------------------------------------------------------------------
 
+
+def _session_opts(slot_size, slot_count, cancel_timeout):
+    """The session options (struct tern_session_opts) the C layer takes."""
+    if cancel_timeout is not None:
+        if cancel_timeout <= 0:
+            raise ValueError("cancel_timeout must be positive (None: the default, 10 s)")
+        cancel_timeout = max(1, round(cancel_timeout * 1000))
+    return {"slot_size": slot_size, "slot_count": slot_count,
+            "cancel_timeout_ms": cancel_timeout}
+
+
 class _Caller:
     __slots__ = ("_p", "_m", "__doc__")
 
@@ -566,10 +577,17 @@ class Proxy:
     one-way method sends (waiting for a credit if the server holds them all)
     and returns None.  Typed requests are a message or its fields as keyword
     arguments; a typed reply is a message.
+
+    ``cancel_timeout`` (seconds; None: the C default, 10 s) bounds how long
+    after a call's deadline the server may hold the call unanswered: a
+    call that times out is cancelled, and a server that answers neither
+    the call nor its cancel within this closes the session (every call then
+    raises ``ConnectionLost``, ``ECONNABORTED``), rather than keep a piece of
+    the window for good (session option ``cancel_timeout_ms``).
     """
 
     def __init__(self, uri, service, *, timeout=None, connect_timeout=10.0, progress="busy",
-                 slot_size=None, slot_count=None, check=True):
+                 slot_size=None, slot_count=None, check=True, cancel_timeout=None):
         if progress not in PROGRESS:
             raise ValueError(f"progress must be one of {', '.join(PROGRESS)}")
         self.spec, _ = describe(service)
@@ -578,7 +596,7 @@ class Proxy:
         try:
             self.session = self._ctx.connect(
                 uri, [self.spec.ref] if check else None,
-                {"slot_size": slot_size, "slot_count": slot_count},
+                _session_opts(slot_size, slot_count, cancel_timeout),
                 int(connect_timeout * 1000))
         except BaseException:
             self._ctx.close()

@@ -237,6 +237,35 @@ def test_timeout(kinds):
     assert e.value.code == -errno.ETIMEDOUT and isinstance(e.value, TimeoutError)
 
 
+def test_cancel_timeout_closes_a_session_whose_server_keeps_a_timed_out_call(serve_thread):
+    # The server's deferred handler never answers, nor the cancel: the
+    # caller gives its window's piece up after cancel_timeout, by closing.
+    svc = Kinds()
+    srv = serve_thread(svc)
+    with pytest.raises(ValueError):
+        tern.proxy(srv.uri, Kinds, cancel_timeout=0)
+    with tern.proxy(srv.uri, Kinds, timeout=20, cancel_timeout=0.3) as p, \
+            tern.proxy(srv.uri, Kinds, timeout=20) as q:
+        fp, fq = p.later(b"kept", _timeout=0.2), q.later(b"kept", _timeout=0.2)
+        for f in (fp, fq):
+            with pytest.raises(tern.RpcTimeout):
+                f.result(10)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5:  # well under the default's 10 s
+            p.poll(0.05)
+            try:
+                p.upper(b"x").result(10)
+            except tern.ConnectionLost as e:
+                assert e.code == -errno.ECONNABORTED, e
+                # the context's last error names the call the server kept
+                assert "cancel_timeout_ms" in p._ctx.last_error, p._ctx.last_error
+                break
+        else:
+            pytest.fail("the session outlived cancel_timeout by 5 s")
+        # the default (10 s) session kept its call, and still calls
+        assert q.upper(b"y").result(10) == b"Y"
+
+
 def test_no_such_method(serve_thread, echo_idl):
     class OnlyCopy(echo_idl.Echo):
         @tern.method

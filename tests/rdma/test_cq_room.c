@@ -23,14 +23,6 @@
 #define SESSIONS 6 /* client ends; with their accepted ends, 12 connections */
 #define ROUNDS	 40
 
-static int echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 struct echo_call {
 	int *done;
 	int status;
@@ -67,7 +59,7 @@ static void test_sessions_beyond_the_first_cq_carry_calls(void **state)
 
 	(void)state;
 	assert_int_equal(fx_setup(&f, NULL, TERN_PROGRESS_BUSY), 0);
-	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, fx_echo, NULL), 0);
 	cli[0] = f.cli;
 	for (int i = 1; i < SESSIONS; i++) {
 		int rc = tern_connect_sync(f.ctx, f.uri, NULL, 20000, &cli[i]);

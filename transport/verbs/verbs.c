@@ -156,6 +156,7 @@ struct vdev {
 	struct ibv_pd *pd;
 	struct ibv_comp_channel *chan;
 	struct vcq *cqs;
+	struct vcq *turn; /* the CQ poll_cqs() starts with (NULL: the first) */
 	int max_cqe;
 	bool no_resize; /* TERN_VERBS_NO_RESIZE_CQ: behave as if ibv_resize_cq failed */
 	uint8_t rd_atom;
@@ -1199,12 +1200,13 @@ static int poll_cqs(struct verbs_tctx *t, int budget)
 	int total = 0;
 
 	for (struct vdev *d = t->devs; d && total < budget; d = d->next) {
-		struct vcq *q = d->cqs;
+		struct vcq *first = d->turn ? d->turn : d->cqs, *q = first;
 
 		/* Each CQ until it is empty, the stash first whenever it has
 		 * anything: a connection's completions are in one CQ, and
 		 * those in the stash were taken off it before what is still
-		 * in it. */
+		 * in it.  The CQs take turns to go first, so that one busy CQ
+		 * cannot use up every budget while the others wait. */
 		while ((q || d->stash_len) && total < budget) {
 			int want, n;
 
@@ -1222,9 +1224,14 @@ static int poll_cqs(struct verbs_tctx *t, int budget)
 				handle_wc(t, &wc[i]);
 			if (n > 0)
 				total += n;
-			if (n < want)
-				q = q->next;
+			if (n < want) {
+				q = q->next ? q->next : d->cqs;
+				if (q == first)
+					q = NULL;
+			}
 		}
+		/* the CQ the budget ran out in, else the one after this first */
+		d->turn = q ? q : first->next;
 	}
 	return total;
 }

@@ -259,6 +259,8 @@ struct tern_ctx {
 	struct tern_list mrs;	       /* user registrations: the registration cache */
 	struct tern_stage *stages;     /* idle staging buffers */
 	size_t stage_idle_bytes;
+	uint64_t stage_bytes;	    /* staging buffers, idle or not (tern_ctx_mem) */
+	uint64_t user_shared_bytes; /* tern_mem_alloc() memory mapped */
 	struct tern_list sessions;
 	struct tern_list listeners;
 	struct tern_list dirty; /* sessions owing credits after this poll */

@@ -2439,6 +2439,26 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 	return r;
 }
 
+/* tern_ctx_mem(): a dict of the figures, named as the C fields are. */
+static PyObject *ctx_mem(PyObject *o, PyObject *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+	struct tern_mem_stats m;
+	int rc;
+
+	(void)unused;
+	if (ctx_check(c))
+		return NULL;
+	if ((rc = tern_ctx_mem(c->ctx, &m, sizeof(m))))
+		return raise_ctx(c, rc);
+#define F(x) #x, (unsigned long long)m.x
+	return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsK}", F(sessions), F(slots_registered),
+			     F(slots_shared), F(slots_shared_resident), F(slots_heap),
+			     F(slots_heap_resident), F(staging_heap), F(staging_registered),
+			     F(staging_shared), F(user_registered), F(user_shared), F(conn_heap));
+#undef F
+}
+
 static PyMethodDef ctx_methods[] = {
 	{"register", (PyCFunction)(void (*)(void))ctx_register, METH_VARARGS | METH_KEYWORDS,
 	 "register(method_id, kind, fn, batch_max=0, wait_us=0)"},
@@ -2454,6 +2474,8 @@ static PyMethodDef ctx_methods[] = {
 	 "call_soon(fn): run fn() on the loop's thread (thread-safe)"},
 	{"wait", ctx_wait, METH_VARARGS, "wait(futures, timeout=None) -> True when all are done"},
 	{"close", ctx_close, METH_NOARGS, "close every session and listener, free the context"},
+	{"mem", ctx_mem, METH_NOARGS,
+	 "mem() -> dict: the memory the context holds (tern_ctx_mem()), in bytes"},
 	{NULL},
 };
 

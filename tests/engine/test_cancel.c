@@ -46,14 +46,6 @@ static int hold(tern_req *r, const void *in, size_t n, void *u)
 	return 0;
 }
 
-static int plain(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 /* The request's bytes as the handler saw them: runs, and wrong ones. */
 static uint32_t check_runs, check_wrong;
 
@@ -140,7 +132,7 @@ static struct fx *fx_new(uint32_t slots, uint32_t cancel_timeout_ms)
 	assert_int_equal(fx_setup(f, &o, TERN_PROGRESS_BUSY), 0);
 	ends.cli = f->cli;
 	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, hold, NULL), 0);
-	assert_int_equal(tern_register_raw(f->ctx, M_PLAIN, plain, NULL), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_PLAIN, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_CHECK, check, NULL), 0);
 	nheld = 0;
 	check_runs = check_wrong = 0;

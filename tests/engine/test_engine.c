@@ -32,14 +32,6 @@ static tern_req *held;	  /* the deferred request being held */
 static uint8_t *last_out; /* where the inplace handler wrote */
 static size_t last_out_cap;
 
-static int echo_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in; /* echo straight from the receive slot; the runtime copies once */
-	out->len = n;
-	return 0;
-}
-
 static ssize_t echo_inplace(tern_req *r, const void *in, size_t n, void *out, size_t cap, void *u)
 {
 	(void)r, (void)u;
@@ -82,7 +74,7 @@ static ssize_t big_inplace(tern_req *r, const void *in, size_t n, void *out, siz
 
 static void register_all(tern_ctx *ctx)
 {
-	assert_int_equal(tern_register_raw(ctx, M_RAW, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(ctx, M_RAW, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_inplace(ctx, M_INPLACE, echo_inplace, NULL), 0);
 	assert_int_equal(tern_register_deferred(ctx, M_DEFERRED, hold_deferred, NULL), 0);
 	assert_int_equal(tern_register_raw(ctx, M_FAIL, fail_einval, NULL), 0);

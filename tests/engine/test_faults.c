@@ -40,14 +40,6 @@ extern char **environ;
 static tern_req *held[64];
 static int nheld;
 
-static int echo_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 static int hold(tern_req *r, const void *in, size_t n, void *u)
 {
 	(void)in, (void)n, (void)u;
@@ -68,7 +60,7 @@ static struct fx *fx_new(const struct tern_session_opts *o)
 	struct fx *f = calloc(1, sizeof(*f));
 
 	assert_int_equal(fx_setup(f, o, TERN_PROGRESS_BUSY), 0);
-	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, hold, NULL), 0);
 	nheld = 0;
 	return f;

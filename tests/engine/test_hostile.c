@@ -47,14 +47,6 @@
 static tern_req *held[64];
 static int nheld;
 
-static int echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 static int hold(tern_req *r, const void *in, size_t n, void *u)
 {
 	(void)in, (void)n, (void)u;
@@ -222,7 +214,7 @@ static void opts_init(uint32_t max_msg, uint64_t max_staging)
 
 static void handlers_register(tern_ctx *ctx)
 {
-	assert_int_equal(tern_register_raw(ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(ctx, M_ECHO, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_deferred(ctx, M_HOLD, hold, NULL), 0);
 	assert_int_equal(tern_register_inplace(ctx, M_MAKE, make, NULL), 0);
 }

@@ -59,14 +59,6 @@ static uint64_t checksum(const uint8_t *b, size_t n)
 	return h;
 }
 
-static int echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in; /* a large request sits in registered staging: no copy back */
-	out->len = n;
-	return 0;
-}
-
 static ssize_t make(tern_req *r, const void *in, size_t n, void *out, size_t cap, void *u)
 {
 	uint64_t want;
@@ -171,7 +163,7 @@ static struct fx *fx_new_progress(const struct tern_session_opts *o, enum tern_p
 	struct fx *f = calloc(1, sizeof(*f));
 
 	assert_int_equal(fx_setup(f, o, p), 0);
-	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_inplace(f->ctx, M_MAKE, make, NULL), 0);
 	assert_int_equal(tern_register_deferred(f->ctx, M_LATER, later, NULL), 0);
 	assert_int_equal(tern_register_inplace(f->ctx, M_ECHO_INPLACE, echo_inplace, NULL), 0);

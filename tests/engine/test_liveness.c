@@ -41,14 +41,6 @@ static int park(tern_req *r, const void *in, size_t n, void *u)
 	return 0;
 }
 
-static int plain(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 /* Each parked call gets its own index back, so a mixed-up reply shows. */
 static int wake(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
 {
@@ -74,7 +66,7 @@ static struct fx *fx_new(uint32_t slots)
 
 	assert_int_equal(fx_setup(f, &o, TERN_PROGRESS_BUSY), 0);
 	assert_int_equal(tern_register_deferred(f->ctx, M_PARK, park, NULL), 0);
-	assert_int_equal(tern_register_raw(f->ctx, M_PLAIN, plain, NULL), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_PLAIN, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_WAKE, wake, NULL), 0);
 	nparked = 0;
 	return f;

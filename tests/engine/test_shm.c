@@ -58,14 +58,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int echo_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 static void *inplace_out; /* where the inplace handler wrote its reply */
 
 static ssize_t echo_inplace(tern_req *r, const void *in, size_t n, void *out, size_t cap, void *u)
@@ -231,7 +223,7 @@ static void test_default_name_is_abstract_and_leaves_no_file(void **state)
 	(void)state;
 	unsetenv("TERN_SHM_DIR");
 	assert_int_equal(fx_setup(&f, NULL, TERN_PROGRESS_BUSY), 0);
-	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, fx_echo, NULL), 0);
 	echo_check(&f);
 	snprintf(name, sizeof(name), "%s", f.uri + strlen("shm://"));
 	assert_true(abstract_socket_listed(name));
@@ -256,7 +248,7 @@ static void test_socket_dir_is_private_and_cleaned_up(void **state)
 	snprintf(dir, sizeof(dir), "%s/run", base);
 	setenv("TERN_SHM_DIR", dir, 1);
 	assert_int_equal(fx_setup(&f, NULL, TERN_PROGRESS_BUSY), 0);
-	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, fx_echo, NULL), 0);
 	echo_check(&f);
 	/* the directory was made 0700, the socket is 0600 */
 	assert_int_equal(lstat(dir, &st), 0);
@@ -498,7 +490,7 @@ static void hostile_setup(struct hostile *h, enum tern_progress progress)
 	refusals = 0;
 	h->peer_bell = -1;
 	assert_int_equal(tern_ctx_create(&co, &h->ctx), 0);
-	assert_int_equal(tern_register_raw(h->ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(h->ctx, M_ECHO, fx_echo, NULL), 0);
 	snprintf(h->name, sizeof(h->name), "%s", fx_listen_uri() + strlen("shm://"));
 	{
 		char uri[96];
@@ -1283,7 +1275,7 @@ static int serve_main(const char *mode)
 						      : TERN_PROGRESS_BUSY;
 	/* sleep as soon as it can: the racy path */
 	co.adaptive_spin_us = 5;
-	if (tern_ctx_create(&co, &ctx) || tern_register_raw(ctx, M_ECHO, echo_raw, NULL) ||
+	if (tern_ctx_create(&co, &ctx) || tern_register_raw(ctx, M_ECHO, fx_echo, NULL) ||
 	    tern_register_inplace(ctx, M_INPLACE, echo_inplace, NULL) ||
 	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
 		return 1;

@@ -47,14 +47,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int echo_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 static void run_until(tern_ctx *ctx, const bool *flag, double timeout_s)
 {
 	double end = now_s() + timeout_s;
@@ -173,7 +165,7 @@ static void hostile_setup(struct hostile *h, enum tern_progress progress)
 	memset(h, 0, sizeof(*h));
 	H = h;
 	assert_int_equal(tern_ctx_create(&co, &h->ctx), 0);
-	assert_int_equal(tern_register_raw(h->ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(h->ctx, M_ECHO, fx_echo, NULL), 0);
 	assert_int_equal(tern_listen(h->ctx, "tcp://127.0.0.1:0", &so, h_on_accept, &h->l), 0);
 	h->fd = tcp_connect_to((uint16_t)tern_listener_port(h->l));
 }
@@ -591,7 +583,7 @@ static void big_soak(enum tern_progress p)
 	uint8_t *buf = malloc(1 << 20);
 
 	assert_int_equal(fx_setup(&f, &so, p), 0);
-	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, fx_echo, NULL), 0);
 	k.max = tern_session_max_payload(f.cli);
 	while (k.done < 40) {
 		while (k.issued < 40) {

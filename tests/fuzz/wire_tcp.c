@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,6 +264,30 @@ static void reset(void)
 	tern_xtab_free(&W.xt);
 }
 
+/*
+ * A blocking connect() that a signal interrupted (libFuzzer's -timeout
+ * alarm ticks every second) goes on in the background: it must not be
+ * called again, but waited for, and its outcome read from SO_ERROR.  This
+ * is what failed the campaign twice with "cannot reach the listener ...:
+ * Interrupted system call".  0, or -1 with errno set.
+ */
+static int connect_wait(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	socklen_t sl = sizeof(int);
+	int err = errno;
+
+	if (err != EINTR)
+		return -1;
+	while (poll(&p, 1, -1) < 0)
+		if (errno != EINTR)
+			return -1;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl))
+		return -1;
+	errno = err;
+	return err ? -1 : 0;
+}
+
 static int tcp_connect(const char *uri, const void *hs, size_t len)
 {
 	struct sockaddr_in sa = {.sin_family = AF_INET};
@@ -274,7 +299,9 @@ static int tcp_connect(const char *uri, const void *hs, size_t len)
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	sa.sin_port = htons((uint16_t)atoi(colon ? colon + 1 : "0"));
 	W.sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (W.sock < 0 || connect(W.sock, (struct sockaddr *)&sa, sizeof(sa)))
+	if (W.sock < 0)
+		return -errno;
+	if (connect(W.sock, (struct sockaddr *)&sa, sizeof(sa)) && connect_wait(W.sock))
 		return -errno;
 	setsockopt(W.sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	return hs_out(TCP_HS_HELLO, 0, hs, len < TERN_HANDSHAKE_MAX ? len : TERN_HANDSHAKE_MAX);

@@ -49,14 +49,6 @@ struct link {
 
 static struct link lk;
 
-static int echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 static double now_s(void)
 {
 	struct timespec ts;
@@ -235,7 +227,7 @@ static void test_calls_cross_the_link_intact_through_loss(void **state)
 	stx0 = netdev_stat(lk.snetdev, "tx_packets");
 
 	assert_int_equal(fx_setup(&f, &so, TERN_PROGRESS_BUSY), 0);
-	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, fx_echo, NULL), 0);
 	t0 = now_s();
 	sequential_calls(&f);
 	t1 = now_s();
@@ -379,7 +371,7 @@ static void test_a_vanished_host_fails_every_pending_call_within_seconds(void **
 	assert_int_equal(fx_setup(f, &so, TERN_PROGRESS_BUSY), 0);
 	*state = f;
 	client = f->cli;
-	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, hold, NULL), 0);
 	for (int i = 0; i < HELD; i++)
 		assert_int_equal(tern_call(f->cli, M_HOLD, "x", 1, outcome_cb, &o, NULL), 0);

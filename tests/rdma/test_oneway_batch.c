@@ -48,21 +48,13 @@ static void sink(tern_req *r, const void *in, size_t n, void *u)
 	sink_count++;
 }
 
-static int echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 static struct fx *fx_new(const struct tern_session_opts *o)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 
 	assert_int_equal(fx_setup(f, o, TERN_PROGRESS_BUSY), 0);
 	assert_int_equal(tern_register_oneway(f->ctx, M_SINK, sink, NULL), 0);
-	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, fx_echo, NULL), 0);
 	sink_next = sink_bad = sink_count = 0;
 	return f;
 }

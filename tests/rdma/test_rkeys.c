@@ -870,14 +870,6 @@ static void test_a_reply_sent_just_before_the_server_hangs_up_is_delivered_event
 
 static uint8_t big_reply[BIG];
 
-static int echo_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
-{
-	(void)r, (void)u;
-	out->base = in;
-	out->len = n;
-	return 0;
-}
-
 static int big_raw(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
 {
 	(void)r, (void)in, (void)n, (void)u;
@@ -926,7 +918,7 @@ static struct server_rig *server_rig_new(void)
 	accepted = NULL;
 	fill(big_reply, BIG, 0x42);
 	assert_int_equal(tern_ctx_create(&co, &g->ctx), 0);
-	assert_int_equal(tern_register_raw(g->ctx, M_ECHO, echo_raw, NULL), 0);
+	assert_int_equal(tern_register_raw(g->ctx, M_ECHO, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_raw(g->ctx, M_BIG, big_raw, NULL), 0);
 	assert_int_equal(tern_listen(g->ctx, fx_listen_uri(), &so, on_accept, &g->l), 0);
 	hello(g->hs, false);

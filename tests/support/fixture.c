@@ -174,3 +174,11 @@ void fx_teardown(struct fx *f)
 		tern_ctx_destroy(f->ctx);
 	memset(f, 0, sizeof(*f));
 }
+
+int fx_echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *user)
+{
+	(void)r, (void)user;
+	out->base = in;
+	out->len = n;
+	return 0;
+}

@@ -68,6 +68,13 @@ struct fx_done {
 };
 void fx_done_cb(tern_session *s, int status, const void *reply, size_t len, void *user);
 
+/*
+ * A raw handler that answers with the request's own bytes (borrowed: the
+ * runtime copies them once into the reply, or not at all for a large
+ * request in staging).  Register it with any @user.
+ */
+int fx_echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *user);
+
 /* Run the loop until *@flag is true or @timeout_ms passes; 0 or -ETIMEDOUT. */
 int fx_run_until(struct fx *f, const bool *flag, int timeout_ms);
 int fx_run_until_count(struct fx *f, const int *counter, int target, int timeout_ms);

@@ -34,15 +34,6 @@
 #define STEPS	  40
 #define SEEDS	  3
 
-static int echo(tern_req *req, const void *in, size_t len, struct tern_iov *out, void *arg)
-{
-	(void)req;
-	(void)arg;
-	out->base = in;
-	out->len = len;
-	return 0;
-}
-
 static struct tern_mem_stats mem_of(tern_ctx *ctx)
 {
 	struct tern_mem_stats m;
@@ -109,7 +100,7 @@ static void one_seed(uint64_t seed)
 	struct fx f;
 
 	assert_int_equal(fx_setup(&f, &o, TERN_PROGRESS_BUSY), 0);
-	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, fx_echo, NULL), 0);
 	/* The fixture's own pair goes first: the start is a context with none. */
 	assert_int_equal(tern_session_close(f.cli, NULL), 0);
 	run_until_sessions(&f, 0);
@@ -200,7 +191,7 @@ static void test_idle_session_slots_come_on_first_touch(void **state)
 
 	(void)state;
 	assert_int_equal(fx_setup(&f, &o, TERN_PROGRESS_BUSY), 0);
-	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, echo, NULL), 0);
+	assert_int_equal(tern_register_raw(f.ctx, M_ECHO, fx_echo, NULL), 0);
 	slots_of(f.ctx, &reserved, &resident);
 	/* two sessions (both ends live here), 2 x 131 slots of 8 KiB each */
 	assert_true(reserved >= 2ull * 2 * 131 * 8192);

@@ -256,6 +256,8 @@ TERN_EXPORT const char *tern_ctx_last_error(tern_ctx *ctx);
  * @user_shared: bytes of tern_mem_alloc() memory mapped
  * @conn_heap: private memory of the providers' per-connection state
  *	(bookkeeping arrays, tcp's receive buffer), not counted above
+ * @session_heap: the engine's own heap for its sessions (the session, its
+ *	tables of calls and requests, sized by the slot count and queue depth)
  *
  * Every figure is counted where the memory is taken and given back (the
  * resident ones are measured by the kernel at the time of the call), never
@@ -274,7 +276,29 @@ struct tern_mem_stats {
 	uint64_t user_registered;
 	uint64_t user_shared;
 	uint64_t conn_heap;
+	uint64_t session_heap;
 };
+
+/*
+ * TERN_MEM_STATS_FIELDS - X(name) for each field of struct tern_mem_stats,
+ * in order: for code that walks them all (sums, printing, bindings).
+ */
+/* clang-format off: one field a line, as clang-format cannot keep them */
+#define TERN_MEM_STATS_FIELDS(X) \
+	X(sessions)              \
+	X(slots_registered)      \
+	X(slots_shared)          \
+	X(slots_shared_resident) \
+	X(slots_heap)            \
+	X(slots_heap_resident)   \
+	X(staging_heap)          \
+	X(staging_registered)    \
+	X(staging_shared)        \
+	X(user_registered)       \
+	X(user_shared)           \
+	X(conn_heap)             \
+	X(session_heap)
+/* clang-format on */
 
 /**
  * tern_ctx_mem - what a context's sessions, staging and registrations cost

@@ -82,6 +82,7 @@ int tern_ctx_mem(tern_ctx *ctx, struct tern_mem_stats *out, size_t size)
 	for (struct tern_list *l = ctx->sessions.next; l != &ctx->sessions; l = l->next)
 		m.sessions++;
 	m.staging_heap = ctx->stage_bytes;
+	m.session_heap = ctx->session_heap;
 	m.user_shared = ctx->user_shared_bytes;
 	for (int i = 0; i < ctx->ntp; i++)
 		if (ctx->tp[i].t && ctx->tp[i].ops->mem_stats)

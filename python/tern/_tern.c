@@ -2444,6 +2444,7 @@ static PyObject *ctx_mem(PyObject *o, PyObject *unused)
 {
 	CtxObject *c = (CtxObject *)o;
 	struct tern_mem_stats m;
+	PyObject *d, *v = NULL;
 	int rc;
 
 	(void)unused;
@@ -2451,12 +2452,17 @@ static PyObject *ctx_mem(PyObject *o, PyObject *unused)
 		return NULL;
 	if ((rc = tern_ctx_mem(c->ctx, &m, sizeof(m))))
 		return raise_ctx(c, rc);
-#define F(x) #x, (unsigned long long)m.x
-	return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsK}", F(sessions), F(slots_registered),
-			     F(slots_shared), F(slots_shared_resident), F(slots_heap),
-			     F(slots_heap_resident), F(staging_heap), F(staging_registered),
-			     F(staging_shared), F(user_registered), F(user_shared), F(conn_heap));
+	d = PyDict_New();
+#define F(x)                                                                                   \
+	if (d &&                                                                               \
+	    (!(v = PyLong_FromUnsignedLongLong(m.x)) || PyDict_SetItemString(d, #x, v) < 0)) { \
+		Py_CLEAR(d);                                                                   \
+	}                                                                                      \
+	Py_XDECREF(v);                                                                         \
+	v = NULL;
+	TERN_MEM_STATS_FIELDS(F)
 #undef F
+	return d;
 }
 
 static PyMethodDef ctx_methods[] = {

@@ -6,7 +6,7 @@ import tern
 
 RESERVED = ("slots_registered", "slots_shared", "slots_heap", "staging_heap",
             "staging_registered", "staging_shared", "user_registered", "user_shared",
-            "conn_heap")
+            "conn_heap", "session_heap")
 
 
 class Echo:

@@ -69,16 +69,7 @@ uint64_t tern_memmap_resident(const struct tern_link *list)
 
 void tern_mem_stats_add(struct tern_mem_stats *acc, const struct tern_mem_stats *part)
 {
-	acc->sessions += part->sessions;
-	acc->slots_registered += part->slots_registered;
-	acc->slots_shared += part->slots_shared;
-	acc->slots_shared_resident += part->slots_shared_resident;
-	acc->slots_heap += part->slots_heap;
-	acc->slots_heap_resident += part->slots_heap_resident;
-	acc->staging_heap += part->staging_heap;
-	acc->staging_registered += part->staging_registered;
-	acc->staging_shared += part->staging_shared;
-	acc->user_registered += part->user_registered;
-	acc->user_shared += part->user_shared;
-	acc->conn_heap += part->conn_heap;
+#define ADD(x) acc->x += part->x;
+	TERN_MEM_STATS_FIELDS(ADD)
+#undef ADD
 }

@@ -99,6 +99,7 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
  * process exits.  Seconds, for a loaded host.
  */
 #define VERBS_VERDICT_MS 3000
+#define VERBS_CQ_ENTRIES 1024	  /* a device's first CQ; struct vcq */
 #define VERBS_RXE_VENDOR 0xffffff /* rdma_rxe's vendor_id (RXE_VENDOR_ID) */
 
 enum vstate {
@@ -132,17 +133,33 @@ enum vexport {
 	VX_REGISTER,
 };
 
+/*
+ * One completion queue of a device.  A connection's QP sends all its
+ * completions to the CQ it was made with, and reserves room there for every
+ * completion it can have outstanding, so the CQ never overflows.  A device
+ * starts with one CQ of VERBS_CQ_ENTRIES; when none has room for a new
+ * connection, one is grown with ibv_resize_cq() if the device can, and
+ * otherwise another is made: resize is an optimisation, never a condition
+ * for accepting a session.  All share the device's completion channel.
+ */
+struct vcq {
+	struct vcq *next;
+	struct ibv_cq *cq;
+	int size;	  /* entries it has */
+	int used;	  /* entries reserved by connections */
+	unsigned unacked; /* events taken from the channel, not yet acknowledged */
+};
+
 struct vdev {
 	struct vdev *next;
 	struct verbs_tctx *t;
 	struct ibv_context *verbs;
 	struct ibv_pd *pd;
 	struct ibv_comp_channel *chan;
-	struct ibv_cq *cq;
-	int cq_size;
-	int cq_used;
+	struct vcq *cqs;
+	struct vcq *turn; /* the CQ poll_cqs() starts with (NULL: the first) */
 	int max_cqe;
-	unsigned unacked;
+	bool no_resize; /* TERN_VERBS_NO_RESIZE_CQ: behave as if ibv_resize_cq failed */
 	uint8_t rd_atom;
 	uint8_t init_rd_atom;
 	uint64_t max_msg; /* the port's largest message: one bulk work request at most */
@@ -163,6 +180,7 @@ struct vconn {
 	struct tern_conn base;
 	struct verbs_tctx *t;
 	struct vdev *dev;
+	struct vcq *cq; /* where its QP's completions go, once it has one */
 	struct rdma_cm_id *id;
 	uint32_t index;
 	uint16_t gen;
@@ -294,19 +312,30 @@ static void dev_poll_cb(uv_poll_t *h, int status, int events)
 	(void)status;
 	(void)events;
 	while (ibv_get_cq_event(d->chan, &cq, &cq_ctx) == 0)
-		d->unacked++;
-	if (d->unacked) {
-		ibv_ack_cq_events(d->cq, d->unacked);
-		d->unacked = 0;
+		((struct vcq *)cq_ctx)->unacked++;
+	for (struct vcq *q = d->cqs; q; q = q->next) {
+		if (q->unacked) {
+			ibv_ack_cq_events(q->cq, q->unacked);
+			q->unacked = 0;
+		}
 	}
 	if (t->mode != TERN_TRANSPORT_EVENTS)
 		return;
 	/* Re-arm before draining, so a completion that lands while we drain
 	 * raises a new event instead of being missed. */
-	ibv_req_notify_cq(d->cq, 0);
+	for (struct vcq *q = d->cqs; q; q = q->next)
+		ibv_req_notify_cq(q->cq, 0);
 	while (poll_cqs(t, 256) > 0)
 		;
 	t->ev->activity(t->ctx);
+}
+
+/* Is the environment variable @name set to something other than "" or "0"? */
+static bool env_flag(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v && *v && strcmp(v, "0") != 0;
 }
 
 /*
@@ -316,8 +345,7 @@ static void dev_poll_cb(uv_poll_t *h, int status, int events)
  */
 static enum vexport dev_export_mode(struct vdev *d, const struct ibv_device_attr *attr)
 {
-	const char *off = getenv("TERN_VERBS_NO_MW");
-	bool refused = off && *off && strcmp(off, "0") != 0;
+	bool refused = env_flag("TERN_VERBS_NO_MW");
 	struct ibv_mw *mw = NULL;
 	char msg[256];
 
@@ -340,8 +368,48 @@ static enum vexport dev_export_mode(struct vdev *d, const struct ibv_device_attr
 	return VX_REGISTER;
 }
 
+/* A new CQ of @size entries on @d's channel, armed if the context sleeps on it. */
+static int cq_add(struct vdev *d, int size, struct vcq **out)
+{
+	struct vcq *q = calloc(1, sizeof(*q));
+
+	if (!q)
+		return -ENOMEM;
+	q->cq = ibv_create_cq(d->verbs, size, q, d->chan, 0);
+	if (!q->cq) {
+		int rc = neg_errno(ENOMEM);
+
+		free(q);
+		return rc;
+	}
+	q->size = q->cq->cqe > size ? q->cq->cqe : size;
+	if (d->t->mode == TERN_TRANSPORT_EVENTS)
+		ibv_req_notify_cq(q->cq, 0);
+	/* at the tail: the CQs that fill first are looked at first */
+	struct vcq **p = &d->cqs;
+	while (*p)
+		p = &(*p)->next;
+	*p = q;
+	*out = q;
+	return 0;
+}
+
+/* Grow @q to hold @need more, if the device can resize CQs. */
+static int cq_grow(struct vdev *d, struct vcq *q, int need)
+{
+	int want = q->size * 2 > q->used + need ? q->size * 2 : q->used + need;
+
+	if (want > d->max_cqe)
+		want = d->max_cqe;
+	if (d->no_resize || q->used + need > want || ibv_resize_cq(q->cq, want))
+		return -ENOSPC;
+	q->size = q->cq->cqe > want ? q->cq->cqe : want;
+	return 0;
+}
+
 static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev **out)
 {
+	struct vcq *q;
 	struct ibv_device_attr attr;
 	struct ibv_port_attr pattr;
 	struct vdev *d;
@@ -367,11 +435,11 @@ static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev 
 	d->rd_atom = attr.max_qp_rd_atom < VERBS_RD_ATOMIC ? attr.max_qp_rd_atom : VERBS_RD_ATOMIC;
 	d->init_rd_atom = attr.max_qp_init_rd_atom < VERBS_RD_ATOMIC ? attr.max_qp_init_rd_atom
 								     : VERBS_RD_ATOMIC;
-	d->cq_size = 1024 < attr.max_cqe ? 1024 : attr.max_cqe;
+	d->no_resize = env_flag("TERN_VERBS_NO_RESIZE_CQ");
 	d->pd = ibv_alloc_pd(verbs);
 	d->chan = d->pd ? ibv_create_comp_channel(verbs) : NULL;
-	d->cq = d->chan ? ibv_create_cq(verbs, d->cq_size, d, d->chan, 0) : NULL;
-	if (!d->cq) {
+	if (!d->chan ||
+	    cq_add(d, VERBS_CQ_ENTRIES < d->max_cqe ? VERBS_CQ_ENTRIES : d->max_cqe, &q)) {
 		int rc = neg_errno(ENOMEM);
 		if (d->chan)
 			ibv_destroy_comp_channel(d->chan);
@@ -386,26 +454,48 @@ static int dev_get(struct verbs_tctx *t, struct ibv_context *verbs, struct vdev 
 	d->poll.data = d;
 	uv_poll_start(&d->poll, UV_READABLE, dev_poll_cb);
 	t->open_handles++;
-	if (t->mode == TERN_TRANSPORT_EVENTS)
-		ibv_req_notify_cq(d->cq, 0);
 	d->next = t->devs;
 	t->devs = d;
 	*out = d;
 	return 0;
 }
 
-/* Make room in the shared CQ for @need more completions. */
-static int dev_reserve_cq(struct vdev *d, int need)
+/*
+ * Reserve room for @need more of @c's completions: in its own CQ once its
+ * QP is made with one; before that in the first CQ with room, or one grown,
+ * or a new one (struct vcq).
+ */
+static int conn_reserve_cq(struct vconn *c, int need)
 {
-	if (d->cq_used + need > d->cq_size) {
-		int want = d->cq_size * 2 > d->cq_used + need ? d->cq_size * 2 : d->cq_used + need;
-		if (want > d->max_cqe)
-			want = d->max_cqe;
-		if (d->cq_used + need > want || ibv_resize_cq(d->cq, want))
+	struct vdev *d = c->dev;
+	struct vcq *q = c->cq;
+	int rc;
+
+	if (q) {
+		if (q->size - q->used < need && cq_grow(d, q, need))
 			return -ENOSPC;
-		d->cq_size = d->cq->cqe > want ? d->cq->cqe : want;
+	} else {
+		for (q = d->cqs; q && q->size - q->used < need; q = q->next)
+			;
+		if (!q)
+			for (q = d->cqs; q && cq_grow(d, q, need); q = q->next)
+				;
+		if (!q) {
+			/* Room for a few connections like this one (and their
+			 * windows' binds), as the first CQ has. */
+			int size = need * 3 > VERBS_CQ_ENTRIES ? need * 3 : VERBS_CQ_ENTRIES;
+
+			if (size > d->max_cqe)
+				size = d->max_cqe;
+			if (need > size)
+				return -ENOSPC;
+			if ((rc = cq_add(d, size, &q)))
+				return rc;
+		}
+		c->cq = q;
 	}
-	d->cq_used += need;
+	q->used += need;
+	c->cq_reserved += need;
 	return 0;
 }
 
@@ -537,12 +627,10 @@ static int conn_setup(struct vconn *c)
 	windows = c->dev->xmode != VX_REGISTER;
 	/* With windows, one more for the invalidation in flight; each window
 	 * reserves one for its bind when it is made (win_take). */
-	c->cq_reserved = (int)(c->base.send_slots + 1 + VERBS_BULK_WR + c->base.recv_slots +
-			       (windows ? 1 : 0));
-	if ((rc = dev_reserve_cq(c->dev, c->cq_reserved))) {
-		c->cq_reserved = 0;
+	rc = conn_reserve_cq(c, (int)(c->base.send_slots + 1 + VERBS_BULK_WR + c->base.recv_slots +
+				      (windows ? 1 : 0)));
+	if (rc)
 		return rc;
-	}
 
 	c->posted = calloc(c->base.send_slots, sizeof(*c->posted));
 	c->wins = calloc(VERBS_WIN_MAX(c), sizeof(*c->wins));
@@ -570,8 +658,8 @@ static int conn_setup(struct vconn *c)
 
 	memset(&qa, 0, sizeof(qa));
 	qa.qp_type = IBV_QPT_RC;
-	qa.send_cq = c->dev->cq;
-	qa.recv_cq = c->dev->cq;
+	qa.send_cq = c->cq->cq;
+	qa.recv_cq = c->cq->cq;
 	/*
 	 * Send queue: a send per send slot (the engine reuses a slot only
 	 * after send_done, which needs the completion of that send or of a
@@ -698,8 +786,9 @@ static void conn_destroy(struct vconn *c)
 	free(c->posted);
 	c->posted = NULL;
 	c->base.send_base = NULL;
-	if (c->dev)
-		c->dev->cq_used -= c->cq_reserved;
+	if (c->cq)
+		c->cq->used -= c->cq_reserved;
+	c->cq_reserved = 0;
 	if (c->id)
 		rdma_destroy_id(c->id);
 	c->id = NULL;
@@ -823,7 +912,7 @@ static enum ibv_wc_status flush_cause(struct vconn *c)
 
 		if (!stash_reserve(d, VERBS_POLL_BATCH))
 			break;
-		n = ibv_poll_cq(d->cq, VERBS_POLL_BATCH, wc);
+		n = ibv_poll_cq(c->cq->cq, VERBS_POLL_BATCH, wc);
 		for (int i = 0; i < n; i++)
 			stash_push(d, &wc[i]); /* room reserved */
 	} while (n == VERBS_POLL_BATCH);
@@ -1120,29 +1209,38 @@ static int poll_cqs(struct verbs_tctx *t, int budget)
 	int total = 0;
 
 	for (struct vdev *d = t->devs; d && total < budget; d = d->next) {
-		for (;;) {
+		struct vcq *first = d->turn ? d->turn : d->cqs, *q = first;
+
+		/* Each CQ until it is empty, the stash first whenever it has
+		 * anything: a connection's completions are in one CQ, and
+		 * those in the stash were taken off it before what is still
+		 * in it.  The CQs take turns to go first, so that one busy CQ
+		 * cannot use up every budget while the others wait. */
+		while ((q || d->stash_len) && total < budget) {
 			int want, n;
 
 			if (d->stash_len) {
-				/* taken off the CQ before what is still in it */
 				struct ibv_wc w = stash_pop(d);
 
 				handle_wc(t, &w);
-				if (++total >= budget)
-					break;
+				total++;
 				continue;
 			}
 			want = budget - total < VERBS_POLL_BATCH ? budget - total
 								 : VERBS_POLL_BATCH;
-			n = ibv_poll_cq(d->cq, want, wc);
-			if (n <= 0)
-				break;
+			n = ibv_poll_cq(q->cq, want, wc);
 			for (int i = 0; i < n; i++)
 				handle_wc(t, &wc[i]);
-			total += n;
-			if ((n < want && !d->stash_len) || total >= budget)
-				break;
+			if (n > 0)
+				total += n;
+			if (n < want) {
+				q = q->next ? q->next : d->cqs;
+				if (q == first)
+					q = NULL;
+			}
 		}
+		/* the CQ the budget ran out in, else the one after this first */
+		d->turn = q ? q : first->next;
 	}
 	return total;
 }
@@ -1425,14 +1523,19 @@ static void verbs_ctx_fini(struct tern_tctx *tt)
 		uv_run(t->loop, UV_RUN_NOWAIT);
 	while ((d = t->devs)) {
 		struct ibv_cq *cq;
+		struct vcq *q;
 		void *cc;
 
 		t->devs = d->next;
 		while (ibv_get_cq_event(d->chan, &cq, &cc) == 0)
-			d->unacked++;
-		if (d->unacked)
-			ibv_ack_cq_events(d->cq, d->unacked);
-		ibv_destroy_cq(d->cq);
+			((struct vcq *)cc)->unacked++;
+		while ((q = d->cqs)) {
+			d->cqs = q->next;
+			if (q->unacked)
+				ibv_ack_cq_events(q->cq, q->unacked);
+			ibv_destroy_cq(q->cq);
+			free(q);
+		}
 		ibv_destroy_comp_channel(d->chan);
 		ibv_dealloc_pd(d->pd);
 		free(d->stash);
@@ -1755,7 +1858,7 @@ static int win_invalidate(struct vconn *c, struct vwin *w)
 					"no memory to wait for a window's invalidation");
 			return -ENOMEM;
 		}
-		n = ibv_poll_cq(d->cq, VERBS_POLL_BATCH, wc);
+		n = ibv_poll_cq(c->cq->cq, VERBS_POLL_BATCH, wc);
 		for (int i = 0; i < n; i++) {
 			if (wc[i].wr_id == id) {
 				found = true;
@@ -1833,11 +1936,10 @@ static int win_take(struct vconn *c, struct vwin **out)
 	if (!w)
 		return -ENOMEM;
 	/* Its bind is unsignaled, but a failed or flushed one completes. */
-	if (c->dev->xmode != VX_REGISTER && dev_reserve_cq(c->dev, 1)) {
+	if (c->dev->xmode != VX_REGISTER && conn_reserve_cq(c, 1)) {
 		free(w);
 		return -ENOBUFS;
 	}
-	c->cq_reserved += c->dev->xmode != VX_REGISTER;
 	w->c = c;
 	w->idx = c->nwins;
 	c->wins[c->nwins++] = w;
@@ -2170,7 +2272,8 @@ static int verbs_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 	t->mode = mode;
 	if (mode == TERN_TRANSPORT_EVENTS) {
 		for (struct vdev *d = t->devs; d; d = d->next)
-			ibv_req_notify_cq(d->cq, 0);
+			for (struct vcq *q = d->cqs; q; q = q->next)
+				ibv_req_notify_cq(q->cq, 0);
 		/* Completions that landed before we armed raise no event. */
 		n = poll_cqs(t, 1 << 30);
 	}

@@ -18,6 +18,9 @@
  *            the slot, and the inplace handler writes the reply straight
  *            into its send slot.
  *
+ * --metrics turns on per-method metrics (tern_ctx_metrics_enable()) in both
+ * contexts: what recording them costs a round trip.
+ *
  * --progress busy drives each context with tern_ctx_poll() (what a
  * busy-polling application does); --progress event with one
  * tern_ctx_run(TERN_RUN_NOWAIT) turn each (the libuv turn and the
@@ -48,6 +51,7 @@ struct cost {
 	const char *transport;
 	bool inplace;
 	bool event;
+	bool metrics; /* per-method metrics on in both contexts */
 	size_t size;
 	long iters, warmup;
 	tern_ctx *srv, *cli;
@@ -157,6 +161,9 @@ static int connect_pair(struct cost *c, const char *addr)
 		snprintf(uri, sizeof(uri), "%s://%s:0", c->transport, addr);
 	if ((rc = tern_ctx_create(&co, &c->srv)) || (rc = tern_ctx_create(&co, &c->cli)))
 		return rc;
+	if (c->metrics && ((rc = tern_ctx_metrics_enable(c->srv, 1)) ||
+			   (rc = tern_ctx_metrics_enable(c->cli, 1))))
+		return rc;
 	if ((rc = tern_register_raw(c->srv, M_RAW, raw_echo, NULL)) ||
 	    (rc = tern_register_inplace(c->srv, M_INPLACE, inplace_echo, NULL)) ||
 	    (rc = tern_listen(c->srv, uri, &so, on_accept, &l))) {
@@ -182,6 +189,7 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: cost --transport shm|tcp|rdma [--kind raw|inplace] [--size B]\n"
 		   "            [--iters N] [--warmup N] [--progress busy|event] [--addr IP]\n"
+		   "            [--metrics]\n"
 		   "One thread drives a client and a server context through N echo round trips;\n"
 		   "run it under valgrind --tool=callgrind --toggle-collect=bench_measure\n"
 		   "(bench/run-cost.sh does, and prints instructions per round trip).\n");
@@ -197,6 +205,7 @@ int main(int argc, char **argv)
 		{"warmup", required_argument, 0, 'w'},
 		{"progress", required_argument, 0, 'p'},
 		{"addr", required_argument, 0, 'a'},
+		{"metrics", no_argument, 0, 'm'},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -205,7 +214,7 @@ int main(int argc, char **argv)
 	double t0, ns;
 	int ch, rc;
 
-	while ((ch = getopt_long(argc, argv, "t:k:s:n:w:p:a:h", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "t:k:s:n:w:p:a:mh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 't':
 			c.transport = optarg;
@@ -227,6 +236,9 @@ int main(int argc, char **argv)
 			break;
 		case 'a':
 			addr = optarg;
+			break;
+		case 'm':
+			c.metrics = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -263,8 +275,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("{\"bench\":\"cost\",\"transport\":\"%s\",\"kind\":\"%s\",\"progress\":\"%s\","
-	       "\"size\":%zu,\"iters\":%ld,\"turns_per_rt\":%.3f,\"ns_per_rt\":%.0f}\n",
-	       c.transport, kind, progress, c.size, c.iters,
+	       "\"metrics\":%s,\"size\":%zu,\"iters\":%ld,\"turns_per_rt\":%.3f,\"ns_per_rt\":%.0f}"
+	       "\n",
+	       c.transport, kind, progress, c.metrics ? "true" : "false", c.size, c.iters,
 	       c.iters ? (double)c.turns / (double)c.iters : 0, ns);
 	tern_session_close(c.s, NULL);
 	tern_ctx_destroy(c.cli);

@@ -13,9 +13,12 @@ measured twice, from scratch: the two agree to the instruction for tern
 user space (the kernel's share is not counted: callgrind cannot see it).
 
 usage: bench/cost.py [--lanes shm,tcp] [--kinds raw,inplace] [--sizes 32,4096]
-                     [--progress busy] [--iters N] [--peers] [--compare REF]
+                     [--progress busy] [--metrics off,on] [--iters N] [--peers]
+                     [--compare REF]
                      [--builddir DIR] [--json FILE]
 
+  --metrics on   count tern with per-method metrics on (rows "tern +metrics");
+                 off,on counts both, for what recording them costs
   --peers        also count the peers on the same lanes: gRPC (tcp), a UCP
                  active-message echo (shm: UCX_TLS=posix and sm; rdma: rc_verbs)
   --compare REF  also build tern at git ref REF (its library, this bench/cost.c)
@@ -76,11 +79,13 @@ def subjects(args, cost_bin, build):
         for kind in args.kinds:
             for prog in args.progress:
                 for size in args.sizes:
-                    yield (lane, "tern", kind, prog, size,
-                           lambda n, lane=lane, kind=kind, prog=prog, size=size: [
-                               cost_bin, "--transport", lane, "--kind", kind, "--progress", prog,
-                               "--size", str(size), "--iters", str(n), "--warmup", "100"],
-                           None, args.iters)
+                    for mx in args.metrics:
+                        yield (lane, "tern" if mx == "off" else "tern +metrics", kind, prog, size,
+                               lambda n, lane=lane, kind=kind, prog=prog, size=size, mx=mx: [
+                                   cost_bin, "--transport", lane, "--kind", kind,
+                                   "--progress", prog, "--size", str(size), "--iters", str(n),
+                                   "--warmup", "100"] + (["--metrics"] if mx == "on" else []),
+                               None, args.iters)
         if not args.peers:
             continue
         peers = {
@@ -143,6 +148,9 @@ def main():
     ap.add_argument("--progress", default="busy")
     ap.add_argument("--iters", type=int, default=2000,
                     help="N: the runs count N and 2N round trips")
+    ap.add_argument("--metrics", default="off",
+                    help="off, on or off,on: tern with per-method metrics recorded "
+                         "(the 'tern +metrics' rows)")
     ap.add_argument("--peers", action="store_true")
     ap.add_argument("--compare", metavar="REF")
     ap.add_argument("--builddir", default=os.environ.get("TERN_BENCH_BUILDDIR",
@@ -150,6 +158,9 @@ def main():
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args()
     a.lanes, a.kinds, a.progress = a.lanes.split(","), a.kinds.split(","), a.progress.split(",")
+    a.metrics = a.metrics.split(",")
+    if not set(a.metrics) <= {"off", "on"}:
+        sys.exit("cost.py: --metrics takes off, on or off,on")
     a.sizes = [int(x) for x in a.sizes.split(",")]
     if not shutil.which("valgrind"):
         sys.exit("cost.py: valgrind is not installed (apt-get install valgrind)")

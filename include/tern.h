@@ -1297,6 +1297,113 @@ struct tern_sync_reply {
 TERN_EXPORT int tern_call_sync(tern_session *s, uint32_t method_id, const void *req, size_t len,
 			       struct tern_sync_reply *rep, uint32_t timeout_ms);
 
+/* ------------------------------------------------------------------------ */
+/* Metrics                                                                   */
+
+/* The sides of a method's metrics: the calls this context serves and issues. */
+enum tern_metrics_side {
+	TERN_METRICS_SERVED = 0,
+	TERN_METRICS_ISSUED = 1,
+};
+
+/*
+ * Latency buckets: bucket 0 holds calls of at most 1024 ns; above, each
+ * power of two is split in two (log-linear: bounds 1.5 * 2^k and 2^(k+1)
+ * ns) up to 2^36 ns (about 69 s); the last bucket holds the rest.
+ */
+#define TERN_METRICS_BUCKETS 54
+/* Error codes kept apart per method; further codes count as "other". */
+#define TERN_METRICS_CODES 8
+/* Methods with their own entry per side; more share the "other" entry. */
+#define TERN_METRICS_MAX_METHODS 1024
+/* The method id of the shared entry (methods unknown here, or too many). */
+#define TERN_METRICS_OTHER 0xffffffffu
+
+/**
+ * struct tern_method_stats - one method's calls on one side
+ * @method: the method id (TERN_METRICS_OTHER: the shared entry)
+ * @side: enum tern_metrics_side
+ * @started: calls begun (served: handed to the method; issued: posted)
+ * @completed: of those, calls finished with any status
+ * @errors: of those, calls finished with an error (negative) status
+ * @codes: errors by status code, the first TERN_METRICS_CODES codes seen
+ * @codes_other: errors whose code found no room in @codes
+ * @request_bytes: request payload bytes (received when served, sent when
+ *	issued; a large message counts its whole length when served, and the
+ *	message's own bytes when issued)
+ * @reply_bytes: reply payload bytes of successful calls
+ * @latency_sum_ns: the sum of the completed calls' latencies
+ * @buckets: completed calls by latency, not cumulative (bucket i holds
+ *	latencies up to tern_metrics_bucket_le_ns(i))
+ *
+ * Calls in flight are @started - @completed.  A served call's latency runs
+ * from its dispatch to its reply's posting; an issued call's from its
+ * posting to its callback.
+ */
+struct tern_method_stats {
+	uint32_t method;
+	uint32_t side;
+	uint64_t started;
+	uint64_t completed;
+	uint64_t errors;
+	struct {
+		int32_t code;
+		uint64_t count;
+	} codes[TERN_METRICS_CODES];
+	uint64_t codes_other;
+	uint64_t request_bytes;
+	uint64_t reply_bytes;
+	uint64_t latency_sum_ns;
+	uint64_t buckets[TERN_METRICS_BUCKETS];
+};
+
+/**
+ * tern_ctx_metrics_enable - record per-method metrics, or stop
+ * @on: 1 to record, 0 to stop (what was recorded stays readable)
+ *
+ * Off by default: recording reads the clock twice per call on each side
+ * (docs/metrics.md has its cost).  Calls begun while on are finished in
+ * their entry even if metrics are turned off meanwhile.
+ *
+ * Return: 0, -EINVAL, or -ENOMEM.
+ */
+TERN_EXPORT int tern_ctx_metrics_enable(tern_ctx *ctx, int on);
+
+/**
+ * tern_ctx_method_stats - copy the metrics of the methods a context has seen
+ * @out: room for @cap entries (may be NULL when @cap is 0)
+ *
+ * Entries come in the order their methods were first seen, served and
+ * issued sides apart.
+ *
+ * Return: the number of entries there are (more than @cap: only @cap were
+ * copied), or -EINVAL.
+ */
+TERN_EXPORT int tern_ctx_method_stats(tern_ctx *ctx, struct tern_method_stats *out, size_t cap);
+
+/**
+ * tern_metrics_bucket_le_ns - the upper bound of latency bucket @i
+ *
+ * Return: the bound in ns (inclusive), UINT64_MAX for the last bucket and
+ * past it.
+ */
+TERN_EXPORT uint64_t tern_metrics_bucket_le_ns(unsigned i);
+
+/**
+ * tern_ctx_metrics_write - the context's metrics in Prometheus text format
+ * @buf: where the text goes, NUL-terminated when @cap is not 0
+ * @cap: @buf's size
+ *
+ * Writes the per-method families (tern_rpc_*: calls, errors by code, bytes,
+ * in flight, latency histograms) and every session's counters
+ * (tern_session_*, labelled by peer), in the text exposition format 0.0.4.
+ * Like snprintf(), returns the length the whole text needs: when that is
+ * @cap or more, call again with a larger buffer.
+ *
+ * Return: the text's length without the NUL, or -EINVAL.
+ */
+TERN_EXPORT ssize_t tern_ctx_metrics_write(tern_ctx *ctx, char *buf, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif

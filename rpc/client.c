@@ -74,6 +74,10 @@ static void complete(tern_session *s, tern_callslot *c, int status, const void *
 	void *user = c->user;
 
 	release_slot(s, c);
+	if (c->mx) {
+		tern__metrics_end(c->mx, c->mx_t0, status, len);
+		c->mx = NULL;
+	}
 	s->cnt.calls_completed++;
 	if (status < 0)
 		s->cnt.errors++;
@@ -97,6 +101,8 @@ static void issue(tern_session *s, tern_callslot *c, uint32_t method, size_t len
 	h.method = method;
 	h.len = (uint32_t)len;
 	s->cnt.calls_sent++;
+	c->mx = tern__metrics_begin(tern__rpc_ctx(s->ctx)->mx, TERN_METRICS_ISSUED, method, true,
+				    len, &c->mx_t0);
 	if (tern__session_send(s, c->idx, &h) == 0)
 		tern__deadline_arm(s->ctx, deadline_ns);
 }

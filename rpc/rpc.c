@@ -25,6 +25,34 @@ static void rpc_ctx_fini(tern_ctx *ctx)
 	tern__methods_free(&rctx->methods);
 	tern__batchers_free(ctx);
 	free(rctx->services);
+	tern__metrics_free(rctx->mx_store);
+}
+
+int tern_ctx_metrics_enable(tern_ctx *ctx, int on)
+{
+	struct tern_rpc_ctx *rctx;
+
+	if (!ctx)
+		return -EINVAL;
+	rctx = tern__rpc_ctx(ctx);
+	if (on && !rctx->mx_store && !(rctx->mx_store = tern__metrics_new()))
+		return -ENOMEM;
+	rctx->mx = on ? rctx->mx_store : NULL;
+	return 0;
+}
+
+int tern_ctx_method_stats(tern_ctx *ctx, struct tern_method_stats *out, size_t cap)
+{
+	if (!ctx || (!out && cap))
+		return -EINVAL;
+	return tern__metrics_stats(tern__rpc_ctx(ctx)->mx_store, out, cap);
+}
+
+ssize_t tern_ctx_metrics_write(tern_ctx *ctx, char *buf, size_t cap)
+{
+	if (!ctx || (!buf && cap))
+		return -EINVAL;
+	return tern__metrics_write(tern__rpc_ctx(ctx)->mx_store, ctx, buf, cap);
 }
 
 /* Client: the services to check once connected, encoded now (bad names fail tern_connect). */

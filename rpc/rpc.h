@@ -12,6 +12,7 @@
 #define TERN_RPC_H
 
 #include "internal.h"
+#include "metrics.h"
 
 /* ---- methods (methods.c) -------------------------------------------------- */
 
@@ -131,6 +132,8 @@ struct tern_rpc_ctx {
 	struct tern_service_entry *services; /* registered with tern_service_register() */
 	uint32_t nservices;
 	int remote_depth; /* cb_depth of the call callback whose status the peer sent */
+	struct tern_metrics *mx_store; /* made by tern_ctx_metrics_enable() */
+	struct tern_metrics *mx;       /* mx_store while metrics are on, else NULL */
 };
 
 static inline struct tern_rpc_ctx *tern__rpc_ctx(tern_ctx *ctx)
@@ -165,6 +168,8 @@ struct tern_callslot {
 	tern_call_cb cb;
 	void *user;
 	uint32_t method;
+	struct tern_mstat *mx; /* its metrics entry (metrics.h), or NULL */
+	uint64_t mx_t0;
 };
 
 /* A call waiting (wait mode) for a slot or credit. */
@@ -249,6 +254,8 @@ struct tern_req {
 	 * for the next request of this index, freed with the session */
 	void *zx;
 	size_t zx_cap;
+	struct tern_mstat *mx; /* its metrics entry (metrics.h), or NULL */
+	uint64_t mx_t0;
 };
 
 /* A validated request waiting for a reply slot (see server.c). */

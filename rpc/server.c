@@ -75,6 +75,11 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	};
 	tern_reply_sent_cb sent = req->sent_cb;
 
+	if (req->mx) {
+		tern__metrics_end(req->mx, req->mx_t0, kind == TERN_MSG_REP ? 0 : status,
+				  flags & TERN_F_BULK ? req->bulk_len : len);
+		req->mx = NULL;
+	}
 	req->sent_cb = NULL;
 	req->state = TERN_REQ_FREE;
 	req->in = NULL;
@@ -505,6 +510,9 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 	req->in = p;
 	req->in_len = plen;
+	req->mx =
+		tern__metrics_begin(tern__rpc_ctx(s->ctx)->mx, TERN_METRICS_SERVED, h->method,
+				    m != NULL, h->flags & TERN_F_BULK ? q.len : plen, &req->mx_t0);
 
 	if (cancelled) {
 		/* cancelled while it waited for a reply slot: answer, run nothing */

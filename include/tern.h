@@ -226,6 +226,55 @@ TERN_EXPORT void tern_ctx_stop(tern_ctx *ctx);
 TERN_EXPORT int tern_ctx_poll(tern_ctx *ctx, int budget);
 
 /**
+ * tern_post_fn - work handed to a context by tern_ctx_post()
+ * @ctx: the context it was posted to
+ * @arg: the poster's pointer
+ * @status: 0 when it runs at a loop turn; -ECANCELED when the context is
+ *	destroyed first (see tern_ctx_post()): release what @arg holds, and
+ *	start nothing new on @ctx
+ */
+typedef void (*tern_post_fn)(tern_ctx *ctx, void *arg, int status);
+
+/**
+ * tern_ctx_post - run @fn(@ctx, @arg, 0) on the context's thread
+ * @ctx: the context
+ * @fn: what to run
+ * @arg: passed to @fn
+ *
+ * The one thread-safe entry point of tern besides tern_ctx_stop(): any
+ * thread may call it, and it is how other threads reach a context (a
+ * deferred reply computed on a worker pool, a call issued from another
+ * thread).  @fn runs on the thread that runs the context, at its next
+ * loop turn or poll (tern_ctx_run(), tern_ctx_poll(), tern_call_sync()),
+ * as a tern callback: it may call anything a callback may, but not
+ * tern_ctx_destroy().  Posts run in the order they were made: FIFO for
+ * one posting thread, and in the order their tern_ctx_post() calls took
+ * the queue's lock across threads.  A post wakes a context asleep in
+ * event (or adaptive) progress through a uv_async_t; a busy poll sees it
+ * through an atomic flag, without a system call.  A post does not keep
+ * the loop alive by itself: libuv runs no turn of a loop with no active
+ * handle (tern_ctx_run(TERN_RUN_DEFAULT) returns, TERN_RUN_ONCE too), and
+ * the post waits for a turn that does.  A listener or a session keeps a
+ * context's loop alive (their fds); without one, keep it alive with a
+ * handle of your own.
+ *
+ * A stopped context (tern_ctx_stop()) still takes posts: they run at its
+ * next run.  When tern_ctx_destroy() begins, the queue closes: posts still
+ * queued are called once each with status -ECANCELED, on the thread that
+ * destroys, before anything on the context is closed (so @fn may still
+ * release a deferred request with tern_reply_error()), and a later post
+ * fails with -ESHUTDOWN and never calls @fn.  @ctx must stay allocated
+ * while tern_ctx_post() runs: a thread that may post must be done before
+ * tern_ctx_destroy() returns (join it, or have it stop posting on a
+ * -ESHUTDOWN and signal you).
+ *
+ * Context: any thread; not async-signal-safe (it allocates and locks).
+ * Return: 0 (@fn will be called exactly once), -EINVAL (NULL @ctx or
+ * @fn), -ENOMEM, -ESHUTDOWN (the context is being destroyed).
+ */
+TERN_EXPORT int tern_ctx_post(tern_ctx *ctx, tern_post_fn fn, void *arg);
+
+/**
  * tern_ctx_last_error - a detailed message about the context's last failure
  *
  * Filled whenever a tern function or callback reports a failure that has

@@ -149,10 +149,105 @@ int tern__transport_get(tern_ctx *ctx, const struct tern_uri *u, struct tern_tp 
 	return -EPROTONOSUPPORT;
 }
 
+/* One tern_ctx_post(): fn(ctx, arg, status) owed. */
+struct tern_post {
+	struct tern_post *next;
+	tern_post_fn fn;
+	void *arg;
+};
+
+int tern_ctx_post(tern_ctx *ctx, tern_post_fn fn, void *arg)
+{
+	struct tern_post *p;
+	bool was_empty;
+
+	if (!ctx || !fn)
+		return -EINVAL;
+	p = malloc(sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->next = NULL;
+	p->fn = fn;
+	p->arg = arg;
+	pthread_mutex_lock(&ctx->post_lock);
+	if (ctx->post_closed) {
+		pthread_mutex_unlock(&ctx->post_lock);
+		free(p);
+		return -ESHUTDOWN;
+	}
+	was_empty = !ctx->post_head;
+	*ctx->post_tail = p;
+	ctx->post_tail = &p->next;
+	atomic_store_explicit(&ctx->post_pending, true, memory_order_relaxed);
+	/*
+	 * Under the lock: tern_ctx_destroy() closes the queue under it
+	 * before it closes post_async, so no send can reach a closed
+	 * handle.  One send per empty-to-non-empty edge: the loop takes
+	 * the whole queue at once, and libuv coalesces sends anyway.
+	 */
+	if (was_empty)
+		uv_async_send(&ctx->post_async);
+	pthread_mutex_unlock(&ctx->post_lock);
+	return 0;
+}
+
+/* Move what other threads queued onto the loop thread's own list. */
+static void posts_take(tern_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->post_lock);
+	if (ctx->post_head) {
+		*ctx->post_run_tail = ctx->post_head;
+		ctx->post_run_tail = ctx->post_tail;
+		ctx->post_head = NULL;
+		ctx->post_tail = &ctx->post_head;
+	}
+	atomic_store_explicit(&ctx->post_pending, false, memory_order_relaxed);
+	pthread_mutex_unlock(&ctx->post_lock);
+}
+
+/*
+ * Run the posts taken, oldest first, one at a time off ctx->post_run: a
+ * post that runs the loop nested runs the next ones there, in order.
+ */
+static int posts_run(tern_ctx *ctx, int status)
+{
+	struct tern_post *p;
+	int n = 0;
+
+	while ((p = ctx->post_run)) {
+		ctx->post_run = p->next;
+		if (!ctx->post_run)
+			ctx->post_run_tail = &ctx->post_run;
+		TERN_CALLBACK(ctx, p->fn(ctx, p->arg, status));
+		free(p);
+		n++;
+	}
+	if (n)
+		tern__session_flush_dirty(ctx);
+	return n;
+}
+
+/* From a poll: a relaxed load when nobody posted, the common case. */
+static int posts_poll(tern_ctx *ctx)
+{
+	if (atomic_load_explicit(&ctx->post_pending, memory_order_relaxed))
+		posts_take(ctx);
+	return ctx->post_run ? posts_run(ctx, 0) : 0;
+}
+
+/* A post woke the loop (event progress, or a busy turn's fd check). */
+static void post_cb(uv_async_t *h)
+{
+	tern_ctx *ctx = h->data;
+
+	posts_take(ctx);
+	posts_run(ctx, 0);
+}
+
 /* Poll every initialised transport once; then settle credits and deadlines. */
 static int poll_all(tern_ctx *ctx, int budget)
 {
-	int total = 0;
+	int total = posts_poll(ctx);
 
 	for (int i = 0; i < ctx->ntp; i++) {
 		struct tern_tp *tp = &ctx->tp[i];
@@ -406,12 +501,18 @@ int tern__ctx_create(const struct tern_ctx_opts *opts, const struct tern_upcalls
 	ctx->deadline_timer.data = ctx;
 	/* The deadline timer alone must not keep tern_ctx_run() alive. */
 	uv_unref((uv_handle_t *)&ctx->deadline_timer);
+	ctx->open_handles = 2;
 	rc = uv_async_init(ctx->loop, &ctx->stop_async, stop_cb);
+	if (!rc) {
+		ctx->open_handles++;
+		rc = uv_async_init(ctx->loop, &ctx->post_async, post_cb);
+	}
 	if (rc) {
-		/* Nothing else is open yet but these two handles. */
-		ctx->open_handles = 2;
+		/* Nothing else is open yet but these handles. */
 		uv_close((uv_handle_t *)&ctx->idle, handle_closed);
 		uv_close((uv_handle_t *)&ctx->deadline_timer, handle_closed);
+		if (ctx->open_handles == 3)
+			uv_close((uv_handle_t *)&ctx->stop_async, handle_closed);
 		while (ctx->open_handles > 0)
 			uv_run(ctx->loop, UV_RUN_NOWAIT);
 		if (ctx->owns_loop)
@@ -419,10 +520,20 @@ int tern__ctx_create(const struct tern_ctx_opts *opts, const struct tern_upcalls
 		free(ctx);
 		return rc;
 	}
+	ctx->open_handles++;
 	ctx->stop_async.data = ctx;
-	/* Nor may the stop handle: it waits for tern_ctx_stop(), not for work. */
+	ctx->post_async.data = ctx;
+	/*
+	 * Nor may the stop handle: it waits for tern_ctx_stop(), not for
+	 * work; nor the post handle (a context whose only hope is another
+	 * thread's post is one the user runs with TERN_RUN_ONCE or keeps
+	 * alive with a handle of their own).
+	 */
 	uv_unref((uv_handle_t *)&ctx->stop_async);
-	ctx->open_handles = 3;
+	uv_unref((uv_handle_t *)&ctx->post_async);
+	pthread_mutex_init(&ctx->post_lock, NULL);
+	ctx->post_tail = &ctx->post_head;
+	ctx->post_run_tail = &ctx->post_run;
 	if (ctx->progress != TERN_PROGRESS_EVENT) {
 		uv_idle_start(&ctx->idle, idle_cb);
 		ctx->idle_active = true;
@@ -441,6 +552,12 @@ int tern_ctx_destroy(tern_ctx *ctx)
 	if (ctx->cb_depth > 0)
 		return -EBUSY;
 	ctx->destroying = true;
+	/* Close the queue; what is in it is cancelled while all still stands. */
+	pthread_mutex_lock(&ctx->post_lock);
+	ctx->post_closed = true;
+	pthread_mutex_unlock(&ctx->post_lock);
+	posts_take(ctx);
+	posts_run(ctx, -ECANCELED);
 	for (l = ctx->listeners.next; l != &ctx->listeners; l = nx) {
 		nx = l->next;
 		tern_listener_close(tern_container_of(l, tern_listener, link), NULL);
@@ -464,8 +581,10 @@ int tern_ctx_destroy(tern_ctx *ctx)
 	uv_close((uv_handle_t *)&ctx->idle, handle_closed);
 	uv_close((uv_handle_t *)&ctx->deadline_timer, handle_closed);
 	uv_close((uv_handle_t *)&ctx->stop_async, handle_closed);
+	uv_close((uv_handle_t *)&ctx->post_async, handle_closed);
 	while (ctx->open_handles > 0)
 		uv_run(ctx->loop, UV_RUN_NOWAIT);
+	pthread_mutex_destroy(&ctx->post_lock);
 	ctx->up->ctx_fini(ctx);
 	if (ctx->owns_loop)
 		uv_loop_close(&ctx->own_loop);

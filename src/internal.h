@@ -11,6 +11,7 @@
 #ifndef TERN_INTERNAL_H
 #define TERN_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -246,6 +247,20 @@ struct tern_ctx {
 	 */
 	uv_async_t stop_async;
 	atomic_bool stop_requested;
+	/*
+	 * tern_ctx_post(): other threads append to post_head/post_tail under
+	 * post_lock and wake the loop through post_async; the loop thread
+	 * moves the queue to post_run (its own, no lock) and runs it from
+	 * there, so a post that runs the loop nested (tern_call_sync) keeps
+	 * FIFO order.  post_pending lets a busy poll look without the lock.
+	 */
+	pthread_mutex_t post_lock;
+	struct tern_post *post_head, **post_tail; /* under post_lock */
+	bool post_closed;			  /* under post_lock: destroy began */
+	atomic_bool post_pending;
+	uv_async_t post_async;
+	struct tern_post *post_run, **post_run_tail; /* loop thread only */
+
 	uint64_t next_deadline_ns; /* 0: none armed */
 	int open_handles;	   /* our uv handles not yet closed */
 	bool idle_active;

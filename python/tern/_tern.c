@@ -56,8 +56,7 @@ typedef struct {
 	PyObject_HEAD tern_ctx *ctx;
 	uv_loop_t loop;
 	uv_timer_t wake;     /* bounds a blocking loop turn, so Ctrl-C is seen */
-	uv_async_t async;    /* call_soon() from other threads wakes the loop */
-	PyObject *soon;	     /* the callables call_soon() queued */
+	uv_async_t async;    /* stop() and hand-overs from other threads wake the loop */
 	unsigned long owner; /* the thread that runs the loop (0: none yet) */
 	int progress;
 	PyThreadState *ts; /* set while the GIL is released in tern */
@@ -1796,7 +1795,7 @@ static void wake_cb(uv_timer_t *t)
 	(void)t;
 }
 
-/* Run what call_soon() queued, on the loop's thread. */
+/* Finish what other threads handed over, on the loop's thread. */
 static void async_cb(uv_async_t *h)
 {
 	CtxObject *c = h->data;
@@ -1815,17 +1814,6 @@ static void async_cb(uv_async_t *h)
 
 		c->unbinds = b->next_c;
 		bind_free(b);
-	}
-	while (c->soon && PyList_GET_SIZE(c->soon)) {
-		PyObject *fn = PyList_GET_ITEM(c->soon, 0), *r;
-
-		Py_INCREF(fn);
-		PyList_SetSlice(c->soon, 0, 1, NULL);
-		r = PyObject_CallNoArgs(fn);
-		if (!r)
-			PyErr_WriteUnraisable(fn);
-		Py_XDECREF(r);
-		Py_DECREF(fn);
 	}
 	ctx_leave(c, t);
 }
@@ -1950,16 +1938,6 @@ static PyObject *ctx_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	uv_timer_init(&c->loop, &c->wake);
 	uv_async_init(&c->loop, &c->async, async_cb);
 	c->async.data = c;
-	c->soon = PyList_New(0);
-	if (!c->soon) {
-		c->closed = true;
-		uv_close((uv_handle_t *)&c->wake, NULL);
-		uv_close((uv_handle_t *)&c->async, NULL);
-		uv_run(&c->loop, UV_RUN_DEFAULT);
-		uv_loop_close(&c->loop);
-		Py_DECREF(c);
-		return NULL;
-	}
 	o.loop = &c->loop;
 	o.progress = progress;
 	o.data = c;
@@ -2115,7 +2093,6 @@ static void ctx_dealloc(PyObject *o)
 	Py_XDECREF(c->regs);
 	Py_XDECREF(c->sessions);
 	Py_XDECREF(c->fatal);
-	Py_XDECREF(c->soon);
 	Py_XDECREF(c->on_refused);
 	Py_TYPE(o)->tp_free(o);
 }
@@ -2305,10 +2282,35 @@ static PyObject *ctx_run(PyObject *o, PyObject *args)
 	Py_RETURN_NONE;
 }
 
-/* call_soon(fn): run fn() on the loop's thread at its next turn.  Thread-safe. */
+/*
+ * call_soon()'s callable, run by tern_ctx_post() on the loop's thread; or
+ * dropped uncalled (-ECANCELED) when close() destroys the context first.
+ */
+static void soon_cb(tern_ctx *ctx, void *arg, int status)
+{
+	CtxObject *c = tern_ctx_data(ctx);
+	PyObject *fn = arg, *r;
+	PyThreadState *t = ctx_enter(c);
+
+	if (status == 0) {
+		r = PyObject_CallNoArgs(fn);
+		if (!r)
+			PyErr_WriteUnraisable(fn);
+		Py_XDECREF(r);
+	}
+	Py_DECREF(fn);
+	ctx_leave(c, t);
+}
+
+/*
+ * call_soon(fn): run fn() on the loop's thread at its next turn, in the
+ * order of the calls.  Thread-safe: a tern_ctx_post().  close() sets
+ * closed before it lets go of the GIL, so c->ctx is alive here.
+ */
 static PyObject *ctx_call_soon(PyObject *o, PyObject *fn)
 {
 	CtxObject *c = (CtxObject *)o;
+	int rc;
 
 	if (ctx_check(c))
 		return NULL;
@@ -2316,9 +2318,12 @@ static PyObject *ctx_call_soon(PyObject *o, PyObject *fn)
 		PyErr_SetString(PyExc_TypeError, "call_soon: not callable");
 		return NULL;
 	}
-	if (PyList_Append(c->soon, fn))
-		return NULL;
-	uv_async_send(&c->async);
+	Py_INCREF(fn);
+	rc = tern_ctx_post(c->ctx, soon_cb, fn);
+	if (rc) {
+		Py_DECREF(fn);
+		return raise_code(rc, "tern_ctx_post failed");
+	}
 	Py_RETURN_NONE;
 }
 

@@ -594,3 +594,39 @@ def test_kept_arrays_outlive_their_connection(serve_thread):
     assert srv.srv.held_replies == 0
     assert srv.t.is_alive() and srv.error is None
     srv.stop()
+
+
+def test_call_soon_from_many_threads(serve_thread):
+    """call_soon() is tern_ctx_post(): every callable runs once, on the
+    serving thread, in each thread's order; after close() it is refused."""
+    srv = serve_thread(Kinds())
+    threads, per = 4, 500
+    seen = {t: [] for t in range(threads)}
+    where = set()
+    done = threading.Event()
+    left = [threads * per]
+
+    def post(t, i):
+        def fn():
+            seen[t].append(i)
+            where.add(threading.get_ident())
+            left[0] -= 1  # only the serving thread runs this
+            if left[0] == 0:
+                done.set()
+        return fn
+
+    def poster(t):
+        for i in range(per):
+            srv.srv.call_soon(post(t, i))
+
+    ts = [threading.Thread(target=poster, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert done.wait(30)
+    assert all(seen[t] == list(range(per)) for t in range(threads))
+    assert where == {srv.t.ident}
+    srv.stop()
+    with pytest.raises(ValueError, match="closed"):
+        srv.srv.call_soon(lambda: None)

@@ -283,6 +283,87 @@ TERN_EXPORT int tern_ctx_post(tern_ctx *ctx, tern_post_fn fn, void *arg);
  */
 TERN_EXPORT const char *tern_ctx_last_error(tern_ctx *ctx);
 
+/**
+ * struct tern_mem_stats - the memory a context holds, from tern_ctx_mem()
+ * @sessions: sessions the context holds, in any state, until they are freed
+ * @slots_registered: slot bytes registered with an RDMA device (verbs: the
+ *	send and receive slots; registered memory is pinned, all resident)
+ * @slots_shared: slot bytes in shared memory this process maps (shm: the
+ *	connection segments, both directions; each side of a connection maps
+ *	the same segment and counts it)
+ * @slots_shared_resident: the part of @slots_shared that pages back now
+ *	(mincore(2) at the time of the call): what the segments really cost
+ * @slots_heap: slot bytes in private memory (tcp, mem), reserved
+ * @slots_heap_resident: the part of @slots_heap that pages back now
+ * @staging_heap: bytes of the engine's staging buffers for large messages
+ *	(idle ones kept for reuse included)
+ * @staging_registered: staging bytes registered with an RDMA device
+ * @staging_shared: bytes of shm staging areas mapped (lent to a peer or
+ *	lent by one)
+ * @user_registered: bytes of the user's regions (tern_mem_register(),
+ *	tern_mem_alloc()) registered with an RDMA device
+ * @user_shared: bytes of tern_mem_alloc() memory mapped
+ * @conn_heap: private memory of the providers' per-connection state
+ *	(bookkeeping arrays, tcp's receive buffer), not counted above
+ * @session_heap: the engine's own heap for its sessions (the session, its
+ *	tables of calls and requests, sized by the slot count and queue depth)
+ *
+ * Every figure is counted where the memory is taken and given back (the
+ * resident ones are measured by the kernel at the time of the call), never
+ * estimated.  A region registered with two devices counts twice.
+ */
+struct tern_mem_stats {
+	uint64_t sessions;
+	uint64_t slots_registered;
+	uint64_t slots_shared;
+	uint64_t slots_shared_resident;
+	uint64_t slots_heap;
+	uint64_t slots_heap_resident;
+	uint64_t staging_heap;
+	uint64_t staging_registered;
+	uint64_t staging_shared;
+	uint64_t user_registered;
+	uint64_t user_shared;
+	uint64_t conn_heap;
+	uint64_t session_heap;
+};
+
+/*
+ * TERN_MEM_STATS_FIELDS - X(name) for each field of struct tern_mem_stats,
+ * in order: for code that walks them all (sums, printing, bindings).
+ */
+/* clang-format off: one field a line, as clang-format cannot keep them */
+#define TERN_MEM_STATS_FIELDS(X) \
+	X(sessions)              \
+	X(slots_registered)      \
+	X(slots_shared)          \
+	X(slots_shared_resident) \
+	X(slots_heap)            \
+	X(slots_heap_resident)   \
+	X(staging_heap)          \
+	X(staging_registered)    \
+	X(staging_shared)        \
+	X(user_registered)       \
+	X(user_shared)           \
+	X(conn_heap)             \
+	X(session_heap)
+/* clang-format on */
+
+/**
+ * tern_ctx_mem - what a context's sessions, staging and registrations cost
+ * @ctx: the context
+ * @out: filled with the figures
+ * @size: sizeof(*@out) as the caller was built with; fields past it are
+ *	not written, so a caller built against an older header keeps working
+ *
+ * Each transport reports its own memory; the engine adds its staging and
+ * the user's regions.  Not on any hot path: the resident figures walk the
+ * context's slot mappings with mincore(2).
+ *
+ * Return: 0, or -EINVAL (@ctx or @out NULL, @size 0).
+ */
+TERN_EXPORT int tern_ctx_mem(tern_ctx *ctx, struct tern_mem_stats *out, size_t size);
+
 /* ------------------------------------------------------------------------ */
 /* Sessions                                                                  */
 

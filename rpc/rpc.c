@@ -62,6 +62,8 @@ static int services_prepare(tern_session *s, const struct tern_session_opts *o)
 	int rc;
 
 	r->svc_check = malloc(s->max_payload);
+	if (r->svc_check)
+		tern__session_heap(s, s->max_payload);
 	rc = r->svc_check ? tern__services_encode(o->services, o->nservices, r->svc_check,
 						  s->max_payload)
 			  : -ENOMEM;
@@ -97,6 +99,11 @@ static int rpc_session_init(tern_session *s, const struct tern_session_opts *o)
 	if (!r->calls || !r->free_calls || !r->queue || !r->orphans || !r->reqs || !r->free_reqs ||
 	    !r->owreqs || !r->free_owreqs || !r->backlog || !r->bulk_wait)
 		return -ENOMEM;
+	tern__session_heap(
+		s, n * (sizeof(*r->calls) + sizeof(*r->free_calls) + sizeof(*r->orphans) +
+			sizeof(*r->reqs) + sizeof(*r->free_reqs) + sizeof(*r->owreqs) +
+			sizeof(*r->free_owreqs) + sizeof(*r->bulk_wait)) +
+			   o->queue_depth * sizeof(*r->queue) + r->bl_cap * sizeof(*r->backlog));
 	r->q_cap = o->queue_depth;
 	r->cancel_timeout_ms = o->cancel_timeout_ms;
 	/* Free stacks pop from the end: push in reverse so slot 0 goes first. */

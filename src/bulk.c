@@ -87,6 +87,7 @@ static void mr_free(struct tern_mr *mr)
 	mr_release(mr);
 	tern_list_del(&mr->link);
 	if (mr->memfd >= 0) {
+		mr->ctx->user_shared_bytes -= mr->len;
 		munmap(mr->addr, mr->len);
 		close(mr->memfd);
 	}
@@ -125,6 +126,7 @@ int tern_mem_alloc(tern_ctx *ctx, size_t len, void **addr, tern_mr **out)
 		goto fail;
 	mr_init(ctx, mr, mem, size);
 	mr->memfd = fd;
+	ctx->user_shared_bytes += size;
 	for (int i = 0; i < TERN_MAX_TRANSPORTS; i++) {
 		mr->tm[i].memfd = true;
 		mr->tm[i].fd = fd;
@@ -189,12 +191,16 @@ struct tern_stage *tern__stage_get(tern_ctx *ctx, size_t len)
 		return NULL;
 	}
 	mr_init(ctx, &st->mr, mem, cap);
+	for (int i = 0; i < TERN_MAX_TRANSPORTS; i++)
+		st->mr.tm[i].kind = TERN_TMEM_STAGING;
 	st->next = NULL;
+	ctx->stage_bytes += cap;
 	return st;
 }
 
 static void stage_free(struct tern_stage *st)
 {
+	st->mr.ctx->stage_bytes -= st->mr.len;
 	mr_release(&st->mr);
 	free(st->mr.addr);
 	free(st);

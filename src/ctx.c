@@ -72,6 +72,25 @@ const char *tern_ctx_last_error(tern_ctx *ctx)
 	return ctx ? ctx->last_error : "";
 }
 
+int tern_ctx_mem(tern_ctx *ctx, struct tern_mem_stats *out, size_t size)
+{
+	struct tern_mem_stats m;
+
+	if (!ctx || !out || !size)
+		return -EINVAL;
+	memset(&m, 0, sizeof(m));
+	for (struct tern_list *l = ctx->sessions.next; l != &ctx->sessions; l = l->next)
+		m.sessions++;
+	m.staging_heap = ctx->stage_bytes;
+	m.session_heap = ctx->session_heap;
+	m.user_shared = ctx->user_shared_bytes;
+	for (int i = 0; i < ctx->ntp; i++)
+		if (ctx->tp[i].t && ctx->tp[i].ops->mem_stats)
+			ctx->tp[i].ops->mem_stats(ctx->tp[i].t, &m);
+	memcpy(out, &m, size < sizeof(m) ? size : sizeof(m));
+	return 0;
+}
+
 /* Does @u have the form its provider takes?  0, or -EINVAL with a message. */
 static int uri_form_check(tern_ctx *ctx, const struct tern_transport_ops *ops,
 			  const struct tern_uri *u)

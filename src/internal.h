@@ -274,6 +274,9 @@ struct tern_ctx {
 	struct tern_list mrs;	       /* user registrations: the registration cache */
 	struct tern_stage *stages;     /* idle staging buffers */
 	size_t stage_idle_bytes;
+	uint64_t stage_bytes;	    /* staging buffers, idle or not (tern_ctx_mem) */
+	uint64_t session_heap;	    /* the sessions' own heap, both floors (tern_ctx_mem) */
+	uint64_t user_shared_bytes; /* tern_mem_alloc() memory mapped */
 	struct tern_list sessions;
 	struct tern_list listeners;
 	struct tern_list dirty; /* sessions owing credits after this poll */
@@ -375,6 +378,7 @@ struct tern_session {
 	uint64_t copy_bytes; /* payload bytes the engine memcpy'd (tests prove zero-copy with it) */
 	uint32_t last_send_slot;
 	uint32_t last_send_len;
+	size_t heap; /* bytes of heap this session holds for life, in ctx->session_heap */
 	char peer[96];
 	/* up->session_size - sizeof(struct tern_session) bytes of the floor
 	 * above follow (struct tern_rpc_session embeds this one first) */
@@ -390,6 +394,16 @@ struct tern_listener {
 	void *data;
 	char uri[300];
 };
+
+/*
+ * The session took @bytes of heap for its life (the floor above's tables
+ * too): counted for tern_ctx_mem() until session_free() gives them back.
+ */
+static inline void tern__session_heap(tern_session *s, size_t bytes)
+{
+	s->heap += bytes;
+	s->ctx->session_heap += bytes;
+}
 
 /* src/session.c */
 /*

@@ -26,6 +26,7 @@ static void session_free(tern_session *s)
 {
 	/* the floor above first: it may give staging back to the session */
 	s->up->session_fini(s);
+	s->ctx->session_heap -= s->heap;
 	/* the last request pointing into the slots is done: let them go */
 	if (s->rx_release)
 		s->rx_release(s->rx_arg);
@@ -95,6 +96,7 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 	s->ctx = ctx;
 	s->up = ctx->up;
 	s->refs = 1;
+	tern__session_heap(s, ctx->up->session_size);
 	s->state = TERN_S_CONNECTING;
 	s->n = n;
 	s->slot_size = o.slot_size;

@@ -113,7 +113,15 @@ struct tern_tmem {
 	 */
 	bool memfd;
 	int fd;
+	/*
+	 * What the region is, for tern_ctx_mem(): TERN_TMEM_USER (the user's,
+	 * zero-initialised) or TERN_TMEM_STAGING (the engine's staging).
+	 */
+	uint8_t kind;
 };
+
+#define TERN_TMEM_USER	  0
+#define TERN_TMEM_STAGING 1
 
 /* What a peer needs to reach exported memory; its meaning is the provider's. */
 struct tern_bulk_desc {
@@ -331,6 +339,16 @@ struct tern_transport_ops {
 			  const struct tern_bulk_desc *remote, uint64_t cookie);
 	void (*mem_release)(struct tern_tctx *t, struct tern_tmem *m);
 	void (*bulk_unexport)(struct tern_conn *c, const struct tern_bulk_desc *d, unsigned flags);
+
+	/*
+	 * mem_stats (optional): add this context's memory to @acc's fields
+	 * (tern_ctx_mem()), counted where the provider takes and gives back
+	 * the memory: its connections' slots (also those kept by the engine
+	 * through keep_rx, until their release), its staging areas, its
+	 * registrations of the engine's regions (by tern_tmem.kind), and its
+	 * per-connection heap.  Leave @acc->sessions alone: the engine counts.
+	 */
+	void (*mem_stats)(struct tern_tctx *t, struct tern_mem_stats *acc);
 };
 
 #ifdef __cplusplus

@@ -2445,6 +2445,32 @@ static PyObject *ctx_connect(PyObject *o, PyObject *args, PyObject *kw)
 	return r;
 }
 
+/* tern_ctx_mem(): a dict of the figures, named as the C fields are. */
+static PyObject *ctx_mem(PyObject *o, PyObject *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+	struct tern_mem_stats m;
+	PyObject *d, *v = NULL;
+	int rc;
+
+	(void)unused;
+	if (ctx_check(c))
+		return NULL;
+	if ((rc = tern_ctx_mem(c->ctx, &m, sizeof(m))))
+		return raise_ctx(c, rc);
+	d = PyDict_New();
+#define F(x)                                                                                   \
+	if (d &&                                                                               \
+	    (!(v = PyLong_FromUnsignedLongLong(m.x)) || PyDict_SetItemString(d, #x, v) < 0)) { \
+		Py_CLEAR(d);                                                                   \
+	}                                                                                      \
+	Py_XDECREF(v);                                                                         \
+	v = NULL;
+	TERN_MEM_STATS_FIELDS(F)
+#undef F
+	return d;
+}
+
 static PyMethodDef ctx_methods[] = {
 	{"register", (PyCFunction)(void (*)(void))ctx_register, METH_VARARGS | METH_KEYWORDS,
 	 "register(method_id, kind, fn, batch_max=0, wait_us=0)"},
@@ -2460,6 +2486,8 @@ static PyMethodDef ctx_methods[] = {
 	 "call_soon(fn): run fn() on the loop's thread (thread-safe)"},
 	{"wait", ctx_wait, METH_VARARGS, "wait(futures, timeout=None) -> True when all are done"},
 	{"close", ctx_close, METH_NOARGS, "close every session and listener, free the context"},
+	{"mem", ctx_mem, METH_NOARGS,
+	 "mem() -> dict: the memory the context holds (tern_ctx_mem()), in bytes"},
 	{NULL},
 };
 

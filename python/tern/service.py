@@ -392,6 +392,13 @@ class Server:
     def close(self):
         self._ctx.close()
 
+    def mem(self):
+        """What the server's context holds, in bytes: a dict of tern_ctx_mem()'s
+        fields (sessions, slots_registered, slots_shared, slots_shared_resident,
+        slots_heap, slots_heap_resident, staging_*, user_*, conn_heap);
+        docs/memory.md says what each counts."""
+        return self._ctx.mem()
+
     @property
     def peers_closed(self):
         """How many accepted sessions have ended (the peer closed or went away)."""

@@ -23,6 +23,7 @@
 
 #include "tern/transport.h"
 #include "../common/link.h"
+#include "../common/memstat.h"
 #include "../common/xtab.h"
 #include "mem.h"
 
@@ -86,8 +87,9 @@ struct mem_tctx {
 	uv_idle_t idle; /* event mode: delivers the queue */
 	bool idle_on;
 	int open_handles;
-	struct tern_link conns; /* every connection of this context */
-	struct tern_link all;	/* in mem_tctxs */
+	struct tern_link conns;	   /* every connection of this context */
+	struct tern_link all;	   /* in mem_tctxs */
+	struct tern_mem_stats mem; /* tern_ctx_mem(): counted where taken and given back */
 };
 
 struct mlistener {
@@ -109,7 +111,8 @@ struct mbulk {
 /* Slot memory the engine may keep past the connection (keep_rx). */
 struct mslots {
 	uint8_t *send, *recv;
-	size_t ring; /* each one's size */
+	size_t ring;	   /* each one's size */
+	uint64_t *counter; /* where both are counted, until released */
 };
 
 struct mconn {
@@ -269,6 +272,8 @@ static int conn_alloc(struct mconn *c, const struct tern_conn_params *p)
 	c->slots->send = aligned_alloc(64, ring);
 	c->slots->recv = aligned_alloc(64, ring);
 	c->slots->ring = ring;
+	c->slots->counter = &c->t->mem.slots_heap;
+	*c->slots->counter += (c->slots->send ? ring : 0) + (c->slots->recv ? ring : 0);
 	c->tx_busy = calloc(n, 1);
 	c->free_rx = calloc(n, sizeof(*c->free_rx));
 	c->rx_held = calloc(n, 1);
@@ -298,6 +303,7 @@ static void slots_release(void *arg)
 		mem_unpoison(s->send, s->ring);
 	if (s->recv)
 		mem_unpoison(s->recv, s->ring);
+	*s->counter -= (s->send ? s->ring : 0) + (s->recv ? s->ring : 0);
 	free(s->send);
 	free(s->recv);
 	free(s);
@@ -923,6 +929,11 @@ static int mem_bulk_write(struct tern_conn *bc, struct tern_tmem *m, size_t off,
 	return bulk_start(C(bc), true, remote, m, off, len, cookie);
 }
 
+static void mem_mem_stats(struct tern_tctx *tt, struct tern_mem_stats *acc)
+{
+	tern_mem_stats_add(acc, &((struct mem_tctx *)tt)->mem);
+}
+
 const struct tern_transport_ops tern_mem_transport = {
 	.scheme = "mem",
 	.uri_form = TERN_URI_NAME,
@@ -942,6 +953,7 @@ const struct tern_transport_ops tern_mem_transport = {
 	.bulk_write = mem_bulk_write,
 	.mem_release = mem_mem_release,
 	.bulk_unexport = mem_bulk_unexport,
+	.mem_stats = mem_mem_stats,
 };
 
 /* ---- the raw peer ------------------------------------------------------------------------- */

@@ -41,6 +41,7 @@
 
 #include "tern/transport.h"
 #include "../common/link.h"
+#include "../common/memstat.h"
 #include "../common/xtab.h"
 #include "shm_layout.h"
 
@@ -82,6 +83,8 @@ struct shm_tctx {
 	int doorbells_owed; /* up connections with a deferred doorbell check */
 	int in_poll;	    /* inside our own poll loop: returns go out on the way out */
 	int open_handles;
+	struct tern_mem_stats mem; /* tern_ctx_mem(): counted where taken and given back */
+	struct tern_link maps;	   /* segments mapped (struct tern_memmap), for residency */
 };
 
 struct slistener {
@@ -139,6 +142,9 @@ struct sconn {
 
 	/* The segment, and this side's view of it. */
 	uint8_t *seg;
+	struct tern_memmap segmap; /* seg, counted in t->mem.slots_shared */
+	int segfd;		   /* its memfd, kept for tern_ctx_mem() (its allocated blocks) */
+	size_t heap;		   /* our own bytes for this connection, in t->mem.conn_heap */
 	struct shm_geom g;
 	uint8_t *slot_state; /* SLOT_* bits, nslots entries */
 
@@ -456,13 +462,17 @@ static void lent_retire(struct sconn *c, uint32_t id, bool tell);
 struct kept_seg {
 	void *seg;
 	size_t size;
+	int fd;
+	struct tern_memmap map; /* still counted until the engine lets go */
 };
 
 static void kept_seg_release(void *arg)
 {
 	struct kept_seg *k = arg;
 
+	tern_memmap_del(&k->map);
 	munmap(k->seg, k->size);
+	close(k->fd);
 	free(k);
 }
 
@@ -475,8 +485,15 @@ static bool seg_keep(struct sconn *c)
 		return false;
 	k->seg = c->seg;
 	k->size = c->g.size;
-	if (c->t->ev->keep_rx(&c->base, kept_seg_release, k))
+	k->fd = c->segfd;
+	k->map.counter = NULL;
+	if (c->t->ev->keep_rx(&c->base, kept_seg_release, k)) {
+		tern_memmap_del(&c->segmap);
+		tern_memmap_add(&c->t->maps, &k->map, k->seg, k->size, k->fd,
+				&c->t->mem.slots_shared);
+		c->segfd = -1;
 		return true;
+	}
 	free(k);
 	return false;
 }
@@ -495,10 +512,15 @@ static void conn_free(struct sconn *c)
 		close(c->bell_in);
 	if (c->bell_out >= 0)
 		close(c->bell_out);
-	if (c->seg && !seg_keep(c))
+	if (c->seg && !seg_keep(c)) {
+		tern_memmap_del(&c->segmap);
 		munmap(c->seg, c->g.size);
+	}
+	if (c->segfd >= 0)
+		close(c->segfd);
 	free(c->slot_state);
 	free(c->rets);
+	t->mem.conn_heap -= c->heap;
 	c->base.send_base = NULL;
 	t->ev->closed(&c->base);
 	free(c);
@@ -623,7 +645,9 @@ static struct sconn *conn_new(struct shm_tctx *t, bool server)
 		return NULL;
 	c->t = t;
 	c->server = server;
-	c->sock = c->bell_in = c->bell_out = -1;
+	c->heap = sizeof(*c);
+	t->mem.conn_heap += c->heap;
+	c->sock = c->bell_in = c->bell_out = c->segfd = -1;
 	c->vm = no_ptrace() ? VM_DENIED : VM_UNKNOWN;
 	c->base.ops = &tern_shm_transport;
 	c->base.tctx = (struct tern_tctx *)t;
@@ -668,6 +692,8 @@ static int conn_map_views(struct sconn *c)
 	c->rets = calloc(g->nslots, sizeof(*c->rets)); /* a slot is held once at a time */
 	if (!c->slot_state || !c->rets)
 		return -ENOMEM;
+	c->heap += (size_t)g->nslots * (1 + sizeof(*c->rets));
+	c->t->mem.conn_heap += (size_t)g->nslots * (1 + sizeof(*c->rets));
 	c->tx_desc = shm_descs(seg, g, tx);
 	c->tx_tail_w = shm_dir_word(seg, g, tx, SHM_TAIL);
 	c->tx_head_r = shm_dir_word(seg, g, tx, SHM_HEAD);
@@ -1081,15 +1107,58 @@ static void conn_start(struct sconn *c)
 
 /* ---- the handshake, server side --------------------------------------------------------- */
 
-static int memfd_sealed(const char *name, uint64_t size);
+static int memfd_sealed(const char *name, uint64_t size, uint64_t backed);
 
-/* Make, size, seal and map the segment.  Return: the memfd, or -errno. */
+/*
+ * How much of a new segment to back with pages now.  The control words
+ * and descriptor rings are written at once by both sides: always.  The
+ * slots only come on first touch, so an idle session costs the few pages
+ * its handshake and its service check wrote, not 2 x (2N + 3) slots
+ * (docs/memory.md has the figures).
+ *
+ * That must never turn into a SIGBUS where the fallocate() of the whole
+ * segment used to turn it into a clean error.  A memfd lives on the
+ * kernel's internal shmem mount, which has no size limit (a full /dev/shm
+ * is nothing to it), so a page fault on it can fail for one reason only:
+ * the commit charge that shmem takes page by page for a memfd
+ * (VM_NORESERVE), which fails only under strict overcommit
+ * (vm.overcommit_memory = 2).  Under strict overcommit the whole segment
+ * is backed at creation, as before, and running out is this connection's
+ * -ENOMEM; in the other modes a page costs what any anonymous page costs
+ * (a memory cgroup over its limit reclaims, then OOM-kills, as it would
+ * for the malloc'd slots of tcp://).  TERN_SHM_BACK=full asks for the
+ * old behaviour everywhere, TERN_SHM_BACK=lazy for the new one even
+ * under strict overcommit (tests, and the "before" figures of
+ * bench/idle).
+ */
+static bool segment_back_whole(void)
+{
+	const char *v = getenv("TERN_SHM_BACK");
+	char mode = '0';
+	int fd;
+
+	if (v && !strcmp(v, "full"))
+		return true;
+	if (v && !strcmp(v, "lazy"))
+		return false;
+	fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return true; /* cannot tell: the safe choice */
+	if (read(fd, &mode, 1) != 1)
+		mode = '2';
+	close(fd);
+	return mode == '2';
+}
+
+/* Make, size, seal and map the segment (its memfd: c->segfd).  Return: 0 or -errno. */
 static int segment_create(struct sconn *c)
 {
 	struct shm_seg_hdr *h;
 	int fd, rc;
 
-	if ((fd = memfd_sealed("tern-shm", c->g.size)) < 0)
+	fd = memfd_sealed("tern-shm", c->g.size,
+			  segment_back_whole() ? c->g.size : c->g.slots_off[0]);
+	if (fd < 0)
 		return fd;
 	c->seg = mmap(NULL, c->g.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (c->seg == MAP_FAILED) {
@@ -1098,6 +1167,8 @@ static int segment_create(struct sconn *c)
 		close(fd);
 		return rc;
 	}
+	c->segfd = fd;
+	tern_memmap_add(&c->t->maps, &c->segmap, c->seg, c->g.size, fd, &c->t->mem.slots_shared);
 	h = (struct shm_seg_hdr *)c->seg;
 	h->magic = SHM_SEG_MAGIC;
 	h->version = SHM_PROTO_VERSION;
@@ -1105,11 +1176,7 @@ static int segment_create(struct sconn *c)
 	h->nslots = c->g.nslots;
 	h->ring_size = c->g.ring_size;
 	h->size = c->g.size;
-	if ((rc = conn_map_views(c))) {
-		close(fd);
-		return rc;
-	}
-	return fd;
+	return conn_map_views(c);
 }
 
 /*
@@ -1148,7 +1215,7 @@ static void server_on_hello(struct sconn *c)
 	size_t reply_len = 0;
 	struct shm_msg m;
 	void *owner = NULL;
-	int fds[SHM_MAX_FDS], nfds, memfd, rc;
+	int fds[SHM_MAX_FDS], nfds, rc;
 	ssize_t n;
 
 	n = msg_recv(c->sock, &m, fds, 1, &nfds);
@@ -1193,16 +1260,12 @@ static void server_on_hello(struct sconn *c)
 		rc = TERN_EPEER;
 		goto refuse;
 	}
-	memfd = segment_create(c);
-	if (memfd < 0) {
-		rc = memfd;
+	if ((rc = segment_create(c)))
 		goto refuse;
-	}
 	msg_init(&m, SHM_MSG_ACCEPT, 0, &c->g, reply, reply_len);
-	fds[0] = memfd;
+	fds[0] = c->segfd;
 	fds[1] = c->bell_in;
 	rc = msg_send(c->sock, &m, fds, 2);
-	close(memfd); /* our mapping keeps the segment alive */
 	if (rc) {
 		conn_failed(c, rc, NULL);
 		return;
@@ -1234,7 +1297,10 @@ static void server_on_ready(struct sconn *c)
 
 /* ---- the handshake, client side ---------------------------------------------------------- */
 
-/* Check the server's segment and map it.  Closes @fd.  Return: 0 or an error. */
+/*
+ * Check the server's segment and map it; @fd becomes c->segfd, or is
+ * closed.  Return: 0 or an error.
+ */
 static int segment_attach(struct sconn *c, int fd)
 {
 	const struct shm_seg_hdr *h;
@@ -1245,11 +1311,13 @@ static int segment_attach(struct sconn *c, int fd)
 		return rc;
 	}
 	c->seg = mmap(NULL, c->g.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
 	if (c->seg == MAP_FAILED) {
 		c->seg = NULL;
+		close(fd);
 		return TERN_EPEER;
 	}
+	c->segfd = fd;
+	tern_memmap_add(&c->t->maps, &c->segmap, c->seg, c->g.size, fd, &c->t->mem.slots_shared);
 	/* The header must describe the layout we computed; it is not used
 	 * afterwards (the server could rewrite it at any time). */
 	h = (const struct shm_seg_hdr *)c->seg;
@@ -1711,8 +1779,11 @@ static bool vm_allowed(struct sconn *c, uint64_t addr)
 
 /* ---- memfd areas: what we lend the peer (exporter side) ---- */
 
-/* A sealed memfd of @size bytes (shm_layout.h says why each seal).  Return: the fd or -errno. */
-static int memfd_sealed(const char *name, uint64_t size)
+/*
+ * A sealed memfd of @size bytes (shm_layout.h says why each seal), its
+ * first @backed bytes backed by pages now.  Return: the fd or -errno.
+ */
+static int memfd_sealed(const char *name, uint64_t size, uint64_t backed)
 {
 	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
 	int rc;
@@ -1725,7 +1796,7 @@ static int memfd_sealed(const char *name, uint64_t size)
 		goto fail;
 	/* Back it now, so running out of memory is an error here rather than
 	 * a fault later, in either process. */
-	if (fallocate(fd, 0, 0, (off_t)size) && errno != EOPNOTSUPP)
+	if (fallocate(fd, 0, 0, (off_t)backed) && errno != EOPNOTSUPP)
 		goto fail;
 	if (fcntl(fd, F_ADD_SEALS, SHM_REQUIRED_SEALS))
 		goto fail;
@@ -1743,6 +1814,7 @@ static void lent_retire(struct sconn *c, uint32_t id, bool tell)
 	struct shm_bulk b = {.key = id};
 
 	if (!a->m) {
+		c->t->mem.staging_shared -= a->size;
 		munmap(a->map, a->size);
 		if (!a->busy)
 			c->stage_idle -= a->size;
@@ -1823,7 +1895,7 @@ static int stage_take(struct sconn *c, uint64_t len, uint32_t *id, int *fd)
 	}
 	if ((rc = lent_id(c, id)))
 		return rc;
-	if ((*fd = memfd_sealed("tern-shm-stage", size)) < 0) {
+	if ((*fd = memfd_sealed("tern-shm-stage", size, size)) < 0) {
 		rc = *fd;
 		*fd = -1;
 		return rc;
@@ -1839,6 +1911,7 @@ static int stage_take(struct sconn *c, uint64_t len, uint32_t *id, int *fd)
 	a->used = a->busy = true;
 	a->map = map;
 	a->size = size;
+	c->t->mem.staging_shared += size;
 	return 0;
 }
 
@@ -2058,7 +2131,7 @@ static void bulk_on_split(struct sconn *c, const struct shm_bulk *b)
 }
 
 /* Map the peer's area @fd as @a, checked like the segment.  Closes @fd.  Return: 0 or an error. */
-static int area_map(struct shm_area *a, int fd)
+static int area_map(struct sconn *c, struct shm_area *a, int fd)
 {
 	uint64_t size = 0;
 	void *p = MAP_FAILED;
@@ -2071,10 +2144,13 @@ static int area_map(struct shm_area *a, int fd)
 	close(fd);
 	if (rc)
 		return rc;
-	if (a->map)
+	if (a->map) {
+		c->t->mem.staging_shared -= a->size;
 		munmap(a->map, a->size);
+	}
 	a->map = p;
 	a->size = size;
+	c->t->mem.staging_shared += size;
 	return 0;
 }
 
@@ -2108,7 +2184,7 @@ static void bulk_on_map(struct sconn *c, const struct shm_bulk *b, int fd)
 	}
 	a = &c->areas[b->key];
 	if (fd >= 0) {
-		rc = area_map(a, fd);
+		rc = area_map(c, a, fd);
 		fd = -1;
 		if (rc) {
 			why = "shm: the peer's area is not a sealed memfd we can map";
@@ -2152,6 +2228,7 @@ static void bulk_on_unmap(struct sconn *c, const struct shm_bulk *b)
 	}
 	if (!c->areas || !(a = &c->areas[b->key])->map)
 		return; /* never mapped (its BULK_MAP failed to go out): nothing to do */
+	c->t->mem.staging_shared -= a->size;
 	munmap(a->map, a->size);
 	a->map = NULL;
 	a->size = 0;
@@ -2190,8 +2267,10 @@ static void areas_free(struct sconn *c)
 		if (c->lent[i].used)
 			lent_retire(c, i, false);
 	for (uint32_t i = 0; c->areas && i < SHM_MAX_AREAS; i++)
-		if (c->areas[i].map)
+		if (c->areas[i].map) {
+			c->t->mem.staging_shared -= c->areas[i].size;
 			munmap(c->areas[i].map, c->areas[i].size);
+		}
 	free(c->lent);
 	free(c->areas);
 	c->lent = NULL;
@@ -2273,8 +2352,17 @@ static int shm_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transp
 	t->ev = ev;
 	t->mode = TERN_TRANSPORT_POLLED;
 	tern_link_init(&t->up);
+	tern_link_init(&t->maps);
 	*out = (struct tern_tctx *)t;
 	return 0;
+}
+
+static void shm_mem_stats(struct tern_tctx *tt, struct tern_mem_stats *acc)
+{
+	struct shm_tctx *t = T(tt);
+
+	tern_mem_stats_add(acc, &t->mem);
+	acc->slots_shared_resident += tern_memmap_resident(&t->maps);
 }
 
 static void shm_ctx_fini(struct tern_tctx *tt)
@@ -2367,4 +2455,5 @@ const struct tern_transport_ops tern_shm_transport = {
 	.bulk_write = shm_bulk_write,
 	.mem_release = shm_mem_release,
 	.bulk_unexport = shm_bulk_unexport,
+	.mem_stats = shm_mem_stats,
 };

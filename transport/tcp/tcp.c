@@ -33,11 +33,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <arpa/inet.h>
 
 #include "tern/transport.h"
 #include "../common/link.h"
+#include "../common/memstat.h"
 #include "../common/xtab.h"
 #include "tcp_proto.h"
 
@@ -67,6 +69,8 @@ struct tcp_tctx {
 	bool kick_active;
 	int in_cb; /* inside our read callback: it runs the deferred work itself */
 	int open_handles;
+	struct tern_mem_stats mem; /* tern_ctx_mem(): counted where taken and given back */
+	struct tern_link maps;	   /* slot mappings (struct tern_memmap), for residency */
 };
 
 struct tlistener {
@@ -153,7 +157,9 @@ struct tconn {
 	/* Slots: made once, from our own geometry. */
 	uint32_t nslots;
 	uint32_t slot_size;
-	uint8_t *mem; /* send slots, then receive slots */
+	size_t bk_per_slot;	   /* bookkeeping bytes per slot, in t->mem.conn_heap */
+	uint8_t *mem;		   /* send slots, then receive slots: an anonymous mapping */
+	struct tern_memmap memmap; /* mem, counted in t->mem.slots_heap */
 	uint8_t *recv_base;
 	uint32_t *prefix; /* per send slot: its frame length, as sent */
 	uv_write_t *wreq; /* per send slot: writes that did not finish at once */
@@ -204,10 +210,36 @@ static void kick_idle_start(struct tcp_tctx *t);
 
 static void bulk_fail_all(struct tconn *c, int err);
 
+/* Slots the engine kept after their connection (keep_rx): counted until released. */
+struct kept_slots {
+	struct tern_memmap map;
+};
+
+static void kept_slots_release(void *arg)
+{
+	struct kept_slots *k = arg;
+
+	tern_memmap_del(&k->map);
+	munmap(k->map.addr, k->map.len);
+	free(k);
+}
+
 /* The slots (c->mem) go to the engine if a request still points into them. */
 static bool mem_keep(struct tconn *c)
 {
-	return c->t->ev->keep_rx(&c->base, free, c->mem);
+	struct kept_slots *k = malloc(sizeof(*k));
+
+	if (!k)
+		return false;
+	k->map.counter = NULL;
+	if (!c->t->ev->keep_rx(&c->base, kept_slots_release, k)) {
+		free(k);
+		return false;
+	}
+	tern_memmap_del(&c->memmap);
+	tern_memmap_add(&c->t->maps, &k->map, c->mem, 2 * (size_t)c->nslots * c->slot_size, -1,
+			&c->t->mem.slots_heap);
+	return true;
 }
 
 static void conn_free(struct tconn *c)
@@ -216,8 +248,11 @@ static void conn_free(struct tconn *c)
 	tern_xtab_free(&c->xt);
 	tern_link_del(&c->link);
 	tern_link_del(&c->kick);
-	if (c->mem && !mem_keep(c))
-		free(c->mem);
+	if (c->mem && !mem_keep(c)) {
+		tern_memmap_del(&c->memmap);
+		munmap(c->mem, 2 * (size_t)c->nslots * c->slot_size);
+	}
+	c->t->mem.conn_heap -= sizeof(*c) + TCP_STAGE + (size_t)c->nslots * c->bk_per_slot;
 	free(c->prefix);
 	free(c->wreq);
 	free(c->tx_busy);
@@ -282,6 +317,7 @@ static struct tconn *conn_new(struct tcp_tctx *t, bool server)
 		free(c);
 		return NULL;
 	}
+	t->mem.conn_heap += sizeof(*c) + TCP_STAGE;
 	c->t = t;
 	c->server = server;
 	c->base.ops = &tern_tcp_transport;
@@ -309,8 +345,24 @@ static int conn_alloc(struct tconn *c, const struct tern_conn_params *p)
 		return -EINVAL;
 	c->nslots = n;
 	c->slot_size = p->slot_size;
-	if (posix_memalign((void **)&c->mem, 4096, 2 * ring))
+	/*
+	 * An anonymous mapping rather than the heap: its pages come on first
+	 * touch (zeroed, from the kernel), so an idle session costs the few
+	 * slots its handshake and service check used, not 2 x (2N + 3) of
+	 * them, and they go back to the kernel at the end rather than to a
+	 * heap that may keep them.  Anonymous pages cannot SIGBUS: under
+	 * strict overcommit the mapping is charged whole here (a clean
+	 * -ENOMEM), otherwise a page costs what any malloc'd page does.
+	 */
+	c->mem = mmap(NULL, 2 * ring, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (c->mem == MAP_FAILED)
 		c->mem = NULL;
+	else
+		tern_memmap_add(&c->t->maps, &c->memmap, c->mem, 2 * ring, -1,
+				&c->t->mem.slots_heap);
+	c->bk_per_slot = sizeof(*c->prefix) + sizeof(*c->wreq) + 1 + sizeof(*c->done) +
+			 sizeof(*c->free_rx) + 1;
+	c->t->mem.conn_heap += (size_t)n * c->bk_per_slot;
 	c->prefix = calloc(n, sizeof(*c->prefix));
 	c->wreq = calloc(n, sizeof(*c->wreq));
 	c->tx_busy = calloc(n, 1);
@@ -1481,6 +1533,14 @@ static int tcp_bulk_write(struct tern_conn *bc, struct tern_tmem *m, size_t off,
 
 /* ---- the context ---------------------------------------------------------------------------- */
 
+static void tcp_mem_stats(struct tern_tctx *tt, struct tern_mem_stats *acc)
+{
+	struct tcp_tctx *t = T(tt);
+
+	tern_mem_stats_add(acc, &t->mem);
+	acc->slots_heap_resident += tern_memmap_resident(&t->maps);
+}
+
 static int tcp_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transport_events *ev,
 			struct tern_tctx **out)
 {
@@ -1505,6 +1565,7 @@ static int tcp_ctx_init(tern_ctx *ctx, uv_loop_t *loop, const struct tern_transp
 	t->mode = TERN_TRANSPORT_POLLED;
 	tern_link_init(&t->up);
 	tern_link_init(&t->kick);
+	tern_link_init(&t->maps);
 	uv_idle_init(loop, &t->kick_idle);
 	t->kick_idle.data = t;
 	t->open_handles = 1;
@@ -1578,4 +1639,5 @@ const struct tern_transport_ops tern_tcp_transport = {
 	.bulk_write = tcp_bulk_write,
 	.mem_release = tcp_mem_release,
 	.bulk_unexport = tcp_bulk_unexport,
+	.mem_stats = tcp_mem_stats,
 };

@@ -31,6 +31,7 @@
 #include <rdma/rdma_cma.h>
 
 #include "tern/transport.h"
+#include "../common/memstat.h"
 
 /* Defined at the bottom; the engine finds it by name (src/ctx.c). */
 extern const struct tern_transport_ops tern_verbs_transport;
@@ -271,6 +272,7 @@ struct verbs_tctx {
 	uint32_t nfree;
 	enum tern_transport_mode mode;
 	int open_handles;
+	struct tern_mem_stats mem; /* tern_ctx_mem(): counted at each ibv_reg_mr/ibv_dereg_mr */
 };
 
 #define T(x) ((struct verbs_tctx *)(x))
@@ -649,6 +651,7 @@ static int conn_setup(struct vconn *c)
 	c->mr = ibv_reg_mr(c->dev->pd, c->mem, c->mem_len, IBV_ACCESS_LOCAL_WRITE);
 	if (!c->mr)
 		return neg_errno(ENOMEM);
+	c->t->mem.slots_registered += c->mem_len;
 	c->base.send_base = c->mem;
 	c->base.send_region = ring;
 	c->recv_base = c->mem + ring;
@@ -725,14 +728,17 @@ static void wins_destroy(struct vconn *c);
 struct kept_mem {
 	struct ibv_mr *mr;
 	void *mem;
+	uint64_t *counter; /* where k->mr is counted */
 };
 
 static void kept_mem_release(void *arg)
 {
 	struct kept_mem *k = arg;
 
-	if (k->mr)
+	if (k->mr) {
+		*k->counter -= k->mr->length;
 		ibv_dereg_mr(k->mr);
+	}
 	free(k->mem);
 	free(k);
 }
@@ -746,6 +752,7 @@ static bool mem_keep(struct vconn *c)
 		return false;
 	k->mr = c->mr;
 	k->mem = c->mem;
+	k->counter = &c->t->mem.slots_registered;
 	if (c->t->ev->keep_rx(&c->base, kept_mem_release, k))
 		return true;
 	free(k);
@@ -768,8 +775,10 @@ static void conn_destroy(struct vconn *c)
 	if (c->mem && mem_keep(c)) {
 		/* the engine deregisters and frees them later */
 	} else {
-		if (c->mr)
+		if (c->mr) {
+			t->mem.slots_registered -= c->mr->length;
 			ibv_dereg_mr(c->mr);
+		}
 		free(c->mem);
 	}
 	c->mr = NULL;
@@ -1766,6 +1775,8 @@ static struct vmem *mem_vmem(struct vconn *c, struct tern_tmem *m)
 		free(v);
 		return NULL;
 	}
+	*(m->kind == TERN_TMEM_STAGING ? &c->t->mem.staging_registered
+				       : &c->t->mem.user_registered) += m->len;
 	v->next = m->prov;
 	m->prov = v;
 	return v;
@@ -2228,9 +2239,11 @@ static int verbs_bulk_write(struct tern_conn *bc, struct tern_tmem *m, size_t of
 	return bulk_post(C(bc), IBV_WR_RDMA_WRITE, m, off, len, remote, cookie);
 }
 
-static void verbs_mem_release(struct tern_tctx *t, struct tern_tmem *m)
+static void verbs_mem_release(struct tern_tctx *tt, struct tern_tmem *m)
 {
-	(void)t;
+	uint64_t *counter = m->kind == TERN_TMEM_STAGING ? &T(tt)->mem.staging_registered
+							 : &T(tt)->mem.user_registered;
+
 	while (m->prov) {
 		struct vmem *v = m->prov;
 
@@ -2240,6 +2253,7 @@ static void verbs_mem_release(struct tern_tctx *t, struct tern_tmem *m)
 		while (v->wins)
 			win_kill(v->wins->c, v->wins);
 		m->prov = v->next;
+		*counter -= v->mr->length;
 		ibv_dereg_mr(v->mr);
 		free(v);
 	}
@@ -2266,6 +2280,11 @@ static int verbs_set_mode(struct tern_tctx *tt, enum tern_transport_mode mode)
 	return n;
 }
 
+static void verbs_mem_stats(struct tern_tctx *tt, struct tern_mem_stats *acc)
+{
+	tern_mem_stats_add(acc, &T(tt)->mem);
+}
+
 const struct tern_transport_ops tern_verbs_transport = {
 	.scheme = "rdma",
 	.uri_form = TERN_URI_HOST_PORT,
@@ -2286,4 +2305,5 @@ const struct tern_transport_ops tern_verbs_transport = {
 	.bulk_write = verbs_bulk_write,
 	.mem_release = verbs_mem_release,
 	.bulk_unexport = verbs_bulk_unexport,
+	.mem_stats = verbs_mem_stats,
 };

@@ -422,8 +422,9 @@ static void sock_in(void)
 			bulk_given_back(&b, m.type == SHM_MSG_BULK_FILLED);
 		} else if (m.type == SHM_MSG_BULK_UNMAP) {
 			bulk_unmapped(&b);
+		} else if (m.type == SHM_MSG_BULK_DONE && W.asks[b.token % ASKS].token == b.token) {
+			W.asks[b.token % ASKS].len = 0; /* answered: its slot is free again */
 		}
-		/* DONE for our own requests: nothing waits for them */
 	}
 }
 
@@ -726,7 +727,14 @@ static int bulk_ask(const struct tern_bulk_desc *d, const void *buf, bool write)
 	if (W.state != FZ_UP)
 		return -ENOTCONN;
 	if (d->len > sizeof(landing))
-		return -EINVAL;	    /* the engine would copy past our buffer */
+		return -EINVAL; /* the engine would copy past our buffer */
+	/* Its slot still holds an ask the engine has not answered: asking
+	 * again would forget that one, and the engine's answer to it would
+	 * then look like an answer to nothing (found by the campaign). */
+	if (W.asks[b.token % ASKS].len) {
+		W.token--;
+		return -EBUSY;
+	}
 	W.asks[b.token % ASKS] = b; /* for its BULK_MAP, if it answers with one */
 	msg_init(&m, SHM_MSG_BULK_REQ);
 	memcpy(m.hs, &b, sizeof(b));

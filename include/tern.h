@@ -1453,6 +1453,32 @@ TERN_EXPORT uint64_t tern_metrics_bucket_le_ns(unsigned i);
  */
 TERN_EXPORT ssize_t tern_ctx_metrics_write(tern_ctx *ctx, char *buf, size_t cap);
 
+/**
+ * tern_ctx_metrics_listen - serve the metrics over HTTP on the context's loop
+ * @addr: "HOST:PORT" or "[IPV6]:PORT" to listen on (port 0: a free one,
+ *	tern_ctx_metrics_port() tells which); a numeric address, loopback
+ *	unless the metrics are meant to be seen from elsewhere
+ *
+ * GET (and HEAD) /metrics answers tern_ctx_metrics_write()'s text, read
+ * fresh for each request, on the context's thread: no lock, no copy kept.
+ * One request per connection; requests over 4 KiB get 431, other methods
+ * and paths 405 and 404; a client has 5 s to send its request and at most
+ * 16 are served at once.  The endpoint does not keep tern_ctx_run()
+ * (TERN_RUN_DEFAULT) from returning; tern_ctx_destroy() closes it.  It
+ * serves the session counters even while per-method metrics are off.
+ *
+ * Return: 0; -EINVAL (a bad @addr), -EALREADY (already listening), or the
+ * negative errno of bind or listen (tern_ctx_last_error() says which).
+ */
+TERN_EXPORT int tern_ctx_metrics_listen(tern_ctx *ctx, const char *addr);
+
+/**
+ * tern_ctx_metrics_port - the port tern_ctx_metrics_listen() listens on
+ *
+ * Return: the port, or -ENOTCONN when not listening.
+ */
+TERN_EXPORT int tern_ctx_metrics_port(tern_ctx *ctx);
+
 #ifdef __cplusplus
 }
 #endif

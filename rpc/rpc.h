@@ -132,8 +132,9 @@ struct tern_rpc_ctx {
 	struct tern_service_entry *services; /* registered with tern_service_register() */
 	uint32_t nservices;
 	int remote_depth; /* cb_depth of the call callback whose status the peer sent */
-	struct tern_metrics *mx_store; /* made by tern_ctx_metrics_enable() */
-	struct tern_metrics *mx;       /* mx_store while metrics are on, else NULL */
+	struct tern_metrics *mx_store;	/* made by tern_ctx_metrics_enable() */
+	struct tern_metrics *mx;	/* mx_store while metrics are on, else NULL */
+	struct tern_metrics_http *http; /* tern_ctx_metrics_listen() (metrics_http.c) */
 };
 
 static inline struct tern_rpc_ctx *tern__rpc_ctx(tern_ctx *ctx)
@@ -335,6 +336,9 @@ void tern__serve_session_down(tern_session *s);
 void tern__serve_cancel(tern_session *s, const void *entries, uint32_t len);
 /* The session is being freed: tell raw handlers their replies will not go. */
 void tern__serve_session_fini(tern_session *s);
+
+/* metrics_http.c: close the /metrics endpoint, if any (the loop still runs). */
+void tern__metrics_http_close(tern_ctx *ctx);
 
 /* client.c */
 void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *payload);

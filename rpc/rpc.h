@@ -134,7 +134,7 @@ struct tern_rpc_ctx {
 	int remote_depth; /* cb_depth of the call callback whose status the peer sent */
 	struct tern_metrics *mx_store;	/* made by tern_ctx_metrics_enable() */
 	struct tern_metrics *mx;	/* mx_store while metrics are on, else NULL */
-	struct tern_metrics_http *http; /* tern_ctx_metrics_listen() (metrics_http.c) */
+	struct tern__http *http;        /* tern_ctx_metrics_listen() (metrics_http.c) */
 };
 
 static inline struct tern_rpc_ctx *tern__rpc_ctx(tern_ctx *ctx)

@@ -132,9 +132,9 @@ struct tern_rpc_ctx {
 	struct tern_service_entry *services; /* registered with tern_service_register() */
 	uint32_t nservices;
 	int remote_depth; /* cb_depth of the call callback whose status the peer sent */
-	struct tern_metrics *mx_store;	/* made by tern_ctx_metrics_enable() */
-	struct tern_metrics *mx;	/* mx_store while metrics are on, else NULL */
-	struct tern__http *http;        /* tern_ctx_metrics_listen() (metrics_http.c) */
+	struct tern_metrics *mx_store; /* made by tern_ctx_metrics_enable() */
+	struct tern_metrics *mx;       /* mx_store while metrics are on, else NULL */
+	struct tern__http *http;       /* tern_ctx_metrics_listen() (metrics_http.c) */
 };
 
 static inline struct tern_rpc_ctx *tern__rpc_ctx(tern_ctx *ctx)
@@ -169,8 +169,8 @@ struct tern_callslot {
 	tern_call_cb cb;
 	void *user;
 	uint32_t method;
-	struct tern_mstat *mx; /* its metrics entry (metrics.h), or NULL */
-	uint64_t mx_t0;
+	struct tern_mstat *mx;	      /* its metrics entry (metrics.h), or NULL */
+	struct tern_turn_stamp mx_t0; /* when it started, to a turn's resolution */
 };
 
 /* A call waiting (wait mode) for a slot or credit. */
@@ -255,8 +255,8 @@ struct tern_req {
 	 * for the next request of this index, freed with the session */
 	void *zx;
 	size_t zx_cap;
-	struct tern_mstat *mx; /* its metrics entry (metrics.h), or NULL */
-	uint64_t mx_t0;
+	struct tern_mstat *mx;	      /* its metrics entry (metrics.h), or NULL */
+	struct tern_turn_stamp mx_t0; /* when it started, to a turn's resolution */
 };
 
 /* A validated request waiting for a reply slot (see server.c). */

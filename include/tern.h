@@ -1363,12 +1363,21 @@ TERN_EXPORT int tern_call_sync(tern_session *s, uint32_t method_id, const void *
  * @ctx: every member's context options; @ctx.loop must be NULL (each
  *	member runs its own loop on its own thread).  A member that may sit
  *	idle should not use TERN_PROGRESS_BUSY: it keeps its core at 100%.
+ * @on_stop: NULL, or called once for each member (@ctx, its index @i,
+ *	@arg) when it stops, on its thread, before its context is destroyed:
+ *	finish the requests you hold (tern_reply_error()) and close the libuv
+ *	handles you made on tern_ctx_loop(@ctx).  A member that never ran
+ *	(or a group never started) stops in tern_group_destroy(), on its
+ *	thread.
+ * @arg: for @on_stop
  */
 struct tern_group_opts {
 	uint32_t size;
 	unsigned members;
 	int own_threads;
 	struct tern_ctx_opts ctx;
+	void (*on_stop)(tern_ctx *ctx, unsigned i, void *arg);
+	void *arg;
 };
 
 /**

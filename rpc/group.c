@@ -54,6 +54,8 @@ struct group_listen {
 struct tern_group {
 	unsigned n;
 	bool own_threads;
+	void (*on_stop)(tern_ctx *ctx, unsigned i, void *arg);
+	void *arg;
 	bool started;
 	bool stopping; /* under lock */
 	tern_ctx *acceptor;
@@ -182,6 +184,9 @@ int tern_group_create(const struct tern_group_opts *opts, tern_group **out)
 		return rc;
 	}
 	keep_alive(g->acceptor);
+	/* Not on create's own failure: the user set nothing up yet. */
+	g->on_stop = o.on_stop;
+	g->arg = o.arg;
 	*out = g;
 	return 0;
 }
@@ -379,6 +384,18 @@ int tern_group_start(tern_group *g)
 	return 0;
 }
 
+/*
+ * The user's on_stop, then the context: its sessions close (their clients
+ * see the connection fail), and sockets handed to it but not yet adopted
+ * close in adopt_cb().
+ */
+static void member_fini(tern_group *g, unsigned i)
+{
+	if (g->on_stop)
+		g->on_stop(g->m[i].ctx, i, g->arg);
+	tern_ctx_destroy(g->m[i].ctx);
+}
+
 /* Run member @i here until it is stopped; then it dies (tern_group_run()). */
 static int member_run(tern_group *g, unsigned i)
 {
@@ -390,9 +407,7 @@ static int member_run(tern_group *g, unsigned i)
 	pthread_mutex_lock(&g->lock);
 	m->state = M_DEAD;
 	pthread_mutex_unlock(&g->lock);
-	/* Its sessions close (their clients see the connection fail), and
-	 * sockets handed to it but not yet adopted close in adopt_cb(). */
-	tern_ctx_destroy(ctx);
+	member_fini(g, i);
 	pthread_mutex_lock(&g->lock);
 	m->ctx = NULL;
 	pthread_cond_broadcast(&g->member_done);
@@ -470,9 +485,9 @@ int tern_group_destroy(tern_group *g)
 	for (unsigned i = 0; i < g->n; i++) {
 		if (g->m[i].thread_made)
 			pthread_join(g->m[i].thread, NULL);
-		/* Never run (or never made whole): destroyed here. */
+		/* Never run: it stops here. */
 		if (g->m[i].ctx)
-			tern_ctx_destroy(g->m[i].ctx);
+			member_fini(g, i);
 	}
 	if (g->acceptor)
 		tern_ctx_destroy(g->acceptor);

@@ -48,6 +48,7 @@ static void on_watchdog(int sig)
 
 static atomic_int accepts[N];	   /* sessions each member accepted */
 static atomic_int accept_failures; /* refused or failed incoming connections */
+static atomic_int stops[N];	   /* on_stop calls per member */
 static atomic_int wrong_thread;	   /* a member's callback on another member's thread */
 static pthread_t member_thread[N]; /* recorded at each member's first callback */
 static atomic_bool member_thread_known[N];
@@ -115,9 +116,19 @@ static void on_accept(tern_listener *l, tern_session *s, int status)
 		atomic_fetch_add(&accepts[i], 1);
 }
 
+/* A member stops: on its thread, before its context goes. */
+static void on_stop(tern_ctx *ctx, unsigned i, void *arg)
+{
+	assert_ptr_equal(arg, stops);
+	assert_int_equal(tern_group_index(ctx), (int)i);
+	on_member_thread(ctx);
+	atomic_fetch_add(&stops[i], 1);
+}
+
 static void counters_reset(void)
 {
 	for (int i = 0; i < N; i++) {
+		atomic_store(&stops[i], 0);
 		atomic_store(&accepts[i], 0);
 		atomic_store(&member_thread_known[i], false);
 	}
@@ -143,6 +154,8 @@ static tern_group *group_make(int own_threads, char *uri, size_t uri_len)
 	/* Members sleep between messages: three of them share two cores here. */
 	o.ctx.size = sizeof(o.ctx);
 	o.ctx.progress = TERN_PROGRESS_EVENT;
+	o.on_stop = on_stop;
+	o.arg = stops;
 	counters_reset();
 	assert_int_equal(tern_group_create(&o, &g), 0);
 	assert_int_equal(tern_group_size(g), N);
@@ -305,6 +318,9 @@ static void sessions_land_on_every_member(void **state)
 	sessions_close(s, ended, CLIENTS);
 	assert_int_equal(tern_ctx_destroy(c), 0);
 	assert_int_equal(tern_group_destroy(g), 0);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(atomic_load(&stops[i]), 1);
+	assert_int_equal(atomic_load(&wrong_thread), 0);
 }
 
 /*
@@ -336,6 +352,8 @@ static void a_dead_member_closes_only_its_sessions(void **state)
 		sleep_ms(1);
 	assert_null(tern_group_member(g, 1));
 	assert_int_equal(tern_group_member_stop(g, 1), -ENOENT);
+	assert_int_equal(atomic_load(&stops[1]), 1);
+	assert_int_equal(atomic_load(&stops[0]) + atomic_load(&stops[2]), 0);
 	/* The others' sessions go on, on the same members. */
 	for (int i = 0; i < CLIENTS; i++) {
 		if (member_of[i] == 1)
@@ -521,6 +539,12 @@ static void bad_input_is_refused(void **state)
 			 -EBUSY);
 	assert_int_equal(tern_group_member_stop(g, N), -EINVAL);
 	assert_int_equal(tern_group_destroy(g), 0);
+
+	/* A group never started: its members stop in tern_group_destroy(). */
+	g = group_make(1, uri, sizeof(uri));
+	assert_int_equal(tern_group_destroy(g), 0);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(atomic_load(&stops[i]), 1);
 }
 
 int main(void)

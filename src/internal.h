@@ -251,7 +251,8 @@ struct tern_ctx {
 	 * tern_ctx_post(): other threads append to post_head/post_tail under
 	 * post_lock and wake the loop through post_async; the loop thread
 	 * moves the queue to post_run (its own, no lock) and runs it from
-	 * there, so a post that runs the loop nested (tern_call_sync) keeps
+	 * there, so a post that polls the context nested (tern_ctx_poll() from
+	 * inside the post; tern_call_sync() refuses there with -EBUSY) keeps
 	 * FIFO order.  post_pending lets a busy poll look without the lock.
 	 */
 	pthread_mutex_t post_lock;

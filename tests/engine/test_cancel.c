@@ -36,15 +36,7 @@
 
 #define STUCK_MS 60000
 
-static tern_req *held[4096];
-static uint32_t nheld;
-
-static int hold(tern_req *r, const void *in, size_t n, void *u)
-{
-	(void)in, (void)n, (void)u;
-	held[nheld++] = r;
-	return 0;
-}
+static struct fx_held held;
 
 /* The request's bytes as the handler saw them: runs, and wrong ones. */
 static uint32_t check_runs, check_wrong;
@@ -131,10 +123,10 @@ static struct fx *fx_new(uint32_t slots, uint32_t cancel_timeout_ms)
 	memset(&ends, 0, sizeof(ends));
 	assert_int_equal(fx_setup(f, &o, TERN_PROGRESS_BUSY), 0);
 	ends.cli = f->cli;
-	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, hold, NULL), 0);
+	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, fx_hold, &held), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_PLAIN, fx_echo, NULL), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_CHECK, check, NULL), 0);
-	nheld = 0;
+	held.n = 0;
 	check_runs = check_wrong = 0;
 	return f;
 }
@@ -185,7 +177,7 @@ static void time_out_two_windows(struct fx *f, uint32_t n, struct fx_done *d)
 		if (d[i].status != -ETIMEDOUT && d[i].status != -ECONNABORTED)
 			fail_msg("call %u of %u: %s", i, 2 * n, tern_strerror(d[i].status));
 	}
-	assert_int_equal(nheld, n); /* the first window reached the handler */
+	assert_int_equal(held.n, (int)n); /* the first window reached the handler */
 }
 
 /*
@@ -222,9 +214,9 @@ static void unanswered(uint32_t n)
 		tern_session_counters(f->cli, &c);
 		fail_msg("silently dead: no call went through for 100 deadlines, and the "
 			 "session is still open (calls sent %llu, timeouts %llu, late replies "
-			 "%llu; %u held by the server; last error: %s)",
+			 "%llu; %d held by the server; last error: %s)",
 			 (unsigned long long)c.calls_sent, (unsigned long long)c.timeouts,
-			 (unsigned long long)c.late_replies, nheld, tern_ctx_last_error(f->ctx));
+			 (unsigned long long)c.late_replies, held.n, tern_ctx_last_error(f->ctx));
 	}
 	if (ends.cli_closed) {
 		assert_int_equal(ends.cli_reason, -ECONNABORTED);
@@ -243,9 +235,9 @@ static void unanswered(uint32_t n)
 		assert_int_equal(fx_run_until(f, &ends.srv_closed, STUCK_MS), 0);
 	}
 	/* the held requests go (their replies have nowhere to go) */
-	for (uint32_t i = 0; i < nheld; i++)
-		tern_reply_error(held[i], -ECANCELED, NULL);
-	nheld = 0;
+	for (int i = 0; i < held.n; i++)
+		tern_reply_error(held.req[i], -ECANCELED, NULL);
+	held.n = 0;
 	free(d);
 	fx_free(f);
 }
@@ -277,16 +269,17 @@ static void test_a_server_that_answers_cancels_gives_the_window_back(void **stat
 	time_out_two_windows(f, n, d);
 	for (int i = 0; i < 10000000 && answered < n; i++) {
 		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
-		for (uint32_t k = 0; k < nheld; k++) {
-			if (held[k] && tern_req_cancelled(held[k])) {
-				assert_int_equal(tern_reply_error(held[k], -ECANCELED, NULL), 0);
-				held[k] = NULL;
+		for (int k = 0; k < held.n; k++) {
+			if (held.req[k] && tern_req_cancelled(held.req[k])) {
+				assert_int_equal(tern_reply_error(held.req[k], -ECANCELED, NULL),
+						 0);
+				held.req[k] = NULL;
 				answered++;
 			}
 		}
 	}
 	assert_int_equal(answered, n);
-	nheld = 0;
+	held.n = 0;
 	/* everything back: nothing in flight, every credit home */
 	assert_int_equal(tern_session_drain(f->cli, STUCK_MS), 0);
 	for (uint32_t i = 0; i < 2 * n; i++)
@@ -369,9 +362,9 @@ static void test_a_late_large_reply_never_lands_in_a_buffer_given_back(void **st
 	memset(rep, 0xab, size);
 	assert_int_equal(tern_mem_register(f->ctx, rep, size, &mr), 0);
 	assert_int_equal(tern_call(f->cli, M_HOLD, "x", 1, fx_done_cb, &d, &o), 0);
-	for (int i = 0; i < 10000000 && nheld < 1; i++)
+	for (int i = 0; i < 10000000 && held.n < 1; i++)
 		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
-	assert_int_equal(nheld, 1);
+	assert_int_equal(held.n, 1);
 	/* past the deadline, and the cancel has had time to arrive */
 	for (int i = 0; i < 50; i++) {
 		sleep_ms(1);
@@ -384,11 +377,11 @@ static void test_a_late_large_reply_never_lands_in_a_buffer_given_back(void **st
 		void *out;
 		size_t cap;
 
-		assert_true(tern_req_cancelled(held[0]));
-		assert_int_equal(tern_reply_acquire(held[0], &out, &cap), 0);
+		assert_true(tern_req_cancelled(held.req[0]));
+		assert_int_equal(tern_reply_acquire(held.req[0], &out, &cap), 0);
 		assert_true(cap >= size);
 		memset(out, 0xcd, size);
-		tern_reply_commit(held[0], size);
+		tern_reply_commit(held.req[0], size);
 		assert_int_equal(fx_run_until(f, &d.done, STUCK_MS), 0);
 		/* cancelled: answered without a push */
 		for (size_t i = 0; i < size; i++)
@@ -401,9 +394,9 @@ static void test_a_late_large_reply_never_lands_in_a_buffer_given_back(void **st
 		size_t cap;
 
 		memset(rep, 0x11, size);
-		if (tern_reply_acquire(held[0], &out, &cap) == 0) {
+		if (tern_reply_acquire(held.req[0], &out, &cap) == 0) {
 			memset(out, 0xcd, cap < size ? cap : size);
-			tern_reply_commit(held[0], cap < size ? cap : size);
+			tern_reply_commit(held.req[0], cap < size ? cap : size);
 		}
 		for (int i = 0; i < 10000; i++)
 			tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
@@ -411,7 +404,7 @@ static void test_a_late_large_reply_never_lands_in_a_buffer_given_back(void **st
 			if (rep[i] != 0x11)
 				fail_msg("byte %zu of a reply buffer given back was written", i);
 	}
-	nheld = 0;
+	held.n = 0;
 	assert_int_equal(d.status, -ETIMEDOUT);
 	still_open();
 	plain_call_works(f);

@@ -37,16 +37,7 @@ extern char **environ;
 #define M_ECHO 0x200
 #define M_HOLD 0x201
 
-static tern_req *held[64];
-static int nheld;
-
-static int hold(tern_req *r, const void *in, size_t n, void *u)
-{
-	(void)in, (void)n, (void)u;
-	if (nheld < 64)
-		held[nheld++] = r;
-	return 0;
-}
+static struct fx_held held;
 
 static double now_s(void)
 {
@@ -61,8 +52,8 @@ static struct fx *fx_new(const struct tern_session_opts *o)
 
 	assert_int_equal(fx_setup(f, o, TERN_PROGRESS_BUSY), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, fx_echo, NULL), 0);
-	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, hold, NULL), 0);
-	nheld = 0;
+	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, fx_hold, &held), 0);
+	held.n = 0;
 	return f;
 }
 
@@ -75,9 +66,9 @@ static void fx_free(struct fx *f)
 static void run_until_held(struct fx *f, int n)
 {
 	double end = now_s() + 20;
-	while (nheld < n && now_s() < end)
+	while (held.n < n && now_s() < end)
 		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
-	assert_int_equal(nheld, n);
+	assert_int_equal(held.n, n);
 }
 
 /* ---- deadlines ------------------------------------------------------------- */
@@ -119,18 +110,18 @@ static void test_deadline_times_out_reclaims_the_slot_and_drops_the_late_reply(v
 
 	/* The old request is answered now: its reply must not complete the
 	 * new call that sits in the same slot. */
-	assert_int_equal(tern_reply_acquire(held[0], &out, &cap), 0);
+	assert_int_equal(tern_reply_acquire(held.req[0], &out, &cap), 0);
 	memcpy(out, "STALE", 5);
-	assert_int_equal(tern_reply_commit(held[0], 5), 0);
+	assert_int_equal(tern_reply_commit(held.req[0], 5), 0);
 	for (int i = 0; i < 20000; i++)
 		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
 	assert_false(fresh.done);
 	assert_int_equal(tern_session_counters(f->cli, &c), 0);
 	assert_int_equal(c.late_replies, 1);
 
-	assert_int_equal(tern_reply_acquire(held[1], &out, &cap), 0);
+	assert_int_equal(tern_reply_acquire(held.req[1], &out, &cap), 0);
 	memcpy(out, "FRESH", 5);
-	assert_int_equal(tern_reply_commit(held[1], 5), 0);
+	assert_int_equal(tern_reply_commit(held.req[1], 5), 0);
 	assert_int_equal(fx_run_until(f, &fresh.done, 10000), 0);
 	assert_int_equal(fresh.status, 0);
 	assert_memory_equal(fresh.buf, "FRESH", 5);
@@ -166,16 +157,16 @@ static int hold_server_main(void)
 	 * die with it rather than spin on as an orphan. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
 		return 1;
-	if (tern_ctx_create(&co, &ctx) || tern_register_deferred(ctx, M_HOLD, hold, NULL) ||
+	if (tern_ctx_create(&co, &ctx) || tern_register_deferred(ctx, M_HOLD, fx_hold, &held) ||
 	    tern_listen(ctx, fx_listen_uri(), NULL, NULL, &l))
 		return 1;
 	printf("%s\n", tern_listener_uri(l));
 	fflush(stdout);
 	for (;;) {
 		tern_ctx_run(ctx, TERN_RUN_NOWAIT);
-		if (nheld > reported) {
-			reported = nheld;
-			printf("held %d\n", nheld);
+		if (held.n > reported) {
+			reported = held.n;
+			printf("held %d\n", held.n);
 			fflush(stdout);
 		}
 	}
@@ -357,9 +348,9 @@ static void expect_protocol_error(struct hostile *h)
 	double t0;
 
 	memset(&hostile_closed, 0, sizeof(hostile_closed));
-	nheld = 0;
+	held.n = 0;
 	assert_int_equal(tern_ctx_create(&co, &ctx), 0);
-	assert_int_equal(tern_register_deferred(ctx, M_HOLD, hold, NULL), 0);
+	assert_int_equal(tern_register_deferred(ctx, M_HOLD, fx_hold, &held), 0);
 	assert_int_equal(tern_listen(ctx, fx_listen_uri(), &so, NULL, &l), 0);
 	tern_hello_encode(hs, &hello);
 	vp_opts_init(&h->o);
@@ -770,9 +761,9 @@ static void test_local_close_cancels_pending_calls(void **state)
 	{
 		void *out;
 		size_t cap;
-		assert_int_equal(tern_reply_acquire(held[0], &out, &cap), -ECONNRESET);
+		assert_int_equal(tern_reply_acquire(held.req[0], &out, &cap), -ECONNRESET);
 	}
-	/* (held[0] is gone with it: ASan would catch any further use) */
+	/* (held.req[0] is gone with it: ASan would catch any further use) */
 	fx_free(f);
 }
 

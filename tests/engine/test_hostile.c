@@ -44,17 +44,7 @@
 
 /* ---- handlers ---------------------------------------------------------------- */
 
-static tern_req *held[64];
-static int nheld;
-
-static int hold(tern_req *r, const void *in, size_t n, void *u)
-{
-	(void)in, (void)n, (void)u;
-	if (nheld == 64)
-		return -ENOSPC;
-	held[nheld++] = r;
-	return 0;
-}
+static struct fx_held held;
 
 static ssize_t make(tern_req *r, const void *in, size_t n, void *out, size_t cap, void *u)
 {
@@ -215,7 +205,7 @@ static void opts_init(uint32_t max_msg, uint64_t max_staging)
 static void handlers_register(tern_ctx *ctx)
 {
 	assert_int_equal(tern_register_raw(ctx, M_ECHO, fx_echo, NULL), 0);
-	assert_int_equal(tern_register_deferred(ctx, M_HOLD, hold, NULL), 0);
+	assert_int_equal(tern_register_deferred(ctx, M_HOLD, fx_hold, &held), 0);
 	assert_int_equal(tern_register_inplace(ctx, M_MAKE, make, NULL), 0);
 }
 
@@ -226,7 +216,7 @@ static struct fx *fx_new(uint32_t max_msg, uint64_t max_staging)
 	watchdog_arm();
 	memset(&srv_end, 0, sizeof(srv_end));
 	memset(&cli_end, 0, sizeof(cli_end));
-	nheld = 0;
+	held.n = 0;
 	opts_init(max_msg, max_staging);
 	assert_non_null(f);
 	assert_int_equal(fx_setup(f, &opts, TERN_PROGRESS_BUSY), 0);
@@ -371,7 +361,7 @@ static void request_desc_of(uint64_t len)
 	assert_int_equal(tern_call(f->cli, M_HOLD, req, size, fx_done_cb, &d, NULL), 0);
 	assert_int_equal(tampered, 1);
 	expect_server_refused_the_peer(f, &d, by);
-	assert_int_equal(nheld, 0); /* no handler saw it */
+	assert_int_equal(held.n, 0); /* no handler saw it */
 	free(req);
 	fx_free(f);
 }
@@ -459,7 +449,7 @@ static void test_concurrent_large_calls_over_the_staging_cap_get_enobufs(void **
 			tern_call(f->cli, M_HOLD, req + i * size, size, count_done, &d[i], NULL),
 			0);
 	/* the first FIT are pulled and held; the rest are refused meanwhile */
-	assert_int_equal(fx_run_until_count(f, &nheld, FIT, 20000), 0);
+	assert_int_equal(fx_run_until_count(f, &held.n, FIT, 20000), 0);
 	assert_int_equal(fx_run_until_count(f, &completed, K - FIT, 20000), 0);
 	for (int i = 0; i < K; i++) {
 		if (d[i].done) {
@@ -467,7 +457,7 @@ static void test_concurrent_large_calls_over_the_staging_cap_get_enobufs(void **
 			nobufs++;
 		}
 	}
-	assert_int_equal(nheld, FIT);
+	assert_int_equal(held.n, FIT);
 	assert_int_equal(nobufs, K - FIT);
 	assert_int_equal(tern_session_counters(f->srv, &c), 0);
 	assert_int_equal(c.staging_refused, K - FIT);
@@ -477,9 +467,9 @@ static void test_concurrent_large_calls_over_the_staging_cap_get_enobufs(void **
 		void *out;
 		size_t cap;
 
-		assert_int_equal(tern_reply_acquire(held[i], &out, &cap), 0);
+		assert_int_equal(tern_reply_acquire(held.req[i], &out, &cap), 0);
 		memcpy(out, "done", 4);
-		assert_int_equal(tern_reply_commit(held[i], 4), 0);
+		assert_int_equal(tern_reply_commit(held.req[i], 4), 0);
 	}
 	assert_int_equal(fx_run_until_count(f, &completed, K, 20000), 0);
 	for (int i = 0; i < K; i++)
@@ -488,7 +478,7 @@ static void test_concurrent_large_calls_over_the_staging_cap_get_enobufs(void **
 	assert_int_equal(f->srv->staged, 0);
 
 	/* the same session is served in full again, with staging to spare */
-	nheld = 0;
+	held.n = 0;
 	memset(d, 0, sizeof(d));
 	for (int i = 0; i < FIT; i++)
 		assert_int_equal(

@@ -183,6 +183,17 @@ int fx_echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u
 	return 0;
 }
 
+int fx_hold(tern_req *r, const void *in, size_t n, void *held)
+{
+	struct fx_held *h = held;
+
+	(void)in, (void)n;
+	if (h->n == FX_HELD_MAX)
+		return -ENOSPC;
+	h->req[h->n++] = r;
+	return 0;
+}
+
 void fx_old_hello(uint8_t *hs, bool reply, uint32_t slot_size, uint32_t slot_count, int status)
 {
 	struct tern_hello h = {.version = TERN_WIRE_VERSION - 1,

@@ -76,6 +76,19 @@ void fx_done_cb(tern_session *s, int status, const void *reply, size_t len, void
  */
 int fx_echo(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *user);
 
+/*
+ * fx_hold - a deferred handler that keeps every request for the test to
+ * answer later: register it with a struct fx_held as @user.  Requests land
+ * in held->req[0..n-1] in arrival order; past FX_HELD_MAX the call fails
+ * with -ENOSPC (an error reply the test sees, never a request dropped).
+ */
+#define FX_HELD_MAX 4096
+struct fx_held {
+	int n;
+	tern_req *req[FX_HELD_MAX];
+};
+int fx_hold(tern_req *r, const void *in, size_t n, void *held);
+
 /* Run the loop until *@flag is true or @timeout_ms passes; 0 or -ETIMEDOUT. */
 int fx_run_until(struct fx *f, const bool *flag, int timeout_ms);
 int fx_run_until_count(struct fx *f, const int *counter, int target, int timeout_ms);

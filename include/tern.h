@@ -1298,9 +1298,11 @@ TERN_EXPORT int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms)
  *
  * Returns when nothing is queued, every call has completed and every
  * credit is back: the peer has received and released every one-way message
- * sent (those gathered in its batches too).  A producer calls this before
- * closing, since closing discards what is still in flight.  Must not be
- * called from a tern callback.
+ * sent (those gathered in its batches too); and every send this side made
+ * for them is done, so the whole window is free again (a provider that
+ * reports its sends late, rdma://, is asked to report them).  A producer
+ * calls this before closing, since closing discards what is still in
+ * flight.  Must not be called from a tern callback.
  *
  * Return: 0, -ETIMEDOUT, -ENOTCONN (the session failed), -EBUSY.
  */

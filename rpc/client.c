@@ -268,8 +268,21 @@ static bool drained(const tern_session *s)
 	return tern__rpc_const(s)->q_len == 0 && s->cr.tx == s->n && s->cr.replies_expected == 0;
 }
 
-/* Run the loop until @done(s), the session fails, or @timeout_ms passes. */
-static int run_until(tern_session *s, bool (*done)(const tern_session *), uint32_t timeout_ms)
+/*
+ * Drained, and every send this side posted for its calls and messages, and
+ * its control messages, reported done: the whole window is free again (a
+ * provider that reports sends late, verbs, would otherwise leave up to
+ * sig_every - 1 call slots taken until someone waited for one).
+ */
+static bool drained_home(const tern_session *s)
+{
+	return drained(s) && tern__rpc_const(s)->nfree_calls == s->n && !s->ctrl_busy;
+}
+
+/* Run the loop until @done(s), the session fails, or @timeout_ms passes;
+ * once @report(s), ask the provider to report what it sent, before waiting. */
+static int run_until(tern_session *s, bool (*done)(const tern_session *),
+		     bool (*report)(const tern_session *), uint32_t timeout_ms)
 {
 	uint64_t end;
 
@@ -287,18 +300,20 @@ static int run_until(tern_session *s, bool (*done)(const tern_session *), uint32
 			return 0;
 		if (end && tern__now_ns() >= end)
 			return -ETIMEDOUT;
+		if (report && report(s))
+			tern__session_report_sends(s);
 		uv_run(s->ctx->loop, UV_RUN_ONCE);
 	}
 }
 
 int tern_session_wait_writable(tern_session *s, uint32_t timeout_ms)
 {
-	return run_until(s, writable, timeout_ms);
+	return run_until(s, writable, NULL, timeout_ms);
 }
 
 int tern_session_drain(tern_session *s, uint32_t timeout_ms)
 {
-	return run_until(s, drained, timeout_ms);
+	return run_until(s, drained_home, drained, timeout_ms);
 }
 
 /* Copy a request into a fresh slot and send it: the copy path's one copy. */

@@ -484,6 +484,8 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	tern_hello_encode(reply, &ours);
 	*reply_len = sizeof(struct tern_wire_hello);
 	tern__session_params(s, params);
+	/* the accept's set-up deadline is the listener's, like the connect's */
+	params->connect_timeout_ms = l->opts.connect_timeout_ms;
 	s->peer_max_msg = peer.max_msg ? peer.max_msg : s->max_payload;
 	/* The client will check our services before anything else. */
 	s->binding = (peer.flags & TERN_HELLO_SERVICES) != 0;

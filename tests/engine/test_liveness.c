@@ -12,6 +12,9 @@
  * and, unless the engine asks the provider to report what it sent, the
  * wake call never goes through.  Both directions, slot_count 8 and 64, and
  * both orders (stranded before the parked calls arrive, and after).
+ *
+ * And tern_session_drain(): once it returns, the whole window is free, the
+ * last few unreported sends' slots included.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -136,6 +139,46 @@ static void long_poll(uint32_t slots, bool reverse, bool plain_first)
 	fx_free(f);
 }
 
+/*
+ * After tern_session_drain() the whole window is free at once: a producer
+ * that drained takes every call slot without running the loop.  A provider
+ * that reports its sends late (verbs signals every 16th here) left the
+ * slots of the last few sends taken, unreported, until someone waited.
+ */
+static void drain_frees_the_window(bool reverse)
+{
+	struct fx *f = fx_new(64);
+	tern_session *from = reverse ? f->srv : f->cli;
+	tern_callslot *cs[64];
+
+	plain_calls(f, from, 3);
+	assert_int_equal(tern_session_drain(from, STUCK_MS), 0);
+	for (uint32_t i = 0; i < 64; i++) {
+		void *buf;
+		size_t cap;
+		int rc = tern_call_acquire(from, &buf, &cap, &cs[i]);
+
+		if (rc)
+			fail_msg("after the drain, call slot %u of 64: %s", i, tern_err_name(rc));
+	}
+	for (uint32_t i = 0; i < 64; i++)
+		tern_call_abort(cs[i]);
+	plain_calls(f, from, 2);
+	fx_free(f);
+}
+
+static void test_drain_frees_the_whole_window(void **state)
+{
+	(void)state;
+	drain_frees_the_window(false);
+}
+
+static void test_drain_frees_the_whole_window_reverse(void **state)
+{
+	(void)state;
+	drain_frees_the_window(true);
+}
+
 static void test_long_poll_8_slots(void **state)
 {
 	(void)state;
@@ -182,6 +225,8 @@ int main(void)
 		cmocka_unit_test(test_long_poll_64_slots_reverse),
 		cmocka_unit_test(test_long_poll_after_plain_calls_8_slots),
 		cmocka_unit_test(test_long_poll_after_plain_calls_64_slots_reverse),
+		cmocka_unit_test(test_drain_frees_the_whole_window),
+		cmocka_unit_test(test_drain_frees_the_whole_window_reverse),
 	};
 
 	if (!fx_listen_uri()) {

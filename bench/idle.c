@@ -35,6 +35,8 @@
 #include <unistd.h>
 #include <tern.h>
 
+#include "stats.h"
+
 #define M_ECHO 0x1d1e
 
 struct cfg {
@@ -55,24 +57,6 @@ struct sample {
 	uint64_t rss, anon, shmem; /* bytes, /proc/self/status */
 };
 
-static uint64_t status_kib(const char *key)
-{
-	char line[256];
-	size_t n = strlen(key);
-	uint64_t v = 0;
-	FILE *f = fopen("/proc/self/status", "r");
-
-	if (!f)
-		return 0;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, n) && line[n] == ':') {
-			v = strtoull(line + n + 1, NULL, 10);
-			break;
-		}
-	fclose(f);
-	return v * 1024;
-}
-
 static void sample_take(tern_ctx *ctx, struct sample *s)
 {
 	/* the newest library has it; one from before it does not */
@@ -80,9 +64,9 @@ static void sample_take(tern_ctx *ctx, struct sample *s)
 
 	memset(s, 0, sizeof(*s));
 	s->have_mem = fn && fn(ctx, &s->mem, sizeof(s->mem)) == 0;
-	s->rss = status_kib("VmRSS");
-	s->anon = status_kib("RssAnon");
-	s->shmem = status_kib("RssShmem");
+	s->rss = bench_status_kib("VmRSS") * 1024;
+	s->anon = bench_status_kib("RssAnon") * 1024;
+	s->shmem = bench_status_kib("RssShmem") * 1024;
 }
 
 static double per(uint64_t after, uint64_t before, uint32_t n)

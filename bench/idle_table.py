@@ -8,8 +8,9 @@ engine's heap) and as the kernel sees the process (RSS, its anonymous and
 shared-memory parts).  Lines without "bench": "idle" (the meta line) are
 skipped.
 """
-import json
 import sys
+
+from jsonl import records
 
 
 def kib(v):
@@ -18,13 +19,7 @@ def kib(v):
 
 def main():
     rows = []
-    for line in sys.stdin:
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        d = json.loads(line)
-        if d.get("bench") != "idle":
-            continue
+    for d in records(sys.stdin, "idle"):
         m = d.get("mem_per_session") or {}
         reserved = (m.get("slots_registered", 0) + m.get("slots_shared", 0) +
                     m.get("slots_heap", 0)) if m else None

@@ -2,6 +2,8 @@
 #include "stats.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -107,4 +109,22 @@ __attribute__((noinline)) int bench_warm_up(int (*round_trip)(void *), void *arg
 __attribute__((noinline)) int bench_measure(int (*round_trip)(void *), void *arg, long n)
 {
 	return run_round_trips(round_trip, arg, n);
+}
+
+uint64_t bench_status_kib(const char *key)
+{
+	char line[256];
+	size_t n = strlen(key);
+	uint64_t v = 0;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, n) && line[n] == ':') {
+			v = strtoull(line + n + 1, NULL, 10);
+			break;
+		}
+	fclose(f);
+	return v;
 }

@@ -4,6 +4,7 @@
 #define TERN_BENCH_STATS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct bench_stats {
 	double p50_us;
@@ -17,6 +18,9 @@ double bench_now_us(void);
 
 /* Percentiles of @lat (sorted in place) and the rate of @n ops in @elapsed_us. */
 void bench_stats_compute(struct bench_stats *st, double *lat, size_t n, double elapsed_us);
+
+/* The value of @key in /proc/self/status (VmRSS, RssAnon, ...) in KiB; 0 if absent. */
+uint64_t bench_status_kib(const char *key);
 
 /* Parse "32,256,1K,4K,1M" into @out (at most @max entries). 0 or -EINVAL. */
 int bench_parse_sizes(const char *s, size_t *out, int max, int *n);

@@ -60,6 +60,8 @@ struct tern_method_table {
 };
 
 int tern__methods_add(struct tern_method_table *t, const struct tern_method *m);
+/* Check @m and add it to @ctx's table: every tern_register_*() (and the group's). */
+int tern__method_register(tern_ctx *ctx, const struct tern_method *m);
 int tern__methods_del(struct tern_method_table *t, uint32_t id);
 const struct tern_method *tern__methods_find(const struct tern_method_table *t, uint32_t id);
 void tern__methods_free(struct tern_method_table *t);
@@ -135,6 +137,8 @@ struct tern_rpc_ctx {
 	struct tern_metrics *mx_store; /* made by tern_ctx_metrics_enable() */
 	struct tern_metrics *mx;       /* mx_store while metrics are on, else NULL */
 	struct tern__http *http;       /* tern_ctx_metrics_listen() (metrics_http.c) */
+	struct tern_group *group;      /* the group it is a member of (group.c), or NULL */
+	unsigned group_index;
 };
 
 static inline struct tern_rpc_ctx *tern__rpc_ctx(tern_ctx *ctx)

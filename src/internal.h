@@ -494,8 +494,33 @@ struct tern_listener {
 	struct tern_session_opts opts;
 	tern_accept_cb cb;
 	void *data;
+	/*
+	 * A context group's listener (TERN__LISTEN_HANDOFF): who takes the
+	 * sockets it accepts (the floor above, rpc/group.c), on this
+	 * context's thread.  It owns @fd.
+	 */
+	void (*handoff)(tern_listener *l, int fd);
+	void *handoff_arg;
 	char uri[300];
 };
+
+enum tern__listen_kind {
+	TERN__LISTEN = 0,     /* tern_listen(): accept and run every connection here */
+	TERN__LISTEN_HANDOFF, /* own the socket; hand accepted sockets to l->handoff */
+	TERN__LISTEN_ADOPT,   /* no socket: run sockets tern__listener_adopt() gives it */
+};
+
+/*
+ * tern__listen - tern_listen() for a context group (rpc/group.c): one
+ * HANDOFF listener on the group's acceptor context owns the socket; each
+ * member context has an ADOPT listener for the same URI that runs the
+ * connections handed to it.  -EPROTONOSUPPORT when the provider has no
+ * adopt().
+ */
+int tern__listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+		 tern_accept_cb cb, enum tern__listen_kind kind, tern_listener **out);
+/* Run @fd, accepted by a HANDOFF listener, on ADOPT listener @l's context. */
+int tern__listener_adopt(tern_listener *l, int fd);
 
 /*
  * The session took @bytes of heap for its life (the floor above's tables

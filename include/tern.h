@@ -92,6 +92,7 @@ typedef struct tern_session tern_session;
 typedef struct tern_req tern_req;
 typedef struct tern_callslot tern_callslot;
 typedef struct tern_mr tern_mr;
+typedef struct tern_group tern_group;
 
 /* ------------------------------------------------------------------------ */
 /* Context                                                                   */
@@ -1349,6 +1350,202 @@ TERN_EXPORT int tern_call_sync(tern_session *s, uint32_t method_id, const void *
 			       struct tern_sync_reply *rep, uint32_t timeout_ms);
 
 /* ------------------------------------------------------------------------ */
+/* Context groups: one server on many cores                                  */
+
+/* The most members a group may have. */
+#define TERN_GROUP_MAX 64
+
+/**
+ * struct tern_group_opts - options for tern_group_create()
+ * @size: sizeof(struct tern_group_opts), or 0
+ * @members: how many member contexts, 1 to TERN_GROUP_MAX
+ * @own_threads: non-zero: tern_group_start() starts one thread per member,
+ *	which runs it; 0: the caller runs each member on a thread of its own
+ *	with tern_group_run()
+ * @ctx: every member's context options; @ctx.loop must be NULL (each
+ *	member runs its own loop on its own thread).  A member that may sit
+ *	idle should not use TERN_PROGRESS_BUSY: it keeps its core at 100%.
+ * @on_stop: NULL, or called once for each member (@ctx, its index @i,
+ *	@arg) when it stops, on its thread, before its context is destroyed:
+ *	finish the requests you hold (tern_reply_error()) and close the libuv
+ *	handles you made on tern_ctx_loop(@ctx).  A member that never ran
+ *	(or a group never started) stops in tern_group_destroy(), on its
+ *	thread.
+ * @arg: for @on_stop
+ */
+struct tern_group_opts {
+	uint32_t size;
+	unsigned members;
+	int own_threads;
+	struct tern_ctx_opts ctx;
+	void (*on_stop)(tern_ctx *ctx, unsigned i, void *arg);
+	void *arg;
+};
+
+/**
+ * tern_group_create - a context group: N contexts serving one listening URI
+ * @opts: the options (see struct tern_group_opts)
+ * @out: the new group
+ *
+ * A group is N member contexts, each run by one thread, behind listeners
+ * made with tern_group_listen().  One more context of the group's own, the
+ * acceptor, run by a thread the group starts, owns the listening sockets:
+ * it accepts each connection and hands the socket, before the handshake,
+ * to a member through tern_ctx_post(), and the handshake and the whole
+ * session run on that member.  So a session lives on one member, on one
+ * thread, for its whole life, and its hot path takes no lock; the hand-off
+ * is the one place the threads meet.  Members are picked round-robin over
+ * the members still alive (a dead member is skipped), in the order the
+ * acceptor accepted the connections.
+ *
+ * Set the group up, then start it: register methods (tern_group_setup(),
+ * tern_group_register_raw() and friends) and listen, then
+ * tern_group_start().  Set-up after the start fails with -EBUSY.
+ *
+ * Return: 0; -EINVAL (no @opts or @out, @members 0 or over
+ * TERN_GROUP_MAX, a @ctx.loop), -ENOMEM.
+ */
+TERN_EXPORT int tern_group_create(const struct tern_group_opts *opts, tern_group **out);
+
+/**
+ * tern_group_member - member @i's context
+ *
+ * Before tern_group_start(), for set-up of your own; afterwards only on the
+ * member's own thread (in its callbacks), or through tern_ctx_post() while
+ * it is alive.
+ *
+ * Return: the context, or NULL (bad @i, or the member is gone).
+ */
+TERN_EXPORT tern_ctx *tern_group_member(tern_group *g, unsigned i);
+
+/**
+ * tern_group_size - how many members @g was made with
+ */
+TERN_EXPORT unsigned tern_group_size(tern_group *g);
+
+/**
+ * tern_group_index - which member of its group @ctx is
+ *
+ * Return: the member's index, or -ENOENT when @ctx is in no group.
+ */
+TERN_EXPORT int tern_group_index(tern_ctx *ctx);
+
+/**
+ * tern_group_setup - run @fn(member, index, @arg) on every member, in order
+ *
+ * For registrations a group has no shortcut for (a generated service's
+ * register function, tern_register_batch()).  It stops at the first
+ * failure and returns it.  Before tern_group_start() only.
+ *
+ * Return: 0, @fn's failure, -EINVAL, -EBUSY (the group has started).
+ */
+TERN_EXPORT int tern_group_setup(tern_group *g, int (*fn)(tern_ctx *ctx, unsigned i, void *arg),
+				 void *arg);
+
+/**
+ * tern_group_register_raw - register a raw method on every member
+ *
+ * tern_register_raw() on each member: methods are registered once for
+ * the group.  Before tern_group_start() only; @user is shared by every
+ * member's thread, so what the handler does with it must be thread-safe.
+ *
+ * Return: 0, what tern_register_raw() returns, -EBUSY (started).
+ */
+TERN_EXPORT int tern_group_register_raw(tern_group *g, uint32_t method_id, tern_raw_handler fn,
+					void *user);
+/**
+ * tern_group_register_inplace - see tern_group_register_raw()
+ */
+TERN_EXPORT int tern_group_register_inplace(tern_group *g, uint32_t method_id,
+					    tern_inplace_handler fn, void *user);
+/**
+ * tern_group_register_deferred - see tern_group_register_raw()
+ */
+TERN_EXPORT int tern_group_register_deferred(tern_group *g, uint32_t method_id,
+					     tern_deferred_handler fn, void *user);
+/**
+ * tern_group_register_oneway - see tern_group_register_raw()
+ */
+TERN_EXPORT int tern_group_register_oneway(tern_group *g, uint32_t method_id,
+					   tern_oneway_handler fn, void *user);
+
+/**
+ * tern_group_listen - accept sessions on @uri for the whole group
+ * @uri: "tcp://host:port" or "shm://name" (rdma:// has no groups yet:
+ *	-EPROTONOSUPPORT); port 0 picks one
+ * @opts: options every accepted session gets
+ * @cb: runs on the member that took the session, on its thread, with that
+ *	member's listener (tern_session_ctx() is the member)
+ * @data: every member's listener's tern_listener_data()
+ * @out: the acceptor's listener, for tern_listener_uri() and
+ *	tern_listener_port() (may be NULL); the group closes it, never you
+ *
+ * Before tern_group_start() only.
+ *
+ * Return: 0, what tern_listen() returns, -EBUSY (started), -ENOSPC (too
+ * many listeners: 8).
+ */
+TERN_EXPORT int tern_group_listen(tern_group *g, const char *uri,
+				  const struct tern_session_opts *opts, tern_accept_cb cb,
+				  void *data, tern_listener **out);
+
+/**
+ * tern_group_last_error - what the group's last failed set-up call says
+ *
+ * tern_ctx_last_error() for the group's set-up (tern_group_listen()).
+ * Before tern_group_start(), or after a failed one.
+ */
+TERN_EXPORT const char *tern_group_last_error(tern_group *g);
+
+/**
+ * tern_group_start - start the acceptor, and the members' threads if the
+ * group owns them
+ *
+ * Return: 0, -EBUSY (already started), or pthread_create()'s failure as
+ * a negative errno (then destroy the group).
+ */
+TERN_EXPORT int tern_group_start(tern_group *g);
+
+/**
+ * tern_group_run - run member @i on the calling thread until it is stopped
+ *
+ * For groups made without @own_threads, after tern_group_start(): each
+ * member needs a thread of the caller's that calls this.  It runs the
+ * member's loop until tern_group_member_stop() or tern_group_destroy(), then
+ * the member dies: it takes no more sessions, its context is destroyed
+ * on this thread (its sessions close: their clients see the connection
+ * fail), and this returns.  A member runs once.
+ *
+ * Return: 0 when the member has died; -EINVAL (bad @i, a group that owns
+ * its threads), -EAGAIN (not started yet), -EBUSY (the member runs or
+ * ran already), -ESHUTDOWN (the group is stopping).
+ */
+TERN_EXPORT int tern_group_run(tern_group *g, unsigned i);
+
+/**
+ * tern_group_member_stop - make member @i die (see tern_group_run())
+ *
+ * Context: any thread.  It returns at once; the member's thread finishes
+ * its loop turn, closes the member's sessions and destroys its context.
+ *
+ * Return: 0, -EINVAL, -ENOENT (the member is gone already).
+ */
+TERN_EXPORT int tern_group_member_stop(tern_group *g, unsigned i);
+
+/**
+ * tern_group_destroy - stop every member and free the group
+ *
+ * Stops the acceptor (the listening sockets close), then every member,
+ * waits for the members' threads (the group's, or the caller's inside
+ * tern_group_run()) to finish, and destroys the members that never ran.
+ * Not from one of the group's threads.  @g is gone when it returns: no
+ * thread may call a tern_group function on it after.
+ *
+ * Return: 0, -EINVAL.
+ */
+TERN_EXPORT int tern_group_destroy(tern_group *g);
+
+/* ------------------------------------------------------------------------ */
 /* Metrics                                                                   */
 
 /* The sides of a method's metrics: the calls this context serves and issues. */
@@ -1454,6 +1651,32 @@ TERN_EXPORT uint64_t tern_metrics_bucket_le_ns(unsigned i);
  * Return: the text's length without the NUL, or -EINVAL.
  */
 TERN_EXPORT ssize_t tern_ctx_metrics_write(tern_ctx *ctx, char *buf, size_t cap);
+
+/**
+ * tern_ctx_metrics_listen - serve the metrics over HTTP on the context's loop
+ * @addr: "HOST:PORT" or "[IPV6]:PORT" to listen on (port 0: a free one,
+ *	tern_ctx_metrics_port() tells which); a numeric address, loopback
+ *	unless the metrics are meant to be seen from elsewhere
+ *
+ * GET (and HEAD) /metrics answers tern_ctx_metrics_write()'s text, read
+ * fresh for each request, on the context's thread: no lock, no copy kept.
+ * One request per connection; requests over 4 KiB get 431, other methods
+ * and paths 405 and 404; a client has 5 s to send its request and at most
+ * 16 are served at once.  The endpoint does not keep tern_ctx_run()
+ * (TERN_RUN_DEFAULT) from returning; tern_ctx_destroy() closes it.  It
+ * serves the session counters even while per-method metrics are off.
+ *
+ * Return: 0; -EINVAL (a bad @addr), -EALREADY (already listening), or the
+ * negative errno of bind or listen (tern_ctx_last_error() says which).
+ */
+TERN_EXPORT int tern_ctx_metrics_listen(tern_ctx *ctx, const char *addr);
+
+/**
+ * tern_ctx_metrics_port - the port tern_ctx_metrics_listen() listens on
+ *
+ * Return: the port, or -ENOTCONN when not listening.
+ */
+TERN_EXPORT int tern_ctx_metrics_port(tern_ctx *ctx);
 
 #ifdef __cplusplus
 }

@@ -67,15 +67,22 @@ static void release_slot(tern_session *s, tern_callslot *c)
 		tern__session_report_sends(s); /* queued calls need it back */
 }
 
-/* Finish call @c: free its slot first, so the callback may call again. */
-static void complete(tern_session *s, tern_callslot *c, int status, const void *reply, size_t len)
+/*
+ * Finish call @c: free its slot first, so the callback may call again.
+ * @in_turn: a reply delivered in a turn of the loop, whose clock reading
+ * the metrics may take and share (a timeout or a failure may come between
+ * turns, where a reading kept would go stale).
+ */
+static void complete(tern_session *s, tern_callslot *c, int status, const void *reply, size_t len,
+		     bool in_turn)
 {
 	tern_call_cb cb = c->cb;
 	void *user = c->user;
 
 	release_slot(s, c);
 	if (c->mx) {
-		tern__metrics_end(c->mx, c->mx_t0, status, len);
+		tern__metrics_end(c->mx, tern__turn_elapsed(s->ctx, &c->mx_t0, in_turn), status,
+				  len);
 		c->mx = NULL;
 	}
 	s->cnt.calls_completed++;
@@ -101,8 +108,11 @@ static void issue(tern_session *s, tern_callslot *c, uint32_t method, size_t len
 	h.method = method;
 	h.len = (uint32_t)len;
 	s->cnt.calls_sent++;
-	c->mx = tern__metrics_begin(tern__rpc_ctx(s->ctx)->mx, TERN_METRICS_ISSUED, method, true,
-				    len, &c->mx_t0);
+	c->mx = NULL;
+	if (tern__rpc_ctx(s->ctx)->mx &&
+	    (c->mx = tern__metrics_begin(tern__rpc_ctx(s->ctx)->mx, TERN_METRICS_ISSUED, method,
+					 true, len)))
+		tern__turn_stamp_between(s->ctx, &c->mx_t0);
 	if (tern__session_send(s, c->idx, &h) == 0)
 		tern__deadline_arm(s->ctx, deadline_ns);
 }
@@ -458,7 +468,7 @@ static void time_out(tern_session *s, tern_callslot *c, uint64_t now_ns)
 		o->user = c->user;
 		release_slot(s, c);
 	} else {
-		complete(s, c, -ETIMEDOUT, "", 0);
+		complete(s, c, -ETIMEDOUT, "", 0, false);
 	}
 }
 
@@ -869,7 +879,7 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 		/* The status is the peer's: tern_call_status_remote() says so to
 		 * this callback, and to no callback nested in it. */
 		rctx->remote_depth = ctx->cb_depth + 1;
-		complete(s, c, h->status, msg, h->len);
+		complete(s, c, h->status, msg, h->len, true);
 		rctx->remote_depth = outer;
 	} else if (h->flags & TERN_F_BULK) {
 		uint64_t n;
@@ -888,19 +898,19 @@ void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *p
 			s->copy_bytes += n;
 		}
 		release_stages(s, c, TERN_UNEXPORT_ANSWERED);
-		complete(s, c, 0, c->reply_buf, n);
+		complete(s, c, 0, c->reply_buf, n, true);
 	} else if (c->reply_buf) {
 		release_stages(s, c, TERN_UNEXPORT_ANSWERED);
 		if (h->len > c->reply_cap) {
-			complete(s, c, -EMSGSIZE, "reply larger than the reply buffer", 34);
+			complete(s, c, -EMSGSIZE, "reply larger than the reply buffer", 34, true);
 			return;
 		}
 		memcpy(c->reply_buf, payload, h->len);
-		complete(s, c, 0, c->reply_buf, h->len);
+		complete(s, c, 0, c->reply_buf, h->len, true);
 	} else {
 		/* a large request's staging, if any */
 		release_stages(s, c, TERN_UNEXPORT_ANSWERED);
-		complete(s, c, 0, payload, h->len);
+		complete(s, c, 0, payload, h->len, true);
 	}
 }
 
@@ -942,7 +952,7 @@ void tern__client_fail_all(tern_session *s, int err)
 			c->nx = 0;
 			if (c->req_stage || c->rep_stage)
 				orphan_take(s, c);
-			complete(s, c, err, "", 0);
+			complete(s, c, err, "", 0, false);
 		}
 	}
 	orphans_down(s);

@@ -105,7 +105,7 @@ void tern__methods_free(struct tern_method_table *t)
 	memset(t, 0, sizeof(*t));
 }
 
-static int reg(tern_ctx *ctx, const struct tern_method *m)
+int tern__method_register(tern_ctx *ctx, const struct tern_method *m)
 {
 	if (!ctx || m->id == 0 || m->id >= TERN_METHOD_RESERVED_MIN || !m->fn.raw)
 		return -EINVAL;
@@ -115,28 +115,28 @@ static int reg(tern_ctx *ctx, const struct tern_method *m)
 int tern_register_raw(tern_ctx *ctx, uint32_t method_id, tern_raw_handler fn, void *user)
 {
 	struct tern_method m = {.id = method_id, .kind = TERN_KIND_RAW, .fn.raw = fn, .user = user};
-	return reg(ctx, &m);
+	return tern__method_register(ctx, &m);
 }
 
 int tern_register_inplace(tern_ctx *ctx, uint32_t method_id, tern_inplace_handler fn, void *user)
 {
 	struct tern_method m = {
 		.id = method_id, .kind = TERN_KIND_INPLACE, .fn.inplace = fn, .user = user};
-	return reg(ctx, &m);
+	return tern__method_register(ctx, &m);
 }
 
 int tern_register_deferred(tern_ctx *ctx, uint32_t method_id, tern_deferred_handler fn, void *user)
 {
 	struct tern_method m = {
 		.id = method_id, .kind = TERN_KIND_DEFERRED, .fn.deferred = fn, .user = user};
-	return reg(ctx, &m);
+	return tern__method_register(ctx, &m);
 }
 
 int tern_register_oneway(tern_ctx *ctx, uint32_t method_id, tern_oneway_handler fn, void *user)
 {
 	struct tern_method m = {
 		.id = method_id, .kind = TERN_KIND_ONEWAY, .fn.oneway = fn, .user = user};
-	return reg(ctx, &m);
+	return tern__method_register(ctx, &m);
 }
 
 int tern_unregister(tern_ctx *ctx, uint32_t method_id)

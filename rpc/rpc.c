@@ -22,6 +22,7 @@ static void rpc_ctx_fini(tern_ctx *ctx)
 {
 	struct tern_rpc_ctx *rctx = tern__rpc_ctx(ctx);
 
+	tern__metrics_http_close(ctx);
 	tern__methods_free(&rctx->methods);
 	tern__batchers_free(ctx);
 	free(rctx->services);

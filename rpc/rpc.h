@@ -60,6 +60,8 @@ struct tern_method_table {
 };
 
 int tern__methods_add(struct tern_method_table *t, const struct tern_method *m);
+/* Check @m and add it to @ctx's table: every tern_register_*() (and the group's). */
+int tern__method_register(tern_ctx *ctx, const struct tern_method *m);
 int tern__methods_del(struct tern_method_table *t, uint32_t id);
 const struct tern_method *tern__methods_find(const struct tern_method_table *t, uint32_t id);
 void tern__methods_free(struct tern_method_table *t);
@@ -134,6 +136,9 @@ struct tern_rpc_ctx {
 	int remote_depth; /* cb_depth of the call callback whose status the peer sent */
 	struct tern_metrics *mx_store; /* made by tern_ctx_metrics_enable() */
 	struct tern_metrics *mx;       /* mx_store while metrics are on, else NULL */
+	struct tern__http *http;       /* tern_ctx_metrics_listen() (metrics_http.c) */
+	struct tern_group *group;      /* the group it is a member of (group.c), or NULL */
+	unsigned group_index;
 };
 
 static inline struct tern_rpc_ctx *tern__rpc_ctx(tern_ctx *ctx)
@@ -168,8 +173,8 @@ struct tern_callslot {
 	tern_call_cb cb;
 	void *user;
 	uint32_t method;
-	struct tern_mstat *mx; /* its metrics entry (metrics.h), or NULL */
-	uint64_t mx_t0;
+	struct tern_mstat *mx;	      /* its metrics entry (metrics.h), or NULL */
+	struct tern_turn_stamp mx_t0; /* when it started, to a turn's resolution */
 };
 
 /* A call waiting (wait mode) for a slot or credit. */
@@ -254,8 +259,8 @@ struct tern_req {
 	 * for the next request of this index, freed with the session */
 	void *zx;
 	size_t zx_cap;
-	struct tern_mstat *mx; /* its metrics entry (metrics.h), or NULL */
-	uint64_t mx_t0;
+	struct tern_mstat *mx;	      /* its metrics entry (metrics.h), or NULL */
+	struct tern_turn_stamp mx_t0; /* when it started, to a turn's resolution */
 };
 
 /* A validated request waiting for a reply slot (see server.c). */
@@ -335,6 +340,9 @@ void tern__serve_session_down(tern_session *s);
 void tern__serve_cancel(tern_session *s, const void *entries, uint32_t len);
 /* The session is being freed: tell raw handlers their replies will not go. */
 void tern__serve_session_fini(tern_session *s);
+
+/* metrics_http.c: close the /metrics endpoint, if any (the loop still runs). */
+void tern__metrics_http_close(tern_ctx *ctx);
 
 /* client.c */
 void tern__client_reply(tern_session *s, const struct tern_hdr *h, const void *payload);

@@ -76,7 +76,10 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	tern_reply_sent_cb sent = req->sent_cb;
 
 	if (req->mx) {
-		tern__metrics_end(req->mx, req->mx_t0, kind == TERN_MSG_REP ? 0 : status,
+		/* an inline handler's reply: in the request's turn; a later one may
+		 * come from the user's code, between turns */
+		tern__metrics_end(req->mx, tern__turn_elapsed(s->ctx, &req->mx_t0, false),
+				  kind == TERN_MSG_REP ? 0 : status,
 				  flags & TERN_F_BULK ? req->bulk_len : len);
 		req->mx = NULL;
 	}
@@ -510,9 +513,12 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	}
 	req->in = p;
 	req->in_len = plen;
-	req->mx =
-		tern__metrics_begin(tern__rpc_ctx(s->ctx)->mx, TERN_METRICS_SERVED, h->method,
-				    m != NULL, h->flags & TERN_F_BULK ? q.len : plen, &req->mx_t0);
+	req->mx = NULL;
+	if (tern__rpc_ctx(s->ctx)->mx &&
+	    (req->mx =
+		     tern__metrics_begin(tern__rpc_ctx(s->ctx)->mx, TERN_METRICS_SERVED, h->method,
+					 m != NULL, h->flags & TERN_F_BULK ? q.len : plen)))
+		tern__turn_stamp(s->ctx, &req->mx_t0); /* a request arrives in a turn */
 
 	if (cancelled) {
 		/* cancelled while it waited for a reply slot: answer, run nothing */
@@ -867,6 +873,8 @@ void tern__serve_session_fini(tern_session *s)
 		 * raw reply still counted on, which will not go */
 		req->sent_cb = NULL;
 		reply_sent(s, sent, req->sent_user, -ECANCELED);
+		if (req->mx && !req->mx_t0.ns)
+			tern__turn_stamp_drop(s->ctx, &req->mx_t0); /* its memory goes */
 		tern__session_stage_put(s, req->in_stage);
 		tern__session_stage_put(s, req->out_stage);
 		req->in_stage = req->out_stage = NULL;

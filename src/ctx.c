@@ -244,6 +244,38 @@ static void post_cb(uv_async_t *h)
 	posts_run(ctx, 0);
 }
 
+uint64_t tern__turn_read(tern_ctx *ctx)
+{
+	return ctx->turn_ns = tern__now_ns();
+}
+
+void tern__turn_stamps_take(tern_ctx *ctx)
+{
+	uint64_t now = tern__turn_ns(ctx);
+
+	for (struct tern_turn_stamp *st = ctx->turn_owed; st; st = st->next)
+		st->ns = now;
+	ctx->turn_owed = NULL;
+}
+
+void tern__turn_stamp_drop(tern_ctx *ctx, struct tern_turn_stamp *st)
+{
+	for (struct tern_turn_stamp **pp = &ctx->turn_owed; *pp; pp = &(*pp)->next) {
+		if (*pp == st) {
+			*pp = st->next;
+			return;
+		}
+	}
+}
+
+/* The turn is over: what started in it and goes on gets its reading; no reading outlives it. */
+static inline void turn_end(tern_ctx *ctx)
+{
+	if (ctx->turn_owed)
+		tern__turn_stamps_take(ctx);
+	ctx->turn_ns = 0;
+}
+
 /* Poll every initialised transport once; then settle credits and deadlines. */
 static int poll_all(tern_ctx *ctx, int budget)
 {
@@ -265,6 +297,7 @@ static int poll_all(tern_ctx *ctx, int budget)
 		if (now >= ctx->next_deadline_ns)
 			tern__deadlines_run(ctx, now);
 	}
+	turn_end(ctx);
 	return total;
 }
 
@@ -374,6 +407,7 @@ void tern__activity(tern_ctx *ctx)
 {
 	ctx->last_activity_ns = tern__now_ns();
 	tern__session_flush_dirty(ctx);
+	turn_end(ctx); /* the provider's turn is over */
 	if (ctx->progress == TERN_PROGRESS_ADAPTIVE && !ctx->idle_active && !ctx->destroying) {
 		/* Traffic again: back to spinning. */
 		set_transport_mode(ctx, TERN_TRANSPORT_POLLED);

@@ -263,7 +263,15 @@ struct tern_ctx {
 	struct tern_post *post_run, **post_run_tail; /* loop thread only */
 
 	uint64_t next_deadline_ns; /* 0: none armed */
-	int open_handles;	   /* our uv handles not yet closed */
+	/*
+	 * The clock as read once in this turn of the loop (a poll of the
+	 * providers, or a provider's event), for what a turn's resolution
+	 * serves (metrics' latencies: tern__turn_ns()); 0 when not read yet.
+	 * Cleared when the turn ends, so no reading outlives its turn.
+	 */
+	uint64_t turn_ns;
+	struct tern_turn_stamp *turn_owed; /* owed the next poll's reading (tern__turn_stamp()) */
+	int open_handles;		   /* our uv handles not yet closed */
 	bool idle_active;
 	bool events_armed; /* adaptive: providers in event mode */
 	uint64_t last_activity_ns;
@@ -299,6 +307,99 @@ void tern__set_error(tern_ctx *ctx, const char *fmt, ...) __attribute__((format(
 int tern__uri_parse(const char *uri, struct tern_uri *out, char *why, size_t why_len);
 int tern__transport_get(tern_ctx *ctx, const struct tern_uri *u, struct tern_tp **out);
 uint64_t tern__now_ns(void);
+
+/* tern__turn_ns()'s read, out of the callers' way. */
+uint64_t tern__turn_read(tern_ctx *ctx);
+
+/*
+ * tern__turn_ns - the clock, read at most once per turn of the loop
+ *
+ * For code that runs inside a turn (an upcall from a provider's poll or
+ * event): the first caller in the turn reads the clock, the others share
+ * that reading.  Everything timed with it is timed to a turn's resolution.
+ */
+static inline uint64_t tern__turn_ns(tern_ctx *ctx)
+{
+	return ctx->turn_ns ? ctx->turn_ns : tern__turn_read(ctx);
+}
+
+/*
+ * tern__turn_or_now_ns - this turn's reading if one was taken, else the
+ * clock now, not kept: for code that may run between turns (a reply the
+ * user posts later), where a reading kept would go stale.
+ */
+static inline uint64_t tern__turn_or_now_ns(tern_ctx *ctx)
+{
+	return ctx->turn_ns ? ctx->turn_ns : tern__now_ns();
+}
+
+/* A start time owed by a turn: see tern__turn_stamp(). */
+struct tern_turn_stamp {
+	uint64_t ns;		      /* 0 while owed */
+	struct tern_turn_stamp *next; /* on ctx->turn_owed while owed */
+};
+
+/*
+ * tern__turn_stamp - the start of something timed to a turn's resolution
+ *
+ * This turn's reading when one was taken.  Otherwise the stamp is owed
+ * the reading of the end of this turn (or, between turns, of the next
+ * one): what ends before that is known to have taken less than a turn
+ * and needs no clock at all (tern__turn_elapsed()).
+ */
+static inline void tern__turn_stamp(tern_ctx *ctx, struct tern_turn_stamp *st)
+{
+	if (ctx->turn_ns) {
+		st->ns = ctx->turn_ns;
+	} else {
+		st->ns = 0;
+		st->next = ctx->turn_owed;
+		ctx->turn_owed = st;
+	}
+}
+
+/*
+ * tern__turn_stamp_between - the same for what may start between turns (a
+ * call from the user's code): while the context polls (busy progress, or
+ * adaptive while it spins) the next poll is the first that can see the
+ * end, so the stamp is owed to that poll's end; when the context sleeps in
+ * its providers' events no poll may come before the end: the clock now.
+ */
+static inline void tern__turn_stamp_between(tern_ctx *ctx, struct tern_turn_stamp *st)
+{
+	if (!ctx->turn_ns && !ctx->idle_active)
+		st->ns = tern__now_ns();
+	else
+		tern__turn_stamp(ctx, st);
+}
+
+/* The turn ends: the stamps owed get its reading (ctx.c). */
+void tern__turn_stamps_take(tern_ctx *ctx);
+
+/* A stamp still owed when what it times ended: off the list (ctx.c). */
+void tern__turn_stamp_drop(tern_ctx *ctx, struct tern_turn_stamp *st);
+
+/*
+ * tern__turn_elapsed - nanoseconds from @st to now, to a turn's resolution
+ * @in_turn: the caller runs inside a turn (an upcall), so the reading it
+ *	takes may be kept for the rest of the turn
+ *
+ * 0 without a clock read when @st is still owed: both ends are in one turn.
+ */
+static inline uint64_t tern__turn_elapsed(tern_ctx *ctx, struct tern_turn_stamp *st, bool in_turn)
+{
+	if (!st->ns) {
+		/* the newest is first: what began and ended in one turn is found at once */
+		if (ctx->turn_owed == st)
+			ctx->turn_owed = st->next;
+		else
+			tern__turn_stamp_drop(ctx, st);
+		return 0;
+	}
+	/* one monotonic clock, read in order: never negative */
+	return (in_turn ? tern__turn_ns(ctx) : tern__turn_or_now_ns(ctx)) - st->ns;
+}
+
 void tern__activity(tern_ctx *ctx);
 extern const struct tern_transport_events tern__events;
 
@@ -393,8 +494,33 @@ struct tern_listener {
 	struct tern_session_opts opts;
 	tern_accept_cb cb;
 	void *data;
+	/*
+	 * A context group's listener (TERN__LISTEN_HANDOFF): who takes the
+	 * sockets it accepts (the floor above, rpc/group.c), on this
+	 * context's thread.  It owns @fd.
+	 */
+	void (*handoff)(tern_listener *l, int fd);
+	void *handoff_arg;
 	char uri[300];
 };
+
+enum tern__listen_kind {
+	TERN__LISTEN = 0,     /* tern_listen(): accept and run every connection here */
+	TERN__LISTEN_HANDOFF, /* own the socket; hand accepted sockets to l->handoff */
+	TERN__LISTEN_ADOPT,   /* no socket: run sockets tern__listener_adopt() gives it */
+};
+
+/*
+ * tern__listen - tern_listen() for a context group (rpc/group.c): one
+ * HANDOFF listener on the group's acceptor context owns the socket; each
+ * member context has an ADOPT listener for the same URI that runs the
+ * connections handed to it.  -EPROTONOSUPPORT when the provider has no
+ * adopt().
+ */
+int tern__listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+		 tern_accept_cb cb, enum tern__listen_kind kind, tern_listener **out);
+/* Run @fd, accepted by a HANDOFF listener, on ADOPT listener @l's context. */
+int tern__listener_adopt(tern_listener *l, int fd);
 
 /*
  * The session took @bytes of heap for its life (the floor above's tables

@@ -79,7 +79,7 @@ static int grow(struct tern_metrics *mx)
 static struct tern_mstat *add(struct tern_metrics *mx, int side, uint32_t method)
 {
 	struct tern_mstat *e;
-	uint32_t slot;
+	uint32_t slot = 0; /* set by lookup(): the method is not there yet */
 
 	if (mx->n == mx->cap) {
 		uint32_t cap = mx->cap ? 2 * mx->cap : 16;
@@ -148,17 +148,8 @@ uint64_t tern_metrics_bucket_le_ns(unsigned i)
 	return (i - 1) & 1 ? 1ull << (k + 1) : 3ull << (k - 1);
 }
 
-void tern__metrics_end(struct tern_mstat *e, uint64_t t0, int status, uint64_t bytes)
+void tern__metrics_error(struct tern_mstat *e, int status)
 {
-	uint64_t now = tern__now_ns(), ns = now > t0 ? now - t0 : 0;
-
-	e->st.completed++;
-	e->st.latency_sum_ns += ns;
-	e->st.buckets[tern__metrics_bucket(ns)]++;
-	if (status >= 0) {
-		e->st.reply_bytes += bytes;
-		return;
-	}
 	e->st.errors++;
 	for (uint32_t i = 0; i < e->ncodes; i++) {
 		if (e->st.codes[i].code == status) {

@@ -56,25 +56,22 @@ unsigned tern__metrics_bucket(uint64_t ns);
  * tern__metrics_begin - a call starts: count it in flight
  * @mx: the context's store, NULL when metrics are off
  * @bytes: the request's length (served: received; issued: sent)
- * @t0: where the start time goes
+ *
+ * The caller stamps the start (tern__turn_stamp() inside a turn,
+ * tern__turn_stamp_between() where it may run between turns).
  *
  * Return: the entry to give tern__metrics_end(), NULL when not recorded.
  */
 static inline struct tern_mstat *tern__metrics_begin(struct tern_metrics *mx, int side,
-						     uint32_t method, bool known, uint64_t bytes,
-						     uint64_t *t0)
+						     uint32_t method, bool known, uint64_t bytes)
 {
-	struct tern_mstat *e;
+	struct tern_mstat *e = mx->last[side];
 
-	if (!mx)
-		return NULL;
-	e = mx->last[side];
 	if ((!e || e->st.method != method || !known) &&
 	    !(e = tern__metrics_entry(mx, side, method, known)))
 		return NULL;
 	e->st.started++;
 	e->st.request_bytes += bytes;
-	*t0 = tern__now_ns();
 	return e;
 }
 
@@ -84,7 +81,24 @@ int tern__metrics_stats(const struct tern_metrics *mx, struct tern_method_stats 
 /* The Prometheus text of @mx (may be NULL) and @ctx's sessions (tern_ctx_metrics_write()). */
 ssize_t tern__metrics_write(const struct tern_metrics *mx, tern_ctx *ctx, char *buf, size_t cap);
 
-/* A call begun on @e ended with @status (0 or negative), replying @bytes. */
-void tern__metrics_end(struct tern_mstat *e, uint64_t t0, int status, uint64_t bytes);
+/* An error @status (negative) on @e: by code (tern__metrics_end()). */
+void tern__metrics_error(struct tern_mstat *e, int status);
+
+/*
+ * tern__metrics_end - a call begun on @e ended after @ns (tern__turn_elapsed())
+ * with @status (0 or negative), replying @bytes.  Inline: the hot path is a
+ * few adds.
+ */
+static inline void tern__metrics_end(struct tern_mstat *e, uint64_t ns, int status, uint64_t bytes)
+{
+	e->st.completed++;
+	e->st.latency_sum_ns += ns;
+	/* both ends in one turn: 0, bucket 0 at once */
+	e->st.buckets[ns <= 1024 ? 0 : tern__metrics_bucket(ns)]++;
+	if (status >= 0)
+		e->st.reply_bytes += bytes;
+	else
+		tern__metrics_error(e, status);
+}
 
 #endif /* TERN_METRICS_H */

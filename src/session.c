@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -808,6 +809,22 @@ static void ev_notice(tern_ctx *ctx, const char *msg)
 	tern__set_error(ctx, "%s", msg);
 }
 
+/* A group's listener accepted a socket: the group hands it to a member. */
+static void ev_handoff(struct tern_tlistener *tl, int fd)
+{
+	tern_listener *l = tl->owner;
+
+	if (l->handoff)
+		l->handoff(l, fd);
+	else
+		close(fd);
+}
+
+int tern__listener_adopt(tern_listener *l, int fd)
+{
+	return l->tp->ops->adopt(l->tl, fd);
+}
+
 const struct tern_transport_events tern__events = {
 	.incoming = ev_incoming,
 	.accepted = ev_accepted,
@@ -820,6 +837,7 @@ const struct tern_transport_events tern__events = {
 	.notice = ev_notice,
 	.bulk_done = ev_bulk_done,
 	.keep_rx = ev_keep_rx,
+	.handoff = ev_handoff,
 };
 
 /* ---- public session API ------------------------------------------------------ */
@@ -918,6 +936,12 @@ int tern_connect_sync(tern_ctx *ctx, const char *uri, const struct tern_session_
 int tern_listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
 		tern_accept_cb cb, tern_listener **out)
 {
+	return tern__listen(ctx, uri, opts, cb, TERN__LISTEN, out);
+}
+
+int tern__listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
+		 tern_accept_cb cb, enum tern__listen_kind kind, tern_listener **out)
+{
 	struct tern_session_opts o;
 	struct tern_uri u;
 	tern_listener *l;
@@ -946,7 +970,15 @@ int tern_listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *
 		free(l);
 		return rc;
 	}
-	rc = l->tp->ops->listen(l->tp->t, &u, l, &l->tl);
+	if (kind != TERN__LISTEN && !l->tp->ops->adopt) {
+		tern__set_error(ctx, "%s:// cannot serve a context group (yet)", u.scheme);
+		free(l);
+		return -EPROTONOSUPPORT;
+	}
+	if (kind == TERN__LISTEN_ADOPT)
+		rc = l->tp->ops->adopt_listen(l->tp->t, &u, l, &l->tl);
+	else
+		rc = l->tp->ops->listen(l->tp->t, &u, l, &l->tl);
 	if (rc) {
 		tern__set_error(ctx, "cannot listen on %s: %s", uri, tern_strerror(rc));
 		free(l);
@@ -958,6 +990,8 @@ int tern_listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *
 			 l->tl->port);
 	else
 		snprintf(l->uri, sizeof(l->uri), "%s://%s", u.scheme, u.host);
+	/* Before the loop runs again: no connection is accepted without it. */
+	l->tl->handoff = kind == TERN__LISTEN_HANDOFF;
 	tern_list_add(&ctx->listeners, &l->link);
 	*out = l;
 	return 0;

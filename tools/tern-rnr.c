@@ -22,6 +22,8 @@
 
 #include <tern/rnr.h>
 
+#include "http.h" /* the library's responder, linked from its own archive */
+
 /* Exit statuses; documented in --help and docs/operations.md. */
 enum {
 	EXIT_OK = 0,
@@ -483,169 +485,61 @@ static int run_readings(const struct cli *cli, tern_rnr_monitor *mon, tern_rnr_s
 
 /* ---- /metrics over HTTP ----------------------------------------------------- */
 
-struct server;
-
-struct client {
-	uv_tcp_t tcp;
-	uv_timer_t idle;
-	uv_write_t wr;
-	uv_shutdown_t sd;
-	struct server *srv;
-	struct client *next;
-	char req[REQ_MAX];
-	size_t len;
-	char head[256];
-	char *body;
-	size_t body_len;
-	int open_handles;
-	bool closing;
-	bool answered; /* a response is on its way: no more requests */
-	bool draining; /* response sent; dropping what the client still sends */
-	bool scrape;   /* it was a 200 for /metrics */
-};
-
+/*
+ * The responder is the library's (src/http.h, shared with
+ * tern_ctx_metrics_listen()); this part gives it the page, counts the
+ * scrapes for --count and checks the rules on each reading.
+ */
 struct server {
 	uv_loop_t loop;
-	uv_tcp_t tcp;
 	uv_signal_t sigint, sigterm;
+	struct tern__http *http;
 	const struct cli *cli;
 	tern_rnr_monitor *mon;
 	tern_rnr_snapshot *last; /* the previous scrape's reading, for .rate rules */
-	struct client *clients;
-	int n_clients;
 	unsigned long served;
 	int status;
-	bool stopping;
 };
 
-static void client_closed(uv_handle_t *h)
+/* The responder has closed: the signals are all that keep the loop running. */
+static void http_closed(void *arg)
 {
-	struct client *c = h->data;
-	struct client **pp;
+	struct server *s = arg;
 
-	if (--c->open_handles)
-		return;
-	for (pp = &c->srv->clients; *pp; pp = &(*pp)->next) {
-		if (*pp == c) {
-			*pp = c->next;
-			break;
-		}
-	}
-	c->srv->n_clients--;
-	free(c->body);
-	free(c);
-}
-
-static void client_close(struct client *c)
-{
-	if (c->closing)
-		return;
-	c->closing = true;
-	uv_close((uv_handle_t *)&c->tcp, client_closed);
-	uv_close((uv_handle_t *)&c->idle, client_closed);
-}
-
-static void server_stop(struct server *s, int status)
-{
-	if (s->stopping)
-		return;
-	s->stopping = true;
-	s->status = status;
-	uv_close((uv_handle_t *)&s->tcp, NULL);
+	s->http = NULL;
 	uv_close((uv_handle_t *)&s->sigint, NULL);
 	uv_close((uv_handle_t *)&s->sigterm, NULL);
-	/* Responses still being written finish first (on_written closes). */
-	for (struct client *c = s->clients; c; c = c->next)
-		if (!c->answered || c->draining)
-			client_close(c);
 }
 
 static void on_signal_uv(uv_signal_t *h, int sig)
 {
+	struct server *s = h->data;
+
 	(void)sig;
-	server_stop(h->data, EXIT_OK);
+	if (s->http)
+		tern__http_stop(s->http, false); /* answers under way finish */
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
-static void on_idle(uv_timer_t *t);
-
-static void on_shutdown(uv_shutdown_t *req, int status)
+/* A GET was answered: --count counts what Prometheus does. */
+static void scrape_sent(void *arg)
 {
-	(void)req; /* the drain or the linger timer closes the client */
-	(void)status;
+	struct server *s = arg;
+
+	if (s->cli->count && ++s->served >= s->cli->count)
+		tern__http_stop(s->http, false);
 }
 
-/*
- * Close gracefully: send our FIN, then read and drop whatever the client
- * still sends until it closes too, or LINGER_MS passes.  Closing with unread
- * bytes in the socket would make the kernel send an RST, which can destroy
- * the response before the client reads it (an oversized request, a
- * pipelined one).
- */
-static void linger(struct client *c)
+/* The Prometheus page: a fresh reading per scrape; the last one if a rule fires. */
+static int metrics_page(void *arg, char **body, size_t *len)
 {
-	c->draining = true;
-	uv_timer_start(&c->idle, on_idle, LINGER_MS, 0);
-	if (uv_shutdown(&c->sd, (uv_stream_t *)&c->tcp, on_shutdown) ||
-	    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read))
-		client_close(c);
-}
-
-static void on_written(uv_write_t *wr, int status)
-{
-	struct client *c = wr->data;
-	struct server *s = c->srv;
-
-	if (c->scrape && !s->stopping && s->cli->count && ++s->served >= s->cli->count)
-		server_stop(s, EXIT_OK);
-	if (status < 0 || s->stopping)
-		client_close(c);
-	else
-		linger(c);
-}
-
-static void respond(struct client *c, int code, const char *reason, const char *extra_headers,
-		    bool head_only)
-{
-	uv_buf_t bufs[2];
-	int n = snprintf(c->head, sizeof(c->head),
-			 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-			 "Connection: close\r\n%s\r\n",
-			 code, reason,
-			 code == 200 ? "text/plain; version=0.0.4; charset=utf-8"
-				     : "text/plain; charset=utf-8",
-			 c->body_len, extra_headers);
-
-	c->answered = true;
-	uv_read_stop((uv_stream_t *)&c->tcp);
-	bufs[0] = uv_buf_init(c->head, (unsigned)n);
-	bufs[1] = uv_buf_init(c->body, (unsigned)c->body_len);
-	c->wr.data = c;
-	if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, bufs, head_only || !c->body_len ? 1 : 2,
-		     on_written))
-		client_close(c);
-}
-
-static void respond_text(struct client *c, int code, const char *reason, const char *text,
-			 const char *extra_headers, bool head_only)
-{
-	c->body = strdup(text);
-	c->body_len = c->body ? strlen(text) : 0;
-	respond(c, code, reason, extra_headers, head_only);
-}
-
-/* The Prometheus page: a fresh reading per scrape. */
-static int metrics_body(struct client *c)
-{
-	struct server *s = c->srv;
+	struct server *s = arg;
 	tern_rnr_snapshot *snap;
 	FILE *f;
 	int rc;
 
 	if ((rc = tern_rnr_monitor_read(s->mon, &snap)))
 		return rc;
-	f = open_memstream(&c->body, &c->body_len);
+	f = open_memstream(body, len);
 	if (!f) {
 		tern_rnr_snapshot_free(snap);
 		return -ENOMEM;
@@ -657,185 +551,45 @@ static int metrics_body(struct client *c)
 		s->status = EXIT_ALERT;
 	tern_rnr_snapshot_free(s->last);
 	s->last = snap;
-	return rc;
+	if (rc)
+		return rc;
+	return s->status == EXIT_ALERT ? TERN__HTTP_LAST : 0;
 }
 
-static void handle_request(struct client *c)
+static void print_address(const struct sockaddr_storage *ss, int port)
 {
-	char *line_end = strpbrk(c->req, "\r\n"), *sp1, *sp2, *q;
-	bool head;
-
-	*line_end = '\0';
-	sp1 = strchr(c->req, ' ');
-	sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
-	if (!sp1 || !sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
-		respond_text(c, 400, "Bad Request", "bad request\n", "", false);
-		return;
-	}
-	*sp1 = *sp2 = '\0';
-	head = strcmp(c->req, "HEAD") == 0;
-	if (!head && strcmp(c->req, "GET") != 0) {
-		respond_text(c, 405, "Method Not Allowed", "only GET and HEAD\n",
-			     "Allow: GET, HEAD\r\n", false);
-		return;
-	}
-	if ((q = strchr(sp1 + 1, '?')))
-		*q = '\0';
-	if (strcmp(sp1 + 1, "/metrics") != 0) {
-		respond_text(c, 404, "Not Found", "not found; the metrics are at /metrics\n", "",
-			     head);
-		return;
-	}
-	if (metrics_body(c)) {
-		free(c->body);
-		c->body = NULL;
-		respond_text(c, 500, "Internal Server Error", "cannot read the counters\n", "",
-			     head);
-		return;
-	}
-	c->scrape = !head; /* --count counts what Prometheus does: GETs */
-	respond(c, 200, "OK", "", head);
-	if (c->srv->status == EXIT_ALERT)
-		server_stop(c->srv, EXIT_ALERT);
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-	struct client *c = h->data;
-	(void)suggested;
-	if (c->draining) {
-		*buf = uv_buf_init(c->req, REQ_MAX); /* dropped on arrival */
-		return;
-	}
-	/* Keep one byte for the terminating NUL the parser relies on. */
-	*buf = uv_buf_init(c->req + c->len, (unsigned)(REQ_MAX - 1 - c->len));
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-	struct client *c = stream->data;
-	(void)buf;
-
-	if (nread < 0) {
-		client_close(c); /* EOF or error before a whole request */
-		return;
-	}
-	if (c->answered || nread == 0)
-		return; /* draining, or nothing this time */
-	c->len += (size_t)nread;
-	c->req[c->len] = '\0';
-	if (memchr(c->req, '\0', c->len)) {
-		respond_text(c, 400, "Bad Request", "bad request\n", "", false);
-		return;
-	}
-	if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n"))
-		handle_request(c);
-	else if (c->len == REQ_MAX - 1)
-		respond_text(c, 431, "Request Header Fields Too Large", "request too large\n", "",
-			     false);
-}
-
-static void on_idle(uv_timer_t *t)
-{
-	client_close(t->data); /* a client that never finishes its request */
-}
-
-static void on_connection(uv_stream_t *server, int status)
-{
-	struct server *s = server->data;
-	struct client *c;
-
-	if (status < 0)
-		return;
-	if (!(c = calloc(1, sizeof(*c))))
-		return;
-	c->srv = s;
-	c->tcp.data = c->idle.data = c;
-	uv_tcp_init(&s->loop, &c->tcp);
-	uv_timer_init(&s->loop, &c->idle);
-	c->open_handles = 2;
-	c->next = s->clients;
-	s->clients = c;
-	s->n_clients++;
-	if (uv_accept(server, (uv_stream_t *)&c->tcp) || s->n_clients > MAX_CLIENTS) {
-		client_close(c); /* over the limit: accepted only to be shut */
-		return;
-	}
-	uv_timer_start(&c->idle, on_idle, CLIENT_IDLE_MS, 0);
-	if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read))
-		client_close(c);
-}
-
-/* HOST:PORT, or [V6HOST]:PORT. */
-static int parse_listen(const char *arg, struct sockaddr_storage *ss)
-{
-	char host[128];
-	const char *colon = strrchr(arg, ':');
-	unsigned long port;
-	char *end;
-	size_t hl;
-
-	if (!colon || colon == arg || !colon[1])
-		return -EINVAL;
-	errno = 0;
-	port = strtoul(colon + 1, &end, 10);
-	if (errno || *end || port > 65535 || colon[1] < '0' || colon[1] > '9')
-		return -EINVAL;
-	hl = (size_t)(colon - arg);
-	if (arg[0] == '[') {
-		if (hl < 3 || arg[hl - 1] != ']')
-			return -EINVAL;
-		arg++;
-		hl -= 2;
-	}
-	if (hl >= sizeof(host))
-		return -EINVAL;
-	memcpy(host, arg, hl);
-	host[hl] = '\0';
-	if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
-		return 0;
-	if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0)
-		return 0;
-	return -EINVAL;
-}
-
-static void print_address(uv_tcp_t *tcp)
-{
-	struct sockaddr_storage ss;
-	int len = sizeof(ss);
 	char ip[64] = "?";
-	int port = 0;
 
-	uv_tcp_getsockname(tcp, (struct sockaddr *)&ss, &len);
-	if (ss.ss_family == AF_INET6) {
-		uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
-		port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	if (ss->ss_family == AF_INET6) {
+		uv_ip6_name((const struct sockaddr_in6 *)ss, ip, sizeof(ip));
 		fprintf(stderr, PROG ": serving http://[%s]:%d/metrics\n", ip, port);
 	} else {
-		uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
-		port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		uv_ip4_name((const struct sockaddr_in *)ss, ip, sizeof(ip));
 		fprintf(stderr, PROG ": serving http://%s:%d/metrics\n", ip, port);
 	}
-}
-
-static void close_any(uv_handle_t *h, void *arg)
-{
-	(void)arg;
-	if (!uv_is_closing(h))
-		uv_close(h, NULL);
 }
 
 static int run_server(const struct cli *cli, tern_rnr_monitor *mon, tern_rnr_snapshot *first)
 {
 	struct sockaddr_storage ss;
 	struct server s;
+	struct tern__http_opts o = {
+		.req_max = REQ_MAX,
+		.max_clients = MAX_CLIENTS,
+		.idle_ms = CLIENT_IDLE_MS,
+		.linger_ms = LINGER_MS,
+		.page = metrics_page,
+		.sent = scrape_sent,
+		.closed = http_closed,
+		.arg = &s,
+	};
 	int rc;
 
 	memset(&s, 0, sizeof(s));
 	s.cli = cli;
 	s.mon = mon;
 	s.last = first;
-	if (parse_listen(cli->listen, &ss)) {
+	if (tern__http_parse_addr(cli->listen, &ss)) {
 		tern_rnr_snapshot_free(first);
 		return usage_error("--listen needs HOST:PORT, e.g. 127.0.0.1:9464, not '%s'",
 				   cli->listen);
@@ -846,21 +600,18 @@ static int run_server(const struct cli *cli, tern_rnr_monitor *mon, tern_rnr_sna
 		fprintf(stderr, PROG ": %s\n", uv_strerror(rc));
 		return EXIT_RUNTIME;
 	}
-	uv_tcp_init(&s.loop, &s.tcp);
-	uv_signal_init(&s.loop, &s.sigint);
-	uv_signal_init(&s.loop, &s.sigterm);
-	s.tcp.data = s.sigint.data = s.sigterm.data = &s;
-	if ((rc = uv_tcp_bind(&s.tcp, (struct sockaddr *)&ss, 0)) ||
-	    (rc = uv_listen((uv_stream_t *)&s.tcp, 64, on_connection))) {
+	if ((rc = tern__http_start(&s.loop, (const struct sockaddr *)&ss, &o, &s.http))) {
 		fprintf(stderr, PROG ": cannot listen on %s: %s\n", cli->listen, uv_strerror(rc));
 		s.status = EXIT_RUNTIME;
-		uv_walk(&s.loop, close_any, NULL);
 	} else {
+		uv_signal_init(&s.loop, &s.sigint);
+		uv_signal_init(&s.loop, &s.sigterm);
+		s.sigint.data = s.sigterm.data = &s;
 		uv_signal_start(&s.sigint, on_signal_uv, SIGINT);
 		uv_signal_start(&s.sigterm, on_signal_uv, SIGTERM);
-		print_address(&s.tcp);
+		print_address(&ss, tern__http_port(s.http));
 	}
-	uv_run(&s.loop, UV_RUN_DEFAULT);
+	uv_run(&s.loop, UV_RUN_DEFAULT); /* until the responder and the signals close */
 	uv_loop_close(&s.loop);
 	tern_rnr_snapshot_free(s.last);
 	return s.status;

@@ -3,12 +3,20 @@
  * calc_server - serve the Calc service of calc.tern.
  *
  *   calc_server rdma://10.0.0.1:0
+ *   calc_server --members 4 tcp://0.0.0.0:7000
  *
  * Prints the URI it listens on (port 0 picks one) and serves until SIGINT or
  * SIGTERM.  Calc.add is answered in the handler, straight into the reply
  * slot; Calc.stats is deferred: the handler keeps the request and a timer
  * answers it a millisecond later, as a server would once work done
  * elsewhere (a GPU, a disk, another call) completes.
+ *
+ * With --members N it serves as a context group (tern.h): N contexts on N
+ * threads behind the one URI, each client's session on one of them for its
+ * whole life.  Each member keeps its own state (its own stats, its own
+ * timer on its own loop), so nothing is shared between the threads and no
+ * lock is taken; Calc.stats reports the member the session landed on.
+ * (The group runs on shm:// and tcp://.)
  */
 /* libuv's header needs POSIX types (pthread_rwlock_t), which a strict
  * -std=c11 build only has when asked for; tern.h alone needs nothing. */
@@ -33,6 +41,7 @@ struct calc_state {
 	int npending;
 	uv_timer_t timer;
 	tern_ctx *ctx;
+	struct calc_handlers handlers; /* a group member's own (one per context) */
 };
 
 static int on_add(tern_req *req, const calc_AddReq *in, calc_AddResp *out, void *user)
@@ -107,6 +116,96 @@ static void on_signal(uv_signal_t *h, int signum)
 	tern_ctx_stop(h->data);
 }
 
+/* Requests still held are finished before the context goes. */
+static void state_fini(struct calc_state *st)
+{
+	for (int i = 0; i < st->npending; i++)
+		tern_reply_error(st->pending[i], -ESHUTDOWN, "the server is stopping");
+	st->npending = 0;
+}
+
+/* ---- as a group of contexts ------------------------------------------------ */
+
+/* Before the start, on this thread: each member gets its state and timer. */
+static int member_setup(tern_ctx *ctx, unsigned i, void *arg)
+{
+	struct calc_state *st = (struct calc_state *)arg + i;
+
+	st->ctx = ctx;
+	uv_timer_init(tern_ctx_loop(ctx), &st->timer);
+	st->timer.data = st;
+	/* calc_register() keeps the struct, one per context: each member its own. */
+	st->handlers = handlers;
+	return calc_register(ctx, &st->handlers, st);
+}
+
+/* On the member's thread, before its context (and its loop) goes. */
+static void member_stop(tern_ctx *ctx, unsigned i, void *arg)
+{
+	struct calc_state *st = (struct calc_state *)arg + i;
+
+	(void)ctx;
+	state_fini(st);
+	uv_close((uv_handle_t *)&st->timer, NULL);
+}
+
+static void on_group_signal(uv_signal_t *h, int signum)
+{
+	(void)signum;
+	uv_stop(h->loop);
+}
+
+static int serve_group(const char *uri, unsigned members)
+{
+	struct calc_state *st = calloc(members, sizeof(*st));
+	struct tern_group_opts go = {.size = sizeof(go),
+				     .members = members,
+				     .own_threads = 1,
+				     .on_stop = member_stop,
+				     .arg = st};
+	uv_signal_t sigint, sigterm;
+	tern_listener *l;
+	tern_group *g;
+	uv_loop_t loop;
+	int rc;
+
+	if (!st)
+		return -ENOMEM;
+	go.ctx.size = sizeof(go.ctx);
+	go.ctx.progress = TERN_PROGRESS_ADAPTIVE;
+	if ((rc = tern_group_create(&go, &g))) {
+		free(st);
+		return rc;
+	}
+	rc = tern_group_setup(g, member_setup, st);
+	if (rc == 0)
+		rc = tern_group_listen(g, uri, NULL, on_accept, NULL, &l);
+	if (rc == 0)
+		rc = tern_group_start(g);
+	if (rc) {
+		fprintf(stderr, "calc_server: %s: %s%s%s\n", uri, tern_strerror(rc),
+			*tern_group_last_error(g) ? ": " : "", tern_group_last_error(g));
+	} else {
+		printf("%s\n", tern_listener_uri(l));
+		fflush(stdout);
+		/* This thread only waits for a signal; the members serve. */
+		uv_loop_init(&loop);
+		uv_signal_init(&loop, &sigint);
+		uv_signal_init(&loop, &sigterm);
+		uv_signal_start(&sigint, on_group_signal, SIGINT);
+		uv_signal_start(&sigterm, on_group_signal, SIGTERM);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		uv_close((uv_handle_t *)&sigint, NULL);
+		uv_close((uv_handle_t *)&sigterm, NULL);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		uv_loop_close(&loop);
+	}
+	/* Stops every member (member_stop() on each thread), then frees. */
+	tern_group_destroy(g);
+	free(st);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct calc_state st = {0};
@@ -116,8 +215,18 @@ int main(int argc, char **argv)
 	tern_listener *l;
 	int rc;
 
+	if (argc == 4 && strcmp(argv[1], "--members") == 0) {
+		char *end;
+		unsigned long n = strtoul(argv[2], &end, 10);
+
+		if (*end || n == 0 || n > TERN_GROUP_MAX) {
+			fprintf(stderr, "calc_server: --members takes 1 to %d\n", TERN_GROUP_MAX);
+			return 2;
+		}
+		return serve_group(argv[3], (unsigned)n) ? 1 : 0;
+	}
 	if (argc != 2) {
-		fprintf(stderr, "usage: calc_server rdma://ADDRESS:PORT\n");
+		fprintf(stderr, "usage: calc_server [--members N] rdma://ADDRESS:PORT\n");
 		return 2;
 	}
 	/* Our loop, so that our timer and signal handles outlive the context. */
@@ -147,10 +256,7 @@ int main(int argc, char **argv)
 		uv_close((uv_handle_t *)&sigint, NULL);
 		uv_close((uv_handle_t *)&sigterm, NULL);
 	}
-	/* Requests still held are finished before the context goes. */
-	for (int i = 0; i < st.npending; i++)
-		tern_reply_error(st.pending[i], -ESHUTDOWN, "the server is stopping");
-	st.npending = 0;
+	state_fini(&st);
 	tern_ctx_destroy(st.ctx);
 	uv_close((uv_handle_t *)&st.timer, NULL);
 	uv_run(&loop, UV_RUN_DEFAULT);

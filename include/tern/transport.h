@@ -138,6 +138,14 @@ struct tern_tlistener {
 	struct tern_tctx *tctx;
 	void *owner; /* the engine's listener */
 	uint16_t port;
+	/*
+	 * A context group's listener (tern.h): the engine sets it right after
+	 * listen() returned, before the loop runs again, so it holds for every
+	 * connection.  The provider then hands each accepted socket, unread,
+	 * to events->handoff() and does nothing more with it: the handshake
+	 * runs on the member context that adopt()s it.
+	 */
+	bool handoff;
 };
 
 /*
@@ -209,6 +217,11 @@ struct tern_transport_events {
 	 * should free the memory now.  Called before closed(), at most once.
 	 */
 	bool (*keep_rx)(struct tern_conn *c, void (*release)(void *arg), void *arg);
+	/*
+	 * A listener with @l->handoff accepted @fd (non-blocking,
+	 * close-on-exec, nothing read from it yet): the engine owns it now.
+	 */
+	void (*handoff)(struct tern_tlistener *l, int fd);
 };
 
 /*
@@ -253,6 +266,18 @@ struct tern_transport_ops {
 		      struct tern_tlistener **out);
 	/* Stop listening and free @l; connections it accepted live on. */
 	void (*listener_close)(struct tern_tlistener *l);
+	/*
+	 * Context groups (optional; both or neither).  adopt_listen: a
+	 * listener for @uri that owns no socket: its connections come through
+	 * adopt(), and listener_close() frees it.  adopt: run @fd, which a
+	 * handoff listener of the same URI accepted on another context (and
+	 * another thread), as if @l had accepted it: the handshake and the
+	 * whole connection live on @l's context.  @fd is the provider's from
+	 * the call, on every path (closed on failure).  0 or -errno.
+	 */
+	int (*adopt_listen)(struct tern_tctx *t, const struct tern_uri *uri, void *owner,
+			    struct tern_tlistener **out);
+	int (*adopt)(struct tern_tlistener *l, int fd);
 
 	/* Start connecting; the outcome arrives through events->connected. */
 	int (*connect)(struct tern_tctx *t, const struct tern_uri *uri,

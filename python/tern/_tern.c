@@ -2471,6 +2471,126 @@ static PyObject *ctx_mem(PyObject *o, PyObject *unused)
 	return d;
 }
 
+/* metrics_enable(on=True): record per-method metrics (tern_ctx_metrics_enable). */
+static PyObject *ctx_metrics_enable(PyObject *o, PyObject *args)
+{
+	CtxObject *c = (CtxObject *)o;
+	int on = 1, rc;
+
+	if (ctx_check(c) || !PyArg_ParseTuple(args, "|p:metrics_enable", &on))
+		return NULL;
+	if ((rc = tern_ctx_metrics_enable(c->ctx, on)))
+		return raise_ctx(c, rc);
+	Py_RETURN_NONE;
+}
+
+/* metrics_text() -> str: the metrics and session counters, Prometheus text. */
+static PyObject *ctx_metrics_text(PyObject *o, PyObject *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+	PyObject *r;
+	ssize_t n;
+	char *buf;
+
+	(void)unused;
+	if (ctx_check(c))
+		return NULL;
+	n = tern_ctx_metrics_write(c->ctx, NULL, 0);
+	if (n < 0)
+		return raise_ctx(c, (int)n);
+	if (!(buf = PyMem_Malloc((size_t)n + 1)))
+		return PyErr_NoMemory();
+	/* the same context, the same thread: the text cannot grow in between */
+	n = tern_ctx_metrics_write(c->ctx, buf, (size_t)n + 1);
+	r = n < 0 ? raise_ctx(c, (int)n) : PyUnicode_DecodeUTF8(buf, n, "replace");
+	PyMem_Free(buf);
+	return r;
+}
+
+static PyObject *method_stats_dict(const struct tern_method_stats *st)
+{
+	PyObject *d = NULL, *codes = PyDict_New(), *buckets = PyList_New(TERN_METRICS_BUCKETS);
+
+	if (!codes || !buckets)
+		goto out;
+	for (int i = 0; i < TERN_METRICS_CODES && st->codes[i].count; i++) {
+		PyObject *v = PyLong_FromUnsignedLongLong(st->codes[i].count);
+
+		if (!v || PyDict_SetItemString(codes, tern_err_name(st->codes[i].code), v)) {
+			Py_XDECREF(v);
+			goto out;
+		}
+		Py_DECREF(v);
+	}
+	for (int i = 0; i < TERN_METRICS_BUCKETS; i++) {
+		PyObject *v = PyLong_FromUnsignedLongLong(st->buckets[i]);
+
+		if (!v)
+			goto out;
+		PyList_SET_ITEM(buckets, i, v);
+	}
+	d = Py_BuildValue("{sIsssKsKsKsOsKsKsKsKsO}", "method", st->method, "side",
+			  st->side == TERN_METRICS_SERVED ? "served" : "issued", "started",
+			  (unsigned long long)st->started, "completed",
+			  (unsigned long long)st->completed, "errors",
+			  (unsigned long long)st->errors, "codes", codes, "codes_other",
+			  (unsigned long long)st->codes_other, "request_bytes",
+			  (unsigned long long)st->request_bytes, "reply_bytes",
+			  (unsigned long long)st->reply_bytes, "latency_sum_ns",
+			  (unsigned long long)st->latency_sum_ns, "buckets", buckets);
+out:
+	Py_XDECREF(codes);
+	Py_XDECREF(buckets);
+	return d;
+}
+
+/* method_stats() -> [dict]: tern_ctx_method_stats(), one dict per entry. */
+static PyObject *ctx_method_stats(PyObject *o, PyObject *unused)
+{
+	CtxObject *c = (CtxObject *)o;
+	struct tern_method_stats *st;
+	PyObject *list;
+	int n;
+
+	(void)unused;
+	if (ctx_check(c))
+		return NULL;
+	n = tern_ctx_method_stats(c->ctx, NULL, 0);
+	if (n < 0)
+		return raise_ctx(c, n);
+	if (!(st = PyMem_Calloc((size_t)n + 1, sizeof(*st))))
+		return PyErr_NoMemory();
+	n = tern_ctx_method_stats(c->ctx, st, (size_t)n);
+	if (!(list = PyList_New(n)))
+		goto out;
+	for (int i = 0; i < n; i++) {
+		PyObject *d = method_stats_dict(&st[i]);
+
+		if (!d) {
+			Py_CLEAR(list);
+			break;
+		}
+		PyList_SET_ITEM(list, i, d);
+	}
+out:
+	PyMem_Free(st);
+	return list;
+}
+
+/* metrics_listen(addr) -> port: serve GET /metrics on the loop (tern_ctx_metrics_listen). */
+static PyObject *ctx_metrics_listen(PyObject *o, PyObject *args)
+{
+	CtxObject *c = (CtxObject *)o;
+	const char *addr;
+	int rc;
+
+	if (ctx_check(c) || !PyArg_ParseTuple(args, "s:metrics_listen", &addr))
+		return NULL;
+	if ((rc = tern_ctx_metrics_listen(c->ctx, addr)))
+		return raise_ctx(c, rc);
+	return PyLong_FromLong(tern_ctx_metrics_port(c->ctx));
+}
+
 static PyMethodDef ctx_methods[] = {
 	{"register", (PyCFunction)(void (*)(void))ctx_register, METH_VARARGS | METH_KEYWORDS,
 	 "register(method_id, kind, fn, batch_max=0, wait_us=0)"},
@@ -2485,6 +2605,14 @@ static PyMethodDef ctx_methods[] = {
 	{"call_soon", ctx_call_soon, METH_O,
 	 "call_soon(fn): run fn() on the loop's thread (thread-safe)"},
 	{"wait", ctx_wait, METH_VARARGS, "wait(futures, timeout=None) -> True when all are done"},
+	{"metrics_enable", ctx_metrics_enable, METH_VARARGS,
+	 "metrics_enable(on=True): record per-method metrics"},
+	{"metrics_text", ctx_metrics_text, METH_NOARGS,
+	 "metrics_text() -> the metrics and session counters in Prometheus text"},
+	{"method_stats", ctx_method_stats, METH_NOARGS,
+	 "method_stats() -> one dict per method and side"},
+	{"metrics_listen", ctx_metrics_listen, METH_VARARGS,
+	 "metrics_listen(addr) -> port: serve GET /metrics on the context's loop"},
 	{"close", ctx_close, METH_NOARGS, "close every session and listener, free the context"},
 	{"mem", ctx_mem, METH_NOARGS,
 	 "mem() -> dict: the memory the context holds (tern_ctx_mem()), in bytes"},

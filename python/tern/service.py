@@ -321,7 +321,40 @@ def _adapter(fn, kind, ms):
     return fn  # oneway-batch: the Batch itself
 
 
-class Server:
+class _Metrics:
+    """Per-method metrics of this end's context (docs/metrics.md).
+
+    Like everything else on a context, call these on the thread that runs
+    it: the caller's for a Proxy, the serving thread for a Server (from a
+    handler, or through ``call_soon``).
+    """
+
+    def metrics_enable(self, on=True):
+        """Record per-method counts, errors, bytes and latencies (off by default)."""
+        self._ctx.metrics_enable(bool(on))
+
+    def metrics(self):
+        """The metrics and the sessions' counters, in Prometheus text format."""
+        return self._ctx.metrics_text()
+
+    def method_stats(self):
+        """One dict per method and side (``served``/``issued``), with the
+        method's ``name`` ("Service.method") where this end knows it, else
+        None (``method`` 0xffffffff: the shared entry of unknown methods)."""
+        names = {ms.id: f"{ms.service}.{ms.name}"
+                 for spec in self._specs() for ms in spec.methods.values()}
+        out = self._ctx.method_stats()
+        for d in out:
+            d["name"] = names.get(d["method"])
+        return out
+
+    def metrics_listen(self, addr="127.0.0.1:0"):
+        """Serve GET /metrics (Prometheus text) on this context's loop, at
+        ``addr`` ("HOST:PORT", port 0: a free one); returns the port."""
+        return self._ctx.metrics_listen(addr)
+
+
+class Server(_Metrics):
     """A listener serving one or more services, driven by the caller.
 
     ``poll(timeout)`` runs the loop for up to ``timeout`` seconds (0: one
@@ -359,6 +392,9 @@ class Server:
         except BaseException:
             self._ctx.close()
             raise
+
+    def _specs(self):
+        return self.services
 
     def _refused(self, status, message):
         log.warning("%s", message)
@@ -577,7 +613,7 @@ class SendSlot:
             self.abort()
 
 
-class Proxy:
+class Proxy(_Metrics):
     """A connection to a server, with one callable per method of the service.
 
     A call returns a Future (``wait(timeout)``, ``result(timeout)``); a
@@ -610,6 +646,9 @@ class Proxy:
             raise
         for ms in self.spec.methods.values():
             setattr(self, ms.name, _Caller(self, ms))
+
+    def _specs(self):
+        return [self.spec]
 
     def _timeout_ms(self, timeout):
         timeout = self.timeout if timeout is None else timeout

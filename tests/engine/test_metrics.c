@@ -6,6 +6,7 @@
  * that calls many methods, and the Prometheus text read back by a strict
  * parser of the text exposition format.
  */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -16,9 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "fixture.h"
+#include "http_client.h"
 #include "internal.h"
 #include "metrics.h"
 
@@ -63,17 +68,22 @@ static ssize_t on_inplace(tern_req *r, const void *in, size_t n, void *out, size
 	return 3;
 }
 
-static struct fx *start(void)
+static struct fx *start_in(enum tern_progress progress)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	struct tern_session_opts o = {.size = sizeof(o), .slot_count = SLOTS, .nonblock = 1};
 
 	assert_non_null(f);
-	assert_int_equal(fx_setup(f, &o, TERN_PROGRESS_BUSY), 0);
+	assert_int_equal(fx_setup(f, &o, progress), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_ECHO, on_echo, NULL), 0);
 	assert_int_equal(tern_register_raw(f->ctx, M_FAIL, on_fail, NULL), 0);
 	assert_int_equal(tern_register_inplace(f->ctx, M_INPLACE, on_inplace, NULL), 0);
 	return f;
+}
+
+static struct fx *start(void)
+{
+	return start_in(TERN_PROGRESS_BUSY);
 }
 
 static void stop(struct fx *f)
@@ -567,6 +577,295 @@ static void test_prometheus_text_parses_strictly_and_matches_the_stats(void **st
 	stop(f);
 }
 
+/* ---- latency, to a turn of the loop ---------------------------------------------- */
+
+#define M_HOLD 0x703 /* deferred: the test answers it */
+#define M_SPIN 0x704 /* raw: spins 20 ms before it answers */
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Sleep @ms without turning the loop (usleep() may wake early: the clock decides). */
+static void wait_ms(uint64_t ms)
+{
+	uint64_t t0 = mono_ns();
+
+	while (mono_ns() - t0 < ms * 1000000)
+		usleep(1000);
+}
+
+static int on_spin(tern_req *r, const void *in, size_t n, struct tern_iov *out, void *u)
+{
+	uint64_t t0 = mono_ns();
+
+	(void)r, (void)u;
+	while (mono_ns() - t0 < 20000000)
+		;
+	out->base = in;
+	out->len = n;
+	return 0;
+}
+
+static const struct tern_method_stats *stats_of(tern_ctx *ctx, int side, uint32_t method)
+{
+	static struct tern_method_stats st[16];
+	int n = tern_ctx_method_stats(ctx, st, 16);
+
+	assert_true(n > 0 && n <= 16);
+	return find(st, n, side, method);
+}
+
+/* The entry of a method that finished one call on @side. */
+static const struct tern_method_stats *one_call(tern_ctx *ctx, int side, uint32_t method)
+{
+	const struct tern_method_stats *st = stats_of(ctx, side, method);
+
+	assert_non_null(st);
+	assert_int_equal(st->completed, 1);
+	return st;
+}
+
+/* A context with metrics on and M_HOLD held in @held; no call yet. */
+static struct fx *start_holding(struct fx_held *held)
+{
+	struct fx *f = start();
+
+	held->n = 0;
+	assert_int_equal(tern_register_deferred(f->ctx, M_HOLD, fx_hold, held), 0);
+	assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
+	ndone = 0;
+	return f;
+}
+
+/*
+ * A request held by a deferred handler and answered 50 ms later from the
+ * test's own code (between turns): both sides time the whole wait, from
+ * the turns the request and the reply came in.
+ */
+static void test_latency_covers_a_deferred_reply(void **state)
+{
+	static struct fx_held held;
+	struct fx *f = start_holding(&held);
+	const struct tern_method_stats *st;
+
+	(void)state;
+	assert_int_equal(tern_call(f->cli, M_HOLD, "x", 1, count_cb, NULL, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &held.n, 1, RUN_MS), 0);
+	for (int i = 0; i < 10; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT); /* turns end: the stamps are taken */
+	wait_ms(50);
+	assert_int_equal(tern_reply_error(held.req[0], -EIO, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &ndone, 1, RUN_MS), 0);
+	st = one_call(f->ctx, TERN_METRICS_SERVED, M_HOLD);
+	assert_true(st->latency_sum_ns >= 50000000);
+	assert_int_equal(st->buckets[tern__metrics_bucket(st->latency_sum_ns)], 1);
+	st = one_call(f->ctx, TERN_METRICS_ISSUED, M_HOLD);
+	assert_true(st->latency_sum_ns >= 50000000);
+	stop(f);
+}
+
+/*
+ * The resolution is a turn (docs/metrics.md): a handler that answers in
+ * the turn its request came in records 0 however long it runs, because
+ * both ends share that turn's reading.  A deferred reply is timed (above).
+ */
+static void test_an_inline_handler_records_its_turn_not_its_own_time(void **state)
+{
+	struct fx *f = start();
+	const struct tern_method_stats *st;
+
+	(void)state;
+	assert_int_equal(tern_register_raw(f->ctx, M_SPIN, on_spin, NULL), 0);
+	assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
+	ndone = 0;
+	assert_int_equal(tern_call(f->cli, M_SPIN, "ab", 2, count_cb, NULL, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &ndone, 1, RUN_MS), 0);
+	st = one_call(f->ctx, TERN_METRICS_SERVED, M_SPIN);
+	assert_int_equal(st->latency_sum_ns, 0);
+	assert_int_equal(st->buckets[0], 1);
+	stop(f);
+}
+
+/*
+ * In event progress no poll may come between a call and its reply's
+ * event, so a call from the user's code is stamped when it is made: the
+ * 50 ms before the loop runs are in its latency.
+ */
+static void test_event_progress_stamps_a_call_when_it_is_made(void **state)
+{
+	struct fx *f = start_in(TERN_PROGRESS_EVENT);
+	const struct tern_method_stats *st;
+
+	(void)state;
+	assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
+	ndone = 0;
+	assert_int_equal(tern_call(f->cli, M_ECHO, "abcd", 4, count_cb, NULL, NULL), 0);
+	wait_ms(50);
+	assert_int_equal(fx_run_until_count(f, &ndone, 1, RUN_MS), 0);
+	st = one_call(f->ctx, TERN_METRICS_ISSUED, M_ECHO);
+	assert_true(st->latency_sum_ns >= 50000000);
+	stop(f);
+}
+
+/*
+ * Calls made back to back from the user's code owe their stamps to the
+ * next turn; answered in any order, each leaves the owed list whole (ASan
+ * and the counts), and the context goes with requests still held.
+ */
+static void test_owed_stamps_survive_any_order_and_teardown(void **state)
+{
+	static struct fx_held held;
+	struct fx *f = start_holding(&held);
+	const struct tern_method_stats *st;
+
+	(void)state;
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(tern_call(f->cli, M_HOLD, "x", 1, count_cb, NULL, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &held.n, 4, RUN_MS), 0);
+	/* the oldest first, then the newest: the owed list is walked, not popped */
+	assert_int_equal(tern_reply_error(held.req[0], -EIO, NULL), 0);
+	assert_int_equal(tern_reply_error(held.req[3], -EIO, NULL), 0);
+	assert_int_equal(tern_reply_error(held.req[1], -EIO, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &ndone, 3, RUN_MS), 0);
+	st = stats_of(f->ctx, TERN_METRICS_ISSUED, M_HOLD);
+	assert_int_equal(st->started, 4);
+	assert_int_equal(st->completed, 3);
+	/* one more held, and the session and context go with both */
+	assert_int_equal(tern_call(f->cli, M_HOLD, "x", 1, count_cb, NULL, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &held.n, 5, RUN_MS), 0);
+	stop(f);
+}
+
+/* ---- the /metrics endpoint ------------------------------------------------------- */
+
+static void turn_ctx(void *arg)
+{
+	tern_ctx_run(((struct fx *)arg)->ctx, TERN_RUN_NOWAIT);
+}
+
+/* The whole @req to the endpoint, then our FIN; the answer in @out. */
+static size_t http_exchange_ctx(struct fx *f, int port, const void *req, size_t len, char *out,
+				size_t cap)
+{
+	struct http_peer p = {.turn = turn_ctx, .arg = f};
+
+	return http_exchange(&p, port, req, len, out, cap);
+}
+
+static struct fx *start_http(int *port)
+{
+	struct fx *f = start();
+
+	assert_int_equal(tern_ctx_metrics_port(f->ctx), -ENOTCONN);
+	assert_int_equal(tern_ctx_metrics_listen(f->ctx, "127.0.0.1:0"), 0);
+	assert_int_equal(tern_ctx_metrics_listen(f->ctx, "127.0.0.1:0"), -EALREADY);
+	*port = tern_ctx_metrics_port(f->ctx);
+	assert_true(*port > 0);
+	assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
+	return f;
+}
+
+static const char get_metrics[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+static void test_the_endpoint_serves_the_text_over_loopback(void **state)
+{
+	static char resp[1 << 20];
+	int port;
+	struct fx *f = start_http(&port);
+	const char *body;
+	struct prom p;
+
+	(void)state;
+	ndone = 0;
+	assert_int_equal(tern_call(f->cli, M_FAIL, "\1", 1, count_cb, NULL, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &ndone, 1, RUN_MS), 0);
+
+	http_exchange_ctx(f, port, get_metrics, strlen(get_metrics), resp, sizeof(resp));
+	assert_int_equal(http_status(resp), 200);
+	assert_non_null(strstr(resp, "\r\nContent-Type: text/plain; version=0.0.4"));
+	assert_non_null(strstr(resp, "\r\nContent-Length: "));
+	body = http_body(resp);
+	prom_parse(&p, body);
+	assert_true(prom_get(&p, "tern_rpc_errors_total",
+			     "{side=\"served\",method=\"0x00000701\",code=\"ENOENT\"}") == 1);
+	free(p.s);
+
+	http_exchange_ctx(f, port, "HEAD /metrics HTTP/1.0\r\n\r\n", 26, resp, sizeof(resp));
+	assert_int_equal(http_status(resp), 200);
+	assert_string_equal(strstr(resp, "\r\n\r\n"), "\r\n\r\n"); /* no body */
+	http_exchange_ctx(f, port, "GET /x HTTP/1.1\r\n\r\n", 19, resp, sizeof(resp));
+	assert_int_equal(http_status(resp), 404);
+	http_exchange_ctx(f, port, "POST /metrics HTTP/1.1\r\n\r\n", 26, resp, sizeof(resp));
+	assert_int_equal(http_status(resp), 405);
+	http_exchange_ctx(f, port, "GET /metrics\r\n\r\n", 16, resp, sizeof(resp));
+	assert_int_equal(http_status(resp), 400);
+	stop(f);
+}
+
+static void test_the_endpoint_refuses_bad_addresses(void **state)
+{
+	struct fx *f = start();
+
+	(void)state;
+	assert_int_equal(tern_ctx_metrics_listen(f->ctx, "127.0.0.1"), -EINVAL);
+	assert_int_equal(tern_ctx_metrics_listen(f->ctx, "127.0.0.1:70000"), -EINVAL);
+	assert_int_equal(tern_ctx_metrics_listen(f->ctx, "nohost:80"), -EINVAL);
+	assert_int_equal(tern_ctx_metrics_listen(f->ctx, "[::1:80"), -EINVAL);
+	assert_int_equal(tern_ctx_metrics_listen(NULL, "127.0.0.1:0"), -EINVAL);
+	assert_int_equal(tern_ctx_metrics_port(f->ctx), -ENOTCONN);
+	stop(f);
+}
+
+/*
+ * The responder's limits on the context's loop (tests/unit/test_http.c
+ * covers the responder itself): an oversized request gets 431, a full
+ * client table shuts the next client, and meanwhile the context's calls
+ * and a later scrape still work.
+ */
+static void test_the_endpoint_limits_do_not_disturb_calls(void **state)
+{
+	static char resp[1 << 20], req[20000];
+	int port;
+	struct fx *f = start_http(&port);
+	int idle[16];
+
+	(void)state;
+	memcpy(req, "GET /metrics HTTP/1.1\r\nX: ", 26);
+	memset(req + 26, 'a', sizeof(req) - 26);
+	http_exchange_ctx(f, port, req, sizeof(req), resp, sizeof(resp));
+	assert_int_equal(http_status(resp), 431);
+	/* 16 clients that send nothing hold every place: the next is shut */
+	for (int i = 0; i < 16; i++)
+		idle[i] = http_connect_local(port);
+	for (int i = 0; i < 50; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	http_exchange_ctx(f, port, get_metrics, strlen(get_metrics), resp, sizeof(resp));
+	assert_string_equal(resp, "");
+	ndone = 0;
+	assert_int_equal(tern_call(f->cli, M_ECHO, "ab", 2, count_cb, NULL, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &ndone, 1, RUN_MS), 0);
+	for (int i = 0; i < 16; i++)
+		close(idle[i]);
+	for (int i = 0; i < 50; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	http_exchange_ctx(f, port, get_metrics, strlen(get_metrics), resp, sizeof(resp));
+	assert_int_equal(http_status(resp), 200);
+	/* a client in the middle of its request when the context goes */
+	idle[0] = http_connect_local(port);
+	for (int i = 0; i < 20; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	assert_int_equal(send(idle[0], "GET /me", 7, MSG_NOSIGNAL), 7);
+	for (int i = 0; i < 20; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	stop(f); /* closes the endpoint and that client (ASan: nothing leaks) */
+	close(idle[0]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -576,6 +875,13 @@ int main(void)
 		cmocka_unit_test(test_metrics_are_off_by_default_and_stop_when_disabled),
 		cmocka_unit_test(test_unknown_methods_share_one_entry_and_the_store_is_bounded),
 		cmocka_unit_test(test_prometheus_text_parses_strictly_and_matches_the_stats),
+		cmocka_unit_test(test_latency_covers_a_deferred_reply),
+		cmocka_unit_test(test_an_inline_handler_records_its_turn_not_its_own_time),
+		cmocka_unit_test(test_event_progress_stamps_a_call_when_it_is_made),
+		cmocka_unit_test(test_owed_stamps_survive_any_order_and_teardown),
+		cmocka_unit_test(test_the_endpoint_serves_the_text_over_loopback),
+		cmocka_unit_test(test_the_endpoint_refuses_bad_addresses),
+		cmocka_unit_test(test_the_endpoint_limits_do_not_disturb_calls),
 	};
 
 	if (!fx_listen_uri()) {

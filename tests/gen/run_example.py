@@ -2,13 +2,14 @@
 # SPDX-License-Identifier: MIT
 """Run an example's server and client and check what they say.
 
-usage: run_example.py [--listen URI] [--valgrind VALGRIND [ARG]... --]
+usage: run_example.py [--listen URI] [--server-arg ARG]... [--clients N]
+                      [--valgrind VALGRIND [ARG]... --]
                       SERVER CLIENT [--expect REGEX]... [--fail-expect REGEX]
 
-Starts SERVER URI in the background (URI: --listen, else rdma://<address>:0),
-reads the URI it prints, runs CLIENT with it, and checks the client's exit
-status (0, or non-zero with --fail-expect) and that each REGEX matches its
-output.  Then it stops the server with SIGTERM and checks that it exits 0
+Starts SERVER [ARG]... URI in the background (URI: --listen, else rdma://<address>:0),
+reads the URI it prints, runs CLIENT with it (N times, one after another,
+with --clients), and checks each client's exit status (0, or non-zero with
+--fail-expect) and that each REGEX matches its output.  Then it stops the server with SIGTERM and checks that it exits 0
 with no sanitizer report (its leak check runs at exit).  The server is
 killed on every path.  --valgrind runs both under VALGRIND ARG... (give it
 --error-exitcode: a report then shows as that exit status).  Prints
@@ -112,40 +113,43 @@ def print_count(passed, failed, skipped=0):
 
 
 def run_pair(server, client, listen, expect=(), client_ok=True, env=None, timeout=300,
-             wrap=()):
+             wrap=(), server_args=(), clients=1):
     """Run one server/client pair; returns a list of problems (empty: passed)."""
     problems = []
-    with Server([*wrap, server, listen], env) as srv:
+    with Server([*wrap, server, *server_args, listen], env) as srv:
         uri = srv.uri()
         if not uri:
             rc = srv.stop()
             return [f"the server printed no URI (exit {rc}): {srv.stderr.strip()}"]
         print(f"server listening on {uri}")
-        try:
-            c = subprocess.run([*wrap, client, uri], capture_output=True, text=True, env=env,
-                               timeout=timeout)
-            out, rc = c.stdout + c.stderr, c.returncode
-        except subprocess.TimeoutExpired as e:
-            # (Its output comes back as bytes even in text mode.)
-            out, rc = _text(e.stdout) + _text(e.stderr), "timeout"
-        print(out, end="")
-        if (rc == 0) != client_ok:
-            problems.append(f"client exit status {rc}")
-        for pat in expect:
-            if not re.search(pat, out, re.M):
-                problems.append(f"client output lacks /{pat}/")
+        outs = ""
+        for _ in range(clients):
+            try:
+                c = subprocess.run([*wrap, client, uri], capture_output=True, text=True, env=env,
+                                   timeout=timeout)
+                out, rc = c.stdout + c.stderr, c.returncode
+            except subprocess.TimeoutExpired as e:
+                # (Its output comes back as bytes even in text mode.)
+                out, rc = _text(e.stdout) + _text(e.stderr), "timeout"
+            print(out, end="")
+            outs += out
+            if (rc == 0) != client_ok:
+                problems.append(f"client exit status {rc}")
+            for pat in expect:
+                if not re.search(pat, out, re.M):
+                    problems.append(f"client output lacks /{pat}/")
         src = srv.stop()
         if srv.stderr:
             print(srv.stderr, end="")
         if src != 0:
             problems.append(f"server exit status {src} after SIGTERM")
-        if SANITIZER_REPORT.search(srv.stderr + out):
+        if SANITIZER_REPORT.search(srv.stderr + outs):
             problems.append("a sanitizer reported an error")
     return problems
 
 
 def main(argv):
-    args, expect, fail, listen, wrap = [], [], False, None, []
+    args, expect, fail, listen, wrap, server_args, clients = [], [], False, None, [], [], 1
     it = iter(argv[1:])
     for a in it:
         if a == "--expect":
@@ -155,6 +159,10 @@ def main(argv):
             fail = True
         elif a == "--listen":
             listen = next(it)
+        elif a == "--server-arg":
+            server_args.append(next(it))
+        elif a == "--clients":
+            clients = int(next(it))
         elif a == "--valgrind":
             wrap = [next(it)]
             wrap += iter(lambda: next(it), "--")
@@ -172,7 +180,7 @@ def main(argv):
     # valgrind's own start-up and bookkeeping take their time
     timeout = 900 if wrap else 300
     problems = run_pair(args[0], args[1], listen, expect, client_ok=not fail, timeout=timeout,
-                        wrap=wrap)
+                        wrap=wrap, server_args=server_args, clients=clients)
     for p in problems:
         print(f"FAILED: {p}")
     print_count(0 if problems else 1, 1 if problems else 0)

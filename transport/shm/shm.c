@@ -1469,6 +1469,8 @@ static void sock_cb(uv_poll_t *h, int status, int events)
 
 /* ---- listeners ------------------------------------------------------------------------------- */
 
+static int server_conn_start(struct slistener *l, int fd);
+
 static void listener_cb(uv_poll_t *h, int status, int events)
 {
 	struct slistener *l = h->data;
@@ -1478,25 +1480,61 @@ static void listener_cb(uv_poll_t *h, int status, int events)
 	(void)events;
 	for (int i = 0; i < SHM_ACCEPT_BATCH; i++) {
 		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		struct sconn *c;
-		pid_t pid = 0;
 
 		if (fd < 0)
 			return; /* EAGAIN, or a connection that died in the backlog */
-		/* Who it is gets checked at HELLO (see server_on_hello()). */
-		(void)peer_check(fd, &pid);
-		c = conn_new(t, true);
-		if (!c) {
-			close(fd);
-			continue;
-		}
-		c->l = l;
-		tern_link_add(&l->pending, &c->link);
-		c->state = SC_HELLO;
-		snprintf(c->base.peer, sizeof(c->base.peer), "%s[pid %d]", l->name, (int)pid);
-		conn_watch_socket(c, fd);
-		uv_timer_start(&c->timer, conn_timer_cb, SHM_HANDSHAKE_MS, 0);
+		if (l->base.handoff)
+			t->ev->handoff(&l->base, fd); /* a group's: a member runs it */
+		else
+			(void)server_conn_start(l, fd);
 	}
+}
+
+/* An accepted socket: wait for its HELLO, as @l's.  Owns @fd. */
+static int server_conn_start(struct slistener *l, int fd)
+{
+	struct sconn *c;
+	pid_t pid = 0;
+
+	/* Who it is gets checked at HELLO (see server_on_hello()). */
+	(void)peer_check(fd, &pid);
+	c = conn_new(l->t, true);
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	c->l = l;
+	tern_link_add(&l->pending, &c->link);
+	c->state = SC_HELLO;
+	snprintf(c->base.peer, sizeof(c->base.peer), "%s[pid %d]", l->name, (int)pid);
+	conn_watch_socket(c, fd);
+	uv_timer_start(&c->timer, conn_timer_cb, SHM_HANDSHAKE_MS, 0);
+	return 0;
+}
+
+/* A socket another context's group listener accepted, run as @tl's. */
+static int shm_adopt(struct tern_tlistener *tl, int fd)
+{
+	return server_conn_start((struct slistener *)tl, fd);
+}
+
+/* A group member's listener: it owns no socket and no name. */
+static int shm_adopt_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owner,
+			    struct tern_tlistener **out)
+{
+	struct slistener *l = calloc(1, sizeof(*l));
+
+	if (!l)
+		return -ENOMEM;
+	l->base.ops = &tern_shm_transport;
+	l->base.tctx = tt;
+	l->base.owner = owner;
+	l->t = T(tt);
+	l->fd = -1;
+	tern_link_init(&l->pending);
+	snprintf(l->name, sizeof(l->name), "%.64s", u->host);
+	*out = &l->base;
+	return 0;
 }
 
 /* A socket file with nobody listening behind it, left by a dead server? */
@@ -1591,6 +1629,10 @@ static void shm_listener_close(struct tern_tlistener *tl)
 	/* Sockets that never said HELLO have no session; drop them. */
 	while (l->pending.next != &l->pending)
 		conn_close(tern_link_entry(l->pending.next, struct sconn, link));
+	if (l->fd < 0) { /* adopt_listen()'s: no socket, no handle */
+		free(l);
+		return;
+	}
 	if (l->path[0])
 		unlink(l->path);
 	/* Release the name now, not a loop turn later, so it can be listened
@@ -2443,6 +2485,8 @@ const struct tern_transport_ops tern_shm_transport = {
 	.ctx_fini = shm_ctx_fini,
 	.listen = shm_listen,
 	.listener_close = shm_listener_close,
+	.adopt_listen = shm_adopt_listen,
+	.adopt = shm_adopt,
 	.connect = shm_connect,
 	.post_send = shm_post_send,
 	.post_recv = shm_post_recv,

@@ -27,6 +27,7 @@
  * the socket instead of waiting for its next epoll.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -36,6 +37,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <arpa/inet.h>
+#include <unistd.h>
 
 #include "tern/transport.h"
 #include "../common/link.h"
@@ -997,11 +999,43 @@ static void fmt_peer(char *out, size_t len, const struct sockaddr_storage *ss)
 	snprintf(out, len, ss->ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
 }
 
+/* An accepted socket in @c->tcp: wait for its HELLO, as @l's. */
+static void server_conn_start(struct tlistener *l, struct tconn *c)
+{
+	struct sockaddr_storage ss;
+	int sslen = sizeof(ss);
+
+	uv_tcp_nodelay(&c->tcp, 1);
+	memset(&ss, 0, sizeof(ss));
+	uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen);
+	fmt_peer(c->base.peer, sizeof(c->base.peer), &ss);
+	c->l = l;
+	tern_link_add(&l->pending, &c->link);
+	c->state = TC_WAIT_HELLO;
+	rx_update_reading(c);
+	uv_timer_start(&c->timer, conn_timer_cb, TCP_HANDSHAKE_MS, 0);
+}
+
+/*
+ * A group's listener hands the socket over unread.  libuv accepts only
+ * into a handle of this loop, so the socket goes out as a duplicate and
+ * the handle closes here, quietly (no owner: the engine never knew it).
+ */
+static void handoff(struct tlistener *l, struct tconn *c)
+{
+	uv_os_fd_t fd;
+	int dup_fd = -1;
+
+	if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+		dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	conn_close(c);
+	if (dup_fd >= 0)
+		l->t->ev->handoff(&l->base, dup_fd);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	struct tlistener *l = server->data;
-	struct sockaddr_storage ss;
-	int sslen = sizeof(ss);
 	struct tconn *c;
 
 	if (status < 0)
@@ -1013,15 +1047,30 @@ static void on_connection(uv_stream_t *server, int status)
 		conn_close(c);
 		return;
 	}
-	uv_tcp_nodelay(&c->tcp, 1);
-	memset(&ss, 0, sizeof(ss));
-	uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen);
-	fmt_peer(c->base.peer, sizeof(c->base.peer), &ss);
-	c->l = l;
-	tern_link_add(&l->pending, &c->link);
-	c->state = TC_WAIT_HELLO;
-	rx_update_reading(c);
-	uv_timer_start(&c->timer, conn_timer_cb, TCP_HANDSHAKE_MS, 0);
+	if (l->base.handoff)
+		handoff(l, c);
+	else
+		server_conn_start(l, c);
+}
+
+/* A socket another context's group listener accepted, run as @tl's. */
+static int tcp_adopt(struct tern_tlistener *tl, int fd)
+{
+	struct tlistener *l = (struct tlistener *)tl;
+	struct tconn *c = conn_new(l->t, true);
+	int rc;
+
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	if ((rc = uv_tcp_open(&c->tcp, fd))) {
+		close(fd);
+		conn_close(c);
+		return rc;
+	}
+	server_conn_start(l, c);
+	return 0;
 }
 
 static int resolve(const struct tern_uri *u, bool passive, struct sockaddr_storage *ss)
@@ -1048,20 +1097,13 @@ static void listener_closed(uv_handle_t *h)
 	free(l);
 }
 
-static int tcp_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owner,
-		      struct tern_tlistener **out)
+static struct tlistener *listener_new(struct tern_tctx *tt, void *owner)
 {
 	struct tcp_tctx *t = T(tt);
-	struct sockaddr_storage ss;
-	int sslen = sizeof(ss);
-	struct tlistener *l;
-	int rc;
+	struct tlistener *l = calloc(1, sizeof(*l));
 
-	if ((rc = resolve(u, true, &ss)))
-		return rc;
-	l = calloc(1, sizeof(*l));
 	if (!l)
-		return -ENOMEM;
+		return NULL;
 	l->base.ops = &tern_tcp_transport;
 	l->base.tctx = tt;
 	l->base.owner = owner;
@@ -1070,6 +1112,35 @@ static int tcp_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owne
 	uv_tcp_init(t->loop, &l->tcp);
 	l->tcp.data = l;
 	t->open_handles++;
+	return l;
+}
+
+/* A group member's listener: no socket (uv_tcp_init() opens none). */
+static int tcp_adopt_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owner,
+			    struct tern_tlistener **out)
+{
+	struct tlistener *l = listener_new(tt, owner);
+
+	if (!l)
+		return -ENOMEM;
+	l->base.port = u->port;
+	*out = &l->base;
+	return 0;
+}
+
+static int tcp_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owner,
+		      struct tern_tlistener **out)
+{
+	struct sockaddr_storage ss;
+	int sslen = sizeof(ss);
+	struct tlistener *l;
+	int rc;
+
+	if ((rc = resolve(u, true, &ss)))
+		return rc;
+	l = listener_new(tt, owner);
+	if (!l)
+		return -ENOMEM;
 	if ((rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0)) ||
 	    (rc = uv_listen((uv_stream_t *)&l->tcp, SOMAXCONN, on_connection)) ||
 	    (rc = uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &sslen))) {
@@ -1627,6 +1698,8 @@ const struct tern_transport_ops tern_tcp_transport = {
 	.ctx_fini = tcp_ctx_fini,
 	.listen = tcp_listen,
 	.listener_close = tcp_listener_close,
+	.adopt_listen = tcp_adopt_listen,
+	.adopt = tcp_adopt,
 	.connect = tcp_connect,
 	.post_send = tcp_post_send,
 	.post_recv = tcp_post_recv,

@@ -256,8 +256,11 @@ def test_cancel_timeout_closes_a_session_whose_server_keeps_a_timed_out_call(ser
             try:
                 p.upper(b"x").result(10)
             except tern.ConnectionLost as e:
-                assert e.code == -errno.ECONNABORTED, e
-                # the context's last error names the call the server kept
+                # ECONNABORTED: the call was in the window the close ended;
+                # ENOTCONN: the close came first (inside p.poll), so the
+                # call was refused at once.  Either way the context's last
+                # error names the call the server kept.
+                assert e.code in (-errno.ECONNABORTED, -errno.ENOTCONN), e
                 assert "cancel_timeout_ms" in p._ctx.last_error, p._ctx.last_error
                 break
         else:

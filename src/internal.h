@@ -541,7 +541,8 @@ static inline void tern__session_heap(tern_session *s, size_t bytes)
 int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, struct tern_tp *tp,
 			const char *uri, tern_session **out);
 int tern__session_attach(tern_session *s, struct tern_conn *c);
-void tern__session_params(const tern_session *s, struct tern_conn_params *p);
+void tern__session_params(const tern_session *s, uint32_t connect_timeout_ms,
+			  struct tern_conn_params *p);
 void tern__session_hello(const tern_session *s, struct tern_hello *h);
 void tern__session_fail(tern_session *s, int err, const char *why);
 void tern__session_unref(tern_session *s);

@@ -125,13 +125,14 @@ int tern__session_alloc(tern_ctx *ctx, const struct tern_session_opts *opts, str
 	return 0;
 }
 
-void tern__session_params(const tern_session *s, struct tern_conn_params *p)
+void tern__session_params(const tern_session *s, uint32_t connect_timeout_ms,
+			  struct tern_conn_params *p)
 {
 	memset(p, 0, sizeof(*p));
 	p->slot_size = s->slot_size;
 	p->send_slots = 2 * s->n + TERN_CTRL_SLOTS;
 	p->recv_slots = 2 * s->n + TERN_CTRL_SLOTS;
-	p->connect_timeout_ms = TERN_DEFAULT_CONNECT_TIMEOUT_MS;
+	p->connect_timeout_ms = connect_timeout_ms;
 }
 
 void tern__session_hello(const tern_session *s, struct tern_hello *h)
@@ -483,9 +484,8 @@ static int ev_incoming(struct tern_tlistener *tl, const void *hs, size_t hs_len,
 	}
 	tern_hello_encode(reply, &ours);
 	*reply_len = sizeof(struct tern_wire_hello);
-	tern__session_params(s, params);
 	/* the accept's set-up deadline is the listener's, like the connect's */
-	params->connect_timeout_ms = l->opts.connect_timeout_ms;
+	tern__session_params(s, l->opts.connect_timeout_ms, params);
 	s->peer_max_msg = peer.max_msg ? peer.max_msg : s->max_payload;
 	/* The client will check our services before anything else. */
 	s->binding = (peer.flags & TERN_HELLO_SERVICES) != 0;
@@ -869,8 +869,7 @@ int tern_connect(tern_ctx *ctx, const char *uri, const struct tern_session_opts 
 	if ((rc = tern__session_alloc(ctx, &o, tp, uri, &s)))
 		return rc;
 	s->connect_cb = cb;
-	tern__session_params(s, &p);
-	p.connect_timeout_ms = o.connect_timeout_ms;
+	tern__session_params(s, o.connect_timeout_ms, &p);
 	tern__session_hello(s, &hello);
 	tern_hello_encode(hs, &hello);
 	rc = tp->ops->connect(tp->t, &u, &p, hs, sizeof(struct tern_wire_hello), s, &s->conn);

@@ -67,17 +67,28 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
 #define VERBS_POLL_BATCH     32
 /*
  * Bulk transfers (RDMA READ/WRITE for large messages): at most BULK_OPS at
- * once per connection.  Each is cut into work requests of at most the
- * port's largest message and posted in windows of BULK_CHUNKS, the last of
- * each window signalled; the next window goes out when that completes.  So
- * any size up to 4 GiB - 1 moves with bounded send-queue room, reserved on
- * top of the slots'.
+ * once per connection.  Each is cut into work requests of at most
+ * BULK_CHUNK_MAX (or the port's largest message, if smaller) and posted in
+ * windows of BULK_CHUNKS, the last of each window signalled; the next
+ * window goes out when that completes.  So any size up to 4 GiB - 1 moves
+ * with bounded send-queue room, reserved on top of the slots'.
+ *
+ * Why 64 KiB work requests and not one per megabyte: a responder
+ * acknowledges a WRITE's last packet (rxe also every 64th), and only an
+ * acknowledgement (or an in-order READ response) sets the requester's retry
+ * counter back to VERBS_RETRY_COUNT.  Across a lossy link a 1 MiB WRITE in
+ * one request (1,024 packets at rxe's 1 KiB MTU) ran out of retries: in the
+ * two-device lane at 2 % loss, 2 of 17 1 MiB calls failed the connection
+ * with IBV_WC_RETRY_EXC_ERR on the server's side; in 64 KiB requests, 0 of
+ * 365, and the calls took a third of the time (each lost packet costs less
+ * to resend).  On a lossless fabric the cost is one completion each 256 KiB
+ * per transfer; not measured on a ConnectX yet (docs/testing.md).
  */
 #define VERBS_BULK_OPS	     16
 #define VERBS_BULK_CHUNKS    4
 #define VERBS_BULK_WR	     (VERBS_BULK_OPS * VERBS_BULK_CHUNKS)
 #define VERBS_BULK_SLOT	     (1u << 22) /* wr_id slots from here are bulk WRs */
-#define VERBS_BULK_CHUNK_MAX (1ull << 30)
+#define VERBS_BULK_CHUNK_MAX (64u << 10)
 #define VERBS_REPORT_SLOT    (5u << 20) /* report_sends()'s WRITE (one at a time) */
 /*
  * Memory windows.  wr_id slots from VERBS_WIN_SLOT are window binds, from

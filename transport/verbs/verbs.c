@@ -89,7 +89,8 @@ static const uint32_t verbs_inline_sizes[] = {512, 256, 64, 0};
 #define VERBS_BULK_WR	     (VERBS_BULK_OPS * VERBS_BULK_CHUNKS)
 #define VERBS_BULK_SLOT	     (1u << 22) /* wr_id slots from here are bulk WRs */
 #define VERBS_BULK_CHUNK_MAX (64u << 10)
-#define VERBS_REPORT_SLOT    (5u << 20) /* report_sends()'s WRITE (one at a time) */
+#define VERBS_REPORT_SLOT    (5u << 20)		     /* report_sends()'s WRITE (one at a time) */
+#define VERBS_FENCE_SLOT     (VERBS_REPORT_SLOT + 1) /* win_fence()'s WRITE (waited for) */
 /*
  * Memory windows.  wr_id slots from VERBS_WIN_SLOT are window binds, from
  * VERBS_INV_SLOT their invalidations (plus the window's index in both).
@@ -636,8 +637,9 @@ static int conn_setup(struct vconn *c)
 	if ((rc = dev_get(c->t, c->id->verbs, &c->dev)))
 		return rc;
 	windows = c->dev->xmode != VX_REGISTER;
-	/* With windows, one more for the invalidation in flight; each window
-	 * reserves one for its bind when it is made (win_take). */
+	/* With windows, one more for the invalidation or the bind's fence in
+	 * flight (both waited for, so one at a time); each window reserves
+	 * one for its bind when it is made (win_take). */
 	rc = conn_reserve_cq(c, (int)(c->base.send_slots + 1 + VERBS_BULK_WR + c->base.recv_slots +
 				      (windows ? 1 : 0)));
 	if (rc)
@@ -676,7 +678,8 @@ static int conn_setup(struct vconn *c)
 	 * after send_done, which needs the completion of that send or of a
 	 * later one), report_sends()'s one WRITE, the bulk windows, and
 	 * with memory windows the binds (unsignaled, each done once a later
-	 * completion is seen) plus one waited invalidation (win_retire()).
+	 * completion is seen) plus one waited invalidation (win_retire()) or
+	 * fence (win_fence(), on rxe).
 	 * Each bind comes before the send that carries its key, at most two
 	 * per send (or is invalidated and waited for, its send never going),
 	 * and sends not yet seen done are at most send_slots, so binds not yet
@@ -1168,17 +1171,18 @@ static void handle_wc(struct verbs_tctx *t, const struct ibv_wc *wc)
 		c->recvs_out--;
 	if (wc->status != IBV_WC_SUCCESS)
 		c->qp_dead = true; /* an RC QP is in the error state once one fails */
-	if (!recv && slot >= VERBS_WIN_SLOT) {
+	if (!recv && (slot >= VERBS_WIN_SLOT || slot == VERBS_FENCE_SLOT)) {
 		/* A bind (unsignaled: here only in error), or an invalidation
-		 * its wait gave up on.  Neither is in the send FIFO. */
+		 * or a fence its wait gave up on.  None is in the send FIFO. */
 		if (wc->status == IBV_WC_SUCCESS)
 			return;
 		if (c->state != V_UP)
 			conn_check_drained(c);
 		else
 			conn_failed_wc(c, wc->status,
-				       slot >= VERBS_INV_SLOT ? "memory window invalidation"
-							      : "memory window bind");
+				       slot == VERBS_FENCE_SLOT ? "memory window bind's fence"
+				       : slot >= VERBS_INV_SLOT ? "memory window invalidation"
+								: "memory window bind");
 		return;
 	}
 	if (!recv && slot == VERBS_REPORT_SLOT) {
@@ -1683,6 +1687,19 @@ static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, ui
 	return 0;
 }
 
+/* A signalled zero-length RDMA WRITE, wr_id slot @slot (see below). */
+static int post_zero_write(struct vconn *c, uint32_t slot)
+{
+	struct ibv_send_wr wr = {
+		.wr_id = wrid(c, false, slot),
+		.opcode = IBV_WR_RDMA_WRITE,
+		.send_flags = IBV_SEND_SIGNALED,
+	};
+	struct ibv_send_wr *bad;
+
+	return ibv_post_send(c->id->qp, &wr, &bad);
+}
+
 /*
  * Have every send posted so far reported: nothing to do when the last one
  * asked for a completion (it reports all before it); otherwise a signalled
@@ -1695,12 +1712,6 @@ static int verbs_post_send(struct tern_conn *bc, uint32_t slot, uint32_t len, ui
 static void verbs_report_sends(struct tern_conn *bc)
 {
 	struct vconn *c = C(bc);
-	struct ibv_send_wr wr = {
-		.wr_id = wrid(c, false, VERBS_REPORT_SLOT),
-		.opcode = IBV_WR_RDMA_WRITE,
-		.send_flags = IBV_SEND_SIGNALED,
-	};
-	struct ibv_send_wr *bad;
 	int rc;
 
 	if (c->state != V_UP || !c->unsignaled || !c->sends_out)
@@ -1709,7 +1720,7 @@ static void verbs_report_sends(struct tern_conn *bc)
 		c->report_again = true;
 		return;
 	}
-	rc = ibv_post_send(c->id->qp, &wr, &bad);
+	rc = post_zero_write(c, VERBS_REPORT_SLOT);
 	if (rc) {
 		conn_failed(c, -rc, "could not post a send report (zero-length RDMA WRITE)");
 		return;
@@ -1828,36 +1839,36 @@ static void conn_fail_later(struct vconn *c, int err, const char *why)
 	uv_timer_start(&c->timer, pending_fail_cb, 0, 0);
 }
 
-/*
- * Invalidate @w's window, and wait until that is done: the engine hands its
- * memory to the next call (or back to the user) as soon as we return.  An
- * invalidation completes after every work request posted before it on this
- * send queue, so a transfer in flight on the connection delays it by what
- * it has left to move; completions met meanwhile are kept for poll_cqs().
- * If it cannot be posted, fails, or has not completed after
- * VERBS_INV_WAIT_MS, the QP goes into the error state, which lets no
- * request of the peer's in, and the connection fails from the loop.
- * Return: 0, or -errno when the window may still be bound (while its QP is
- * in the error state, or gone).
- */
-static int win_invalidate(struct vconn *c, struct vwin *w)
-{
-	uint64_t id = wrid(c, false, VERBS_INV_SLOT + w->idx), end;
-	struct ibv_send_wr wr = {
-		.wr_id = id, .opcode = IBV_WR_LOCAL_INV, .send_flags = IBV_SEND_SIGNALED};
-	struct ibv_send_wr *bad;
-	struct vdev *d = c->dev;
-	int rc;
+/* What wait_own_wr() says when the connection fails waiting. */
+struct wait_msgs {
+	const char *nomem, *failed, *timeout;
+};
 
-	if (c->state != V_UP || c->pending_err || c->qp_dead)
-		return -ENOTCONN; /* its QP is in the error state already */
-	wr.invalidate_rkey = w->rkey;
-	rc = ibv_post_send(c->id->qp, &wr, &bad);
-	if (rc) {
-		conn_fail_later(c, -rc, "could not post a memory window's invalidation");
-		return -rc;
-	}
-	end = now_ms() + VERBS_INV_WAIT_MS;
+static const struct wait_msgs inv_msgs = {
+	"no memory to wait for a window's invalidation",
+	"invalidating a memory window failed",
+	"invalidating a memory window took longer than 10 s",
+};
+
+static const struct wait_msgs fence_msgs = {
+	"no memory to wait for the send queue before a window's bind",
+	"the send queue's fence before a window's bind failed",
+	"the send queue's fence before a window's bind took longer than 10 s",
+};
+
+/*
+ * Wait until the signalled work request @id, just posted on @c's send
+ * queue, completes; completions met meanwhile are kept, in order, for
+ * poll_cqs().  If it fails or has not completed after VERBS_INV_WAIT_MS,
+ * the QP goes into the error state and the connection fails from the loop
+ * with @m's reason.  Return: 0, -ECONNRESET when it flushed (something
+ * else put the QP in error, and says why), or another -errno.
+ */
+static int wait_own_wr(struct vconn *c, uint64_t id, const struct wait_msgs *m)
+{
+	struct vdev *d = c->dev;
+	uint64_t end = now_ms() + VERBS_INV_WAIT_MS;
+
 	for (;;) {
 		struct ibv_wc wc[VERBS_POLL_BATCH];
 		enum ibv_wc_status st = IBV_WC_GENERAL_ERR;
@@ -1865,8 +1876,7 @@ static int win_invalidate(struct vconn *c, struct vwin *w)
 		int n;
 
 		if (!stash_reserve(d, VERBS_POLL_BATCH)) {
-			conn_fail_later(c, -ENOMEM,
-					"no memory to wait for a window's invalidation");
+			conn_fail_later(c, -ENOMEM, m->nomem);
 			return -ENOMEM;
 		}
 		n = ibv_poll_cq(c->cq->cq, VERBS_POLL_BATCH, wc);
@@ -1881,17 +1891,80 @@ static int win_invalidate(struct vconn *c, struct vwin *w)
 		if (found && st == IBV_WC_SUCCESS)
 			return 0;
 		if (found && st == IBV_WC_WR_FLUSH_ERR)
-			return -ECONNRESET; /* something else put the QP in error: it says why */
+			return -ECONNRESET;
 		if (found || n < 0) {
-			conn_fail_later(c, -EIO, "invalidating a memory window failed");
+			conn_fail_later(c, -EIO, m->failed);
 			return -EIO;
 		}
 		if (now_ms() >= end) {
-			conn_fail_later(c, -ETIMEDOUT,
-					"invalidating a memory window took longer than 10 s");
+			conn_fail_later(c, -ETIMEDOUT, m->timeout);
 			return -ETIMEDOUT;
 		}
 	}
+}
+
+/*
+ * Invalidate @w's window, and wait until that is done: the engine hands its
+ * memory to the next call (or back to the user) as soon as we return.  An
+ * invalidation completes after every work request posted before it on this
+ * send queue, so a transfer in flight on the connection delays it by what
+ * it has left to move; completions met meanwhile are kept for poll_cqs().
+ * If it cannot be posted, fails, or has not completed after
+ * VERBS_INV_WAIT_MS, the QP goes into the error state, which lets no
+ * request of the peer's in, and the connection fails from the loop.
+ * Return: 0, or -errno when the window may still be bound (while its QP is
+ * in the error state, or gone).
+ */
+static int win_invalidate(struct vconn *c, struct vwin *w)
+{
+	uint64_t id = wrid(c, false, VERBS_INV_SLOT + w->idx);
+	struct ibv_send_wr wr = {
+		.wr_id = id, .opcode = IBV_WR_LOCAL_INV, .send_flags = IBV_SEND_SIGNALED};
+	struct ibv_send_wr *bad;
+	int rc;
+
+	if (c->state != V_UP || c->pending_err || c->qp_dead)
+		return -ENOTCONN; /* its QP is in the error state already */
+	wr.invalidate_rkey = w->rkey;
+	rc = ibv_post_send(c->id->qp, &wr, &bad);
+	if (rc) {
+		conn_fail_later(c, -rc, "could not post a memory window's invalidation");
+		return -rc;
+	}
+	return wait_own_wr(c, id, &inv_msgs);
+}
+
+/*
+ * On rxe, let a bind onto @c's send queue only with nothing unacknowledged
+ * before it.  rxe carries out a bind when its requester reaches it but
+ * retires it only after everything before it is acknowledged; a retry
+ * meanwhile (a lost packet's timeout or NAK) rewinds the requester over
+ * it, and req_next_wqe() hands it out again without looking at its state:
+ * the bind runs twice, rxe_bind_mw() refuses the second, and the
+ * requester's error path leaves the QP where a second loss stops it for
+ * good, with no error (Linux 6.1's rxe; docs/chaos.md, failure H).  With
+ * nothing before it, the bind is retired as soon as it is carried out.
+ * What may still be unacknowledged: sends not seen done, transfers, the
+ * send report.  Then a signalled zero-length RDMA WRITE (no memory, no
+ * credit at the peer, as report_sends()'s) is posted and waited for: a
+ * send queue completes in order.  That costs the bind a round trip when
+ * the connection is busy, on rxe only; other devices carry out binds in
+ * order in hardware.
+ */
+static int win_fence(struct vconn *c)
+{
+	int rc;
+
+	if (c->dev->xmode != VX_WINDOW_EXACT || (!c->sends_out && !c->bulk_busy && !c->report_out))
+		return 0;
+	if (c->state != V_UP || c->pending_err || c->qp_dead)
+		return -ENOTCONN;
+	rc = post_zero_write(c, VERBS_FENCE_SLOT);
+	if (rc) {
+		conn_fail_later(c, -rc, "could not post the send queue's fence before a bind");
+		return -rc;
+	}
+	return wait_own_wr(c, wrid(c, false, VERBS_FENCE_SLOT), &fence_msgs);
 }
 
 /*
@@ -1915,6 +1988,8 @@ static int win_bind(struct vconn *c, struct vwin *w, struct ibv_mr *mr, uint64_t
 	struct ibv_send_wr *bad;
 	int rc;
 
+	if ((rc = win_fence(c)))
+		return rc;
 	wr.bind_mw.mw = w->mw;
 	wr.bind_mw.rkey = rkey;
 	wr.bind_mw.bind_info.mr = mr;

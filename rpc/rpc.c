@@ -162,6 +162,11 @@ static void rpc_session_fini(tern_session *s)
 	}
 	free(r->orphans);
 	tern__serve_session_fini(s);
+	/* a call's start time still owed by the turn must not outlive its slot
+	 * (every path completes its metrics first; this is the last guard) */
+	for (uint32_t i = 0; r->calls && i < s->n; i++)
+		if (r->calls[i].mx && !r->calls[i].mx_t0.ns)
+			tern__turn_stamp_drop(s->ctx, &r->calls[i].mx_t0);
 	free(r->calls);
 	free(r->free_calls);
 	free(r->queue);

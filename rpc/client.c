@@ -74,7 +74,8 @@ static void release_slot(tern_session *s, tern_callslot *c)
  * the metrics may take and share (a timeout or a failure may come between
  * turns, where a reading kept would go stale).
  */
-static void metrics_end(tern_session *s, tern_callslot *c, int status, size_t len, bool in_turn)
+static inline void metrics_end(tern_session *s, tern_callslot *c, int status, size_t len,
+			       bool in_turn)
 {
 	if (c->mx) {
 		tern__metrics_end(c->mx, tern__turn_elapsed(s->ctx, &c->mx_t0, in_turn), status,

@@ -1123,6 +1123,36 @@ static int reply_bytes(PyObject *r, Py_buffer *b)
 }
 
 /*
+ * What an inplace handler's return @r says: the reply's length (None is 0)
+ * in @len and 0, or the call's error (a negative errno it returned, or
+ * what is wrong with @r) with @msg.
+ */
+static int inplace_length(PyObject *r, size_t cap, size_t *len, char *msg, size_t msg_cap)
+{
+	Py_ssize_t n;
+
+	*len = 0;
+	if (r == Py_None)
+		return 0;
+	n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
+	if (n == -1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		snprintf(msg, msg_cap, "inplace handler returned %s, not a length",
+			 Py_TYPE(r)->tp_name);
+		return -EINVAL;
+	}
+	if (n < 0 && n > -100000)
+		return (int)n; /* a negative errno fails the call, as in C */
+	if (n < 0 || (size_t)n > cap) {
+		snprintf(msg, msg_cap, "inplace handler returned length %zd; the slot holds %zu", n,
+			 cap);
+		return -EMSGSIZE;
+	}
+	*len = (size_t)n;
+	return 0;
+}
+
+/*
  * Every call kind is registered with tern as deferred: the request stays
  * ours until we answer it, so an answer can wait for the views.
  */
@@ -1203,30 +1233,10 @@ static int on_request(tern_req *req, const void *in, size_t in_len, void *user)
 			goto answer;
 		}
 		r = PyObject_CallFunctionObjArgs(g->fn, imv, omv, NULL);
-		if (!r) {
+		if (!r)
 			err = exc_to_status(msg, sizeof(msg));
-		} else if (r == Py_None) {
-			len = 0;
-		} else {
-			Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
-
-			if (n == -1 && PyErr_Occurred()) {
-				PyErr_Clear();
-				err = -EINVAL;
-				snprintf(msg, sizeof(msg),
-					 "inplace handler returned %s, not a length",
-					 Py_TYPE(r)->tp_name);
-			} else if (n < 0 && n > -100000) {
-				err = (int)n; /* a negative errno fails the call, as in C */
-			} else if (n < 0 || (size_t)n > cap) {
-				err = -EMSGSIZE;
-				snprintf(msg, sizeof(msg),
-					 "inplace handler returned length %zd; the slot holds %zu",
-					 n, cap);
-			} else {
-				len = (size_t)n;
-			}
-		}
+		else
+			err = inplace_length(r, cap, &len, msg, sizeof(msg));
 		goto answer;
 	}
 	/* K_RAW: the returned bytes are copied once into the reply slot */
@@ -3362,7 +3372,8 @@ static PyTypeObject FutureType = {
  * slot: a view kept past the handler's return would pin a slot of another
  * thread's context, and a reply held for it would have to be handed back
  * to that member, which may be gone by then.  The reply is copied into
- * the slot (the group registers inplace methods with tern).
+ * the slot (the group registers inplace methods with tern); an inplace
+ * handler writes into a bytearray of the slot's room, copied likewise.
  *
  * Counters the member threads update (sessions accepted and ended per
  * member, refused) are atomics: the accept and close callbacks run
@@ -3393,38 +3404,57 @@ static GroupObject *req_group(tern_req *req)
 }
 /*
  * Call @fn with a memoryview of a copy of @in, with the GIL: the handler
- * may keep it.  The result, or NULL with an error.
+ * may keep it; and, given @out, a writable memoryview of it.  The result,
+ * or NULL with an error.
  */
-static PyObject *group_call(struct reg *r, const void *in, size_t in_len)
+static PyObject *group_call(struct reg *r, const void *in, size_t in_len, PyObject *out)
 {
-	PyObject *b = PyBytes_FromStringAndSize(in, (Py_ssize_t)in_len), *mv, *res;
+	PyObject *b = PyBytes_FromStringAndSize(in, (Py_ssize_t)in_len), *mv, *omv = NULL, *res;
 
 	if (!b)
 		return NULL;
 	mv = PyMemoryView_FromObject(b);
 	Py_DECREF(b);
-	if (!mv)
-		return NULL;
-	res = PyObject_CallOneArg(r->fn, mv);
-	Py_DECREF(mv);
+	if (mv && out)
+		omv = PyMemoryView_FromObject(out);
+	res = mv && (omv || !out) ? PyObject_CallFunctionObjArgs(r->fn, mv, omv, NULL) : NULL;
+	Py_XDECREF(mv);
+	Py_XDECREF(omv);
 	return res;
 }
 
+/*
+ * A Python raw or inplace method of a group.  Inplace: the handler writes
+ * into a bytearray of the slot's room, copied into the slot after, so a
+ * view it keeps never reaches the slot.
+ */
 static ssize_t group_on_request(tern_req *req, const void *in, size_t in_len, void *out,
 				size_t out_cap, void *user)
 {
 	struct reg *r = user;
 	PyGILState_STATE st = PyGILState_Ensure();
 	GroupObject *prev = group_here;
-	PyObject *res;
+	PyObject *res, *room = NULL;
 	Py_buffer b;
 	char msg[208] = "";
+	size_t len;
 	ssize_t rc;
 
 	group_here = req_group(req);
-	res = group_call(r, in, in_len);
+	if (r->kind == K_INPLACE) {
+		room = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)out_cap);
+		res = room ? group_call(r, in, in_len, room) : NULL;
+	} else {
+		res = group_call(r, in, in_len, NULL);
+	}
 	if (!res) {
 		rc = exc_to_status(msg, sizeof(msg));
+	} else if (room) {
+		rc = inplace_length(res, out_cap, &len, msg, sizeof(msg));
+		if (rc == 0 && len)
+			memcpy(out, PyByteArray_AS_STRING(room), len);
+		if (rc == 0)
+			rc = (ssize_t)len;
 	} else if (reply_bytes(res, &b)) {
 		PyErr_Clear();
 		rc = -EINVAL;
@@ -3443,6 +3473,7 @@ static ssize_t group_on_request(tern_req *req, const void *in, size_t in_len, vo
 			PyBuffer_Release(&b);
 	}
 	Py_XDECREF(res);
+	Py_XDECREF(room);
 	group_here = prev;
 	PyGILState_Release(st);
 	if (rc < 0 && msg[0])
@@ -3458,7 +3489,7 @@ static void group_on_oneway(tern_req *req, const void *in, size_t in_len, void *
 	PyObject *res;
 
 	group_here = req_group(req);
-	res = group_call(r, in, in_len);
+	res = group_call(r, in, in_len, NULL);
 	if (!res)
 		PyErr_WriteUnraisable(r->fn);
 	Py_XDECREF(res);
@@ -3648,7 +3679,8 @@ static int method_id_arg(PyObject *v, uint32_t *id)
 	return 0;
 }
 
-/* register(method_id, kind, fn): a Python handler; kind raw (0) or oneway (3). */
+/* register(method_id, kind, fn): a Python handler; kind raw (0), inplace (1) or
+ * oneway (3). */
 static PyObject *group_register(PyObject *o, PyObject *args)
 {
 	GroupObject *go = (GroupObject *)o;
@@ -3664,9 +3696,9 @@ static PyObject *group_register(PyObject *o, PyObject *args)
 		PyErr_SetString(PyExc_TypeError, "register: the handler is not callable");
 		return NULL;
 	}
-	if (kind != K_RAW && kind != K_ONEWAY) {
+	if (kind != K_RAW && kind != K_INPLACE && kind != K_ONEWAY) {
 		PyErr_SetString(PyExc_ValueError,
-				"register: a group serves raw and oneway Python methods");
+				"register: a group serves raw, inplace and oneway Python methods");
 		return NULL;
 	}
 	r = group_reg_new(go, id, (enum kind)kind, fn);
@@ -3919,8 +3951,8 @@ static PyObject *group_exit(PyObject *o, PyObject *args)
 
 static PyMethodDef group_methods[] = {
 	{"register", group_register, METH_VARARGS,
-	 "register(method_id, kind, fn): a Python handler (kind 0 raw, 3 oneway) on every "
-	 "member"},
+	 "register(method_id, kind, fn): a Python handler (kind 0 raw, 1 inplace, 3 "
+	 "oneway) on every member"},
 	{"register_c", group_register_c, METH_VARARGS,
 	 "register_c(method_id, fn, user=0): a C tern_inplace_handler at address fn"},
 	{"service_register", group_service_register, METH_VARARGS, NULL},

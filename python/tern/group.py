@@ -31,8 +31,10 @@ class Group:
     written in C (``register_c``), which never take the GIL.
 
     A Python handler gets a memoryview of a copy of the request (it may
-    keep it); the group serves ``raw`` and ``oneway`` methods (a
-    ``tern.Server`` serves the other kinds).  Set up (``register_c``) before
+    keep it), an inplace one a memoryview of a bytearray of the slot's room
+    for its reply, copied into the slot after; the group serves ``raw``,
+    ``inplace`` and ``oneway`` methods (a ``tern.Server`` serves deferred
+    and batch ones too).  Set up (``register_c``) before
     ``start()``; ``stop()`` stops the members (their sessions close, so
     their clients' calls fail), ``close()`` frees everything and may be
     called any number of times, from any thread but a handler's.
@@ -68,10 +70,10 @@ class Group:
         obj = svc() if isinstance(svc, type) else svc
         for rpc, (attr, kind, _batch) in bindings.items():
             ms = spec.methods[rpc]
-            if kind not in ("raw", "oneway"):
+            if kind not in ("raw", "inplace", "oneway"):
                 raise ValueError(f"{ms.service}.{ms.name} is a {kind} method: a Group "
-                                 f"serves raw and oneway Python methods (tern.Server "
-                                 f"serves every kind)")
+                                 f"serves raw, inplace and oneway Python methods "
+                                 f"(tern.Server serves every kind)")
             self._g.register(ms.id, _KIND_CODE[kind], _adapter(getattr(obj, attr), kind, ms))
         self._g.service_register(*spec.ref)
         self.services.append(spec)

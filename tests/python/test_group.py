@@ -7,6 +7,8 @@ the VM) runs these over tcp; the unit lanes over shm and tcp.
 import ctypes
 import errno
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -301,14 +303,14 @@ def test_garbage_arguments():
         @tern.method(deferred=True)
         def later(self, req, d):
             d.reply(b"")
-    with pytest.raises(ValueError, match="raw and oneway"):
+    with pytest.raises(ValueError, match="raw, inplace and oneway"):
         tern.Group(listen_uri(), Deferring(), members=2)
 
     g = tern._tern.Group(2)
     try:
         for args, exc in (((0, 0, len), ValueError), ((2**32, 0, len), ValueError),
                           (("1", 0, len), TypeError), ((1, 0, None), TypeError),
-                          ((1, 1, len), ValueError), ((1, 2, len), ValueError), ((1,), TypeError)):
+                          ((1, 4, len), ValueError), ((1, 2, len), ValueError), ((1,), TypeError)):
             with pytest.raises(exc):
                 g.register(*args)
         for args, exc in (((1, 0), ValueError), ((1, "f"), TypeError), ((1, None), TypeError),
@@ -339,8 +341,6 @@ def test_start_twice_and_never_started(group):
     g2.close()  # never started: the members are destroyed unrun
     g3 = tern.Group(listen_uri(), Shout(), members=2, start=False)
     del g3  # garbage: freed by its last reference
-    import gc
-    gc.collect()
 
 
 def test_listen_failure_says_why(group):
@@ -361,3 +361,19 @@ def test_rdma_refused():
         assert ei.value.code == -errno.EPROTONOSUPPORT
     else:  # no RDMA here at all: that is said first
         assert ei.value.code == -errno.ENODEV
+
+
+def test_echo_group_example(procs):
+    """examples/echo/group_server.py against the C echo_client, three times:
+    every byte back (copy is raw, zerocopy inplace), sessions spread."""
+    srv = procs([sys.executable, os.path.join(conftest.SRC, "examples", "echo", "group_server.py"),
+                 listen_uri(), "3"], env=dict(os.environ))
+    for _ in range(3):
+        r = subprocess.run([conftest.binary("echo_client"), srv.uri], capture_output=True,
+                           text=True, env=conftest.c_env(), timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "echo_client: every byte came back" in r.stdout
+        assert "8160 bytes: copy ok, zerocopy ok" in r.stdout
+    rc, out, err = srv.stop()
+    assert rc == 0, err
+    assert "group_server: sessions per member: [1, 1, 1]" in out, out + err

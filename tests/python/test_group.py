@@ -357,8 +357,10 @@ def test_rdma_refused():
     with pytest.raises(tern.RpcError) as ei:
         tern.Group("rdma://127.0.0.1:0", Shout(), members=2)
     if os.path.exists("/dev/infiniband/rdma_cm"):
-        assert isinstance(ei.value, tern.Unsupported)
+        # refused by this side, with tern_group_last_error()'s words
+        assert isinstance(ei.value, tern.InvalidArgument)
         assert ei.value.code == -errno.EPROTONOSUPPORT
+        assert "cannot serve a context group" in str(ei.value)
     else:  # no RDMA here at all: that is said first
         assert ei.value.code == -errno.ENODEV
 

@@ -3819,7 +3819,8 @@ static PyObject *group_start(PyObject *o, PyObject *unused)
 	/* Even on failure: what started stops in close(), not start() again. */
 	go->started = true;
 	if (rc)
-		return raise_code(rc, "tern_group_start: a member's thread did not start");
+		return raise_code(rc, "tern_group_start: a thread (the acceptor's or a member's) "
+				      "did not start; close() the group");
 	Py_RETURN_NONE;
 }
 

@@ -61,10 +61,12 @@ class Shout:
 
 
 def proxy(uri, **kw):
-    return tern.proxy(uri, Shout, timeout=30, **kw)
+    # event progress: many client threads busy-polling would starve the
+    # members' threads (in the VM lane, emulated, to a crawl)
+    return tern.proxy(uri, Shout, timeout=30, progress="event", **kw)
 
 
-def run_clients(client, n, timeout=300):
+def run_clients(client, n, timeout=120):
     """client(k) for k in range(n), each on its own thread: re-raise what failed."""
     errors = []
 
@@ -249,7 +251,7 @@ def test_stop_and_close_from_a_handler(group):
             g.close()
             return b"closed?"
     g = group(Stopper(), members=2)
-    with tern.proxy(g.uri, Stopper, timeout=30) as p:
+    with tern.proxy(g.uri, Stopper, timeout=30, progress="event") as p:
         with pytest.raises(tern.RemoteError, match="cannot close a group from its handler"):
             p.shut().result()
         try:  # the reply races the member's end
@@ -379,3 +381,42 @@ def test_echo_group_example(procs):
     rc, out, err = srv.stop()
     assert rc == 0, err
     assert "group_server: sessions per member: [1, 1, 1]" in out, out + err
+
+
+def test_member_thread_fails_to_start(tmp_path):
+    """start() when the acceptor's or a member's thread cannot start (the
+    failthread shim fails pthread_create after n): an RpcError with tern's
+    code, no second start, and close() (twice) frees what did start."""
+    shim = os.environ.get("TERN_FAILTHREAD")
+    if not shim:
+        pytest.skip("TERN_FAILTHREAD is not set")
+    script = tmp_path / "fail_start.py"
+    script.write_text(f"""
+import ctypes, errno, os, sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import pytest
+import tern
+from test_group import Shout, listen_uri
+shim = ctypes.CDLL({shim!r})
+for ok in range(4):  # the acceptor's thread, then members 0, 1 and 2 of 3
+    g = tern.Group(listen_uri(), Shout(), members=3, start=False)
+    shim.tern_test_threads_ok(ok)
+    try:
+        with pytest.raises(tern.WouldBlock) as ei:
+            g.start()
+    finally:
+        shim.tern_test_threads_ok(-1)
+    assert ei.value.code == -errno.EAGAIN and "did not start" in str(ei.value)
+    with pytest.raises(tern.RpcError):
+        g.start()  # not again: close() is what is left
+    g.close()
+    g.close()
+    assert g.alive == (False, False, False)
+print("every failed start closed")
+""")
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = (env.get("LD_PRELOAD", "") + " " + shim).strip()
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "every failed start closed" in r.stdout

@@ -18,8 +18,9 @@
  *            the slot, and the inplace handler writes the reply straight
  *            into its send slot.
  *
- * --metrics turns on per-method metrics (tern_ctx_metrics_enable()) in both
- * contexts: what recording them costs a round trip.
+ * Both contexts run with per-method metrics off (tern_ctx_metrics_enable(0);
+ * they are on by default) unless --metrics: what recording them costs a
+ * round trip.
  *
  * --progress busy drives each context with tern_ctx_poll() (what a
  * busy-polling application does); --progress event with one
@@ -161,8 +162,9 @@ static int connect_pair(struct cost *c, const char *addr)
 		snprintf(uri, sizeof(uri), "%s://%s:0", c->transport, addr);
 	if ((rc = tern_ctx_create(&co, &c->srv)) || (rc = tern_ctx_create(&co, &c->cli)))
 		return rc;
-	if (c->metrics && ((rc = tern_ctx_metrics_enable(c->srv, 1)) ||
-			   (rc = tern_ctx_metrics_enable(c->cli, 1))))
+	/* both ways explicitly: contexts record metrics by default */
+	if ((rc = tern_ctx_metrics_enable(c->srv, c->metrics)) ||
+	    (rc = tern_ctx_metrics_enable(c->cli, c->metrics)))
 		return rc;
 	if ((rc = tern_register_raw(c->srv, M_RAW, raw_echo, NULL)) ||
 	    (rc = tern_register_inplace(c->srv, M_INPLACE, inplace_echo, NULL)) ||

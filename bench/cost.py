@@ -148,7 +148,7 @@ def main():
     ap.add_argument("--progress", default="busy")
     ap.add_argument("--iters", type=int, default=2000,
                     help="N: the runs count N and 2N round trips")
-    ap.add_argument("--metrics", default="off",
+    ap.add_argument("--metrics", default="off,on",
                     help="off, on or off,on: tern with per-method metrics recorded "
                          "(the 'tern +metrics' rows)")
     ap.add_argument("--peers", action="store_true")

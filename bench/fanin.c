@@ -13,6 +13,10 @@
  *   - every call's callback ran exactly once and every reply was right
  *     (no error, no lost call, no wrong byte, no wrong checksum);
  *   - the server answered exactly the calls the clients made;
+ *   - tern's own metrics agree: the server context's served count of the
+ *     method and the client contexts' issued counts (summed) equal the
+ *     calls the handler saw and the replies the clients got, errors too,
+ *     none left in flight ("metrics_served", "metrics_issued": bench/mx.h);
  *   - on rdma://, the RNR counters of every device did not move (credits
  *     make an RNR NAK impossible; tern/rnr.h reads them from sysfs).
  *
@@ -39,6 +43,7 @@
 #include <tern.h>
 #include <tern/rnr.h>
 
+#include "mx.h"
 #include "stats.h"
 #include "verbs_pair.h"
 
@@ -57,6 +62,8 @@ struct cfg {
 /* What one client process sends the server when it is done. */
 struct tally {
 	uint64_t issued, ok, failed, wrong, twice, lost;
+	uint64_t replies, reply_errors; /* callbacks run; of those, with an error status */
+	struct tern_method_stats mx;	/* the client context's metrics of M_SUM, issued */
 	int first_error;
 	uint32_t sessions_up;
 	double elapsed_us;
@@ -98,7 +105,7 @@ static size_t request_fill(const struct cfg *c, uint64_t sid, uint64_t seq, uint
 
 /* ---- the server ---------------------------------------------------------------------- */
 
-static uint64_t served;
+static uint64_t served, refused;
 static uint32_t accepted;
 
 static ssize_t sum(tern_req *r, const void *in, size_t n, void *out, size_t cap, void *u)
@@ -106,8 +113,10 @@ static ssize_t sum(tern_req *r, const void *in, size_t n, void *out, size_t cap,
 	uint64_t h = fnv1a(in, n);
 
 	(void)r, (void)u;
-	if (n + 8 > cap)
+	if (n + 8 > cap) {
+		refused++;
 		return -EMSGSIZE;
+	}
 	memcpy(out, &h, 8);
 	memcpy((uint8_t *)out + 8, in, n);
 	served++;
@@ -186,8 +195,10 @@ static void on_reply(tern_session *s, int status, const void *reply, size_t len,
 	(void)s;
 	cs->inflight--;
 	cs->done++;
+	cs->t->replies++;
 	if (status) {
 		cs->t->failed++;
+		cs->t->reply_errors++;
 		if (!cs->t->first_error)
 			cs->t->first_error = status;
 		cs->failed = true;
@@ -280,7 +291,9 @@ static int client(const struct cfg *c, const char *uri, uint32_t proc, int out_f
 
 	cap_lat = (uint32_t)(total < 1000000 ? total : 1000000);
 	lat = calloc(cap_lat ? cap_lat : 1, sizeof(*lat));
-	if (!ss || !lat || (rc = tern_ctx_create(&co, &ctx)))
+	/* metrics on whatever TERN_METRICS says: the line reports them */
+	if (!ss || !lat || (rc = tern_ctx_create(&co, &ctx)) ||
+	    (rc = tern_ctx_metrics_enable(ctx, 1)))
 		return 1;
 	for (uint32_t i = 0; i < c->sessions; i++) {
 		ss[i] = (struct csess){.c = c,
@@ -342,6 +355,9 @@ static int client(const struct cfg *c, const char *uri, uint32_t proc, int out_f
 	/* a call whose callback never ran is lost */
 	for (uint32_t i = 0; i < c->sessions; i++)
 		t.lost += ss[i].next - ss[i].done;
+	/* what tern counted, for the parent to hold against the tally */
+	if (bench_mx_get(ctx, TERN_METRICS_ISSUED, M_SUM, &t.mx))
+		t.first_error = t.first_error ? t.first_error : -ENOMEM;
 	/* the latencies first (the parent reads the tally, then these) */
 	t.nlat = nlat;
 	if (io_full(out_fd, &t, sizeof(t), true) ||
@@ -421,6 +437,7 @@ int main(int argc, char **argv)
 	uint64_t rnr_delta[3] = {0, 0, 0};
 	double *all_lat = NULL, slowest_us = 0, connect_us = 0;
 	size_t nall = 0;
+	struct tern_method_stats smx;
 	struct bench_stats st = {0};
 	char uri[256];
 	tern_listener *l;
@@ -536,7 +553,7 @@ int main(int argc, char **argv)
 	so.slot_size = c.slot_size;
 	so.slot_count = c.slot_count;
 	so.connect_timeout_ms = c.accept_timeout_ms;
-	if ((rc = tern_ctx_create(&co, &ctx)))
+	if ((rc = tern_ctx_create(&co, &ctx)) || (rc = tern_ctx_metrics_enable(ctx, 1)))
 		return fail(tern_strerror(rc));
 	server_ctx = ctx;
 	if (!strcmp(c.transport, "shm"))
@@ -607,6 +624,9 @@ int main(int argc, char **argv)
 				sum_t.wrong += t.wrong;
 				sum_t.twice += t.twice;
 				sum_t.lost += t.lost;
+				sum_t.replies += t.replies;
+				sum_t.reply_errors += t.reply_errors;
+				bench_mx_add(&sum_t.mx, &t.mx);
 				sum_t.sessions_up += t.sessions_up;
 				if (!sum_t.first_error)
 					sum_t.first_error = t.first_error;
@@ -645,6 +665,10 @@ int main(int argc, char **argv)
 	}
 	if (nall)
 		bench_stats_compute(&st, all_lat, nall, slowest_us);
+	if (bench_mx_get(ctx, TERN_METRICS_SERVED, M_SUM, &smx))
+		return fail("out of memory");
+	sum_t.mx.method = M_SUM;
+	sum_t.mx.side = TERN_METRICS_ISSUED;
 	printf("{\"bench\": \"fanin\", \"transport\": \"%s\", \"procs\": %u, \"sessions\": %u, "
 	       "\"sessions_up\": %u, \"depth\": %u, \"max_size\": %u, \"slot_size\": %u, "
 	       "\"slot_count\": %u, \"seed\": %" PRIu64 ", \"calls\": %" PRIu64 ", \"ok\": %" PRIu64
@@ -655,7 +679,7 @@ int main(int argc, char **argv)
 	       "\"p50_us\": %.1f, \"p99_us\": %.1f, \"rnr\": {\"%s\": %" PRIu64 ", \"%s\": %" PRIu64
 	       ", \"%s\": %" PRIu64 "}, \"accept_failed\": %u, \"server_errors\": %u"
 	       ", \"server_registered\": %" PRIu64 ", \"server_slots_resident\": %" PRIu64
-	       ", \"server_rss_kib\": %" PRIu64 "}\n",
+	       ", \"server_rss_kib\": %" PRIu64,
 	       c.transport, c.procs, c.procs * c.sessions, sum_t.sessions_up, c.depth, c.max_size,
 	       c.slot_size, c.slot_count, c.seed, sum_t.issued, sum_t.ok, served, sum_t.failed,
 	       sum_t.wrong, sum_t.twice, sum_t.lost,
@@ -665,6 +689,12 @@ int main(int argc, char **argv)
 	       rnr_names[2], rnr_delta[2], accept_failed, server_errors,
 	       mem.slots_registered + mem.staging_registered + mem.user_registered,
 	       mem.slots_shared_resident + mem.slots_heap_resident, bench_status_kib("VmRSS"));
+	/* tern's own counts: the server's context and the clients' together */
+	if (bench_mx_print(stdout, "metrics_served", "fanin", &smx, served + refused, refused) |
+	    bench_mx_print(stdout, "metrics_issued", "fanin", &sum_t.mx, sum_t.replies,
+			   sum_t.reply_errors))
+		bad = 1;
+	printf("}\n");
 	if (sum_t.sessions_up != c.procs * c.sessions ||
 	    sum_t.ok != (uint64_t)c.procs * c.sessions * c.calls || sum_t.failed || sum_t.wrong ||
 	    sum_t.twice || sum_t.lost || served != sum_t.ok || accept_failed || server_errors)

@@ -16,7 +16,9 @@
  *
  * Both sides busy-poll, like the raw verbs baseline (bench/verbs_pingpong).
  * With --baseline FILE (that program's JSON lines) each line also carries
- * the baseline's p50 at the same size and depth, and the ratio.
+ * the baseline's p50 at the same size and depth, and the ratio.  Each line
+ * ends with what the client context's own metrics recorded for the run's
+ * method ("metrics": bench/mx.h), which must match the calls it made.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -29,6 +31,7 @@
 
 #include <tern.h>
 
+#include "mx.h"
 #include "stats.h"
 #include "verbs_pair.h"
 
@@ -195,7 +198,8 @@ static int run_client(const struct cfg *c, const char *uri)
 	tern_ctx *ctx;
 	int rc;
 
-	if ((rc = tern_ctx_create(&co, &ctx)) ||
+	/* metrics on whatever TERN_METRICS says: the lines report them */
+	if ((rc = tern_ctx_create(&co, &ctx)) || (rc = tern_ctx_metrics_enable(ctx, 1)) ||
 	    (rc = tern_connect_sync(ctx, uri, &so, 10000, &r.s))) {
 		fprintf(stderr, "tern_bench client: %s: %s\n", tern_strerror(rc),
 			tern_ctx_last_error(ctx));
@@ -209,6 +213,7 @@ static int run_client(const struct cfg *c, const char *uri)
 			double rate1 = 0;
 			for (int di = 0; di < c->ndepths; di++) {
 				int depth = c->depths[di];
+				struct tern_method_stats mx0, mx1, mx;
 				struct bench_stats st;
 				double t0 = 0, base;
 
@@ -219,6 +224,9 @@ static int run_client(const struct cfg *c, const char *uri)
 				r.total = total;
 				r.warmup = c->warmup;
 				r.issued = r.done = r.errors = 0;
+				if (bench_mx_get(ctx, TERN_METRICS_ISSUED,
+						 inplace ? M_INPLACE : M_RAW, &mx0))
+					return 1;
 				while (r.done < total) {
 					while (r.issued < total && r.issued - r.done < depth)
 						if (issue(&r))
@@ -235,6 +243,11 @@ static int run_client(const struct cfg *c, const char *uri)
 				}
 				bench_stats_compute(&st, r.lat, (size_t)c->iters,
 						    bench_now_us() - t0);
+				/* tern's count of this run's calls, warm-up included */
+				if (bench_mx_get(ctx, TERN_METRICS_ISSUED,
+						 inplace ? M_INPLACE : M_RAW, &mx1))
+					return 1;
+				bench_mx_diff(&mx, &mx1, &mx0);
 				if (depth == 1)
 					rate1 = st.rate_per_s;
 				base = baseline_p50(c, r.size, depth);
@@ -244,12 +257,17 @@ static int run_client(const struct cfg *c, const char *uri)
 				       "\"p50_us\":%.2f,\"p99_us\":%.2f,\"mean_us\":%.2f,"
 				       "\"rate_per_s\":%.0f,"
 				       "\"baseline_p50_us\":%.2f,\"ratio\":%.3f,"
-				       "\"rate_vs_inflight1\":%.2f}\n",
+				       "\"rate_vs_inflight1\":%.2f",
 				       c->transport, inplace ? "inplace" : "raw", r.size, depth,
 				       c->iters, st.p50_us, st.p99_us, st.mean_us, st.rate_per_s,
 				       base, base > 0 ? st.p50_us / base : 0,
 				       rate1 > 0 ? st.rate_per_s / rate1 : 0);
+				rc = bench_mx_print(stdout, "metrics", "tern_bench", &mx,
+						    (uint64_t)r.done, (uint64_t)r.errors);
+				printf("}\n");
 				fflush(stdout);
+				if (rc)
+					return 1;
 			}
 		}
 	}

@@ -11,7 +11,9 @@
  *
  * --inflight 1 times each round trip (compare with shm_ring_pingpong and
  * tcp_pingpong); more keeps that many calls in flight and reports the rate.
- * Output: one JSON object per size, the keys of every tern benchmark.
+ * Output: one JSON object per size, the keys of every tern benchmark, and
+ * what the client context's own metrics recorded for the size's calls
+ * ("metrics": bench/mx.h), which must match the calls it made.
  *
  * --one-cpu pins both processes to CPU 0, where each peer's wake-up
  * competes with the other's spinning: adaptive progress with a long
@@ -33,6 +35,7 @@
 #include <unistd.h>
 #include <tern.h>
 
+#include "mx.h"
 #include "stats.h"
 
 #define M_ECHO 0x7e40
@@ -105,7 +108,7 @@ struct run {
 	tern_session *s;
 	const struct cfg *c;
 	size_t len;
-	long issued, done, bad;
+	long issued, done, bad, failed;
 	double *t_issue; /* per call, by sequence number */
 	double *lat;	 /* per timed call */
 	long warmup;
@@ -119,6 +122,8 @@ static void reply_cb(tern_session *s, int status, const void *reply, size_t len,
 
 	if (status || len != r->len || memcmp(reply, &seq, k))
 		r->bad++;
+	if (status < 0)
+		r->failed++;
 	if (seq >= r->warmup)
 		r->lat[seq - r->warmup] = bench_now_us() - r->t_issue[seq];
 	r->done++;
@@ -135,11 +140,14 @@ static void wait_some(struct run *r)
 static int run_size(struct run *r, uint8_t *buf)
 {
 	long total = r->c->iters + r->c->warmup;
+	struct tern_method_stats mx0, mx1, mx;
 	struct bench_stats st;
 	double t_begin = 0;
 	int rc;
 
-	r->issued = r->done = r->bad = 0;
+	r->issued = r->done = r->bad = r->failed = 0;
+	if ((rc = bench_mx_get(r->ctx, TERN_METRICS_ISSUED, M_ECHO, &mx0)))
+		return 1;
 	memset(buf, 0x5a, r->len);
 	while (r->done < total) {
 		while (r->issued < total && r->issued - r->done < r->c->inflight) {
@@ -167,15 +175,21 @@ static int run_size(struct run *r, uint8_t *buf)
 		return 1;
 	}
 	bench_stats_compute(&st, r->lat, (size_t)r->c->iters, bench_now_us() - t_begin);
+	if ((rc = bench_mx_get(r->ctx, TERN_METRICS_ISSUED, M_ECHO, &mx1)))
+		return 1;
+	bench_mx_diff(&mx, &mx1, &mx0); /* this size's calls, warm-up included */
 	printf("{\"bench\":\"tern_local\",\"transport\":\"%s\",\"mode\":\"%s\",\"kind\":\"tern\","
 	       "\"handler\":\"inplace\",\"size\":%zu,\"inflight\":%d,\"iters\":%ld,"
 	       "\"one_cpu\":%s,\"adaptive_spin_us\":%u,"
-	       "\"p50_us\":%.3f,\"p99_us\":%.3f,\"mean_us\":%.3f,\"rate_per_s\":%.0f}\n",
+	       "\"p50_us\":%.3f,\"p99_us\":%.3f,\"mean_us\":%.3f,\"rate_per_s\":%.0f",
 	       r->c->transport, r->c->mode, r->len, r->c->inflight, r->c->iters,
 	       r->c->one_cpu ? "true" : "false", r->c->adaptive_spin_us, st.p50_us, st.p99_us,
 	       st.mean_us, st.rate_per_s);
+	rc = bench_mx_print(stdout, "metrics", "tern_local_bench", &mx, (uint64_t)r->done,
+			    (uint64_t)r->failed);
+	printf("}\n");
 	fflush(stdout);
-	return 0;
+	return rc ? 1 : 0;
 }
 
 static int client(const struct cfg *c, const char *uri)
@@ -195,7 +209,8 @@ static int client(const struct cfg *c, const char *uri)
 
 	r.t_issue = calloc((size_t)total, sizeof(double));
 	r.lat = calloc((size_t)c->iters, sizeof(double));
-	if ((rc = tern_ctx_create(&co, &r.ctx)) ||
+	/* metrics on whatever TERN_METRICS says: the lines report them */
+	if ((rc = tern_ctx_create(&co, &r.ctx)) || (rc = tern_ctx_metrics_enable(r.ctx, 1)) ||
 	    (rc = tern_connect_sync(r.ctx, uri, &so, 10000, &r.s))) {
 		fprintf(stderr, "tern_local_bench: connect %s: %s (%s)\n", uri, tern_strerror(rc),
 			r.ctx ? tern_ctx_last_error(r.ctx) : "");

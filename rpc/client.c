@@ -68,11 +68,23 @@ static void release_slot(tern_session *s, tern_callslot *c)
 }
 
 /*
- * Finish call @c: free its slot first, so the callback may call again.
+ * The metrics of call @c end (before its slot is reused: a start time
+ * still owed by the turn is taken off the context's list here).
  * @in_turn: a reply delivered in a turn of the loop, whose clock reading
  * the metrics may take and share (a timeout or a failure may come between
  * turns, where a reading kept would go stale).
  */
+static inline void metrics_end(tern_session *s, tern_callslot *c, int status, size_t len,
+			       bool in_turn)
+{
+	if (c->mx) {
+		tern__metrics_end(c->mx, tern__turn_elapsed(s->ctx, &c->mx_t0, in_turn), status,
+				  len);
+		c->mx = NULL;
+	}
+}
+
+/* Finish call @c: free its slot first, so the callback may call again. */
 static void complete(tern_session *s, tern_callslot *c, int status, const void *reply, size_t len,
 		     bool in_turn)
 {
@@ -80,11 +92,7 @@ static void complete(tern_session *s, tern_callslot *c, int status, const void *
 	void *user = c->user;
 
 	release_slot(s, c);
-	if (c->mx) {
-		tern__metrics_end(c->mx, tern__turn_elapsed(s->ctx, &c->mx_t0, in_turn), status,
-				  len);
-		c->mx = NULL;
-	}
+	metrics_end(s, c, status, len, in_turn);
 	s->cnt.calls_completed++;
 	if (status < 0)
 		s->cnt.errors++;
@@ -463,9 +471,12 @@ static void time_out(tern_session *s, tern_callslot *c, uint64_t now_ns)
 	r->ncancel_due++;
 	o->give_up_ns = now_ns + (uint64_t)r->cancel_timeout_ms * 1000000ull;
 	if (lent) {
-		/* the user's memory stays the server's until it answers */
+		/* the user's memory stays the server's until it answers; the
+		 * call is over for the metrics now, at its deadline, and its
+		 * slot may be taken again before the callback runs */
 		o->cb = c->cb;
 		o->user = c->user;
+		metrics_end(s, c, -ETIMEDOUT, 0, false);
 		release_slot(s, c);
 	} else {
 		complete(s, c, -ETIMEDOUT, "", 0, false);

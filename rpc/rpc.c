@@ -10,12 +10,33 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "rpc.h"
 
+/*
+ * Per-method metrics are on unless TERN_METRICS says "0" or "off": they
+ * cost under 5% of a small round trip (docs/metrics.md), and an operator
+ * should find them on a running server without having asked beforehand.
+ * The variable turns them off without a rebuild; tern_ctx_metrics_enable()
+ * still overrides it either way.
+ */
+static bool metrics_default(void)
+{
+	const char *v = getenv("TERN_METRICS");
+
+	return !v || (strcmp(v, "0") != 0 && strcmp(v, "off") != 0);
+}
+
 int tern_ctx_create(const struct tern_ctx_opts *opts, tern_ctx **out)
 {
-	return tern__ctx_create(opts, &tern__rpc_upcalls, out);
+	int rc = tern__ctx_create(opts, &tern__rpc_upcalls, out);
+
+	if (!rc && metrics_default() && (rc = tern_ctx_metrics_enable(*out, 1))) {
+		tern_ctx_destroy(*out);
+		*out = NULL;
+	}
+	return rc;
 }
 
 static void rpc_ctx_fini(tern_ctx *ctx)
@@ -141,6 +162,11 @@ static void rpc_session_fini(tern_session *s)
 	}
 	free(r->orphans);
 	tern__serve_session_fini(s);
+	/* a call's start time still owed by the turn must not outlive its slot
+	 * (every path completes its metrics first; this is the last guard) */
+	for (uint32_t i = 0; r->calls && i < s->n; i++)
+		if (r->calls[i].mx && !r->calls[i].mx_t0.ns)
+			tern__turn_stamp_drop(s->ctx, &r->calls[i].mx_t0);
 	free(r->calls);
 	free(r->free_calls);
 	free(r->queue);

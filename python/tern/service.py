@@ -330,7 +330,9 @@ class _Metrics:
     """
 
     def metrics_enable(self, on=True):
-        """Record per-method counts, errors, bytes and latencies (off by default)."""
+        """Record per-method counts, errors, bytes and latencies (on by
+        default; ``metrics_enable(False)`` stops them, or TERN_METRICS=0 in
+        the environment before the context is made)."""
         self._ctx.metrics_enable(bool(on))
 
     def metrics(self):

@@ -240,30 +240,102 @@ static void test_calls_in_flight_are_begun_and_not_finished(void **state)
 	stop(f);
 }
 
-static void test_metrics_are_off_by_default_and_stop_when_disabled(void **state)
+/* @side's entry of M_ECHO in @st[0..n), NULL if none */
+static const struct tern_method_stats *echo_entry(const struct tern_method_stats *st, int n,
+						  int side)
 {
-	struct fx *f = start();
+	const struct tern_method_stats *e = find(st, n, side, M_ECHO);
+
+	assert_non_null(e);
+	return e;
+}
+
+static void echo_once(struct fx *f)
+{
+	int want = ndone + 1;
+
+	assert_int_equal(tern_call(f->cli, M_ECHO, "ab", 2, count_cb, NULL, NULL), 0);
+	assert_int_equal(fx_run_until_count(f, &ndone, want, RUN_MS), 0);
+}
+
+static void test_metrics_are_on_by_default_and_stop_when_disabled(void **state)
+{
+	struct fx *f;
 	struct tern_method_stats st[8];
 	int n;
 
 	(void)state;
+	unsetenv("TERN_METRICS");
+	f = start();
 	ndone = 0;
-	assert_int_equal(tern_call(f->cli, M_ECHO, "ab", 2, count_cb, NULL, NULL), 0);
-	assert_int_equal(fx_run_until_count(f, &ndone, 1, RUN_MS), 0);
-	assert_int_equal(tern_ctx_method_stats(f->ctx, NULL, 0), 0);
+	echo_once(f); /* no tern_ctx_metrics_enable(): counted on both sides */
+	n = tern_ctx_method_stats(f->ctx, st, 8);
+	assert_int_equal(n, 2);
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_SERVED)->completed, 1);
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_ISSUED)->completed, 1);
 
-	assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
 	/* begun while on, finished while off: still finished in its entry */
 	assert_int_equal(tern_call(f->cli, M_ECHO, "ab", 2, count_cb, NULL, NULL), 0);
 	assert_int_equal(tern_ctx_metrics_enable(f->ctx, 0), 0);
 	assert_int_equal(fx_run_until_count(f, &ndone, 2, RUN_MS), 0);
-	assert_int_equal(tern_call(f->cli, M_ECHO, "ab", 2, count_cb, NULL, NULL), 0);
-	assert_int_equal(fx_run_until_count(f, &ndone, 3, RUN_MS), 0);
+	echo_once(f); /* off: not counted */
 	n = tern_ctx_method_stats(f->ctx, st, 8);
-	assert_int_equal(n, 1); /* the issued side: the request was dispatched after */
-	assert_int_equal(st[0].started, 1);
-	assert_int_equal(st[0].completed, 1);
+	assert_int_equal(n, 2);
+	/* the issued side began the second call while on; the server
+	 * dispatched it after the switch */
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_ISSUED)->started, 2);
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_ISSUED)->completed, 2);
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_SERVED)->started, 1);
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_SERVED)->completed, 1);
+
+	/* on again: the same entries go on counting */
+	assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
+	echo_once(f);
+	n = tern_ctx_method_stats(f->ctx, st, 8);
+	assert_int_equal(n, 2);
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_ISSUED)->completed, 3);
+	assert_int_equal(echo_entry(st, n, TERN_METRICS_SERVED)->completed, 2);
 	stop(f);
+}
+
+/* TERN_METRICS=0 or off: a context starts without metrics, until enabled. */
+static void test_TERN_METRICS_off_turns_the_default_off(void **state)
+{
+	static const char *const offs[] = {"0", "off"};
+	static const char *const ons[] = {"1", "on", ""};
+	struct tern_method_stats st[8];
+	int n;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+		struct fx *f;
+
+		setenv("TERN_METRICS", offs[i], 1);
+		f = start();
+		unsetenv("TERN_METRICS");
+		ndone = 0;
+		echo_once(f);
+		assert_int_equal(tern_ctx_method_stats(f->ctx, NULL, 0), 0);
+		assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
+		echo_once(f);
+		n = tern_ctx_method_stats(f->ctx, st, 8);
+		assert_int_equal(n, 2);
+		assert_int_equal(echo_entry(st, n, TERN_METRICS_ISSUED)->completed, 1);
+		assert_int_equal(echo_entry(st, n, TERN_METRICS_SERVED)->completed, 1);
+		stop(f);
+	}
+	/* anything else leaves them on */
+	for (size_t i = 0; i < sizeof(ons) / sizeof(ons[0]); i++) {
+		struct fx *f;
+
+		setenv("TERN_METRICS", ons[i], 1);
+		f = start();
+		unsetenv("TERN_METRICS");
+		ndone = 0;
+		echo_once(f);
+		assert_int_equal(tern_ctx_method_stats(f->ctx, NULL, 0), 2);
+		stop(f);
+	}
 }
 
 /* A peer calling thousands of methods the server lacks adds one entry. */
@@ -872,7 +944,8 @@ int main(void)
 		cmocka_unit_test(test_latency_buckets_are_log_linear_with_inclusive_bounds),
 		cmocka_unit_test(test_random_mixes_count_every_call_by_method_and_code),
 		cmocka_unit_test(test_calls_in_flight_are_begun_and_not_finished),
-		cmocka_unit_test(test_metrics_are_off_by_default_and_stop_when_disabled),
+		cmocka_unit_test(test_metrics_are_on_by_default_and_stop_when_disabled),
+		cmocka_unit_test(test_TERN_METRICS_off_turns_the_default_off),
 		cmocka_unit_test(test_unknown_methods_share_one_entry_and_the_store_is_bounded),
 		cmocka_unit_test(test_prometheus_text_parses_strictly_and_matches_the_stats),
 		cmocka_unit_test(test_latency_covers_a_deferred_reply),

@@ -81,13 +81,18 @@ def test_a_random_mix_is_counted_on_both_ends(serve_thread):
     assert m and int(m.group(1)) == calls["fail"]
 
 
-def test_metrics_are_off_until_enabled(serve_thread):
+def test_metrics_are_on_by_default_and_off_on_request(serve_thread):
     srv = serve_thread(Metered)
     with tern.proxy(srv.uri, Metered) as p:
         assert p.echo(b"x").result(30) == b"x"
-        assert p.method_stats() == []
-        assert "tern_rpc_calls_total" in p.metrics()  # the families, empty
+        issued = by_name(p.method_stats(), "issued")
+        assert issued["Metered.echo"]["completed"] == 1
+        p.metrics_enable(False)
+        assert p.echo(b"x").result(30) == b"x"
+        assert by_name(p.method_stats(), "issued")["Metered.echo"]["completed"] == 1
         assert "tern_session_calls_sent_total" in p.metrics()
+    served = by_name(srv.on_loop(srv.srv.method_stats), "served")
+    assert served["Metered.echo"]["completed"] == 2  # the server's stayed on
 
 
 def test_the_endpoint_serves_a_running_server(serve_thread):

@@ -26,6 +26,7 @@ from .errors import (ERRORS, LOCAL_ERRORS, REMOTE_ERRORS, Aborted, AlreadyExists
                      Unsupported, WouldBlock, error_class)
 from .idl import Idl, Message, MethodSpec, ServiceSpec, load_idl, parse_idl
 from .service import Deferred, Proxy, SendSlot, Server, describe, method, proxy, serve, wait_all
+from .group import GROUP_MAX, Group
 
 Batch = _tern.Batch
 Future = _tern.Future
@@ -55,7 +56,8 @@ from .rnr import CANONICAL, CounterReadError, RnrMonitor  # the soft-RNR monitor
 __all__ = [
     "Aborted", "AlreadyExists", "BadRequest", "Batch", "CallSlot", "Cancelled", "CANONICAL",
     "ConnectFailed", "ConnectionLost", "CounterReadError", "Deferred", "describe",
-    "error_class", "ERRORS", "Future", "HandshakeError", "Idl", "InvalidArgument", "load_idl",
+    "error_class", "ERRORS", "Future", "Group", "GROUP_MAX", "HandshakeError", "Idl",
+    "InvalidArgument", "load_idl",
     "LOCAL_ERRORS", "Memory", "Message", "MessageTooLarge", "method", "MethodSpec",
     "NoSuchMethod", "NotFound", "OutOfRange", "parse_idl", "PermissionDenied", "ProtocolError",
     "Proxy", "proxy", "register", "REMOTE_ERRORS", "RemoteError", "RemoteMessageTooLarge",

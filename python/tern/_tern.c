@@ -27,6 +27,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <stdbool.h>
@@ -1122,6 +1123,36 @@ static int reply_bytes(PyObject *r, Py_buffer *b)
 }
 
 /*
+ * What an inplace handler's return @r says: the reply's length (None is 0)
+ * in @len and 0, or the call's error (a negative errno it returned, or
+ * what is wrong with @r) with @msg.
+ */
+static int inplace_length(PyObject *r, size_t cap, size_t *len, char *msg, size_t msg_cap)
+{
+	Py_ssize_t n;
+
+	*len = 0;
+	if (r == Py_None)
+		return 0;
+	n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
+	if (n == -1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		snprintf(msg, msg_cap, "inplace handler returned %s, not a length",
+			 Py_TYPE(r)->tp_name);
+		return -EINVAL;
+	}
+	if (n < 0 && n > -100000)
+		return (int)n; /* a negative errno fails the call, as in C */
+	if (n < 0 || (size_t)n > cap) {
+		snprintf(msg, msg_cap, "inplace handler returned length %zd; the slot holds %zu", n,
+			 cap);
+		return -EMSGSIZE;
+	}
+	*len = (size_t)n;
+	return 0;
+}
+
+/*
  * Every call kind is registered with tern as deferred: the request stays
  * ours until we answer it, so an answer can wait for the views.
  */
@@ -1202,30 +1233,10 @@ static int on_request(tern_req *req, const void *in, size_t in_len, void *user)
 			goto answer;
 		}
 		r = PyObject_CallFunctionObjArgs(g->fn, imv, omv, NULL);
-		if (!r) {
+		if (!r)
 			err = exc_to_status(msg, sizeof(msg));
-		} else if (r == Py_None) {
-			len = 0;
-		} else {
-			Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
-
-			if (n == -1 && PyErr_Occurred()) {
-				PyErr_Clear();
-				err = -EINVAL;
-				snprintf(msg, sizeof(msg),
-					 "inplace handler returned %s, not a length",
-					 Py_TYPE(r)->tp_name);
-			} else if (n < 0 && n > -100000) {
-				err = (int)n; /* a negative errno fails the call, as in C */
-			} else if (n < 0 || (size_t)n > cap) {
-				err = -EMSGSIZE;
-				snprintf(msg, sizeof(msg),
-					 "inplace handler returned length %zd; the slot holds %zu",
-					 n, cap);
-			} else {
-				len = (size_t)n;
-			}
-		}
+		else
+			err = inplace_length(r, cap, &len, msg, sizeof(msg));
 		goto answer;
 	}
 	/* K_RAW: the returned bytes are copied once into the reply slot */
@@ -1965,6 +1976,17 @@ static int ctx_check(CtxObject *c)
 
 static void sessions_forget(CtxObject *c);
 
+/* Let go of the handlers of @regs (capsules of struct reg) once no thread
+ * can call them; the records stay until their list goes. */
+static void regs_drop(PyObject *regs)
+{
+	for (Py_ssize_t i = 0; regs && i < PyList_GET_SIZE(regs); i++) {
+		struct reg *g = PyCapsule_GetPointer(PyList_GET_ITEM(regs, i), NULL);
+
+		Py_CLEAR(g->fn);
+	}
+}
+
 /* Close everything; refused while views of held requests are exported. */
 static int ctx_close_impl(CtxObject *c)
 {
@@ -2044,11 +2066,7 @@ static int ctx_close_impl(CtxObject *c)
 			c->unbinds = b->next_c;
 		bind_free(b);
 	}
-	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(c->regs); i++) {
-		struct reg *g = PyCapsule_GetPointer(PyList_GET_ITEM(c->regs, i), NULL);
-
-		Py_CLEAR(g->fn);
-	}
+	regs_drop(c->regs);
 	return 0;
 }
 
@@ -3338,6 +3356,647 @@ static PyTypeObject FutureType = {
 	.tp_getset = fut_getset,
 };
 
+/* ---- Group: N member contexts behind one URI (tern_group_*) -------------------- */
+
+/*
+ * A context group as Python sees it.  tern starts the members' threads
+ * (own_threads): they run C loops that never hold the GIL, so a thread
+ * the binding started would add a Python thread object and nothing else,
+ * and tern_group_destroy() joins tern's threads itself.  A Python handler
+ * takes the GIL on the member's thread (PyGILState_Ensure(), which gives
+ * that thread a thread state the first time): the members' I/O, framing
+ * and copies run in parallel, the Python code of the handlers runs one at
+ * a time.  A C handler (register_c()) never takes the GIL.
+ *
+ * A Python handler gets a memoryview of a copy of its request, not of the
+ * slot: a view kept past the handler's return would pin a slot of another
+ * thread's context, and a reply held for it would have to be handed back
+ * to that member, which may be gone by then.  The reply is copied into
+ * the slot (the group registers inplace methods with tern); an inplace
+ * handler writes into a bytearray of the slot's room, copied likewise.
+ *
+ * Counters the member threads update (sessions accepted and ended per
+ * member, refused) are atomics: the accept and close callbacks run
+ * without the GIL.
+ */
+typedef struct GroupObject {
+	PyObject_HEAD tern_group *g;
+	unsigned n;
+	bool started;
+	bool closed;
+	PyObject *regs; /* list of capsules of struct reg (c NULL): keeps handlers */
+	PyObject *uri;	/* the listening URI, once listening */
+	unsigned long accepted[TERN_GROUP_MAX];
+	unsigned long ended[TERN_GROUP_MAX];
+	unsigned long refused;
+} GroupObject;
+
+/* The group whose handler this thread is running, if any: close() from
+ * there would join the thread it runs on. */
+static _Thread_local GroupObject *group_here;
+
+static PyTypeObject GroupType;
+
+/* The group a request arrived at: its members' context data. */
+static GroupObject *req_group(tern_req *req)
+{
+	return tern_ctx_data(tern_session_ctx(tern_req_session(req)));
+}
+/*
+ * Call @fn with a memoryview of a copy of @in, with the GIL: the handler
+ * may keep it; and, given @out, a writable memoryview of it.  The result,
+ * or NULL with an error.
+ */
+static PyObject *group_call(struct reg *r, const void *in, size_t in_len, PyObject *out)
+{
+	PyObject *b = PyBytes_FromStringAndSize(in, (Py_ssize_t)in_len), *mv, *omv = NULL, *res;
+
+	if (!b)
+		return NULL;
+	mv = PyMemoryView_FromObject(b);
+	Py_DECREF(b);
+	if (mv && out)
+		omv = PyMemoryView_FromObject(out);
+	res = mv && (omv || !out) ? PyObject_CallFunctionObjArgs(r->fn, mv, omv, NULL) : NULL;
+	Py_XDECREF(mv);
+	Py_XDECREF(omv);
+	return res;
+}
+
+/*
+ * A Python raw or inplace method of a group.  Inplace: the handler writes
+ * into a bytearray of the slot's room, copied into the slot after, so a
+ * view it keeps never reaches the slot.
+ */
+static ssize_t group_on_request(tern_req *req, const void *in, size_t in_len, void *out,
+				size_t out_cap, void *user)
+{
+	struct reg *r = user;
+	PyGILState_STATE st = PyGILState_Ensure();
+	GroupObject *prev = group_here;
+	PyObject *res, *room = NULL;
+	Py_buffer b;
+	char msg[208] = "";
+	size_t len;
+	ssize_t rc;
+
+	group_here = req_group(req);
+	if (r->kind == K_INPLACE) {
+		room = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)out_cap);
+		res = room ? group_call(r, in, in_len, room) : NULL;
+	} else {
+		res = group_call(r, in, in_len, NULL);
+	}
+	if (!res) {
+		rc = exc_to_status(msg, sizeof(msg));
+	} else if (room) {
+		rc = inplace_length(res, out_cap, &len, msg, sizeof(msg));
+		if (rc == 0 && len)
+			memcpy(out, PyByteArray_AS_STRING(room), len);
+		if (rc == 0)
+			rc = (ssize_t)len;
+	} else if (reply_bytes(res, &b)) {
+		PyErr_Clear();
+		rc = -EINVAL;
+		snprintf(msg, sizeof(msg), "handler returned %s, not bytes", Py_TYPE(res)->tp_name);
+	} else {
+		if ((size_t)b.len > out_cap) {
+			rc = -EMSGSIZE;
+			snprintf(msg, sizeof(msg), "reply of %zd bytes; the slot holds %zu", b.len,
+				 out_cap);
+		} else {
+			if (b.len)
+				memcpy(out, b.buf, (size_t)b.len);
+			rc = b.len;
+		}
+		if (b.obj)
+			PyBuffer_Release(&b);
+	}
+	Py_XDECREF(res);
+	Py_XDECREF(room);
+	group_here = prev;
+	PyGILState_Release(st);
+	if (rc < 0 && msg[0])
+		tern_req_set_error(req, msg);
+	return rc;
+}
+
+static void group_on_oneway(tern_req *req, const void *in, size_t in_len, void *user)
+{
+	struct reg *r = user;
+	PyGILState_STATE st = PyGILState_Ensure();
+	GroupObject *prev = group_here;
+	PyObject *res;
+
+	group_here = req_group(req);
+	res = group_call(r, in, in_len, NULL);
+	if (!res)
+		PyErr_WriteUnraisable(r->fn);
+	Py_XDECREF(res);
+	group_here = prev;
+	PyGILState_Release(st);
+}
+
+/* On the member's thread, without the GIL. */
+static void group_on_accept(tern_listener *l, tern_session *s, int status)
+{
+	GroupObject *go = tern_listener_data(l);
+	int i;
+
+	(void)status;
+	if (!s) {
+		__atomic_fetch_add(&go->refused, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	i = tern_group_index(tern_session_ctx(s));
+	if (i >= 0 && (unsigned)i < go->n)
+		__atomic_fetch_add(&go->accepted[i], 1, __ATOMIC_RELAXED);
+}
+
+static void group_on_session_close(tern_session *s, int reason)
+{
+	tern_ctx *ctx = tern_session_ctx(s);
+	GroupObject *go = tern_ctx_data(ctx);
+	int i = tern_group_index(ctx);
+
+	(void)reason;
+	if (go && i >= 0 && (unsigned)i < go->n)
+		__atomic_fetch_add(&go->ended[i], 1, __ATOMIC_RELAXED);
+}
+
+static PyObject *group_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = {"members", "progress", NULL};
+	struct tern_group_opts o = {.size = sizeof(o), .own_threads = 1};
+	int members, progress = TERN_PROGRESS_EVENT, rc;
+	GroupObject *go;
+	PyThreadState *ts;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "i|i:Group", kwlist, &members, &progress))
+		return NULL;
+	if (members < 1 || members > TERN_GROUP_MAX) {
+		PyErr_Format(PyExc_ValueError, "members must be 1 to %d, not %d", TERN_GROUP_MAX,
+			     members);
+		return NULL;
+	}
+	if (progress < TERN_PROGRESS_BUSY || progress > TERN_PROGRESS_ADAPTIVE) {
+		PyErr_SetString(PyExc_ValueError, "progress must be 0 (busy), 1 (event) or 2");
+		return NULL;
+	}
+	go = (GroupObject *)type->tp_alloc(type, 0);
+	if (!go)
+		return NULL;
+	go->closed = true; /* until the group exists: dealloc has nothing to do */
+	go->regs = PyList_New(0);
+	if (!go->regs) {
+		Py_DECREF(go);
+		return NULL;
+	}
+	o.members = (unsigned)members;
+	o.ctx.size = sizeof(o.ctx);
+	o.ctx.progress = progress;
+	o.ctx.data = go;
+	ts = PyEval_SaveThread();
+	rc = tern_group_create(&o, &go->g);
+	PyEval_RestoreThread(ts);
+	if (rc) {
+		Py_DECREF(go);
+		return raise_code(rc, "tern_group_create failed");
+	}
+	go->n = (unsigned)members;
+	go->closed = false;
+	return (PyObject *)go;
+}
+
+static int group_check(GroupObject *go)
+{
+	if (go->closed) {
+		PyErr_SetString(PyExc_ValueError, "tern: the group is closed");
+		return -1;
+	}
+	return 0;
+}
+
+/* Set-up is for before start(): tern says -EBUSY; say it in words. */
+static int group_setup_check(GroupObject *go)
+{
+	if (group_check(go))
+		return -1;
+	if (go->started) {
+		raise_code(-EBUSY, "tern: a group is set up before start()");
+		return -1;
+	}
+	return 0;
+}
+
+static PyObject *group_raise(GroupObject *go, int rc)
+{
+	return raise_code(rc, go->g ? tern_group_last_error(go->g) : "");
+}
+
+/*
+ * Stop every member and free the group.  With the GIL released: a
+ * member's thread may be waiting for it in a handler, and
+ * tern_group_destroy() joins that thread.  Then no thread runs a handler,
+ * and the handlers can go.
+ */
+static int group_close_impl(GroupObject *go)
+{
+	PyThreadState *ts;
+	tern_group *g = go->g;
+
+	if (go->closed)
+		return 0;
+	if (group_here == go) {
+		PyErr_SetString(PyExc_RuntimeError,
+				"tern: cannot close a group from its handler (stop() can)");
+		return -1;
+	}
+	go->closed = true;
+	go->g = NULL;
+	ts = PyEval_SaveThread();
+	tern_group_destroy(g);
+	PyEval_RestoreThread(ts);
+	regs_drop(go->regs);
+	return 0;
+}
+
+static PyObject *group_close(PyObject *o, PyObject *unused)
+{
+	(void)unused;
+	if (group_close_impl((GroupObject *)o))
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+/* A registration record kept by the group for as long as it lives. */
+static struct reg *group_reg_new(GroupObject *go, uint32_t id, enum kind kind, PyObject *fn)
+{
+	struct reg *r = PyMem_Calloc(1, sizeof(*r));
+	PyObject *cap;
+
+	if (!r) {
+		PyErr_NoMemory();
+		return NULL;
+	}
+	r->id = id;
+	r->kind = kind;
+	r->fn = fn;
+	Py_XINCREF(fn);
+	cap = PyCapsule_New(r, NULL, reg_free);
+	if (!cap) {
+		Py_XDECREF(fn);
+		PyMem_Free(r);
+		return NULL;
+	}
+	if (PyList_Append(go->regs, cap)) {
+		Py_DECREF(cap);
+		return NULL;
+	}
+	Py_DECREF(cap);
+	return r;
+}
+
+static int method_id_arg(PyObject *v, uint32_t *id)
+{
+	unsigned long long x;
+
+	if (!PyLong_Check(v)) {
+		PyErr_Format(PyExc_TypeError, "method_id must be an int, not %s",
+			     Py_TYPE(v)->tp_name);
+		return -1;
+	}
+	x = PyLong_AsUnsignedLongLong(v);
+	if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		x = 0;
+	}
+	if (x == 0 || x > 0xffffffffu) {
+		PyErr_SetString(PyExc_ValueError, "method_id must be 1 to 0xffffffff");
+		return -1;
+	}
+	*id = (uint32_t)x;
+	return 0;
+}
+
+/* register(method_id, kind, fn): a Python handler; kind raw (0), inplace (1) or
+ * oneway (3). */
+static PyObject *group_register(PyObject *o, PyObject *args)
+{
+	GroupObject *go = (GroupObject *)o;
+	PyObject *idv, *fn;
+	struct reg *r;
+	uint32_t id;
+	int kind, rc;
+
+	if (!PyArg_ParseTuple(args, "OiO:register", &idv, &kind, &fn) || group_setup_check(go) ||
+	    method_id_arg(idv, &id))
+		return NULL;
+	if (!PyCallable_Check(fn)) {
+		PyErr_SetString(PyExc_TypeError, "register: the handler is not callable");
+		return NULL;
+	}
+	if (kind != K_RAW && kind != K_INPLACE && kind != K_ONEWAY) {
+		PyErr_SetString(PyExc_ValueError,
+				"register: a group serves raw, inplace and oneway Python methods");
+		return NULL;
+	}
+	r = group_reg_new(go, id, (enum kind)kind, fn);
+	if (!r)
+		return NULL;
+	rc = kind == K_ONEWAY ? tern_group_register_oneway(go->g, id, group_on_oneway, r)
+			      : tern_group_register_inplace(go->g, id, group_on_request, r);
+	return rc ? group_raise(go, rc) : Py_NewRef(Py_None);
+}
+
+/* An address given as an int (ctypes.cast(f, c_void_p).value); 0 is refused. */
+static int address_arg(PyObject *v, const char *what, bool zero_ok, void **out)
+{
+	void *p;
+
+	if (!PyLong_Check(v)) {
+		PyErr_Format(PyExc_TypeError, "%s must be an int address, not %s", what,
+			     Py_TYPE(v)->tp_name);
+		return -1;
+	}
+	p = PyLong_AsVoidPtr(v);
+	if (!p && PyErr_Occurred())
+		return -1;
+	if (!p && !zero_ok) {
+		PyErr_Format(PyExc_ValueError, "%s is NULL", what);
+		return -1;
+	}
+	*out = p;
+	return 0;
+}
+
+/*
+ * register_c(method_id, fn, user=0): a C tern_inplace_handler at address
+ * @fn (from ctypes), called with @user on the members' threads, with no
+ * GIL: the way a Python process serves on all its cores.
+ */
+static PyObject *group_register_c(PyObject *o, PyObject *args)
+{
+	GroupObject *go = (GroupObject *)o;
+	PyObject *idv, *fnv, *userv = NULL;
+	void *fn, *user = NULL;
+	uint32_t id;
+	int rc;
+
+	if (!PyArg_ParseTuple(args, "OO|O:register_c", &idv, &fnv, &userv) ||
+	    group_setup_check(go) || method_id_arg(idv, &id) ||
+	    address_arg(fnv, "register_c: fn", false, &fn) ||
+	    (userv && address_arg(userv, "register_c: user", true, &user)))
+		return NULL;
+	rc = tern_group_register_inplace(go->g, id, (tern_inplace_handler)fn, user);
+	return rc ? group_raise(go, rc) : Py_NewRef(Py_None);
+}
+
+static int group_service_one(tern_ctx *ctx, unsigned i, void *arg)
+{
+	(void)i;
+	return tern_service_register_ref(ctx, arg);
+}
+
+static PyObject *group_service_register(PyObject *o, PyObject *args)
+{
+	GroupObject *go = (GroupObject *)o;
+	struct tern_service_ref ref = {0};
+	unsigned long long hash;
+	const char *layout = NULL;
+	Py_ssize_t layout_len = 0;
+	int rc;
+
+	if (!PyArg_ParseTuple(args, "sK|y#:service_register", &ref.name, &hash, &layout,
+			      &layout_len) ||
+	    group_setup_check(go))
+		return NULL;
+	ref.schema_hash = hash;
+	ref.layout = layout_len ? layout : NULL;
+	ref.layout_len = (size_t)layout_len;
+	rc = tern_group_setup(go->g, group_service_one, &ref);
+	return rc ? raise_code(rc, ref.name) : Py_NewRef(Py_None);
+}
+
+static PyObject *group_listen(PyObject *o, PyObject *args)
+{
+	GroupObject *go = (GroupObject *)o;
+	PyObject *opts = NULL, *u;
+	struct tern_session_opts so;
+	tern_listener *l;
+	const char *uri;
+	int rc;
+
+	if (!PyArg_ParseTuple(args, "s|O:listen", &uri, &opts) || group_setup_check(go))
+		return NULL;
+	if (opts && opts != Py_None && !PyDict_Check(opts)) {
+		PyErr_SetString(PyExc_TypeError, "listen: options must be a dict");
+		return NULL;
+	}
+	if (session_opts_parse(opts, &so))
+		return NULL;
+	so.on_close = group_on_session_close;
+	rc = tern_group_listen(go->g, uri, &so, group_on_accept, go, &l);
+	if (rc)
+		return group_raise(go, rc);
+	u = PyUnicode_FromString(tern_listener_uri(l));
+	if (u && !go->uri)
+		go->uri = Py_NewRef(u);
+	return u;
+}
+
+static PyObject *group_start(PyObject *o, PyObject *unused)
+{
+	GroupObject *go = (GroupObject *)o;
+	int rc;
+
+	(void)unused;
+	if (group_check(go))
+		return NULL;
+	if (go->started)
+		return raise_code(-EBUSY, "tern: the group is started already");
+	rc = tern_group_start(go->g);
+	/* Even on failure: what started stops in close(), not start() again. */
+	go->started = true;
+	if (rc)
+		return raise_code(rc, "tern_group_start: a thread (the acceptor's or a member's) "
+				      "did not start; close() the group");
+	Py_RETURN_NONE;
+}
+
+/* stop(): every member stops and closes its sessions; close() frees. */
+static PyObject *group_stop(PyObject *o, PyObject *args)
+{
+	GroupObject *go = (GroupObject *)o;
+	int i = -1;
+
+	if (!PyArg_ParseTuple(args, "|i:stop", &i) || group_check(go))
+		return NULL;
+	if (i < -1 || i >= (int)go->n) {
+		PyErr_Format(PyExc_ValueError, "stop: member %d of %u", i, go->n);
+		return NULL;
+	}
+	for (unsigned k = 0; k < go->n; k++)
+		if (i < 0 || (unsigned)i == k)
+			tern_group_member_stop(go->g, k); /* -ENOENT: gone already */
+	Py_RETURN_NONE;
+}
+
+static PyObject *counts_tuple(GroupObject *go, unsigned long *v)
+{
+	PyObject *t = PyTuple_New(go->n);
+
+	for (unsigned i = 0; t && i < go->n; i++) {
+		PyObject *x = PyLong_FromUnsignedLong(__atomic_load_n(&v[i], __ATOMIC_RELAXED));
+
+		if (!x) {
+			Py_CLEAR(t);
+			break;
+		}
+		PyTuple_SET_ITEM(t, i, x);
+	}
+	return t;
+}
+
+static PyObject *group_get_accepted(PyObject *o, void *unused)
+{
+	(void)unused;
+	return counts_tuple((GroupObject *)o, ((GroupObject *)o)->accepted);
+}
+
+static PyObject *group_get_ended(PyObject *o, void *unused)
+{
+	(void)unused;
+	return counts_tuple((GroupObject *)o, ((GroupObject *)o)->ended);
+}
+
+static PyObject *group_get_alive(PyObject *o, void *unused)
+{
+	GroupObject *go = (GroupObject *)o;
+	PyObject *t = PyTuple_New(go->n);
+
+	(void)unused;
+	for (unsigned i = 0; t && i < go->n; i++)
+		PyTuple_SET_ITEM(t, i, PyBool_FromLong(!go->closed && tern_group_member(go->g, i)));
+	return t;
+}
+
+static PyObject *group_get_refused(PyObject *o, void *unused)
+{
+	(void)unused;
+	return PyLong_FromUnsignedLong(
+		__atomic_load_n(&((GroupObject *)o)->refused, __ATOMIC_RELAXED));
+}
+
+static PyObject *group_get_uri(PyObject *o, void *unused)
+{
+	GroupObject *go = (GroupObject *)o;
+
+	(void)unused;
+	return Py_NewRef(go->uri ? go->uri : Py_None);
+}
+
+static int group_traverse(PyObject *o, visitproc visit, void *arg)
+{
+	Py_VISIT(((GroupObject *)o)->regs);
+	return 0;
+}
+
+/* A cycle through a handler: close first, so no member calls a handler
+ * being cleared; never on a member's own thread (close would join it). */
+static int group_clear(PyObject *o)
+{
+	GroupObject *go = (GroupObject *)o;
+
+	if (!go->closed && group_here != go && group_close_impl(go))
+		PyErr_Clear();
+	if (go->closed)
+		Py_CLEAR(go->regs);
+	return 0;
+}
+
+static void group_dealloc(PyObject *o)
+{
+	GroupObject *go = (GroupObject *)o;
+
+	PyObject_GC_UnTrack(o);
+	if (!go->closed && group_here == go) {
+		/* The last reference went in one of its own handlers: the
+		 * group cannot join the thread this runs on.  Its members
+		 * stop; the group and its handlers are left behind. */
+		for (unsigned i = 0; i < go->n; i++)
+			tern_group_member_stop(go->g, i);
+		if (PyErr_WarnEx(PyExc_ResourceWarning,
+				 "tern: a Group freed in its own handler is leaked; close() it", 1))
+			PyErr_Clear();
+		return;
+	}
+	if (!go->closed && group_close_impl(go))
+		PyErr_WriteUnraisable(o);
+	Py_XDECREF(go->regs);
+	Py_XDECREF(go->uri);
+	Py_TYPE(o)->tp_free(o);
+}
+
+static PyObject *group_enter(PyObject *o, PyObject *unused)
+{
+	(void)unused;
+	return Py_NewRef(o);
+}
+
+static PyObject *group_exit(PyObject *o, PyObject *args)
+{
+	(void)args;
+	return group_close(o, NULL);
+}
+
+static PyMethodDef group_methods[] = {
+	{"register", group_register, METH_VARARGS,
+	 "register(method_id, kind, fn): a Python handler (kind 0 raw, 1 inplace, 3 "
+	 "oneway) on every member"},
+	{"register_c", group_register_c, METH_VARARGS,
+	 "register_c(method_id, fn, user=0): a C tern_inplace_handler at address fn"},
+	{"service_register", group_service_register, METH_VARARGS, NULL},
+	{"listen", group_listen, METH_VARARGS, "listen(uri, opts=None) -> the URI to connect to"},
+	{"start", group_start, METH_NOARGS, "start the acceptor and the members' threads"},
+	{"stop", group_stop, METH_VARARGS,
+	 "stop(member=-1): stop one member, or all; their sessions close"},
+	{"close", group_close, METH_NOARGS, "stop every member and free the group"},
+	{"__enter__", group_enter, METH_NOARGS, NULL},
+	{"__exit__", group_exit, METH_VARARGS, NULL},
+	{NULL},
+};
+
+static PyGetSetDef group_getset[] = {
+	{"accepted", group_get_accepted, NULL, "sessions each member accepted", NULL},
+	{"ended", group_get_ended, NULL, "sessions each member saw end", NULL},
+	{"alive", group_get_alive, NULL, "which members still run (or wait to)", NULL},
+	{"refused", group_get_refused, NULL, "connections the members refused", NULL},
+	{"uri", group_get_uri, NULL, "the first listen()'s URI, or None", NULL},
+	{NULL},
+};
+
+static PyMemberDef group_members[] = {
+	{"members", T_UINT, offsetof(GroupObject, n), READONLY, "how many member contexts"},
+	{"closed", T_BOOL, offsetof(GroupObject, closed), READONLY, NULL},
+	{"started", T_BOOL, offsetof(GroupObject, started), READONLY, NULL},
+	{NULL},
+};
+
+static PyTypeObject GroupType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tern._tern.Group",
+	.tp_basicsize = sizeof(GroupObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+	.tp_doc = "N member contexts on N threads tern starts, serving one URI.",
+	.tp_new = group_new,
+	.tp_dealloc = group_dealloc,
+	.tp_traverse = group_traverse,
+	.tp_clear = group_clear,
+	.tp_methods = group_methods,
+	.tp_getset = group_getset,
+	.tp_members = group_members,
+};
+
 /* ---- module ------------------------------------------------------------------------- */
 
 /* _set_error_factory(fn, RpcError): how codes become exceptions, and back. */
@@ -3383,8 +4042,8 @@ PyMODINIT_FUNC PyInit__tern(void);
 
 PyMODINIT_FUNC PyInit__tern(void)
 {
-	PyTypeObject *types[] = {&CtxType,    &ViewType,  &RequestType, &SessionType,
-				 &FutureType, &BatchType, &MemType,	&SlotType};
+	PyTypeObject *types[] = {&CtxType,   &ViewType, &RequestType, &SessionType, &FutureType,
+				 &BatchType, &MemType,	&SlotType,    &GroupType};
 	PyObject *m;
 
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
@@ -3401,6 +4060,8 @@ PyMODINIT_FUNC PyInit__tern(void)
 	    PyModule_AddObjectRef(m, "Batch", (PyObject *)&BatchType) ||
 	    PyModule_AddObjectRef(m, "Memory", (PyObject *)&MemType) ||
 	    PyModule_AddObjectRef(m, "CallSlot", (PyObject *)&SlotType) ||
+	    PyModule_AddObjectRef(m, "Group", (PyObject *)&GroupType) ||
+	    PyModule_AddIntConstant(m, "GROUP_MAX", TERN_GROUP_MAX) ||
 	    PyModule_AddIntConstant(m, "PROGRESS_BUSY", TERN_PROGRESS_BUSY) ||
 	    PyModule_AddIntConstant(m, "PROGRESS_EVENT", TERN_PROGRESS_EVENT) ||
 	    PyModule_AddIntConstant(m, "PROGRESS_ADAPTIVE", TERN_PROGRESS_ADAPTIVE) ||

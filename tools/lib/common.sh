@@ -8,7 +8,7 @@ TERN_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 # Debian kernel with rdma_rxe, a static busybox for the initramfs.
 TERN_BUILD_PKGS=(gcc meson ninja-build pkg-config libuv1-dev libcmocka-dev
 	libibverbs-dev librdmacm-dev rdma-core ibverbs-utils rdmacm-utils
-	python3 python3-dev python3-pytest python3-numpy valgrind scdoc man-db)
+	python3 python3-dev python3-pytest python3-numpy python3-hypothesis valgrind scdoc man-db)
 TERN_VM_PKGS=(qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2)
 # The fuzz lane (tools/fuzz): clang with libFuzzer, and Hypothesis for the
 # IDL compiler's property test.

@@ -1123,6 +1123,38 @@ static int reply_bytes(PyObject *r, Py_buffer *b)
 }
 
 /*
+ * A raw handler's return @r as its reply's bytes in @b (release them with
+ * reply_copy()): 0, or -EINVAL with @msg.
+ */
+static int reply_buffer(PyObject *r, Py_buffer *b, char *msg, size_t msg_cap)
+{
+	if (!reply_bytes(r, b))
+		return 0;
+	PyErr_Clear();
+	snprintf(msg, msg_cap, "handler returned %s, not bytes", Py_TYPE(r)->tp_name);
+	return -EINVAL;
+}
+
+/*
+ * Copy @b (from reply_buffer()) into the reply slot @out of @cap bytes and
+ * release it.  Return: its length, or -EMSGSIZE with @msg.
+ */
+static ssize_t reply_copy(Py_buffer *b, void *out, size_t cap, char *msg, size_t msg_cap)
+{
+	ssize_t rc = b->len;
+
+	if ((size_t)b->len > cap) {
+		rc = -EMSGSIZE;
+		snprintf(msg, msg_cap, "reply of %zd bytes; the slot holds %zu", b->len, cap);
+	} else if (b->len) {
+		memcpy(out, b->buf, (size_t)b->len);
+	}
+	if (b->obj)
+		PyBuffer_Release(b);
+	return rc;
+}
+
+/*
  * What an inplace handler's return @r says: the reply's length (None is 0)
  * in @len and 0, or the call's error (a negative errno it returned, or
  * what is wrong with @r) with @msg.
@@ -1246,32 +1278,22 @@ static int on_request(tern_req *req, const void *in, size_t in_len, void *user)
 	} else {
 		Py_buffer b;
 
-		if (reply_bytes(r, &b)) {
-			PyErr_Clear();
-			err = -EINVAL;
-			snprintf(msg, sizeof(msg), "handler returned %s, not bytes",
-				 Py_TYPE(r)->tp_name);
-		} else {
-			int rc = tern_reply_acquire(req, &out, &cap);
+		err = reply_buffer(r, &b, msg, sizeof(msg));
+		if (!err) {
+			ssize_t n;
 
-			if (rc) {
+			if (tern_reply_acquire(req, &out, &cap)) {
 				if (b.obj)
 					PyBuffer_Release(&b);
 				mv_release(imv);
 				iv->released = true;
 				goto done; /* the session is gone */
 			}
-			if ((size_t)b.len > cap) {
-				err = -EMSGSIZE;
-				snprintf(msg, sizeof(msg), "reply of %zd bytes; the slot holds %zu",
-					 b.len, cap);
-			} else {
-				if (b.len)
-					memcpy(out, b.buf, (size_t)b.len);
-				len = (size_t)b.len;
-			}
-			if (b.obj)
-				PyBuffer_Release(&b);
+			n = reply_copy(&b, out, cap, msg, sizeof(msg));
+			if (n < 0)
+				err = (int)n;
+			else
+				len = (size_t)n;
 		}
 	}
 answer:
@@ -2123,6 +2145,29 @@ static void reg_free(PyObject *cap)
 	PyMem_Free(g);
 }
 
+/* A registration record for @fn in @out, owned by the capsule returned
+ * (NULL: an error is set). */
+static PyObject *reg_new(uint32_t id, enum kind kind, PyObject *fn, struct reg **out)
+{
+	struct reg *g = PyMem_Calloc(1, sizeof(*g));
+	PyObject *cap;
+
+	if (!g)
+		return PyErr_NoMemory();
+	g->id = id;
+	g->kind = kind;
+	g->fn = fn;
+	Py_XINCREF(fn);
+	cap = PyCapsule_New(g, NULL, reg_free);
+	if (!cap) {
+		Py_XDECREF(fn);
+		PyMem_Free(g);
+		return NULL;
+	}
+	*out = g;
+	return cap;
+}
+
 static PyObject *ctx_register(PyObject *o, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = {"method_id", "kind", "fn", "batch_max", "wait_us", NULL};
@@ -2144,20 +2189,10 @@ static PyObject *ctx_register(PyObject *o, PyObject *args, PyObject *kw)
 		PyErr_SetString(PyExc_ValueError, "register: bad method id or kind");
 		return NULL;
 	}
-	g = PyMem_Calloc(1, sizeof(*g));
-	if (!g)
-		return PyErr_NoMemory();
-	g->c = c;
-	g->fn = fn;
-	Py_INCREF(fn);
-	g->kind = (enum kind)kind;
-	g->id = (uint32_t)id;
-	cap = PyCapsule_New(g, NULL, reg_free);
-	if (!cap) {
-		Py_DECREF(fn);
-		PyMem_Free(g);
+	cap = reg_new((uint32_t)id, (enum kind)kind, fn, &g);
+	if (!cap)
 		return NULL;
-	}
+	g->c = c;
 	switch (g->kind) {
 	case K_ONEWAY:
 		rc = tern_register_oneway(c->ctx, g->id, on_oneway, g);
@@ -3455,22 +3490,8 @@ static ssize_t group_on_request(tern_req *req, const void *in, size_t in_len, vo
 			memcpy(out, PyByteArray_AS_STRING(room), len);
 		if (rc == 0)
 			rc = (ssize_t)len;
-	} else if (reply_bytes(res, &b)) {
-		PyErr_Clear();
-		rc = -EINVAL;
-		snprintf(msg, sizeof(msg), "handler returned %s, not bytes", Py_TYPE(res)->tp_name);
-	} else {
-		if ((size_t)b.len > out_cap) {
-			rc = -EMSGSIZE;
-			snprintf(msg, sizeof(msg), "reply of %zd bytes; the slot holds %zu", b.len,
-				 out_cap);
-		} else {
-			if (b.len)
-				memcpy(out, b.buf, (size_t)b.len);
-			rc = b.len;
-		}
-		if (b.obj)
-			PyBuffer_Release(&b);
+	} else if (!(rc = reply_buffer(res, &b, msg, sizeof(msg)))) {
+		rc = reply_copy(&b, out, out_cap, msg, sizeof(msg));
 	}
 	Py_XDECREF(res);
 	Py_XDECREF(room);
@@ -3632,23 +3653,11 @@ static PyObject *group_close(PyObject *o, PyObject *unused)
 /* A registration record kept by the group for as long as it lives. */
 static struct reg *group_reg_new(GroupObject *go, uint32_t id, enum kind kind, PyObject *fn)
 {
-	struct reg *r = PyMem_Calloc(1, sizeof(*r));
-	PyObject *cap;
+	struct reg *r;
+	PyObject *cap = reg_new(id, kind, fn, &r);
 
-	if (!r) {
-		PyErr_NoMemory();
+	if (!cap)
 		return NULL;
-	}
-	r->id = id;
-	r->kind = kind;
-	r->fn = fn;
-	Py_XINCREF(fn);
-	cap = PyCapsule_New(r, NULL, reg_free);
-	if (!cap) {
-		Py_XDECREF(fn);
-		PyMem_Free(r);
-		return NULL;
-	}
 	if (PyList_Append(go->regs, cap)) {
 		Py_DECREF(cap);
 		return NULL;

@@ -298,6 +298,19 @@ static void test_metrics_are_on_by_default_and_stop_when_disabled(void **state)
 	stop(f);
 }
 
+/* A fixture whose contexts were made with TERN_METRICS=@v, one echo done. */
+static struct fx *start_with_env(const char *v)
+{
+	struct fx *f;
+
+	setenv("TERN_METRICS", v, 1);
+	f = start();
+	unsetenv("TERN_METRICS");
+	ndone = 0;
+	echo_once(f);
+	return f;
+}
+
 /* TERN_METRICS=0 or off: a context starts without metrics, until enabled. */
 static void test_TERN_METRICS_off_turns_the_default_off(void **state)
 {
@@ -308,13 +321,8 @@ static void test_TERN_METRICS_off_turns_the_default_off(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
-		struct fx *f;
+		struct fx *f = start_with_env(offs[i]);
 
-		setenv("TERN_METRICS", offs[i], 1);
-		f = start();
-		unsetenv("TERN_METRICS");
-		ndone = 0;
-		echo_once(f);
 		assert_int_equal(tern_ctx_method_stats(f->ctx, NULL, 0), 0);
 		assert_int_equal(tern_ctx_metrics_enable(f->ctx, 1), 0);
 		echo_once(f);
@@ -326,13 +334,8 @@ static void test_TERN_METRICS_off_turns_the_default_off(void **state)
 	}
 	/* anything else leaves them on */
 	for (size_t i = 0; i < sizeof(ons) / sizeof(ons[0]); i++) {
-		struct fx *f;
+		struct fx *f = start_with_env(ons[i]);
 
-		setenv("TERN_METRICS", ons[i], 1);
-		f = start();
-		unsetenv("TERN_METRICS");
-		ndone = 0;
-		echo_once(f);
 		assert_int_equal(tern_ctx_method_stats(f->ctx, NULL, 0), 2);
 		stop(f);
 	}

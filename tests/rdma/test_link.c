@@ -195,11 +195,13 @@ static void large_calls(struct fx *f, int n)
 	assert_non_null(in);
 	assert_non_null(out);
 	for (int i = 0; i < n; i++) {
+		double t;
+		int rc;
+
 		fill(in, LARGE, 0x1000 + (uint32_t)i);
 		memset(out, 0, LARGE);
-		double t = now_s();
-		int rc = tern_call_sync(f->cli, M_ECHO, in, LARGE, &rep, CALL_TIMEOUT);
-
+		t = now_s();
+		rc = tern_call_sync(f->cli, M_ECHO, in, LARGE, &rep, CALL_TIMEOUT);
 		if (rc) {
 			/* Say why, and what both devices counted, before failing. */
 			printf("link: large call %d of %d: %s after %.1f s (%s; %s)\n", i + 1, n,

@@ -131,6 +131,7 @@ int tern__transport_get(tern_ctx *ctx, const struct tern_uri *u, struct tern_tp 
 						: "");
 				return rc;
 			}
+			ctx->live[ctx->nlive++] = tp;
 			if (ctx->progress == TERN_PROGRESS_EVENT || ctx->events_armed)
 				tp->ops->set_mode(tp->t, TERN_TRANSPORT_EVENTS);
 		}
@@ -276,22 +277,22 @@ static inline void turn_end(tern_ctx *ctx)
 	ctx->turn_ns = 0;
 }
 
-/* Poll every initialised transport once; then settle credits and deadlines. */
-static int poll_all(tern_ctx *ctx, int budget)
+/* Poll every initialised transport once; then settle credits and deadlines.
+ * Inline: tern_ctx_poll() is nothing else, and a busy caller spins on it. */
+static inline int poll_all(tern_ctx *ctx, int budget)
 {
 	int total = posts_poll(ctx);
 
-	for (int i = 0; i < ctx->ntp; i++) {
-		struct tern_tp *tp = &ctx->tp[i];
-		int n;
+	for (int i = 0; i < ctx->nlive; i++) {
+		struct tern_tp *tp = ctx->live[i];
+		int n = tp->ops->poll(tp->t, budget);
 
-		if (!tp->t)
-			continue;
-		n = tp->ops->poll(tp->t, budget);
 		if (n > 0)
 			total += n;
 	}
-	tern__session_flush_dirty(ctx);
+	/* Most polls leave no session owing anything: no call for nothing. */
+	if (!tern_list_empty(&ctx->dirty))
+		tern__session_flush_dirty(ctx);
 	if (ctx->next_deadline_ns) {
 		uint64_t now = tern__now_ns();
 		if (now >= ctx->next_deadline_ns)

@@ -278,6 +278,10 @@ struct tern_ctx {
 
 	struct tern_tp tp[TERN_MAX_TRANSPORTS];
 	int ntp;
+	/* The transports made so far (tp->t set), in the order they were:
+	 * what a poll walks, instead of every known one. */
+	struct tern_tp *live[TERN_MAX_TRANSPORTS];
+	int nlive;
 
 	const struct tern_upcalls *up; /* the floor above: rpc/ */
 	struct tern_list mrs;	       /* user registrations: the registration cache */

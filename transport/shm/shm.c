@@ -909,6 +909,74 @@ static unsigned min3(unsigned a, unsigned b, unsigned c)
 	return m < c ? m : c;
 }
 
+/* What a descriptor the peer wrote may not be (desc_check()). */
+enum desc_fault {
+	DESC_OK,
+	DESC_RET,   /* returns a slot of ours it does not hold */
+	DESC_EMPTY, /* neither a message nor a return */
+	DESC_SLOT,  /* a message in a slot past the ring's */
+	DESC_LEN,   /* a message longer than a slot */
+	DESC_HELD,  /* a message in a slot we still hold */
+};
+
+/*
+ * Judge a descriptor the peer wrote (read once by the caller): what it
+ * returns is a slot of ours it holds, what it carries lies in a slot of
+ * its own that we do not hold, and it does one or the other at least.
+ */
+static inline enum desc_fault desc_check(const struct sconn *c, uint32_t slot, uint32_t len,
+					 uint32_t ret)
+{
+	if (ret != SHM_NONE && (ret >= c->g.nslots || !(c->slot_state[ret] & SLOT_SENT)))
+		return DESC_RET;
+	if (slot == SHM_NONE)
+		return len || ret == SHM_NONE ? DESC_EMPTY : DESC_OK;
+	if (slot >= c->g.nslots)
+		return DESC_SLOT;
+	if (len > c->g.slot_size)
+		return DESC_LEN;
+	return (c->slot_state[slot] & SLOT_HELD) ? DESC_HELD : DESC_OK;
+}
+
+/* Fail the connection over a descriptor desc_check() refused.  Out of
+ * line: the poll that judges every descriptor stays lean. */
+static __attribute__((cold, noinline)) void desc_failed(struct sconn *c, enum desc_fault f,
+							uint32_t slot, uint32_t len, uint32_t ret)
+{
+	char why[96];
+
+	switch (f) {
+	case DESC_RET:
+		snprintf(why, sizeof(why), "shm: the peer returned slot %u, which it did not hold",
+			 ret);
+		break;
+	case DESC_EMPTY:
+		snprintf(why, sizeof(why), "shm: a descriptor with no message and no return");
+		break;
+	case DESC_SLOT:
+		snprintf(why, sizeof(why), "shm: message in slot %u of %u", slot, c->g.nslots);
+		break;
+	case DESC_LEN:
+		snprintf(why, sizeof(why), "shm: message of %u bytes in a %u-byte slot", len,
+			 c->g.slot_size);
+		break;
+	default:
+		snprintf(why, sizeof(why), "shm: message in slot %u, which we still hold", slot);
+		break;
+	}
+	conn_failed(c, TERN_EPEER, why);
+}
+
+/* The peer's tail moved by more than it can: out of line, as above. */
+static __attribute__((cold, noinline)) void tail_failed(struct sconn *c, uint32_t avail)
+{
+	char why[96];
+
+	snprintf(why, sizeof(why), "shm: the peer's index moved by %u (%u slots)", avail,
+		 c->g.nslots);
+	conn_failed(c, TERN_EPEER, why);
+}
+
 /* New descriptors from the peer: returned slots, and messages handed to
  * the engine where they lie.  Return: how many upcalls were made. */
 static int poll_ring(struct sconn *c, int budget)
@@ -924,14 +992,11 @@ static int poll_ring(struct sconn *c, int budget)
 	uint32_t tail = atomic_load_explicit(c->rx_tail_r, memory_order_acquire);
 	uint32_t avail = tail - c->rx_head, n;
 	int done = 0;
-	char why[96];
 
 	if (avail == 0)
 		return 0;
 	if (avail > 2 * c->g.nslots) {
-		snprintf(why, sizeof(why), "shm: the peer's index moved by %u (%u slots)", avail,
-			 c->g.nslots);
-		conn_failed(c, TERN_EPEER, why);
+		tail_failed(c, avail);
 		return 0;
 	}
 	n = min3(avail, (unsigned)budget, SHM_POLL_BATCH);
@@ -942,24 +1007,10 @@ static int poll_ring(struct sconn *c, int budget)
 		uint32_t len = atomic_load_explicit(&d->len, memory_order_relaxed);
 		uint32_t ret = atomic_load_explicit(&d->ret, memory_order_relaxed);
 
-		why[0] = 0;
-		if (ret != SHM_NONE && (ret >= c->g.nslots || !(c->slot_state[ret] & SLOT_SENT)))
-			snprintf(why, sizeof(why),
-				 "shm: the peer returned slot %u, which it did not hold", ret);
-		else if (slot == SHM_NONE && (len || ret == SHM_NONE))
-			snprintf(why, sizeof(why),
-				 "shm: a descriptor with no message and no return");
-		else if (slot != SHM_NONE && slot >= c->g.nslots)
-			snprintf(why, sizeof(why), "shm: message in slot %u of %u", slot,
-				 c->g.nslots);
-		else if (slot != SHM_NONE && len > c->g.slot_size)
-			snprintf(why, sizeof(why), "shm: message of %u bytes in a %u-byte slot",
-				 len, c->g.slot_size);
-		else if (slot != SHM_NONE && (c->slot_state[slot] & SLOT_HELD))
-			snprintf(why, sizeof(why), "shm: message in slot %u, which we still hold",
-				 slot);
-		if (why[0]) {
-			conn_failed(c, TERN_EPEER, why);
+		enum desc_fault f = desc_check(c, slot, len, ret);
+
+		if (f != DESC_OK) {
+			desc_failed(c, f, slot, len, ret);
 			return 0;
 		}
 		if (ret != SHM_NONE)
@@ -2420,33 +2471,34 @@ static void shm_ctx_fini(struct tern_tctx *tt)
 static int shm_poll(struct tern_tctx *tt, int budget)
 {
 	struct shm_tctx *t = T(tt);
-	struct tern_link *l;
 	int n = 0;
 
 	t->in_poll++;
 	settle_doorbells(t);
-	for (l = t->up.next; l != &t->up && n < budget; l = l->next) {
+	for (struct tern_link *l = t->up.next; l != &t->up; l = l->next) {
 		struct sconn *c = tern_link_entry(l, struct sconn, link);
 
-		if (c->state == SC_UP)
+		if (c->state != SC_UP)
+			continue;
+		if (n < budget) {
 			n += conn_poll(c, budget - n);
+			/*
+			 * While bulk transfers may be asked for or answered,
+			 * look at the socket here too (one recvmsg): a busy
+			 * context returns to libuv's epoll only every
+			 * busy_spin_ns, which would add that much to every
+			 * large message.  Small calls pay nothing.
+			 */
+			if (c->state == SC_UP && (c->xt.live || c->bops_live))
+				n += up_on_socket(c);
+		}
 		/*
-		 * While bulk transfers may be asked for or answered, look at
-		 * the socket here too (one recvmsg): a busy context returns
-		 * to libuv's epoll only every busy_spin_ns, which would add
-		 * that much to every large message.  Small calls pay nothing.
+		 * Slots the engine gave back wait one poll for a message to
+		 * ride on (the usual case: it replies, or calls again, at
+		 * once); after that they go out alone, so a peer waiting for
+		 * slots waits one spin.  Every connection, past the budget
+		 * too: returns are not work the budget bounds.
 		 */
-		if (c->state == SC_UP && (c->xt.live || c->bops_live))
-			n += up_on_socket(c);
-	}
-	/*
-	 * Slots the engine gave back wait one poll for a message to ride on
-	 * (the usual case: it replies, or calls again, at once); after that
-	 * they go out alone, so a peer waiting for slots waits one spin.
-	 */
-	for (l = t->up.next; l != &t->up; l = l->next) {
-		struct sconn *c = tern_link_entry(l, struct sconn, link);
-
 		if (!c->nrets || c->state != SC_UP)
 			continue;
 		if (!c->rets_waited)

@@ -352,11 +352,16 @@ static void issue_copy(tern_session *s, uint32_t method, const void *buf, size_t
  */
 static void release_stages(tern_session *s, tern_callslot *c, unsigned flags)
 {
-	tern__bulk_unexport(s, c->xd, c->nx, flags);
-	c->nx = 0;
-	tern__session_stage_put(s, c->req_stage);
-	tern__session_stage_put(s, c->rep_stage);
-	c->req_stage = c->rep_stage = NULL;
+	/* A call that fit in its slot has neither: every small call comes by. */
+	if (c->nx) {
+		tern__bulk_unexport(s, c->xd, c->nx, flags);
+		c->nx = 0;
+	}
+	if (c->req_stage || c->rep_stage) {
+		tern__session_stage_put(s, c->req_stage);
+		tern__session_stage_put(s, c->rep_stage);
+		c->req_stage = c->rep_stage = NULL;
+	}
 }
 
 /* Is @d the export of one of @c's staging buffers (not of the user's memory)? */

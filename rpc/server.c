@@ -87,9 +87,11 @@ static void finish_flags(tern_req *req, uint8_t kind, int status, uint32_t len, 
 	req->state = TERN_REQ_FREE;
 	req->in = NULL;
 	req->out = NULL;
-	tern__session_stage_put(s, req->in_stage);
-	tern__session_stage_put(s, req->out_stage);
-	req->in_stage = req->out_stage = NULL;
+	if (req->in_stage || req->out_stage) { /* a large request's or reply's */
+		tern__session_stage_put(s, req->in_stage);
+		tern__session_stage_put(s, req->out_stage);
+		req->in_stage = req->out_stage = NULL;
+	}
 	if (s->state != TERN_S_READY) {
 		/* The session died while a deferred handler held the request
 		 * (or a transfer moved its reply): the reply has nowhere to go. */

@@ -640,7 +640,9 @@ static void ev_recv(struct tern_conn *c, uint32_t token, const void *buf, uint32
 		return;
 	}
 	tern_hdr_decode(buf, &h);
-	rc = tern_hdr_check(&h, len, s->n, s->slot_size, s->rx_seq, &why);
+	rc = tern_hdr_plain(&h, len, s->n, s->slot_size, s->rx_seq)
+		     ? 0
+		     : tern_hdr_check(&h, len, s->n, s->slot_size, s->rx_seq, &why);
 	if (!rc && s->binding &&
 	    !(s->is_server ? h.kind == TERN_MSG_REQ && h.method == TERN_METHOD_SVC_CHECK
 			   : h.kind == TERN_MSG_REP || h.kind == TERN_MSG_ERR)) {

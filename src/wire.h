@@ -202,6 +202,25 @@ static inline void tern_hdr_decode(const void *slot, struct tern_hdr *h)
 int tern_hdr_check(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_count,
 		   uint32_t slot_size, uint32_t expect_seq, const char **why);
 
+/*
+ * tern_hdr_plain - the common case of tern_hdr_check(), in one pass
+ *
+ * True when @h is a request or a reply with no flags and no status, whose
+ * length, sequence number, call slot and (for a request) method
+ * tern_hdr_check() would accept: then it returns 0 too, so the receive
+ * path may skip it.  False says nothing: tern_hdr_check() judges, and says
+ * why.  Arguments as tern_hdr_check()'s.
+ */
+static inline bool tern_hdr_plain(const struct tern_hdr *h, uint32_t msg_len, uint32_t slot_count,
+				  uint32_t slot_size, uint32_t expect_seq)
+{
+	return msg_len >= TERN_HDR_SIZE && msg_len <= slot_size &&
+	       (h->flags | h->reserved | (uint32_t)h->status) == 0 &&
+	       h->len == msg_len - TERN_HDR_SIZE && h->seq == expect_seq &&
+	       h->call_slot < slot_count &&
+	       (h->kind == TERN_MSG_REP || (h->kind == TERN_MSG_REQ && h->method != 0));
+}
+
 /* A bulk descriptor on the wire: addr, len (u64), key, aux (u32), LE. */
 static inline void tern_bulk_desc_encode(void *p, const struct tern_bulk_desc *d)
 {

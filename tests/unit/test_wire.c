@@ -237,6 +237,81 @@ static void test_hello_mismatch_names_the_difference(void **state)
 	assert_int_equal(tern_hello_match(&a, &b, why, sizeof(why)), 0);
 }
 
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* The next digit of *@n in base @base. */
+static size_t digit(size_t *n, size_t base)
+{
+	size_t d = *n % base;
+
+	*n /= base;
+	return d;
+}
+
+/*
+ * tern_hdr_plain() lets the receive path skip tern_hdr_check(): every
+ * header it takes, the full check must take too.  Every combination of the
+ * values at the edges of each rule, against the same session (64 slots of
+ * 8192 bytes, seq 7 expected).
+ */
+static void test_plain_takes_only_what_the_check_takes(void **state)
+{
+	static const uint8_t kinds[] = {0,
+					TERN_MSG_REQ,
+					TERN_MSG_REP,
+					TERN_MSG_ERR,
+					TERN_MSG_ONEWAY,
+					TERN_MSG_CREDIT,
+					TERN_MSG_CTRL_ACK,
+					TERN_MSG_CANCEL,
+					TERN_MSG_KIND_MAX + 1,
+					255};
+	static const uint8_t flagss[] = {0, TERN_F_BULK, TERN_F_REPLY_DESC, 0x80};
+	static const uint16_t slots[] = {0, 63, 64, 65535};
+	static const uint32_t methods[] = {0, 1, 0xffffffffu};
+	static const uint32_t lens[] = {0, 8, 10, 8192 - TERN_HDR_SIZE, 8192};
+	static const uint32_t msg_lens[] = {
+		0, TERN_HDR_SIZE - 1, TERN_HDR_SIZE, TERN_HDR_SIZE + 10, 8192, 8193};
+	static const int32_t statuses[] = {0, -1, 1, TERN_WIRE_STATUS_MIN - 1};
+	static const uint32_t seqs[] = {6, 7};
+	static const uint32_t reserveds[] = {0, 1u << 31};
+	size_t total = N_OF(kinds) * N_OF(flagss) * N_OF(slots) * N_OF(methods) * N_OF(lens) *
+		       N_OF(msg_lens) * N_OF(statuses) * N_OF(seqs) * N_OF(reserveds);
+	size_t plain = 0;
+
+	(void)state;
+	for (size_t i = 0; i < total; i++) {
+		size_t n = i; /* one digit per field, each in its own base */
+		struct tern_hdr h = {.call_gen = 5};
+		uint32_t msg_len;
+		const char *why = NULL;
+
+		h.kind = kinds[digit(&n, N_OF(kinds))];
+		h.flags = flagss[digit(&n, N_OF(flagss))];
+		h.call_slot = slots[digit(&n, N_OF(slots))];
+		h.method = methods[digit(&n, N_OF(methods))];
+		h.len = lens[digit(&n, N_OF(lens))];
+		msg_len = msg_lens[digit(&n, N_OF(msg_lens))];
+		h.status = statuses[digit(&n, N_OF(statuses))];
+		h.seq = seqs[digit(&n, N_OF(seqs))];
+		h.reserved = reserveds[digit(&n, N_OF(reserveds))];
+		if (!tern_hdr_plain(&h, msg_len, 64, 8192, 7))
+			continue;
+		plain++;
+		assert_int_equal(tern_hdr_check(&h, msg_len, 64, 8192, 7, &why), 0);
+	}
+	/* ...and it does take the common case: plain requests and replies. */
+	assert_true(plain > 0 && plain < total);
+	{
+		struct tern_hdr h = good_req();
+
+		assert_true(tern_hdr_plain(&h, TERN_HDR_SIZE + 10, 64, 8192, 7));
+		h.kind = TERN_MSG_REP;
+		h.method = 0;
+		assert_true(tern_hdr_plain(&h, TERN_HDR_SIZE + 10, 64, 8192, 7));
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -251,6 +326,7 @@ int main(void)
 		cmocka_unit_test(test_check_rejects_credit_message_with_payload_and_long_errors),
 		cmocka_unit_test(test_check_takes_only_error_codes_as_statuses),
 		cmocka_unit_test(test_check_rejects_method_zero),
+		cmocka_unit_test(test_plain_takes_only_what_the_check_takes),
 		cmocka_unit_test(test_hello_round_trip_and_match),
 		cmocka_unit_test(test_hello_refuses_bad_magic_version_and_short_input),
 		cmocka_unit_test(test_hello_mismatch_names_the_difference),

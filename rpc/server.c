@@ -493,7 +493,8 @@ static void dispatch(tern_session *s, uint32_t token, const struct tern_hdr *h, 
 	char why[128];
 	int rc;
 
-	if ((rc = request_descs(s, h, p, &rdesc, &q, why, sizeof(why)))) {
+	/* A request with no flags has no descriptors: nothing to read or judge. */
+	if (h->flags && (rc = request_descs(s, h, p, &rdesc, &q, why, sizeof(why)))) {
 		tern__session_fail(s, rc, why);
 		return;
 	}

@@ -602,6 +602,13 @@ static inline uint8_t *tern__send_slot(const tern_session *s, uint32_t slot)
 }
 
 /* User-facing readiness: transport up and the service check passed. */
+/*
+ * The transport said @s's connection is gone (@err) inside a user's call:
+ * @s fails from the loop, as for a refused post, and is not ready from now
+ * on.  Return: -ENOTCONN, what the user's call returns.
+ */
+int tern__session_gone(tern_session *s, int err, const char *why);
+
 static inline bool tern__session_usable(const tern_session *s)
 {
 	return s->state == TERN_S_READY && !s->binding;

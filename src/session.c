@@ -194,6 +194,12 @@ static void fail_soon(tern_session *s, int err, const char *why)
 	tern__wake_soon(s->ctx);
 }
 
+int tern__session_gone(tern_session *s, int err, const char *why)
+{
+	fail_soon(s, err, why);
+	return -ENOTCONN;
+}
+
 int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags)
 {
 	int rc;
@@ -1078,7 +1084,7 @@ void *tern_session_data(tern_session *s)
 
 int tern_session_is_ready(tern_session *s)
 {
-	return s && tern__session_usable(s);
+	return s && tern__session_usable(s) && !s->fail_soon;
 }
 
 const char *tern_session_peer(tern_session *s)

@@ -1982,7 +1982,8 @@ static const struct wait_msgs fence_msgs = {
  * poll_cqs().  If it fails or has not completed after VERBS_INV_WAIT_MS,
  * the QP goes into the error state and the connection fails from the loop
  * with @m's reason.  Return: 0, -ECONNRESET when it flushed (something
- * else put the QP in error, and says why), or another -errno.
+ * else put the QP in error, and says why) or when the peer stopped
+ * answering, or another -errno (wc_error()'s).
  */
 static int wait_own_wr(struct vconn *c, uint64_t id, const struct wait_msgs *m)
 {
@@ -2013,8 +2014,12 @@ static int wait_own_wr(struct vconn *c, uint64_t id, const struct wait_msgs *m)
 		if (found && st == IBV_WC_WR_FLUSH_ERR)
 			return -ECONNRESET;
 		if (found || n < 0) {
-			conn_fail_later(c, -EIO, m->failed);
-			return -EIO;
+			/* as for any other work request of ours: a peer that
+			 * stopped answering (resends ran out) is -ECONNRESET */
+			int err = found ? wc_error(st) : -EIO;
+
+			conn_fail_later(c, err, m->failed);
+			return err;
 		}
 		if (now_ms() >= end) {
 			conn_fail_later(c, -ETIMEDOUT, m->timeout);

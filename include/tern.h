@@ -696,6 +696,10 @@ TERN_EXPORT void *tern_session_data(tern_session *s);
 
 /**
  * tern_session_is_ready - 1 once connected and until closed or failed
+ *
+ * 0 as soon as the transport has said the connection is gone inside a
+ * call of yours (tern_call() returned -ENOTCONN): the session's failure
+ * itself, and its calls' callbacks, follow from the loop.
  */
 TERN_EXPORT int tern_session_is_ready(tern_session *s);
 

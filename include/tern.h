@@ -696,6 +696,10 @@ TERN_EXPORT void *tern_session_data(tern_session *s);
 
 /**
  * tern_session_is_ready - 1 once connected and until closed or failed
+ *
+ * 0 as soon as the transport has said the connection is gone inside a
+ * call of yours (tern_call() returned -ENOTCONN): the session's failure
+ * itself, and its calls' callbacks, follow from the loop.
  */
 TERN_EXPORT int tern_session_is_ready(tern_session *s);
 
@@ -1390,14 +1394,18 @@ struct tern_group_opts {
  *
  * A group is N member contexts, each run by one thread, behind listeners
  * made with tern_group_listen().  One more context of the group's own, the
- * acceptor, run by a thread the group starts, owns the listening sockets:
- * it accepts each connection and hands the socket, before the handshake,
- * to a member through tern_ctx_post(), and the handshake and the whole
- * session run on that member.  So a session lives on one member, on one
- * thread, for its whole life, and its hot path takes no lock; the hand-off
- * is the one place the threads meet.  Members are picked round-robin over
- * the members still alive (a dead member is skipped), in the order the
- * acceptor accepted the connections.
+ * acceptor, run by a thread the group starts, owns the listening sockets
+ * (on rdma://, the rdma_cm listener): it accepts each connection and hands
+ * it, before the handshake, to a member through tern_ctx_post(), and the
+ * handshake and the whole session run on that member.  On rdma:// what
+ * crosses is the connection request: its cm_id moves to the member's
+ * rdma_cm event channel (rdma_migrate_id()), and the member accepts it
+ * with a QP on its own protection domain, CQs and completion channel.  So
+ * a session lives on one member, on one thread, for its whole life, and
+ * its hot path takes no lock; the hand-off is the one place the threads
+ * meet.  Members are picked round-robin over the members still alive (a
+ * dead member is skipped), in the order the acceptor accepted the
+ * connections.
  *
  * Set the group up, then start it: register methods (tern_group_setup(),
  * tern_group_register_raw() and friends) and listen, then
@@ -1472,8 +1480,8 @@ TERN_EXPORT int tern_group_register_oneway(tern_group *g, uint32_t method_id,
 
 /**
  * tern_group_listen - accept sessions on @uri for the whole group
- * @uri: "tcp://host:port" or "shm://name" (rdma:// has no groups yet:
- *	-EPROTONOSUPPORT); port 0 picks one
+ * @uri: "rdma://host:port", "tcp://host:port" or "shm://name"; port 0
+ *	picks one
  * @opts: options every accepted session gets
  * @cb: runs on the member that took the session, on its thread, with that
  *	member's listener (tern_session_ctx() is the member)

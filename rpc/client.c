@@ -681,7 +681,20 @@ fail:
 	offer_failed(s, c, rc, exposing);
 	tern_credits_untake_call(&s->cr);
 	release_slot(s, c);
-	return rc;
+	switch (rc) {
+	case -ENOTCONN:
+	case -ECONNRESET:
+	case -ECONNABORTED:
+	case -EPIPE:
+	case -EIO:
+	case -ETIMEDOUT:
+		/* the connection failed under the export (verbs: its QP died
+		 * during a window's bind): the session goes, as tern_call()
+		 * says, not a transport's code for this one call */
+		return tern__session_gone(s, rc, "the connection failed while exposing a buffer");
+	default:
+		return rc;
+	}
 }
 
 /* Issue a call now: the plain copy path, or the bulk one. */

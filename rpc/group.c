@@ -5,21 +5,22 @@
  *
  * The acceptor, a context of the group's own on a thread of its own, owns
  * the listening sockets (the engine's HANDOFF listeners).  The provider
- * hands it each accepted socket unread; the acceptor picks a member and
- * gives it the socket through tern_ctx_post(), where the member's ADOPT
- * listener for the same URI runs the handshake and the session.  The
- * socket crosses threads before the handshake because everything a
- * session is made of (its slots, its shm segment, its libuv handles) must
- * be made on the loop that will run it: a libuv handle cannot move
- * between loops, so a handshake run on the acceptor would leave the
- * session on the wrong thread.
+ * hands it each accepted connection unread (struct tern_handoff: a socket,
+ * or on rdma:// a connection request not yet answered); the acceptor
+ * picks a member and gives it the connection through tern_ctx_post(),
+ * where the member's ADOPT listener for the same URI runs the handshake
+ * and the session.  The connection crosses threads before the handshake
+ * because everything a session is made of (its slots, its shm segment,
+ * its QP, its libuv handles) must be made on the loop that will run it: a
+ * libuv handle cannot move between loops, so a handshake run on the
+ * acceptor would leave the session on the wrong thread.
  *
  * g->lock guards the members' states and the round-robin cursor; it is
  * taken to hand a socket over (once per connection) and when a member
  * dies, never on a call's path.  A member is marked dead under it before
  * its context is destroyed, so the acceptor never posts to a context that
- * is going; sockets already queued to it are closed by its post callback
- * (tern_ctx_destroy() runs queued posts with -ECANCELED).
+ * is going; connections already queued to it are refused by its post
+ * callback (tern_ctx_destroy() runs queued posts with -ECANCELED).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -68,13 +69,13 @@ struct tern_group {
 	unsigned nlistens;
 };
 
-/* A socket on its way to a member. */
+/* A connection on its way to a member. */
 struct handed {
 	tern_listener *l; /* the member's ADOPT listener */
-	int fd;
+	struct tern_handoff conn;
 };
 
-/* On the member's thread: run the socket, or close it (the member is going). */
+/* On the member's thread: run the connection, or refuse it (the member is going). */
 static void adopt_cb(tern_ctx *ctx, void *arg, int status)
 {
 	struct handed *h = arg;
@@ -82,8 +83,8 @@ static void adopt_cb(tern_ctx *ctx, void *arg, int status)
 
 	(void)ctx;
 	if (status) {
-		close(h->fd);
-	} else if ((rc = tern__listener_adopt(h->l, h->fd)) && h->l->cb) {
+		tern__handoff_drop(h->l, h->conn);
+	} else if ((rc = tern__listener_adopt(h->l, h->conn)) && h->l->cb) {
 		tern__set_error(ctx, "a connection handed to this member: %s", tern_strerror(rc));
 		TERN_CALLBACK(ctx, h->l->cb(h->l, NULL, rc));
 	}
@@ -91,21 +92,27 @@ static void adopt_cb(tern_ctx *ctx, void *arg, int status)
 }
 
 /*
- * On the acceptor's thread: hand @fd to the next live member, round-robin.
- * With no member alive (or no memory), the socket closes: the client's
- * connect fails as if nobody listened.
+ * On the acceptor's thread: hand @conn to the next live member,
+ * round-robin.  With no member alive (or no memory), it is refused: the
+ * client's connect fails as if nobody listened.
+ *
+ * A provider's own object (rdma://'s connection request) is first moved
+ * to the member (tern__handoff_move(): its rdma_cm events go to the
+ * member's event channel from then on), under the lock, so the member is
+ * alive throughout; if the post then fails, it is moved back here, and
+ * refused on this thread, whose events it reaches again.
  */
-static void group_handoff(tern_listener *l, int fd)
+static void group_handoff(tern_listener *l, struct tern_handoff conn)
 {
 	struct group_listen *gl = l->handoff_arg;
 	tern_group *g = gl->g;
 	struct handed *h = malloc(sizeof(*h));
 
 	if (!h) {
-		close(fd);
+		tern__handoff_drop(l, conn);
 		return;
 	}
-	h->fd = fd;
+	h->conn = conn;
 	pthread_mutex_lock(&g->lock);
 	for (unsigned k = 0; k < g->n; k++) {
 		unsigned i = (g->rr + k) % g->n;
@@ -113,6 +120,8 @@ static void group_handoff(tern_listener *l, int fd)
 		if (g->m[i].state == M_DEAD)
 			continue;
 		h->l = gl->member[i];
+		if (tern__handoff_move(h->l, conn))
+			continue;
 		/* Never -ESHUTDOWN: a member is marked dead, under this
 		 * lock, before its context's queue closes. */
 		if (tern_ctx_post(g->m[i].ctx, adopt_cb, h) == 0) {
@@ -120,11 +129,13 @@ static void group_handoff(tern_listener *l, int fd)
 			h = NULL;
 			break;
 		}
+		if (tern__handoff_move(l, conn))
+			break; /* stuck on the member: refused below, as it can be */
 	}
 	pthread_mutex_unlock(&g->lock);
 	if (h) {
 		free(h);
-		close(fd);
+		tern__handoff_drop(l, conn);
 	}
 }
 

@@ -500,10 +500,10 @@ struct tern_listener {
 	void *data;
 	/*
 	 * A context group's listener (TERN__LISTEN_HANDOFF): who takes the
-	 * sockets it accepts (the floor above, rpc/group.c), on this
-	 * context's thread.  It owns @fd.
+	 * connections it accepts (the floor above, rpc/group.c), on this
+	 * context's thread.  It owns @h.
 	 */
-	void (*handoff)(tern_listener *l, int fd);
+	void (*handoff)(tern_listener *l, struct tern_handoff h);
 	void *handoff_arg;
 	char uri[300];
 };
@@ -523,8 +523,23 @@ enum tern__listen_kind {
  */
 int tern__listen(tern_ctx *ctx, const char *uri, const struct tern_session_opts *opts,
 		 tern_accept_cb cb, enum tern__listen_kind kind, tern_listener **out);
-/* Run @fd, accepted by a HANDOFF listener, on ADOPT listener @l's context. */
-int tern__listener_adopt(tern_listener *l, int fd);
+/*
+ * Run @h, accepted by a HANDOFF listener, on ADOPT listener @l's context,
+ * on its thread.  @h is the provider's from the call, on every path.
+ */
+int tern__listener_adopt(tern_listener *l, struct tern_handoff h);
+/*
+ * On the HANDOFF listener's thread, before @h is posted to ADOPT listener
+ * @l's context (which must stay alive meanwhile): make @h's events reach
+ * that context (ops->handoff_move; nothing to do for a socket).  0, or
+ * -errno with @h still the caller's.
+ */
+int tern__handoff_move(tern_listener *l, struct tern_handoff h);
+/*
+ * Refuse @h (close the socket, or ops->handoff_drop()), on the thread of
+ * the context its events reach; @l is any listener of its provider.
+ */
+void tern__handoff_drop(tern_listener *l, struct tern_handoff h);
 
 /*
  * The session took @bytes of heap for its life (the floor above's tables
@@ -591,6 +606,13 @@ static inline uint8_t *tern__send_slot(const tern_session *s, uint32_t slot)
 }
 
 /* User-facing readiness: transport up and the service check passed. */
+/*
+ * The transport said @s's connection is gone (@err) inside a user's call:
+ * @s fails from the loop, as for a refused post, and is not ready from now
+ * on.  Return: -ENOTCONN, what the user's call returns.
+ */
+int tern__session_gone(tern_session *s, int err, const char *why);
+
 static inline bool tern__session_usable(const tern_session *s)
 {
 	return s->state == TERN_S_READY && !s->binding;

@@ -194,6 +194,12 @@ static void fail_soon(tern_session *s, int err, const char *why)
 	tern__wake_soon(s->ctx);
 }
 
+int tern__session_gone(tern_session *s, int err, const char *why)
+{
+	fail_soon(s, err, why);
+	return -ENOTCONN;
+}
+
 int tern__session_send_flags(tern_session *s, uint32_t slot, struct tern_hdr *h, uint32_t flags)
 {
 	int rc;
@@ -811,20 +817,33 @@ static void ev_notice(tern_ctx *ctx, const char *msg)
 	tern__set_error(ctx, "%s", msg);
 }
 
-/* A group's listener accepted a socket: the group hands it to a member. */
-static void ev_handoff(struct tern_tlistener *tl, int fd)
+/* A group's listener accepted a connection: the group hands it to a member. */
+static void ev_handoff(struct tern_tlistener *tl, struct tern_handoff h)
 {
 	tern_listener *l = tl->owner;
 
 	if (l->handoff)
-		l->handoff(l, fd);
+		l->handoff(l, h);
 	else
-		close(fd);
+		tern__handoff_drop(l, h);
 }
 
-int tern__listener_adopt(tern_listener *l, int fd)
+int tern__listener_adopt(tern_listener *l, struct tern_handoff h)
 {
-	return l->tp->ops->adopt(l->tl, fd);
+	return l->tp->ops->adopt(l->tl, h);
+}
+
+int tern__handoff_move(tern_listener *l, struct tern_handoff h)
+{
+	return h.req ? l->tp->ops->handoff_move(l->tl, h) : 0;
+}
+
+void tern__handoff_drop(tern_listener *l, struct tern_handoff h)
+{
+	if (h.req)
+		l->tp->ops->handoff_drop(h);
+	else
+		close(h.fd);
 }
 
 const struct tern_transport_events tern__events = {
@@ -1067,7 +1086,7 @@ void *tern_session_data(tern_session *s)
 
 int tern_session_is_ready(tern_session *s)
 {
-	return s && tern__session_usable(s);
+	return s && tern__session_usable(s) && !s->fail_soon;
 }
 
 const char *tern_session_peer(tern_session *s)

@@ -16,7 +16,7 @@
  * whole life.  Each member keeps its own state (its own stats, its own
  * timer on its own loop), so nothing is shared between the threads and no
  * lock is taken; Calc.stats reports the member the session landed on.
- * (The group runs on shm:// and tcp://.)
+ * (The group runs on rdma://, shm:// and tcp://.)
  */
 /* libuv's header needs POSIX types (pthread_rwlock_t), which a strict
  * -std=c11 build only has when asked for; tern.h alone needs nothing. */

@@ -132,6 +132,18 @@ struct tern_bulk_desc {
 };
 _Static_assert(sizeof(struct tern_bulk_desc) == 24, "bulk descriptor is 24 bytes on the wire");
 
+/*
+ * What a context group's listener accepted, on its way to a member context
+ * (events->handoff(), ops->adopt()): a socket (shm, tcp: @fd, @req NULL),
+ * or the provider's own object for a connection it has no socket for
+ * (verbs: an rdma_cm connection request, @req, @fd -1).  Whoever holds it
+ * must pass it on or refuse it: close(@fd), or ops->handoff_drop(@req).
+ */
+struct tern_handoff {
+	int fd;
+	void *req;
+};
+
 /* The part of a listener the engine sees; embedded first by providers. */
 struct tern_tlistener {
 	const struct tern_transport_ops *ops;
@@ -218,10 +230,11 @@ struct tern_transport_events {
 	 */
 	bool (*keep_rx)(struct tern_conn *c, void (*release)(void *arg), void *arg);
 	/*
-	 * A listener with @l->handoff accepted @fd (non-blocking,
-	 * close-on-exec, nothing read from it yet): the engine owns it now.
+	 * A listener with @l->handoff accepted @h: a socket (non-blocking,
+	 * close-on-exec, nothing read from it yet) or a connection request of
+	 * the provider's (nothing answered yet).  The engine owns it now.
 	 */
-	void (*handoff)(struct tern_tlistener *l, int fd);
+	void (*handoff)(struct tern_tlistener *l, struct tern_handoff h);
 };
 
 /*
@@ -272,12 +285,25 @@ struct tern_transport_ops {
 	 * adopt(), and listener_close() frees it.  adopt: run @fd, which a
 	 * handoff listener of the same URI accepted on another context (and
 	 * another thread), as if @l had accepted it: the handshake and the
-	 * whole connection live on @l's context.  @fd is the provider's from
-	 * the call, on every path (closed on failure).  0 or -errno.
+	 * whole connection live on @l's context.  @h is the provider's from
+	 * the call, on every path (refused on failure).  0 or -errno.
 	 */
 	int (*adopt_listen)(struct tern_tctx *t, const struct tern_uri *uri, void *owner,
 			    struct tern_tlistener **out);
-	int (*adopt)(struct tern_tlistener *l, int fd);
+	int (*adopt)(struct tern_tlistener *l, struct tern_handoff h);
+	/*
+	 * For a provider whose hand-offs are its own objects (@h.req; both
+	 * optional, for sockets neither).  handoff_move: called on the thread
+	 * of the context that accepted @h, while member listener @l (of the
+	 * same URI, on another context) is sure to live: make @h's events
+	 * reach @l's context from now on (verbs: rdma_migrate_id() to its
+	 * event channel), so that the member's thread alone touches it after
+	 * the hand-off.  0 or -errno (then @h is still the caller's, as it
+	 * was).  handoff_drop: refuse and free @h, on the thread of the
+	 * context its events reach.
+	 */
+	int (*handoff_move)(struct tern_tlistener *l, struct tern_handoff h);
+	void (*handoff_drop)(struct tern_handoff h);
 
 	/* Start connecting; the outcome arrives through events->connected. */
 	int (*connect)(struct tern_tctx *t, const struct tern_uri *uri,

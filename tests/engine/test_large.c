@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "fixture.h"
+#include "mem.h"
 #include "rpc.h"
 
 #define M_ECHO	       0x400
@@ -232,6 +233,40 @@ static void echo_registered_via(struct fx *f, uint32_t method, size_t size)
 	assert_int_equal(tern_mem_deregister(mr_rep), 0);
 	free(req);
 	free(rep);
+}
+
+/*
+ * The connection fails under a call's export, inside tern_call(): verbs
+ * does this when its QP dies (resends ran out across a lossy link) while a
+ * memory window's bind waits for the send queue, and tern_call() returned
+ * the provider's -EIO, a code it does not document, on a session that
+ * still said it was ready (the chaos run's lossy lane, seed 3).  Now:
+ * -ENOTCONN, the session is not ready from then on, nothing of the call
+ * runs, and the session fails from the loop.  The hook is mem://'s.
+ */
+static void test_a_connection_failing_under_an_export_is_enotconn(void **state)
+{
+	static char big[256 << 10];
+	struct fx_done d = {0};
+	struct fx *f;
+	char small[8] = "small";
+	int rc;
+
+	(void)state;
+	if (!fx_is("mem"))
+		return;
+	f = fx_new(NULL);
+	tern_mem_conn_fail_exports(f->cli->conn, -EIO);
+	rc = tern_call(f->cli, M_ECHO, big, sizeof(big), fx_done_cb, &d, NULL);
+	assert_int_equal(rc, -ENOTCONN);
+	assert_false(tern_session_is_ready(f->cli));
+	assert_int_equal(tern_call(f->cli, M_ECHO, small, sizeof(small), fx_done_cb, &d, NULL),
+			 0); /* accepted: it fails with the session */
+	for (int i = 0; i < 100 && !d.done; i++)
+		tern_ctx_run(f->ctx, TERN_RUN_NOWAIT);
+	assert_true(d.done); /* the session failed from the loop (and is gone) */
+	assert_int_equal(d.status, -EIO);
+	fx_free(f);
 }
 
 static void test_echo_64k_1m_16m_registered(void **state)
@@ -761,6 +796,7 @@ static void test_registration_cache_reuses_covering_regions(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_a_connection_failing_under_an_export_is_enotconn),
 		cmocka_unit_test(test_echo_64k_1m_16m_registered),
 		cmocka_unit_test(test_inplace_echo_64k_1m_16m_registered),
 		cmocka_unit_test(test_event_progress_large_echo),

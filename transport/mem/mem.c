@@ -134,7 +134,8 @@ struct mconn {
 	struct tern_xtab xt;
 	/* a raw peer's holds */
 	bool hold_sends, hold_bulk;
-	uint32_t *held; /* ring of send slots whose completion waits */
+	int export_fail; /* tern_mem_peer_fail_exports(): the next export's error */
+	uint32_t *held;	 /* ring of send slots whose completion waits */
 	uint32_t held_head, held_len;
 	struct mbulk bulk[MEM_BULK_OPS]; /* FIFO of held transfers */
 	uint32_t nbulk;
@@ -834,6 +835,12 @@ static int mem_bulk_export(struct tern_conn *bc, struct tern_tmem *m, size_t off
 
 	if (!c->up || c->closing)
 		return -ENOTCONN;
+	if (c->export_fail) {
+		/* as verbs does when its connection fails during an export: the
+		 * failure reaches the engine from the queue, the error at once */
+		conn_fail(c, c->export_fail, "an export found the connection failed");
+		return c->export_fail;
+	}
 	return tern_xtab_add(&c->xt, m, off, len, writable, out);
 }
 
@@ -1189,6 +1196,11 @@ int tern_mem_peer_read(struct tern_mem_peer *p, const struct tern_bulk_desc *d, 
 int tern_mem_peer_write(struct tern_mem_peer *p, const struct tern_bulk_desc *d, const void *buf)
 {
 	return peer_access(p, d, (void *)(uintptr_t)buf, true);
+}
+
+void tern_mem_conn_fail_exports(struct tern_conn *c, int err)
+{
+	C(c)->export_fail = err;
 }
 
 void tern_mem_peer_close(struct tern_mem_peer *p)

@@ -160,6 +160,14 @@ int tern_mem_peer_expose(struct tern_mem_peer *p, struct tern_tmem *m, size_t of
 int tern_mem_peer_read(struct tern_mem_peer *p, const struct tern_bulk_desc *d, void *buf);
 int tern_mem_peer_write(struct tern_mem_peer *p, const struct tern_bulk_desc *d, const void *buf);
 
+/*
+ * From now on exports on @c (an engine's mem:// connection) fail with @err
+ * (a negative errno), and each failure fails the connection from the
+ * queue: what the verbs provider does when its QP dies during a memory
+ * window's bind.  0 lets exports through again.
+ */
+void tern_mem_conn_fail_exports(struct tern_conn *c, int err);
+
 /* Hang up (the engine sees -ECONNRESET) and free the peer. */
 void tern_mem_peer_close(struct tern_mem_peer *p);
 

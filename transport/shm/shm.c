@@ -1534,8 +1534,9 @@ static void listener_cb(uv_poll_t *h, int status, int events)
 
 		if (fd < 0)
 			return; /* EAGAIN, or a connection that died in the backlog */
+		/* A group's listener: a member runs it. */
 		if (l->base.handoff)
-			t->ev->handoff(&l->base, fd); /* a group's: a member runs it */
+			t->ev->handoff(&l->base, (struct tern_handoff){.fd = fd});
 		else
 			(void)server_conn_start(l, fd);
 	}
@@ -1564,9 +1565,9 @@ static int server_conn_start(struct slistener *l, int fd)
 }
 
 /* A socket another context's group listener accepted, run as @tl's. */
-static int shm_adopt(struct tern_tlistener *tl, int fd)
+static int shm_adopt(struct tern_tlistener *tl, struct tern_handoff h)
 {
-	return server_conn_start((struct slistener *)tl, fd);
+	return server_conn_start((struct slistener *)tl, h.fd);
 }
 
 /* A group member's listener: it owns no socket and no name. */

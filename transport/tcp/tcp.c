@@ -1030,7 +1030,7 @@ static void handoff(struct tlistener *l, struct tconn *c)
 		dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	conn_close(c);
 	if (dup_fd >= 0)
-		l->t->ev->handoff(&l->base, dup_fd);
+		l->t->ev->handoff(&l->base, (struct tern_handoff){.fd = dup_fd});
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -1054,9 +1054,10 @@ static void on_connection(uv_stream_t *server, int status)
 }
 
 /* A socket another context's group listener accepted, run as @tl's. */
-static int tcp_adopt(struct tern_tlistener *tl, int fd)
+static int tcp_adopt(struct tern_tlistener *tl, struct tern_handoff h)
 {
 	struct tlistener *l = (struct tlistener *)tl;
+	int fd = h.fd;
 	struct tconn *c = conn_new(l->t, true);
 	int rc;
 

@@ -8,6 +8,11 @@
  * connection on that device.  Per connection: one RC QP and one allocation
  * holding the send and receive slot rings, registered once as one MR.
  *
+ * A context group (tern.h) has one rdma_cm listener, on its acceptor
+ * context; each connection request it takes moves, unanswered, to a
+ * member context's event channel and is accepted there, on the member's
+ * own PD and CQs (struct vhandoff).
+ *
  * A work request's wr_id names its connection by table index and
  * generation, so completions of a QP that was already destroyed (they can
  * linger in the shared CQ) are recognised and dropped.
@@ -1271,8 +1276,29 @@ struct cm_ev {
 	size_t pd_len;
 };
 
-/* Listener ids carry a tagged pointer in their context, connections a plain one. */
+/*
+ * A connection request a context group's listener took, on its way to a
+ * member context (struct tern_handoff's @req).  The acceptor's thread
+ * acks the request's event, copies it here and hands it to the engine;
+ * the group moves the cm_id to the member's event channel
+ * (verbs_handoff_move(): rdma_migrate_id()) and posts it to the member,
+ * whose thread then accepts it exactly as its own listener would have
+ * (verbs_adopt()), with its own PD, CQ and completion channel.  Events of
+ * the id that reach the member before that (the client gave up) only mark
+ * it @gone.
+ */
+struct vhandoff {
+	struct cm_ev e;
+	bool gone;
+};
+
+/*
+ * What an id's context holds, told apart by the low bits: a connection (a
+ * plain pointer), a listener, or a request being handed off.
+ */
+#define ID_TAG_MASK  3u
 #define LISTENER_TAG 1u
+#define HANDOFF_TAG  2u
 
 static void *listener_ctx(struct vlistener *l)
 {
@@ -1281,9 +1307,38 @@ static void *listener_ctx(struct vlistener *l)
 
 static struct vlistener *ctx_listener(void *p)
 {
-	return ((uintptr_t)p & LISTENER_TAG)
-		       ? (struct vlistener *)((uintptr_t)p & ~(uintptr_t)LISTENER_TAG)
+	return ((uintptr_t)p & ID_TAG_MASK) == LISTENER_TAG
+		       ? (struct vlistener *)((uintptr_t)p & ~(uintptr_t)ID_TAG_MASK)
 		       : NULL;
+}
+
+static struct vhandoff *ctx_handoff(void *p)
+{
+	return ((uintptr_t)p & ID_TAG_MASK) == HANDOFF_TAG
+		       ? (struct vhandoff *)((uintptr_t)p & ~(uintptr_t)ID_TAG_MASK)
+		       : NULL;
+}
+
+/* Refuse a request nobody will serve, and free what it holds. */
+static void request_refuse(struct rdma_cm_id *id)
+{
+	rdma_reject(id, NULL, 0);
+	rdma_destroy_id(id);
+}
+
+/* A group's listener: the request goes to the engine, unanswered. */
+static void handoff_out(struct verbs_tctx *t, struct vlistener *l, const struct cm_ev *e)
+{
+	struct vhandoff *h = malloc(sizeof(*h));
+
+	if (!h) {
+		request_refuse(e->id);
+		return;
+	}
+	h->e = *e;
+	h->gone = false;
+	e->id->context = (void *)((uintptr_t)h | HANDOFF_TAG);
+	t->ev->handoff(&l->base, (struct tern_handoff){.fd = -1, .req = h});
 }
 
 static void on_connect_request(struct verbs_tctx *t, struct vlistener *l, struct cm_ev *e)
@@ -1296,12 +1351,15 @@ static void on_connect_request(struct verbs_tctx *t, struct vlistener *l, struct
 	struct vconn *c;
 	int rc;
 
+	if (l->base.handoff) {
+		handoff_out(t, l, e);
+		return;
+	}
 	/* The connection object first: once the engine has made a session
 	 * for this request, it must get closed() on every path. */
 	c = conn_new(t, &p, NULL, true);
 	if (!c) {
-		rdma_reject(e->id, NULL, 0);
-		rdma_destroy_id(e->id);
+		request_refuse(e->id);
 		return;
 	}
 	c->id = e->id;
@@ -1452,12 +1510,15 @@ static void cm_poll_cb(uv_poll_t *h, int status, int events)
 		rdma_ack_cm_event(ev);
 		if (e.type == RDMA_CM_EVENT_CONNECT_REQUEST) {
 			struct vlistener *l = ctx_listener(e.listen_id->context);
-			if (l) {
+			if (l)
 				on_connect_request(t, l, &e);
-			} else {
-				rdma_reject(e.id, NULL, 0);
-				rdma_destroy_id(e.id);
-			}
+			else
+				request_refuse(e.id);
+		} else if (e.id && ctx_handoff(e.id->context)) {
+			/* Before the member took it: the client gave up (a
+			 * REJECTED or DISCONNECTED of its REQ's timeout). */
+			if (e.type != RDMA_CM_EVENT_TIMEWAIT_EXIT)
+				ctx_handoff(e.id->context)->gone = true;
 		} else if (e.id && e.id->context && !ctx_listener(e.id->context)) {
 			on_conn_event(t, e.id->context, &e);
 		}
@@ -1605,8 +1666,67 @@ static void verbs_listener_close(struct tern_tlistener *tl)
 {
 	struct vlistener *l = (struct vlistener *)tl;
 
-	rdma_destroy_id(l->id);
+	if (l->id)
+		rdma_destroy_id(l->id);
 	free(l);
+}
+
+/* A group member's listener: no cm_id; its requests come through verbs_adopt(). */
+static int verbs_adopt_listen(struct tern_tctx *tt, const struct tern_uri *u, void *owner,
+			      struct tern_tlistener **out)
+{
+	struct vlistener *l = calloc(1, sizeof(*l));
+
+	if (!l)
+		return -ENOMEM;
+	l->base.ops = &tern_verbs_transport;
+	l->base.tctx = tt;
+	l->base.owner = owner;
+	l->base.port = u->port;
+	*out = &l->base;
+	return 0;
+}
+
+/*
+ * On the acceptor's thread, inside its cm_poll_cb() (so nothing polls the
+ * id's current channel meanwhile, as rdma_migrate_id() asks), with the
+ * request's event acked (it waits for that): the id's events, pending
+ * and future, go to member listener @tl's event channel.
+ */
+static int verbs_handoff_move(struct tern_tlistener *tl, struct tern_handoff h)
+{
+	struct vhandoff *vh = h.req;
+
+	if (rdma_migrate_id(vh->e.id, T(tl->tctx)->cm))
+		return neg_errno(EIO);
+	return 0;
+}
+
+static void verbs_handoff_drop(struct tern_handoff h)
+{
+	struct vhandoff *vh = h.req;
+
+	request_refuse(vh->e.id);
+	free(vh);
+}
+
+/*
+ * On the member's thread: accept the request as @tl's own.  The QP, the
+ * slot rings' registration and the completions all go to this context's
+ * device state (its PD, CQs and completion channel, made by dev_get() on
+ * first use), never the acceptor's: a session is the member's alone.
+ */
+static int verbs_adopt(struct tern_tlistener *tl, struct tern_handoff h)
+{
+	struct vhandoff *vh = h.req;
+
+	if (vh->gone) {
+		verbs_handoff_drop(h);
+		return -ECONNRESET;
+	}
+	on_connect_request(T(tl->tctx), (struct vlistener *)tl, &vh->e);
+	free(vh);
+	return 0;
 }
 
 static int verbs_connect(struct tern_tctx *tt, const struct tern_uri *u,
@@ -1862,7 +1982,8 @@ static const struct wait_msgs fence_msgs = {
  * poll_cqs().  If it fails or has not completed after VERBS_INV_WAIT_MS,
  * the QP goes into the error state and the connection fails from the loop
  * with @m's reason.  Return: 0, -ECONNRESET when it flushed (something
- * else put the QP in error, and says why), or another -errno.
+ * else put the QP in error, and says why) or when the peer stopped
+ * answering, or another -errno (wc_error()'s).
  */
 static int wait_own_wr(struct vconn *c, uint64_t id, const struct wait_msgs *m)
 {
@@ -1893,8 +2014,12 @@ static int wait_own_wr(struct vconn *c, uint64_t id, const struct wait_msgs *m)
 		if (found && st == IBV_WC_WR_FLUSH_ERR)
 			return -ECONNRESET;
 		if (found || n < 0) {
-			conn_fail_later(c, -EIO, m->failed);
-			return -EIO;
+			/* as for any other work request of ours: a peer that
+			 * stopped answering (resends ran out) is -ECONNRESET */
+			int err = found ? wc_error(st) : -EIO;
+
+			conn_fail_later(c, err, m->failed);
+			return err;
 		}
 		if (now_ms() >= end) {
 			conn_fail_later(c, -ETIMEDOUT, m->timeout);
@@ -2378,6 +2503,10 @@ const struct tern_transport_ops tern_verbs_transport = {
 	.ctx_fini = verbs_ctx_fini,
 	.listen = verbs_listen,
 	.listener_close = verbs_listener_close,
+	.adopt_listen = verbs_adopt_listen,
+	.adopt = verbs_adopt,
+	.handoff_move = verbs_handoff_move,
+	.handoff_drop = verbs_handoff_drop,
 	.connect = verbs_connect,
 	.post_send = verbs_post_send,
 	.post_recv = verbs_post_recv,

@@ -784,6 +784,14 @@ void tern__client_kick(tern_session *s)
 		if (e.cb) {
 			int rc = issue_any(s, e.method, e.buf, e.len, e.reply_buf, e.reply_cap,
 					   e.cb, e.user, e.deadline_ns);
+			if (rc == -ENOTCONN && s->fail_soon) {
+				/* the connection went under its export: back at
+				 * the head, it fails with the session, for the
+				 * session's reason, like every call queued */
+				r->q_head = (r->q_head + r->q_cap - 1) % r->q_cap;
+				r->q_len++;
+				break;
+			}
 			if (rc) {
 				s->cnt.calls_completed++;
 				s->cnt.errors++;

@@ -196,7 +196,10 @@ static void fail_soon(tern_session *s, int err, const char *why)
 
 int tern__session_gone(tern_session *s, int err, const char *why)
 {
-	fail_soon(s, err, why);
+	/* the session's reason for its calls and its close: a connection the
+	 * transport had already given up says -ENOTCONN, which is no reason
+	 * a callback documents; the connection was reset */
+	fail_soon(s, err == -ENOTCONN ? -ECONNRESET : err, why);
 	return -ENOTCONN;
 }
 
